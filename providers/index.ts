@@ -1,0 +1,70 @@
+/**
+ * The exhaustive provider registry. Schemas are imported eagerly (they are small and SDK-free);
+ * implementations are loaded lazily with import() so a bundle only loads the SDKs its config uses.
+ * Adding a provider = a folder + one line in each table below; forgetting a line is a compile error.
+ */
+import { z } from 'zod';
+import type { HealthGate, Issuer, ProviderContext, SecretStore } from '../src/core/ports.ts';
+import { localIssuerSchema } from './issuers/local/local.schema.ts';
+import { openaiIssuerSchema } from './issuers/openai/openai.schema.ts';
+import { fileStoreSchema } from './stores/file/file.schema.ts';
+import { awsSecretsManagerStoreSchema } from './stores/aws-secrets-manager/aws-secrets-manager.schema.ts';
+import { gcpSecretManagerStoreSchema } from './stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
+import { azureKeyVaultStoreSchema } from './stores/azure-key-vault/azure-key-vault.schema.ts';
+import { issuerSmokeTestGateSchema } from './health/issuer-smoke-test/issuer-smoke-test.schema.ts';
+
+export const issuerConfigSchema = z.discriminatedUnion('type', [localIssuerSchema, openaiIssuerSchema]);
+export const storeConfigSchema = z.discriminatedUnion('type', [
+  fileStoreSchema,
+  awsSecretsManagerStoreSchema,
+  gcpSecretManagerStoreSchema,
+  azureKeyVaultStoreSchema,
+]);
+export const healthConfigSchema = z.discriminatedUnion('type', [issuerSmokeTestGateSchema]);
+
+export type IssuerConfig = z.output<typeof issuerConfigSchema>;
+export type StoreConfig = z.output<typeof storeConfigSchema>;
+export type HealthConfig = z.output<typeof healthConfigSchema>;
+export type IssuerType = IssuerConfig['type'];
+export type StoreType = StoreConfig['type'];
+export type HealthType = HealthConfig['type'];
+
+type Of<U, T> = Extract<U, { type: T }>;
+
+export interface GateDeps {
+  issuer: Issuer;
+  /** position in the key's `health` list, for default names */
+  index: number;
+}
+
+export const issuerFactories: { [T in IssuerType]: (cfg: Of<IssuerConfig, T>, ctx: ProviderContext) => Promise<Issuer> } = {
+  local: async (cfg, ctx) => (await import('./issuers/local/index.ts')).createLocalIssuer(cfg, ctx),
+  openai: async (cfg, ctx) => (await import('./issuers/openai/index.ts')).createOpenAIIssuer(cfg, ctx),
+};
+
+export const storeFactories: { [T in StoreType]: (cfg: Of<StoreConfig, T>, ctx: ProviderContext) => Promise<SecretStore> } = {
+  file: async (cfg, ctx) => (await import('./stores/file/index.ts')).createFileStore(cfg, ctx),
+  'aws-secrets-manager': async (cfg, ctx) =>
+    (await import('./stores/aws-secrets-manager/index.ts')).createAwsSecretsManagerStore(cfg, ctx),
+  'gcp-secret-manager': async (cfg, ctx) =>
+    (await import('./stores/gcp-secret-manager/index.ts')).createGcpSecretManagerStore(cfg, ctx),
+  'azure-key-vault': async (cfg, ctx) =>
+    (await import('./stores/azure-key-vault/index.ts')).createAzureKeyVaultStore(cfg, ctx),
+};
+
+export const healthFactories: {
+  [T in HealthType]: (cfg: Of<HealthConfig, T>, ctx: ProviderContext, deps: GateDeps) => Promise<HealthGate>;
+} = {
+  'issuer-smoke-test': async (cfg, ctx, deps) =>
+    (await import('./health/issuer-smoke-test/index.ts')).createIssuerSmokeTestGate(cfg, ctx, deps),
+};
+
+export function createIssuer(cfg: IssuerConfig, ctx: ProviderContext): Promise<Issuer> {
+  return (issuerFactories[cfg.type] as (c: IssuerConfig, x: ProviderContext) => Promise<Issuer>)(cfg, ctx);
+}
+export function createStore(cfg: StoreConfig, ctx: ProviderContext): Promise<SecretStore> {
+  return (storeFactories[cfg.type] as (c: StoreConfig, x: ProviderContext) => Promise<SecretStore>)(cfg, ctx);
+}
+export function createGate(cfg: HealthConfig, ctx: ProviderContext, deps: GateDeps): Promise<HealthGate> {
+  return (healthFactories[cfg.type] as (c: HealthConfig, x: ProviderContext, d: GateDeps) => Promise<HealthGate>)(cfg, ctx, deps);
+}

@@ -1,0 +1,82 @@
+import { z } from 'zod';
+import { duration } from './fields.ts';
+import { healthConfigSchema, issuerConfigSchema, storeConfigSchema } from '../../providers/index.ts';
+
+const schedule = z
+  .object({
+    /** rotate when the current key is this old */
+    every: duration,
+  })
+  .strict();
+
+const defaults = z
+  .object({
+    schedule: schedule.default({ every: 30 * 86_400_000 }),
+    /** extra lifetime past the schedule (expiry safety net = every + grace) */
+    grace: duration.default(15 * 60_000),
+    verify: z.object({ timeout: duration.default(120_000), interval: duration.default(2_000) }).strict().default({ timeout: 120_000, interval: 2_000 }),
+    revoke: z
+      .object({ attempts: z.number().int().min(1).max(20).default(5), backoff: duration.default(2_000) })
+      .strict()
+      .default({ attempts: 5, backoff: 2_000 }),
+    verifyRevoked: z
+      .object({ timeout: duration.default(120_000), interval: duration.default(5_000) })
+      .strict()
+      .default({ timeout: 120_000, interval: 5_000 }),
+    /** per-key lease: how long a crashed run blocks others */
+    lease: z.object({ ttl: duration.default(15 * 60_000) }).strict().default({ ttl: 15 * 60_000 }),
+  })
+  .strict();
+
+export const keyNamePattern = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+const keySchema = z
+  .object({
+    name: z.string().regex(keyNamePattern, 'key names are 1-63 of a-z 0-9 _ - (starting with a letter or digit)'),
+    description: z.string().optional(),
+    issuer: issuerConfigSchema,
+    stores: z.array(storeConfigSchema).min(1, 'at least one store is required'),
+    health: z.array(healthConfigSchema).default([]),
+    schedule: schedule.optional(),
+    grace: duration.optional(),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    version: z.literal(1),
+    /** where state, locks and the file store live; relative to the config file */
+    stateDir: z.string().min(1).default('.keyrotor'),
+    defaults: defaults.default(defaults.parse({})),
+    keys: z.array(keySchema).min(1, 'at least one key is required'),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Map<string, number>();
+    cfg.keys.forEach((k, i) => {
+      if (seen.has(k.name)) {
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'name'], message: `duplicate key name "${k.name}" (also keys[${seen.get(k.name)}])` });
+      } else seen.set(k.name, i);
+      const names = new Set<string>();
+      k.health.forEach((g, j) => {
+        const n = g.name ?? g.type;
+        if (names.has(n)) ctx.addIssue({ code: 'custom', path: ['keys', i, 'health', j, 'name'], message: `duplicate gate name "${n}"; set a distinct name` });
+        names.add(n);
+      });
+    });
+  });
+
+export type RawConfig = z.output<typeof configSchema>;
+export type KeyConfig = RawConfig['keys'][number];
+export type Defaults = RawConfig['defaults'];
+
+/** A key with defaults applied: what compose.ts works from. */
+export interface ResolvedKey extends KeyConfig {
+  schedule: { every: number };
+  grace: number;
+  defaults: Defaults;
+}
+
+export function configJsonSchema(): unknown {
+  return z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' });
+}

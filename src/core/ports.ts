@@ -1,0 +1,257 @@
+/**
+ * Ports: what the workflow needs from the outside world. Providers implement them; the workflow and
+ * run loop only ever see these interfaces. No SDK types here.
+ *
+ * Rules every implementation follows:
+ * - Secret values travel only as `Secret` and only through `create`'s result, `stage`'s argument and
+ *   the `read*` results. Never log them, never put them in an error message.
+ * - Every mutating call is idempotent: a retry (or a re-run after a crash) with the same rotation id
+ *   converges on the same end state and never creates a second copy. Deleting something that is
+ *   already gone is success.
+ * - Errors are `KeyrotorError` with a stable code and `retryable` set honestly.
+ */
+import type { Secret } from './secret.ts';
+import type { Clock } from './clock.ts';
+import type { ErrorRecord } from './errors.ts';
+import type { Outcome, Stage } from './stages.ts';
+
+// ---------------------------------------------------------------- issuer
+
+export interface IssuedKey {
+  keyId: string;
+  /** the unique name given at create; carries the rotation id (see core/ids.ts) */
+  name: string;
+  secret: Secret;
+  createdAt: string; // ISO
+  expiresAt?: string | undefined; // ISO
+}
+
+export interface IssuerKeyInfo {
+  keyId: string;
+  name: string | null;
+  createdAt?: string | undefined;
+  lastUsedAt?: string | null | undefined;
+  expiresAt?: string | null | undefined;
+  /** the issuer's masked form of the value, e.g. `sk-svca...abcd`; never the value */
+  redactedValue?: string | undefined;
+  owner?: { type: 'service_account' | 'user' | 'local'; id: string; name?: string | undefined } | undefined;
+}
+
+export type VerifyResult =
+  | { ok: true }
+  | { ok: false; reason: 'invalid' | 'missing_scopes' | 'error'; detail: string; retryable: boolean };
+
+export type IdentifyResult =
+  | { kind: 'found'; keyId: string }
+  | { kind: 'ambiguous'; candidates: string[] }
+  | { kind: 'not_found' };
+
+export interface CreateKeyRequest {
+  /** unique name carrying the rotation id: `keyrotor.<key>.<rotationId>` */
+  name: string;
+  rotationId: string;
+  /** safety net: the issuer deletes the key by itself after this many seconds (when supported) */
+  expiresInSeconds?: number | undefined;
+}
+
+export interface Issuer {
+  readonly type: string;
+  /** Preflight: credentials work and the issuer can list and create where configured. */
+  check(): Promise<void>;
+  /** Create one key. Must not retry internally (a lost response could mint a second key). */
+  create(req: CreateKeyRequest): Promise<IssuedKey>;
+  /** Does this value work at the issuer right now? 'invalid' = rejected as unknown/revoked. */
+  verify(secret: Secret): Promise<VerifyResult>;
+  /** Delete the key. Already gone = `{ alreadyGone: true }`, not an error. */
+  revoke(keyId: string): Promise<{ alreadyGone: boolean }>;
+  /** Every key the issuer holds for this scope (all pages). */
+  list(): Promise<IssuerKeyInfo[]>;
+  /** Which issuer key is this value? Used to adopt keys a person created by hand. */
+  identify(secret: Secret): Promise<IdentifyResult>;
+}
+
+// ---------------------------------------------------------------- secret store
+
+/** Per-version metadata kept beside the value (labels, tags, annotations): references only. */
+export interface VersionMeta {
+  rotationId?: string | undefined;
+  issuerKeyId?: string | undefined;
+  fingerprint?: string | undefined;
+  createdAt?: string | undefined;
+}
+
+export interface StoredVersion {
+  versionId: string;
+  secret: Secret;
+  meta: VersionMeta;
+}
+
+export interface SlotInfo {
+  versionId: string;
+  meta: VersionMeta;
+}
+
+/** What a store holds, without values (status, preflight, invariant checks). */
+export interface StoreSlots {
+  current?: SlotInfo | undefined;
+  previous?: SlotInfo | undefined;
+  pending?: SlotInfo | undefined;
+}
+
+export interface StageRequest {
+  rotationId: string;
+  secret: Secret;
+  meta: VersionMeta;
+}
+
+export interface SecretStore {
+  readonly type: string;
+  /** human-readable location for messages, e.g. `file:.keyrotor/secrets/app.json`; no secrets */
+  readonly label: string;
+  /** Preflight: reachable, readable, writable (as far as can be checked without writing a value). */
+  check(): Promise<void>;
+  describe(): Promise<StoreSlots>;
+  /** The value consumers read now; null when the store holds no value yet (bootstrap). */
+  readCurrent(): Promise<StoredVersion | null>;
+  readPrevious(): Promise<StoredVersion | null>;
+  /** The version this rotation staged, or null. */
+  readPending(rotationId: string): Promise<StoredVersion | null>;
+  /** Write the value as pending: not what consumers read. Idempotent per rotation id. */
+  stage(req: StageRequest): Promise<{ versionId: string }>;
+  /** Make this rotation's pending version current; the old current becomes previous. Idempotent. */
+  promote(rotationId: string): Promise<void>;
+  /** Undo `promote`: what was current before this rotation is current again. No-op if not promoted. */
+  demote(rotationId: string): Promise<void>;
+  /** Undo `stage`: this rotation's pending version is gone. Never touches current. No-op if absent. */
+  unstage(rotationId: string): Promise<void>;
+}
+
+// ---------------------------------------------------------------- health gates
+
+export interface GateContext {
+  rotationId: string;
+  keyName: string;
+  newKeyId: string;
+  oldKeyId?: string | undefined;
+  newFingerprint: string;
+  oldFingerprint?: string | undefined;
+  /** ISO time the new key became current in every store */
+  promotedAt?: string | undefined;
+  /** read the new value (from the first store's current slot); only gates that must use it */
+  readNewSecret(): Promise<Secret>;
+  signal: AbortSignal;
+}
+
+export interface GateObservation {
+  pass: boolean;
+  /** short, secret-free description of what was seen, kept as the gate's last observation */
+  observation: string;
+  /** stop waiting now: the gate will never pass (e.g. manual reject) */
+  final?: boolean;
+}
+
+export interface HealthGate {
+  readonly type: string;
+  /** unique within the key, used in context, logs and results */
+  readonly name: string;
+  readonly timeoutMs: number;
+  readonly intervalMs: number;
+  check(ctx: GateContext): Promise<GateObservation>;
+}
+
+// ---------------------------------------------------------------- state
+
+export interface RotationResult {
+  key: string;
+  rotationId: string | null;
+  outcome: Outcome;
+  oldKeyId: string | null;
+  newKeyId: string | null;
+  error?: ErrorRecord | undefined;
+  /** what a human must still do (rollbackFailed, needs_attention) */
+  leftovers?: string[] | undefined;
+  bootstrap?: boolean | undefined;
+  leaked?: boolean | undefined;
+  /** last stage the rotation reached */
+  stage?: Stage | undefined;
+  startedAt?: string | undefined;
+  finishedAt?: string | undefined;
+}
+
+export interface PersistedRotation {
+  rotationId: string;
+  keyName: string;
+  /** bumped whenever the machine's states or context shape change incompatibly */
+  machineVersion: number;
+  keyrotorVersion: string;
+  updatedAt: string;
+  /** the xstate persisted snapshot: references only, never values */
+  snapshot: unknown;
+}
+
+export interface KeyRecord {
+  keyName: string;
+  active: PersistedRotation | null;
+  last: RotationResult | null;
+  lastRotatedAt: string | null;
+  currentKeyId: string | null;
+  /** small provider-owned facts to remember (e.g. an auto-created service account id) */
+  providerState: Record<string, string>;
+}
+
+export interface Lease {
+  readonly owner: string;
+  readonly expiresAt: number;
+  renew(): Promise<void>;
+  release(): Promise<void>;
+}
+
+export interface LeaseHolder {
+  owner: string;
+  expiresAt: number;
+}
+
+export interface StateStore {
+  readonly label: string;
+  /** null when the key was never seen. Corrupt or unknown-format data throws STATE_UNREADABLE. */
+  read(keyName: string): Promise<KeyRecord | null>;
+  /** persist the running rotation's snapshot (atomic) */
+  saveActive(keyName: string, rotation: PersistedRotation): Promise<void>;
+  /** the rotation ended: clear `active`, record the result */
+  finish(keyName: string, result: RotationResult, currentKeyId?: string | null): Promise<void>;
+  setProviderState(keyName: string, key: string, value: string): Promise<void>;
+  /** exclusive per-key lease; returns the holder when someone else has it and it has not expired */
+  acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
+  keys(): Promise<string[]>;
+}
+
+export function isLease(x: Lease | LeaseHolder): x is Lease {
+  return typeof (x as Lease).release === 'function';
+}
+
+// ---------------------------------------------------------------- provider context
+
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+  child(bindings: object): Logger;
+}
+
+/** What every provider factory receives besides its own config. */
+export interface ProviderContext {
+  keyName: string;
+  /** absolute path of the state dir (default `.keyrotor` beside the config) */
+  stateDir: string;
+  /** directory of the config file, to resolve relative paths */
+  configDir: string;
+  logger: Logger;
+  clock: Clock;
+  env: NodeJS.ProcessEnv;
+  /** remembered facts for this key (e.g. auto-created service account id) */
+  providerState: {
+    get(key: string): string | undefined;
+    set(key: string, value: string): Promise<void>;
+  };
+}

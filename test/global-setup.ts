@@ -1,0 +1,43 @@
+/**
+ * Every test writes what it captured (stdout, stderr, logs, state dirs, snapshots) under one
+ * artifacts dir (see test/helpers/artifacts.ts). After the whole run, this teardown scans every
+ * byte of it for the canary secret and fails the run if it appears anywhere.
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { TestProject } from 'vitest/node';
+import { CANARY } from './canary.ts';
+
+export default function setup(project: TestProject) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'keyrotor-test-'));
+  process.env.KEYROTOR_TEST_ARTIFACTS = dir;
+  project.provide('artifactsDir', dir);
+  return () => {
+    const hits: string[] = [];
+    let files = 0;
+    const walk = (d: string) => {
+      for (const name of readdirSync(d)) {
+        const p = path.join(d, name);
+        const st = statSync(p);
+        if (st.isDirectory()) walk(p);
+        else {
+          files++;
+          if (readFileSync(p).includes(CANARY)) hits.push(path.relative(dir, p));
+        }
+      }
+    };
+    walk(dir);
+    if (hits.length) {
+      throw new Error(`canary secret found in ${hits.length} captured file(s) (kept in ${dir}): ${hits.slice(0, 10).join(', ')}`);
+    }
+    console.log(`canary scan: ${files} captured files, 0 contain the canary`);
+    if (!process.env.KEYROTOR_KEEP_ARTIFACTS) rmSync(dir, { recursive: true, force: true });
+  };
+}
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    artifactsDir: string;
+  }
+}
