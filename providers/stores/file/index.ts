@@ -1,8 +1,8 @@
-import { KeyrotorError } from '../../../src/core/errors.ts';
 import type { ProviderContext, SecretStore } from '../../../src/core/ports.ts';
 import type { FileStoreConfig } from './file.schema.ts';
+import { createFileStoreImpl } from './file.store.ts';
 
-// placeholder until the file store lands
-export async function createFileStore(_cfg: FileStoreConfig, _ctx: ProviderContext): Promise<SecretStore> {
-  throw new KeyrotorError('CONFIG_INVALID', 'store type "file" is not available yet');
+/** The embedded default store: one AES-256-GCM encrypted file per key (see file.store.ts). */
+export async function createFileStore(cfg: FileStoreConfig, ctx: ProviderContext): Promise<SecretStore> {
+  return createFileStoreImpl(cfg, ctx);
 }

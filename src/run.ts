@@ -1,0 +1,267 @@
+/**
+ * Start or resume one rotation per key, persisting the snapshot after every transition.
+ * Every entry point (CLI, Lambda, Cloud Run, daemon) calls `rotateKey` / `rotateKeys`.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { createActor, type SnapshotFrom } from 'xstate';
+import { z } from 'zod';
+import { composeKey, expiresInSecondsFor, timingFor } from './compose.ts';
+import type { LoadedConfig } from './config/load.ts';
+import type { ResolvedKey } from './config/schema.ts';
+import { systemClock, type Clock } from './core/clock.ts';
+import { KeyrotorError, toKeyrotorError } from './core/errors.ts';
+import { issuedKeyName, newRotationId } from './core/ids.ts';
+import { isLease, type KeyRecord, type Lease, type Logger, type PersistedRotation, type RotationResult, type StateStore } from './core/ports.ts';
+import type { Outcome, Stage } from './core/stages.ts';
+import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput } from '../workflows/rotation/rotation.machine.ts';
+import { provideRotation, SecretVault, type StageEvent } from '../workflows/rotation/stages/index.ts';
+
+export const KEYROTOR_VERSION = '0.1.0';
+
+export interface RotateOptions {
+  config: LoadedConfig;
+  stateStore: StateStore;
+  logger: Logger;
+  /** rotate even if not due */
+  now?: boolean;
+  /** leak mode: the current key is compromised */
+  leaked?: boolean;
+  /** print the plan, change nothing */
+  dryRun?: boolean;
+  clock?: Clock;
+  env?: NodeJS.ProcessEnv;
+  /** who runs this (audit): cli / lambda / cloud-run / daemon */
+  actor?: string;
+  onStage?: (key: string, e: StageEvent) => void;
+}
+
+export interface PlanInfo {
+  due: boolean;
+  reason: string;
+  issuer: string;
+  stores: string[];
+  gates: string[];
+  resume: string | null;
+}
+
+export type KeyResult = RotationResult & { dryRun?: boolean; plan?: PlanInfo };
+
+export function isDue(key: ResolvedKey, record: KeyRecord | null, now: number): { due: boolean; reason: string; nextDueAt: string | null } {
+  if (!record?.lastRotatedAt) return { due: true, reason: 'never rotated by keyrotor', nextDueAt: null };
+  const next = Date.parse(record.lastRotatedAt) + key.schedule.every;
+  return next <= now
+    ? { due: true, reason: `due since ${new Date(next).toISOString()}`, nextDueAt: new Date(next).toISOString() }
+    : { due: false, reason: `next due ${new Date(next).toISOString()}`, nextDueAt: new Date(next).toISOString() };
+}
+
+/** Rotate each key in turn (fleet concurrency comes with the benchmark work). */
+export async function rotateKeys(keys: ResolvedKey[], o: RotateOptions): Promise<KeyResult[]> {
+  const out: KeyResult[] = [];
+  for (const key of keys) out.push(await rotateKey(key, o));
+  return out;
+}
+
+export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<KeyResult> {
+  const clock = o.clock ?? systemClock;
+  const log = o.logger.child({ key: key.name });
+  const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
+  try {
+    const record = await o.stateStore.read(key.name);
+    const due = isDue(key, record, clock.now());
+    const resume = record?.active ?? null;
+
+    if (o.dryRun) {
+      const plan: PlanInfo = {
+        due: o.now === true || due.due,
+        reason: o.now ? 'rotation requested now' : due.reason,
+        issuer: key.issuer.type,
+        stores: key.stores.map((s) => s.type),
+        gates: key.health.map((g) => g.name ?? g.type),
+        resume: resume?.rotationId ?? null,
+      };
+      return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
+    }
+    if (!resume && !o.now && !due.due) {
+      log.info({ reason: due.reason }, 'not due');
+      return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
+    }
+
+    const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
+    if (!isLease(got)) {
+      log.warn({ holder: got.owner, until: new Date(got.expiresAt).toISOString() }, 'another rotation holds the lock');
+      return {
+        ...base,
+        outcome: 'locked',
+        error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
+      };
+    }
+    const lease = got;
+    const renew = setInterval(() => {
+      lease.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
+    }, Math.max(1000, key.defaults.lease.ttl / 3));
+    renew.unref();
+    try {
+      // re-read under the lease: another run may have finished in between
+      const fresh = await o.stateStore.read(key.name);
+      const active = fresh?.active ?? null;
+      if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
+      return await runRotation(key, fresh, active, o, lease, log);
+    } finally {
+      clearInterval(renew);
+      await lease.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
+    }
+  } catch (e) {
+    const err = toKeyrotorError(e);
+    log.error({ err: err.toRecord() }, err.message);
+    // config/state problems are the caller's (exit 2); provider trouble before any change is safe (1)
+    const outcome: Outcome = err.exitCode === 4 ? 'needs_attention' : err.exitCode === 3 ? 'locked' : 'rolled_back';
+    if (err.exitCode === 2) throw err;
+    return { ...base, outcome, error: err.toRecord() };
+  }
+}
+
+const persistedSnapshotSchema = z
+  .object({ status: z.string(), value: z.unknown(), context: z.object({ rotationId: z.string(), keyName: z.string() }).passthrough() })
+  .passthrough();
+
+async function runRotation(
+  key: ResolvedKey,
+  record: KeyRecord | null,
+  resume: PersistedRotation | null,
+  o: RotateOptions,
+  _lease: Lease,
+  log: Logger,
+): Promise<KeyResult> {
+  const clock = o.clock ?? systemClock;
+  const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock, ...(o.env ? { env: o.env } : {}) });
+
+  let snapshot: unknown;
+  let rotationId: string;
+  if (resume) {
+    if (resume.machineVersion !== MACHINE_VERSION) {
+      throw new KeyrotorError(
+        'STATE_VERSION',
+        `rotation ${resume.rotationId} of ${key.name} was saved by machine version ${resume.machineVersion} (keyrotor ${resume.keyrotorVersion}); this keyrotor runs version ${MACHINE_VERSION}`,
+        { hint: 'finish it with the keyrotor version that started it' },
+      );
+    }
+    const parsed = persistedSnapshotSchema.safeParse(resume.snapshot);
+    if (!parsed.success) {
+      throw new KeyrotorError('STATE_UNREADABLE', `the saved snapshot of rotation ${resume.rotationId} (${key.name}) is not a valid workflow snapshot`);
+    }
+    snapshot = parsed.data;
+    rotationId = resume.rotationId;
+  } else {
+    rotationId = newRotationId(new Date(clock.now()));
+  }
+  const rlog = log.child({ rotationId });
+
+  // persistence: one write queue; stages wait for it before touching the world (write-ahead)
+  let chain: Promise<void> = Promise.resolve();
+  let persistError: unknown = null;
+  const adopted = (fp: string) => record?.providerState[`adopted.${fp}`];
+  const vault = new SecretVault();
+  const machine = provideRotation({
+    issuer: providers.issuer,
+    stores: providers.stores,
+    gates: providers.gates,
+    clock,
+    logger: rlog,
+    vault,
+    adopted,
+    verifyIntervalMs: key.defaults.verify.interval,
+    verifyRevokedIntervalMs: key.defaults.verifyRevoked.interval,
+    compensationAttempts: 3,
+    persisted: async () => {
+      await new Promise<void>((r) => setImmediate(r));
+      await chain;
+      if (persistError) throw new KeyrotorError('STATE_UNREADABLE', `cannot persist the rotation state: ${toKeyrotorError(persistError).message}`, { cause: persistError });
+    },
+    onStage: (e) => {
+      o.onStage?.(key.name, e);
+      const fields = { stage: e.stage, ...(e.index !== undefined ? { store: providers.stores[e.index]?.label } : {}), ...(e.ms !== undefined ? { ms: e.ms } : {}) };
+      if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
+      else rlog.debug(fields, `${e.stage} ${e.phase}`);
+    },
+  });
+
+  const input: RotationInput = {
+    rotationId,
+    keyName: key.name,
+    newKeyName: issuedKeyName(key.name, rotationId),
+    leaked: o.leaked === true,
+    storeLabels: providers.stores.map((s) => s.label),
+    gateNames: providers.gates.map((g) => g.name),
+    timing: timingFor(key, providers.gates),
+    expiresInSeconds: expiresInSecondsFor(key),
+    startedAt: clock.now(),
+  };
+  const actor = snapshot
+    ? createActor(machine, { snapshot: snapshot as SnapshotFrom<typeof machine>, input: undefined as unknown as RotationInput })
+    : createActor(machine, { input });
+
+  const save = () => {
+    const persisted: PersistedRotation = {
+      rotationId,
+      keyName: key.name,
+      machineVersion: MACHINE_VERSION,
+      keyrotorVersion: KEYROTOR_VERSION,
+      updatedAt: new Date(clock.now()).toISOString(),
+      snapshot: actor.getPersistedSnapshot(),
+    };
+    chain = chain.then(() => o.stateStore.saveActive(key.name, persisted)).catch((e: unknown) => {
+      persistError = e;
+    });
+  };
+
+  const done = new Promise<SnapshotFrom<typeof machine>>((resolve, reject) => {
+    let lastValue = '';
+    actor.subscribe({
+      next: (s) => {
+        const v = JSON.stringify(s.value);
+        if (v !== lastValue && typeof s.value === 'string') rlog.info({ stage: s.value }, s.value);
+        lastValue = v;
+        if (s.status === 'active') save();
+        if (s.status === 'done') resolve(s);
+      },
+      error: reject,
+    });
+  });
+  rlog.info({ leaked: input.leaked, resume: resume !== null }, resume ? 'resuming rotation' : 'rotation started');
+  actor.start();
+  const final = await done;
+  await chain;
+  const ctx = final.context as RotationContext;
+  const state = final.value as FinalState;
+  const result = resultFrom(key.name, state, ctx, clock);
+  await o.stateStore.finish(key.name, result, result.outcome === 'rotated' ? ctx.newKeyId : ctx.oldKeyId);
+  const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
+  rlog[level]({ outcome: result.outcome, oldKeyId: result.oldKeyId, newKeyId: result.newKeyId, ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}) }, `rotation ${result.outcome}`);
+  return result;
+}
+
+function resultFrom(keyName: string, state: FinalState, ctx: RotationContext, clock: Clock): RotationResult {
+  const outcome: Outcome =
+    state === 'rotated' ? (ctx.oldKeyUnidentified ? 'needs_attention' : 'rotated') : state === 'rolledBack' || state === 'failed' ? 'rolled_back' : 'needs_attention';
+  const error = state === 'rollbackFailed' && ctx.compensationError
+    ? { ...ctx.compensationError, code: 'ROLLBACK_FAILED' as const, message: `rollback failed at ${ctx.compensationError.stage}: ${ctx.compensationError.message}${ctx.error ? ` (after: ${ctx.error.message})` : ''}` }
+    : ctx.error ?? undefined;
+  const stage: Stage | undefined = ctx.compensationError?.stage ?? ctx.error?.stage;
+  return {
+    key: keyName,
+    rotationId: ctx.rotationId,
+    outcome,
+    oldKeyId: ctx.oldKeyId,
+    // a rolled-back key no longer exists: report it so the operator can see what was discarded
+    newKeyId: ctx.newKeyId,
+    ...(error && state !== 'rotated' ? { error } : {}),
+    ...(ctx.leftovers.length ? { leftovers: ctx.leftovers } : {}),
+    ...(ctx.bootstrap ? { bootstrap: true } : {}),
+    ...(ctx.leaked ? { leaked: true } : {}),
+    ...(stage ? { stage } : {}),
+    startedAt: new Date(ctx.startedAt).toISOString(),
+    finishedAt: new Date(clock.now()).toISOString(),
+  };
+}

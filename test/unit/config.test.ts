@@ -1,0 +1,90 @@
+import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { parseConfig } from '../../src/config/load.ts';
+import { configJsonSchema } from '../../src/config/schema.ts';
+import { KeyrotorError } from '../../src/core/errors.ts';
+import { expiresInSecondsFor } from '../../src/compose.ts';
+
+const ok = (extra = '') => `version: 1
+keys:
+  - name: app
+    issuer: { type: local }
+    stores: [ { type: file } ]
+${extra}`;
+
+function errorOf(text: string, env: NodeJS.ProcessEnv = {}): KeyrotorError {
+  try {
+    parseConfig(text, 'rotation.config.yaml', env);
+  } catch (e) {
+    if (e instanceof KeyrotorError) return e;
+    throw e;
+  }
+  throw new Error('expected a config error');
+}
+
+describe('config', () => {
+  it('the repository config is valid and runs offline', () => {
+    const cfg = parseConfig(readFileSync('rotation.config.yaml', 'utf8'), 'rotation.config.yaml', {});
+    expect(cfg.keys.map((k) => k.issuer.type)).toEqual(['local']);
+    expect(cfg.keys[0]!.stores.map((s) => s.type)).toEqual(['file']);
+    expect(cfg.keys[0]!.schedule.every).toBe(7 * 86_400_000);
+  });
+
+  it('applies defaults', () => {
+    const cfg = parseConfig(ok(), 'c.yaml', {});
+    const k = cfg.keys[0]!;
+    expect(k.schedule.every).toBe(30 * 86_400_000);
+    expect(k.grace).toBe(15 * 60_000);
+    expect(k.defaults.revoke.attempts).toBe(5);
+    expect(k.health).toEqual([]);
+  });
+
+  it.each([
+    ['missing version', ok().replace('version: 1\n', ''), /^rotation\.config\.yaml:1:1 version: /],
+    ['wrong version', ok().replace('version: 1', 'version: 2'), /rotation\.config\.yaml:1:1 version: /],
+    ['unknown store type', ok().replace('type: file', 'type: s3'), /rotation\.config\.yaml:5:17 keys\[0\]\.stores\[0\]\.type: /],
+    ['aws store without secretId', ok().replace('{ type: file }', '{ type: aws-secrets-manager, region: eu-west-1 }'), /keys\[0\]\.stores\[0\]\.secretId: required/],
+    ['bad duration', ok('    schedule: { every: soon }'), /keys\[0\]\.schedule\.every: invalid duration "soon"/],
+    ['bad key name', ok().replace('name: app', 'name: "App Key"'), /keys\[0\]\.name: key names are/],
+    ['unknown field', ok('    colour: red'), /keys\[0\]: .*colour/],
+    ['no stores', ok().replace('stores: [ { type: file } ]', 'stores: []'), /keys\[0\]\.stores: at least one store/],
+    ['yaml syntax', 'version: 1\nkeys: [\n', /^rotation\.config\.yaml:\d+:\d+ /],
+    [
+      'duplicate key names',
+      `version: 1
+keys:
+  - { name: a, issuer: { type: local }, stores: [ { type: file } ] }
+  - { name: a, issuer: { type: local }, stores: [ { type: file } ] }
+`,
+      /keys\[1\]\.name: duplicate key name "a"/,
+    ],
+  ])('rejects %s with one line naming file:line:col and path', (_n, text, re) => {
+    const e = errorOf(text);
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.exitCode).toBe(2);
+    expect(e.message).toMatch(re);
+    expect(e.message).not.toContain('\n');
+  });
+
+  it('interpolates ${ENV} and ${ENV:-default}; a missing variable is CONFIG_ENV_MISSING with its position', () => {
+    const text = ok().replace('{ type: file }', '{ type: aws-secrets-manager, secretId: "${SECRET_ID}", region: "${REGION:-eu-west-1}" }');
+    const cfg = parseConfig(text, 'c.yaml', { SECRET_ID: 'prod/openai' });
+    expect(cfg.keys[0]!.stores[0]).toMatchObject({ secretId: 'prod/openai', region: 'eu-west-1' });
+    const e = errorOf(text, {});
+    expect(e.code).toBe('CONFIG_ENV_MISSING');
+    expect(e.message).toMatch(/^rotation\.config\.yaml:5:\d+ environment variable SECRET_ID is not set$/);
+  });
+
+  it('computes the expiry safety net from schedule + grace, or off', () => {
+    const text = ok().replace('{ type: local }', '{ type: openai, project: proj_1 }') + '    schedule: { every: 1d }\n    grace: 1h\n';
+    expect(expiresInSecondsFor(parseConfig(text, 'c.yaml', {}).keys[0]!)).toBe(90_000);
+    const off = text.replace('project: proj_1', 'project: proj_1, expiresAfter: "off"');
+    expect(expiresInSecondsFor(parseConfig(off, 'c.yaml', {}).keys[0]!)).toBeNull();
+    expect(expiresInSecondsFor(parseConfig(ok(), 'c.yaml', {}).keys[0]!)).toBeNull();
+  });
+
+  it('exports a JSON Schema that names every provider type', () => {
+    const text = JSON.stringify(configJsonSchema());
+    for (const t of ['local', 'openai', 'file', 'aws-secrets-manager', 'gcp-secret-manager', 'azure-key-vault', 'issuer-smoke-test']) expect(text).toContain(`"${t}"`);
+  });
+});

@@ -1,0 +1,470 @@
+/**
+ * The rotation workflow: one actor per key rotation.
+ *
+ *   preflight → issue → stage(×stores) → verify → promote(×stores) → confirm → revoke → verifyRevoked → rotated
+ *
+ * Compensations run in reverse, entered at the depth the failure reached:
+ *   promote/confirm failed → demote(i..0) → unstage(all) → discard → rolledBack
+ *   verify failed          →                unstage(all) → discard → rolledBack
+ *   stage[i] failed        →                unstage(i..0) → discard → rolledBack
+ *   issue failed           →                               discard → rolledBack   (reconciles by name)
+ * A failed compensation ends in `rollbackFailed`, naming what is left for a human.
+ * Past confirm there is no way back: a failed revoke is retried, then reported (`needsAttention`).
+ * Leak mode: confirm is skipped and nothing after promote ever demotes (the leaked key is never restored).
+ *
+ * Context holds references only (key ids, fingerprints, counters, deadlines); never a secret value.
+ * Every wait is an invoked actor with an absolute deadline kept in context (an `after` timer is not
+ * re-armed when a persisted snapshot is restored; an in-flight invoke is re-run, so every actor is
+ * idempotent). Side effects are declared here by name and supplied by `provideRotation` (stages/).
+ */
+import { assign, fromPromise, setup } from 'xstate';
+import type { ErrorRecord } from '../../src/core/errors.ts';
+import { toKeyrotorError } from '../../src/core/errors.ts';
+import type { Stage } from '../../src/core/stages.ts';
+
+/** Bump when states or context change incompatibly; stored with every snapshot. */
+export const MACHINE_VERSION = 1;
+
+export interface RotationTiming {
+  verifyTimeoutMs: number;
+  /** one per gate, same order as gateNames */
+  gateTimeoutsMs: number[];
+  revokeAttempts: number;
+  revokeBackoffMs: number;
+  verifyRevokedTimeoutMs: number;
+}
+
+export interface RotationInput {
+  rotationId: string;
+  keyName: string;
+  /** the issuer key name carrying the rotation id */
+  newKeyName: string;
+  leaked: boolean;
+  storeLabels: string[];
+  gateNames: string[];
+  timing: RotationTiming;
+  expiresInSeconds: number | null;
+  /** ms since epoch */
+  startedAt: number;
+}
+
+export interface RotationContext extends RotationInput {
+  oldKeyId: string | null;
+  oldFingerprint: string | null;
+  /** the store had no value: nothing to revoke */
+  bootstrap: boolean;
+  /** leak mode went ahead although the old key could not be identified at the issuer */
+  oldKeyUnidentified: boolean;
+  newKeyId: string | null;
+  newFingerprint: string | null;
+  /** stores[0..staged-1] hold the new key as pending */
+  staged: number;
+  /** stores[0..promoted-1] serve the new key as current */
+  promoted: number;
+  /** compensation cursor: index of the store the running compensation works on */
+  cursor: number;
+  promotedAt: number | null;
+  deadlines: { verify: number | null; confirm: number[] | null; verifyRevoked: number | null; revokeRetryAt: number | null };
+  revokeAttempts: number;
+  /** the failure that started a compensation (or ended the rotation) */
+  error: ErrorRecord | null;
+  /** the failure of a compensation itself */
+  compensationError: ErrorRecord | null;
+  /** what a human must still do */
+  leftovers: string[];
+}
+
+// ---------------------------------------------------------------- actor I/O (references only)
+
+export interface PreflightOutput {
+  oldKeyId: string | null;
+  oldFingerprint: string | null;
+  bootstrap: boolean;
+  oldKeyUnidentified: boolean;
+}
+export interface IssueOutput {
+  newKeyId: string;
+  newFingerprint: string;
+}
+export interface StepInput {
+  ctx: RotationContext;
+  /** store index for per-store stages */
+  index: number;
+}
+export interface SleepInput {
+  until: number;
+}
+
+const notProvided = (name: string) =>
+  async (): Promise<never> => {
+    throw new Error(`rotation actor "${name}" was not provided (use provideRotation)`);
+  };
+
+export const rotationSetup = setup({
+  types: {
+    context: {} as RotationContext,
+    input: {} as RotationInput,
+    output: {} as RotationContext,
+  },
+  actors: {
+    preflight: fromPromise<PreflightOutput, StepInput>(notProvided('preflight')),
+    issue: fromPromise<IssueOutput, StepInput>(notProvided('issue')),
+    stage: fromPromise<void, StepInput>(notProvided('stage')),
+    verify: fromPromise<void, StepInput>(notProvided('verify')),
+    promote: fromPromise<void, StepInput>(notProvided('promote')),
+    confirm: fromPromise<void, StepInput>(notProvided('confirm')),
+    revoke: fromPromise<void, StepInput>(notProvided('revoke')),
+    verifyRevoked: fromPromise<void, StepInput>(notProvided('verifyRevoked')),
+    demote: fromPromise<void, StepInput>(notProvided('demote')),
+    unstage: fromPromise<void, StepInput>(notProvided('unstage')),
+    discard: fromPromise<void, StepInput>(notProvided('discard')),
+    sleep: fromPromise<void, SleepInput>(notProvided('sleep')),
+  },
+  guards: {
+    moreToStage: ({ context }) => context.staged + 1 < context.storeLabels.length,
+    moreToPromote: ({ context }) => context.promoted + 1 < context.storeLabels.length,
+    moreToCompensate: ({ context }) => context.cursor > 0,
+    leaked: ({ context }) => context.leaked,
+    skipConfirm: ({ context }) => context.leaked || context.gateNames.length === 0,
+    nothingToRevoke: ({ context }) => context.bootstrap,
+    oldKeyUnknown: ({ context }) => context.oldKeyId === null,
+    revokeAttemptsLeft: ({ context }) => context.revokeAttempts + 1 < context.timing.revokeAttempts,
+    adoptionNeeded: ({ event }) => toKeyrotorError((event as { error?: unknown }).error).code === 'ADOPT_REQUIRED',
+  },
+  actions: {
+    recordError: assign({
+      error: ({ event }, params: { stage: Stage }) => toKeyrotorError((event as { error?: unknown }).error, params.stage).toRecord(),
+    }),
+    recordCompensationError: assign({
+      compensationError: ({ event }, params: { stage: Stage }) =>
+        toKeyrotorError((event as { error?: unknown }).error, params.stage).toRecord(),
+    }),
+  },
+});
+
+const input = ({ context }: { context: RotationContext }): StepInput => ({ ctx: context, index: 0 });
+const inputAt = (field: 'staged' | 'promoted' | 'cursor') => ({ context }: { context: RotationContext }): StepInput => ({
+  ctx: context,
+  index: context[field],
+});
+
+/** The stages in order, for progress rendering and docs. */
+export const rotationMachine = rotationSetup.createMachine({
+  id: 'rotation',
+  initial: 'preflight',
+  context: ({ input: i }) => ({
+    ...i,
+    oldKeyId: null,
+    oldFingerprint: null,
+    bootstrap: false,
+    oldKeyUnidentified: false,
+    newKeyId: null,
+    newFingerprint: null,
+    staged: 0,
+    promoted: 0,
+    cursor: 0,
+    promotedAt: null,
+    deadlines: { verify: null, confirm: null, verifyRevoked: null, revokeRetryAt: null },
+    revokeAttempts: 0,
+    error: null,
+    compensationError: null,
+    leftovers: [],
+  }),
+  output: ({ context }) => context,
+  states: {
+    preflight: {
+      invoke: {
+        id: 'preflight',
+        src: 'preflight',
+        input,
+        onDone: {
+          target: 'issue',
+          actions: assign(({ event }) => ({ ...event.output })),
+        },
+        onError: [
+          {
+            guard: 'adoptionNeeded',
+            target: 'needsAttention',
+            actions: [{ type: 'recordError', params: { stage: 'preflight' } }],
+          },
+          { target: 'failed', actions: [{ type: 'recordError', params: { stage: 'preflight' } }] },
+        ],
+      },
+    },
+    issue: {
+      invoke: {
+        id: 'issue',
+        src: 'issue',
+        input,
+        onDone: { target: 'stage', actions: assign(({ event }) => ({ ...event.output })) },
+        onError: { target: 'discard', actions: [{ type: 'recordError', params: { stage: 'issue' } }] },
+      },
+    },
+    stage: {
+      invoke: {
+        id: 'stage',
+        src: 'stage',
+        input: inputAt('staged'),
+        onDone: [
+          { guard: 'moreToStage', target: 'stage', reenter: true, actions: assign({ staged: ({ context }) => context.staged + 1 }) },
+          { target: 'verify', actions: assign({ staged: ({ context }) => context.staged + 1 }) },
+        ],
+        // the failing store may hold a partial write: unstage it too (unstage is idempotent)
+        onError: {
+          target: 'unstage',
+          actions: [{ type: 'recordError', params: { stage: 'stage' } }, assign({ cursor: ({ context }) => context.staged })],
+        },
+      },
+    },
+    verify: {
+      entry: assign({
+        deadlines: ({ context }) => ({
+          ...context.deadlines,
+          verify: context.deadlines.verify ?? Date.now() + context.timing.verifyTimeoutMs,
+        }),
+      }),
+      invoke: {
+        id: 'verify',
+        src: 'verify',
+        input,
+        onDone: { target: 'promote' },
+        onError: {
+          target: 'unstage',
+          actions: [{ type: 'recordError', params: { stage: 'verify' } }, assign({ cursor: ({ context }) => context.storeLabels.length - 1 })],
+        },
+      },
+    },
+    promote: {
+      invoke: {
+        id: 'promote',
+        src: 'promote',
+        input: inputAt('promoted'),
+        onDone: [
+          { guard: 'moreToPromote', target: 'promote', reenter: true, actions: assign({ promoted: ({ context }) => context.promoted + 1 }) },
+          {
+            guard: 'skipConfirm',
+            target: 'decideRevoke',
+            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+          },
+          { target: 'confirm', actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }) },
+        ],
+        onError: [
+          {
+            // leak mode never puts the leaked key back: report what is half-promoted
+            guard: 'leaked',
+            target: 'needsAttention',
+            actions: [
+              { type: 'recordError', params: { stage: 'promote' } },
+              assign({
+                leftovers: ({ context }) => [
+                  `promote failed at ${context.storeLabels[context.promoted]}: ${context.storeLabels
+                    .slice(context.promoted)
+                    .join(', ')} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
+                  ...(context.oldKeyId ? [`the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`] : []),
+                ],
+              }),
+            ],
+          },
+          {
+            target: 'demote',
+            actions: [{ type: 'recordError', params: { stage: 'promote' } }, assign({ cursor: ({ context }) => context.promoted })],
+          },
+        ],
+      },
+    },
+    confirm: {
+      entry: assign({
+        deadlines: ({ context }) => ({
+          ...context.deadlines,
+          confirm: context.deadlines.confirm ?? context.timing.gateTimeoutsMs.map((t) => Date.now() + t),
+        }),
+      }),
+      invoke: {
+        id: 'confirm',
+        src: 'confirm',
+        input,
+        onDone: { target: 'decideRevoke' },
+        onError: {
+          target: 'demote',
+          actions: [{ type: 'recordError', params: { stage: 'confirm' } }, assign({ cursor: ({ context }) => context.storeLabels.length - 1 })],
+        },
+      },
+    },
+    /** transient: is there an old key we positively identified? */
+    decideRevoke: {
+      always: [
+        { guard: 'nothingToRevoke', target: 'rotated' },
+        {
+          guard: 'oldKeyUnknown',
+          target: 'needsAttention',
+          actions: assign({
+            leftovers: () => [
+              'the old key was not identified at the issuer, so it was NOT revoked: find it and delete it by hand (the new key is current everywhere)',
+            ],
+          }),
+        },
+        { target: 'revoke' },
+      ],
+    },
+    revoke: {
+      invoke: {
+        id: 'revoke',
+        src: 'revoke',
+        input,
+        onDone: { target: 'verifyRevoked' },
+        onError: [
+          {
+            guard: 'revokeAttemptsLeft',
+            target: 'revokeRetry',
+            actions: [
+              { type: 'recordError', params: { stage: 'revoke' } },
+              assign({
+                revokeAttempts: ({ context }) => context.revokeAttempts + 1,
+                deadlines: ({ context }) => ({
+                  ...context.deadlines,
+                  revokeRetryAt: Date.now() + context.timing.revokeBackoffMs * 2 ** context.revokeAttempts,
+                }),
+              }),
+            ],
+          },
+          {
+            target: 'needsAttention',
+            actions: [
+              { type: 'recordError', params: { stage: 'revoke' } },
+              assign({
+                revokeAttempts: ({ context }) => context.revokeAttempts + 1,
+                leftovers: ({ context }) => [
+                  `the old key ${context.oldKeyId} could not be revoked after ${context.revokeAttempts + 1} attempts: delete it at the issuer (the new key ${context.newKeyId} is current everywhere)`,
+                ],
+              }),
+            ],
+          },
+        ],
+      },
+    },
+    revokeRetry: {
+      invoke: {
+        id: 'sleep',
+        src: 'sleep',
+        input: ({ context }) => ({ until: context.deadlines.revokeRetryAt ?? 0 }),
+        onDone: { target: 'revoke' },
+        onError: { target: 'revoke' },
+      },
+    },
+    verifyRevoked: {
+      entry: assign({
+        deadlines: ({ context }) => ({
+          ...context.deadlines,
+          verifyRevoked: context.deadlines.verifyRevoked ?? Date.now() + context.timing.verifyRevokedTimeoutMs,
+        }),
+      }),
+      invoke: {
+        id: 'verifyRevoked',
+        src: 'verifyRevoked',
+        input,
+        onDone: { target: 'rotated' },
+        onError: {
+          target: 'needsAttention',
+          actions: [
+            { type: 'recordError', params: { stage: 'verifyRevoked' } },
+            assign({
+              leftovers: ({ context }) => [
+                `the old key ${context.oldKeyId} was deleted but still worked at the deadline: check it at the issuer and delete it again`,
+              ],
+            }),
+          ],
+        },
+      },
+    },
+
+    // ------------------------------------------------------------ compensations
+    demote: {
+      invoke: {
+        id: 'demote',
+        src: 'demote',
+        input: inputAt('cursor'),
+        onDone: [
+          { guard: 'moreToCompensate', target: 'demote', reenter: true, actions: assign({ cursor: ({ context }) => context.cursor - 1 }) },
+          { target: 'unstage', actions: assign({ cursor: ({ context }) => context.storeLabels.length - 1 }) },
+        ],
+        onError: {
+          target: 'rollbackFailed',
+          actions: [
+            { type: 'recordCompensationError', params: { stage: 'demote' } },
+            assign({
+              leftovers: ({ context }) => [
+                `${context.storeLabels.slice(0, context.cursor + 1).join(', ')} still serve the new key ${context.newKeyId} (${context.newFingerprint}): set the previous version current again`,
+                `the new key ${context.newKeyId} still exists at the issuer: delete it once no store serves it`,
+              ],
+            }),
+          ],
+        },
+      },
+    },
+    unstage: {
+      invoke: {
+        id: 'unstage',
+        src: 'unstage',
+        input: inputAt('cursor'),
+        onDone: [
+          { guard: 'moreToCompensate', target: 'unstage', reenter: true, actions: assign({ cursor: ({ context }) => context.cursor - 1 }) },
+          { target: 'discard' },
+        ],
+        onError: {
+          target: 'rollbackFailed',
+          actions: [
+            { type: 'recordCompensationError', params: { stage: 'unstage' } },
+            assign({
+              leftovers: ({ context }) => [
+                `${context.storeLabels.slice(0, context.cursor + 1).join(', ')} still hold the new key ${context.newKeyId} as pending (not served to consumers): remove that pending version`,
+                `the new key ${context.newKeyId} still exists at the issuer: delete it`,
+              ],
+            }),
+          ],
+        },
+      },
+    },
+    discard: {
+      invoke: {
+        id: 'discard',
+        src: 'discard',
+        input,
+        onDone: [
+          {
+            guard: 'leaked',
+            target: 'needsAttention',
+            actions: assign({
+              leftovers: ({ context }) => [
+                `rotation failed before the new key was served; the LEAKED key ${context.oldKeyId ?? '(unidentified)'} is still current: fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`,
+              ],
+            }),
+          },
+          { target: 'rolledBack' },
+        ],
+        onError: {
+          target: 'rollbackFailed',
+          actions: [
+            { type: 'recordCompensationError', params: { stage: 'discard' } },
+            assign({
+              leftovers: ({ context }) => [
+                `the new key ${context.newKeyId ?? `named ${context.newKeyName}`} may still exist at the issuer: delete it (\`keyrotor sweep\` finds it by name)`,
+              ],
+            }),
+          ],
+        },
+      },
+    },
+
+    // ------------------------------------------------------------ final states
+    rotated: { type: 'final' },
+    rolledBack: { type: 'final' },
+    /** preflight refused: nothing was changed */
+    failed: { type: 'final' },
+    needsAttention: { type: 'final' },
+    rollbackFailed: { type: 'final' },
+  },
+});
+
+export type RotationMachine = typeof rotationMachine;
+export type FinalState = 'rotated' | 'rolledBack' | 'failed' | 'needsAttention' | 'rollbackFailed';
+export const FINAL_STATES: readonly FinalState[] = ['rotated', 'rolledBack', 'failed', 'needsAttention', 'rollbackFailed'];

@@ -1,0 +1,348 @@
+/**
+ * The side effects of every stage, written against the ports only. `provideRotation(deps)` plugs them
+ * into the machine; tests provide the same stages with fake providers.
+ *
+ * Each one is idempotent, because a restored snapshot re-runs the invoke that was in flight:
+ *   issue     - the key name carries the rotation id; discard reconciles by that name
+ *   stage     - stores key their pending version by rotation id
+ *   promote / demote / unstage - stores converge on the end state for that rotation id
+ *   revoke / discard - "already gone" is success
+ * Before any side effect a stage waits for `deps.persisted()`: the snapshot that says "we are in this
+ * stage" is on disk before the world changes (write-ahead).
+ */
+import { fromPromise } from 'xstate';
+import type { Clock } from '../../../src/core/clock.ts';
+import { KeyrotorError, toKeyrotorError } from '../../../src/core/errors.ts';
+import { fingerprint } from '../../../src/core/fingerprint.ts';
+import type { HealthGate, Issuer, Logger, SecretStore } from '../../../src/core/ports.ts';
+import type { Secret } from '../../../src/core/secret.ts';
+import type { Stage } from '../../../src/core/stages.ts';
+import { rotationMachine, type IssueOutput, type PreflightOutput, type RotationContext, type StepInput } from '../rotation.machine.ts';
+
+/** Secret values live here between `issue` and `stage`, in memory only, never in a snapshot. */
+export class SecretVault {
+  #values = new Map<string, Secret>();
+  set(ref: string, s: Secret): void {
+    this.#values.set(ref, s);
+  }
+  get(ref: string): Secret | undefined {
+    return this.#values.get(ref);
+  }
+  delete(ref: string): void {
+    this.#values.delete(ref);
+  }
+}
+
+export interface RotationDeps {
+  issuer: Issuer;
+  stores: SecretStore[];
+  gates: HealthGate[];
+  clock: Clock;
+  logger: Logger;
+  vault: SecretVault;
+  /** resolves once the snapshot of the state being entered is durable */
+  persisted(): Promise<void>;
+  /** key ids recorded by `keyrotor adopt`, by fingerprint of the value */
+  adopted(fingerprint: string): string | undefined;
+  verifyIntervalMs: number;
+  verifyRevokedIntervalMs: number;
+  /** attempts for each compensation call before giving up (rollbackFailed) */
+  compensationAttempts: number;
+  /** called on every stage start/finish, for progress rendering, audit and metrics */
+  onStage?(e: StageEvent): void;
+}
+
+export interface StageEvent {
+  stage: Stage;
+  phase: 'start' | 'done' | 'error';
+  index?: number;
+  ms?: number;
+  detail?: string;
+  error?: KeyrotorError;
+}
+
+const newRef = (ctx: RotationContext) => `new:${ctx.rotationId}`;
+const oldRef = (ctx: RotationContext) => `old:${ctx.rotationId}`;
+
+async function pollUntil<T>(
+  clock: Clock,
+  deadline: number,
+  intervalMs: number,
+  signal: AbortSignal,
+  attempt: () => Promise<{ done: true; value: T } | { done: false; observation: string; final?: boolean }>,
+  onTimeout: (last: string) => KeyrotorError,
+): Promise<T> {
+  let last = 'not checked yet';
+  let delay = Math.max(50, intervalMs);
+  for (;;) {
+    const r = await attempt();
+    if (r.done) return r.value;
+    last = r.observation;
+    if (r.final) throw onTimeout(last);
+    const left = deadline - clock.now();
+    if (left <= 0) throw onTimeout(last);
+    await clock.sleep(Math.min(delay, left), signal);
+    delay = Math.min(delay * 1.5, Math.max(intervalMs * 4, 1000));
+  }
+}
+
+async function withRetries<T>(clock: Clock, attempts: number, fn: () => Promise<T>): Promise<T> {
+  let lastErr: unknown;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await fn();
+    } catch (e) {
+      lastErr = e;
+      const ke = toKeyrotorError(e);
+      if (!ke.retryable || i === attempts - 1) throw e;
+      await clock.sleep(Math.min(250 * 2 ** i, 5000));
+    }
+  }
+  throw lastErr;
+}
+
+/** The new key's value: from memory if this process issued it, else read back from a store. */
+async function newSecret(deps: RotationDeps, ctx: RotationContext, stage: Stage, upTo = deps.stores.length): Promise<Secret> {
+  const inMemory = deps.vault.get(newRef(ctx));
+  if (inMemory) return inMemory;
+  for (const store of deps.stores.slice(0, upTo)) {
+    const v = (await store.readPending(ctx.rotationId)) ?? (await currentIfOurs(store, ctx));
+    if (v && fingerprint(v.secret) === ctx.newFingerprint) {
+      deps.vault.set(newRef(ctx), v.secret);
+      return v.secret;
+    }
+  }
+  throw new KeyrotorError('SECRET_UNAVAILABLE', `the new key ${ctx.newKeyId} is not held by any store (the process stopped before staging it); it will be discarded`, {
+    stage,
+  });
+}
+
+async function currentIfOurs(store: SecretStore, ctx: RotationContext) {
+  const c = await store.readCurrent();
+  return c && c.meta.rotationId === ctx.rotationId ? c : null;
+}
+
+export function rotationActors(deps: RotationDeps) {
+  const { issuer, stores, clock } = deps;
+
+  /** wrap a stage body: write-ahead barrier, timing, progress events, error normalisation */
+  function step<O>(stage: Stage, body: (input: StepInput, signal: AbortSignal) => Promise<O>) {
+    return fromPromise<O, StepInput>(async ({ input, signal }) => {
+      await deps.persisted();
+      const t0 = clock.now();
+      const perStore = stage === 'stage' || stage === 'promote' || stage === 'demote' || stage === 'unstage';
+      const index = perStore ? input.index : undefined;
+      deps.onStage?.({ stage, phase: 'start', ...(index !== undefined ? { index } : {}) });
+      try {
+        const out = await body(input, signal);
+        deps.onStage?.({ stage, phase: 'done', ms: clock.now() - t0, ...(index !== undefined ? { index } : {}) });
+        return out;
+      } catch (e) {
+        const err = toKeyrotorError(e, stage);
+        deps.onStage?.({ stage, phase: 'error', ms: clock.now() - t0, error: err, ...(index !== undefined ? { index } : {}) });
+        throw err;
+      }
+    });
+  }
+
+  const store = (i: number): SecretStore => {
+    const s = stores[i];
+    if (!s) throw new KeyrotorError('INTERNAL', `no store at index ${i}`);
+    return s;
+  };
+
+  return {
+    preflight: step<PreflightOutput>('preflight', async ({ ctx }) => {
+      await issuer.check();
+      for (const s of stores) await s.check();
+      // What is current now? Every store must agree on one key (or all be empty).
+      const currents = await Promise.all(stores.map((s) => s.readCurrent()));
+      const present = currents.filter((c) => c !== null);
+      if (present.length === 0) return { oldKeyId: null, oldFingerprint: null, bootstrap: true, oldKeyUnidentified: false };
+      const fps = new Set(present.map((c) => fingerprint(c.secret)));
+      if (fps.size > 1 || present.length !== stores.length) {
+        throw new KeyrotorError('ADOPT_REQUIRED', `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i]!.secret) : 'empty'}`).join(', ')})`, {
+          stage: 'preflight',
+          hint: 'make every store serve the same key, then rotate again',
+        });
+      }
+      const cur = present[0]!;
+      const oldFingerprint = fingerprint(cur.secret);
+      deps.vault.set(oldRef(ctx), cur.secret);
+      let oldKeyId = present.find((c) => c.meta.issuerKeyId)?.meta.issuerKeyId ?? deps.adopted(oldFingerprint) ?? null;
+      if (!oldKeyId) {
+        // a key a person put there by hand: identify it positively at the issuer, or refuse
+        const id = await issuer.identify(cur.secret);
+        if (id.kind === 'found') oldKeyId = id.keyId;
+        else if (!ctx.leaked) {
+          throw new KeyrotorError(
+            'ADOPT_REQUIRED',
+            id.kind === 'ambiguous'
+              ? `the current value of ${ctx.keyName} matches several issuer keys (${id.candidates.join(', ')})`
+              : `the current value of ${ctx.keyName} (${oldFingerprint}) matches no key at the issuer`,
+            { stage: 'preflight', hint: `run \`keyrotor adopt ${ctx.keyName} --key-id <id>\` with the issuer key id it belongs to` },
+          );
+        }
+      }
+      return { oldKeyId, oldFingerprint, bootstrap: false, oldKeyUnidentified: oldKeyId === null };
+    }),
+
+    issue: step<IssueOutput>('issue', async ({ ctx }) => {
+      const key = await issuer.create({
+        name: ctx.newKeyName,
+        rotationId: ctx.rotationId,
+        ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
+      });
+      deps.vault.set(newRef(ctx), key.secret);
+      deps.logger.info({ stage: 'issue', keyId: key.keyId, fingerprint: fingerprint(key.secret) }, 'new key issued');
+      return { newKeyId: key.keyId, newFingerprint: fingerprint(key.secret) };
+    }),
+
+    stage: step<void>('stage', async ({ ctx, index }) => {
+      const secret = await newSecret(deps, ctx, 'stage', index);
+      await store(index).stage({
+        rotationId: ctx.rotationId,
+        secret,
+        meta: { rotationId: ctx.rotationId, issuerKeyId: ctx.newKeyId ?? undefined, fingerprint: ctx.newFingerprint ?? undefined, createdAt: new Date(clock.now()).toISOString() },
+      });
+    }),
+
+    verify: step<void>('verify', async ({ ctx }, signal) => {
+      // every store holds exactly the value that was issued
+      for (const s of stores) {
+        const p = await s.readPending(ctx.rotationId);
+        if (!p || fingerprint(p.secret) !== ctx.newFingerprint) {
+          throw new KeyrotorError('STORE_CORRUPT', `${s.label} does not hold the staged key ${ctx.newFingerprint} for ${ctx.rotationId}`, { stage: 'verify' });
+        }
+      }
+      const secret = await newSecret(deps, ctx, 'verify');
+      const deadline = ctx.deadlines.verify ?? clock.now();
+      await pollUntil(
+        clock,
+        deadline,
+        deps.verifyIntervalMs,
+        signal,
+        async () => {
+          const r = await issuer.verify(secret);
+          if (r.ok) return { done: true, value: undefined };
+          return { done: false, observation: `${r.reason}: ${r.detail}`, final: r.reason === 'missing_scopes' };
+        },
+        (last) =>
+          new KeyrotorError(last.startsWith('missing_scopes') ? 'KEY_MISSING_SCOPES' : 'KEY_INVALID', `the new key ${ctx.newKeyId} does not work at the issuer (${last})`, {
+            stage: 'verify',
+          }),
+      );
+    }),
+
+    promote: step<void>('promote', async ({ ctx, index }) => {
+      await store(index).promote(ctx.rotationId);
+    }),
+
+    confirm: step<void>('confirm', async ({ ctx }, signal) => {
+      const deadlines = ctx.deadlines.confirm ?? [];
+      await Promise.all(
+        deps.gates.map(async (gate, i) => {
+          const deadline = deadlines[i] ?? clock.now() + gate.timeoutMs;
+          await pollUntil(
+            clock,
+            deadline,
+            gate.intervalMs,
+            signal,
+            async () => {
+              try {
+                const o = await gate.check({
+                  rotationId: ctx.rotationId,
+                  keyName: ctx.keyName,
+                  newKeyId: ctx.newKeyId ?? '',
+                  oldKeyId: ctx.oldKeyId ?? undefined,
+                  newFingerprint: ctx.newFingerprint ?? '',
+                  oldFingerprint: ctx.oldFingerprint ?? undefined,
+                  promotedAt: ctx.promotedAt ? new Date(ctx.promotedAt).toISOString() : undefined,
+                  readNewSecret: () => newSecret(deps, ctx, 'confirm'),
+                  signal,
+                });
+                return o.pass ? { done: true, value: undefined } : { done: false, observation: o.observation, ...(o.final ? { final: true } : {}) };
+              } catch (e) {
+                return { done: false, observation: `error: ${toKeyrotorError(e).message}` };
+              }
+            },
+            (last) =>
+              new KeyrotorError(clock.now() >= deadline ? 'GATE_TIMEOUT' : 'GATE_REJECTED', `health gate "${gate.name}" did not pass: ${last}`, { stage: 'confirm' }),
+          );
+          deps.logger.info({ stage: 'confirm', gate: gate.name }, 'health gate passed');
+        }),
+      );
+    }),
+
+    revoke: step<void>('revoke', async ({ ctx }) => {
+      if (!ctx.oldKeyId) throw new KeyrotorError('INTERNAL', 'revoke without an identified old key', { stage: 'revoke' });
+      const r = await issuer.revoke(ctx.oldKeyId);
+      deps.logger.info({ stage: 'revoke', keyId: ctx.oldKeyId, alreadyGone: r.alreadyGone }, 'old key revoked');
+    }),
+
+    verifyRevoked: step<void>('verifyRevoked', async ({ ctx }, signal) => {
+      let old = deps.vault.get(oldRef(ctx));
+      if (!old) {
+        for (const s of stores) {
+          const p = await s.readPrevious();
+          if (p && fingerprint(p.secret) === ctx.oldFingerprint) {
+            old = p.secret;
+            break;
+          }
+        }
+      }
+      const deadline = ctx.deadlines.verifyRevoked ?? clock.now();
+      await pollUntil(
+        clock,
+        deadline,
+        deps.verifyRevokedIntervalMs,
+        signal,
+        async () => {
+          if (old) {
+            const r = await issuer.verify(old);
+            if (!r.ok && r.reason === 'invalid') return { done: true, value: undefined };
+            return { done: false, observation: r.ok ? 'the old key still works' : `${r.reason}: ${r.detail}` };
+          }
+          // no value to test with: the key must be gone from the issuer's list
+          const keys = await issuer.list();
+          return keys.some((k) => k.keyId === ctx.oldKeyId)
+            ? { done: false, observation: 'the old key is still listed at the issuer' }
+            : { done: true, value: undefined };
+        },
+        (last) => new KeyrotorError('REVOKE_UNCONFIRMED', `the old key ${ctx.oldKeyId} is not dead yet: ${last}`, { stage: 'verifyRevoked' }),
+      );
+      deps.vault.delete(oldRef(ctx));
+      deps.vault.delete(newRef(ctx));
+    }),
+
+    demote: step<void>('demote', async ({ ctx, index }) => {
+      await withRetries(clock, deps.compensationAttempts, () => store(index).demote(ctx.rotationId));
+    }),
+
+    unstage: step<void>('unstage', async ({ ctx, index }) => {
+      await withRetries(clock, deps.compensationAttempts, () => store(index).unstage(ctx.rotationId));
+    }),
+
+    discard: step<void>('discard', async ({ ctx }) => {
+      await withRetries(clock, deps.compensationAttempts, async () => {
+        if (ctx.newKeyId) {
+          await issuer.revoke(ctx.newKeyId);
+        } else {
+          // the create may have succeeded without us seeing the response: find it by its unique name
+          for (const k of await issuer.list()) if (k.name === ctx.newKeyName) await issuer.revoke(k.keyId);
+        }
+      });
+      deps.vault.delete(newRef(ctx));
+      deps.vault.delete(oldRef(ctx));
+    }),
+
+    sleep: fromPromise<void, { until: number }>(async ({ input, signal }) => {
+      await clock.sleep(Math.max(0, input.until - clock.now()), signal);
+    }),
+  };
+}
+
+/** The machine with every side effect supplied. */
+export function provideRotation(deps: RotationDeps) {
+  return rotationMachine.provide({ actors: rotationActors(deps) });
+}
