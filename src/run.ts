@@ -6,13 +6,13 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { createActor, type SnapshotFrom } from 'xstate';
 import { z } from 'zod';
-import { composeKey, expiresInSecondsFor, timingFor } from './compose.ts';
+import { composeKey, expiresInSecondsFor, timingFor, type KeyProviders } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from './core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from './core/errors.ts';
 import { issuedKeyName, newRotationId } from './core/ids.ts';
-import { isLease, type KeyRecord, type Lease, type Logger, type PersistedRotation, type RotationResult, type StateStore } from './core/ports.ts';
+import { isLease, type KeyRecord, type Logger, type PersistedRotation, type RotationResult, type StateStore } from './core/ports.ts';
 import type { Outcome, Stage } from './core/stages.ts';
 import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput } from '../workflows/rotation/rotation.machine.ts';
 import { provideRotation, SecretVault, type StageEvent } from '../workflows/rotation/stages/index.ts';
@@ -87,6 +87,10 @@ export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<Key
       return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
     }
 
+    // build the providers first: configuration problems (e.g. a missing env var) end here, exit 2,
+    // before a lease or any state is written
+    const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock, ...(o.env ? { env: o.env } : {}) });
+
     const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
     const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
     if (!isLease(got)) {
@@ -107,7 +111,7 @@ export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<Key
       const fresh = await o.stateStore.read(key.name);
       const active = fresh?.active ?? null;
       if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
-      return await runRotation(key, fresh, active, o, lease, log);
+      return await runRotation(key, fresh, active, o, providers, log);
     } finally {
       clearInterval(renew);
       await lease.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
@@ -131,11 +135,10 @@ async function runRotation(
   record: KeyRecord | null,
   resume: PersistedRotation | null,
   o: RotateOptions,
-  _lease: Lease,
+  providers: KeyProviders,
   log: Logger,
 ): Promise<KeyResult> {
   const clock = o.clock ?? systemClock;
-  const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock, ...(o.env ? { env: o.env } : {}) });
 
   let snapshot: unknown;
   let rotationId: string;

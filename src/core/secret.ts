@@ -46,7 +46,8 @@ export class Secret {
  * the first is never holding the value in such places.
  */
 const KEY_SHAPES: RegExp[] = [
-  /\b(sk|kr)-[A-Za-z0-9_\-*]{6,}/g, // OpenAI keys (also partially masked forms) and local keys
+  /\bsk-[A-Za-z0-9_\-*]{6,}/g, // OpenAI keys (also partially masked forms)
+  /[A-Za-z0-9_-]{40,}/g, // any long random token (local issuer values are prefix + 43 base64url chars)
   /\bBearer\s+[A-Za-z0-9._\-~+/=]{8,}/gi,
 ];
 export function scrubText(text: string, extra: readonly string[] = []): string {

@@ -265,7 +265,7 @@ function newKeyJson(k: FakeKey) {
 
 /** mask like the real API does in "Incorrect API key provided" messages (never the whole value) */
 function maskForMessage(v: string): string {
-  return v; return v.length <= 12 ? '***' : `${v.slice(0, 6)}${'*'.repeat(Math.max(4, v.length - 10))}${v.slice(-4)}`;
+  return v.length <= 12 ? '***' : `${v.slice(0, 6)}${'*'.repeat(Math.max(4, v.length - 10))}${v.slice(-4)}`;
 }
 
 class HttpError extends Error {

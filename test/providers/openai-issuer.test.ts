@@ -471,15 +471,18 @@ describe('openai issuer: identify', () => {
 });
 
 describe('openai issuer: admin key', () => {
-  it('missing admin key env var is CONFIG_ENV_MISSING with a hint, before any request', async () => {
+  it('missing admin key env var is CONFIG_ENV_MISSING with a hint at construction, before any request', async () => {
     const before = fake.log.length;
-    const { issuer } = await make({}, { env: {} });
-    const e = await failure(issuer.check());
+    const e = await failure(make({}, { env: {} }));
     expect(e.code).toBe('CONFIG_ENV_MISSING');
+    expect(e.exitCode).toBe(2);
     expect(e.message).toContain('KR_OPENAI_ADMIN');
     expect(e.hint).toMatch(/KR_OPENAI_ADMIN/);
-    expect((await failure(issuer.create(req()))).code).toBe('CONFIG_ENV_MISSING');
-    expect((await failure((await make({}, { env: { KR_OPENAI_ADMIN: '  ' } })).issuer.list())).code).toBe('CONFIG_ENV_MISSING');
+    expect((await failure(make({}, { env: { KR_OPENAI_ADMIN: '  ' } }))).code).toBe('CONFIG_ENV_MISSING');
+    // the implementation checks again on first use (e.g. the variable was cleared after construction)
+    const { issuer, ctx } = await make();
+    delete ctx.env.KR_OPENAI_ADMIN;
+    expect((await failure(issuer.check())).code).toBe('CONFIG_ENV_MISSING');
     expect(fake.log.length).toBe(before);
   });
 

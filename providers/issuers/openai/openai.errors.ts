@@ -101,6 +101,8 @@ export function isMissingScopes(e: unknown): boolean {
   if (e.status === 403) return true;
   if (e.status !== 401) return false;
   if (e.code === 'invalid_api_key') return false;
+  // 401 without a code is also what a request with no key at all gets ("You didn't provide an API key")
+  if (/didn't provide an api key|did not provide an api key/i.test(apiMessage(e))) return false;
   if (e.code === null || e.code === undefined) return true;
   return /missing scope|insufficient permission/i.test(apiMessage(e));
 }

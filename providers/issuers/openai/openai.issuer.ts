@@ -315,7 +315,7 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
         project_id: project,
         name: req.name,
         ...(cfg.scopes ? { scopes: cfg.scopes } : {}),
-        ...(req.expiresInSeconds !== undefined ? { expires_in_seconds: req.expiresInSeconds } : {}),
+        ...(typeof req.expiresInSeconds === 'number' ? { expires_in_seconds: req.expiresInSeconds } : {}),
       };
       let res: APIKeyCreateResponse;
       try {
@@ -362,7 +362,7 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       } catch (e) {
         const status = statusOf(e);
         const detail = `${status ?? 'no answer'}${e && typeof e === 'object' && 'code' in e && e.code ? ` ${String(e.code)}` : ''}: ${apiMessage(e, [value, ...secrets()])}`;
-        if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: (e as Error).message, retryable: false };
+        if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
         if (isMissingScopes(e)) return { ok: false, reason: 'missing_scopes', detail: scrubText(detail, [value]), retryable: false };
         const retryable = status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
         return { ok: false, reason: 'error', detail: scrubText(detail, [value]), retryable };

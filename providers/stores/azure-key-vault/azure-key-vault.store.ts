@@ -162,6 +162,11 @@ export class AzureKeyVaultStore implements SecretStore {
     this.name = cfg.name;
     this.side = `${cfg.name}${PENDING_SUFFIX}`;
     this.label = `azure-key-vault:${this.vaultUrl}/secrets/${this.name}`;
+    if (!this.vaultUrl.startsWith('https://')) {
+      throw new KeyrotorError('CONFIG_INVALID', `${this.label}: vaultUrl must be https (the Key Vault SDK refuses to send tokens over plain http)`, {
+        hint: 'use the vault URI shown in the portal, e.g. https://<vault-name>.vault.azure.net',
+      });
+    }
     if (this.side.length > 127) {
       throw new KeyrotorError('CONFIG_INVALID', `${this.label}: the secret name is too long to add the "${PENDING_SUFFIX}" side secret (max ${127 - PENDING_SUFFIX.length} characters)`, {
         hint: 'use a shorter Key Vault secret name',

@@ -1,0 +1,684 @@
+/**
+ * SecretStore on AWS Secrets Manager, driven by staging labels.
+ *
+ * Slots: AWSCURRENT = current (what consumers read), AWSPREVIOUS = previous, AWSPENDING = pending.
+ * Per-version metadata lives in custom staging labels (tags are per secret only):
+ *
+ *   kr:<rotationId>;k=<issuerKeyId>;f=<fingerprint>;t=<createdAt>   one label per version keyrotor wrote
+ *                                                                    (values URI-encoded, max 256 chars)
+ *   kr-empty                                                         the placeholder version (see below)
+ *   kr-prev:<rotationId>                                             the version that was AWSPREVIOUS when
+ *                                                                    that rotation promoted (for demote)
+ *
+ * One packed label per version, not one label per field: a staging label is unique within a secret
+ * (attaching it to one version removes it from any other), so only a label that carries the rotation
+ * id is safe, and Secrets Manager caps the labels on a secret. Old labels are swept after promote.
+ *
+ * Bootstrap placeholder. PutSecretValue on a secret with no versions attaches AWSCURRENT to the new
+ * version whatever VersionStages says (documented AWS behaviour, reproduced by moto), and removing
+ * AWSCURRENT from the only version does not reliably make "nothing current" (moto keeps serving the
+ * value to a plain GetSecretValue). So before the first stage into an empty secret, this store writes
+ * a placeholder version (labels AWSCURRENT + kr-empty; value: a short non-key text, or `{}` in JSON
+ * mode) and stages the real value beside it as AWSPENDING. Consumers never see an unverified key;
+ * reads treat the placeholder as "no value". Demoting a bootstrap moves AWSCURRENT back to it.
+ *
+ * Demote and AWSPREVIOUS. Moving AWSCURRENT back makes Secrets Manager put AWSPREVIOUS on the
+ * demoted (rejected) version, which would invite a manual "roll back to AWSPREVIOUS" onto a dead
+ * key. demote therefore moves AWSPREVIOUS back to the version that held it before this rotation
+ * promoted (marked `kr-prev:<rotationId>` at promote), or removes it when there was none. Net effect:
+ * demote restores current and previous exactly as they were before promote.
+ *
+ * Idempotency: every call reads the labels first (DescribeSecret) and converges; PutSecretValue uses a
+ * ClientRequestToken derived from the rotation id (UUID-shaped SHA-256), so a lost response retried
+ * cannot create a second version. A version pending for another rotation blocks stage (LOCKED).
+ */
+import { createHash } from 'node:crypto';
+import {
+  DescribeSecretCommand,
+  GetSecretValueCommand,
+  PutSecretValueCommand,
+  SecretsManagerClient,
+  UpdateSecretVersionStageCommand,
+  type DescribeSecretCommandOutput,
+} from '@aws-sdk/client-secrets-manager';
+import { KeyrotorError } from '../../../src/core/errors.ts';
+import { Secret } from '../../../src/core/secret.ts';
+import type { Stage } from '../../../src/core/stages.ts';
+import type {
+  Logger,
+  ProviderContext,
+  SecretStore,
+  SlotInfo,
+  StageRequest,
+  StoreSlots,
+  StoredVersion,
+  VersionMeta,
+} from '../../../src/core/ports.ts';
+import type { AwsSecretsManagerStoreConfig } from './aws-secrets-manager.schema.ts';
+import { mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
+
+export const CURRENT = 'AWSCURRENT';
+export const PREVIOUS = 'AWSPREVIOUS';
+export const PENDING = 'AWSPENDING';
+export const META_PREFIX = 'kr:';
+export const PLACEHOLDER_LABEL = 'kr-empty';
+export const PREV_OF_PREFIX = 'kr-prev:';
+/** Secrets Manager limit on one staging label */
+export const MAX_LABEL_LENGTH = 256;
+/** What consumers read from AWSCURRENT before the first promote (plain mode). Not a key. */
+export const PLACEHOLDER_TEXT = 'keyrotor placeholder: no key has been promoted into this secret yet';
+
+// ------------------------------------------------------------------ labels
+
+export interface ParsedMeta extends VersionMeta {
+  rotationId: string;
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+function dec(s: string): string | undefined {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return undefined;
+  }
+}
+
+/** `kr:<rotationId>;k=..;f=..;t=..` (createdAt is dropped first if the label would exceed 256 chars) */
+export function metaLabel(rotationId: string, meta: VersionMeta): string {
+  const base = `${META_PREFIX}${enc(rotationId)}`;
+  const k = meta.issuerKeyId ? `;k=${enc(meta.issuerKeyId)}` : '';
+  const f = meta.fingerprint ? `;f=${enc(meta.fingerprint)}` : '';
+  const t = meta.createdAt ? `;t=${enc(meta.createdAt)}` : '';
+  const full = base + k + f + t;
+  if (full.length <= MAX_LABEL_LENGTH) return full;
+  const short = base + k + f;
+  if (short.length <= MAX_LABEL_LENGTH) return short;
+  throw new KeyrotorError(
+    'STORE_CONFLICT',
+    `version metadata for rotation ${rotationId} does not fit in one Secrets Manager staging label (${short.length} > ${MAX_LABEL_LENGTH} chars)`,
+    { stage: 'stage', retryable: false },
+  );
+}
+
+export function parseMetaLabel(label: string): ParsedMeta | undefined {
+  if (!label.startsWith(META_PREFIX)) return undefined;
+  const [head, ...fields] = label.slice(META_PREFIX.length).split(';');
+  const rotationId = head ? dec(head) : undefined;
+  if (!rotationId) return undefined;
+  const meta: ParsedMeta = { rotationId };
+  for (const f of fields) {
+    const i = f.indexOf('=');
+    if (i < 0) continue;
+    const v = dec(f.slice(i + 1));
+    if (!v) continue;
+    const key = f.slice(0, i);
+    if (key === 'k') meta.issuerKeyId = v;
+    else if (key === 'f') meta.fingerprint = v;
+    else if (key === 't') meta.createdAt = v;
+  }
+  return meta;
+}
+
+function prevOfLabel(rotationId: string): string {
+  return `${PREV_OF_PREFIX}${enc(rotationId)}`;
+}
+
+function isOurLabel(label: string): boolean {
+  return label.startsWith(META_PREFIX) || label === PLACEHOLDER_LABEL || label.startsWith(PREV_OF_PREFIX);
+}
+
+/** Deterministic ClientRequestToken (UUID-shaped, 36 chars) for one rotation and purpose. */
+export function requestToken(purpose: 'stage' | 'empty', rotationId: string): string {
+  const h = createHash('sha256').update(`keyrotor/aws-secrets-manager/${purpose}/${rotationId}`).digest('hex');
+  const variant = ((parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+// ------------------------------------------------------------------ state (labels only, no values)
+
+interface VersionView {
+  id: string;
+  labels: string[];
+  meta: ParsedMeta | undefined;
+  placeholder: boolean;
+  /** rotation ids this version is the pre-promote AWSPREVIOUS of */
+  prevOf: string[];
+  has(label: string): boolean;
+}
+
+interface State {
+  versions: VersionView[];
+  current: VersionView | undefined;
+  previous: VersionView | undefined;
+  /** the version holding AWSPENDING, unless that is the current one */
+  pending: VersionView | undefined;
+  deletedDate: Date | undefined;
+  rotationEnabled: boolean;
+  byRotation(rotationId: string): VersionView | undefined;
+  withLabel(label: string): VersionView | undefined;
+}
+
+function toState(out: DescribeSecretCommandOutput): State {
+  const versions: VersionView[] = [];
+  for (const [id, raw] of Object.entries(out.VersionIdsToStages ?? {})) {
+    const labels = [...new Set(raw ?? [])];
+    if (labels.length === 0) continue; // deprecated (moto lists these; AWS does not)
+    let meta: ParsedMeta | undefined;
+    const prevOf: string[] = [];
+    for (const l of labels) {
+      meta ??= parseMetaLabel(l);
+      if (l.startsWith(PREV_OF_PREFIX)) {
+        const r = dec(l.slice(PREV_OF_PREFIX.length));
+        if (r) prevOf.push(r);
+      }
+    }
+    versions.push({ id, labels, meta, placeholder: labels.includes(PLACEHOLDER_LABEL), prevOf, has: (x) => labels.includes(x) });
+  }
+  const withLabel = (label: string) => versions.find((v) => v.has(label));
+  const current = withLabel(CURRENT);
+  const pendingHolder = withLabel(PENDING);
+  return {
+    versions,
+    current,
+    previous: withLabel(PREVIOUS),
+    pending: pendingHolder && pendingHolder !== current ? pendingHolder : undefined,
+    deletedDate: out.DeletedDate,
+    rotationEnabled: out.RotationEnabled === true,
+    byRotation: (rotationId) => versions.find((v) => v.meta?.rotationId === rotationId),
+    withLabel,
+  };
+}
+
+// ------------------------------------------------------------------ the store
+
+export interface AwsSecretsManagerStoreOptions {
+  /** an already configured client (tests, or callers that share one); default: built from cfg + ctx.env */
+  client?: SecretsManagerClient;
+}
+
+function regionFromArn(secretId: string): string | undefined {
+  // arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+  const parts = secretId.split(':');
+  return parts[0] === 'arn' && parts[2] === 'secretsmanager' && parts[3] ? parts[3] : undefined;
+}
+
+export async function createAwsSecretsManagerStore(
+  cfg: AwsSecretsManagerStoreConfig,
+  ctx: ProviderContext,
+  opts: AwsSecretsManagerStoreOptions = {},
+): Promise<SecretStore> {
+  const env = ctx.env;
+  let client = opts.client;
+  if (!client) {
+    const region = cfg.region ?? regionFromArn(cfg.secretId) ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
+    const accessKeyId = env.AWS_ACCESS_KEY_ID;
+    const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
+    client = new SecretsManagerClient({
+      ...(region ? { region } : {}),
+      ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
+      // credentials from the injected environment when it has them; otherwise the SDK's default chain
+      ...(accessKeyId && secretAccessKey
+        ? { credentials: { accessKeyId, secretAccessKey, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) } }
+        : {}),
+    });
+  }
+  let region: string;
+  try {
+    region = await client.config.region();
+  } catch {
+    throw new KeyrotorError('CONFIG_INVALID', `aws-secrets-manager store ${cfg.secretId}: no AWS region configured`, {
+      hint: 'set `region` on the store, use a full secret ARN, or set AWS_REGION',
+    });
+  }
+  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger);
+}
+
+class AwsSecretsManagerStore implements SecretStore {
+  readonly type = 'aws-secrets-manager';
+  readonly label: string;
+  private readonly secretId: string;
+  private readonly jsonKey: string | undefined;
+  private readonly client: SecretsManagerClient;
+  private readonly region: string;
+  private readonly log: Logger;
+
+  constructor(cfg: AwsSecretsManagerStoreConfig, client: SecretsManagerClient, region: string, logger: Logger) {
+    this.secretId = cfg.secretId;
+    this.jsonKey = cfg.jsonKey;
+    this.client = client;
+    this.region = region;
+    this.label = `aws-secrets-manager:${cfg.secretId}`;
+    this.log = logger.child({ store: this.label });
+  }
+
+  // ---------------------------------------------------------------- SDK calls (all errors mapped here)
+
+  private async call<T>(op: AwsSmOperation, stage: Stage | undefined, fn: () => Promise<T>, extra: { versionId?: string; scrub?: string[] } = {}): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw mapAwsError(e, { op, secretId: this.secretId, region: this.region, stage, versionId: extra.versionId, scrub: extra.scrub });
+    }
+  }
+
+  private async state(stage: Stage | undefined): Promise<State> {
+    const out = await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+    const st = toState(out);
+    if (st.deletedDate) {
+      throw new KeyrotorError('STORE_NOT_FOUND', `secret ${this.secretId} in region ${this.region} is scheduled for deletion`, {
+        stage,
+        retryable: false,
+        hint: `aws secretsmanager restore-secret --secret-id ${this.secretId} --region ${this.region}`,
+      });
+    }
+    return st;
+  }
+
+  private async getString(versionId: string, stage: Stage | undefined): Promise<string> {
+    const out = await this.call(
+      'GetSecretValue',
+      stage,
+      () => this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: versionId })),
+      { versionId },
+    );
+    if (typeof out.SecretString !== 'string') {
+      throw this.corrupt(versionId, 'holds binary data or no string; keyrotor stores the key as SecretString', stage);
+    }
+    return out.SecretString;
+  }
+
+  /**
+   * One UpdateSecretVersionStage call. If Secrets Manager rejects it as InvalidParameterException
+   * (typically: the SDK retried a call whose first attempt was applied, so RemoveFromVersionId no
+   * longer holds the label), re-read the labels: when `done` holds, the goal was reached.
+   */
+  private async relabel(
+    input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string },
+    done: (st: State) => boolean,
+    stage: Stage,
+  ): Promise<void> {
+    const versionId = input.MoveToVersionId ?? input.RemoveFromVersionId;
+    try {
+      await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.secretId, ...input }));
+    } catch (e) {
+      const name = (e as { name?: unknown } | null)?.name;
+      if (name === 'InvalidParameterException' && done(await this.state(stage))) {
+        this.log.debug({ stage, op: 'UpdateSecretVersionStage', label: input.VersionStage, versionId }, 'labels already as wanted');
+        return;
+      }
+      throw mapAwsError(e, { op: 'UpdateSecretVersionStage', secretId: this.secretId, region: this.region, stage, versionId });
+    }
+  }
+
+  /** Add `label` to `versionId`, moving it from wherever it is now. No-op if already there. */
+  private async attach(st: State, label: string, versionId: string, stage: Stage): Promise<void> {
+    const holder = st.withLabel(label);
+    if (holder?.id === versionId) return;
+    this.log.debug({ stage, op: 'UpdateSecretVersionStage', label, moveTo: versionId, removeFrom: holder?.id }, 'attach staging label');
+    await this.relabel(
+      { VersionStage: label, MoveToVersionId: versionId, ...(holder ? { RemoveFromVersionId: holder.id } : {}) },
+      (now) => now.withLabel(label)?.id === versionId,
+      stage,
+    );
+  }
+
+  /** Remove `label` from `version` if it is there. */
+  private async detach(version: VersionView, label: string, stage: Stage): Promise<void> {
+    if (!version.has(label)) return;
+    this.log.debug({ stage, op: 'UpdateSecretVersionStage', label, removeFrom: version.id }, 'remove staging label');
+    await this.relabel(
+      { VersionStage: label, RemoveFromVersionId: version.id },
+      (now) => !now.versions.some((v) => v.id === version.id && v.has(label)),
+      stage,
+    );
+  }
+
+  /** Move AWSCURRENT to `to` (Secrets Manager moves AWSPREVIOUS to the old current by itself). */
+  private async moveCurrent(st: State, to: string, stage: Stage): Promise<void> {
+    const from = st.current;
+    if (from?.id === to) return;
+    this.log.info({ stage, op: 'UpdateSecretVersionStage', label: CURRENT, moveTo: to, removeFrom: from?.id }, 'move AWSCURRENT');
+    await this.relabel(
+      { VersionStage: CURRENT, MoveToVersionId: to, ...(from ? { RemoveFromVersionId: from.id } : {}) },
+      (now) => now.current?.id === to,
+      stage,
+    );
+  }
+
+  private async put(
+    value: string,
+    token: string,
+    labels: string[],
+    stage: Stage,
+  ): Promise<{ versionId: string; labels: string[] }> {
+    this.log.info({ stage, op: 'PutSecretValue', versionId: token, labels }, 'write version');
+    const out = await this.call(
+      'PutSecretValue',
+      stage,
+      () => this.client.send(new PutSecretValueCommand({ SecretId: this.secretId, SecretString: value, ClientRequestToken: token, VersionStages: labels })),
+      { versionId: token, scrub: [value] },
+    );
+    return { versionId: out.VersionId ?? token, labels: out.VersionStages ?? [] };
+  }
+
+  // ---------------------------------------------------------------- values
+
+  private corrupt(versionId: string, what: string, stage: Stage | undefined): KeyrotorError {
+    return new KeyrotorError('STORE_CORRUPT', `version ${versionId} of secret ${this.secretId} in region ${this.region} ${what}`, {
+      stage,
+      retryable: false,
+      hint: this.jsonKey
+        ? `the secret must hold a JSON object; keyrotor keeps the key in its "${this.jsonKey}" field`
+        : 'fix or remove that version in Secrets Manager',
+    });
+  }
+
+  private parseObject(raw: string, versionId: string, stage: Stage | undefined): Record<string, unknown> {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {
+      // never surface the parser's message: it quotes the input
+      throw this.corrupt(versionId, `is not JSON, but jsonKey "${this.jsonKey}" is configured`, stage);
+    }
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw this.corrupt(versionId, `is not a JSON object, but jsonKey "${this.jsonKey}" is configured`, stage);
+    }
+    return parsed as Record<string, unknown>;
+  }
+
+  /**
+   * The key held by a version, or null when it holds none. A version keyrotor wrote (`marked`) must hold
+   * one; an unmarked version (written by a person, or the JSON object before the first rotation) may
+   * lack the field, which means "no value yet".
+   */
+  private extract(raw: string, versionId: string, marked: boolean, stage: Stage | undefined): Secret | null {
+    if (!this.jsonKey) return raw.length > 0 ? Secret.of(raw) : null;
+    const obj = this.parseObject(raw, versionId, stage);
+    const field = obj[this.jsonKey];
+    if (field === undefined || field === null || field === '') {
+      if (marked) throw this.corrupt(versionId, `was written by keyrotor but has no "${this.jsonKey}" field`, stage);
+      return null;
+    }
+    if (typeof field !== 'string') throw this.corrupt(versionId, `has a non-string "${this.jsonKey}" field`, stage);
+    return Secret.of(field);
+  }
+
+  private async readVersion(v: VersionView | undefined, stage: Stage | undefined): Promise<StoredVersion | null> {
+    if (!v || v.placeholder) return null;
+    const raw = await this.getString(v.id, stage);
+    const secret = this.extract(raw, v.id, v.meta !== undefined, stage);
+    return secret ? { versionId: v.id, secret, meta: publicMeta(v.meta) } : null;
+  }
+
+  /** describe(): like readVersion but without returning the value (JSON mode must look at it). */
+  private async slot(v: VersionView | undefined): Promise<SlotInfo | undefined> {
+    if (!v || v.placeholder) return undefined;
+    if (this.jsonKey && !v.meta) {
+      const raw = await this.getString(v.id, undefined);
+      if (!this.extract(raw, v.id, false, undefined)) return undefined;
+    }
+    return { versionId: v.id, meta: publicMeta(v.meta) };
+  }
+
+  // ---------------------------------------------------------------- SecretStore
+
+  async check(): Promise<void> {
+    const st = await this.state('preflight');
+    if (st.rotationEnabled) {
+      this.log.warn({ stage: 'preflight' }, 'Secrets Manager rotation is enabled on this secret; it will compete with keyrotor for AWSPENDING/AWSCURRENT');
+    }
+    // proves read access (and KMS decrypt) and that the current value has the expected shape
+    if (st.current && !st.current.placeholder) {
+      const raw = await this.getString(st.current.id, 'preflight');
+      this.extract(raw, st.current.id, st.current.meta !== undefined, 'preflight');
+    }
+  }
+
+  async describe(): Promise<StoreSlots> {
+    const st = await this.state(undefined);
+    const [current, previous] = await Promise.all([this.slot(st.current), this.slot(st.previous)]);
+    const pending = st.pending ? { versionId: st.pending.id, meta: publicMeta(st.pending.meta) } : undefined;
+    return { ...(current ? { current } : {}), ...(previous ? { previous } : {}), ...(pending ? { pending } : {}) };
+  }
+
+  async readCurrent(): Promise<StoredVersion | null> {
+    const st = await this.state(undefined);
+    return this.readVersion(st.current, undefined);
+  }
+
+  async readPrevious(): Promise<StoredVersion | null> {
+    const st = await this.state(undefined);
+    return this.readVersion(st.previous, undefined);
+  }
+
+  async readPending(rotationId: string): Promise<StoredVersion | null> {
+    const st = await this.state(undefined);
+    const v = st.byRotation(rotationId);
+    if (!v || !v.has(PENDING) || v.has(CURRENT)) return null;
+    return this.readVersion(v, undefined);
+  }
+
+  async stage(req: StageRequest): Promise<{ versionId: string }> {
+    const stage: Stage = 'stage';
+    const { rotationId } = req;
+    const label = metaLabel(rotationId, req.meta);
+    let st = await this.state(stage);
+
+    const ours = st.byRotation(rotationId);
+    if (ours) {
+      if (req.meta.fingerprint && ours.meta?.fingerprint && req.meta.fingerprint !== ours.meta.fingerprint) {
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `rotation ${rotationId} already staged version ${ours.id} in ${this.label} with a different key (fingerprint ${ours.meta.fingerprint}, now ${req.meta.fingerprint})`,
+          { stage, retryable: false },
+        );
+      }
+      // promoted already (current or previous): a late retry changes nothing
+      if (ours.has(CURRENT) || ours.has(PREVIOUS)) return { versionId: ours.id };
+      if (!ours.has(PENDING)) {
+        this.assertNotLocked(st, rotationId);
+        await this.attach(st, PENDING, ours.id, stage);
+      }
+      return { versionId: ours.id };
+    }
+
+    this.assertNotLocked(st, rotationId);
+
+    // An empty secret would make our version current at once: give it a placeholder current first.
+    if (!st.current) {
+      const placeholder = this.jsonKey ? '{}' : PLACEHOLDER_TEXT;
+      const p = await this.put(placeholder, requestToken('empty', rotationId), [CURRENT, PLACEHOLDER_LABEL], stage);
+      if (!p.labels.includes(CURRENT) || !p.labels.includes(PLACEHOLDER_LABEL)) {
+        // the token's version already existed without its labels (earlier attempt, labels since removed)
+        st = await this.state(stage);
+        await this.attach(st, PLACEHOLDER_LABEL, p.versionId, stage);
+        st = await this.state(stage);
+        await this.moveCurrent(st, p.versionId, stage);
+      }
+      st = await this.state(stage);
+      if (!st.current) {
+        throw new KeyrotorError('STORE_CONFLICT', `${this.label}: could not establish a placeholder AWSCURRENT before staging`, { stage, retryable: true });
+      }
+    }
+
+    let value: string;
+    if (this.jsonKey) {
+      const raw = await this.getString(st.current!.id, stage);
+      let base: Record<string, unknown>;
+      if (st.current!.placeholder) {
+        try {
+          base = this.parseObject(raw, st.current!.id, stage);
+        } catch {
+          base = {}; // a plain-text placeholder (jsonKey added later): start from an empty object
+        }
+      } else {
+        base = this.parseObject(raw, st.current!.id, stage);
+      }
+      value = JSON.stringify({ ...base, [this.jsonKey]: req.secret.reveal() });
+    } else {
+      value = req.secret.reveal();
+    }
+
+    const token = requestToken('stage', rotationId);
+    const res = await this.put(value, token, [PENDING, label], stage);
+    if (!res.labels.includes(PENDING) || !res.labels.includes(label)) {
+      // PutSecretValue was a no-op: this rotation's version exists (same token, same content) but lost
+      // its labels (e.g. unstaged earlier). Put them back.
+      st = await this.state(stage);
+      await this.attach(st, label, res.versionId, stage);
+      st = await this.state(stage);
+      this.assertNotLocked(st, rotationId);
+      await this.attach(st, PENDING, res.versionId, stage);
+    }
+    return { versionId: res.versionId };
+  }
+
+  private assertNotLocked(st: State, rotationId: string): void {
+    const p = st.pending;
+    if (!p || p.meta?.rotationId === rotationId) return;
+    if (p.meta) {
+      throw new KeyrotorError(
+        'LOCKED',
+        `${this.label} has version ${p.id} pending for another rotation (${p.meta.rotationId}); refusing to stage rotation ${rotationId}`,
+        { stage: 'stage', retryable: false, hint: `finish or roll back rotation ${p.meta.rotationId} first` },
+      );
+    }
+    throw new KeyrotorError(
+      'LOCKED',
+      `${this.label} has version ${p.id} labelled AWSPENDING that keyrotor did not stage (a Secrets Manager rotation in progress?); refusing to stage rotation ${rotationId}`,
+      {
+        stage: 'stage',
+        retryable: false,
+        hint: `let that rotation finish, or remove the label: aws secretsmanager update-secret-version-stage --secret-id ${this.secretId} --version-stage AWSPENDING --remove-from-version-id ${p.id}`,
+      },
+    );
+  }
+
+  async promote(rotationId: string): Promise<void> {
+    const stage: Stage = 'promote';
+    let st = await this.state(stage);
+    let ours = st.byRotation(rotationId);
+    if (!ours) {
+      throw new KeyrotorError('STORE_CONFLICT', `${this.label} holds no version staged by rotation ${rotationId}; nothing to promote`, {
+        stage,
+        retryable: false,
+      });
+    }
+    if (!ours.has(CURRENT)) {
+      // remember which version was AWSPREVIOUS, so demote can put it back
+      const prev = st.previous;
+      const mark = prevOfLabel(rotationId);
+      if (prev && prev.id !== ours.id && !st.withLabel(mark)) {
+        await this.attach(st, mark, prev.id, stage);
+        st = await this.state(stage);
+      }
+      await this.moveCurrent(st, ours.id, stage);
+      st = await this.state(stage);
+      ours = st.byRotation(rotationId);
+      if (!ours?.has(CURRENT)) {
+        throw new KeyrotorError('STORE_CONFLICT', `${this.label}: AWSCURRENT did not move to version of rotation ${rotationId}`, { stage, retryable: true });
+      }
+    }
+    await this.detach(ours, PENDING, stage);
+    await this.sweep(rotationId);
+  }
+
+  async demote(rotationId: string): Promise<void> {
+    const stage: Stage = 'demote';
+    let st = await this.state(stage);
+    let ours = st.byRotation(rotationId);
+    if (!ours) return; // never staged, or unstaged already
+    if (ours.has(CURRENT)) {
+      let target = st.previous;
+      if (!target) {
+        // no previous to return to: make a placeholder current ("nothing current" for readers)
+        target = st.versions.find((v) => v.placeholder && v !== ours);
+        if (!target) {
+          const text = this.jsonKey ? await this.withoutField(ours.id, stage) : PLACEHOLDER_TEXT;
+          const p = await this.put(text, requestToken('empty', `${rotationId}/demote`), [PLACEHOLDER_LABEL], stage);
+          st = await this.state(stage);
+          if (!p.labels.includes(PLACEHOLDER_LABEL)) await this.attach(st, PLACEHOLDER_LABEL, p.versionId, stage);
+          st = await this.state(stage);
+          target = st.versions.find((v) => v.id === p.versionId);
+        }
+      }
+      if (!target) throw new KeyrotorError('STORE_CONFLICT', `${this.label}: no version to move AWSCURRENT back to`, { stage, retryable: true });
+      await this.moveCurrent(st, target.id, stage);
+      st = await this.state(stage);
+      ours = st.byRotation(rotationId);
+      if (!ours) return;
+    }
+    // AWSPREVIOUS now sits on the rejected version: put it back where it was before promote
+    const mark = prevOfLabel(rotationId);
+    const before = st.withLabel(mark);
+    if (ours.has(PREVIOUS)) {
+      if (before && before.id !== ours.id && !before.has(CURRENT)) {
+        await this.attach(st, PREVIOUS, before.id, stage);
+      } else {
+        await this.detach(ours, PREVIOUS, stage);
+      }
+      st = await this.state(stage);
+    }
+    const marked = st.withLabel(mark);
+    if (marked) await this.detach(marked, mark, stage);
+  }
+
+  /** JSON mode: the object of `versionId` without our field (placeholder content for a demote). */
+  private async withoutField(versionId: string, stage: Stage): Promise<string> {
+    const obj = this.parseObject(await this.getString(versionId, stage), versionId, stage);
+    const { [this.jsonKey!]: _drop, ...rest } = obj;
+    return JSON.stringify(rest);
+  }
+
+  async unstage(rotationId: string): Promise<void> {
+    const stage: Stage = 'unstage';
+    const st = await this.state(stage);
+    const ours = st.byRotation(rotationId);
+    if (!ours) return;
+    if (ours.has(CURRENT)) {
+      throw new KeyrotorError('STORE_CONFLICT', `${this.label}: the version of rotation ${rotationId} is current; demote it before unstage`, {
+        stage,
+        retryable: false,
+      });
+    }
+    // AWSPENDING first: if we stop between the two calls, the version is not pending (no lock left
+    // behind) and the next unstage still finds it by its rotation label.
+    await this.detach(ours, PENDING, stage);
+    for (const l of ours.labels) if (l.startsWith(META_PREFIX)) await this.detach(ours, l, stage);
+  }
+
+  /**
+   * Keep the label count bounded after a promote: versions that are no longer current, previous,
+   * pending or needed by this rotation's demote lose keyrotor's labels (and become deprecated if they
+   * hold no others), and `kr-prev:` marks of older rotations go. Best effort: failures are logged only.
+   */
+  private async sweep(rotationId: string): Promise<void> {
+    try {
+      const st = await this.state('promote');
+      const mark = prevOfLabel(rotationId);
+      for (const v of st.versions) {
+        const keep = v.has(CURRENT) || v.has(PREVIOUS) || v.has(PENDING) || v.has(mark);
+        for (const l of v.labels) {
+          if (!isOurLabel(l) || l === mark) continue;
+          if (keep && !l.startsWith(PREV_OF_PREFIX)) continue;
+          await this.detach(v, l, 'promote');
+        }
+      }
+    } catch (e) {
+      this.log.warn({ stage: 'promote', err: e instanceof KeyrotorError ? e.toRecord() : { message: 'sweep failed' } }, 'could not remove stale keyrotor labels');
+    }
+  }
+}
+
+function publicMeta(m: ParsedMeta | undefined): VersionMeta {
+  if (!m) return {};
+  return {
+    rotationId: m.rotationId,
+    ...(m.issuerKeyId ? { issuerKeyId: m.issuerKeyId } : {}),
+    ...(m.fingerprint ? { fingerprint: m.fingerprint } : {}),
+    ...(m.createdAt ? { createdAt: m.createdAt } : {}),
+  };
+}

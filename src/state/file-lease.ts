@@ -1,0 +1,225 @@
+/**
+ * Per-key lease on a lock file `<stateDir>/locks/<key>.lock`, created with O_EXCL and holding
+ * `{ owner, pid, host, acquiredAt, expiresAt }`.
+ *
+ * Rules that keep two processes from both believing they hold a lease:
+ * - A lock is only ever *created* with O_EXCL (never written over) by someone who does not hold it.
+ * - An unexpired lock is only rewritten by its owner (rename over it), and only while it has a
+ *   safety margin left; nobody else touches an unexpired lock.
+ * - An expired (or ours-and-nearly-expired) lock is removed by renaming it to a unique name and then
+ *   checking that what was moved is exactly the file that was judged (same inode, same bytes). If a
+ *   racer's fresh lock was moved instead, it is put back with O_EXCL. Then the lock is created with
+ *   O_EXCL: of several racers only one can succeed.
+ * - A lock file that cannot be parsed (e.g. a writer died between create and write) counts as held by
+ *   'unknown' until its mtime + ttl has passed.
+ */
+import { hostname } from 'node:os';
+import { open, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { KeyrotorError } from '../core/errors.ts';
+import type { Clock } from '../core/clock.ts';
+import type { Lease, LeaseHolder } from '../core/ports.ts';
+import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, isTransient, uniqueSibling, writeFileAtomic } from './atomic.ts';
+import { lockContentSchema, type LockContent } from './schema.ts';
+
+const MAX_ATTEMPTS = 8;
+/** rewrite our own lock in place only while this much time is left (clock skew + I/O latency) */
+const safetyMs = (ttlMs: number) => Math.min(2_000, ttlMs / 4);
+
+interface Observed {
+  raw: string;
+  dev: number;
+  ino: number;
+  mtimeMs: number;
+  content: LockContent | undefined;
+}
+
+function ioError(e: unknown, what: string, file: string): KeyrotorError {
+  return new KeyrotorError('INTERNAL', `lease: ${what} ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`, {
+    cause: e,
+    retryable: isTransient(e),
+  });
+}
+
+/** Read a lock file and its identity through one descriptor; undefined when absent. */
+async function observe(file: string): Promise<Observed | undefined> {
+  let fh;
+  try {
+    fh = await open(file, 'r');
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return undefined;
+    throw ioError(e, 'cannot open', file);
+  }
+  try {
+    const st = await fh.stat();
+    const raw = await fh.readFile('utf8');
+    let content: LockContent | undefined;
+    try {
+      const p = lockContentSchema.safeParse(JSON.parse(raw));
+      if (p.success) content = p.data;
+    } catch {
+      content = undefined;
+    }
+    return { raw, dev: st.dev, ino: st.ino, mtimeMs: st.mtimeMs, content };
+  } catch (e) {
+    throw ioError(e, 'cannot read', file);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** O_EXCL create with the given text; false when a lock already exists. */
+async function createExclusive(file: string, text: string): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(file, 'wx', FILE_MODE);
+  } catch (e) {
+    if (errnoOf(e) === 'EEXIST') return false;
+    throw ioError(e, 'cannot create', file);
+  }
+  try {
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    await rm(file, { force: true }).catch(() => undefined);
+    throw ioError(e, 'cannot write', file);
+  }
+  await fh.close();
+  await fsyncDir(path.dirname(file)).catch(() => undefined);
+  return true;
+}
+
+/**
+ * Remove the lock only if it is still exactly the file observed (compare-and-delete). Returns true
+ * when it was removed. Never leaves someone else's lock deleted unless a third racer re-created the
+ * lock in the same instant (then the displaced owner finds out on renew).
+ */
+async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
+  const aside = uniqueSibling(file, 'stale');
+  try {
+    await rename(file, aside);
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return false;
+    throw ioError(e, 'cannot move aside', file);
+  }
+  const moved = await observe(aside).catch(() => undefined);
+  if (moved && moved.dev === seen.dev && moved.ino === seen.ino && moved.raw === seen.raw) {
+    await rm(aside, { force: true }).catch(() => undefined);
+    return true;
+  }
+  // We moved a lock that someone had just (re)created: put it back without overwriting anything.
+  if (moved) await createExclusive(file, moved.raw).catch(() => false);
+  await rm(aside, { force: true }).catch(() => undefined);
+  return false;
+}
+
+function holderOf(o: Observed, ttlMs: number): LeaseHolder {
+  return o.content
+    ? { owner: o.content.owner, expiresAt: Date.parse(o.content.expiresAt) }
+    : { owner: 'unknown', expiresAt: o.mtimeMs + ttlMs };
+}
+
+export interface LeaseManager {
+  acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
+}
+
+export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager {
+  const host = hostname();
+  const body = (owner: string, acquiredAt: number, expiresAt: number) =>
+    JSON.stringify({
+      owner,
+      pid: process.pid,
+      host,
+      acquiredAt: new Date(acquiredAt).toISOString(),
+      expiresAt: new Date(expiresAt).toISOString(),
+    } satisfies LockContent) + '\n';
+
+  function makeLease(keyName: string, file: string, owner: string, ttlMs: number, acquiredAt: number, expiresAt: number): Lease {
+    let exp = expiresAt;
+    const lost = (o: Observed | undefined) =>
+      new KeyrotorError(
+        'LOCKED',
+        `lease on key "${keyName}" is no longer held by ${owner}` +
+          (o ? ` (now held by ${holderOf(o, ttlMs).owner})` : ' (the lock file is gone)'),
+        { retryable: false, hint: 'another run took over after the lease expired; renew more often than the ttl' },
+      );
+    return {
+      owner,
+      get expiresAt() {
+        return exp;
+      },
+      async renew() {
+        const now = clock.now();
+        const o = await observe(file);
+        if (!o?.content || o.content.owner !== owner) throw lost(o);
+        const next = now + ttlMs;
+        if (Date.parse(o.content.expiresAt) - now > safetyMs(ttlMs)) {
+          // unexpired and ours: nobody else touches it, so replacing it in place is safe
+          try {
+            await writeFileAtomic(file, body(owner, acquiredAt, next));
+          } catch (e) {
+            throw ioError(e, 'cannot renew', file);
+          }
+          exp = next;
+          return;
+        }
+        // expired or about to: only a compare-and-delete + exclusive create is safe now
+        if ((await removeIfSame(file, o)) && (await createExclusive(file, body(owner, acquiredAt, next)))) {
+          exp = next;
+          return;
+        }
+        throw lost(await observe(file));
+      },
+      async release() {
+        const o = await observe(file);
+        if (!o?.content || o.content.owner !== owner) return; // not ours (any more): leave it alone
+        await removeIfSame(file, o);
+      },
+    };
+  }
+
+  return {
+    async acquire(keyName, owner, ttlMs) {
+      if (!Number.isFinite(ttlMs) || ttlMs <= 0) throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
+      if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
+      const file = path.join(locksDir, `${keyName}.lock`);
+      try {
+        await ensureDir(locksDir);
+      } catch (e) {
+        throw ioError(e, 'cannot create', locksDir);
+      }
+      let last: Observed | undefined;
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        const now = clock.now();
+        if (await createExclusive(file, body(owner, now, now + ttlMs))) return makeLease(keyName, file, owner, ttlMs, now, now + ttlMs);
+        const o = await observe(file);
+        if (!o) continue; // released in between: try to create again
+        last = o;
+        const holder = holderOf(o, ttlMs);
+        const expired = holder.expiresAt <= now;
+        if (!expired && o.content && holder.owner === owner) {
+          // re-acquire by the same owner: extend in place while safely unexpired
+          if (holder.expiresAt - now > safetyMs(ttlMs)) {
+            const acquiredAt = Date.parse(o.content.acquiredAt);
+            const since = Number.isFinite(acquiredAt) ? acquiredAt : now;
+            try {
+              await writeFileAtomic(file, body(owner, since, now + ttlMs));
+            } catch (e) {
+              throw ioError(e, 'cannot extend', file);
+            }
+            return makeLease(keyName, file, owner, ttlMs, since, now + ttlMs);
+          }
+        } else if (!expired) {
+          return holder;
+        }
+        // expired (or ours and nearly expired): compare-and-delete, then race on the O_EXCL create
+        await removeIfSame(file, o);
+      }
+      // still contended after several rounds: report whoever holds it now
+      const o = (await observe(file)) ?? last;
+      if (o) return holderOf(o, ttlMs);
+      throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+  };
+}

@@ -1,0 +1,182 @@
+/**
+ * The default StateStore: one JSON file per key, `<stateDir>/state/<key>.json`, holding
+ * `{ format: 'keyrotor-state/1', record: KeyRecord }` (references only, never secret values), written
+ * atomically (temp + fsync + rename + fsync dir; 0600 files, 0700 folders), plus the per-key lease
+ * in `<stateDir>/locks/` (see file-lease.ts).
+ *
+ * Damage is never reset silently: torn JSON, an unknown format or a record that fails validation is
+ * STATE_UNREADABLE naming the file (and the rotation that was in progress, when that much is
+ * readable); a newer format is STATE_VERSION.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { systemClock, type Clock } from '../core/clock.ts';
+import { KeyrotorError } from '../core/errors.ts';
+import type { KeyRecord, PersistedRotation, RotationResult, StateStore } from '../core/ports.ts';
+import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from './atomic.ts';
+import { createLeaseManager } from './file-lease.ts';
+import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
+
+/** Key names become file names: no separators, no dot-dot, no hidden files. */
+const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export interface FileStateStoreOptions {
+  clock?: Clock;
+}
+
+export function createFileStateStore(stateDir: string, opts: FileStateStoreOptions = {}): StateStore {
+  const clock = opts.clock ?? systemClock;
+  const root = path.resolve(stateDir);
+  const stateFolder = path.join(root, 'state');
+  const leases = createLeaseManager(path.join(root, 'locks'), clock);
+
+  function fileOf(keyName: string): string {
+    if (!SAFE_KEY_NAME.test(keyName) || keyName.includes('..')) {
+      throw new KeyrotorError('UNKNOWN_KEY', `invalid key name ${JSON.stringify(keyName)}: it cannot be used as a file name`);
+    }
+    return path.join(stateFolder, `${keyName}.json`);
+  }
+
+  const unreadable = (file: string, why: string, rotationId?: string, cause?: unknown) =>
+    new KeyrotorError(
+      'STATE_UNREADABLE',
+      `state file ${displayPath(file)} is unreadable: ${why}` + (rotationId ? ` (rotation ${rotationId} was in progress)` : ''),
+      {
+        cause,
+        hint:
+          'keyrotor never resets state by itself: restore the file from a backup, or move it aside after checking ' +
+          (rotationId ? `what rotation ${rotationId} left behind (new keys at the issuer, pending store versions)` : 'that no rotation is half done'),
+      },
+    );
+
+  /** the in-progress rotation id, if that much of a damaged record can be read */
+  function salvageRotationId(obj: unknown): string | undefined {
+    const id = (obj as { record?: { active?: { rotationId?: unknown } } } | null)?.record?.active?.rotationId;
+    return typeof id === 'string' && /^[A-Za-z0-9._:-]{1,100}$/.test(id) ? id : undefined;
+  }
+
+  async function read(keyName: string): Promise<KeyRecord | null> {
+    const file = fileOf(keyName);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return null;
+      throw new KeyrotorError('STATE_UNREADABLE', `cannot read state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`, {
+        cause: e,
+        retryable: isTransient(e),
+      });
+    }
+    let obj: unknown;
+    try {
+      obj = JSON.parse(text);
+    } catch (e) {
+      throw unreadable(file, 'not valid JSON (a torn or damaged write?)', undefined, e);
+    }
+    const rotationId = salvageRotationId(obj);
+    if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw unreadable(file, 'not a keyrotor state file');
+    const format = (obj as { format?: unknown }).format;
+    const m = STATE_FORMAT_RE.exec(typeof format === 'string' ? format : '');
+    if (m && Number(m[1]) > 1) {
+      throw new KeyrotorError(
+        'STATE_VERSION',
+        `state file ${displayPath(file)} was written by a newer keyrotor (format ${m[0]}; this version reads ${STATE_FORMAT})` +
+          (rotationId ? ` (rotation ${rotationId} was in progress)` : ''),
+        { hint: 'upgrade keyrotor to the version that wrote it' },
+      );
+    }
+    if (format !== STATE_FORMAT) throw unreadable(file, `unknown format (expected ${STATE_FORMAT})`, rotationId);
+    const parsed = keyRecordSchema.safeParse((obj as { record?: unknown }).record);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const where = issue ? ['record', ...issue.path.map(String)].join('.') : 'record';
+      throw unreadable(file, `invalid record (${where}: ${issue?.message ?? 'invalid'})`, rotationId);
+    }
+    if (parsed.data.keyName !== keyName) throw unreadable(file, `it holds key "${parsed.data.keyName}", not "${keyName}"`, rotationId);
+    return parsed.data;
+  }
+
+  async function write(keyName: string, record: KeyRecord): Promise<void> {
+    const file = fileOf(keyName);
+    // never write what we could not read back
+    const check = keyRecordSchema.safeParse(JSON.parse(JSON.stringify(record)));
+    if (!check.success) {
+      const issue = check.error.issues[0];
+      throw new KeyrotorError('INTERNAL', `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`);
+    }
+    try {
+      await writeFileAtomic(file, JSON.stringify({ format: STATE_FORMAT, record }, null, 2) + '\n');
+    } catch (e) {
+      throw new KeyrotorError('INTERNAL', `cannot write state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`, {
+        cause: e,
+        retryable: isTransient(e),
+      });
+    }
+  }
+
+  const empty = (keyName: string): KeyRecord => ({
+    keyName,
+    active: null,
+    last: null,
+    lastRotatedAt: null,
+    currentKeyId: null,
+    providerState: {},
+  });
+
+  /** read-modify-write under the per-file queue (across processes the lease guards) */
+  function update(keyName: string, fn: (r: KeyRecord) => void): Promise<void> {
+    return serialized(fileOf(keyName), async () => {
+      const r = (await read(keyName)) ?? empty(keyName);
+      fn(r);
+      await write(keyName, r);
+    });
+  }
+
+  return {
+    label: `file:${displayPath(root)}`,
+    read,
+
+    saveActive(keyName: string, rotation: PersistedRotation) {
+      return update(keyName, (r) => {
+        r.active = rotation;
+      });
+    },
+
+    finish(keyName: string, result: RotationResult, currentKeyId?: string | null) {
+      return update(keyName, (r) => {
+        r.active = null;
+        r.last = result;
+        if (result.outcome === 'rotated') r.lastRotatedAt = result.finishedAt ?? new Date(clock.now()).toISOString();
+        // the caller says which key is current now (the new one after a rotation, the old one after
+        // a rollback); when it does not say, keep what we knew
+        if (currentKeyId !== undefined) r.currentKeyId = currentKeyId;
+      });
+    },
+
+    setProviderState(keyName: string, key: string, value: string) {
+      return update(keyName, (r) => {
+        r.providerState = { ...r.providerState, [key]: value };
+      });
+    },
+
+    acquire(keyName: string, owner: string, ttlMs: number) {
+      fileOf(keyName); // validates the name
+      return leases.acquire(keyName, owner, ttlMs);
+    },
+
+    async keys() {
+      let names: string[];
+      try {
+        names = await readdir(stateFolder);
+      } catch (e) {
+        if (errnoOf(e) === 'ENOENT') return [];
+        throw new KeyrotorError('STATE_UNREADABLE', `cannot list ${displayPath(stateFolder)} (${errnoOf(e) ?? 'unknown error'})`, { cause: e });
+      }
+      return names
+        .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
+        .map((n) => n.slice(0, -'.json'.length))
+        .filter((k) => SAFE_KEY_NAME.test(k))
+        .sort();
+    },
+  };
+}

@@ -1,0 +1,76 @@
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { capture, tempDir } from '../helpers/artifacts.ts';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const CLI = path.join(ROOT, 'src/entrypoints/cli.ts');
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Spawn the real CLI as a process (Node 24 from this test run), no TTY, capturing everything. */
+export function runCli(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; name?: string }): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: opts.cwd,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const tag = opts.name ?? args.join('_').slice(0, 40);
+      capture(`cli-${tag}.stdout`, stdout);
+      capture(`cli-${tag}.stderr`, stderr);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+export function workspace(config: string, name = 'cli'): string {
+  const dir = tempDir(name);
+  writeFileSync(path.join(dir, 'rotation.config.yaml'), config);
+  return dir;
+}
+
+export const LOCAL_CONFIG = `version: 1
+defaults:
+  verify: { timeout: 5s, interval: 50ms }
+  verifyRevoked: { timeout: 5s, interval: 50ms }
+  revoke: { attempts: 2, backoff: 50ms }
+keys:
+  - name: demo
+    issuer: { type: local }
+    stores: [ { type: file } ]
+    health:
+      - { type: issuer-smoke-test, timeout: 5s, interval: 50ms }
+`;
+
+/** Every file under dir with its bytes, to prove "nothing written". */
+export function treeSnapshot(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (d: string) => {
+    for (const n of readdirSync(d)) {
+      const p = path.join(d, n);
+      if (statSync(p).isDirectory()) walk(p);
+      else out[path.relative(dir, p)] = readFileSync(p, 'base64');
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/** All bytes under dir as one string, for secret scans. */
+export function treeText(dir: string): string {
+  return Object.values(treeSnapshot(dir))
+    .map((b) => Buffer.from(b, 'base64').toString('latin1'))
+    .join('\n');
+}

@@ -1,0 +1,383 @@
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import type { Clock } from '../../src/core/clock.ts';
+import { KeyrotorError } from '../../src/core/errors.ts';
+import { isLease, type Lease, type LeaseHolder, type PersistedRotation, type RotationResult } from '../../src/core/ports.ts';
+import { createFileStateStore } from '../../src/state/index.ts';
+import { capture, tempDir } from '../helpers/artifacts.ts';
+
+const run = promisify(execFile);
+const R1 = 'rot-20261101t000000z-00000001';
+const R2 = 'rot-20261102t000000z-00000002';
+
+function manualClock(start = Date.now()): Clock & { advance(ms: number): void; set(ms: number): void } {
+  let t = start;
+  return {
+    now: () => t,
+    sleep: async (ms) => void (t += ms),
+    advance: (ms) => void (t += ms),
+    set: (ms) => void (t = ms),
+  };
+}
+
+function rotation(rotationId: string, over: Partial<PersistedRotation> = {}): PersistedRotation {
+  return {
+    rotationId,
+    keyName: 'app',
+    machineVersion: 3,
+    keyrotorVersion: '0.1.0',
+    updatedAt: '2026-11-01T00:00:05.000Z',
+    snapshot: { status: 'active', value: { stage: 'verify' }, context: { rotationId, newKeyId: 'key_2', oldKeyId: 'key_1' } },
+    ...over,
+  };
+}
+
+function result(outcome: RotationResult['outcome'], over: Partial<RotationResult> = {}): RotationResult {
+  return {
+    key: 'app',
+    rotationId: R1,
+    outcome,
+    oldKeyId: 'key_1',
+    newKeyId: 'key_2',
+    stage: 'revoke',
+    startedAt: '2026-11-01T00:00:00.000Z',
+    finishedAt: '2026-11-01T00:05:00.000Z',
+    ...over,
+  };
+}
+
+async function err(p: Promise<unknown>): Promise<KeyrotorError> {
+  const e = await p.then(
+    () => null,
+    (x: unknown) => x,
+  );
+  expect(e).toBeInstanceOf(KeyrotorError);
+  return e as KeyrotorError;
+}
+
+function lease(x: Lease | LeaseHolder): Lease {
+  if (!isLease(x)) throw new Error(`expected a lease, got holder ${x.owner}`);
+  return x;
+}
+function holder(x: Lease | LeaseHolder): LeaseHolder {
+  if (isLease(x)) throw new Error(`expected a holder, got a lease for ${x.owner}`);
+  return x;
+}
+
+describe('file state store: records', () => {
+  it('round trip: absent -> null; saveActive, setProviderState, read, keys; private modes; atomic (no temp files left)', async () => {
+    const dir = tempDir('state-roundtrip');
+    const s = createFileStateStore(dir);
+    expect(await s.read('app')).toBeNull();
+    expect(await s.keys()).toEqual([]);
+    await s.saveActive('app', rotation(R1));
+    await s.setProviderState('app', 'serviceAccountId', 'svc_123');
+    await s.setProviderState('app', 'other', 'x');
+    await s.saveActive('app', rotation(R1, { updatedAt: '2026-11-01T00:00:09.000Z' }));
+    const r = await createFileStateStore(dir).read('app');
+    expect(r).toEqual({
+      keyName: 'app',
+      active: rotation(R1, { updatedAt: '2026-11-01T00:00:09.000Z' }),
+      last: null,
+      lastRotatedAt: null,
+      currentKeyId: null,
+      providerState: { serviceAccountId: 'svc_123', other: 'x' },
+    });
+    await s.saveActive('web', rotation(R2, { keyName: 'web' }));
+    expect(await s.keys()).toEqual(['app', 'web']);
+    const file = path.join(dir, 'state', 'app.json');
+    expect(JSON.parse(readFileSync(file, 'utf8')).format).toBe('keyrotor-state/1');
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
+    expect(readdirSync(path.dirname(file)).sort()).toEqual(['app.json', 'web.json']);
+    expect(s.label).toContain('file:');
+  });
+
+  it('parallel updates in one process lose nothing', async () => {
+    const dir = tempDir('state-parallel');
+    const a = createFileStateStore(dir);
+    const b = createFileStateStore(dir);
+    await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).setProviderState('app', `k${i}`, `v${i}`)));
+    expect(Object.keys((await a.read('app'))!.providerState)).toHaveLength(12);
+  });
+
+  it('finish: clears active, records the result; rotated sets lastRotatedAt and currentKeyId', async () => {
+    const dir = tempDir('state-finish');
+    const s = createFileStateStore(dir);
+    await s.saveActive('app', rotation(R1));
+    await s.finish('app', result('rotated'), 'key_2');
+    let r = (await s.read('app'))!;
+    expect(r.active).toBeNull();
+    expect(r.last).toEqual(result('rotated'));
+    expect(r.lastRotatedAt).toBe('2026-11-01T00:05:00.000Z');
+    expect(r.currentKeyId).toBe('key_2');
+
+    // a rolled-back rotation keeps lastRotatedAt; the caller names the key that is current
+    await s.saveActive('app', rotation(R2));
+    const failed = result('rolled_back', {
+      rotationId: R2,
+      oldKeyId: 'key_2',
+      newKeyId: 'key_3',
+      stage: 'verify',
+      finishedAt: '2026-11-02T00:00:00.000Z',
+      error: { code: 'KEY_INVALID', message: 'new key rejected', stage: 'verify', retryable: false },
+    });
+    await s.finish('app', failed, 'key_2');
+    r = (await s.read('app'))!;
+    expect(r.active).toBeNull();
+    expect(r.last).toEqual(failed);
+    expect(r.lastRotatedAt).toBe('2026-11-01T00:05:00.000Z');
+    expect(r.currentKeyId).toBe('key_2');
+
+    // without currentKeyId, the known one is kept
+    await s.finish('app', result('skipped', { rotationId: null, newKeyId: null, finishedAt: '2026-11-03T00:00:00.000Z' }));
+    r = (await s.read('app'))!;
+    expect(r.currentKeyId).toBe('key_2');
+    expect(r.lastRotatedAt).toBe('2026-11-01T00:05:00.000Z');
+
+    // finish of a key never seen creates its record
+    await s.finish('fresh', result('rotated', { key: 'fresh', finishedAt: undefined }), 'key_9');
+    const f = (await s.read('fresh'))!;
+    expect(f.currentKeyId).toBe('key_9');
+    expect(f.lastRotatedAt).toMatch(/^\d{4}-\d\d-\d\dT/);
+  });
+
+  it('refuses to write a record it could not read back', async () => {
+    const s = createFileStateStore(tempDir('state-invalid-write'));
+    const e = await err(s.saveActive('app', rotation(R1, { snapshot: undefined })));
+    expect(e.code).toBe('INTERNAL');
+    expect(await s.read('app')).toBeNull();
+  });
+
+  it('rejects key names that are not safe file names', async () => {
+    const s = createFileStateStore(tempDir('state-names'));
+    for (const bad of ['../x', 'a/b', '.hidden', '', 'a..b']) {
+      const e = await err(s.read(bad));
+      expect(e.code).toBe('UNKNOWN_KEY');
+    }
+  });
+});
+
+describe('file state store: damage is an error naming the file, never a reset', () => {
+  async function seeded(prefix: string) {
+    const dir = tempDir(prefix);
+    const s = createFileStateStore(dir);
+    await s.saveActive('app', rotation(R1));
+    const file = path.join(dir, 'state', 'app.json');
+    return { s, file, raw: readFileSync(file, 'utf8') };
+  }
+
+  it('torn / garbage JSON -> STATE_UNREADABLE', async () => {
+    const { s, file, raw } = await seeded('state-torn');
+    for (const bad of [raw.slice(0, raw.length / 2), '', '\u0000garbage', '[]', 'null']) {
+      writeFileSync(file, bad);
+      const e = await err(s.read('app'));
+      expect(e.code).toBe('STATE_UNREADABLE');
+      expect(e.message).toContain(path.join('state', 'app.json'));
+      expect(e.message).not.toContain('\n');
+    }
+    writeFileSync(file, raw.slice(0, 100));
+    expect((await err(s.saveActive('app', rotation(R2)))).code).toBe('STATE_UNREADABLE');
+    expect(readFileSync(file, 'utf8')).toBe(raw.slice(0, 100)); // untouched
+  });
+
+  it('a record failing validation names the file and the rotation in progress', async () => {
+    const { s, file, raw } = await seeded('state-invalid');
+    const doc = JSON.parse(raw);
+    delete doc.record.active.snapshot;
+    doc.record.active.machineVersion = 'three';
+    writeFileSync(file, JSON.stringify(doc));
+    const e = await err(s.read('app'));
+    expect(e.code).toBe('STATE_UNREADABLE');
+    expect(e.message).toContain(path.join('state', 'app.json'));
+    expect(e.message).toContain(R1);
+    expect(e.message).toMatch(/record\.active\./);
+    expect(e.hint).toContain(R1);
+
+    const doc2 = JSON.parse(raw);
+    doc2.record.last = { outcome: 'exploded' };
+    writeFileSync(file, JSON.stringify(doc2));
+    expect((await err(s.read('app'))).message).toContain('record.last');
+
+    const doc3 = JSON.parse(raw);
+    doc3.record.keyName = 'web';
+    writeFileSync(file, JSON.stringify(doc3));
+    expect((await err(s.read('app'))).message).toContain('"web"');
+  });
+
+  it('an unknown format -> STATE_UNREADABLE; a newer one -> STATE_VERSION', async () => {
+    const { s, file, raw } = await seeded('state-format');
+    writeFileSync(file, raw.replace('keyrotor-state/1', 'something-else/1'));
+    let e = await err(s.read('app'));
+    expect(e.code).toBe('STATE_UNREADABLE');
+    expect(e.message).toContain('unknown format');
+    expect(e.message).toContain(R1);
+
+    writeFileSync(file, raw.replace('keyrotor-state/1', 'keyrotor-state/2'));
+    e = await err(s.read('app'));
+    expect(e.code).toBe('STATE_VERSION');
+    expect(e.message).toContain('written by a newer keyrotor');
+    expect(e.message).toContain(path.join('state', 'app.json'));
+    expect(e.hint).toContain('upgrade');
+    expect((await err(s.finish('app', result('rotated'), 'key_2'))).code).toBe('STATE_VERSION');
+    expect(readFileSync(file, 'utf8')).toContain('keyrotor-state/2');
+  });
+
+  it('keys() ignores temp files and other files', async () => {
+    const { s, file, raw } = await seeded('state-keys');
+    writeFileSync(path.join(path.dirname(file), '.app.json.123.abc.tmp'), raw.slice(0, 10));
+    writeFileSync(path.join(path.dirname(file), 'notes.txt'), 'x');
+    expect(await s.keys()).toEqual(['app']);
+    expect((await s.read('app'))?.active?.rotationId).toBe(R1);
+  });
+});
+
+describe('file state store: lease', () => {
+  it('is exclusive across two store instances; same owner re-acquires; release frees it', async () => {
+    const dir = tempDir('lease-exclusive');
+    const clock = manualClock();
+    const a = createFileStateStore(dir, { clock });
+    const b = createFileStateStore(dir, { clock });
+    const la = lease(await a.acquire('app', 'owner-a', 60_000));
+    expect(la.owner).toBe('owner-a');
+    expect(la.expiresAt).toBe(clock.now() + 60_000);
+    const lockFile = path.join(dir, 'locks', 'app.lock');
+    const content = JSON.parse(readFileSync(lockFile, 'utf8'));
+    expect(content).toMatchObject({ owner: 'owner-a', pid: process.pid, host: expect.any(String) });
+    expect(Date.parse(content.expiresAt)).toBe(la.expiresAt);
+    expect(Date.parse(content.acquiredAt)).toBe(clock.now());
+    expect(statSync(lockFile).mode & 0o777).toBe(0o600);
+
+    expect(holder(await b.acquire('app', 'owner-b', 60_000))).toEqual({ owner: 'owner-a', expiresAt: la.expiresAt });
+    expect(isLease(await b.acquire('other', 'owner-b', 60_000))).toBe(true); // per key
+
+    clock.advance(10_000);
+    const again = lease(await b.acquire('app', 'owner-a', 60_000)); // same owner, any instance
+    expect(again.expiresAt).toBe(clock.now() + 60_000);
+    await la.renew();
+    expect(la.expiresAt).toBe(clock.now() + 60_000);
+
+    await la.release();
+    expect(existsSync(lockFile)).toBe(false);
+    await la.release(); // twice is fine
+    const lb = lease(await b.acquire('app', 'owner-b', 60_000));
+    await again.release(); // not ours any more: no-op
+    expect(holder(await a.acquire('app', 'owner-a', 60_000)).owner).toBe('owner-b');
+    await lb.release();
+  });
+
+  it('an expired lease is taken over; the old holder can neither renew nor release the new lock', async () => {
+    const dir = tempDir('lease-expiry');
+    const clock = manualClock();
+    const a = createFileStateStore(dir, { clock });
+    const b = createFileStateStore(dir, { clock });
+    const la = lease(await a.acquire('app', 'owner-a', 10_000));
+    clock.advance(9_000);
+    expect(holder(await b.acquire('app', 'owner-b', 10_000)).owner).toBe('owner-a');
+    clock.advance(1_000); // exactly at expiry: expired
+    const lb = lease(await b.acquire('app', 'owner-b', 10_000));
+    expect(lb.expiresAt).toBe(clock.now() + 10_000);
+
+    const e = await err(la.renew());
+    expect(e.code).toBe('LOCKED');
+    expect(e.message).toContain('owner-b');
+    await la.release();
+    const lockFile = path.join(dir, 'locks', 'app.lock');
+    expect(JSON.parse(readFileSync(lockFile, 'utf8')).owner).toBe('owner-b');
+    expect(holder(await a.acquire('app', 'owner-c', 10_000)).owner).toBe('owner-b');
+
+    clock.advance(5_000);
+    await lb.renew();
+    expect(lb.expiresAt).toBe(clock.now() + 10_000);
+    clock.advance(8_000); // would have expired without the renew
+    expect(holder(await a.acquire('app', 'owner-c', 10_000)).owner).toBe('owner-b');
+    await lb.release();
+    expect(existsSync(lockFile)).toBe(false);
+  });
+
+  it('the owner of an expired but untaken lease can renew it or re-acquire it', async () => {
+    const dir = tempDir('lease-own-expired');
+    const clock = manualClock();
+    const s = createFileStateStore(dir, { clock });
+    const l = lease(await s.acquire('app', 'owner-a', 1_000));
+    clock.advance(5_000);
+    await l.renew();
+    expect(l.expiresAt).toBe(clock.now() + 1_000);
+    clock.advance(5_000);
+    const l2 = lease(await s.acquire('app', 'owner-a', 1_000));
+    expect(l2.expiresAt).toBe(clock.now() + 1_000);
+    await l2.release();
+  });
+
+  it('a corrupt lock file is held by "unknown" until its mtime + ttl has passed', async () => {
+    const dir = tempDir('lease-corrupt');
+    mkdirSync(path.join(dir, 'locks'), { recursive: true });
+    const lockFile = path.join(dir, 'locks', 'app.lock');
+    writeFileSync(lockFile, '{"owner": "half-writ');
+    const mtime = statSync(lockFile).mtimeMs;
+    const clock = manualClock(mtime + 1_000);
+    const s = createFileStateStore(dir, { clock });
+    expect(holder(await s.acquire('app', 'owner-a', 30_000))).toEqual({ owner: 'unknown', expiresAt: mtime + 30_000 });
+    writeFileSync(lockFile, ''); // a writer that died between create and write
+    const m2 = statSync(lockFile).mtimeMs;
+    clock.set(m2 + 29_000);
+    expect(holder(await s.acquire('app', 'owner-a', 30_000)).owner).toBe('unknown');
+    clock.set(m2 + 30_001);
+    const l = lease(await s.acquire('app', 'owner-a', 30_000));
+    expect(JSON.parse(readFileSync(lockFile, 'utf8')).owner).toBe('owner-a');
+    await l.release();
+  });
+
+  it('concurrent acquires in one process: exactly one lease', async () => {
+    const dir = tempDir('lease-inproc');
+    const stores = [createFileStateStore(dir), createFileStateStore(dir)];
+    const got = await Promise.all(Array.from({ length: 10 }, (_, i) => stores[i % 2]!.acquire('app', `owner-${i}`, 60_000)));
+    expect(got.filter(isLease)).toHaveLength(1);
+  });
+
+  it('concurrent acquires from two child processes: exactly one wins each key (fresh and stale locks)', async () => {
+    const dir = tempDir('lease-procs');
+    const script = fileURLToPath(new URL('./fixtures/lease-race.ts', import.meta.url));
+    const fresh = Array.from({ length: 15 }, (_, i) => `fresh${i}`);
+    const stale = Array.from({ length: 15 }, (_, i) => `stale${i}`);
+    const garbled = Array.from({ length: 10 }, (_, i) => `garbled${i}`);
+    const locks = path.join(dir, 'locks');
+    mkdirSync(locks, { recursive: true, mode: 0o700 });
+    const old = new Date(Date.now() - 3_600_000);
+    for (const k of stale) {
+      writeFileSync(
+        path.join(locks, `${k}.lock`),
+        JSON.stringify({ owner: 'ghost', pid: 1, host: 'gone', acquiredAt: old.toISOString(), expiresAt: new Date(old.getTime() + 1_000).toISOString() }),
+        { mode: 0o600 },
+      );
+    }
+    for (const k of garbled) {
+      writeFileSync(path.join(locks, `${k}.lock`), '{"own', { mode: 0o600 });
+      utimesSync(path.join(locks, `${k}.lock`), old, old);
+    }
+    const keys = [...fresh, ...stale, ...garbled];
+    const startAt = Date.now() + 2_000;
+    const child = (owner: string) =>
+      run(process.execPath, ['--disable-warning=ExperimentalWarning', script, dir, owner, String(startAt), keys.join(','), '60000'], {
+        timeout: 20_000,
+      });
+    const outs = await Promise.all([child('proc-a'), child('proc-b')]);
+    outs.forEach((o, i) => capture(`lease-race-${i}.txt`, o.stdout + o.stderr));
+    const [a, b] = outs.map((o) => JSON.parse(o.stdout) as { owner: string; won: string[]; held: Record<string, string> });
+    for (const k of keys) {
+      const winners = [a!, b!].filter((x) => x.won.includes(k));
+      expect(winners, `key ${k}`).toHaveLength(1);
+      const loser = winners[0] === a ? b! : a!;
+      // the loser saw the winner's lock (or, in the instant between its O_EXCL create and write, an
+      // unreadable one, which also counts as held)
+      expect([winners[0]!.owner, 'unknown'], `key ${k}`).toContain(loser.held[k]);
+      expect(JSON.parse(readFileSync(path.join(locks, `${k}.lock`), 'utf8')).owner).toBe(winners[0]!.owner);
+    }
+    // nothing left behind besides the locks themselves
+    expect(readdirSync(locks).filter((n) => !n.endsWith('.lock'))).toEqual([]);
+  });
+});
