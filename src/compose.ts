@@ -68,3 +68,8 @@ export function expiresInSecondsFor(key: ResolvedKey): number | null {
   const ms = issuer.expiresAfter === 'auto' ? key.schedule.every + key.grace : issuer.expiresAfter;
   return Math.ceil(ms / 1000);
 }
+
+/** Close every provider that holds connections; never throws (the rotation result matters more). */
+export async function closeProviders(p: KeyProviders): Promise<void> {
+  await Promise.allSettled([p.issuer.close?.(), ...p.stores.map((s) => s.close?.())]);
+}

@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { createActor, type SnapshotFrom } from 'xstate';
 import { z } from 'zod';
-import { composeKey, expiresInSecondsFor, timingFor, type KeyProviders } from './compose.ts';
+import { closeProviders, composeKey, expiresInSecondsFor, timingFor, type KeyProviders } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from './core/clock.ts';
@@ -91,30 +91,10 @@ export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<Key
     // before a lease or any state is written
     const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock, ...(o.env ? { env: o.env } : {}) });
 
-    const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
-    const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
-    if (!isLease(got)) {
-      log.warn({ holder: got.owner, until: new Date(got.expiresAt).toISOString() }, 'another rotation holds the lock');
-      return {
-        ...base,
-        outcome: 'locked',
-        error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
-      };
-    }
-    const lease = got;
-    const renew = setInterval(() => {
-      lease.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
-    }, Math.max(1000, key.defaults.lease.ttl / 3));
-    renew.unref();
     try {
-      // re-read under the lease: another run may have finished in between
-      const fresh = await o.stateStore.read(key.name);
-      const active = fresh?.active ?? null;
-      if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
-      return await runRotation(key, fresh, active, o, providers, log);
+      return await underLease(key, o, providers, log);
     } finally {
-      clearInterval(renew);
-      await lease.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
+      await closeProviders(providers);
     }
   } catch (e) {
     const err = toKeyrotorError(e);
@@ -123,6 +103,36 @@ export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<Key
     const outcome: Outcome = err.exitCode === 4 ? 'needs_attention' : err.exitCode === 3 ? 'locked' : 'rolled_back';
     if (err.exitCode === 2) throw err;
     return { ...base, outcome, error: err.toRecord() };
+  }
+}
+
+/** One rotation (new or resumed) while holding the key's lease; `locked` when someone else holds it. */
+async function underLease(key: ResolvedKey, o: RotateOptions, providers: KeyProviders, log: Logger): Promise<KeyResult> {
+  const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
+  const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
+  if (!isLease(got)) {
+    log.warn({ holder: got.owner, until: new Date(got.expiresAt).toISOString() }, 'another rotation holds the lock');
+    return {
+      ...base,
+      outcome: 'locked',
+      error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
+    };
+  }
+  const lease = got;
+  const renew = setInterval(() => {
+    lease.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
+  }, Math.max(1000, key.defaults.lease.ttl / 3));
+  renew.unref();
+  try {
+    // re-read under the lease: another run may have finished in between
+    const fresh = await o.stateStore.read(key.name);
+    const active = fresh?.active ?? null;
+    if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
+    return await runRotation(key, fresh, active, o, providers, log);
+  } finally {
+    clearInterval(renew);
+    await lease.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
   }
 }
 
@@ -176,7 +186,7 @@ async function runRotation(
     adopted,
     verifyIntervalMs: key.defaults.verify.interval,
     verifyRevokedIntervalMs: key.defaults.verifyRevoked.interval,
-    compensationAttempts: 3,
+    retryAttempts: 3,
     persisted: async () => {
       await new Promise<void>((r) => setImmediate(r));
       await chain;

@@ -68,6 +68,8 @@ export interface Issuer {
   list(): Promise<IssuerKeyInfo[]>;
   /** Which issuer key is this value? Used to adopt keys a person created by hand. */
   identify(secret: Secret): Promise<IdentifyResult>;
+  /** Release connections so the process can exit. Optional. */
+  close?(): Promise<void>;
 }
 
 // ---------------------------------------------------------------- secret store
@@ -124,6 +126,8 @@ export interface SecretStore {
   demote(rotationId: string): Promise<void>;
   /** Undo `stage`: this rotation's pending version is gone. Never touches current. No-op if absent. */
   unstage(rotationId: string): Promise<void>;
+  /** Release connections (gRPC channels, sockets) so the process can exit. Optional. */
+  close?(): Promise<void>;
 }
 
 // ---------------------------------------------------------------- health gates

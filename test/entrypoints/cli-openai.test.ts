@@ -123,6 +123,24 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     }
   });
 
+  it('two concurrent rotate --now of the same key: exactly one rotates, the other exits 3', async () => {
+    const dir = workspace(config(), 'openai-concurrent');
+    const first = await bootstrap(dir);
+    fake.slowResponse('serviceAccounts.apiKeys.create', 2500); // keep the winner inside its lease
+    const a = runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-a' });
+    // start the second once the first holds the lock
+    const lock = path.join(dir, '.keyrotor/locks/app.lock');
+    const { existsSync } = await import('node:fs');
+    for (let i = 0; i < 200 && !existsSync(lock); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(existsSync(lock)).toBe(true);
+    const b = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-b' });
+    const ra = await a;
+    expect([ra.code, b.code]).toEqual([0, 3]);
+    expect(results(ra.stdout)[0]).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId });
+    expect(results(b.stdout)[0]).toMatchObject({ outcome: 'locked', error: { code: 'LOCKED' } });
+    expect(fake.log.filter((e) => e.route === 'serviceAccounts.apiKeys.create')).toHaveLength(2); // bootstrap + the winner
+  });
+
   it('a missing admin key is one clear line, exit 2... or a safe rollback before any change', async () => {
     const dir = workspace(config(), 'openai-noadmin');
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: { KEYROTOR_MASTER_KEY: 'ab'.repeat(32) }, name: 'openai-noadmin' });

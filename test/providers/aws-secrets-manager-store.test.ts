@@ -57,6 +57,7 @@ function testLogger(bindings: object = {}): Logger {
 describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   let moto: Moto;
   let raw: SecretsManagerClient;
+  const opened: SecretStore[] = [];
 
   beforeAll(async () => {
     process.env.AWS_EC2_METADATA_DISABLED = 'true';
@@ -69,6 +70,7 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   }, 60_000);
 
   afterAll(async () => {
+    await Promise.all(opened.map((s) => s.close?.()));
     raw?.destroy();
     await moto?.close();
     capture('aws-secrets-manager-store.log', logLines.join('\n'));
@@ -89,7 +91,9 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 
   async function store(secretId: string, extra: { jsonKey?: string; endpoint?: string } = {}): Promise<SecretStore> {
     const cfg = awsSecretsManagerStoreSchema.parse({ type: 'aws-secrets-manager', secretId, region: REGION, endpoint: extra.endpoint ?? moto.endpoint, ...(extra.jsonKey ? { jsonKey: extra.jsonKey } : {}) });
-    return createAwsSecretsManagerStore(cfg, ctx());
+    const s = await createAwsSecretsManagerStore(cfg, ctx());
+    opened.push(s);
+    return s;
   }
 
   async function newSecret(initial?: string): Promise<string> {
@@ -331,6 +335,16 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
       expect(err.message).toBe(`secret keyrotor/test/does-not-exist does not exist in region ${REGION}; create it first`);
       expect(err.hint).toContain('create-secret');
     }
+  });
+
+  it('region comes from a full secret ARN when the store config has none', async () => {
+    const arn = 'arn:aws:secretsmanager:ap-south-1:123456789012:secret:keyrotor/test/by-arn-AbCdEf';
+    const cfg = awsSecretsManagerStoreSchema.parse({ type: 'aws-secrets-manager', secretId: arn, endpoint: moto.endpoint });
+    const s = await createAwsSecretsManagerStore(cfg, ctx());
+    opened.push(s);
+    const err = await errorOf(s.readCurrent());
+    expect(err.code).toBe('STORE_NOT_FOUND');
+    expect(err.message).toBe(`secret ${arn} does not exist in region ap-south-1; create it first`);
   });
 
   it('a secret scheduled for deletion is STORE_NOT_FOUND with a restore hint', async () => {

@@ -12,6 +12,7 @@ import { SecretClient, type SecretClientOptions } from '@azure/keyvault-secrets'
 import { describeStoreContract, meta, value } from './store-contract.ts';
 import { startAzureFake, type AzureFake, type AzureFakeLogEntry } from '../fakes/azure-key-vault.ts';
 import { capture } from '../helpers/artifacts.ts';
+import { fileURLToPath } from 'node:url';
 import { CANARY } from '../canary.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
@@ -21,7 +22,8 @@ import { createAzureKeyVaultStoreWith, type TokenCredential } from '../../provid
 import { createAzureKeyVaultStore } from '../../providers/stores/azure-key-vault/index.ts';
 import { azureKeyVaultStoreSchema } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
 
-const RECORDINGS = '/work/shared/recordings/azure-keyvault-secrets';
+// the shared recordings sit beside the repository (CI clones it with ../shared next to it)
+const RECORDINGS = fileURLToPath(new URL('../../../shared/recordings/azure-keyvault-secrets', import.meta.url));
 const R1 = 'rot-20261101t000000z-00000001';
 const R2 = 'rot-20261102t000000z-00000002';
 const R3 = 'rot-20261103t000000z-00000003';

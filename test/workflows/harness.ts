@@ -99,7 +99,7 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
     adopted: () => undefined,
     verifyIntervalMs: 1,
     verifyRevokedIntervalMs: 1,
-    compensationAttempts: 2,
+    retryAttempts: 2,
     persisted: async () => {
       await new Promise<void>((r) => setImmediate(r));
       if (crashed) await new Promise<never>(() => {}); // the process is gone: no side effect happens

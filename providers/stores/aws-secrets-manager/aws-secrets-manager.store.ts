@@ -211,6 +211,7 @@ export async function createAwsSecretsManagerStore(
 ): Promise<SecretStore> {
   const env = ctx.env;
   let client = opts.client;
+  const ownsClient = !client;
   if (!client) {
     const region = cfg.region ?? regionFromArn(cfg.secretId) ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
     const accessKeyId = env.AWS_ACCESS_KEY_ID;
@@ -232,7 +233,7 @@ export async function createAwsSecretsManagerStore(
       hint: 'set `region` on the store, use a full secret ARN, or set AWS_REGION',
     });
   }
-  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger);
+  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger, ownsClient);
 }
 
 class AwsSecretsManagerStore implements SecretStore {
@@ -243,8 +244,10 @@ class AwsSecretsManagerStore implements SecretStore {
   private readonly client: SecretsManagerClient;
   private readonly region: string;
   private readonly log: Logger;
+  private readonly ownsClient: boolean;
 
-  constructor(cfg: AwsSecretsManagerStoreConfig, client: SecretsManagerClient, region: string, logger: Logger) {
+  constructor(cfg: AwsSecretsManagerStoreConfig, client: SecretsManagerClient, region: string, logger: Logger, ownsClient: boolean) {
+    this.ownsClient = ownsClient;
     this.secretId = cfg.secretId;
     this.jsonKey = cfg.jsonKey;
     this.client = client;
@@ -352,13 +355,14 @@ class AwsSecretsManagerStore implements SecretStore {
     token: string,
     labels: string[],
     stage: Stage,
+    alsoScrub: string[] = [],
   ): Promise<{ versionId: string; labels: string[] }> {
     this.log.info({ stage, op: 'PutSecretValue', versionId: token, labels }, 'write version');
     const out = await this.call(
       'PutSecretValue',
       stage,
       () => this.client.send(new PutSecretValueCommand({ SecretId: this.secretId, SecretString: value, ClientRequestToken: token, VersionStages: labels })),
-      { versionId: token, scrub: [value] },
+      { versionId: token, scrub: [value, ...alsoScrub] },
     );
     return { versionId: out.VersionId ?? token, labels: out.VersionStages ?? [] };
   }
@@ -424,6 +428,11 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   // ---------------------------------------------------------------- SecretStore
+
+  /** Release the HTTP sockets of a client this store built (an injected client is the caller's). */
+  async close(): Promise<void> {
+    if (this.ownsClient) this.client.destroy();
+  }
 
   async check(): Promise<void> {
     const st = await this.state('preflight');
@@ -523,7 +532,7 @@ class AwsSecretsManagerStore implements SecretStore {
     }
 
     const token = requestToken('stage', rotationId);
-    const res = await this.put(value, token, [PENDING, label], stage);
+    const res = await this.put(value, token, [PENDING, label], stage, [req.secret.reveal()]);
     if (!res.labels.includes(PENDING) || !res.labels.includes(label)) {
       // PutSecretValue was a no-op: this rotation's version exists (same token, same content) but lost
       // its labels (e.g. unstaged earlier). Put them back.

@@ -46,8 +46,8 @@ export interface RotationDeps {
   adopted(fingerprint: string): string | undefined;
   verifyIntervalMs: number;
   verifyRevokedIntervalMs: number;
-  /** attempts for each compensation call before giving up (rollbackFailed) */
-  compensationAttempts: number;
+  /** attempts for each store/issuer write (stage, promote and every compensation) on retryable errors */
+  retryAttempts: number;
   /** called on every stage start/finish, for progress rendering, audit and metrics */
   onStage?(e: StageEvent): void;
 }
@@ -200,11 +200,8 @@ export function rotationActors(deps: RotationDeps) {
 
     stage: step<void>('stage', async ({ ctx, index }) => {
       const secret = await newSecret(deps, ctx, 'stage', index);
-      await store(index).stage({
-        rotationId: ctx.rotationId,
-        secret,
-        meta: { rotationId: ctx.rotationId, issuerKeyId: ctx.newKeyId ?? undefined, fingerprint: ctx.newFingerprint ?? undefined, createdAt: new Date(clock.now()).toISOString() },
-      });
+      const meta = { rotationId: ctx.rotationId, issuerKeyId: ctx.newKeyId ?? undefined, fingerprint: ctx.newFingerprint ?? undefined, createdAt: new Date(clock.now()).toISOString() };
+      await withRetries(clock, deps.retryAttempts, () => store(index).stage({ rotationId: ctx.rotationId, secret, meta }));
     }),
 
     verify: step<void>('verify', async ({ ctx }, signal) => {
@@ -235,7 +232,7 @@ export function rotationActors(deps: RotationDeps) {
     }),
 
     promote: step<void>('promote', async ({ ctx, index }) => {
-      await store(index).promote(ctx.rotationId);
+      await withRetries(clock, deps.retryAttempts, () => store(index).promote(ctx.rotationId));
     }),
 
     confirm: step<void>('confirm', async ({ ctx }, signal) => {
@@ -316,15 +313,15 @@ export function rotationActors(deps: RotationDeps) {
     }),
 
     demote: step<void>('demote', async ({ ctx, index }) => {
-      await withRetries(clock, deps.compensationAttempts, () => store(index).demote(ctx.rotationId));
+      await withRetries(clock, deps.retryAttempts, () => store(index).demote(ctx.rotationId));
     }),
 
     unstage: step<void>('unstage', async ({ ctx, index }) => {
-      await withRetries(clock, deps.compensationAttempts, () => store(index).unstage(ctx.rotationId));
+      await withRetries(clock, deps.retryAttempts, () => store(index).unstage(ctx.rotationId));
     }),
 
     discard: step<void>('discard', async ({ ctx }) => {
-      await withRetries(clock, deps.compensationAttempts, async () => {
+      await withRetries(clock, deps.retryAttempts, async () => {
         if (ctx.newKeyId) {
           await issuer.revoke(ctx.newKeyId);
         } else {
