@@ -33,7 +33,38 @@ export interface RotateOptions {
   env?: NodeJS.ProcessEnv;
   /** who runs this (audit): cli / lambda / cloud-run / daemon */
   actor?: string;
-  onStage?: (key: string, e: StageEvent) => void;
+  /** keys rotated at the same time by rotateKeys (default 4) */
+  concurrency?: number;
+  /** audit, metrics, notifications, progress: told about every transition, stage and result */
+  observers?: RotationObserver[];
+}
+
+/** A workflow transition, references only (for audit trails and progress). */
+export interface TransitionEvent {
+  key: string;
+  rotationId: string;
+  /** the state entered (a stage, a compensation or a final state) */
+  state: string;
+  at: string;
+  actor: string;
+  leaked: boolean;
+  oldKeyId: string | null;
+  newKeyId: string | null;
+  oldFingerprint: string | null;
+  newFingerprint: string | null;
+  error: RotationContext['error'];
+}
+
+/**
+ * Observers never change or fail a rotation: their errors are logged and swallowed. `onTransition`
+ * is awaited in order, after the snapshot of that transition is saved (so an audit trail is durable
+ * and ordered); `onResult` is awaited before rotateKey returns (notifiers must not block: queue and
+ * return).
+ */
+export interface RotationObserver {
+  onTransition?(e: TransitionEvent): void | Promise<void>;
+  onStage?(key: string, rotationId: string, e: StageEvent): void;
+  onResult?(r: KeyResult): void | Promise<void>;
 }
 
 export interface PlanInfo {
@@ -55,14 +86,35 @@ export function isDue(key: ResolvedKey, record: KeyRecord | null, now: number): 
     : { due: false, reason: `next due ${new Date(next).toISOString()}`, nextDueAt: new Date(next).toISOString() };
 }
 
-/** Rotate each key in turn (fleet concurrency comes with the benchmark work). */
+/** Rotate many keys with bounded concurrency; results keep the order of `keys`. */
 export async function rotateKeys(keys: ResolvedKey[], o: RotateOptions): Promise<KeyResult[]> {
-  const out: KeyResult[] = [];
-  for (const key of keys) out.push(await rotateKey(key, o));
+  const out: KeyResult[] = new Array(keys.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < keys.length) {
+      const i = next++;
+      out[i] = await rotateKey(keys[i]!, o);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(keys.length, Math.max(1, o.concurrency ?? 4)) }, worker));
   return out;
 }
 
+async function notify(log: Logger, what: string, fn: () => void | Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    log.warn({ err: toKeyrotorError(e).toRecord() }, `observer failed on ${what} (the rotation is not affected)`);
+  }
+}
+
 export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<KeyResult> {
+  const r = await rotateKeyInner(key, o);
+  for (const obs of o.observers ?? []) if (obs.onResult) await notify(o.logger, 'result', () => obs.onResult!(r));
+  return r;
+}
+
+async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyResult> {
   const clock = o.clock ?? systemClock;
   const log = o.logger.child({ key: key.name });
   const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
@@ -193,7 +245,7 @@ async function runRotation(
       if (persistError) throw new KeyrotorError('STATE_UNREADABLE', `cannot persist the rotation state: ${toKeyrotorError(persistError).message}`, { cause: persistError });
     },
     onStage: (e) => {
-      o.onStage?.(key.name, e);
+      for (const obs of o.observers ?? []) if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
       const fields = { stage: e.stage, ...(e.index !== undefined ? { store: providers.stores[e.index]?.label } : {}), ...(e.ms !== undefined ? { ms: e.ms } : {}) };
       if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
       else rlog.debug(fields, `${e.stage} ${e.phase}`);
@@ -215,7 +267,11 @@ async function runRotation(
     ? createActor(machine, { snapshot: snapshot as SnapshotFrom<typeof machine>, input: undefined as unknown as RotationInput })
     : createActor(machine, { input });
 
-  const save = () => {
+  let lastState = '';
+  /** persist the snapshot (not for the final one: `finish` records the result) and tell observers */
+  const save = (state: string, ctx: RotationContext, persist = true) => {
+    const entered = state !== lastState || ['stage', 'promote', 'demote', 'unstage', 'revoke'].includes(state);
+    lastState = state;
     const persisted: PersistedRotation = {
       rotationId,
       keyName: key.name,
@@ -224,9 +280,26 @@ async function runRotation(
       updatedAt: new Date(clock.now()).toISOString(),
       snapshot: actor.getPersistedSnapshot(),
     };
-    chain = chain.then(() => o.stateStore.saveActive(key.name, persisted)).catch((e: unknown) => {
-      persistError = e;
-    });
+    if (persist)
+      chain = chain.then(() => o.stateStore.saveActive(key.name, persisted)).catch((e: unknown) => {
+        persistError = e;
+      });
+    if (entered && o.observers?.some((x) => x.onTransition)) {
+      const ev: TransitionEvent = {
+        key: key.name,
+        rotationId,
+        state,
+        at: new Date(clock.now()).toISOString(),
+        actor: o.actor ?? 'library',
+        leaked: ctx.leaked,
+        oldKeyId: ctx.oldKeyId,
+        newKeyId: ctx.newKeyId,
+        oldFingerprint: ctx.oldFingerprint,
+        newFingerprint: ctx.newFingerprint,
+        error: ctx.error,
+      };
+      for (const obs of o.observers) if (obs.onTransition) chain = chain.then(() => notify(rlog, 'transition', () => obs.onTransition!(ev)));
+    }
   };
 
   const done = new Promise<SnapshotFrom<typeof machine>>((resolve, reject) => {
@@ -236,8 +309,11 @@ async function runRotation(
         const v = JSON.stringify(s.value);
         if (v !== lastValue && typeof s.value === 'string') rlog.info({ stage: s.value }, s.value);
         lastValue = v;
-        if (s.status === 'active') save();
-        if (s.status === 'done') resolve(s);
+        if (s.status === 'active') save(String(s.value), s.context as RotationContext);
+        if (s.status === 'done') {
+          save(String(s.value), s.context as RotationContext, false);
+          resolve(s);
+        }
       },
       error: reject,
     });
@@ -256,8 +332,17 @@ async function runRotation(
 }
 
 function resultFrom(keyName: string, state: FinalState, ctx: RotationContext, clock: Clock): RotationResult {
-  const outcome: Outcome =
-    state === 'rotated' ? (ctx.oldKeyUnidentified ? 'needs_attention' : 'rotated') : state === 'rolledBack' || state === 'failed' ? 'rolled_back' : 'needs_attention';
+  // another orchestrator's pending version blocked staging (store-level lock): we undid our part
+  const lostLock = ctx.error?.code === 'LOCKED' && (state === 'rolledBack' || state === 'failed');
+  const outcome: Outcome = lostLock
+    ? 'locked'
+    : state === 'rotated'
+      ? ctx.oldKeyUnidentified
+        ? 'needs_attention'
+        : 'rotated'
+      : state === 'rolledBack' || state === 'failed'
+        ? 'rolled_back'
+        : 'needs_attention';
   const error = state === 'rollbackFailed' && ctx.compensationError
     ? { ...ctx.compensationError, code: 'ROLLBACK_FAILED' as const, message: `rollback failed at ${ctx.compensationError.stage}: ${ctx.compensationError.message}${ctx.error ? ` (after: ${ctx.error.message})` : ''}` }
     : ctx.error ?? undefined;

@@ -1,0 +1,70 @@
+/**
+ * What every CLI command module gets: IO, config loading, key selection, a lazily created logger and
+ * the state store. Each command lives in its own file and registers itself on the program.
+ */
+import type { Command } from 'commander';
+import { loadConfig, type LoadedConfig } from '../../config/load.ts';
+import type { ResolvedKey } from '../../config/schema.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Logger, StateStore } from '../../core/ports.ts';
+import { createLogger } from '../../log.ts';
+import { createFileStateStore } from '../../state/index.ts';
+
+export interface CliIO {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+export interface CommandContext {
+  io: CliIO;
+  program: Command;
+  /** load and validate the config named by --config */
+  config(): Promise<LoadedConfig>;
+  /** the named keys (all when none); unknown names are UNKNOWN_KEY (exit 2) */
+  pickKeys(cfg: LoadedConfig, names: string[]): ResolvedKey[];
+  logger(): Promise<Logger>;
+  stateStore(cfg: LoadedConfig): StateStore;
+  /** set the process exit code (the highest one wins) */
+  exit(code: number): void;
+  /** the command prints JSON on stdout: errors are also reported as one JSON document */
+  setJson(on: boolean): void;
+}
+
+export type RegisterCommand = (ctx: CommandContext) => void;
+
+export function makeContext(program: Command, io: CliIO, state: { exitCode: number; json: boolean }): CommandContext {
+  let logger: Logger | undefined;
+  return {
+    io,
+    program,
+    config: () => loadConfig(program.opts<{ config: string }>().config, io.env),
+    pickKeys(cfg, names) {
+      if (names.length === 0) return cfg.keys;
+      return names.map((n) => {
+        const k = cfg.keys.find((x) => x.name === n);
+        if (!k) throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${n}" (configured: ${cfg.keys.map((x) => x.name).join(', ')})`);
+        return k;
+      });
+    },
+    async logger() {
+      const level = program.opts<{ logLevel?: string }>().logLevel;
+      logger ??= await createLogger({ ...(level ? { level } : {}), ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}) });
+      return logger;
+    },
+    stateStore: (cfg) => createFileStateStore(cfg.stateDir),
+    exit(code) {
+      state.exitCode = Math.max(state.exitCode, code);
+    },
+    setJson(on) {
+      state.json = on;
+    },
+  };
+}
+
+/** A plain aligned table. */
+export function table(head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(head), ...rows.map(line)].join('\n') + '\n';
+}

@@ -1,0 +1,61 @@
+import { KeyrotorError } from '../../core/errors.ts';
+import { OUTCOME_EXIT } from '../../core/stages.ts';
+import { rotateKeys, type KeyResult } from '../../run.ts';
+import type { RegisterCommand } from './context.ts';
+
+export const registerRotate: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('rotate')
+    .description('rotate every key that is due, or the named keys with --now')
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--now', 'rotate now even if not due')
+    .option('--leaked', 'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)')
+    .option('--dry-run', 'print the plan and change nothing')
+    .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
+    .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
+    .option('--concurrency <n>', 'keys rotated at the same time', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .action(async (names: string[], opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number }) => {
+      ctx.setJson(opts.json === true);
+      if (opts.leaked && !opts.now) throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
+      if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
+      const cfg = await ctx.config();
+      const keys = ctx.pickKeys(cfg, names);
+      const base = {
+        config: cfg,
+        stateStore: ctx.stateStore(cfg),
+        logger: await ctx.logger(),
+        env: ctx.io.env,
+        actor: 'cli',
+        now: opts.now === true,
+        leaked: opts.leaked === true,
+        dryRun: opts.dryRun === true,
+        ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+      };
+      const results = await rotateKeys(keys, base);
+      if (opts.full) {
+        const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
+        if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
+      }
+      ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
+      ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
+    });
+};
+
+export function renderResults(results: KeyResult[]): string {
+  const rows = results.map((r) => {
+    let what: string;
+    if (r.dryRun)
+      what = `${r.plan?.due ? 'would rotate' : 'not due'}: ${r.plan?.reason}; issuer ${r.plan?.issuer}, stores ${r.plan?.stores.join('+')}, gates ${r.plan?.gates.join('+') || 'none'}${r.plan?.resume ? `; would resume ${r.plan.resume}` : ''}`;
+    else if (r.outcome === 'rotated') what = r.bootstrap ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke` : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
+    else if (r.outcome === 'skipped') what = 'not due';
+    else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;
+    const lines = [`${r.key}  ${r.outcome.toUpperCase()}  ${what}${r.rotationId ? `  [${r.rotationId}]` : ''}`];
+    for (const l of r.leftovers ?? []) lines.push(`    ! ${l}`);
+    return lines.join('\n');
+  });
+  return rows.join('\n') + '\n';
+}
