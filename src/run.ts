@@ -33,6 +33,15 @@ export interface RotateOptions {
   env?: NodeJS.ProcessEnv;
   /** who runs this (audit): cli / lambda / cloud-run / daemon */
   actor?: string;
+  /** only finish unfinished rotations; start no new one (`keyrotor resume`) */
+  resumeOnly?: boolean;
+  /**
+   * Stop cleanly when this signal aborts or at `pauseAt` (ms since epoch): a stage already talking to
+   * a provider finishes, no new stage starts, a wait is cut short; the snapshot stays in the state
+   * store and the result is `in_progress`. The next run resumes with the same deadlines.
+   */
+  signal?: AbortSignal;
+  pauseAt?: number;
   /** keys rotated at the same time by rotateKeys (default 4) */
   concurrency?: number;
   /** audit, metrics, notifications, progress: told about every transition, stage and result */
@@ -134,6 +143,7 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
       };
       return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
     }
+    if (!resume && o.resumeOnly) return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
     if (!resume && !o.now && !due.due) {
       log.info({ reason: due.reason }, 'not due');
       return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
@@ -228,6 +238,10 @@ async function runRotation(
   let persistError: unknown = null;
   const adopted = (fp: string) => record?.providerState[`adopted.${fp}`];
   const vault = new SecretVault();
+  // graceful pause: between stages (at the write-ahead barrier) or in the middle of a wait
+  let paused = false;
+  let pauseNow: () => void = () => {};
+  const pauseRequested = () => o.signal?.aborted === true || (o.pauseAt !== undefined && clock.now() >= o.pauseAt);
   const machine = provideRotation({
     issuer: providers.issuer,
     stores: providers.stores,
@@ -242,6 +256,13 @@ async function runRotation(
     persisted: async () => {
       await new Promise<void>((r) => setImmediate(r));
       await chain;
+      // never pause between `issue` and the first `stage`: the new value exists only in memory there
+      const snap = actor.getSnapshot();
+      const holdsOnlyInMemory = snap.value === 'stage' && (snap.context as RotationContext).staged === 0;
+      if (pauseRequested() && !holdsOnlyInMemory) {
+        pauseNow();
+        await new Promise<never>(() => {}); // the actor is stopped: this stage never starts
+      }
       if (persistError) throw new KeyrotorError('STATE_UNREADABLE', `cannot persist the rotation state: ${toKeyrotorError(persistError).message}`, { cause: persistError });
     },
     onStage: (e) => {
@@ -318,10 +339,43 @@ async function runRotation(
       error: reject,
     });
   });
+  const pausedResult = new Promise<'paused'>((resolve) => {
+    pauseNow = () => {
+      if (paused) return;
+      paused = true;
+      actor.stop();
+      resolve('paused');
+    };
+  });
+  const WAITS = new Set(['verify', 'confirm', 'verifyRevoked', 'revokeRetry']);
+  const onPauseSignal = () => {
+    // a wait is safe to cut short (its deadline is in the snapshot); anything else stops at the next barrier
+    if (WAITS.has(String(actor.getSnapshot().value))) pauseNow();
+  };
+  o.signal?.addEventListener('abort', onPauseSignal, { once: true });
+  const pauseTimer = o.pauseAt !== undefined ? setTimeout(onPauseSignal, Math.max(0, o.pauseAt - clock.now())) : undefined;
+  pauseTimer?.unref();
+
   rlog.info({ leaked: input.leaked, resume: resume !== null }, resume ? 'resuming rotation' : 'rotation started');
   actor.start();
-  const final = await done;
+  const first = await Promise.race([done, pausedResult]);
+  o.signal?.removeEventListener('abort', onPauseSignal);
+  if (pauseTimer) clearTimeout(pauseTimer);
   await chain;
+  if (first === 'paused') {
+    const ctx = actor.getSnapshot().context as RotationContext;
+    rlog.warn({ stage: String(actor.getSnapshot().value) }, 'paused: the rotation continues on the next run');
+    return {
+      key: key.name,
+      rotationId,
+      outcome: 'in_progress',
+      oldKeyId: ctx.oldKeyId,
+      newKeyId: ctx.newKeyId,
+      stage: String(actor.getSnapshot().value) as Stage,
+      startedAt: new Date(ctx.startedAt).toISOString(),
+    };
+  }
+  const final = first;
   const ctx = final.context as RotationContext;
   const state = final.value as FinalState;
   const result = resultFrom(key.name, state, ctx, clock);
