@@ -1,5 +1,6 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
+import { defaultObservers } from '../../observers.ts';
 import { rotateKeys, type KeyResult } from '../../run.ts';
 import type { RegisterCommand } from './context.ts';
 
@@ -24,10 +25,12 @@ export const registerRotate: RegisterCommand = (ctx) => {
       if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
       const cfg = await ctx.config();
       const keys = ctx.pickKeys(cfg, names);
+      const logger = await ctx.logger();
       const base = {
         config: cfg,
         stateStore: ctx.stateStore(cfg),
-        logger: await ctx.logger(),
+        logger,
+        observers: defaultObservers({ config: cfg, logger, actor: 'cli' }),
         env: ctx.io.env,
         actor: 'cli',
         now: opts.now === true,

@@ -1,0 +1,4 @@
+import type { RegisterCommand } from './context.ts';
+
+// Registers nothing yet: filled in by issue 7 (operability).
+export const registerInventory: RegisterCommand = () => {};
