@@ -411,7 +411,7 @@ function resultFrom(keyName: string, state: FinalState, ctx: RotationContext, cl
     ...(error && state !== 'rotated' ? { error } : {}),
     ...(ctx.leftovers.length ? { leftovers: ctx.leftovers } : {}),
     ...(ctx.bootstrap ? { bootstrap: true } : {}),
-    ...(ctx.leaked ? { leaked: true } : {}),
+    ...(ctx.leaked ? { leaked: true, oldKeyLastUsedAt: ctx.oldKeyLastUsedAt } : {}),
     ...(stage ? { stage } : {}),
     startedAt: new Date(ctx.startedAt).toISOString(),
     finishedAt: new Date(clock.now()).toISOString(),

@@ -176,6 +176,8 @@ export interface RotationResult {
   leftovers?: string[] | undefined;
   bootstrap?: boolean | undefined;
   leaked?: boolean | undefined;
+  /** leak mode: when the issuer last saw the old (compromised) key used, ISO or null if never */
+  oldKeyLastUsedAt?: string | null | undefined;
   /** last stage the rotation reached */
   stage?: Stage | undefined;
   startedAt?: string | undefined;

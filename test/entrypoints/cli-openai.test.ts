@@ -123,6 +123,22 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     }
   });
 
+  it('rotate --now --leaked: no consumer wait, the old key is revoked and reported dead with its last use time', async () => {
+    const dir = workspace(config(), 'openai-leaked');
+    const first = await bootstrap(dir);
+    const lastUsed = Math.floor(Date.now() / 1000) - 120;
+    fake.state.keyById(first.newKeyId!)!.lastUsedAt = lastUsed;
+    fake.resetFaults();
+    const r = await runCli(['rotate', '--now', '--leaked', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-leaked' });
+    expect(r.code, r.stderr).toBe(0);
+    const res = results(r.stdout)[0]! as Result & { leaked?: boolean; oldKeyLastUsedAt?: string };
+    expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId, leaked: true, oldKeyLastUsedAt: new Date(lastUsed * 1000).toISOString() });
+    expect(live(first.newKeyId)).toBe(false);
+    const stages = r.stderr.trim().split('\n').map((l) => (JSON.parse(l) as { stage?: string }).stage);
+    expect(stages).not.toContain('confirm'); // consumer gates are skipped in leak mode
+    expect(stages).toContain('verifyRevoked');
+  });
+
   it('two concurrent rotate --now of the same key: exactly one rotates, the other exits 3', async () => {
     const dir = workspace(config(), 'openai-concurrent');
     const first = await bootstrap(dir);

@@ -55,6 +55,8 @@ export interface RotationContext extends RotationInput {
   bootstrap: boolean;
   /** leak mode went ahead although the old key could not be identified at the issuer */
   oldKeyUnidentified: boolean;
+  /** leak mode: when the issuer last saw the old key used (ISO), read before it is revoked */
+  oldKeyLastUsedAt: string | null;
   newKeyId: string | null;
   newFingerprint: string | null;
   /** stores[0..staged-1] hold the new key as pending */
@@ -81,6 +83,7 @@ export interface PreflightOutput {
   oldFingerprint: string | null;
   bootstrap: boolean;
   oldKeyUnidentified: boolean;
+  oldKeyLastUsedAt?: string | null;
 }
 export interface IssueOutput {
   newKeyId: string;
@@ -158,6 +161,7 @@ export const rotationMachine = rotationSetup.createMachine({
     oldFingerprint: null,
     bootstrap: false,
     oldKeyUnidentified: false,
+    oldKeyLastUsedAt: null,
     newKeyId: null,
     newFingerprint: null,
     staged: 0,

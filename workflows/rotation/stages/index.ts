@@ -184,7 +184,12 @@ export function rotationActors(deps: RotationDeps) {
           );
         }
       }
-      return { oldKeyId, oldFingerprint, bootstrap: false, oldKeyUnidentified: oldKeyId === null };
+      // leak mode: record when the compromised key was last used, before it is revoked
+      let oldKeyLastUsedAt: string | null = null;
+      if (ctx.leaked && oldKeyId) {
+        oldKeyLastUsedAt = (await issuer.list()).find((k) => k.keyId === oldKeyId)?.lastUsedAt ?? null;
+      }
+      return { oldKeyId, oldFingerprint, bootstrap: false, oldKeyUnidentified: oldKeyId === null, oldKeyLastUsedAt };
     }),
 
     issue: step<IssueOutput>('issue', async ({ ctx }) => {
