@@ -87,6 +87,12 @@ describe('keyrotor CLI (spawned)', () => {
     const b = await runCli(['rotate', '--json'], { cwd: dir });
     expect(b.code).toBe(0);
     expect((JSON.parse(b.stdout) as { results: Array<Record<string, unknown>> }).results[0]).toMatchObject({ outcome: 'skipped' });
+    // the human summary says what happened
+    const c = await runCli(['rotate', '--now'], { cwd: dir });
+    expect(c.code).toBe(0);
+    expect(c.stdout).toMatch(new RegExp(`^demo  ROTATED  ${ra[1]!.newKeyId} → lk_[0-9a-f]+; old key revoked and confirmed dead  \\[rot-`));
+    const d = await runCli(['rotate'], { cwd: dir });
+    expect(d.stdout).toMatch(/^demo {2}SKIPPED {2}not due$/m);
   });
 
   it('--dry-run prints the plan and writes nothing', async () => {

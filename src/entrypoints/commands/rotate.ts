@@ -54,9 +54,10 @@ export function renderResults(results: KeyResult[]): string {
     if (r.dryRun)
       what = `${r.plan?.due ? 'would rotate' : 'not due'}: ${r.plan?.reason}; issuer ${r.plan?.issuer}, stores ${r.plan?.stores.join('+')}, gates ${r.plan?.gates.join('+') || 'none'}${r.plan?.resume ? `; would resume ${r.plan.resume}` : ''}`;
     else if (r.outcome === 'rotated') what = r.bootstrap ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke` : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
-    if (r.leaked && !r.dryRun) what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;
     else if (r.outcome === 'skipped') what = 'not due';
+    else if (r.outcome === 'in_progress') what = `paused at ${r.stage}; the next run continues it`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;
+    if (r.leaked && !r.dryRun) what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;
     const lines = [`${r.key}  ${r.outcome.toUpperCase()}  ${what}${r.rotationId ? `  [${r.rotationId}]` : ''}`];
     for (const l of r.leftovers ?? []) lines.push(`    ! ${l}`);
     return lines.join('\n');
