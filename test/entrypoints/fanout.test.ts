@@ -80,8 +80,15 @@ keys:
       - { type: file }
     health:
       - { type: issuer-smoke-test, timeout: 3s, interval: 100ms }
+  - name: trio
+    issuer: { type: openai, project: ${openai.project}, serviceAccount: ${sa.id}, baseURL: "${openai.baseURL}", timeout: 5s }
+    stores:
+      - { type: aws-secrets-manager, secretId: prod/trio, region: ${REGION}, endpoint: "${moto.endpoint}" }
+      - { type: azure-key-vault, vaultUrl: "${az.vaultUrl}", name: trio-key }
+      - { type: file }
 `,
     );
+    await aws.send(new CreateSecretCommand({ Name: 'prod/trio' }));
   }, 90_000);
 
   afterAll(async () => {
@@ -166,9 +173,42 @@ keys:
     } finally {
       az.clearFaults();
     }
-    // and the next rotation works from the restored state
+    // and the next rotation works from the restored state (below)
     const again = await cli('rotate', '--now', 'app', '--json');
     expect(again.code, again.stderr).toBe(0);
     expect(again.result).toMatchObject({ outcome: 'rotated', oldKeyId: oldId });
+  });
+
+  /** what the three stores of `trio` serve now */
+  async function trio() {
+    const a = (await aws.send(new GetSecretValueCommand({ SecretId: 'prod/trio', VersionStage: 'AWSCURRENT' }))).SecretString;
+    const z = (await azRaw.getSecret('trio-key')).value;
+    const f = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
+      keyName: 'trio', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) }, providerState: { get: () => undefined, set: async () => {} },
+    });
+    return [a, z, (await f.readCurrent())?.secret.reveal()];
+  }
+
+  it.each([
+    ['stage', () => az.fault({ op: 'setSecret', name: 'trio-key--pending', status: 503, times: 100 }), 'STORE_UNAVAILABLE'],
+    ['promote', () => az.fault({ op: 'setSecret', name: 'trio-key', status: 503, times: 100 }), 'STORE_UNAVAILABLE'],
+    ['verify', () => void (openai.state.newKeys.propagationChecks = 1_000_000), 'KEY_INVALID'],
+  ])('a failure in the 2nd of 3 stores (or of the key) at %s leaves all three on the old key', async (stage, inject, code) => {
+    if (!(await cli('rotate', '--now', 'trio', '--json')).result) throw new Error('no result');
+    const before = await trio();
+    expect(new Set(before).size).toBe(1);
+    const oldId = openai.state.liveKeys().find((k) => k.value === before[0])!.id;
+    inject();
+    try {
+      const r = await cli('rotate', '--now', 'trio', '--json');
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.result).toMatchObject({ outcome: 'rolled_back', oldKeyId: oldId, error: { stage, code } });
+      expect(await trio()).toEqual(before);
+      expect(openai.state.liveKeys().some((k) => k.id === r.result!.newKeyId)).toBe(false);
+    } finally {
+      az.clearFaults();
+      openai.state.newKeys.propagationChecks = 0;
+    }
   });
 });

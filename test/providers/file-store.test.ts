@@ -56,12 +56,12 @@ async function bootstrap(s: SecretStore, n = 1) {
 describeStoreContract('file (generated key file)', async () => {
   const dir = tempDir('file-contract-keyfile');
   return { store: await createFileStore(cfg(), ctxFor(dir)) };
-});
+}, { lock: 'lease' }); // the file lives in the state dir, guarded by the per-key lease
 
 describeStoreContract('file (master key from env)', async () => {
   const dir = tempDir('file-contract-env');
   return { store: await createFileStore(cfg(), ctxFor(dir, { env: { KEYROTOR_MASTER_KEY: hexKey() } })) };
-});
+}, { lock: 'lease' });
 
 describe('file store: layout and encryption', () => {
   it('writes <stateDir>/secrets/<key>.json with mode 0600 in a 0700 folder, and a 0600 master.key', async () => {

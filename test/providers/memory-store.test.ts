@@ -2,4 +2,4 @@
 import { describeStoreContract } from './store-contract.ts';
 import { MemoryStore } from '../fakes/memory.ts';
 
-describeStoreContract('memory (workflow test fake)', async () => ({ store: new MemoryStore() }));
+describeStoreContract('memory (workflow test fake)', async () => ({ store: new MemoryStore() }), { lock: 'lease' });

@@ -27,7 +27,16 @@ export function meta(rotationId: string, n: number): VersionMeta {
   return { rotationId, issuerKeyId: `key_${n}`, fingerprint: fingerprint(value(n)), createdAt: new Date(Date.UTC(2026, 10, n)).toISOString() };
 }
 
-export function describeStoreContract(name: string, make: () => Promise<StoreHarness>): void {
+export interface ContractOptions {
+  /**
+   * How two orchestrators are kept apart on this store: `store` = the store itself refuses a second
+   * rotation's stage while another rotation's version is pending (LOCKED); `lease` = the store lives
+   * beside keyrotor's state dir, whose per-key lease does it (file store).
+   */
+  lock: 'store' | 'lease';
+}
+
+export function describeStoreContract(name: string, make: () => Promise<StoreHarness>, opts: ContractOptions = { lock: 'store' }): void {
   describe(`SecretStore contract: ${name}`, () => {
     let h: StoreHarness | undefined;
     const fresh = async () => (h = await make()).store;
@@ -155,6 +164,22 @@ export function describeStoreContract(name: string, make: () => Promise<StoreHar
       expect(err).toBeInstanceOf(KeyrotorError);
       expect((err as KeyrotorError).retryable).toBe(false);
       expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+    });
+
+    it.runIf(opts.lock === 'store')('lock contention: another rotation pending blocks staging with LOCKED until it is unstaged', async () => {
+      const s = await fresh();
+      await bootstrap(s);
+      await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+      const err = await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }).then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(KeyrotorError);
+      expect((err as KeyrotorError).code).toBe('LOCKED');
+      expect((err as KeyrotorError).message).toContain(R2);
+      expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+      expect((await s.readPending(R2))?.secret.reveal()).toBe(value(2).reveal());
+      await s.unstage(R2);
+      await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+      await s.promote(R3);
+      expect((await s.readCurrent())?.secret.reveal()).toBe(value(3).reveal());
     });
 
     it('never exposes the value in describe(), label, or printed versions', async () => {

@@ -95,7 +95,8 @@ async function withRetries<T>(clock: Clock, attempts: number, fn: () => Promise<
       lastErr = e;
       const ke = toKeyrotorError(e);
       if (!ke.retryable || i === attempts - 1) throw e;
-      await clock.sleep(Math.min(250 * 2 ** i, 5000));
+      // exponential backoff with full jitter (throttling: many keys must not retry in lockstep)
+      await clock.sleep(Math.random() * Math.min(250 * 2 ** (i + 1), 5000));
     }
   }
   throw lastErr;
