@@ -1,75 +1,10 @@
 /**
- * Durable file primitives for the state store: atomic replace (temp file in the same folder, fsync,
- * rename, fsync the folder), private modes, and a per-path in-process queue so concurrent writers in
- * one process never lose an update. (The file secret store keeps its own copy: providers import
- * only core.)
+ * Durable file primitives for the state store: the same atomic replace, private modes and per-path
+ * in-process queue as the file secret store (one implementation, in its folder), plus errno helpers.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 
-export const FILE_MODE = 0o600;
-export const DIR_MODE = 0o700;
-
-export async function ensureDir(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: DIR_MODE });
-}
-
-/** fsync a directory so a rename or create in it survives a power loss (ignored where unsupported). */
-export async function fsyncDir(dir: string): Promise<void> {
-  let fh;
-  try {
-    fh = await open(dir, 'r');
-    await fh.sync();
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EBADF' && code !== 'ENOTSUP') throw e;
-  } finally {
-    await fh?.close();
-  }
-}
-
-export function uniqueSibling(file: string, suffix: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.${suffix}`);
-}
-
-/** Replace `file` atomically with `data` (mode 0600, folder 0700). A crash leaves the old file intact. */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const dir = path.dirname(file);
-  await ensureDir(dir);
-  const tmp = uniqueSibling(file, 'tmp');
-  const fh = await open(tmp, 'wx', FILE_MODE);
-  try {
-    try {
-      await fh.writeFile(data, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-  } catch (e) {
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw e;
-  }
-  await fsyncDir(dir);
-}
-
-const queues = new Map<string, Promise<unknown>>();
-
-/** Run `fn` after every earlier call for the same key has settled (a per-file in-process mutex). */
-export function serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
-  const prev = queues.get(key) ?? Promise.resolve();
-  const run = prev.then(fn, fn);
-  const tail = run.then(
-    () => undefined,
-    () => undefined,
-  );
-  queues.set(key, tail);
-  void tail.then(() => {
-    if (queues.get(key) === tail) queues.delete(key);
-  });
-  return run;
-}
+export { DIR_MODE, FILE_MODE, ensureDir, fsyncDir, serialized, uniqueSibling, writeFileAtomic } from '../../providers/stores/file/file.io.ts';
 
 export function errnoOf(e: unknown): string | undefined {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;

@@ -2,6 +2,7 @@
  * Durable file primitives for the file store: atomic replace (temp file in the same folder, fsync,
  * rename, fsync the folder), private modes, and a per-path in-process queue so concurrent writers
  * in one process never lose an update. Across processes the per-key lease guards.
+ * The state store (src/state) uses the same primitives.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
@@ -28,16 +29,16 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Name of a temp file beside `file`; readers never look at these. */
-export function tempPathFor(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+/** A unique hidden name beside `file` (temp files, stale locks set aside); readers never look at these. */
+export function uniqueSibling(file: string, suffix: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.${suffix}`);
 }
 
 /** Replace `file` atomically with `data` (mode 0600, folder 0700). A crash leaves the old file intact. */
 export async function writeFileAtomic(file: string, data: string): Promise<void> {
   const dir = path.dirname(file);
   await ensureDir(dir);
-  const tmp = tempPathFor(file);
+  const tmp = uniqueSibling(file, 'tmp');
   const fh = await open(tmp, 'wx', FILE_MODE);
   try {
     try {
