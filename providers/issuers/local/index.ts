@@ -80,10 +80,12 @@ export async function createLocalIssuer(cfg: LocalIssuerConfig, ctx: ProviderCon
     },
     async create(req) {
       const r = await load();
-      const existing = r.keys.find((k) => k.name === req.name);
-      if (existing) {
-        // the value was returned once and is gone: the caller must discard and create again
-        throw new KeyrotorError('CREATE_AMBIGUOUS', `local issuer: a key named ${req.name} already exists (${existing.id})`, { stage: 'issue' });
+      // a key with this name is a leftover of an earlier attempt of the same rotation (a crash after
+      // create): its value was returned once and is gone, so delete it and create a fresh one
+      const leftovers = r.keys.filter((k) => k.name === req.name);
+      if (leftovers.length) {
+        ctx.logger.warn({ stage: 'issue', keyIds: leftovers.map((k) => k.id) }, 'deleting keys left by an earlier attempt of this rotation');
+        r.keys = r.keys.filter((k) => k.name !== req.name);
       }
       const raw = `${cfg.prefix}${randomBytes(cfg.bytes).toString('base64url')}`;
       const entry: Entry = {
