@@ -12,6 +12,10 @@ import { awsSecretsManagerStoreSchema } from './stores/aws-secrets-manager/aws-s
 import { gcpSecretManagerStoreSchema } from './stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
 import { azureKeyVaultStoreSchema } from './stores/azure-key-vault/azure-key-vault.schema.ts';
 import { issuerSmokeTestGateSchema } from './health/issuer-smoke-test/issuer-smoke-test.schema.ts';
+import { httpGateSchema } from './health/http/http.schema.ts';
+import { usageDrainGateSchema } from './health/usage-drain/usage-drain.schema.ts';
+import { manualGateSchema } from './health/manual/manual.schema.ts';
+import { commandGateSchema } from './health/command/command.schema.ts';
 
 export const issuerConfigSchema = z.discriminatedUnion('type', [localIssuerSchema, openaiIssuerSchema]);
 export const storeConfigSchema = z.discriminatedUnion('type', [
@@ -20,7 +24,13 @@ export const storeConfigSchema = z.discriminatedUnion('type', [
   gcpSecretManagerStoreSchema,
   azureKeyVaultStoreSchema,
 ]);
-export const healthConfigSchema = z.discriminatedUnion('type', [issuerSmokeTestGateSchema]);
+export const healthConfigSchema = z.discriminatedUnion('type', [
+  issuerSmokeTestGateSchema,
+  httpGateSchema,
+  usageDrainGateSchema,
+  manualGateSchema,
+  commandGateSchema,
+]);
 
 export type IssuerConfig = z.output<typeof issuerConfigSchema>;
 export type StoreConfig = z.output<typeof storeConfigSchema>;
@@ -57,6 +67,10 @@ export const healthFactories: {
 } = {
   'issuer-smoke-test': async (cfg, ctx, deps) =>
     (await import('./health/issuer-smoke-test/index.ts')).createIssuerSmokeTestGate(cfg, ctx, deps),
+  http: async (cfg, ctx, deps) => (await import('./health/http/index.ts')).createHttpGate(cfg, ctx, deps),
+  'usage-drain': async (cfg, ctx, deps) => (await import('./health/usage-drain/index.ts')).createUsageDrainGate(cfg, ctx, deps),
+  manual: async (cfg, ctx, deps) => (await import('./health/manual/index.ts')).createManualGate(cfg, ctx, deps),
+  command: async (cfg, ctx, deps) => (await import('./health/command/index.ts')).createCommandGate(cfg, ctx, deps),
 };
 
 export function createIssuer(cfg: IssuerConfig, ctx: ProviderContext): Promise<Issuer> {

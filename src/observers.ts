@@ -1,18 +1,72 @@
 /**
  * The observers every entry point attaches to a rotation (audit trail, metrics, notifications).
  * One place, so the CLI, Lambda, Cloud Run and the daemon record the same things.
+ *
+ *   const observers = defaultObservers({ config, logger, actor: 'cli', env });
+ *   const results = await rotateKeys(keys, { ..., observers });
+ *   await flushObservers(observers, 10_000);   // before the process exits: pending webhooks
+ *
+ * Building the observers does no I/O; a missing env var named by a webhook is CONFIG_ENV_MISSING
+ * (exit 2) here, before anything rotates.
  */
+import { auditObserver, auditSettings, createJsonlAuditLog, auditPath, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
-import type { Logger } from './core/ports.ts';
+import type { Logger, StateStore } from './core/ports.ts';
+import { processMetrics, type Metrics } from './metrics.ts';
+import { createNotifier, notificationSettings, type DeliveryReport, type Notifier } from './notify/index.ts';
 import type { RotationObserver } from './run.ts';
+import { createFileStateStore } from './state/index.ts';
 
 export interface ObserverOptions {
   config: LoadedConfig;
   logger: Logger;
   /** cli | lambda | cloud-run | daemon */
   actor: string;
+  /** where webhook URLs / headers named by env come from (default process.env) */
+  env?: NodeJS.ProcessEnv;
+  /** for the key-age gauges (default: the file state store of the config's state dir) */
+  stateStore?: StateStore;
+  /** default: the process-wide `processMetrics()` */
+  metrics?: Metrics;
+  /** replace the audit sink (default: the JSONL log from the config); false = no audit */
+  audit?: AuditSink | false;
 }
 
-export function defaultObservers(_o: ObserverOptions): RotationObserver[] {
-  return [];
+export function defaultObservers(o: ObserverOptions): RotationObserver[] {
+  const observers: RotationObserver[] = [];
+
+  const settings = auditSettings(o.config);
+  if (o.audit !== false && (o.audit || settings.enabled)) {
+    let sink: AuditSink = o.audit || createJsonlAuditLog(auditPath(o.config, settings));
+    if (settings.mirrorToLog) sink = teeAuditSink([sink, logAuditSink(o.logger.child({ component: 'audit' }))]);
+    observers.push(auditObserver({ sink, actor: o.actor }));
+  }
+
+  const metrics = o.metrics ?? processMetrics();
+  metrics.trackKeys(o.config, o.stateStore ?? createFileStateStore(o.config.stateDir));
+  observers.push(metrics.observer());
+
+  const webhooks = notificationSettings(o.config);
+  if (webhooks.length) observers.push(createNotifier({ webhooks, logger: o.logger, actor: o.actor, ...(o.env ? { env: o.env } : {}) }));
+
+  return observers;
+}
+
+function isNotifier(x: RotationObserver): x is Notifier {
+  return typeof (x as Partial<Notifier>).drain === 'function';
+}
+
+/**
+ * Wait (at most `timeoutMs`) for work the observers queued, e.g. webhook deliveries still retrying.
+ * Call it before the process exits; it never throws.
+ */
+export async function flushObservers(observers: RotationObserver[], timeoutMs = 10_000): Promise<DeliveryReport> {
+  const total: DeliveryReport = { delivered: 0, failed: 0, abandoned: 0 };
+  const reports = await Promise.all(observers.filter(isNotifier).map((n) => n.drain(timeoutMs).catch(() => ({ delivered: 0, failed: 0, abandoned: n.pending }))));
+  for (const r of reports) {
+    total.delivered += r.delivered;
+    total.failed += r.failed;
+    total.abandoned += r.abandoned;
+  }
+  return total;
 }

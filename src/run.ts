@@ -246,6 +246,7 @@ async function runRotation(
     issuer: providers.issuer,
     stores: providers.stores,
     gates: providers.gates,
+    gateRequire: key.require,
     clock,
     logger: rlog,
     vault,
@@ -379,7 +380,11 @@ async function runRotation(
   const ctx = final.context as RotationContext;
   const state = final.value as FinalState;
   const result = resultFrom(key.name, state, ctx, clock);
-  await o.stateStore.finish(key.name, result, result.outcome === 'rotated' ? ctx.newKeyId : ctx.oldKeyId);
+  // the key the stores serve now: the new one once every store was promoted and not demoted
+  const allPromoted = ctx.promoted === ctx.storeLabels.length;
+  const serving =
+    state === 'rotated' || (state === 'needsAttention' && allPromoted) ? ctx.newKeyId : state === 'rollbackFailed' ? undefined : ctx.oldKeyId;
+  await o.stateStore.finish(key.name, result, serving);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level]({ outcome: result.outcome, oldKeyId: result.oldKeyId, newKeyId: result.newKeyId, ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}) }, `rotation ${result.outcome}`);
   return result;

@@ -7,7 +7,7 @@
  *   tools, other keys' keys) — such keys are not even listed;
  * - it is current in any configured store (by the issuer key id in the store's metadata, by the state
  *   store's record, by `keyrotor adopt`, or — when a store's metadata names no key id — by asking the
- *   issuer which key the current value is);
+ *   issuer which key the current value is), or pending in one (a rotation is about to promote it);
  * - it belongs to an unfinished rotation (its rotation id is the key's `active` rotation, or it is the
  *   old/new key of that rotation, or previous/pending in a store while that rotation runs): such a
  *   rotation is resumed first (`rotateKey` with `resumeOnly`), and if it is still unfinished afterwards
@@ -198,10 +198,10 @@ async function judgeAndDelete(
   for (const [i, sl] of slots.entries()) {
     const label = p.stores[i]!.label;
     protect(sl.current?.meta.issuerKeyId, `current in ${label}`);
-    if (active) {
-      protect(sl.previous?.meta.issuerKeyId, `previous in ${label} while rotation ${active.rotationId} is unfinished`);
-      protect(sl.pending?.meta.issuerKeyId, `pending in ${label} while rotation ${active.rotationId} is unfinished`);
-    }
+    // a pending version means some rotation (maybe one this state store does not know, e.g. another
+    // installation's) is on its way to promoting it: never pull the key from under it
+    protect(sl.pending?.meta.issuerKeyId, `pending in ${label}${active ? ` (rotation ${active.rotationId} is unfinished)` : ''}`);
+    if (active) protect(sl.previous?.meta.issuerKeyId, `previous in ${label} while rotation ${active.rotationId} is unfinished`);
     if (sl.current && !sl.current.meta.issuerKeyId) {
       // the store does not say which issuer key it serves: ask the issuer, keep every candidate
       const cur = await p.stores[i]!.readCurrent();

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { duration } from './fields.ts';
 import { healthConfigSchema, issuerConfigSchema, storeConfigSchema } from '../../providers/index.ts';
+import { auditConfigSchema } from '../audit/schema.ts';
+import { notificationsConfigSchema } from '../notify/schema.ts';
 
 const schedule = z
   .object({
@@ -37,6 +39,8 @@ const keySchema = z
     issuer: issuerConfigSchema,
     stores: z.array(storeConfigSchema).min(1, 'at least one store is required'),
     health: z.array(healthConfigSchema).default([]),
+    /** `all` (default): every health gate must pass; `any`: the first gate that passes confirms */
+    require: z.enum(['all', 'any']).default('all'),
     schedule: schedule.optional(),
     grace: duration.optional(),
   })
@@ -49,6 +53,10 @@ export const configSchema = z
     stateDir: z.string().min(1).default('.keyrotor'),
     defaults: defaults.default(defaults.parse({})),
     keys: z.array(keySchema).min(1, 'at least one key is required'),
+    /** audit trail of every transition and result (default: on, `<stateDir>/audit/audit.jsonl`) */
+    audit: auditConfigSchema.default(auditConfigSchema.parse({})),
+    /** webhooks told about rotation results (rolled_back, needs_attention, leaked; optionally rotated) */
+    notifications: notificationsConfigSchema.default([]),
   })
   .strict()
   .superRefine((cfg, ctx) => {
@@ -62,6 +70,11 @@ export const configSchema = z
         const n = g.name ?? g.type;
         if (names.has(n)) ctx.addIssue({ code: 'custom', path: ['keys', i, 'health', j, 'name'], message: `duplicate gate name "${n}"; set a distinct name` });
         names.add(n);
+      });
+    });
+    cfg.notifications.forEach((w, i) => {
+      (w.keys ?? []).forEach((k, j) => {
+        if (!seen.has(k)) ctx.addIssue({ code: 'custom', path: ['notifications', i, 'keys', j], message: `unknown key "${k}"` });
       });
     });
   });

@@ -33,6 +33,8 @@ export const ERROR_CODES = {
   GATE_TIMEOUT: 1,
   GATE_REJECTED: 1,
   GATE_ERROR: 1,
+  /** a step did not finish within the caller's time budget; the state is saved, retrying is safe */
+  IN_PROGRESS: 1,
   // a human must act (exit 4)
   ADOPT_REQUIRED: 4,
   REVOKE_FAILED: 4,

@@ -54,14 +54,24 @@ export interface CreateKeyRequest {
   expiresInSeconds?: number | undefined;
 }
 
+/** A declared cheap call made with a key, to check its scopes (issuer-smoke-test `model`). */
+export interface IssuerProbe {
+  /** retrieve this model with the key (OpenAI `GET /v1/models/{model}`) */
+  model: string;
+}
+
 export interface Issuer {
   readonly type: string;
+  /** `list()` reports `lastUsedAt` for every key (the usage-drain gate needs it). Optional. */
+  readonly reportsUsage?: boolean;
   /** Preflight: credentials work and the issuer can list and create where configured. */
   check(): Promise<void>;
   /** Create one key. Must not retry internally (a lost response could mint a second key). */
   create(req: CreateKeyRequest): Promise<IssuedKey>;
   /** Does this value work at the issuer right now? 'invalid' = rejected as unknown/revoked. */
   verify(secret: Secret): Promise<VerifyResult>;
+  /** Like verify, with a declared cheap call (e.g. retrieve one model). Optional capability. */
+  probe?(secret: Secret, call: IssuerProbe): Promise<VerifyResult>;
   /** Delete the key. Already gone = `{ alreadyGone: true }`, not an error. */
   revoke(keyId: string): Promise<{ alreadyGone: boolean }>;
   /** Every key the issuer holds for this scope (all pages). */

@@ -28,6 +28,7 @@ export const rotationResultSchema: z.ZodType<RotationResult> = z.object({
   leftovers: z.array(z.string()).optional(),
   bootstrap: z.boolean().optional(),
   leaked: z.boolean().optional(),
+  oldKeyLastUsedAt: z.string().nullable().optional(),
   stage: stage.optional(),
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),

@@ -1,11 +1,13 @@
 /**
- * A loopback fake of the OpenAI Admin API (project keys, service accounts) and of `GET /v1/models`,
+ * A loopback fake of the OpenAI Admin API (project keys, service accounts) and of `GET /v1/models`
+ * (and `GET /v1/models/{id}` for the ids in `state.models`; both record the key's `last_used_at`),
  * speaking the wire shapes of the `openai` v7 SDK (resources/admin/organization/projects/**.d.ts).
  *
  *   const fake = await startOpenAIFake();                 // 127.0.0.1:<random>, unref'd
  *   new OpenAI({ adminAPIKey: fake.adminKey, apiKey: null, baseURL: fake.baseURL })
  *   fake.failNext('serviceAccounts.apiKeys.create', { status: 429, headers: { 'retry-after': '1' } });
  *   fake.loseResponse('serviceAccounts.apiKeys.create');  // applied, then the socket is destroyed
+ *   fake.setRateLimit({ requestsPerSecond: 50 });          // beyond it: 429 + retry-after, nothing applied
  *   fake.log                                              // [{ method, path, route, status, ... }]
  *   fake.state.liveKeys()                                 // what exists now
  *   await fake.close();                                   // in afterAll
@@ -32,6 +34,7 @@ export type FakeRoute =
   | 'serviceAccounts.delete'
   | 'serviceAccounts.apiKeys.create'
   | 'models.list'
+  | 'models.retrieve'
   | 'unknown';
 
 export type FakeKeyOwner =
@@ -78,7 +81,7 @@ export interface FakeLogEntry {
   body?: unknown;
   /** the status sent; 0 when no answer was sent (lost / reset) */
   status: number;
-  fault?: 'status' | 'lost' | 'reset' | 'slow' | undefined;
+  fault?: 'status' | 'lost' | 'reset' | 'slow' | 'ratelimited' | undefined;
 }
 
 export interface FailOptions {
@@ -109,6 +112,19 @@ export interface OpenAIFakeOptions {
   redact?: RedactStyle;
   /** time source (ms), default Date.now */
   now?: () => number;
+  /** a request-rate limit over every route; requests beyond it get 429 + `retry-after` (no change applied) */
+  rateLimit?: FakeRateLimit;
+}
+
+/**
+ * A token bucket at the server: `requestsPerSecond` refill, `burst` capacity (default one second's
+ * worth). A request that finds it empty is answered 429 `rate_limit_exceeded` with `retry-after`
+ * (whole seconds until a token is back, at least 1) and, with `retryAfterMs`, `retry-after-ms`.
+ */
+export interface FakeRateLimit {
+  requestsPerSecond: number;
+  burst?: number;
+  retryAfterMs?: boolean;
 }
 
 export interface PlantKeyOptions {
@@ -144,6 +160,8 @@ export class OpenAIFakeState {
   readonly propagation = new Map<string, number>();
   /** key ids whose /models checks answer 401 code null "Missing scopes" */
   readonly lackingScopes = new Set<string>();
+  /** model ids `GET /v1/models/{id}` knows (others answer 404 model_not_found) */
+  models: string[] = ['gpt-fake-1'];
   /** applied to every key minted by a service-account key create from now on */
   newKeys: { propagationChecks: number; lackScopes: boolean } = { propagationChecks: 0, lackScopes: false };
   /** policy: a create with expires_in_seconds above this (or without one when required) is 400 */
@@ -307,6 +325,8 @@ export interface OpenAIFake {
   slowResponse(route: FakeRoute | '*', ms: number, times?: number): void;
   /** delay before handling every request */
   setLatency(ms: number): void;
+  /** limit the request rate over every route (null = no limit); the bucket starts full */
+  setRateLimit(limit: FakeRateLimit | null): void;
   /** the first `checks` GET /v1/models with this key answer 401 invalid_api_key (propagation) */
   delayPropagation(keyId: string, checks: number): void;
   /** every key minted from now on fails its first `checks` GET /v1/models with 401 invalid_api_key */
@@ -327,6 +347,24 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
   const log: FakeLogEntry[] = [];
   let faults: Fault[] = [];
   let latencyMs = opts.latencyMs ?? 0;
+  let rate: { limit: FakeRateLimit; tokens: number; at: number } | null = null;
+  const setRateLimit = (limit: FakeRateLimit | null) => {
+    rate = limit ? { limit, tokens: limit.burst ?? limit.requestsPerSecond, at: performance.now() } : null;
+  };
+  setRateLimit(opts.rateLimit ?? null);
+  /** take a token at arrival; returns ms until one is back when there is none */
+  function overLimit(): number | undefined {
+    if (!rate) return undefined;
+    const now = performance.now();
+    const cap = rate.limit.burst ?? rate.limit.requestsPerSecond;
+    rate.tokens = Math.min(cap, rate.tokens + ((now - rate.at) * rate.limit.requestsPerSecond) / 1000);
+    rate.at = now;
+    if (rate.tokens >= 1) {
+      rate.tokens -= 1;
+      return undefined;
+    }
+    return ((1 - rate.tokens) * 1000) / rate.limit.requestsPerSecond;
+  }
   let seq = 0;
   let listeners: ((e: FakeLogEntry) => void)[] = [];
   const sockets = new Set<Socket>();
@@ -344,6 +382,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     // parts: ['v1', ...]
     const p = parts.slice(1);
     if (parts[0] === 'v1' && p.length === 1 && p[0] === 'models' && method === 'GET') return { route: 'models.list', params: {} };
+    if (parts[0] === 'v1' && p.length === 2 && p[0] === 'models' && p[1] && method === 'GET') return { route: 'models.retrieve', params: { model: p[1] } };
     if (parts[0] !== 'v1' || p[0] !== 'organization' || p[1] !== 'projects' || !p[2]) return { route: 'unknown', params: {} };
     const project = p[2];
     const rest = p.slice(3);
@@ -412,6 +451,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
   async function handle(method: string, route: FakeRoute, params: Record<string, string>, query: Record<string, string>, body: unknown, req: IncomingMessage): Promise<{ status: number; json: unknown }> {
     if (route === 'unknown') throw new HttpError(404, `Invalid URL (${method} ${new URL(req.url ?? '/', 'http://x').pathname})`);
     if (route === 'models.list') return models(req);
+    if (route === 'models.retrieve') return modelRetrieve(req, params.model!);
     authAdmin(req);
     const project = params.project!;
     needProject(project);
@@ -512,7 +552,8 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     }
   }
 
-  function models(req: IncomingMessage): { status: number; json: unknown } {
+  /** the project key of a /v1/models request: checks it like the API does and records its use */
+  function projectKey(req: IncomingMessage): FakeKey {
     const token = bearer(req);
     if (!token) throw new HttpError(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).");
     const now = state.now();
@@ -529,6 +570,20 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
       throw new HttpError(401, 'You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you are using a restricted API key, that it has the necessary scopes.', null);
     }
     k.lastUsedAt = now;
+    return k;
+  }
+
+  function modelRetrieve(req: IncomingMessage, id: string): { status: number; json: unknown } {
+    projectKey(req);
+    const model = decodeURIComponent(id);
+    if (!state.models.includes(model)) {
+      throw new HttpError(404, `The model '${model}' does not exist or you do not have access to it.`, 'model_not_found');
+    }
+    return { status: 200, json: { id: model, object: 'model', created: 1_700_000_000, owned_by: 'system' } };
+  }
+
+  function models(req: IncomingMessage): { status: number; json: unknown } {
+    projectKey(req);
     return { status: 200, json: { object: 'list', data: [{ id: 'gpt-fake-1', object: 'model', created: 1_700_000_000, owned_by: 'system' }] } };
   }
 
@@ -562,6 +617,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
       const entry: FakeLogEntry = { seq: ++seq, method, path: url.pathname, route, query, status: 0 };
       log.push(entry);
       for (const l of listeners) l(entry);
+      const limitedForMs = overLimit();
       try {
         if (raw) {
           try {
@@ -572,6 +628,15 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
           if (route !== 'models.list') entry.body = body;
         }
         if (latencyMs > 0) await new Promise((r) => setTimeout(r, latencyMs));
+        if (limitedForMs !== undefined) {
+          entry.fault = 'ratelimited';
+          entry.status = 429;
+          const headers: Record<string, string> = { 'retry-after': String(Math.max(1, Math.ceil(limitedForMs / 1000))) };
+          if (rate?.limit.retryAfterMs) headers['retry-after-ms'] = String(Math.ceil(limitedForMs));
+          const limit = rate?.limit.requestsPerSecond ?? 0;
+          send(res, 429, { error: { message: `Rate limit reached for requests: limit ${limit} requests per second. Please try again later.`, type: 'requests', param: null, code: 'rate_limit_exceeded' } }, headers);
+          return;
+        }
         const fault = takeFault(route);
         if (fault?.kind === 'reset') {
           entry.fault = 'reset';
@@ -634,6 +699,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     setLatency: (ms) => {
       latencyMs = ms;
     },
+    setRateLimit,
     delayPropagation: (keyId, checks) => {
       state.propagation.set(keyId, checks);
     },

@@ -19,6 +19,7 @@ import { Secret, scrubText } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { OpenAIIssuerConfig } from './openai.schema.ts';
 import { apiMessage, isAmbiguous, isMissingScopes, mapOpenAIError, statusOf } from './openai.errors.ts';
+import { limiterKey, sharedLimiter } from './openai.ratelimit.ts';
 
 /** providerState key remembering the auto-created service account */
 export const SERVICE_ACCOUNT_STATE_KEY = 'openai.serviceAccountId';
@@ -49,10 +50,32 @@ export function matchesRedacted(redacted: string | null | undefined, value: stri
   return value.startsWith(head) && value.endsWith(tail);
 }
 
-export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderContext): Issuer {
+/** A declared cheap call made with a key (proposed for src/core/ports.ts as `IssuerProbe`). */
+export interface IssuerProbe {
+  /** retrieve this model (`GET /v1/models/{model}`) */
+  model: string;
+}
+
+/**
+ * The OpenAI issuer with two optional capabilities beyond the Issuer port (proposed there as
+ * `reportsUsage?` and `probe?`): key lists carry `last_used_at`, and a key can be checked against a
+ * specific model.
+ */
+export type OpenAIIssuer = Issuer & {
+  readonly reportsUsage: true;
+  probe(secret: Secret, call: IssuerProbe): Promise<VerifyResult>;
+};
+
+export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderContext): OpenAIIssuer {
   const project = cfg.project;
   const log = ctx.logger.child({ issuer: 'openai', project });
   const saName = serviceAccountName(ctx.keyName);
+  // every request of every issuer on this account (base URL + admin key) draws from one bucket
+  const envAdminKey = typeof ctx.env[cfg.adminKeyEnv] === 'string' ? ctx.env[cfg.adminKeyEnv]!.trim() : '';
+  const limited = sharedLimiter(limiterKey(cfg.baseURL, envAdminKey || undefined), {
+    requestsPerSecond: cfg.rateLimit,
+    maxInFlight: cfg.maxConcurrentRequests,
+  }).wrap();
 
   let adminClient: OpenAI | undefined;
   let adminKey: string | undefined;
@@ -80,6 +103,7 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       timeout: cfg.timeout,
       maxRetries: 2, // GET and DELETE only; every POST below passes maxRetries: 0
       logLevel: 'off',
+      fetch: limited,
     });
     return adminClient;
   }
@@ -281,8 +305,37 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
-  return {
+  /** one call made with a project key (not the admin key), classified like verify */
+  async function withProjectKey(secret: Secret, call: (client: OpenAI) => Promise<unknown>): Promise<VerifyResult> {
+    const value = secret.reveal();
+    const client = new OpenAI({
+      apiKey: value,
+      adminAPIKey: null,
+      baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
+      organization: null,
+      project: null,
+      webhookSecret: null,
+      timeout: cfg.timeout,
+      maxRetries: 0,
+      logLevel: 'off',
+      fetch: limited,
+    });
+    try {
+      await call(client);
+      return { ok: true };
+    } catch (e) {
+      const status = statusOf(e);
+      const detail = `${status ?? 'no answer'}${e && typeof e === 'object' && 'code' in e && e.code ? ` ${String(e.code)}` : ''}: ${apiMessage(e, [value, ...secrets()])}`;
+      if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
+      if (isMissingScopes(e)) return { ok: false, reason: 'missing_scopes', detail: scrubText(detail, [value]), retryable: false };
+      const retryable = status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
+      return { ok: false, reason: 'error', detail: scrubText(detail, [value]), retryable };
+    }
+  }
+
+  const issuer: OpenAIIssuer = {
     type: 'openai',
+    reportsUsage: true,
 
     async check() {
       const client = admin('preflight');
@@ -344,29 +397,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     },
 
     async verify(secret): Promise<VerifyResult> {
-      const value = secret.reveal();
-      const client = new OpenAI({
-        apiKey: value,
-        adminAPIKey: null,
-        baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
-        organization: null,
-        project: null,
-        webhookSecret: null,
-        timeout: cfg.timeout,
-        maxRetries: 0,
-        logLevel: 'off',
-      });
-      try {
-        await client.models.list({ maxRetries: 0 });
-        return { ok: true };
-      } catch (e) {
-        const status = statusOf(e);
-        const detail = `${status ?? 'no answer'}${e && typeof e === 'object' && 'code' in e && e.code ? ` ${String(e.code)}` : ''}: ${apiMessage(e, [value, ...secrets()])}`;
-        if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
-        if (isMissingScopes(e)) return { ok: false, reason: 'missing_scopes', detail: scrubText(detail, [value]), retryable: false };
-        const retryable = status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
-        return { ok: false, reason: 'error', detail: scrubText(detail, [value]), retryable };
-      }
+      return withProjectKey(secret, (client) => client.models.list({ maxRetries: 0 }));
+    },
+
+    /** a declared cheap call with the key: retrieve one model (scopes and project access of that model) */
+    async probe(secret: Secret, call: IssuerProbe): Promise<VerifyResult> {
+      return withProjectKey(secret, (client) => client.models.retrieve(call.model, { maxRetries: 0 }));
     },
 
     async revoke(keyId) {
@@ -390,4 +426,5 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       return { kind: 'not_found' };
     },
   };
+  return issuer;
 }

@@ -22,6 +22,11 @@ export const openaiIssuerSchema = z
     /** per request timeout */
     timeout: duration.default(30_000),
     organization: z.string().optional(),
+    /** requests per second to the OpenAI API, shared by every key using the same baseURL and admin key
+     *  in one process (token bucket, burst = half a second's worth); a 429 pauses it for `retry-after` */
+    rateLimit: z.number().positive().max(10_000).default(20),
+    /** requests awaiting an answer at once, shared like rateLimit */
+    maxConcurrentRequests: z.number().int().min(1).max(1_000).default(16),
   })
   .strict();
 export type OpenAIIssuerConfig = z.output<typeof openaiIssuerSchema>;

@@ -31,6 +31,11 @@
  * Idempotency: every call reads the labels first (DescribeSecret) and converges; PutSecretValue uses a
  * ClientRequestToken derived from the rotation id (UUID-shaped SHA-256), so a lost response retried
  * cannot create a second version. A version pending for another rotation blocks stage (LOCKED).
+ *
+ * Native rotation (Secrets Manager calls keyrotor's Lambda with createSecret/setSecret/testSecret/
+ * finishSecret): AWS picks the new version's id. The handler puts that token in the key's provider
+ * state (aws-secrets-manager.native.ts); `stage` then writes into that version instead of a derived
+ * one, binding the token to its rotation id first, so the token is never reused for another value.
  */
 import { createHash } from 'node:crypto';
 import {
@@ -56,6 +61,7 @@ import type {
 } from '../../../src/core/ports.ts';
 import type { AwsSecretsManagerStoreConfig } from './aws-secrets-manager.schema.ts';
 import { mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
+import { formatNativeToken, nativeTokenKey, parseNativeToken } from './aws-secrets-manager.native.ts';
 
 export const CURRENT = 'AWSCURRENT';
 export const PREVIOUS = 'AWSPREVIOUS';
@@ -204,36 +210,67 @@ function regionFromArn(secretId: string): string | undefined {
   return parts[0] === 'arn' && parts[2] === 'secretsmanager' && parts[3] ? parts[3] : undefined;
 }
 
-export async function createAwsSecretsManagerStore(
-  cfg: AwsSecretsManagerStoreConfig,
-  ctx: ProviderContext,
-  opts: AwsSecretsManagerStoreOptions = {},
-): Promise<SecretStore> {
-  const env = ctx.env;
-  let client = opts.client;
-  const ownsClient = !client;
-  if (!client) {
-    const region = cfg.region ?? regionFromArn(cfg.secretId) ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
-    const accessKeyId = env.AWS_ACCESS_KEY_ID;
-    const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
-    client = new SecretsManagerClient({
-      ...(region ? { region } : {}),
-      ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
-      // credentials from the injected environment when it has them; otherwise the SDK's default chain
-      ...(accessKeyId && secretAccessKey
-        ? { credentials: { accessKeyId, secretAccessKey, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) } }
-        : {}),
-    });
-  }
-  let region: string;
+function buildClient(cfg: AwsSecretsManagerStoreConfig, env: NodeJS.ProcessEnv): SecretsManagerClient {
+  const region = cfg.region ?? regionFromArn(cfg.secretId) ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
+  const accessKeyId = env.AWS_ACCESS_KEY_ID;
+  const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
+  return new SecretsManagerClient({
+    ...(region ? { region } : {}),
+    ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
+    // credentials from the injected environment when it has them; otherwise the SDK's default chain
+    ...(accessKeyId && secretAccessKey
+      ? { credentials: { accessKeyId, secretAccessKey, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) } }
+      : {}),
+  });
+}
+
+async function regionOf(client: SecretsManagerClient, cfg: AwsSecretsManagerStoreConfig): Promise<string> {
   try {
-    region = await client.config.region();
+    return await client.config.region();
   } catch {
     throw new KeyrotorError('CONFIG_INVALID', `aws-secrets-manager store ${cfg.secretId}: no AWS region configured`, {
       hint: 'set `region` on the store, use a full secret ARN, or set AWS_REGION',
     });
   }
-  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger, ownsClient);
+}
+
+export async function createAwsSecretsManagerStore(
+  cfg: AwsSecretsManagerStoreConfig,
+  ctx: ProviderContext,
+  opts: AwsSecretsManagerStoreOptions = {},
+): Promise<SecretStore> {
+  const client = opts.client ?? buildClient(cfg, ctx.env);
+  const region = await regionOf(client, cfg);
+  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger, !opts.client, ctx.providerState);
+}
+
+/** What the native-rotation handler needs to know about the secret and the event's version (labels only). */
+export interface NativeRotationView {
+  /** labels on the version with id = token; null when no such version is listed */
+  tokenStages: string[] | null;
+  /** the keyrotor rotation that wrote the token's version (from its `kr:` label) */
+  tokenRotationId: string | undefined;
+  rotationEnabled: boolean;
+}
+
+/** Read the secret's labels for the native rotation handler (one DescribeSecret; never a value). */
+export async function inspectNativeRotation(cfg: AwsSecretsManagerStoreConfig, env: NodeJS.ProcessEnv, token: string): Promise<NativeRotationView> {
+  const client = buildClient(cfg, env);
+  try {
+    const region = await regionOf(client, cfg);
+    let out: DescribeSecretCommandOutput;
+    try {
+      out = await client.send(new DescribeSecretCommand({ SecretId: cfg.secretId }));
+    } catch (e) {
+      throw mapAwsError(e, { op: 'DescribeSecret', secretId: cfg.secretId, region });
+    }
+    const raw = out.VersionIdsToStages?.[token];
+    const labels = raw && raw.length > 0 ? [...new Set(raw)] : null;
+    const meta = labels?.map(parseMetaLabel).find((m) => m !== undefined);
+    return { tokenStages: labels, tokenRotationId: meta?.rotationId, rotationEnabled: out.RotationEnabled === true };
+  } finally {
+    client.destroy();
+  }
 }
 
 class AwsSecretsManagerStore implements SecretStore {
@@ -245,9 +282,18 @@ class AwsSecretsManagerStore implements SecretStore {
   private readonly region: string;
   private readonly log: Logger;
   private readonly ownsClient: boolean;
+  private readonly providerState: ProviderContext['providerState'];
 
-  constructor(cfg: AwsSecretsManagerStoreConfig, client: SecretsManagerClient, region: string, logger: Logger, ownsClient: boolean) {
+  constructor(
+    cfg: AwsSecretsManagerStoreConfig,
+    client: SecretsManagerClient,
+    region: string,
+    logger: Logger,
+    ownsClient: boolean,
+    providerState: ProviderContext['providerState'],
+  ) {
     this.ownsClient = ownsClient;
+    this.providerState = providerState;
     this.secretId = cfg.secretId;
     this.jsonKey = cfg.jsonKey;
     this.client = client;
@@ -436,7 +482,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
   async check(): Promise<void> {
     const st = await this.state('preflight');
-    if (st.rotationEnabled) {
+    if (st.rotationEnabled && !parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)))) {
       this.log.warn({ stage: 'preflight' }, 'Secrets Manager rotation is enabled on this secret; it will compete with keyrotor for AWSPENDING/AWSCURRENT');
     }
     // proves read access (and KMS decrypt) and that the current value has the expected shape
@@ -494,7 +540,8 @@ class AwsSecretsManagerStore implements SecretStore {
       return { versionId: ours.id };
     }
 
-    this.assertNotLocked(st, rotationId);
+    const native = this.nativeToken(st, rotationId);
+    this.assertNotLocked(st, rotationId, native);
 
     // An empty secret would make our version current at once: give it a placeholder current first.
     if (!st.current) {
@@ -531,7 +578,14 @@ class AwsSecretsManagerStore implements SecretStore {
       value = req.secret.reveal();
     }
 
-    const token = requestToken('stage', rotationId);
+    let token = requestToken('stage', rotationId);
+    if (native) {
+      // bind AWS's token to this rotation before writing (write-ahead): no other rotation may use it
+      const key = nativeTokenKey(this.secretId);
+      if (!parseNativeToken(this.providerState.get(key))?.rotationId) await this.providerState.set(key, formatNativeToken({ token: native, rotationId }));
+      this.log.info({ stage, versionId: native }, 'staging into the version Secrets Manager rotation asked for (its ClientRequestToken)');
+      token = native;
+    }
     const res = await this.put(value, token, [PENDING, label], stage, [req.secret.reveal()]);
     if (!res.labels.includes(PENDING) || !res.labels.includes(label)) {
       // PutSecretValue was a no-op: this rotation's version exists (same token, same content) but lost
@@ -545,9 +599,25 @@ class AwsSecretsManagerStore implements SecretStore {
     return { versionId: res.versionId };
   }
 
-  private assertNotLocked(st: State, rotationId: string): void {
+  /**
+   * The token Secrets Manager's native rotation chose (recorded by the Lambda handler), if this rotation
+   * may write into it: not bound to another rotation, and its version (when AWS lists it) is pending and
+   * either empty of keyrotor labels or already this rotation's. Otherwise undefined (derived token).
+   */
+  private nativeToken(st: State, rotationId: string): string | undefined {
+    const n = parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)));
+    if (!n || (n.rotationId && n.rotationId !== rotationId)) return undefined;
+    const v = st.versions.find((x) => x.id === n.token);
+    if (!v) return n.token; // AWS lists it without labels, or not at all yet
+    if (v.has(CURRENT) || v.has(PREVIOUS)) return undefined;
+    if (v.meta) return v.meta.rotationId === rotationId ? n.token : undefined;
+    return v.has(PENDING) ? n.token : undefined;
+  }
+
+  private assertNotLocked(st: State, rotationId: string, nativeToken?: string): void {
     const p = st.pending;
     if (!p || p.meta?.rotationId === rotationId) return;
+    if (nativeToken && p.id === nativeToken && !p.meta) return; // the version AWS created for this rotation
     if (p.meta) {
       throw new KeyrotorError(
         'LOCKED',

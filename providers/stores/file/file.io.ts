@@ -5,7 +5,7 @@
  * The state store (src/state) uses the same primitives.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 export const FILE_MODE = 0o600;
@@ -13,6 +13,23 @@ export const DIR_MODE = 0o700;
 
 export async function ensureDir(dir: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: DIR_MODE });
+}
+
+/** `dir` if it exists, else its nearest existing ancestor (a file in the way is ENOTDIR). Writes nothing. */
+export async function nearestExistingDir(dir: string): Promise<string> {
+  let d = path.resolve(dir);
+  for (;;) {
+    try {
+      const st = await stat(d);
+      if (!st.isDirectory()) throw Object.assign(new Error(`${d} is not a folder`), { code: 'ENOTDIR' });
+      return d;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      const up = path.dirname(d);
+      if (up === d) throw e;
+      d = up;
+    }
+  }
 }
 
 /** fsync a directory so a rename in it survives a power loss (not supported everywhere: ignored then). */

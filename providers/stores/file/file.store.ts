@@ -32,7 +32,7 @@ import type {
 import { Secret } from '../../../src/core/secret.ts';
 import { mac, macEquals, sameValue, seal, unseal, versionAad } from './file.crypto.ts';
 import { errnoOf, fsError } from './file.errors.ts';
-import { ensureDir, serialized, writeFileAtomic } from './file.io.ts';
+import { nearestExistingDir, serialized, writeFileAtomic } from './file.io.ts';
 import { checkMasterKey, resolveMasterKey, type MasterKey, type MasterKeySource } from './file.master-key.ts';
 import type { FileStoreConfig } from './file.schema.ts';
 
@@ -296,10 +296,11 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     label,
 
     async check() {
+      // writes nothing: the folder (or, before the first write, the nearest folder that exists and
+      // would hold it) must be readable and writable
       const dir = path.dirname(file);
       try {
-        await ensureDir(dir);
-        await access(dir, constants.R_OK | constants.W_OK);
+        await access(await nearestExistingDir(dir), constants.R_OK | constants.W_OK | constants.X_OK);
       } catch (e) {
         throw fsError(e, 'cannot use the folder of', shown);
       }

@@ -112,7 +112,9 @@ export async function createGcpClient(cfg: GcpSecretManagerStoreConfig): Promise
       });
     }
     // the grpc module google-gax itself uses, so the credentials object is one it recognises
-    const { grpc } = await import('google-gax');
+    const gax = await import('google-gax');
+    // bundled as ESM, the namespace's named export can be missing: fall back to the default export
+    const grpc = gax.grpc ?? (gax as unknown as { default: typeof gax }).default.grpc;
     return new SecretManagerServiceClient({
       apiEndpoint: cfg.apiEndpoint,
       ...(cfg.port ? { port: cfg.port } : {}),

@@ -1,4 +1,98 @@
+import { buildHistory, openAuditLog, type RotationHistory, type VerifyReport } from '../../audit/index.ts';
+import { displayPath } from '../../state/atomic.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import { colorEnabled } from '../../preflight.ts';
 import type { RegisterCommand } from './context.ts';
 
-// Registers nothing yet: filled in by issue 7 (operability).
-export const registerAudit: RegisterCommand = () => {};
+/**
+ * `keyrotor audit verify [--json]`: check the audit log's hash chain, name the first broken record.
+ * `keyrotor history [<key>] [--json] [--limit N]`: past rotations from the audit log.
+ */
+export const registerAudit: RegisterCommand = (ctx) => {
+  const audit = ctx.program
+    .command('audit')
+    .description('the audit trail of every rotation (hash-chained JSONL in the state dir): `audit verify`')
+    .action(() => {
+      throw new KeyrotorError('USAGE', 'keyrotor audit needs a subcommand: `keyrotor audit verify` (past rotations: `keyrotor history`)');
+    });
+
+  audit
+    .command('verify')
+    .description('check the hash chain of the audit log; name the first broken record')
+    .option('--json', 'print the verification report as JSON on stdout')
+    .addHelpText(
+      'after',
+      `
+Every record carries the hash of the one before it; a head file names the last record appended.
+An edited, deleted, inserted or reordered record, or records cut off the end, break the chain.
+A torn last line (a crash in the middle of an append) is a warning: it was never acknowledged, and
+the next append cuts it off and records a repair.
+Exit codes: 0 intact, 1 broken (the first broken record is named), 2 usage/config.`,
+    )
+    .action(async (opts: { json?: boolean }) => {
+      ctx.setJson(opts.json === true);
+      const cfg = await ctx.config();
+      const report = await openAuditLog(cfg).verify();
+      ctx.exit(report.ok ? 0 : 1);
+      ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
+    });
+
+  ctx.program
+    .command('history')
+    .description('past rotations from the audit log: every stage, outcome, who ran it')
+    .argument('[key]', 'only this key')
+    .option('--json', 'print { "rotations": [ { "rotationId", "key", "outcome", "stages": [...] } ] } on stdout')
+    .option('--limit <n>', 'only the last n rotations', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new KeyrotorError('USAGE', `--limit must be a positive integer (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .action(async (key: string | undefined, opts: { json?: boolean; limit?: number }) => {
+      ctx.setJson(opts.json === true);
+      const cfg = await ctx.config();
+      if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
+      const log = openAuditLog(cfg);
+      const { records, warnings } = await log.read();
+      for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
+      const rotations = buildHistory(records, { key, limit: opts.limit });
+      ctx.io.stdout(opts.json ? JSON.stringify({ rotations }, null, 2) + '\n' : renderHistory(rotations, colorEnabled(ctx.io.env)));
+    });
+};
+
+export function renderVerify(r: VerifyReport): string {
+  const where = displayPath(r.file);
+  const lines: string[] = [];
+  if (r.ok) {
+    lines.push(
+      r.records === 0
+        ? `audit log ${where}: empty (no rotation recorded yet)`
+        : `audit log ${where}: ${r.records} record(s), chain intact (head #${r.headSeq} sha256:${r.headHash})`,
+    );
+  } else {
+    const b = r.broken!;
+    const ctxt = [`line ${b.line}`, b.key ? `key ${b.key}` : '', b.rotationId ? `rotation ${b.rotationId}` : '', b.state ? `state ${b.state}` : ''].filter(Boolean).join(', ');
+    lines.push(`audit log ${where}: BROKEN at record #${b.seq ?? '?'} (${ctxt}): ${b.reason}`);
+  }
+  for (const w of r.warnings) lines.push(`warning: ${w}`);
+  return lines.join('\n') + '\n';
+}
+
+const OUTCOME_COLOR: Record<string, string> = { rotated: '32', rolled_back: '33', needs_attention: '31', locked: '33', in_progress: '36' };
+
+export function renderHistory(rs: RotationHistory[], color = false): string {
+  if (rs.length === 0) return 'no rotation recorded in the audit log yet\n';
+  const paint = (o: string, s: string) => (color && OUTCOME_COLOR[o] ? `\u001b[${OUTCOME_COLOR[o]}m${s}\u001b[0m` : s);
+  const out: string[] = [];
+  for (const r of rs) {
+    const outcome = r.outcome ?? 'unfinished';
+    const who = [r.actor, r.user && r.host ? `${r.user}@${r.host}` : (r.user ?? r.host)].filter(Boolean).join(' ');
+    out.push(
+      `${r.startedAt}  ${r.key}  ${paint(outcome, outcome.toUpperCase())}${r.leaked ? ' (LEAKED)' : ''}  ${r.rotationId ?? '(no rotation started)'}${who ? `  by ${who}` : ''}`,
+    );
+    if (r.oldKeyId || r.newKeyId) out.push(`    keys: ${r.oldKeyId ?? '(none)'} → ${r.newKeyId ?? '(none)'}`);
+    if (r.stages.length) out.push(`    stages: ${r.stages.map((s) => `${s.state}${s.error ? ` ✗ ${s.error.code}` : ''}${s.resumed ? ' (resumed)' : ''}`).join(' → ')}`);
+    if (r.error) out.push(`    error: ${r.error.code}: ${r.error.message}`);
+    for (const l of r.leftovers ?? []) out.push(`    ! ${l}`);
+  }
+  return out.join('\n') + '\n';
+}

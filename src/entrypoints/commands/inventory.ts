@@ -1,4 +1,92 @@
-import type { RegisterCommand } from './context.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import { runInventory, type InventoryKey, type InventoryReport } from '../../inventory.ts';
+import { colorEnabled } from '../../preflight.ts';
+import { table, type RegisterCommand } from './context.ts';
 
-// Registers nothing yet: filled in by issue 7 (operability).
-export const registerInventory: RegisterCommand = () => {};
+/** `keyrotor inventory [<key>...] [--json] [--unused-days N]`: every key of the configured OpenAI projects. */
+export const registerInventory: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('inventory')
+    .description('list every key of the configured OpenAI projects and flag the risky ones (read-only)')
+    .argument('[keys...]', 'only the projects of these configured keys (default: all)')
+    .option('--json', 'print { "projects": [...], "keys": [ { "keyId", "owner", "ageDays", "lastUsedAt", "expiresAt", "managedBy", "flags" } ], "flagged" } on stdout')
+    .option('--unused-days <n>', 'a key unused for this many days is stale (default 30)', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 3650) throw new KeyrotorError('USAGE', `--unused-days must be an integer from 1 to 3650 (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .addHelpText(
+      'after',
+      `
+Flags: unmanaged (not made by keyrotor and not current for a configured key), orphaned (made by
+keyrotor but neither current nor part of a running rotation), stale (unused for --unused-days),
+no_expiry, user_owned (should be a service-account key).
+Exit codes: 0 nothing flagged, 1 a key is flagged (or a project could not be listed), 2 usage/config.`,
+    )
+    .action(async (names: string[], opts: { json?: boolean; unusedDays?: number }) => {
+      ctx.setJson(opts.json === true);
+      const cfg = await ctx.config();
+      const keys = ctx.pickKeys(cfg, names);
+      const report = await runInventory({
+        config: cfg,
+        keys,
+        stateStore: ctx.stateStore(cfg),
+        logger: await ctx.logger(),
+        env: ctx.io.env,
+        ...(opts.unusedDays ? { unusedDays: opts.unusedDays } : {}),
+      });
+      for (const p of report.projects) {
+        if (p.error) {
+          ctx.io.stderr(`keyrotor: ${p.error.code}: cannot list ${p.project}: ${p.error.message}${p.error.hint ? ` (${p.error.hint})` : ''}\n`);
+          ctx.exit(Math.max(1, errorExit(p.error.code)));
+        }
+      }
+      if (report.flagged > 0) ctx.exit(1);
+      ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderInventory(report, colorEnabled(ctx.io.env)));
+    });
+};
+
+function errorExit(code: string): number {
+  return code.startsWith('CONFIG_') || code === 'USAGE' ? 2 : 1;
+}
+
+function ago(iso: string | null, now: number): string {
+  if (!iso) return 'never';
+  const d = (now - Date.parse(iso)) / 86_400_000;
+  if (d < 0) return `in ${human(-d)}`;
+  return `${human(d)} ago`;
+}
+function human(days: number): string {
+  if (days >= 2) return `${Math.floor(days)}d`;
+  const h = days * 24;
+  if (h >= 1) return `${Math.floor(h)}h`;
+  return `${Math.max(0, Math.floor(h * 60))}m`;
+}
+
+function owner(k: InventoryKey): string {
+  if (!k.owner) return '?';
+  const who = k.owner.name ?? k.owner.id;
+  return k.owner.type === 'service_account' ? `sa:${who}` : k.owner.type === 'user' ? `user:${who}` : `${k.owner.type}:${who}`;
+}
+
+export function renderInventory(r: InventoryReport, color = false): string {
+  const now = Date.parse(r.generatedAt);
+  const red = (s: string) => (color ? `\u001b[31m${s}\u001b[0m` : s);
+  if (r.projects.length === 0) return 'no key of this config uses the openai issuer: nothing to inventory\n';
+  const rows = r.keys.map((k) => [
+    k.project,
+    k.keyId,
+    k.name ?? '-',
+    owner(k),
+    k.ageDays === null ? '?' : `${k.ageDays}d`,
+    ago(k.lastUsedAt, now),
+    k.expiresAt ? (Date.parse(k.expiresAt) > now ? `in ${human((Date.parse(k.expiresAt) - now) / 86_400_000)}` : 'expired') : 'never',
+    k.managedBy ? `${k.managedBy}${k.role ? ` (${k.role})` : ''}` : '-',
+    k.flags.length ? red(k.flags.map((f) => f.flag).join(',')) : '-',
+  ]);
+  let out = table(['PROJECT', 'KEY ID', 'NAME', 'OWNER', 'AGE', 'LAST USED', 'EXPIRES', 'MANAGED BY', 'FLAGS'], rows);
+  const notes = r.keys.flatMap((k) => k.flags.map((f) => `! ${k.keyId} ${f.flag}: ${f.reason}`));
+  if (notes.length) out += '\n' + notes.join('\n') + '\n';
+  out += `\n${r.keys.length} key(s) in ${r.projects.length} project(s); ${r.flagged ? red(`${r.flagged} flagged`) : 'none flagged'} (stale = unused for ${r.unusedDays} days)\n`;
+  return out;
+}

@@ -1,6 +1,7 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
-import { defaultObservers } from '../../observers.ts';
+import { defaultObservers, flushObservers } from '../../observers.ts';
+import { colorEnabled, renderPreflight, runPreflight } from '../../preflight.ts';
 import { rotateKeys, type KeyResult } from '../../run.ts';
 import type { RegisterCommand } from './context.ts';
 
@@ -26,11 +27,12 @@ export const registerRotate: RegisterCommand = (ctx) => {
       const cfg = await ctx.config();
       const keys = ctx.pickKeys(cfg, names);
       const logger = await ctx.logger();
+      const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
       const base = {
         config: cfg,
         stateStore: ctx.stateStore(cfg),
         logger,
-        observers: defaultObservers({ config: cfg, logger, actor: 'cli' }),
+        observers,
         env: ctx.io.env,
         actor: 'cli',
         now: opts.now === true,
@@ -39,11 +41,19 @@ export const registerRotate: RegisterCommand = (ctx) => {
         ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
       };
       const results = await rotateKeys(keys, base);
+      if (opts.dryRun) {
+        // the plan, then the preflight checks (read-only): exit 1 when one fails
+        const preflight = await runPreflight({ config: cfg, keys, stateStore: base.stateStore, logger, env: ctx.io.env });
+        ctx.exit(preflight.ok ? 0 : 1);
+        ctx.io.stdout(opts.json ? JSON.stringify({ results, preflight }, null, 2) + '\n' : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }));
+        return;
+      }
       if (opts.full) {
         const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
         if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
       }
       ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
+      await flushObservers(observers, 10_000); // pending webhook deliveries, bounded
       ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
     });
 };

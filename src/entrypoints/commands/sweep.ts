@@ -54,7 +54,7 @@ function renderSweep(results: SweepKeyResult[]): string {
     for (const l of r.resumed?.leftovers ?? []) notes.push(`    ! ${l}`);
     if (r.error) notes.push(`${r.key}: ${r.outcome.toUpperCase()}: ${r.error.code}: ${r.error.message}`);
     for (const e of r.entries) rows.push([r.key, e.keyId, e.action.toUpperCase().replace('_', ' '), e.name, e.reason + (e.error ? ` (${e.error.code}: ${e.error.message})` : '')]);
-    if (r.entries.length === 0 && !r.error) rows.push([r.key, '-', r.outcome.toUpperCase(), '-', `no keyrotor keys at the issuer besides the ones listed (${r.unmarked} other keys not considered)`]);
+    if (r.entries.length === 0 && !r.error) rows.push([r.key, '-', r.outcome.toUpperCase(), '-', `no key named keyrotor.${r.key}.* at the issuer (${r.unmarked} other keys not considered)`]);
   }
   return table(['KEY', 'KEY ID', 'ACTION', 'NAME', 'REASON'], rows) + notes.map((n) => n + '\n').join('');
 }

@@ -37,6 +37,8 @@ export interface RotationDeps {
   issuer: Issuer;
   stores: SecretStore[];
   gates: HealthGate[];
+  /** `all` (default): every gate must pass; `any`: one passing gate confirms */
+  gateRequire?: 'all' | 'any';
   clock: Clock;
   logger: Logger;
   vault: SecretVault;
@@ -243,38 +245,62 @@ export function rotationActors(deps: RotationDeps) {
 
     confirm: step<void>('confirm', async ({ ctx }, signal) => {
       const deadlines = ctx.deadlines.confirm ?? [];
-      await Promise.all(
-        deps.gates.map(async (gate, i) => {
-          const deadline = deadlines[i] ?? clock.now() + gate.timeoutMs;
-          await pollUntil(
-            clock,
-            deadline,
-            gate.intervalMs,
-            signal,
-            async () => {
-              try {
-                const o = await gate.check({
-                  rotationId: ctx.rotationId,
-                  keyName: ctx.keyName,
-                  newKeyId: ctx.newKeyId ?? '',
-                  oldKeyId: ctx.oldKeyId ?? undefined,
-                  newFingerprint: ctx.newFingerprint ?? '',
-                  oldFingerprint: ctx.oldFingerprint ?? undefined,
-                  promotedAt: ctx.promotedAt ? new Date(ctx.promotedAt).toISOString() : undefined,
-                  readNewSecret: () => newSecret(deps, ctx, 'confirm'),
-                  signal,
-                });
-                return o.pass ? { done: true, value: undefined } : { done: false, observation: o.observation, ...(o.final ? { final: true } : {}) };
-              } catch (e) {
-                return { done: false, observation: `error: ${toKeyrotorError(e).message}` };
-              }
-            },
-            (last) =>
-              new KeyrotorError(clock.now() >= deadline ? 'GATE_TIMEOUT' : 'GATE_REJECTED', `health gate "${gate.name}" did not pass: ${last}`, { stage: 'confirm' }),
-          );
-          deps.logger.info({ stage: 'confirm', gate: gate.name }, 'health gate passed');
-        }),
-      );
+      // one signal for every gate: cancelled with the stage, and once the outcome is decided
+      const stop = new AbortController();
+      const onAbort = () => stop.abort(signal.reason);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+      const waits = deps.gates.map(async (gate, i) => {
+        const deadline = deadlines[i] ?? clock.now() + gate.timeoutMs;
+        let shown = '';
+        await pollUntil(
+          clock,
+          deadline,
+          gate.intervalMs,
+          stop.signal,
+          async () => {
+            let o: { pass: boolean; observation: string; final?: boolean };
+            try {
+              o = await gate.check({
+                rotationId: ctx.rotationId,
+                keyName: ctx.keyName,
+                newKeyId: ctx.newKeyId ?? '',
+                oldKeyId: ctx.oldKeyId ?? undefined,
+                newFingerprint: ctx.newFingerprint ?? '',
+                oldFingerprint: ctx.oldFingerprint ?? undefined,
+                promotedAt: ctx.promotedAt ? new Date(ctx.promotedAt).toISOString() : undefined,
+                readNewSecret: () => newSecret(deps, ctx, 'confirm'),
+                signal: stop.signal,
+              });
+            } catch (e) {
+              o = { pass: false, observation: `error: ${toKeyrotorError(e).message}` };
+            }
+            // what the rotation is waiting for, once per change (not on every poll)
+            if (!o.pass && o.observation !== shown) {
+              shown = o.observation;
+              deps.logger.info({ stage: 'confirm', gate: gate.name, deadline: new Date(deadline).toISOString(), observation: o.observation }, 'waiting for health gate');
+            }
+            return o.pass ? { done: true, value: undefined } : { done: false, observation: o.observation, ...(o.final ? { final: true } : {}) };
+          },
+          (last) =>
+            new KeyrotorError(clock.now() >= deadline ? 'GATE_TIMEOUT' : 'GATE_REJECTED', `health gate "${gate.name}" did not pass: ${last}`, { stage: 'confirm' }),
+        );
+        deps.logger.info({ stage: 'confirm', gate: gate.name }, 'health gate passed');
+      });
+      try {
+        if (deps.gateRequire === 'any') {
+          await Promise.any(waits).catch((e: unknown) => {
+            const errs = (e instanceof AggregateError ? e.errors : [e]).map((x) => toKeyrotorError(x, 'confirm'));
+            const code = errs.every((x) => x.code === 'GATE_REJECTED') ? 'GATE_REJECTED' : 'GATE_TIMEOUT';
+            throw new KeyrotorError(code, `no health gate passed (require: any): ${errs.map((x) => x.message).join('; ')}`, { stage: 'confirm' });
+          });
+        } else {
+          await Promise.all(waits);
+        }
+      } finally {
+        stop.abort(); // the gates still polling (require: any, or after the first failure) stop now
+        signal.removeEventListener('abort', onAbort);
+      }
     }),
 
     revoke: step<void>('revoke', async ({ ctx }) => {

@@ -1,0 +1,205 @@
+/**
+ * `npm run bench`: keyrotor against the floor, side by side in one run, as ratios (so the numbers hold
+ * on a noisy machine). Prints a table of P1-P5 and writes every figure to bench/results.json.
+ * It measures, it does not judge: the exit code is 0 whether or not a target is met (a section that
+ * cannot run is reported with its error).
+ *
+ *   P1  overhead: median wall time of a full rotation vs. a straight-line script making the same SDK
+ *       calls with the same clients (per store; target <= 1.10)
+ *   P2  provider requests per rotation per store vs. a documented minimum (target: equal)
+ *   P3  fleet: 1,000 keys / 10 projects, 20 ms per request, issuer limited to 50 requests/s
+ *       (targets <= 1.2x bound, 0 failures, <= 1% 429s)
+ *   P4  cold start: Lambda handler ready and `keyrotor --help` vs `node -e 0`, median of >= 10 runs
+ *       (targets <= 2.5x and <= 2x)
+ *   P5  peak RSS with 1,000 rotations in flight (target <= 256 MB)
+ *
+ * Knobs (environment): BENCH_ONLY=p1,p4 (a subset), BENCH_QUICK=1 (smaller sizes, for trying it out;
+ * not for the README), BENCH_KEEP=1 (keep the temp dir), BENCH_P3_KEYS, BENCH_P1_ROUNDS, BENCH_P4_RUNS.
+ */
+import { registerHooks } from 'node:module';
+import { rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CANARY } from '../test/canary.ts';
+import { runP1 } from './lib/p1-overhead.ts';
+import { runP4 } from './lib/p4-coldstart.ts';
+import { createFleetWorld, runP3, runP5, type FleetWorld } from './lib/p3-fleet.ts';
+import { benchTmp, fastTmp, filesContaining, fmtMs, machine, progress, round } from './lib/util.ts';
+
+// The Azure store is built with a stub credential and the fake's CA in this process (see azure-shim.ts).
+const AZURE_SHIM = new URL('./lib/azure-shim.ts', import.meta.url).href;
+registerHooks({
+  resolve(specifier, context, nextResolve) {
+    const r = nextResolve(specifier, context);
+    return r.url.endsWith('/providers/stores/azure-key-vault/index.ts') ? { ...r, url: AZURE_SHIM, shortCircuit: true } : r;
+  },
+});
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const env = process.env;
+const quick = env.BENCH_QUICK === '1';
+const only = new Set((env.BENCH_ONLY ?? 'p1,p2,p3,p4,p5').toLowerCase().split(',').map((s) => s.trim()));
+const int = (v: string | undefined, d: number) => (v && Number.isInteger(Number(v)) && Number(v) > 0 ? Number(v) : d);
+const SIZES = {
+  p1Rounds: int(env.BENCH_P1_ROUNDS, quick ? 4 : 10),
+  p1Warmup: quick ? 1 : 2,
+  p3Keys: int(env.BENCH_P3_KEYS, quick ? 200 : 1000),
+  p3Projects: 10,
+  p3LatencyMs: 20,
+  p3Rps: 50,
+  p3Concurrency: 32,
+  p4Runs: int(env.BENCH_P4_RUNS, 10),
+};
+const TARGETS = { p1Ratio: 1.1, p3Ratio: 1.2, p3Failures: 0, p3Share429Percent: 1, p4Lambda: 2.5, p4Help: 2, p5PeakMB: 256 };
+
+// loopback fakes only: no metadata servers, no real clouds
+Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', METADATA_SERVER_DETECTION: 'none', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' });
+
+type Section<T> = { ok: true; value: T; seconds: number } | { ok: false; error: string; seconds: number };
+async function section<T>(name: string, fn: () => Promise<T>): Promise<Section<T>> {
+  const t0 = performance.now();
+  try {
+    const value = await fn();
+    return { ok: true, value, seconds: round((performance.now() - t0) / 1000, 1) };
+  } catch (e) {
+    const error = e instanceof Error ? e.message.split('\n')[0]! : String(e);
+    progress(`${name} failed: ${error}`);
+    return { ok: false, error, seconds: round((performance.now() - t0) / 1000, 1) };
+  }
+}
+
+const started = performance.now();
+const startedAt = new Date();
+const tmp = benchTmp();
+progress(`temp dir ${tmp}${quick ? ' (BENCH_QUICK: reduced sizes)' : ''}`);
+
+const p4 = only.has('p4') ? await section('P4', () => runP4({ root: ROOT, tmp, runs: SIZES.p4Runs })) : undefined;
+const p1 = only.has('p1') || only.has('p2') ? await section('P1/P2', () => runP1({ tmp, pairs: SIZES.p1Rounds, warmup: SIZES.p1Warmup })) : undefined;
+// P3 on the temp dir's disk (fsync costs are part of a fleet run); P5 measures memory, not time, so
+// its world lives on tmpfs when there is one, to keep the bench short (page cache is not process RSS)
+const worlds: { p3?: FleetWorld; p5?: FleetWorld } = {};
+const p3World = only.has('p3')
+  ? await section('P3 setup', async () => {
+      progress(`P3: seeding ${SIZES.p3Keys} keys across ${SIZES.p3Projects} projects`);
+      worlds.p3 = await createFleetWorld(tmp, SIZES.p3Keys, SIZES.p3Projects);
+      return { keys: SIZES.p3Keys };
+    })
+  : undefined;
+const p3 = worlds.p3 ? await section('P3', () => runP3({ world: worlds.p3!, rps: SIZES.p3Rps, latencyMs: SIZES.p3LatencyMs, concurrency: SIZES.p3Concurrency })) : undefined;
+await worlds.p3?.close();
+const p5Tmp = fastTmp(tmp);
+const p5World = only.has('p5')
+  ? await section('P5 setup', async () => {
+      progress(`P5: seeding ${SIZES.p3Keys} keys in ${p5Tmp}`);
+      worlds.p5 = await createFleetWorld(p5Tmp, SIZES.p3Keys, SIZES.p3Projects);
+      return { keys: SIZES.p3Keys };
+    })
+  : undefined;
+const p5 = worlds.p5 ? await section('P5', () => runP5({ world: worlds.p5! })) : undefined;
+await worlds.p5?.close();
+
+// ------------------------------------------------------------------ results
+
+const totalS = round((performance.now() - started) / 1000, 1);
+const canaryHits = [...filesContaining(tmp, CANARY), ...(p5Tmp !== tmp ? filesContaining(p5Tmp, CANARY) : [])];
+const results = {
+  date: startedAt.toISOString(),
+  machine: machine(),
+  quick,
+  sizes: SIZES,
+  targets: TARGETS,
+  durationS: totalS,
+  p1: p1 ? (p1.ok ? { seconds: p1.seconds, ...p1.value } : p1) : null,
+  p3: p3 ? (p3.ok ? { seconds: p3.seconds, ...p3.value } : p3) : p3World && !p3World.ok ? p3World : null,
+  p4: p4 ? (p4.ok ? { seconds: p4.seconds, ...p4.value } : p4) : null,
+  p5: p5 ? (p5.ok ? { seconds: p5.seconds, ...p5.value, storage: p5Tmp === tmp ? 'temp dir' : 'tmpfs' } : p5) : p5World && !p5World.ok ? p5World : null,
+  canary: { scanned: 'every file the bench wrote (logs, state, stores, configs)', filesContainingCanary: canaryHits },
+};
+const out = path.join(ROOT, 'bench', 'results.json');
+const json = JSON.stringify(results, null, 2) + '\n';
+if (json.includes(CANARY)) throw new Error('bench: refusing to write results.json: it contains the canary secret');
+writeFileSync(out, json);
+if (env.BENCH_KEEP !== '1') for (const d of new Set([tmp, p5Tmp])) rmSync(d, { recursive: true, force: true });
+
+// ------------------------------------------------------------------ table
+
+const lines: string[] = [];
+const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
+const row = (cells: string[], widths: number[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+const W = [46, 11, 11, 7, 8, 7];
+const m = results.machine;
+lines.push(`keyrotor bench  ${results.date.slice(0, 16).replace('T', ' ')} UTC  ${m.cpus} x ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}, Node ${m.node}${m.loadAverage ? `, load ${m.loadAverage.join(' ')}` : ''}`);
+lines.push(`total ${totalS} s${quick ? '  (BENCH_QUICK: reduced sizes, not for the README)' : ''}`);
+lines.push('');
+if (p1) {
+  lines.push(row(['P1 full rotation, median (keyrotor vs floor)', 'keyrotor', 'floor', 'ratio', 'target', ''], W));
+  if (p1.ok) {
+    for (const s of p1.value.perStore) {
+      lines.push(row([`  ${s.store}`, fmtMs(s.keyrotorMs), fmtMs(s.floorMs), s.ratio.toFixed(2), `<= ${TARGETS.p1Ratio}`, mark(s.ratio <= TARGETS.p1Ratio)], W));
+    }
+    lines.push('  where the time goes (same rotations, parts switched off):');
+    for (const s of p1.value.perStore) {
+      lines.push(row([`    ${s.store}: without observers (audit, metrics)`, fmtMs(s.keyrotorNoObserversMs), fmtMs(s.floorMs), s.ratioNoObservers.toFixed(2), '', ''], W));
+      lines.push(row([`    ${s.store}: + state in memory (no snapshots)`, fmtMs(s.keyrotorMemStateMs), fmtMs(s.floorMs), s.ratioMemState.toFixed(2), '', ''], W));
+    }
+    for (const n of p1.value.notes) lines.push(`  note: ${n}`);
+    lines.push('');
+    lines.push(row(['P2 provider requests per rotation', 'keyrotor', 'minimum', '', 'target', ''], W));
+    const iss = p1.value.perStore[0]?.requests.issuer;
+    if (iss) lines.push(row(['  issuer (OpenAI Admin API + /v1/models)', String(iss.keyrotor), String(iss.minimum), '', 'equal', mark(iss.keyrotor === iss.minimum)], W));
+    for (const s of p1.value.perStore) {
+      const r = s.requests.store;
+      lines.push(row([`  ${s.store} store`, String(r.keyrotor), String(r.minimum.requests), '', 'equal', mark(r.keyrotor === r.minimum.requests)], W));
+    }
+    const st = p1.value.perStore[0];
+    if (st) lines.push(`  + keyrotor's own files per rotation: state ${st.stateFileWrites} atomic writes (fsync) + ${st.stateFileReads} reads; audit trail ${st.auditFileWrites} file writes`);
+  } else lines.push(`  error: ${p1.error}`);
+  lines.push('');
+}
+if (p3) {
+  lines.push(row([`P3 fleet ${SIZES.p3Keys} keys / ${SIZES.p3Projects} projects, ${SIZES.p3Rps}/s, ${SIZES.p3LatencyMs} ms`, 'wall', 'bound', 'ratio', 'target', ''], W));
+  if (p3.ok) {
+    const v = p3.value;
+    lines.push(row(['  wall time vs bound', `${v.wallS} s`, `${v.boundS} s`, v.ratio.toFixed(2), `<= ${TARGETS.p3Ratio}`, mark(v.ratio <= TARGETS.p3Ratio)], W));
+    lines.push(row(['  failures', String(v.failures), '', '', '0', mark(v.failures === 0)], W));
+    lines.push(row(['  429 share of issuer requests', `${v.share429Percent}%`, '', '', '<= 1%', mark(v.share429Percent <= TARGETS.p3Share429Percent)], W));
+    lines.push(`  ${v.requestsAnswered} issuer requests answered (${v.issuerRequestsPerRotation}/rotation), ${v.requests429} x 429, busiest second ${v.busiestSecond} requests, ${v.achievedRps}/s achieved, concurrency ${v.concurrency}`);
+  } else lines.push(`  error: ${p3.error}`);
+  lines.push('');
+}
+if (p4) {
+  lines.push(row([`P4 cold start, median of ${SIZES.p4Runs} runs`, 'command', 'node -e 0', 'ratio', 'target', ''], W));
+  if (p4.ok) {
+    const node = p4.value.results.find((r) => r.id === 'node')!;
+    for (const r of p4.value.results) {
+      if (r.id === 'node') continue;
+      const target = r.id === 'lambda' ? TARGETS.p4Lambda : r.id === 'help' ? TARGETS.p4Help : undefined;
+      const short: Record<string, string> = {
+        help: 'keyrotor --help (src/entrypoints/cli.ts)',
+        lambda: `Lambda handler ready (${p4.value.lambdaMeasured.startsWith('bundle') ? 'dist bundle' : 'source, no bundle'})`,
+        helpBundle: `keyrotor --help, ${p4.value.cliBundle ?? 'bundle'}`,
+        helpBundleCache: '  with NODE_COMPILE_CACHE',
+        helpCache: '  with NODE_COMPILE_CACHE',
+        lambdaCache: '  Lambda with NODE_COMPILE_CACHE',
+        helpBenchBundle: '  esbuild bundle of the CLI (bench-built)',
+        helpBenchBundleCache: '  bench bundle + NODE_COMPILE_CACHE',
+      };
+      const label = `  ${short[r.id] ?? r.label}${r.main ? '' : ` (${r.runs} runs)`}`;
+      lines.push(row([label.slice(0, W[0]), fmtMs(r.medianMs), fmtMs(node.medianMs), r.ratioToNode.toFixed(2), target ? `<= ${target}` : '', target ? mark(r.ratioToNode <= target) : ''], W));
+    }
+  } else lines.push(`  error: ${p4.error}`);
+  lines.push('');
+}
+if (p5) {
+  lines.push(row([`P5 memory, ${SIZES.p3Keys} rotations in flight`, 'peak RSS', '', '', 'target', ''], W));
+  if (p5.ok) {
+    const v = p5.value;
+    lines.push(row([`  peak RSS (VmHWM) of the keyrotor process`, `${v.peakRssMB} MB`, '', '', `<= ${TARGETS.p5PeakMB} MB`, mark(v.peakRssMB <= TARGETS.p5PeakMB && v.inFlight === v.wanted)], W));
+    lines.push(`  ${v.inFlight ?? 0}/${v.wanted} held in flight after ${v.heldAfterS} s by ${v.mechanism}; heap used ${v.heapUsedMB} MB; ~${v.perRotationKB} KB RSS per rotation`);
+  } else lines.push(`  error: ${p5.error}`);
+  lines.push('');
+}
+lines.push(`canary scan of everything the bench wrote: ${canaryHits.length === 0 ? 'clean' : `FOUND in ${canaryHits.join(', ')}`}`);
+lines.push(`all figures: ${path.relative(process.cwd(), out) || out}`);
+process.stdout.write(lines.join('\n') + '\n');
+process.exit(0);

@@ -1,0 +1,319 @@
+# keyrotor on Cloud Run: `keyrotor serve` behind Cloud Run IAM, called by Cloud Scheduler (POST /rotate)
+# and by a Pub/Sub push subscription carrying Secret Manager rotation notifications (POST /pubsub).
+# Every permission is listed in README.md with the reason for it.
+
+terraform {
+  required_providers {
+    google      = { source = "hashicorp/google", version = ">= 6.0" }
+    google-beta = { source = "hashicorp/google-beta", version = ">= 6.0" }
+  }
+}
+
+variable "project" { type = string }
+variable "region" { type = string }
+variable "image" {
+  type        = string
+  description = "the image built from deploy/Dockerfile, e.g. europe-west1-docker.pkg.dev/p/r/keyrotor:1"
+}
+variable "secret_id" {
+  type        = string
+  description = "the Secret Manager secret keyrotor rotates (a gcp-secret-manager store in the config)"
+  default     = "openai-api-key"
+}
+variable "rotation_period" {
+  type        = string
+  description = "Secret Manager rotation period: SECRET_ROTATE notifications arrive this often"
+  default     = "2592000s" # 30 days
+}
+variable "admin_key_secret_id" {
+  type        = string
+  description = "secret holding the OpenAI admin key (mounted as OPENAI_ADMIN_KEY)"
+  default     = "keyrotor-openai-admin-key"
+}
+variable "config_secret_id" {
+  type        = string
+  description = "secret holding rotation.config.yaml (mounted at /etc/keyrotor)"
+  default     = "keyrotor-config"
+}
+variable "nfs_server" {
+  type        = string
+  description = "Filestore (NFS) IP for the state dir: rotation state must outlive instances"
+}
+variable "nfs_path" {
+  type    = string
+  default = "/keyrotor"
+}
+variable "network" { type = string }
+variable "subnetwork" { type = string }
+
+locals {
+  audience = "keyrotor-rotate" # custom audience: checked by Cloud Run IAM and again by keyrotor
+}
+
+data "google_project" "this" { project_id = var.project }
+
+# ------------------------------------------------------------------ identities
+
+resource "google_service_account" "runtime" {
+  project      = var.project
+  account_id   = "keyrotor-runtime"
+  display_name = "keyrotor (Cloud Run runtime)"
+}
+resource "google_service_account" "scheduler" {
+  project      = var.project
+  account_id   = "keyrotor-scheduler"
+  display_name = "keyrotor caller (Cloud Scheduler)"
+}
+resource "google_service_account" "push" {
+  project      = var.project
+  account_id   = "keyrotor-push"
+  display_name = "keyrotor caller (Pub/Sub push)"
+}
+
+# ------------------------------------------------------------------ the rotated secret + notifications
+
+resource "google_pubsub_topic" "secret_events" {
+  project = var.project
+  name    = "keyrotor-secret-events"
+}
+
+# Secret Manager's service agent publishes the notifications
+resource "google_project_service_identity" "secretmanager" {
+  provider = google-beta
+  project  = var.project
+  service  = "secretmanager.googleapis.com"
+}
+resource "google_pubsub_topic_iam_member" "secretmanager_publishes" {
+  project = var.project
+  topic   = google_pubsub_topic.secret_events.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${google_project_service_identity.secretmanager.email}"
+}
+
+resource "google_secret_manager_secret" "rotated" {
+  project   = var.project
+  secret_id = var.secret_id
+  replication {
+    auto {}
+  }
+  topics {
+    name = google_pubsub_topic.secret_events.id
+  }
+  rotation {
+    rotation_period    = var.rotation_period
+    next_rotation_time = timeadd(plantimestamp(), "1h")
+  }
+  lifecycle {
+    ignore_changes = [rotation[0].next_rotation_time, version_aliases, annotations]
+  }
+  depends_on = [google_pubsub_topic_iam_member.secretmanager_publishes]
+}
+
+# exactly what the gcp-secret-manager store calls, on this secret only
+resource "google_project_iam_custom_role" "rotator" {
+  project     = var.project
+  role_id     = "keyrotorSecretRotator"
+  title       = "keyrotor secret rotator"
+  permissions = [
+    "secretmanager.secrets.get",       # read aliases (current/previous/pending), etag, annotations
+    "secretmanager.secrets.update",    # move aliases with the etag as compare-and-swap
+    "secretmanager.versions.add",      # stage the new value as a new version
+    "secretmanager.versions.access",   # read values (preflight, verify)
+    "secretmanager.versions.get",      # version state
+    "secretmanager.versions.list",     # find this rotation's version after a crash
+    "secretmanager.versions.disable",  # retire a rolled-back version
+    "secretmanager.versions.destroy",  # destroy a rolled-back version that never served
+  ]
+}
+resource "google_secret_manager_secret_iam_member" "runtime_rotates" {
+  project   = var.project
+  secret_id = google_secret_manager_secret.rotated.secret_id
+  role      = google_project_iam_custom_role.rotator.id
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# the admin key and the config are read at start, nothing else
+resource "google_secret_manager_secret_iam_member" "runtime_reads_admin_key" {
+  project   = var.project
+  secret_id = var.admin_key_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+resource "google_secret_manager_secret_iam_member" "runtime_reads_config" {
+  project   = var.project
+  secret_id = var.config_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+# ------------------------------------------------------------------ the service
+
+resource "google_cloud_run_v2_service" "keyrotor" {
+  project             = var.project
+  name                = "keyrotor"
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL" # Scheduler and Pub/Sub push; IAM + token checks below
+  custom_audiences    = [local.audience]
+  deletion_protection = false
+
+  template {
+    service_account                  = google_service_account.runtime.email
+    timeout                          = "300s"
+    max_instance_request_concurrency = 4
+    scaling {
+      min_instance_count = 0
+      max_instance_count = 1 # leases serialize per key anyway; one instance keeps it simple
+    }
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = var.network
+        subnetwork = var.subnetwork
+      }
+    }
+    containers {
+      image = var.image
+      args = [
+        "serve",
+        "--audience", local.audience,
+        "--allowed-email", "${google_service_account.scheduler.email},${google_service_account.push.email}",
+        "--request-timeout", "300s",
+      ]
+      env {
+        name  = "KEYROTOR_STATE_DIR"
+        value = "/var/lib/keyrotor"
+      }
+      env {
+        name = "OPENAI_ADMIN_KEY"
+        value_source {
+          secret_key_ref {
+            secret  = var.admin_key_secret_id
+            version = "latest"
+          }
+        }
+      }
+      volume_mounts {
+        name       = "config"
+        mount_path = "/etc/keyrotor"
+      }
+      volume_mounts {
+        name       = "state"
+        mount_path = "/var/lib/keyrotor"
+      }
+      startup_probe {
+        http_get { path = "/healthz" }
+      }
+      liveness_probe {
+        http_get { path = "/healthz" }
+      }
+    }
+    volumes {
+      name = "config"
+      secret {
+        secret = var.config_secret_id
+        items {
+          version = "latest"
+          path    = "rotation.config.yaml"
+        }
+      }
+    }
+    volumes {
+      name = "state"
+      nfs {
+        server = var.nfs_server
+        path   = var.nfs_path
+      }
+    }
+  }
+}
+
+# only the two callers may invoke (Cloud Run checks the token before keyrotor checks it again)
+resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes" {
+  project  = var.project
+  location = var.region
+  name     = google_cloud_run_v2_service.keyrotor.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler.email}"
+}
+resource "google_cloud_run_v2_service_iam_member" "push_invokes" {
+  project  = var.project
+  location = var.region
+  name     = google_cloud_run_v2_service.keyrotor.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.push.email}"
+}
+
+# ------------------------------------------------------------------ callers
+
+resource "google_cloud_scheduler_job" "rotate" {
+  project   = var.project
+  region    = var.region
+  name      = "keyrotor-rotate"
+  schedule  = "17 * * * *" # hourly: each key's own schedule.every decides what is due
+  time_zone = "Etc/UTC"
+  retry_config {
+    retry_count = 0 # the next run resumes anything unfinished
+  }
+  http_target {
+    http_method = "POST"
+    uri         = "${google_cloud_run_v2_service.keyrotor.uri}/rotate"
+    body        = base64encode("{}")
+    headers     = { "Content-Type" = "application/json" }
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = local.audience
+    }
+  }
+}
+
+# Pub/Sub mints the push OIDC token as the push service account
+resource "google_service_account_iam_member" "pubsub_mints_push_tokens" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  project = var.project
+  name    = "keyrotor-secret-events-dead-letter"
+}
+
+resource "google_pubsub_subscription" "push" {
+  project              = var.project
+  name                 = "keyrotor-push"
+  topic                = google_pubsub_topic.secret_events.id
+  ack_deadline_seconds = 600
+  push_config {
+    push_endpoint = "${google_cloud_run_v2_service.keyrotor.uri}/pubsub"
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = local.audience
+    }
+  }
+  # 503 = the rotation paused at the request deadline: redelivered, the next delivery resumes it
+  retry_policy {
+    minimum_backoff = "30s"
+    maximum_backoff = "600s"
+  }
+  # 400 (not a Secret Manager notification) lands here after a few attempts instead of looping
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = 5
+  }
+}
+
+# dead-lettering: Pub/Sub's service agent forwards from the subscription to the dead-letter topic
+resource "google_pubsub_topic_iam_member" "pubsub_dead_letters" {
+  project = var.project
+  topic   = google_pubsub_topic.dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+resource "google_pubsub_subscription_iam_member" "pubsub_acks_dead_letters" {
+  project      = var.project
+  subscription = google_pubsub_subscription.push.name
+  role         = "roles/pubsub.subscriber"
+  member       = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
+
+output "url" { value = google_cloud_run_v2_service.keyrotor.uri }

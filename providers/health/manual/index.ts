@@ -1,0 +1,9 @@
+import type { HealthGate, ProviderContext } from '../../../src/core/ports.ts';
+import type { GateDeps } from '../../index.ts';
+import { createManualGateImpl } from './manual.gate.ts';
+import type { ManualGateConfig } from './manual.schema.ts';
+
+/** Waits for `keyrotor confirm` (decision files in `<stateDir>/confirm/`). */
+export async function createManualGate(cfg: ManualGateConfig, ctx: ProviderContext, _deps: GateDeps): Promise<HealthGate> {
+  return createManualGateImpl(cfg, cfg.name ?? cfg.type, ctx.stateDir);
+}

@@ -1,0 +1,380 @@
+/**
+ * The default audit log: hash-chained JSONL (`<stateDir>/audit/audit.jsonl`, mode 0600) plus a head
+ * file (`audit.jsonl.head`) naming the seq and hash of the last record appended.
+ *
+ * Append (one process at a time: an in-process queue plus a lock file `audit.jsonl.lock`):
+ *   1. read the tail of the log: the last complete line gives `seq` and `prev`;
+ *   2. a torn last line (bytes after the last newline: a crash in the middle of an append) is
+ *      repaired: if it is a complete, valid record it only gets its newline; otherwise it is cut off
+ *      and a `repair` record saying how many bytes were dropped (and their SHA-256) is chained first.
+ *      The dropped record was never acknowledged (the head still names the record before it);
+ *   3. write the new line(s) in one write to the O_APPEND descriptor, fsync, then replace the head
+ *      file atomically.
+ * A damaged last complete line is never chained onto: append fails (the rotation goes on; the
+ * observer logs it) until an operator has looked (`keyrotor audit verify`) and moved the log aside.
+ *
+ * Verify walks every line: valid JSON, record shape, `seq` without gaps, `prev` = hash of the record
+ * before, `hash` = hash of its content. Then the head: records the head names must exist with that
+ * hash (records deleted from the end are caught). A torn last line is a warning, not a failure, as
+ * long as the head shows it was never acknowledged. A chain alone cannot stop someone from rewriting
+ * the whole file and the head: anchor `headHash` elsewhere (e.g. ship it with your logs) if that
+ * matters.
+ */
+import { hostname } from 'node:os';
+import { link, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { KeyrotorError } from '../core/errors.ts';
+import { displayPath, ensureDir, errnoOf, fsyncDir, serialized, uniqueSibling, writeFileAtomic } from '../state/atomic.ts';
+import { chainRecord, isAuditRecord, recordHash, recordLine, sha256Hex, type AuditEntry, type AuditRecord } from './record.ts';
+import type { AuditLog, AuditReadResult, VerifyProblem, VerifyReport } from './sink.ts';
+
+export const AUDIT_HEAD_FORMAT = 'keyrotor-audit-head/1';
+
+export interface JsonlAuditOptions {
+  /** how long append waits for another process's lock (default 10 s) */
+  lockTimeoutMs?: number;
+  /** a lock older than this is taken over (default 30 s); a lock of a dead process on this host at once */
+  staleLockMs?: number;
+  now?: () => number;
+}
+
+interface Head {
+  format: string;
+  seq: number;
+  hash: string;
+  time: string;
+}
+
+interface Tail {
+  /** offset just after the last newline (0 if none) */
+  completeEnd: number;
+  /** the last complete line, without its newline */
+  lastLine: string | null;
+  /** bytes after the last newline */
+  fragment: Buffer;
+}
+
+const TAIL_WINDOW = 64 * 1024;
+
+async function readTail(fh: FileHandle, size: number): Promise<Tail> {
+  let window = TAIL_WINDOW;
+  for (;;) {
+    const start = Math.max(0, size - window);
+    const buf = Buffer.alloc(size - start);
+    if (buf.length) await fh.read(buf, 0, buf.length, start);
+    const nl = buf.lastIndexOf(0x0a);
+    if (nl === -1) {
+      if (start === 0) return { completeEnd: 0, lastLine: null, fragment: buf };
+      window *= 2;
+      continue;
+    }
+    const prevNl = nl === 0 ? -1 : buf.lastIndexOf(0x0a, nl - 1);
+    if (prevNl === -1 && start > 0) {
+      window *= 2;
+      continue;
+    }
+    return { completeEnd: start + nl + 1, lastLine: buf.subarray(prevNl + 1, nl).toString('utf8'), fragment: buf.subarray(nl + 1) };
+  }
+}
+
+function parseLine(text: string): AuditRecord | null {
+  try {
+    const x: unknown = JSON.parse(text);
+    return isAuditRecord(x) ? x : null;
+  } catch {
+    return null;
+  }
+}
+
+const hashOk = (r: AuditRecord) => recordHash(r) === r.hash;
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return errnoOf(e) === 'EPERM';
+  }
+}
+
+export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}): AuditLog {
+  const abs = path.resolve(file);
+  const dir = path.dirname(abs);
+  const headFile = `${abs}.head`;
+  const lockFile = `${abs}.lock`;
+  const shown = displayPath(abs);
+  const lockTimeoutMs = opts.lockTimeoutMs ?? 10_000;
+  const staleLockMs = opts.staleLockMs ?? 30_000;
+  const now = opts.now ?? Date.now;
+
+  async function isStale(): Promise<boolean> {
+    try {
+      const [text, st] = await Promise.all([readFile(lockFile, 'utf8'), stat(lockFile)]);
+      try {
+        const h = JSON.parse(text) as { pid?: unknown; host?: unknown };
+        if (h.host === hostname() && typeof h.pid === 'number' && !pidAlive(h.pid)) return true;
+      } catch {
+        // being written right now, or garbage: fall back to its age
+      }
+      return Date.now() - st.mtimeMs > staleLockMs;
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return false; // released meanwhile: just retry
+      throw e;
+    }
+  }
+
+  /**
+   * Create the lock file with its content in one step (write a temp file, hard-link it into place:
+   * EEXIST when taken), so a crash can never leave an empty lock that nobody can attribute.
+   */
+  async function createLock(): Promise<void> {
+    const tmp = uniqueSibling(lockFile, 'tmp');
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() }), { mode: 0o600, flag: 'wx' });
+    try {
+      await link(tmp, lockFile);
+    } catch (e) {
+      const code = errnoOf(e);
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'ENOSYS') throw e;
+      // no hard links on this file system: exclusive create (a crash right after it leaves an empty
+      // lock, taken over after staleLockMs)
+      const fh = await open(lockFile, 'wx', 0o600);
+      try {
+        await fh.writeFile(await readFile(tmp, 'utf8'));
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+
+  async function withLock<T>(fn: () => Promise<T>): Promise<T> {
+    await ensureDir(dir);
+    const deadline = Date.now() + lockTimeoutMs;
+    for (;;) {
+      try {
+        await createLock();
+        break;
+      } catch (e) {
+        if (errnoOf(e) !== 'EEXIST') throw unavailable('cannot lock', e);
+        if (await isStale()) {
+          await rm(lockFile, { force: true });
+          continue;
+        }
+        if (Date.now() > deadline) {
+          throw new KeyrotorError('LOCKED', `audit log ${shown} is locked by another process (${lockFile})`, {
+            retryable: true,
+            hint: `if no keyrotor process is running, remove ${lockFile}`,
+          });
+        }
+        await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20)));
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      await rm(lockFile, { force: true }).catch(() => undefined);
+    }
+  }
+
+  function unavailable(what: string, e: unknown): KeyrotorError {
+    return new KeyrotorError('STATE_UNREADABLE', `audit log ${shown}: ${what} (${errnoOf(e) ?? (e instanceof Error ? e.message : 'error')})`, { cause: e, retryable: true });
+  }
+
+  async function appendLocked(entry: AuditEntry): Promise<AuditRecord> {
+    let fh: FileHandle;
+    try {
+      fh = await open(abs, 'a+', 0o600);
+    } catch (e) {
+      throw unavailable('cannot open', e);
+    }
+    try {
+      const size = (await fh.stat()).size;
+      const tail = await readTail(fh, size);
+      let last: AuditRecord | null = null;
+      if (tail.lastLine !== null) {
+        last = parseLine(tail.lastLine);
+        if (!last || !hashOk(last)) {
+          throw new KeyrotorError('STATE_UNREADABLE', `audit log ${shown}: its last record is damaged; new records are not chained onto it`, {
+            hint: 'run `keyrotor audit verify`, keep the log as evidence and move it aside to start a new one',
+          });
+        }
+      }
+      let prefix = '';
+      const out: AuditRecord[] = [];
+      if (tail.fragment.length) {
+        const frag = parseLine(tail.fragment.toString('utf8'));
+        if (frag && hashOk(frag) && frag.seq === (last?.seq ?? 0) + 1 && frag.prev === (last?.hash ?? frag.prev)) {
+          prefix = '\n'; // a complete record that only lost its newline
+          last = frag;
+        } else {
+          await fh.truncate(tail.completeEnd);
+          const repair = chainRecord(
+            { type: 'repair', time: new Date(now()).toISOString(), droppedBytes: tail.fragment.length, droppedSha256: sha256Hex(tail.fragment) },
+            last,
+          );
+          out.push(repair);
+          last = repair;
+        }
+      }
+      const rec = chainRecord(entry, last);
+      out.push(rec);
+      await fh.write(prefix + out.map(recordLine).join(''));
+      await fh.sync();
+      if (size === 0) await fsyncDir(dir);
+      const head: Head = { format: AUDIT_HEAD_FORMAT, seq: rec.seq, hash: rec.hash, time: rec.time };
+      await writeFileAtomic(headFile, JSON.stringify(head) + '\n');
+      return rec;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async function readHead(): Promise<Head | null | 'bad'> {
+    try {
+      const h = JSON.parse(await readFile(headFile, 'utf8')) as Partial<Head>;
+      if (h.format !== AUDIT_HEAD_FORMAT || typeof h.seq !== 'number' || typeof h.hash !== 'string') return 'bad';
+      return h as Head;
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return null;
+      return 'bad';
+    }
+  }
+
+  async function readText(): Promise<string | null> {
+    try {
+      return await readFile(abs, 'utf8');
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return null;
+      throw unavailable('cannot read', e);
+    }
+  }
+
+  return {
+    label: shown,
+    file: abs,
+
+    append(entry) {
+      return serialized(`audit:${abs}`, () => withLock(() => appendLocked(entry)));
+    },
+
+    async read(): Promise<AuditReadResult> {
+      const text = await readText();
+      if (text === null) return { records: [], warnings: [] };
+      const lines = text.split('\n');
+      const torn = lines.pop() ?? '';
+      const records: AuditRecord[] = [];
+      const warnings: string[] = [];
+      lines.forEach((l, i) => {
+        const r = parseLine(l);
+        if (r) records.push(r);
+        else warnings.push(`line ${i + 1} is not an audit record (skipped); run \`keyrotor audit verify\``);
+      });
+      if (torn) {
+        const r = parseLine(torn);
+        if (r) records.push(r);
+        else warnings.push(`torn last line (${Buffer.byteLength(torn)} bytes) ignored`);
+      }
+      return { records, warnings };
+    },
+
+    async verify(): Promise<VerifyReport> {
+      const report: VerifyReport = { file: abs, ok: true, records: 0, headHash: null, headSeq: null, warnings: [] };
+      const text = await readText();
+      const head = await readHead();
+      if (text === null) {
+        if (head && head !== 'bad') {
+          report.ok = false;
+          report.broken = { line: 1, seq: head.seq, reason: `the log is missing but its head names record #${head.seq}: the log was deleted` };
+        }
+        return report;
+      }
+      const lines = text.split('\n');
+      const fragment = lines.pop() ?? '';
+      let prev: AuditRecord | null = null;
+      const bySeq = new Map<number, AuditRecord>();
+      const fail = (p: VerifyProblem): VerifyReport => {
+        report.ok = false;
+        report.broken = p;
+        return report;
+      };
+      const where = (r: AuditRecord | null, line: number) => ({
+        line,
+        seq: r?.seq ?? null,
+        ...(r?.key ? { key: r.key } : {}),
+        ...(r?.rotationId ? { rotationId: r.rotationId } : {}),
+        ...(r?.state ? { state: r.state } : {}),
+      });
+      const check = (r: AuditRecord | null, line: number): string | null => {
+        if (!r) return 'is not a valid audit record (not JSON, or fields missing)';
+        if (!hashOk(r)) return 'does not match its hash: the record was edited';
+        const expected = (prev?.seq ?? 0) + 1;
+        if (r.seq !== expected) {
+          return r.seq > expected
+            ? `has seq ${r.seq} where ${expected} was expected: record(s) #${expected}${r.seq - 1 > expected ? `..#${r.seq - 1}` : ''} before it were deleted`
+            : `has seq ${r.seq} where ${expected} was expected: records were inserted, duplicated or reordered`;
+        }
+        if (r.prev !== (prev?.hash ?? r.prev) || (prev === null && !/^0{64}$/.test(r.prev))) {
+          return line === 1 ? 'does not start the chain: records before it were deleted' : 'does not chain to the record before it: that record was replaced';
+        }
+        void line;
+        return null;
+      };
+      for (const [i, l] of lines.entries()) {
+        const r = parseLine(l);
+        const why = check(r, i + 1);
+        if (why) return fail({ ...where(r ?? looseParse(l), i + 1), reason: `record ${why}` });
+        bySeq.set(r!.seq, r!);
+        prev = r;
+      }
+      let tornNote: string | null = null;
+      if (fragment) {
+        const r = parseLine(fragment);
+        if (r && check(r, lines.length + 1) === null) {
+          bySeq.set(r.seq, r);
+          prev = r;
+          report.warnings.push(`the last record (#${r.seq}) lacks its newline (a crash right after writing it); the next append completes it`);
+        } else {
+          tornNote = `torn last line ${lines.length + 1} (${Buffer.byteLength(fragment)} bytes, a crash in the middle of an append) ignored; the next append cuts it off and records a repair`;
+        }
+      }
+      report.records = bySeq.size;
+      report.headSeq = prev?.seq ?? null;
+      report.headHash = prev?.hash ?? null;
+      // the head: every record it names must still be there, unchanged
+      if (head === null) {
+        if (report.records > 0) report.warnings.push(`no head file ${displayPath(headFile)}: records deleted from the end could not be detected`);
+      } else if (head === 'bad') {
+        return fail({ line: lines.length, seq: null, reason: `the head file ${displayPath(headFile)} is damaged` });
+      } else {
+        const named = bySeq.get(head.seq);
+        if (!named) {
+          const lastSeq = prev?.seq ?? 0;
+          if (head.seq > lastSeq) {
+            return fail({
+              line: lines.length + 1,
+              seq: lastSeq + 1,
+              reason: `record #${lastSeq + 1}${head.seq > lastSeq + 1 ? `..#${head.seq}` : ''} ${head.seq > lastSeq + 1 ? 'were' : 'was'} appended (the head names #${head.seq}) but ${head.seq > lastSeq + 1 ? 'are' : 'is'} gone: records were deleted from the end of the log`,
+            });
+          }
+        } else if (named.hash !== head.hash) {
+          return fail({ ...where(named, lines.findIndex((l) => parseLine(l)?.seq === named.seq) + 1), reason: `record does not match the head file: the log was rewritten` });
+        }
+      }
+      if (tornNote) report.warnings.push(tornNote);
+      return report;
+    },
+  };
+}
+
+/** best effort context for a record that fails the shape check */
+function looseParse(line: string): AuditRecord | null {
+  try {
+    const x = JSON.parse(line) as Partial<AuditRecord>;
+    if (!x || typeof x !== 'object') return null;
+    return { ...x, seq: typeof x.seq === 'number' ? x.seq : (null as unknown as number) } as AuditRecord;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * End to end, the CLI spawned: the `manual` gate with `keyrotor confirm` (revoke) and `--reject`
+ * (roll back, exit 1); and a rotation killed while it waits at the gate resumes with the original
+ * deadline (`keyrotor rotate --now <key>` resumes the unfinished rotation).
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { CLI, runCli, workspace, type CliRun } from './cli-helpers.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { rotateKey } from '../../src/run.ts';
+import { createFileStateStore } from '../../src/state/index.ts';
+import { silentLogger } from '../../src/log.ts';
+import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
+import { capture } from '../helpers/artifacts.ts';
+
+let fake: OpenAIFake;
+let saId: string;
+
+beforeAll(async () => {
+  fake = await startOpenAIFake();
+});
+afterAll(async () => {
+  await fake?.close();
+});
+beforeEach(() => {
+  fake.resetFaults();
+  saId = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`).id;
+});
+
+const config = (health: string) => `version: 1
+defaults:
+  verify: { timeout: 3s, interval: 100ms }
+  verifyRevoked: { timeout: 3s, interval: 100ms }
+  revoke: { attempts: 2, backoff: 100ms }
+  lease: { ttl: 2s }
+keys:
+  - name: app
+    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${saId}, baseURL: ${fake.baseURL}, timeout: 5s }
+    stores: [ { type: file } ]
+    health:${health}
+`;
+const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: '34'.repeat(32) });
+type Result = { rotationId: string; outcome: string; oldKeyId: string | null; newKeyId: string | null; finishedAt?: string; error?: { code: string; message: string } };
+const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
+const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
+
+/** bootstrap in-process without gates (nothing to protect yet), then switch the config to `health` */
+async function bootstrap(name: string, health: string): Promise<{ dir: string; old: FakeKey }> {
+  const dir = workspace(config(' []'), name);
+  const cfg = parseConfig(config(' []'), path.join(dir, 'rotation.config.yaml'), env());
+  const r = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: env(), now: true });
+  expect(r.outcome).toBe('rotated');
+  writeFileSync(path.join(dir, 'rotation.config.yaml'), config(health));
+  return { dir, old: fake.state.keyById(r.newKeyId!)! };
+}
+
+/** the CLI as a process we can kill */
+function spawnCli(args: string[], dir: string, name: string) {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: dir,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...env() },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<CliRun>((resolve) =>
+    child.on('close', (code, signal) => {
+      capture(`cli-${name}.stdout`, stdout);
+      capture(`cli-${name}.stderr`, stderr);
+      resolve({ code: code ?? (signal ? -1 : -2), stdout, stderr });
+    }),
+  );
+  return { child, done };
+}
+
+interface Waiting {
+  rotationId: string;
+  stage: string;
+  confirmDeadlines: number[] | null;
+  updatedAt: number;
+}
+/** the running rotation as persisted in the state file */
+function persisted(dir: string): Waiting | undefined {
+  const file = path.join(dir, '.keyrotor/state/app.json');
+  if (!existsSync(file)) return undefined;
+  try {
+    const active = JSON.parse(readFileSync(file, 'utf8')).record?.active;
+    if (!active) return undefined;
+    return {
+      rotationId: active.rotationId,
+      stage: String(active.snapshot.value),
+      confirmDeadlines: active.snapshot.context.deadlines.confirm,
+      updatedAt: Date.parse(active.updatedAt),
+    };
+  } catch {
+    return undefined; // mid-rename
+  }
+}
+async function waitForConfirm(dir: string): Promise<Waiting> {
+  for (let i = 0; i < 400; i++) {
+    const p = persisted(dir);
+    if (p?.stage === 'confirm') return p;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error('the rotation never reached confirm');
+}
+
+describe('CLI: manual gate', () => {
+  it('waits for `keyrotor confirm <key>`, then revokes the old key', async () => {
+    const { dir, old } = await bootstrap('gates-manual-ok', `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`);
+    const run = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-ok');
+    const w = await waitForConfirm(dir);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(live(old.id)).toBe(true); // still waiting
+    const c = await runCli(['confirm', 'app'], { cwd: dir, env: env(), name: 'gates-manual-confirm' });
+    expect(c.code, c.stderr).toBe(0);
+    expect(c.stdout).toContain(`app: rotation ${w.rotationId} confirmed`);
+    const r = await run.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(results(r.stdout)[0]).toMatchObject({ rotationId: w.rotationId, outcome: 'rotated', oldKeyId: old.id });
+    expect(live(old.id)).toBe(false);
+  });
+
+  it('`keyrotor confirm <rotationId> --reject` rolls back (exit 1); the old key stays', async () => {
+    const { dir, old } = await bootstrap('gates-manual-reject', `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`);
+    const run = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-reject');
+    const w = await waitForConfirm(dir);
+    const c = await runCli(['confirm', w.rotationId, '--reject', '--reason', 'errors spiked'], { cwd: dir, env: env(), name: 'gates-manual-reject-cmd' });
+    expect(c.code, c.stderr).toBe(0);
+    const r = await run.done;
+    expect(r.code, r.stderr).toBe(1);
+    const res = results(r.stdout)[0]!;
+    expect(res).toMatchObject({ rotationId: w.rotationId, outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_REJECTED' } });
+    expect(res.error!.message).toMatch(/^health gate "ops" did not pass: rejected by .+ at .+: errors spiked$/);
+    expect(live(old.id)).toBe(true);
+    expect(live(res.newKeyId)).toBe(false);
+  });
+
+  it('killed while waiting at the gate: the next run resumes the same rotation with the original deadline', async () => {
+    const { dir, old } = await bootstrap('gates-manual-kill', `\n      - { type: manual, name: ops, timeout: 5s, interval: 100ms }`);
+    const first = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-kill-1');
+    const w = await waitForConfirm(dir);
+    const deadline = w.confirmDeadlines![0]!;
+    expect(deadline).toBeGreaterThan(Date.now());
+    first.child.kill('SIGKILL');
+    expect((await first.done).code).toBe(-1);
+    // the killed run's lease (ttl 2s) must expire before another run may take over
+    await new Promise((r) => setTimeout(r, 2100));
+    const restartedAt = Date.now();
+    const second = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-kill-2');
+    // resumed (the new process saved the snapshot again), at the gate, with the deadline from before the kill
+    let resumed: Waiting | undefined;
+    for (let i = 0; i < 400 && !(resumed && resumed.updatedAt >= restartedAt); i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      resumed = persisted(dir);
+    }
+    expect(resumed).toMatchObject({ rotationId: w.rotationId, stage: 'confirm', confirmDeadlines: [deadline] });
+    expect(resumed!.updatedAt).toBeGreaterThanOrEqual(restartedAt);
+    const r = await second.done;
+    expect(r.code, r.stderr).toBe(1);
+    const res = results(r.stdout)[0]!;
+    expect(res).toMatchObject({ rotationId: w.rotationId, outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT' } });
+    // it gave up at the original deadline, not a timeout (5s) after it resumed
+    const finished = Date.parse(res.finishedAt!);
+    expect(finished).toBeGreaterThanOrEqual(deadline);
+    expect(finished).toBeLessThan(deadline + 3000);
+    expect(finished).toBeLessThan(resumed!.updatedAt + 5000);
+    expect(live(old.id)).toBe(true);
+    expect(live(res.newKeyId)).toBe(false);
+  });
+});

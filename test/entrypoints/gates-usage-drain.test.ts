@@ -1,0 +1,122 @@
+/**
+ * End to end, the CLI spawned: the `usage-drain` gate keeps the old key alive while a consumer still
+ * calls the API with it (the fake records `last_used_at`), lets the rotation finish once that traffic
+ * stops, and rolls back if it never stops.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { runCli, workspace } from './cli-helpers.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { rotateKey } from '../../src/run.ts';
+import { createFileStateStore } from '../../src/state/index.ts';
+import { silentLogger } from '../../src/log.ts';
+import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
+
+let fake: OpenAIFake;
+let saId: string;
+
+beforeAll(async () => {
+  fake = await startOpenAIFake();
+});
+afterAll(async () => {
+  await fake?.close();
+});
+beforeEach(() => {
+  fake.resetFaults();
+  saId = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`).id;
+});
+
+const config = (health: string) => `version: 1
+defaults:
+  verify: { timeout: 3s, interval: 100ms }
+  verifyRevoked: { timeout: 3s, interval: 100ms }
+  revoke: { attempts: 2, backoff: 100ms }
+keys:
+  - name: app
+    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${saId}, baseURL: ${fake.baseURL}, timeout: 5s }
+    stores: [ { type: file } ]
+    health:${health}
+`;
+const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: '12'.repeat(32) });
+type Result = { outcome: string; oldKeyId: string | null; newKeyId: string | null; error?: { code: string; message: string } };
+const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
+const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
+
+/** a consumer calling GET /v1/models with whatever key `pick()` gives, every 150 ms, until stopped */
+function traffic(pick: () => FakeKey | undefined) {
+  let on = true;
+  const loop = (async () => {
+    while (on) {
+      const k = pick();
+      if (k) await fetch(`${fake.baseURL}/models`, { headers: { authorization: `Bearer ${k.value}` } }).then((r) => r.arrayBuffer()).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  })();
+  return async () => {
+    on = false;
+    await loop;
+  };
+}
+
+async function bootstrap(name: string, health: string) {
+  const dir = workspace(config(' []'), name);
+  const cfg = parseConfig(config(' []'), path.join(dir, 'rotation.config.yaml'), env());
+  const boot = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: env(), now: true });
+  expect(boot.outcome).toBe('rotated');
+  const old = fake.state.keyById(boot.newKeyId!)!;
+  writeFileSync(path.join(dir, 'rotation.config.yaml'), config(health));
+  const newKey = () => fake.state.liveKeys().find((k) => k.name.startsWith('keyrotor.app.') && k.id !== old.id && k.owner.type === 'service_account' && k.owner.serviceAccountId === saId);
+  return { dir, old, newKey };
+}
+
+describe('CLI: usage-drain gate', () => {
+  it('blocks revoke while the old key is still used and passes once it stops', async () => {
+    const { dir, old, newKey } = await bootstrap('gates-drain', `\n      - { type: usage-drain, quiet: 1500ms, interval: 200ms, timeout: 20s }`);
+    const stopOld = traffic(() => old); // a consumer still on the old key
+    const stopNew = traffic(newKey); // another one already on the new key
+    let revokedAt = 0;
+    const unsub = fake.onRequest((e) => {
+      if (e.route === 'projects.apiKeys.delete' && e.path.endsWith(`/${old.id}`)) revokedAt ||= Date.now();
+    });
+    try {
+      const run = runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-drain' });
+      // the rotation reaches confirm and waits there while the old key keeps being used
+      for (let i = 0; i < 200 && !newKey(); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(newKey()).toBeDefined();
+      await new Promise((r) => setTimeout(r, 2500));
+      expect(revokedAt).toBe(0);
+      expect(live(old.id)).toBe(true);
+      await stopOld();
+      const stoppedAt = Date.now();
+      const r = await run;
+      expect(r.code, r.stderr).toBe(0);
+      expect(results(r.stdout)[0]).toMatchObject({ outcome: 'rotated', oldKeyId: old.id });
+      // quiet (1.5 s, measured from the last recorded use in whole seconds) passed before the revoke
+      expect(revokedAt - stoppedAt).toBeGreaterThanOrEqual(400);
+      expect(live(old.id)).toBe(false);
+    } finally {
+      unsub();
+      await stopOld();
+      await stopNew();
+    }
+  });
+
+  it('an old key that never goes quiet: rolls back at the deadline (exit 1) and stays alive', async () => {
+    const { dir, old, newKey } = await bootstrap('gates-drain-busy', `\n      - { type: usage-drain, name: drain, quiet: 1s, interval: 200ms, timeout: 2s }`);
+    const stopOld = traffic(() => old);
+    const stopNew = traffic(newKey);
+    try {
+      const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-drain-busy' });
+      expect(r.code, r.stderr).toBe(1);
+      const res = results(r.stdout)[0]!;
+      expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT' } });
+      expect(res.error!.message).toMatch(/^health gate "drain" did not pass: the new key was used .*; the old key was used .* ago: needs 1s quiet/);
+      expect(live(old.id)).toBe(true);
+      expect(live(res.newKeyId)).toBe(false);
+    } finally {
+      await stopOld();
+      await stopNew();
+    }
+  });
+});

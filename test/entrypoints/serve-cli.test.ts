@@ -1,0 +1,95 @@
+/**
+ * `keyrotor serve` as a real process: flags and env wiring, refusal to start without (sound)
+ * authentication, a request served end to end, and a graceful exit on SIGTERM.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { capture } from '../helpers/artifacts.ts';
+import path from 'node:path';
+import { main } from '../../src/entrypoints/cli.ts';
+import { CLI, LOCAL_CONFIG, workspace } from './cli-helpers.ts';
+
+const TOKEN = 'serve-cli-test-token-0123456789abcdef';
+
+/** the CLI's main() in process (flag parsing and refusals need no real process) */
+async function runCli(args: string[], o: { cwd: string; env?: NodeJS.ProcessEnv; name: string }) {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(['-c', path.join(o.cwd, 'rotation.config.yaml'), ...args], {
+    stdout: (s) => void (stdout += s),
+    stderr: (s) => void (stderr += s),
+    env: { ...o.env },
+  });
+  capture(`${o.name}.stdout`, stdout);
+  capture(`${o.name}.stderr`, stderr);
+  return { code, stdout, stderr };
+}
+
+describe('keyrotor serve (process)', () => {
+  const children: ChildProcess[] = [];
+  afterAll(() => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  });
+
+  it('--help documents routes, authentication and the environment', async () => {
+    const r = await runCli(['serve', '--help'], { cwd: workspace(LOCAL_CONFIG, 'serve-help'), name: 'serve-help' });
+    expect(r.code).toBe(0);
+    for (const s of ['/rotate', '/pubsub', '/healthz', '--audience', '--allowed-email', '--token-env', '--max-body', '--request-timeout', 'PORT', 'KEYROTOR_OIDC_AUDIENCE', 'KEYROTOR_OIDC_JWKS_URL']) {
+      expect(r.stdout).toContain(s);
+    }
+  });
+
+  it('refuses to start without authentication, with an audience but no allowed caller, or with a short token (exit 2)', async () => {
+    const cwd = workspace(LOCAL_CONFIG, 'serve-refuse');
+    const none = await runCli(['serve', '--port', '0'], { cwd, name: 'serve-noauth' });
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('no authentication configured');
+    const anyone = await runCli(['serve', '--port', '0', '--audience', 'https://x.a.run.app'], { cwd, name: 'serve-anyone' });
+    expect(anyone.code).toBe(2);
+    expect(anyone.stderr).toContain('--allowed-email');
+    const short = await runCli(['serve', '--port', '0'], { cwd, env: { KEYROTOR_SERVE_TOKEN: 'short' }, name: 'serve-short' });
+    expect(short.code).toBe(2);
+    expect(short.stderr).not.toContain('short\n');
+    const badPort = await runCli(['serve', '--port', 'eighty'], { cwd, env: { KEYROTOR_SERVE_TOKEN: TOKEN }, name: 'serve-badport' });
+    expect(badPort.code).toBe(2);
+  });
+
+  it('serves on the configured address, rotates on an authenticated request, exits 0 on SIGTERM', async () => {
+    const cwd = workspace(LOCAL_CONFIG, 'serve-proc');
+    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--token-env', 'MY_SERVE_TOKEN'], {
+      cwd,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, MY_SERVE_TOKEN: TOKEN, KEYROTOR_LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let stderr = '';
+    let stdout = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    const url = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 20_000);
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
+        if (m) {
+          clearTimeout(t);
+          resolve(m[1]!);
+        }
+      });
+    });
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    expect((await fetch(`${url}/rotate`, { method: 'POST', body: '{}' })).status).toBe(401);
+    const res = await fetch(`${url}/rotate`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ keys: ['demo'], now: true }) });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { results: Array<{ key: string; outcome: string }> };
+    expect(body.results[0]).toMatchObject({ key: 'demo', outcome: 'rotated' });
+
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    capture('serve-proc.stderr', stderr);
+    capture('serve-proc.stdout', stdout);
+    expect(stderr).toContain('"msg":"stopped"');
+    expect(stderr).not.toContain(TOKEN);
+  });
+});
