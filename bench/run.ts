@@ -42,7 +42,7 @@ const only = new Set((env.BENCH_ONLY ?? 'p1,p2,p3,p4,p5').toLowerCase().split(',
 const int = (v: string | undefined, d: number) => (v && Number.isInteger(Number(v)) && Number(v) > 0 ? Number(v) : d);
 const SIZES = {
   p1Rounds: int(env.BENCH_P1_ROUNDS, quick ? 4 : 10),
-  p1Warmup: quick ? 1 : 2,
+  p1Warmup: 1,
   p3Keys: int(env.BENCH_P3_KEYS, quick ? 200 : 1000),
   p3Projects: 10,
   p3LatencyMs: 20,
@@ -70,6 +70,7 @@ async function section<T>(name: string, fn: () => Promise<T>): Promise<Section<T
 
 const started = performance.now();
 const startedAt = new Date();
+const loadAtStart = machine().loadAverage;
 const tmp = benchTmp();
 progress(`temp dir ${tmp}${quick ? ' (BENCH_QUICK: reduced sizes)' : ''}`);
 
@@ -104,7 +105,7 @@ const totalS = round((performance.now() - started) / 1000, 1);
 const canaryHits = [...filesContaining(tmp, CANARY), ...(p5Tmp !== tmp ? filesContaining(p5Tmp, CANARY) : [])];
 const results = {
   date: startedAt.toISOString(),
-  machine: machine(),
+  machine: { ...machine(), loadAverageAtStart: loadAtStart },
   quick,
   sizes: SIZES,
   targets: TARGETS,
@@ -128,7 +129,7 @@ const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
 const row = (cells: string[], widths: number[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
 const W = [46, 11, 11, 7, 8, 7];
 const m = results.machine;
-lines.push(`keyrotor bench  ${results.date.slice(0, 16).replace('T', ' ')} UTC  ${m.cpus} x ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}, Node ${m.node}${m.loadAverage ? `, load ${m.loadAverage.join(' ')}` : ''}`);
+lines.push(`keyrotor bench  ${results.date.slice(0, 16).replace('T', ' ')} UTC  ${m.cpus} x ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}, Node ${m.node}${m.loadAverageAtStart ? `, load average ${m.loadAverageAtStart[0]} at start, ${m.loadAverage?.[0]} at end` : ''}`);
 lines.push(`total ${totalS} s${quick ? '  (BENCH_QUICK: reduced sizes, not for the README)' : ''}`);
 lines.push('');
 if (p1) {

@@ -149,9 +149,14 @@ export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<Sweep
         error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
       };
     }
+    const renew = setInterval(() => {
+      got.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
+    }, Math.max(1000, key.defaults.lease.ttl / 3));
+    renew.unref();
     try {
       return await judgeAndDelete(key, o, providers, base, log);
     } finally {
+      clearInterval(renew);
       await got.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
     }
   } catch (e) {

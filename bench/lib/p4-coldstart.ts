@@ -126,7 +126,7 @@ export async function runP4(o: P4Options) {
   for (const c of commands) if (c.prime) once(c);
   const times = new Map<string, number[]>(commands.map((c) => [c.id, []]));
   const failures = new Map<string, number>(commands.map((c) => [c.id, 0]));
-  const extraRuns = Math.max(5, Math.ceil(o.runs / 2));
+  const extraRuns = Math.min(o.runs, 4);
   for (let i = 0; i < o.runs; i++) {
     // rotate the order each round; the comparison rows get fewer runs
     const round = commands.filter((c) => c.main || i < extraRuns);

@@ -51,6 +51,8 @@ export class CrashSwitch {
   readonly died: Promise<void>;
 
   readonly #adminKey: string | undefined;
+  /** called with the label of every issuer/store/state call as it starts (to arm a fault there) */
+  onCall: ((label: string) => void) | undefined;
 
   /** `adminKey`: this run's own admin key at the OpenAI fake, forgotten when the run dies */
   readonly keyName: string;
@@ -89,6 +91,7 @@ export class CrashSwitch {
   #event<T>(label: string, fn: () => Promise<T>, awaitOnCrash = true): Promise<T> {
     if (this.crashed) return never();
     const n = this.events++;
+    this.onCall?.(label);
     const p = this.plan;
     if (p?.kind === 'event' && p.at === n && p.mode === 'before') {
       this.crash(`before event ${n} (${label})`);

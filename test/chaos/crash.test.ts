@@ -12,8 +12,14 @@
  * test/entrypoints/fanout.test.ts does — DefaultAzureCredential cannot work here, so Azure is crashed
  * only in process); AWS Secrets Manager (moto, one shared process); and one key fanned out to all four.
  * Faults: OpenAI 5xx, 429 with retry-after, timeouts (slow answers), connection resets, lost answers;
- * GCP error codes before or after applying the change; Azure 5xx/429 and dropped connections. moto
- * has no fault knob: the AWS store gets crashes, no faults.
+ * GCP error codes before or after applying the change; Azure 5xx/429 and dropped connections; and
+ * "targeted" runs of faults armed the moment a given stage calls a store (stage, promote) or the
+ * issuer (revoke), long enough to defeat the retries, so that compensations (demote, unstage,
+ * discard) run, fail and get crashed too. When a run ends needs_attention, the test does what the
+ * leftovers ask of an operator — remove the failed rotation's pending versions, make every store
+ * serve the same working key if they were left split (a failed demote, or leak mode stopped half
+ * way), then `keyrotor sweep` — before it goes on. moto has no fault knob: the AWS store gets
+ * crashes, no faults.
  *
  * Reproduce with KEYROTOR_CHAOS_SEED=<seed printed below>; KEYROTOR_CHAOS_SCALE=<x> scales the crash
  * quotas; KEYROTOR_CHAOS_DEBUG=1 prints every scenario.
@@ -35,6 +41,10 @@ import { parseConfig, type LoadedConfig } from '../../src/config/load.ts';
 import { systemClock, type Clock } from '../../src/core/clock.ts';
 import type { Logger } from '../../src/core/ports.ts';
 import { rotateKey, type KeyResult } from '../../src/run.ts';
+import { closeProviders, composeKey } from '../../src/compose.ts';
+import { newRotationId } from '../../src/core/ids.ts';
+import { fingerprint } from '../../src/core/fingerprint.ts';
+import { Secret } from '../../src/core/secret.ts';
 import { sweepKey } from '../../src/sweep.ts';
 import { createFileStateStore } from '../../src/state/index.ts';
 
@@ -92,6 +102,11 @@ interface Counts {
   sweeps: number;
   /** recoveries that continued the very rotation a crash interrupted */
   resumed: number;
+  /** needs_attention results followed up the way their leftovers ask */
+  repairs: number;
+  /** of those, stores left serving different keys */
+  splits: number;
+  targeted: number;
   violations: string[];
 }
 
@@ -104,7 +119,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
   const B = (w: World) => backends.get(w.key)!;
   const logLines: string[] = [];
   const logger: Logger = pino({ level: 'info', base: null }, { write: (s: string) => void logLines.push(s) });
-  const counts: Counts = { scenarios: 0, crashes: 0, byMode: {}, byStore: {}, faults: 0, outcomes: {}, sweeps: 0, resumed: 0, violations: [] };
+  const counts: Counts = { scenarios: 0, crashes: 0, byMode: {}, byStore: {}, faults: 0, outcomes: {}, sweeps: 0, resumed: 0, repairs: 0, splits: 0, targeted: 0, violations: [] };
   /** per world and kind of run (fresh or resuming): how many events / wire requests a whole run takes */
   const span = new Map<string, { events: number; wire: number }>();
   const spanKey = (w: World, resuming: boolean) => `${w.key}:${resuming ? 'resume' : 'fresh'}`;
@@ -198,6 +213,62 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     }
   }
 
+  /** A run of faults armed when `on` (an issuer/store call label) is first called. */
+  interface Targeted {
+    on: string;
+    arm(): void;
+    armed: boolean;
+  }
+  function targetedFault(rng: Rng, w: World): Targeted {
+    const b = B(w);
+    const n = rng.int(1, 12);
+    const quick = { 'retry-after-ms': '5', 'retry-after': '0' };
+    const options: { on: string; arm(): void }[] = [
+      { on: 'issuer.revoke', arm: () => b.openai.failNext('projects.apiKeys.delete', { status: 500, times: n, headers: quick }) },
+    ];
+    for (const stage of ['stage', 'promote']) {
+      if (b.gcp) options.push({ on: `store:gcp-secret-manager.${stage}`, arm: () => b.gcp!.failNext('UpdateSecret', { code: grpc.status.UNAVAILABLE, count: n }) });
+      if (b.azure) options.push({ on: `store:azure.${stage}`, arm: () => b.azure!.fault({ op: stage === 'stage' ? '*' : 'setSecret', status: 503, times: n }) });
+    }
+    const t = rng.pick(options);
+    return { ...t, armed: false };
+  }
+
+  /**
+   * What the leftovers of a needs_attention result ask of an operator: remove the failed rotation's
+   * pending versions, make every store serve the same working key if they were left split (by hand:
+   * here through the stores' own code), then sweep the keys nothing serves.
+   */
+  async function operatorRepair(w: World, failedRotationId: string | null, leftovers: readonly string[]): Promise<void> {
+    const b = B(w);
+    const now = await served(b, w, stateDir);
+    const target = now.map((x) => x.value).find((v): v is string => v !== null && workingKey(b, v) !== undefined);
+    if (new Set(now.map((x) => x.value)).size > 1) counts.splits++;
+    const { sw, stateStore, env } = newProcess(w, null);
+    const p = await composeKey({ config: cfg, key: keyOf(w), stateStore, record: await stateStore.read(w.key), logger, env });
+    try {
+      const manual = newRotationId();
+      for (const [i, store] of p.stores.entries()) {
+        // "… still hold the new key … as pending …: remove that pending version"
+        if (failedRotationId && leftovers.some((l) => l.includes('as pending'))) await store.unstage(failedRotationId);
+        if (!target || now[i]!.value === target) continue;
+        const secret = Secret.of(target);
+        await store.stage({ rotationId: manual, secret, meta: { rotationId: manual, issuerKeyId: workingKey(b, target)!.id, fingerprint: fingerprint(secret) } });
+        await store.promote(manual);
+      }
+    } finally {
+      await closeProviders(p);
+      sw.finish();
+    }
+    const again = newProcess(w, null);
+    const sweep = await sweepKey(keyOf(w), { config: cfg, stateStore: again.stateStore, logger, env: again.env });
+    again.sw.finish();
+    counts.sweeps++;
+    if (sweep.outcome === 'locked' || sweep.outcome === 'incomplete') violation(w, 'sweep after needs_attention', [`${sweep.outcome}: ${sweep.error?.message ?? ''}`], failedRotationId ?? '');
+    counts.repairs++;
+    w.needsAttention = false;
+  }
+
   function clearFaults(w: World): void {
     const b = B(w);
     b.openai.resetFaults();
@@ -211,8 +282,10 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     plan: CrashPlan | null,
     opts: { now?: boolean; leaked?: boolean; resumeOnly?: boolean },
     resuming: boolean,
+    targeted: Targeted | null = null,
   ): Promise<{ crashed: false; result: KeyResult; sw: CrashSwitch } | { crashed: true; sw: CrashSwitch }> {
     const { sw, stateStore, env } = newProcess(w, plan);
+    arm(sw, targeted);
     const p = rotateKey(keyOf(w), { config: cfg, stateStore, logger, env, actor: 'chaos', ...opts });
     const first = await Promise.race([p.then((result) => ({ result })), sw.died.then(() => 'died' as const)]);
     if (first === 'died') {
@@ -226,9 +299,21 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     return { crashed: false, result: first.result, sw };
   }
 
+  function arm(sw: CrashSwitch, t: Targeted | null): void {
+    if (!t) return;
+    sw.onCall = (label) => {
+      if (t.armed || label !== t.on) return;
+      t.armed = true;
+      counts.targeted++;
+      t.arm();
+    };
+  }
+
   /** Check a finished run's result; after needs_attention, do what the operator does: sweep. */
   async function settleResult(w: World, r: KeyResult, detail: string): Promise<void> {
     w.needsAttention = r.outcome === 'needs_attention' || (w.needsAttention && r.outcome !== 'rotated');
+    if (r.rotationId) w.lastRotationId = r.rotationId;
+    w.lastLeftovers = r.leftovers ?? [];
     counts.outcomes[r.outcome] = (counts.outcomes[r.outcome] ?? 0) + 1;
     if (DEBUG && r.outcome !== 'rotated') console.log(`${w.key} ${detail}: ${JSON.stringify({ outcome: r.outcome, error: r.error, leftovers: r.leftovers, stage: r.stage })}`);
     const bad: string[] = [];
@@ -238,14 +323,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
       w.bootstrapped = true;
       if (w.leak && r.leaked && workingKey(B(w), w.leak.value)) bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
     }
-    if (r.outcome === 'needs_attention') {
-      noteLeftovers(B(w), w, r.leftovers);
-      const { sw, stateStore, env } = newProcess(w, null);
-      const sweep = await sweepKey(keyOf(w), { config: cfg, stateStore, logger, env });
-      sw.finish();
-      counts.sweeps++;
-      if (sweep.outcome === 'locked' || sweep.outcome === 'incomplete') bad.push(`sweep after needs_attention: ${sweep.outcome} ${sweep.error?.message ?? ''}`);
-    }
+    if (r.outcome === 'needs_attention') noteLeftovers(B(w), w, r.leftovers);
     violation(w, `result ${r.rotationId}`, bad, detail);
   }
 
@@ -268,11 +346,13 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
       injectFaults(rng, w);
       detail.push('faults');
     }
+    const targeted = rng.chance(0.15) ? targetedFault(rng, w) : null;
+    if (targeted) detail.push(`faults armed at ${targeted.on}`);
     const chain = rng.int(2, 6);
     for (let j = 0; j < chain; j++) {
       const resuming = (await activeRef(w)) !== null;
       const plan = randomPlan(rng, w, resuming);
-      const r = await run(w, plan, { now: true, leaked }, resuming);
+      const r = await run(w, plan, { now: true, leaked }, resuming, targeted);
       if (!r.crashed) {
         detail.push(`run ${j} ended before its crash point`);
         await settleResult(w, r.result, detail.join(', '));
@@ -291,6 +371,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     if (unfinished) {
       const resumeOnly = rng.chance(0.5);
       const { sw, stateStore, env } = newProcess(w, null);
+      arm(sw, targeted);
       const r = await rotateKey(keyOf(w), { config: cfg, stateStore, logger, env, actor: 'chaos', now: true, leaked, resumeOnly });
       sw.finish();
       if (r.rotationId === unfinished.rotationId) counts.resumed++;
@@ -301,6 +382,11 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     }
     clearFaults(w);
     violation(w, 'at rest', await checkInvariant(b, w, stateDir, { phase: 'rest', active: null, allowSplit: w.needsAttention }), detail.join(', '));
+    if (w.needsAttention) {
+      await operatorRepair(w, w.lastRotationId, w.lastLeftovers);
+      detail.push('operator followed the leftovers');
+      violation(w, 'after the operator repair', await checkInvariant(b, w, stateDir, { phase: 'rest', active: null }), detail.join(', '));
+    }
     if (DEBUG) console.log(`${w.key} ${detail.join(', ')}: ${Date.now() - t0} ms`);
   }
 
@@ -309,7 +395,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     const quota = PLAN.map((p) => Math.ceil(p.crashes * SCALE));
     const started = Date.now();
     const elapsed: Record<string, number> = {};
-    await Promise.all(
+    const settled = await Promise.allSettled(
       worlds.map(async (w, i) => {
         // bootstrap, then one full rotation (which also measures how long a run is)
         for (const what of ['bootstrap', 'first full rotation']) {
@@ -322,6 +408,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
         elapsed[w.key] = Math.round((Date.now() - started) / 1000);
       }),
     );
+    for (const [i, r] of settled.entries()) if (r.status === 'rejected') counts.violations.push(`[seed ${SEED}] ${worlds[i]!.key}: the scenario loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`);
 
     const report = {
       seed: SEED,
@@ -333,6 +420,9 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
       outcomes: counts.outcomes,
       sweeps: counts.sweeps,
       resumed: counts.resumed,
+      targeted: counts.targeted,
+      repairs: counts.repairs,
+      splits: counts.splits,
       seconds: Math.round((Date.now() - started) / 1000),
       secondsPerWorld: elapsed,
       violations: counts.violations.length,

@@ -88,6 +88,10 @@ export class World {
   leak: { value: string; keyId: string; switched: boolean[] } | null = null;
   /** key ids a needs_attention result named in its leftovers (allowed to outlive their rotation) */
   readonly reported = new Set<string>();
+  /** the rotation id of the last finished run */
+  lastRotationId: string | null = null;
+  /** the leftovers of the last finished run */
+  lastLeftovers: readonly string[] = [];
   /** simulated crashes so far */
   crashes = 0;
   /** the last finished rotation needed a human (stores may serve different keys until one succeeds) */

@@ -206,6 +206,26 @@ describe('keyrotor sweep', () => {
     expect(r.stdout + r.stderr).not.toContain(CANARY);
   });
 
+  it('a key pending in a store is kept even when this state store knows no rotation of it', async () => {
+    const { sa, dir } = await setup('pending');
+    // e.g. another installation (its own state dir) is half way through a rotation of the same secret
+    const k = fake.state.plantKey({ name: 'keyrotor.app.rot-20260104t000000z-0ca11ed0', owner: { type: 'service_account', serviceAccountId: sa.id } });
+    const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
+      keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: MASTER }, providerState: { get: () => undefined, set: async () => {} },
+    });
+    await store.stage({ rotationId: 'rot-20260104t000000z-0ca11ed0', secret: Secret.of(k.value), meta: { rotationId: 'rot-20260104t000000z-0ca11ed0', issuerKeyId: k.id } });
+    const r = await cli(dir, 'sweep', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(sweepOf(r.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({ action: 'kept', reason: expect.stringContaining('pending in file:') });
+    expect(alive(k.id)).toBe(true);
+    // once that pending version is gone, the key is an orphan
+    await store.unstage('rot-20260104t000000z-0ca11ed0');
+    const again = await cli(dir, 'sweep', '--json');
+    expect(sweepOf(again.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({ action: 'deleted' });
+    expect(alive(k.id)).toBe(false);
+  });
+
   it('usage: unknown key is exit 2; --help explains what is never deleted', async () => {
     const { dir } = await setup('usage');
     const r = await cli(dir, 'sweep', 'nope');

@@ -17,14 +17,15 @@ export const registerSweep: RegisterCommand = (ctx) => {
       'after',
       `
 Never deleted: a key whose name lacks keyrotor's marker for a configured key; a key that is current
-in any configured store (or in the state record, or adopted); a key of an unfinished rotation (that
-rotation is resumed first, which finishes it or discards its new key); anything at all for a key
-whose stores cannot all be read. The key's lock is held while sweeping.
+or pending in any configured store (or current in the state record, or adopted); a key of an
+unfinished rotation (that rotation is resumed first, which finishes it or discards its new key);
+anything at all for a key whose stores cannot all be read. The key's lock is held while sweeping.
 
 outcome per key: clean (no orphans) | swept (orphans deleted, or listed with --dry-run)
                  | incomplete (a delete or a read failed; nothing unsafe was done) | locked
 Exit codes: 0 clean/swept, 1 incomplete (or a resumed rotation rolled back), 2 usage/config,
-3 locked, 4 a resumed rotation needs attention.`,
+3 locked, 4 a resumed rotation needs attention.
+`,
     )
     .action(async (names: string[], opts: { dryRun?: boolean; json?: boolean }) => {
       ctx.setJson(opts.json === true);

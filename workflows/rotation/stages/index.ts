@@ -88,7 +88,12 @@ async function pollUntil<T>(
   }
 }
 
-async function withRetries<T>(clock: Clock, attempts: number, fn: () => Promise<T>): Promise<T> {
+async function withRetries<T>(
+  clock: Clock,
+  attempts: number,
+  fn: () => Promise<T>,
+  retryOn: (e: KeyrotorError) => boolean = (e) => e.retryable,
+): Promise<T> {
   let lastErr: unknown;
   for (let i = 0; i < attempts; i++) {
     try {
@@ -96,7 +101,7 @@ async function withRetries<T>(clock: Clock, attempts: number, fn: () => Promise<
     } catch (e) {
       lastErr = e;
       const ke = toKeyrotorError(e);
-      if (!ke.retryable || i === attempts - 1) throw e;
+      if (!retryOn(ke) || i === attempts - 1) throw e;
       // exponential backoff with full jitter (throttling: many keys must not retry in lockstep)
       await clock.sleep(Math.random() * Math.min(250 * 2 ** (i + 1), 5000));
     }
@@ -196,11 +201,19 @@ export function rotationActors(deps: RotationDeps) {
     }),
 
     issue: step<IssueOutput>('issue', async ({ ctx }) => {
-      const key = await issuer.create({
-        name: ctx.newKeyName,
-        rotationId: ctx.rotationId,
-        ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
-      });
+      // a 429 is a clean rejection (nothing was created) and create() looks up its name first, so
+      // trying again cannot mint a second key; any other failure goes to discard (reconcile by name)
+      const key = await withRetries(
+        clock,
+        deps.retryAttempts,
+        () =>
+          issuer.create({
+            name: ctx.newKeyName,
+            rotationId: ctx.rotationId,
+            ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
+          }),
+        (e) => e.code === 'ISSUER_RATE_LIMITED',
+      );
       deps.vault.set(newRef(ctx), key.secret);
       deps.logger.info({ stage: 'issue', keyId: key.keyId, fingerprint: fingerprint(key.secret) }, 'new key issued');
       return { newKeyId: key.keyId, newFingerprint: fingerprint(key.secret) };
