@@ -290,6 +290,8 @@ async function runRotation(
     : createActor(machine, { input });
 
   let lastState = '';
+  /** the last snapshot written while the rotation was active (a leak-mode promote failure goes back to it) */
+  let lastActive: PersistedRotation | null = null;
   /** persist the snapshot (not for the final one: `finish` records the result) and tell observers */
   const save = (state: string, ctx: RotationContext, persist = true) => {
     const entered = state !== lastState || ['stage', 'promote', 'demote', 'unstage', 'revoke'].includes(state);
@@ -302,10 +304,12 @@ async function runRotation(
       updatedAt: new Date(clock.now()).toISOString(),
       snapshot: actor.getPersistedSnapshot(),
     };
-    if (persist)
+    if (persist) {
+      lastActive = persisted;
       chain = chain.then(() => o.stateStore.saveActive(key.name, persisted)).catch((e: unknown) => {
         persistError = e;
       });
+    }
     if (entered && o.observers?.some((x) => x.onTransition)) {
       const ev: TransitionEvent = {
         key: key.name,
@@ -385,6 +389,12 @@ async function runRotation(
   const serving =
     state === 'rotated' || (state === 'needsAttention' && allPromoted) ? ctx.newKeyId : state === 'rollbackFailed' ? undefined : ctx.oldKeyId;
   await o.stateStore.finish(key.name, result, serving);
+  // Leak mode stopped at promote: the leaked key must never be restored, so the only way out is
+  // forward. Keep the rotation resumable at the promote it could not finish: once the store is fixed,
+  // `keyrotor resume` (or the next `rotate`) promotes the rest and revokes the leaked key.
+  if (state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' && lastActive) {
+    await o.stateStore.saveActive(key.name, lastActive);
+  }
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level]({ outcome: result.outcome, oldKeyId: result.oldKeyId, newKeyId: result.newKeyId, ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}) }, `rotation ${result.outcome}`);
   return result;

@@ -88,16 +88,14 @@ export class World {
   leak: { value: string; keyId: string; switched: boolean[] } | null = null;
   /** key ids a needs_attention result named in its leftovers (allowed to outlive their rotation) */
   readonly reported = new Set<string>();
-  /** the rotation id of the last finished run */
-  lastRotationId: string | null = null;
-  /** the leftovers of the last finished run */
-  lastLeftovers: readonly string[] = [];
+  /** needs_attention results whose leftovers an operator has not acted on yet */
+  readonly followUps: { rotationId: string; leftovers: readonly string[] }[] = [];
+  /** results already taken into account (`rotationId@finishedAt`) */
+  readonly seenResults = new Set<string>();
   /** simulated crashes so far */
   crashes = 0;
   /** the last finished rotation needed a human (stores may serve different keys until one succeeds) */
   needsAttention = false;
-  /** every issuer key id this world ever saw served (for "every key keyrotor created") */
-  readonly seenServed = new Set<string>();
   constructor(spec: WorldSpec) {
     this.spec = spec;
   }
@@ -293,7 +291,6 @@ export async function checkInvariant(b: Backends, w: World, stateDir: string, c:
       continue;
     }
     servedIds.add(k.id);
-    w.seenServed.add(k.id);
     if (w.leak) {
       if (x.value !== w.leak.value) w.leak.switched[i] = true;
       else if (w.leak.switched[i]) v.push(`${where} serves the LEAKED key ${w.leak.keyId} again after it was switched away`);

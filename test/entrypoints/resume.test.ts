@@ -183,44 +183,44 @@ describe('keyrotor resume', () => {
   });
 });
 
-describe('leak mode stopped half way (promote failed at the second store)', () => {
-  // LEAD MUST FIX — workflows/rotation/rotation.machine.ts (promote onError, `leaked` branch): the
-  // leftover tells the operator to "fix access and run `keyrotor resume <key>`", but needsAttention is
-  // a final state, so the rotation is finished and `keyrotor resume` has nothing to resume; and
-  // `keyrotor rotate --now --leaked` then stops at preflight (ADOPT_REQUIRED: the stores disagree).
-  // The minimal patch (in the issue-5 report) makes the leftover say what actually works. Remove the
-  // skip once it is applied.
-  it.skip('LEAD MUST FIX: every `keyrotor resume` a leftover asks for has something to resume', async () => {
-    const { startBackends, closeBackends, prepareWorld, World, writeWorkspace, MASTER_KEY } = await import('../chaos/world.ts');
-    const b = await startBackends(['file', 'gcp']);
-    try {
-      const w = new World({ key: 'leaky', stores: ['file', 'gcp'] });
-      await prepareWorld(b, w);
-      const ws = writeWorkspace(() => b, [w], 'resume-leak-split');
-      const run = async (...args: string[]) => {
-        let stdout = '';
-        const code = await main(['-c', ws.configFile, '--log-level', 'silent', ...args], {
-          stdout: (s) => void (stdout += s),
-          stderr: () => undefined,
-          env: { OPENAI_ADMIN_KEY: b.openai.adminKey, KEYROTOR_MASTER_KEY: MASTER_KEY },
+describe('leak mode stopped at promote by a store failure', () => {
+  // Found by test/chaos/crash.test.ts (seed 46, world c-gcp, scenario 1). Leak mode never demotes, so
+  // a store that fails at promote ends the rotation in needsAttention; the run loop keeps it
+  // resumable at that promote (src/run.ts), so fixing the store and running `keyrotor resume`
+  // promotes the rest and revokes the leaked key.
+  for (const stores of [['gcp'], ['file', 'gcp']] as const) {
+    it(`after fixing the store, \`keyrotor resume\` finishes it and the leaked key dies (${stores.join(' + ')})`, async () => {
+      const { startBackends, closeBackends, prepareWorld, World, writeWorkspace, MASTER_KEY, served, workingKey } = await import('../chaos/world.ts');
+      const b = await startBackends([...stores]);
+      try {
+        const w = new World({ key: 'leaky', stores: [...stores] });
+        await prepareWorld(b, w);
+        const ws = writeWorkspace(() => b, [w], 'resume-leak-promote');
+        const env = { OPENAI_ADMIN_KEY: b.openai.adminKey, KEYROTOR_MASTER_KEY: MASTER_KEY };
+        const run = async (...args: string[]) => {
+          let stdout = '';
+          const code = await main(['-c', ws.configFile, '--log-level', 'silent', ...args], { stdout: (s) => void (stdout += s), stderr: () => undefined, env });
+          capture('resume-leak-promote.stdout', stdout);
+          return { code, result: resultOf(stdout) };
+        };
+        expect((await run('rotate', '--now', 'leaky', '--json')).code).toBe(0);
+        const leaked = (await served(b, w, ws.stateDir))[0]!.value!;
+        // the GCP store refuses alias moves once the new key is staged everywhere
+        const cfg = parseConfig(readFileSync(ws.configFile, 'utf8'), ws.configFile, {});
+        const r = await rotateKey(cfg.keys[0]!, {
+          config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env, now: true, leaked: true,
+          observers: [{ onTransition: (e: TransitionEvent) => void (e.state === 'promote' && b.gcp!.deny('secretmanager.secrets.update')) }],
         });
-        capture('resume-leak-split.stdout', stdout);
-        return { code, result: resultOf(stdout) };
-      };
-      expect((await run('rotate', '--now', 'leaky', '--json')).code).toBe(0);
-      // the second store refuses alias moves once the new key is staged everywhere
-      const cfg = parseConfig(readFileSync(ws.configFile, 'utf8'), ws.configFile, {});
-      const r = await rotateKey(cfg.keys[0]!, {
-        config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: { OPENAI_ADMIN_KEY: b.openai.adminKey, KEYROTOR_MASTER_KEY: MASTER_KEY },
-        now: true, leaked: true, observers: [{ onTransition: (e: TransitionEvent) => void (e.state === 'promote' && b.gcp!.deny('secretmanager.secrets.update')) }],
-      });
-      expect(r).toMatchObject({ outcome: 'needs_attention', error: { stage: 'promote' } });
-      b.gcp!.allow('secretmanager.secrets.update'); // "fix access"
-      const asked = (r.leftovers ?? []).some((l) => /run `keyrotor resume/.test(l));
-      const resumed = await run('resume', 'leaky', '--json');
-      if (asked) expect(resumed.result.outcome, 'a leftover asked for `keyrotor resume`').not.toBe('skipped');
-    } finally {
-      await closeBackends(b);
-    }
-  });
+        expect(r).toMatchObject({ outcome: 'needs_attention', error: { stage: 'promote', code: 'STORE_ACCESS_DENIED' } });
+        b.gcp!.allow('secretmanager.secrets.update'); // the operator fixes access
+        const resumed = await run('resume', 'leaky', '--json');
+        expect(resumed.result).toMatchObject({ outcome: 'rotated', rotationId: r.rotationId });
+        expect(workingKey(b, leaked)).toBeUndefined();
+        expect(new Set((await served(b, w, ws.stateDir)).map((x) => x.value)).size).toBe(1);
+        expect((await run('rotate', '--now', 'leaky', '--json')).result.outcome).toBe('rotated');
+      } finally {
+        await closeBackends(b);
+      }
+    });
+  }
 });
