@@ -103,7 +103,9 @@ describe('CLI: usage-drain gate', () => {
   });
 
   it('an old key that never goes quiet: rolls back at the deadline (exit 1) and stays alive', async () => {
-    const { dir, old, newKey } = await bootstrap('gates-drain-busy', `\n      - { type: usage-drain, name: drain, quiet: 1s, interval: 200ms, timeout: 2s }`);
+    // last_used_at has 1 s granularity and the traffic loop can stall on a loaded machine: the quiet
+    // window is wide enough (3 s) that a key used every 150 ms can never look quiet
+    const { dir, old, newKey } = await bootstrap('gates-drain-busy', `\n      - { type: usage-drain, name: drain, quiet: 3s, interval: 200ms, timeout: 4s }`);
     const stopOld = traffic(() => old);
     const stopNew = traffic(newKey);
     try {
@@ -111,7 +113,7 @@ describe('CLI: usage-drain gate', () => {
       expect(r.code, r.stderr).toBe(1);
       const res = results(r.stdout)[0]!;
       expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT' } });
-      expect(res.error!.message).toMatch(/^health gate "drain" did not pass: the new key was used .*; the old key was used .* ago: needs 1s quiet/);
+      expect(res.error!.message).toMatch(/^health gate "drain" did not pass: the new key was used .*; the old key was used .* ago: needs 3s quiet/);
       expect(live(old.id)).toBe(true);
       expect(live(res.newKeyId)).toBe(false);
     } finally {

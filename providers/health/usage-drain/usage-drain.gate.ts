@@ -75,7 +75,9 @@ export function createUsageDrainGateImpl(cfg: UsageDrainGateConfig, name: string
           let movedAt = w?.movedAt ?? null;
           if (w && w.oldLast !== last) movedAt = now;
           watch.set(ctx.rotationId, { oldLast: last, movedAt });
-          const quietSince = Math.max(last ?? Number.NEGATIVE_INFINITY, movedAt ?? Number.NEGATIVE_INFINITY);
+          // last_used_at arrives in whole seconds: a use stamped S may have happened up to S+999 ms,
+          // so the quiet window starts at the end of that second (stricter, never looser)
+          const quietSince = Math.max(last === null || last === undefined ? Number.NEGATIVE_INFINITY : last + 1000, movedAt ?? Number.NEGATIVE_INFINITY);
           if (quietSince === Number.NEGATIVE_INFINITY) {
             oldOk = true;
             parts.push('the old key was never used');
