@@ -66,7 +66,11 @@ export interface Issuer {
   readonly reportsUsage?: boolean;
   /** Preflight: credentials work and the issuer can list and create where configured. */
   check(): Promise<void>;
-  /** Create one key. Must not retry internally (a lost response could mint a second key). */
+  /**
+   * Create one key. Must not retry internally (a lost response could mint a second key). A key that
+   * already carries `req.name` is a leftover of an earlier attempt of the same rotation whose value
+   * nobody holds: delete it first, so a retried create ends with exactly one key of that name.
+   */
   create(req: CreateKeyRequest): Promise<IssuedKey>;
   /** Does this value work at the issuer right now? 'invalid' = rejected as unknown/revoked. */
   verify(secret: Secret): Promise<VerifyResult>;

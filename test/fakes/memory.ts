@@ -175,6 +175,7 @@ export class MemoryIssuer implements Issuer {
   }
   create(req: { name: string; rotationId: string; expiresInSeconds?: number | undefined }) {
     return this.faults.run('create', () => {
+      this.keys = this.keys.filter((k) => k.name !== req.name); // the port contract: leftovers of this name go first
       const e: IssuedEntry = {
         id: `key_${++this.#seq}`,
         name: req.name,
