@@ -388,13 +388,12 @@ async function runRotation(
   const allPromoted = ctx.promoted === ctx.storeLabels.length;
   const serving =
     state === 'rotated' || (state === 'needsAttention' && allPromoted) ? ctx.newKeyId : state === 'rollbackFailed' ? undefined : ctx.oldKeyId;
-  await o.stateStore.finish(key.name, result, serving);
   // Leak mode stopped at promote: the leaked key must never be restored, so the only way out is
-  // forward. Keep the rotation resumable at the promote it could not finish: once the store is fixed,
-  // `keyrotor resume` (or the next `rotate`) promotes the rest and revokes the leaked key.
-  if (state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' && lastActive) {
-    await o.stateStore.saveActive(key.name, lastActive);
-  }
+  // forward. Keep the rotation resumable at the promote it could not finish (in the same write as the
+  // result, so no crash can lose it): once the store is fixed, `keyrotor resume` (or the next
+  // `rotate`) promotes the rest and revokes the leaked key.
+  const keepActive = state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' ? lastActive : null;
+  await o.stateStore.finish(key.name, result, serving, keepActive);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level]({ outcome: result.outcome, oldKeyId: result.oldKeyId, newKeyId: result.newKeyId, ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}) }, `rotation ${result.outcome}`);
   return result;

@@ -20,12 +20,12 @@ export function memoryStateStore(): StateStore & { writes: number } {
       store.writes++;
       records.set(k, { ...get(k), active: rotation });
     },
-    async finish(k: string, result: RotationResult, currentKeyId?: string | null) {
+    async finish(k: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null) {
       store.writes++;
       const r = get(k);
       records.set(k, {
         ...r,
-        active: null,
+        active: keepActive ?? null,
         last: result,
         lastRotatedAt: result.outcome === 'rotated' ? (result.finishedAt ?? new Date().toISOString()) : r.lastRotatedAt,
         currentKeyId: currentKeyId === undefined ? r.currentKeyId : currentKeyId,

@@ -237,8 +237,11 @@ export interface StateStore {
   read(keyName: string): Promise<KeyRecord | null>;
   /** persist the running rotation's snapshot (atomic) */
   saveActive(keyName: string, rotation: PersistedRotation): Promise<void>;
-  /** the rotation ended: clear `active`, record the result */
-  finish(keyName: string, result: RotationResult, currentKeyId?: string | null): Promise<void>;
+  /**
+   * the rotation ended: record the result and clear `active` — or, in the same atomic write, keep
+   * `keepActive` (a rotation that can only go forward and must stay resumable)
+   */
+  finish(keyName: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null): Promise<void>;
   setProviderState(keyName: string, key: string, value: string): Promise<void>;
   /** exclusive per-key lease; returns the holder when someone else has it and it has not expired */
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;

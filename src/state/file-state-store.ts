@@ -142,9 +142,9 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       });
     },
 
-    finish(keyName: string, result: RotationResult, currentKeyId?: string | null) {
+    finish(keyName: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null) {
       return update(keyName, (r) => {
-        r.active = null;
+        r.active = keepActive ?? null;
         r.last = result;
         if (result.outcome === 'rotated') r.lastRotatedAt = result.finishedAt ?? new Date(clock.now()).toISOString();
         // the caller says which key is current now (the new one after a rotation, the old one after

@@ -153,7 +153,7 @@ export class CrashSwitch {
       read: (k) => this.#quiet(() => s.read(k)),
       keys: () => this.#quiet(() => s.keys()),
       saveActive: (k, r) => this.#event('state.saveActive', () => s.saveActive(k, r)),
-      finish: (k, r, c) => this.#event('state.finish', () => s.finish(k, r, c)),
+      finish: (k, r, c, a) => this.#event('state.finish', () => s.finish(k, r, c, a)),
       setProviderState: (k, a, b) => this.#event('state.setProviderState', () => s.setProviderState(k, a, b)),
       acquire: async (k, owner, ttl): Promise<Lease | LeaseHolder> => {
         const got = await this.#quiet(() => s.acquire(k, owner, ttl));

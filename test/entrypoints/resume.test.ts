@@ -88,7 +88,7 @@ async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
     label: real.label,
     read: (k) => (isDead ? dead : real.read(k)),
     keys: () => real.keys(),
-    finish: (k, r, c) => (isDead ? dead : real.finish(k, r, c)),
+    finish: (k, r, c, a) => (isDead ? dead : real.finish(k, r, c, a)),
     setProviderState: (k, a, b) => (isDead ? dead : real.setProviderState(k, a, b)),
     async saveActive(k, rot) {
       if (isDead) return dead;

@@ -105,6 +105,17 @@ describe('file state store: records', () => {
     expect(Object.keys((await a.read('app'))!.providerState)).toHaveLength(12);
   });
 
+  it('finish with keepActive records the result and keeps that rotation resumable in one write', async () => {
+    const dir = tempDir('state-finish-keep');
+    const s = createFileStateStore(dir);
+    await s.saveActive('app', rotation(R1));
+    const stuck = result('needs_attention', { stage: 'promote' });
+    await s.finish('app', stuck, 'key_1', rotation(R1));
+    const r = (await s.read('app'))!;
+    expect(r.last).toEqual(stuck);
+    expect(r.active?.rotationId).toBe(R1);
+  });
+
   it('finish: clears active, records the result; rotated sets lastRotatedAt and currentKeyId', async () => {
     const dir = tempDir('state-finish');
     const s = createFileStateStore(dir);
