@@ -1,5 +1,6 @@
 /**
- * Per-key lease on a lock file `<stateDir>/locks/<key>.lock`, created with O_EXCL and holding
+ * Per-key lease on a lock file `<stateDir>/locks/<key>.lock`, created exclusively (a complete temp
+ * file hard-linked to the name; link(2) fails if it exists, like O_EXCL) and holding
  * `{ owner, pid, host, acquiredAt, expiresAt }`.
  *
  * Rules that keep two processes from both believing they hold a lease:
@@ -8,13 +9,14 @@
  *   safety margin left; nobody else touches an unexpired lock.
  * - An expired (or ours-and-nearly-expired) lock is removed by renaming it to a unique name and then
  *   checking that what was moved is exactly the file that was judged (same inode, same bytes). If a
- *   racer's fresh lock was moved instead, it is put back with O_EXCL. Then the lock is created with
- *   O_EXCL: of several racers only one can succeed.
- * - A lock file that cannot be parsed (e.g. a writer died between create and write) counts as held by
+ *   racer's fresh lock was moved instead, the same inode is linked back (never over an existing
+ *   lock). Then the lock is created exclusively: of several racers only one can succeed.
+ * - A lock file that cannot be parsed (e.g. written by hand, or created on a file system without hard
+ *   links by a writer that died between create and write) counts as held by
  *   'unknown' until its mtime + ttl has passed.
  */
 import { hostname } from 'node:os';
-import { open, rename, rm } from 'node:fs/promises';
+import { link, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../core/errors.ts';
 import type { Clock } from '../core/clock.ts';
@@ -68,8 +70,49 @@ async function observe(file: string): Promise<Observed | undefined> {
   }
 }
 
-/** O_EXCL create with the given text; false when a lock already exists. */
+/** errors that mean the file system has no hard links (some network/FUSE mounts) */
+const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EXDEV', 'EMLINK']);
+
+/**
+ * Create the lock with its full content in one step; false when a lock already exists. The text is
+ * written to a private temp file first and then hard-linked to the lock name (link(2) fails with
+ * EEXIST like O_EXCL), so nobody ever sees an empty or half-written lock. On a file system without
+ * hard links it falls back to O_EXCL create + write.
+ */
 async function createExclusive(file: string, text: string): Promise<boolean> {
+  const temp = uniqueSibling(file, 'new');
+  try {
+    await writeNew(temp, text);
+  } catch (e) {
+    await rm(temp, { force: true }).catch(() => undefined);
+    throw ioError(e, 'cannot write', temp);
+  }
+  try {
+    await link(temp, file);
+  } catch (e) {
+    const code = errnoOf(e);
+    if (code === 'EEXIST') return false;
+    if (code && NO_LINKS.has(code)) return createExclusiveNoLinks(file, text);
+    throw ioError(e, 'cannot create', file);
+  } finally {
+    await rm(temp, { force: true }).catch(() => undefined);
+  }
+  await fsyncDir(path.dirname(file)).catch(() => undefined);
+  return true;
+}
+
+async function writeNew(file: string, text: string): Promise<void> {
+  const fh = await open(file, 'wx', FILE_MODE);
+  try {
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** O_EXCL create, then write: a reader may briefly see an empty lock (it counts as held). */
+async function createExclusiveNoLinks(file: string, text: string): Promise<boolean> {
   let fh;
   try {
     fh = await open(file, 'wx', FILE_MODE);
@@ -108,10 +151,20 @@ async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
     await rm(aside, { force: true }).catch(() => undefined);
     return true;
   }
-  // We moved a lock that someone had just (re)created: put it back without overwriting anything.
-  if (moved) await createExclusive(file, moved.raw).catch(() => false);
+  // We moved a lock that someone had just (re)created: put the same file (inode) back without
+  // overwriting anything, so its owner's view of it stays true.
+  if (moved) await putBack(aside, file, moved.raw);
   await rm(aside, { force: true }).catch(() => undefined);
   return false;
+}
+
+async function putBack(aside: string, file: string, raw: string): Promise<void> {
+  try {
+    await link(aside, file); // EEXIST: someone holds the name again; theirs wins, ours is dropped
+  } catch (e) {
+    const code = errnoOf(e);
+    if (code && NO_LINKS.has(code)) await createExclusive(file, raw).catch(() => false);
+  }
 }
 
 function holderOf(o: Observed, ttlMs: number): LeaseHolder {
@@ -213,7 +266,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         } else if (!expired) {
           return holder;
         }
-        // expired (or ours and nearly expired): compare-and-delete, then race on the O_EXCL create
+        // expired (or ours and nearly expired): compare-and-delete, then race on the exclusive create
         await removeIfSame(file, o);
       }
       // still contended after several rounds: report whoever holds it now
