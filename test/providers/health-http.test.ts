@@ -140,7 +140,7 @@ describe('http gate against loopback consumers', () => {
     const g = await gate({ urls: [slow.url], requestTimeout: '200ms' });
     const t0 = Date.now();
     const o = await g.check(gateContext());
-    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(Date.now() - t0).toBeLessThan(10_000); // the consumer never answers: only the 200 ms timeout ends it
     expect(o).toEqual({ pass: false, observation: `0/1 endpoint(s) report the new key ${NEW_FP}; ${slow.url}: no answer within 200ms` });
   });
 
@@ -158,7 +158,7 @@ describe('http gate against loopback consumers', () => {
     setTimeout(() => ac.abort(), 100);
     const t0 = Date.now();
     const o = await g.check(gateContext({ signal: ac.signal }));
-    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(Date.now() - t0).toBeLessThan(10_000); // far below the 20 s request timeout
     expect(o.observation).toContain('aborted');
   });
 
