@@ -57,7 +57,7 @@ const MIN_KILLS = 50;
 const FORWARD_STAGES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'];
 const LEASE_TTL_MS = 1_000;
 /** stop spawning after this long (the floor assertion then says what is missing) */
-const TIME_BUDGET_MS = 140_000;
+const TIME_BUDGET_MS = 260_000;
 
 type KillPlan =
   | { kind: 'transition'; stage: string; start: boolean; nth: number }
@@ -429,5 +429,5 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     expect(counts.kills, `kills within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(Math.min(MIN_KILLS, Math.ceil(MIN_KILLS * SCALE)));
     if (SCALE >= 1) for (const s of FORWARD_STAGES) expect(counts.byStage[s] ?? 0, `kills in stage ${s}`).toBeGreaterThan(0);
     expect(counts.lockedWhileLeaseHeld).toBeGreaterThan(0);
-  }, 170_000);
+  }, 300_000);
 });

@@ -140,16 +140,18 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
   });
 
   it('two concurrent rotate --now of the same key: exactly one rotates, the other exits 3', async () => {
-    const dir = workspace(config(), 'openai-concurrent');
+    // a long issuer timeout: the winner's create is held open until the loser has finished, however
+    // slow the machine is
+    const text = config().replace('timeout: 5s', 'timeout: 120s');
+    expect(text).toContain('timeout: 120s');
+    const dir = workspace(text, 'openai-concurrent');
     const first = await bootstrap(dir);
-    fake.slowResponse('serviceAccounts.apiKeys.create', 2500); // keep the winner inside its lease
+    const hold = fake.holdResponse('serviceAccounts.apiKeys.create'); // keep the winner inside its lease
     const a = runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-a' });
-    // start the second once the first holds the lock
-    const lock = path.join(dir, '.keyrotor/locks/app.lock');
-    const { existsSync } = await import('node:fs');
-    for (let i = 0; i < 200 && !existsSync(lock); i++) await new Promise((r) => setTimeout(r, 25));
-    expect(existsSync(lock)).toBe(true);
-    const b = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-b' });
+    // start the second once the first is inside its create call (it holds the lease by then)
+    for (let i = 0; i < 2400 && fake.calls('serviceAccounts.apiKeys.create').length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(fake.calls('serviceAccounts.apiKeys.create')).toHaveLength(2); // bootstrap + the winner's
+    const b = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-b' }).finally(() => hold.release());
     const ra = await a;
     expect([ra.code, b.code]).toEqual([0, 3]);
     expect(results(ra.stdout)[0]).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId });

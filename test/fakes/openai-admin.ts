@@ -81,7 +81,18 @@ export interface FakeLogEntry {
   body?: unknown;
   /** the status sent; 0 when no answer was sent (lost / reset) */
   status: number;
-  fault?: 'status' | 'lost' | 'reset' | 'slow' | 'ratelimited' | undefined;
+  fault?: 'status' | 'lost' | 'reset' | 'slow' | 'ratelimited' | 'malformed' | undefined;
+}
+
+/**
+ * A 200 answer the SDK cannot use: `truncated` JSON (cut mid-body, still `application/json`), `html`
+ * (a proxy's error page with a 200), or the right JSON `shape` missing its fields. `applied`: the
+ * request took effect before the bad answer went out (a create minted the key).
+ */
+export interface MalformedOptions {
+  kind: 'truncated' | 'html' | 'shape';
+  applied?: boolean;
+  times?: number;
 }
 
 export interface FailOptions {
@@ -97,7 +108,9 @@ export interface FailOptions {
 type Fault =
   | { kind: 'status'; route: FakeRoute | '*'; remaining: number; opts: FailOptions }
   | { kind: 'lose' | 'reset'; route: FakeRoute | '*'; remaining: number }
-  | { kind: 'slow'; route: FakeRoute | '*'; remaining: number; ms: number };
+  | { kind: 'slow'; route: FakeRoute | '*'; remaining: number; ms: number }
+  | { kind: 'malformed'; route: FakeRoute | '*'; remaining: number; opts: MalformedOptions }
+  | { kind: 'hold'; route: FakeRoute | '*'; remaining: number; released: Promise<void> };
 
 export type RedactStyle = 'ellipsis' | 'stars' | ((value: string) => string);
 
@@ -323,6 +336,13 @@ export interface OpenAIFake {
   resetConnection(route: FakeRoute | '*', times?: number): void;
   /** apply the next `times` requests to `route`, then wait `ms` before answering */
   slowResponse(route: FakeRoute | '*', ms: number, times?: number): void;
+  /**
+   * The next matching request is applied, but its answer waits until `release()` is called (a step
+   * held open for as long as a test needs, independent of machine speed).
+   */
+  holdResponse(route: FakeRoute | '*'): { release(): void };
+  /** the next `times` matching requests get a 200 the SDK cannot use (see MalformedOptions) */
+  malformedResponse(route: FakeRoute | '*', o: MalformedOptions): void;
   /** delay before handling every request */
   setLatency(ms: number): void;
   /** limit the request rate over every route (null = no limit); the bucket starts full */
@@ -604,6 +624,26 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     res.end(text);
   }
 
+  function sendMalformed(res: ServerResponse, entry: FakeLogEntry, o: MalformedOptions, json: unknown) {
+    entry.fault = 'malformed';
+    entry.status = 200;
+    // never echo a real answer's text (a create's answer holds the key's value): cut the JSON of its
+    // keys only, or answer with the right envelope but none of the fields
+    const keys = json && typeof json === 'object' ? Object.keys(json as object) : [];
+    const text =
+      o.kind === 'truncated'
+        ? `{"${keys[0] ?? 'object'}": "`
+        : o.kind === 'html'
+          ? '<html><body><h1>502 Bad Gateway</h1></body></html>'
+          : JSON.stringify({ object: (json as { object?: unknown } | null)?.object ?? 'list' });
+    res.writeHead(200, {
+      'content-type': o.kind === 'html' ? 'text/html' : 'application/json',
+      'content-length': Buffer.byteLength(text),
+      'x-request-id': `req_${hex(6)}`,
+    });
+    res.end(text);
+  }
+
   const errorJson = (e: HttpError) => ({ error: { message: e.message, type: e.type, param: null, code: e.code } });
 
   const server: Server = createServer((req, res) => {
@@ -652,7 +692,16 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
           send(res, o.status, { error: { message: msg, type, param: null, code: o.code === undefined ? null : o.code } }, o.headers ?? {});
           return;
         }
+        if (fault?.kind === 'malformed' && !fault.opts.applied) {
+          sendMalformed(res, entry, fault.opts, { object: 'error' });
+          return;
+        }
         const out = await handle(method, route, params, query, body, req);
+        if (fault?.kind === 'malformed') {
+          sendMalformed(res, entry, fault.opts, out.json);
+          return;
+        }
+        if (fault?.kind === 'hold') await fault.released;
         if (fault?.kind === 'lose') {
           entry.fault = 'lost';
           req.socket.destroy();
@@ -696,6 +745,13 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     loseResponse: (route, times = 1) => faults.push({ kind: 'lose', route, remaining: times }),
     resetConnection: (route, times = 1) => faults.push({ kind: 'reset', route, remaining: times }),
     slowResponse: (route, ms, times = 1) => faults.push({ kind: 'slow', route, remaining: times, ms }),
+    holdResponse: (route) => {
+      let release = () => {};
+      const released = new Promise<void>((r) => (release = r));
+      faults.push({ kind: 'hold', route, remaining: 1, released });
+      return { release };
+    },
+    malformedResponse: (route, o) => faults.push({ kind: 'malformed', route, remaining: o.times ?? 1, opts: o }),
     setLatency: (ms) => {
       latencyMs = ms;
     },
