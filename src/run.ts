@@ -4,7 +4,7 @@
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { createActor, type SnapshotFrom } from 'xstate';
+import type { SnapshotFrom } from 'xstate';
 import { z } from 'zod';
 import { closeProviders, composeKey, expiresInSecondsFor, timingFor, type KeyProviders } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
@@ -14,8 +14,8 @@ import { KeyrotorError, toKeyrotorError } from './core/errors.ts';
 import { issuedKeyName, newRotationId } from './core/ids.ts';
 import { isLease, type KeyRecord, type Logger, type PersistedRotation, type RotationResult, type StateStore } from './core/ports.ts';
 import type { Outcome, Stage } from './core/stages.ts';
-import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput } from '../workflows/rotation/rotation.machine.ts';
-import { provideRotation, SecretVault, type StageEvent } from '../workflows/rotation/stages/index.ts';
+import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput, type RotationMachine } from '../workflows/rotation/rotation.machine.ts';
+import { createRotationActor, SecretVault, type RotationDeps, type StageEvent } from '../workflows/rotation/stages/index.ts';
 
 export const KEYROTOR_VERSION = '0.1.0';
 
@@ -242,7 +242,7 @@ async function runRotation(
   let paused = false;
   let pauseNow: () => void = () => {};
   const pauseRequested = () => o.signal?.aborted === true || (o.pauseAt !== undefined && clock.now() >= o.pauseAt);
-  const machine = provideRotation({
+  const deps: RotationDeps = {
     issuer: providers.issuer,
     stores: providers.stores,
     gates: providers.gates,
@@ -272,7 +272,7 @@ async function runRotation(
       if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
       else rlog.debug(fields, `${e.stage} ${e.phase}`);
     },
-  });
+  };
 
   const input: RotationInput = {
     rotationId,
@@ -285,9 +285,8 @@ async function runRotation(
     expiresInSeconds: expiresInSecondsFor(key),
     startedAt: clock.now(),
   };
-  const actor = snapshot
-    ? createActor(machine, { snapshot: snapshot as SnapshotFrom<typeof machine>, input: undefined as unknown as RotationInput })
-    : createActor(machine, { input });
+  // one machine definition for every rotation of the process; the deps are this rotation's
+  const actor = createRotationActor(deps, snapshot ? { snapshot: snapshot as SnapshotFrom<RotationMachine> } : { input });
 
   let lastState = '';
   /** the last snapshot written while the rotation was active (a leak-mode promote failure goes back to it) */
@@ -328,7 +327,7 @@ async function runRotation(
     }
   };
 
-  const done = new Promise<SnapshotFrom<typeof machine>>((resolve, reject) => {
+  const done = new Promise<SnapshotFrom<RotationMachine>>((resolve, reject) => {
     let lastValue = '';
     actor.subscribe({
       next: (s) => {

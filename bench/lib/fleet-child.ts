@@ -5,9 +5,11 @@
  *
  * IPC: { cmd: 'run', config, logFile, concurrency, holdStage?, holdCount? } -> { type: 'held' } once
  * `holdCount` rotations have started `holdStage`, then { type: 'done', ... } at the end;
- * { cmd: 'report' } -> { type: 'memory', ... }; { cmd: 'exit' } ends the process (held rotations stay
+ * { cmd: 'report' } -> { type: 'memory', ... }; { cmd: 'snapshot', file } -> { type: 'snapshot' } (a V8 heap
+ * snapshot, to see where the memory goes); { cmd: 'exit' } ends the process (held rotations stay
  * unfinished in the temp state dir, which the bench deletes).
  */
+import { writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../../src/config/load.ts';
 import { createFileStateStore } from '../../src/state/index.ts';
 import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type RotationObserver } from '../../src/run.ts';
@@ -29,7 +31,7 @@ interface RunCmd {
    */
   stagger?: number;
 }
-type Cmd = RunCmd | { cmd: 'report' } | { cmd: 'exit' };
+type Cmd = RunCmd | { cmd: 'report' } | { cmd: 'snapshot'; file: string } | { cmd: 'exit' };
 
 const send = (m: unknown) => process.send?.(m);
 
@@ -109,6 +111,8 @@ async function run(c: RunCmd): Promise<void> {
 
 process.on('message', (m: Cmd) => {
   if (m.cmd === 'report') send({ type: 'memory', memory: memory() });
+  // for finding where the memory goes: a V8 heap snapshot of this process (not used by the bench itself)
+  if (m.cmd === 'snapshot') send({ type: 'snapshot', file: writeHeapSnapshot(m.file) });
   if (m.cmd === 'exit') process.exit(0);
   if (m.cmd === 'run') {
     run(m).catch((e: unknown) => {

@@ -72,7 +72,7 @@ export async function createFleetWorld(tmp: string, keyCount: number, projectCou
   return { fake, dir, stateDir, keys, env, close: () => fake.close() };
 }
 
-function writeConfig(w: FleetWorld, file: string, issuerExtra: string, health: string): string {
+export function writeConfig(w: FleetWorld, file: string, issuerExtra: string, health: string): string {
   // JSON is YAML: one document, no templating of 1,000 entries
   const cfg = {
     version: 1,
