@@ -74,29 +74,17 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   rmSync(outdir, { recursive: true, force: true });
   mkdirSync(outdir, { recursive: true });
   const minify = o.minify !== false;
-  const result = await build({
-    absWorkingDir: ROOT,
-    entryPoints: Object.fromEntries(Object.entries(ENTRIES).map(([k, v]) => [k, path.join(ROOT, v)])),
-    outdir,
-    bundle: true,
-    platform: 'node',
-    target: 'node22',
-    format: 'esm',
-    splitting: true,
-    entryNames: '[name]',
-    chunkNames: 'chunks/[name]-[hash]',
-    external: EXTERNAL,
-    banner: { js: BANNER },
-    minify,
-    // function and class names survive minification, so stack traces stay readable; the .map files
-    // stay in dist/ (not in the zip) for `node --enable-source-maps`
-    keepNames: true,
-    sourcemap: 'linked',
-    legalComments: 'none',
-    metafile: true,
-    logLevel: 'warning',
-  });
-  const metafile = result.metafile;
+  // One esbuild run per entry point, into the same outdir: with a shared run, esbuild splits the code
+  // both entries use into chunks along *every* entry's dynamic imports, and the CLI loads each
+  // command's implementation with import(), so the Lambda would start by loading dozens of small
+  // chunks instead of a few. Chunk names carry a content hash, so a chunk both runs emit is the
+  // same file (the runs go one after the other, so no file is written by two at once).
+  const metafile: Metafile = { inputs: {}, outputs: {} };
+  for (const name of Object.keys(ENTRIES) as EntryName[]) {
+    const m = await buildEntry(name, outdir, minify);
+    Object.assign(metafile.inputs, m.inputs);
+    Object.assign(metafile.outputs, m.outputs);
+  }
 
   const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
   const distPkg = {
@@ -147,6 +135,32 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   writeFileSync(path.join(outdir, 'build-report.json'), JSON.stringify({ entries, zip: { bytes: report.zip.bytes, files: report.zip.files.length } }, null, 2) + '\n');
   if (o.print !== false) printReport(report);
   return report;
+}
+
+async function buildEntry(name: EntryName, outdir: string, minify: boolean): Promise<Metafile> {
+  const result = await build({
+    absWorkingDir: ROOT,
+    entryPoints: { [name]: path.join(ROOT, ENTRIES[name]) },
+    outdir,
+    bundle: true,
+    platform: 'node',
+    target: 'node22',
+    format: 'esm',
+    splitting: true,
+    entryNames: '[name]',
+    chunkNames: 'chunks/[name]-[hash]',
+    external: EXTERNAL,
+    banner: { js: BANNER },
+    minify,
+    // function and class names survive minification, so stack traces stay readable; the .map files
+    // stay in dist/ (not in the zip) for `node --enable-source-maps`
+    keepNames: true,
+    sourcemap: 'linked',
+    legalComments: 'none',
+    metafile: true,
+    logLevel: 'warning',
+  });
+  return result.metafile;
 }
 
 /** Which npm packages an output file contains (from the metafile). */

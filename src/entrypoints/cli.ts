@@ -2,11 +2,14 @@
 /**
  * keyrotor CLI: a thin adapter over run.ts. Results on stdout (a table, or one JSON document with
  * --json); logs on stderr (pretty on a TTY, JSON otherwise).
+ *
+ * Start-up: this file and the command modules import only what declaring the commands needs; each
+ * command loads its implementation (config, logger, run.ts, providers) with import() when it runs,
+ * so `keyrotor --help` and usage errors stay close to bare Node start-up (see commands/context.ts).
  */
 import { Command, CommanderError, Option } from 'commander';
-import { DEFAULT_CONFIG_FILE } from '../config/load.ts';
 import { toKeyrotorError } from '../core/errors.ts';
-import { KEYROTOR_VERSION } from '../run.ts';
+import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE, CLI_VERSION as KEYROTOR_VERSION } from './cli-defaults.ts';
 import { COMMANDS } from './commands/index.ts';
 import { makeContext, type CliIO } from './commands/context.ts';
 

@@ -32,6 +32,11 @@ function localRegistryIds(dir: string, key = 'demo'): string[] {
 }
 
 describe('keyrotor CLI (spawned)', () => {
+  it('the defaults --help shows (kept light for a fast --help) equal their owners\' values', async () => {
+    const { cliDefaultsDrift } = await import('../../src/entrypoints/cli-defaults.ts');
+    expect(await cliDefaultsDrift()).toEqual([]);
+  });
+
   it('rotate --now twice: bootstrap, then a full rotation with a different key; the first is revoked', async () => {
     const dir = workspace(LOCAL_CONFIG);
     const a = await runCli(['rotate', '--now', 'demo', '--json'], { cwd: dir });

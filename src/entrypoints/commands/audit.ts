@@ -1,63 +1,33 @@
-import { buildHistory, openAuditLog, type RotationHistory, type VerifyReport } from '../../audit/index.ts';
+import type { RotationHistory, VerifyReport } from '../../audit/index.ts';
 import { displayPath } from '../../state/atomic.ts';
-import { KeyrotorError } from '../../core/errors.ts';
-import { colorEnabled } from '../../preflight.ts';
-import type { RegisterCommand } from './context.ts';
+import type { CommandContext } from './context.ts';
 
 /**
  * `keyrotor audit verify [--json]`: check the audit log's hash chain, name the first broken record.
  * `keyrotor history [<key>] [--json] [--limit N]`: past rotations from the audit log.
  */
-export const registerAudit: RegisterCommand = (ctx) => {
-  const audit = ctx.program
-    .command('audit')
-    .description('the audit trail of every rotation (hash-chained JSONL in the state dir): `audit verify`')
-    .action(() => {
-      throw new KeyrotorError('USAGE', 'keyrotor audit needs a subcommand: `keyrotor audit verify` (past rotations: `keyrotor history`)');
-    });
+/** `keyrotor audit verify` (declared in index.ts) */
+export async function runAuditVerify(ctx: CommandContext, opts: { json?: boolean }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const cfg = await ctx.config();
+  const { openAuditLog } = await import('../../audit/index.ts');
+  const report = await openAuditLog(cfg).verify();
+  ctx.exit(report.ok ? 0 : 1);
+  ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
+}
 
-  audit
-    .command('verify')
-    .description('check the hash chain of the audit log; name the first broken record')
-    .option('--json', 'print the verification report as JSON on stdout')
-    .addHelpText(
-      'after',
-      `
-Every record carries the hash of the one before it; a head file names the last record appended.
-An edited, deleted, inserted or reordered record, or records cut off the end, break the chain.
-A torn last line (a crash in the middle of an append) is a warning: it was never acknowledged, and
-the next append cuts it off and records a repair.
-Exit codes: 0 intact, 1 broken (the first broken record is named), 2 usage/config.`,
-    )
-    .action(async (opts: { json?: boolean }) => {
-      ctx.setJson(opts.json === true);
-      const cfg = await ctx.config();
-      const report = await openAuditLog(cfg).verify();
-      ctx.exit(report.ok ? 0 : 1);
-      ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
-    });
-
-  ctx.program
-    .command('history')
-    .description('past rotations from the audit log: every stage, outcome, who ran it')
-    .argument('[key]', 'only this key')
-    .option('--json', 'print { "rotations": [ { "rotationId", "key", "outcome", "stages": [...] } ] } on stdout')
-    .option('--limit <n>', 'only the last n rotations', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new KeyrotorError('USAGE', `--limit must be a positive integer (got ${JSON.stringify(v)})`);
-      return n;
-    })
-    .action(async (key: string | undefined, opts: { json?: boolean; limit?: number }) => {
-      ctx.setJson(opts.json === true);
-      const cfg = await ctx.config();
-      if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
-      const log = openAuditLog(cfg);
-      const { records, warnings } = await log.read();
-      for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
-      const rotations = buildHistory(records, { key, limit: opts.limit });
-      ctx.io.stdout(opts.json ? JSON.stringify({ rotations }, null, 2) + '\n' : renderHistory(rotations, colorEnabled(ctx.io.env)));
-    });
-};
+/** `keyrotor history` (declared in index.ts) */
+export async function runHistory(ctx: CommandContext, key: string | undefined, opts: { json?: boolean; limit?: number }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const cfg = await ctx.config();
+  if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
+  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([import('../../audit/index.ts'), import('../../preflight.ts')]);
+  const log = openAuditLog(cfg);
+  const { records, warnings } = await log.read();
+  for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
+  const rotations = buildHistory(records, { key, limit: opts.limit });
+  ctx.io.stdout(opts.json ? JSON.stringify({ rotations }, null, 2) + '\n' : renderHistory(rotations, colorEnabled(ctx.io.env)));
+}
 
 export function renderVerify(r: VerifyReport): string {
   const where = displayPath(r.file);

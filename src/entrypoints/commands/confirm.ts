@@ -15,8 +15,8 @@ import { ROTATION_ID_RE } from '../../core/ids.ts';
 import type { KeyRecord } from '../../core/ports.ts';
 import { scrubText } from '../../core/secret.ts';
 import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, uniqueSibling } from '../../state/atomic.ts';
-import { DECISION_FORMAT, decisionFile, readDecision, type Decision } from '../../../providers/health/manual/manual.decision.ts';
-import type { RegisterCommand } from './context.ts';
+import type { Decision } from '../../../providers/health/manual/manual.decision.ts';
+import type { CommandContext } from './context.ts';
 
 interface ConfirmOptions {
   reject?: boolean;
@@ -63,116 +63,98 @@ const stageOf = (rec: KeyRecord | null): string | undefined => {
   return typeof v === 'string' ? v : undefined;
 };
 
-export const registerConfirm: RegisterCommand = (ctx) => {
-  ctx.program
-    .command('confirm')
-    .description('answer a manual health gate: confirm that consumers moved to the new key (the old key may be revoked), or --reject to roll back')
-    .argument('<target>', 'key name (its running rotation) or rotation id (rot-...)')
-    .option('--reject', 'reject: the rotation rolls back and the old key stays current')
-    .option('--reason <text>', 'why, kept with the decision and shown in the gate observation')
-    .option('--json', 'print the recorded decision as one JSON document')
-    .addHelpText(
-      'after',
-      `
-The decision is written to <stateDir>/confirm/<key>.<rotationId>.json; the manual gate of the running
-rotation picks it up on its next poll (also after a restart). A decision cannot be changed once
-recorded. Run it against the same state dir as the rotation (same machine or shared volume).
+export async function runConfirm(ctx: CommandContext, target: string, opts: ConfirmOptions): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const cfg = await ctx.config();
+  const stateStore = await ctx.stateStore(cfg);
 
-Exit codes: 0 recorded (or already recorded), 2 no such key or no rotation in progress, or a different
-decision was already recorded.`,
-    )
-    .action(async (target: string, opts: ConfirmOptions) => {
-      ctx.setJson(opts.json === true);
-      const cfg = await ctx.config();
-      const stateStore = ctx.stateStore(cfg);
-
-      let key: ResolvedKey | undefined = cfg.keys.find((k) => k.name === target);
-      let record: KeyRecord | null = null;
-      let rotationId: string | undefined;
-      if (key) {
-        record = await stateStore.read(key.name);
-        rotationId = record?.active?.rotationId;
-        if (!rotationId) {
-          const last = record?.last;
-          throw new KeyrotorError('USAGE', `${key.name} has no rotation in progress: nothing to confirm`, {
-            ...(last?.rotationId ? { hint: `its last rotation ${last.rotationId} ended ${last.outcome}` } : {}),
-          });
-        }
-      } else if (ROTATION_ID_RE.test(target)) {
-        for (const k of cfg.keys) {
-          const rec = await stateStore.read(k.name);
-          if (rec?.active?.rotationId === target) {
-            key = k;
-            record = rec;
-            rotationId = target;
-            break;
-          }
-          if (rec?.last?.rotationId === target) {
-            throw new KeyrotorError('USAGE', `rotation ${target} of ${k.name} already ended (${rec.last.outcome}): nothing to confirm`);
-          }
-        }
-        if (!key || !rotationId) throw new KeyrotorError('USAGE', `no rotation ${target} is in progress in ${displayPath(cfg.stateDir)}`);
-      } else {
-        throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${target}" (configured: ${cfg.keys.map((x) => x.name).join(', ')}); or pass a rotation id (rot-...)`);
+  let key: ResolvedKey | undefined = cfg.keys.find((k) => k.name === target);
+  let record: KeyRecord | null = null;
+  let rotationId: string | undefined;
+  if (key) {
+    record = await stateStore.read(key.name);
+    rotationId = record?.active?.rotationId;
+    if (!rotationId) {
+      const last = record?.last;
+      throw new KeyrotorError('USAGE', `${key.name} has no rotation in progress: nothing to confirm`, {
+        ...(last?.rotationId ? { hint: `its last rotation ${last.rotationId} ended ${last.outcome}` } : {}),
+      });
+    }
+  } else if (ROTATION_ID_RE.test(target)) {
+    for (const k of cfg.keys) {
+      const rec = await stateStore.read(k.name);
+      if (rec?.active?.rotationId === target) {
+        key = k;
+        record = rec;
+        rotationId = target;
+        break;
       }
-      if (!key.health.some((g) => g.type === 'manual')) {
-        throw new KeyrotorError('USAGE', `${key.name} has no manual gate: nothing waits for a confirmation`, {
-          hint: 'add `{ type: manual }` to its health list to wait for `keyrotor confirm`',
-        });
+      if (rec?.last?.rotationId === target) {
+        throw new KeyrotorError('USAGE', `rotation ${target} of ${k.name} already ended (${rec.last.outcome}): nothing to confirm`);
       }
-
-      const decision: Decision = {
-        format: DECISION_FORMAT,
-        key: key.name,
-        rotationId,
-        decision: opts.reject ? 'reject' : 'confirm',
-        at: new Date().toISOString(),
-        by: who(),
-        ...(opts.reason?.trim() ? { reason: scrubText(opts.reason.replace(/\s+/g, ' ').trim()).slice(0, 500) } : {}),
-      };
-      const file = decisionFile(cfg.stateDir, key.name, rotationId);
-      let created = await createExclusive(file, JSON.stringify(decision, null, 2) + '\n');
-      let recorded = decision;
-      if (!created) {
-        const existing = await readDecision(cfg.stateDir, key.name, rotationId);
-        if (existing.kind !== 'decision') {
-          throw new KeyrotorError('STATE_UNREADABLE', `a decision file for rotation ${rotationId} exists but is unreadable: ${existing.kind === 'unreadable' ? existing.detail : 'vanished'}`, {
-            hint: `check ${displayPath(file)}, remove it, and run keyrotor confirm again`,
-          });
-        }
-        if (existing.decision.decision !== decision.decision) {
-          throw new KeyrotorError(
-            'USAGE',
-            `rotation ${rotationId} of ${key.name} was already ${existing.decision.decision === 'confirm' ? 'confirmed' : 'rejected'} by ${existing.decision.by} at ${existing.decision.at}; a decision cannot be changed`,
-          );
-        }
-        recorded = existing.decision;
-        created = false;
-      }
-      const stage = stageOf(record);
-      const out = {
-        key: key.name,
-        rotationId,
-        decision: recorded.decision,
-        by: recorded.by,
-        at: recorded.at,
-        ...(recorded.reason ? { reason: recorded.reason } : {}),
-        alreadyRecorded: !created,
-        stage: stage ?? null,
-        file: displayPath(file),
-      };
-      if (opts.json) {
-        ctx.io.stdout(JSON.stringify(out, null, 2) + '\n');
-        return;
-      }
-      const verb = recorded.decision === 'confirm' ? 'confirmed' : 'rejected';
-      const effect =
-        recorded.decision === 'confirm'
-          ? 'the manual gate passes on its next check; the old key is revoked once every gate passed'
-          : 'the manual gate fails on its next check and the rotation rolls back to the old key';
-      ctx.io.stdout(
-        `${key.name}: rotation ${rotationId} ${verb}${created ? '' : ' (already recorded)'}: ${effect}` +
-          `${stage && stage !== 'confirm' ? ` (it is at stage ${stage} now)` : ''}\n`,
-      );
+    }
+    if (!key || !rotationId) throw new KeyrotorError('USAGE', `no rotation ${target} is in progress in ${displayPath(cfg.stateDir)}`);
+  } else {
+    throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${target}" (configured: ${cfg.keys.map((x) => x.name).join(', ')}); or pass a rotation id (rot-...)`);
+  }
+  if (!key.health.some((g) => g.type === 'manual')) {
+    throw new KeyrotorError('USAGE', `${key.name} has no manual gate: nothing waits for a confirmation`, {
+      hint: 'add `{ type: manual }` to its health list to wait for `keyrotor confirm`',
     });
-};
+  }
+
+  const { DECISION_FORMAT, decisionFile, readDecision } = await import('../../../providers/health/manual/manual.decision.ts');
+  const decision: Decision = {
+    format: DECISION_FORMAT,
+    key: key.name,
+    rotationId,
+    decision: opts.reject ? 'reject' : 'confirm',
+    at: new Date().toISOString(),
+    by: who(),
+    ...(opts.reason?.trim() ? { reason: scrubText(opts.reason.replace(/\s+/g, ' ').trim()).slice(0, 500) } : {}),
+  };
+  const file = decisionFile(cfg.stateDir, key.name, rotationId);
+  let created = await createExclusive(file, JSON.stringify(decision, null, 2) + '\n');
+  let recorded = decision;
+  if (!created) {
+    const existing = await readDecision(cfg.stateDir, key.name, rotationId);
+    if (existing.kind !== 'decision') {
+      throw new KeyrotorError('STATE_UNREADABLE', `a decision file for rotation ${rotationId} exists but is unreadable: ${existing.kind === 'unreadable' ? existing.detail : 'vanished'}`, {
+        hint: `check ${displayPath(file)}, remove it, and run keyrotor confirm again`,
+      });
+    }
+    if (existing.decision.decision !== decision.decision) {
+      throw new KeyrotorError(
+        'USAGE',
+        `rotation ${rotationId} of ${key.name} was already ${existing.decision.decision === 'confirm' ? 'confirmed' : 'rejected'} by ${existing.decision.by} at ${existing.decision.at}; a decision cannot be changed`,
+      );
+    }
+    recorded = existing.decision;
+    created = false;
+  }
+  const stage = stageOf(record);
+  const out = {
+    key: key.name,
+    rotationId,
+    decision: recorded.decision,
+    by: recorded.by,
+    at: recorded.at,
+    ...(recorded.reason ? { reason: recorded.reason } : {}),
+    alreadyRecorded: !created,
+    stage: stage ?? null,
+    file: displayPath(file),
+  };
+  if (opts.json) {
+    ctx.io.stdout(JSON.stringify(out, null, 2) + '\n');
+    return;
+  }
+  const verb = recorded.decision === 'confirm' ? 'confirmed' : 'rejected';
+  const effect =
+    recorded.decision === 'confirm'
+      ? 'the manual gate passes on its next check; the old key is revoked once every gate passed'
+      : 'the manual gate fails on its next check and the rotation rolls back to the old key';
+  ctx.io.stdout(
+    `${key.name}: rotation ${rotationId} ${verb}${created ? '' : ' (already recorded)'}: ${effect}` +
+      `${stage && stage !== 'confirm' ? ` (it is at stage ${stage} now)` : ''}\n`,
+  );
+}

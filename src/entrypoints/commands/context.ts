@@ -1,14 +1,17 @@
 /**
  * What every CLI command module gets: IO, config loading, key selection, a lazily created logger and
  * the state store. Each command lives in its own file and registers itself on the program.
+ *
+ * Start-up cost: a command module imports only what declaring the command needs (commander, the
+ * error type, small helpers). Everything a command needs to *run* (config loading, the logger, the
+ * state store, run.ts, providers) is loaded with import() inside its action, so `keyrotor --help`
+ * and usage errors load none of it.
  */
 import type { Command } from 'commander';
-import { loadConfig, type LoadedConfig } from '../../config/load.ts';
+import type { LoadedConfig } from '../../config/load.ts';
 import type { ResolvedKey } from '../../config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, StateStore } from '../../core/ports.ts';
-import { createLogger } from '../../log.ts';
-import { createFileStateStore } from '../../state/index.ts';
 
 export interface CliIO {
   stdout: (s: string) => void;
@@ -24,7 +27,7 @@ export interface CommandContext {
   /** the named keys (all when none); unknown names are UNKNOWN_KEY (exit 2) */
   pickKeys(cfg: LoadedConfig, names: string[]): ResolvedKey[];
   logger(): Promise<Logger>;
-  stateStore(cfg: LoadedConfig): StateStore;
+  stateStore(cfg: LoadedConfig): Promise<StateStore>;
   /** set the process exit code (the highest one wins) */
   exit(code: number): void;
   /** the command prints JSON on stdout: errors are also reported as one JSON document */
@@ -38,7 +41,10 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
   return {
     io,
     program,
-    config: () => loadConfig(program.opts<{ config: string }>().config, io.env),
+    config: async () => {
+      const { loadConfig } = await import('../../config/load.ts');
+      return loadConfig(program.opts<{ config: string }>().config, io.env);
+    },
     pickKeys(cfg, names) {
       if (names.length === 0) return cfg.keys;
       return names.map((n) => {
@@ -49,10 +55,14 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
     },
     async logger() {
       const level = program.opts<{ logLevel?: string }>().logLevel;
+      const { createLogger } = await import('../../log.ts');
       logger ??= await createLogger({ ...(level ? { level } : {}), ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}) });
       return logger;
     },
-    stateStore: (cfg) => createFileStateStore(cfg.stateDir),
+    async stateStore(cfg) {
+      const { createFileStateStore } = await import('../../state/index.ts');
+      return createFileStateStore(cfg.stateDir);
+    },
     exit(code) {
       state.exitCode = Math.max(state.exitCode, code);
     },

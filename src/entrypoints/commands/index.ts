@@ -1,17 +1,298 @@
-/** Every CLI command, in --help order. A new command is a new file plus one line here. */
-import type { RegisterCommand } from './context.ts';
-import { registerRotate } from './rotate.ts';
-import { registerResume } from './resume.ts';
-import { registerConfirm } from './confirm.ts';
-import { registerStatus } from './status.ts';
-import { registerAudit } from './audit.ts';
-import { registerInventory } from './inventory.ts';
-import { registerCheck } from './check.ts';
-import { registerSweep } from './sweep.ts';
-import { registerAdopt } from './adopt.ts';
-import { registerServe } from './serve.ts';
-import { registerDaemon } from './daemon.ts';
-import { registerValidate } from './validate.ts';
+/**
+ * Every CLI command, in --help order: the light command table. Each command is declared here (name,
+ * arguments, options, help text: everything `--help` and usage errors need) and its action lives in
+ * its own file (rotate.ts, status.ts, ...), imported only when the command runs, so `keyrotor --help`
+ * loads commander and this file, not the config loader, the logger, run.ts or any provider.
+ * A new command is a new action file plus one declaration here.
+ */
+import { Option } from 'commander';
+import { KeyrotorError } from '../../core/errors.ts';
+import {
+  CLI_DAEMON_JITTER_MS as DEFAULT_JITTER_MS,
+  CLI_DAEMON_TICK as DEFAULT_TICK,
+  CLI_SERVE_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES,
+  CLI_SERVE_REQUEST_TIMEOUT_MS as DEFAULT_REQUEST_TIMEOUT_MS,
+  CLI_SERVE_SAFETY_MARGIN_MS as DEFAULT_SAFETY_MARGIN_MS,
+} from '../cli-defaults.ts';
+import type { CommandContext, RegisterCommand } from './context.ts';
+import { durationOpt, intOpt, list } from './options.ts';
+
+/** an action that loads its implementation when the command runs; commander's arguments are passed on */
+function lazy<A extends unknown[]>(ctx: CommandContext, load: () => Promise<(ctx: CommandContext, ...args: A) => Promise<void>>) {
+  return async (...args: A): Promise<void> => {
+    const run = await load();
+    await run(ctx, ...args);
+  };
+}
+
+export const registerRotate: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('rotate')
+    .description('rotate every key that is due, or the named keys with --now')
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--now', 'rotate now even if not due')
+    .option('--leaked', 'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)')
+    .option('--dry-run', 'print the plan and change nothing')
+    .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
+    .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
+    .option('--concurrency <n>', 'keys rotated at the same time', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .action(lazy(ctx, async () => (await import('./rotate.ts')).runRotate));
+};
+
+export const registerResume: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('resume')
+    .description('finish or roll back unfinished rotations (after a crash); never starts a new one')
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--json', 'print exactly one JSON document on stdout: { "results": [...] } (outcome "skipped" = nothing to resume)')
+    .addHelpText(
+      'after',
+      `
+An unfinished rotation is one whose snapshot is still in the state store (the process died, was
+killed, or paused). resume picks it up at the stage it was in: every stage is idempotent, so the
+stage that was in flight is simply run again. A crash between creating the new key and storing it
+loses the value: that rotation rolls back and deletes the key. A lock held by a dead process is
+taken over once its lease expires (defaults.lease.ttl); until then resume exits 3.`,
+    )
+    .action(lazy(ctx, async () => (await import('./resume.ts')).runResume));
+};
+
+export const registerConfirm: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('confirm')
+    .description('answer a manual health gate: confirm that consumers moved to the new key (the old key may be revoked), or --reject to roll back')
+    .argument('<target>', 'key name (its running rotation) or rotation id (rot-...)')
+    .option('--reject', 'reject: the rotation rolls back and the old key stays current')
+    .option('--reason <text>', 'why, kept with the decision and shown in the gate observation')
+    .option('--json', 'print the recorded decision as one JSON document')
+    .addHelpText(
+      'after',
+      `
+The decision is written to <stateDir>/confirm/<key>.<rotationId>.json; the manual gate of the running
+rotation picks it up on its next poll (also after a restart). A decision cannot be changed once
+recorded. Run it against the same state dir as the rotation (same machine or shared volume).
+
+Exit codes: 0 recorded (or already recorded), 2 no such key or no rotation in progress, or a different
+decision was already recorded.`,
+    )
+    .action(lazy(ctx, async () => (await import('./confirm.ts')).runConfirm));
+};
+
+export const registerStatus: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('status')
+    .description('show per key: current key id, age vs schedule, next due, last outcome, any unfinished rotation and what it waits for')
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--json', 'print { "keys": [ { "name", "currentKeyId", "lastRotatedAt", "nextDueAt", "lastOutcome", ... } ] } on stdout')
+    .action(lazy(ctx, async () => (await import('./status.ts')).runStatus));
+};
+
+export const registerAudit: RegisterCommand = (ctx) => {
+  const audit = ctx.program
+    .command('audit')
+    .description('the audit trail of every rotation (hash-chained JSONL in the state dir): `audit verify`')
+    .action(() => {
+      throw new KeyrotorError('USAGE', 'keyrotor audit needs a subcommand: `keyrotor audit verify` (past rotations: `keyrotor history`)');
+    });
+
+  audit
+    .command('verify')
+    .description('check the hash chain of the audit log; name the first broken record')
+    .option('--json', 'print the verification report as JSON on stdout')
+    .addHelpText(
+      'after',
+      `
+Every record carries the hash of the one before it; a head file names the last record appended.
+An edited, deleted, inserted or reordered record, or records cut off the end, break the chain.
+A torn last line (a crash in the middle of an append) is a warning: it was never acknowledged, and
+the next append cuts it off and records a repair.
+Exit codes: 0 intact, 1 broken (the first broken record is named), 2 usage/config.`,
+    )
+    .action(lazy(ctx, async () => (await import('./audit.ts')).runAuditVerify));
+
+  ctx.program
+    .command('history')
+    .description('past rotations from the audit log: every stage, outcome, who ran it')
+    .argument('[key]', 'only this key')
+    .option('--json', 'print { "rotations": [ { "rotationId", "key", "outcome", "stages": [...] } ] } on stdout')
+    .option('--limit <n>', 'only the last n rotations', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new KeyrotorError('USAGE', `--limit must be a positive integer (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .action(lazy(ctx, async () => (await import('./audit.ts')).runHistory));
+};
+
+export const registerInventory: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('inventory')
+    .description('list every key of the configured OpenAI projects and flag the risky ones (read-only)')
+    .argument('[keys...]', 'only the projects of these configured keys (default: all)')
+    .option('--json', 'print { "projects": [...], "keys": [ { "keyId", "owner", "ageDays", "lastUsedAt", "expiresAt", "managedBy", "flags" } ], "flagged" } on stdout')
+    .option('--unused-days <n>', 'a key unused for this many days is stale (default 30)', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 3650) throw new KeyrotorError('USAGE', `--unused-days must be an integer from 1 to 3650 (got ${JSON.stringify(v)})`);
+      return n;
+    })
+    .addHelpText(
+      'after',
+      `
+Flags: unmanaged (not made by keyrotor and not current for a configured key), orphaned (made by
+keyrotor but neither current nor part of a running rotation), stale (unused for --unused-days),
+no_expiry, user_owned (should be a service-account key).
+Exit codes: 0 nothing flagged, 1 a key is flagged (or a project could not be listed), 2 usage/config.`,
+    )
+    .action(lazy(ctx, async () => (await import('./inventory.ts')).runInventory));
+};
+
+export const registerCheck: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('check')
+    .description('preflight: the issuer can list (and create), the service account exists, every store is reachable and writable, the gates answer')
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--json', 'print { "ok", "checks": [ { "key", "check", "status", "detail", "fix"? } ] } on stdout')
+    .addHelpText(
+      'after',
+      `
+One line per check: ok | warn | FAIL | skip, the key, the check, what was seen, and "→ fix: ..." when
+it fails. Read-only: nothing is created, written or locked.
+Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 usage/config.`,
+    )
+    .action(lazy(ctx, async () => (await import('./check.ts')).runCheck));
+};
+
+export const registerSweep: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('sweep')
+    .description("delete orphan keys: issuer keys named keyrotor.<key>.<rotationId> that no rotation owns and no store serves")
+    .argument('[keys...]', 'key names from the config (default: all keys)')
+    .option('--dry-run', 'list what would be deleted; change nothing (an unfinished rotation is not resumed either)')
+    .option('--json', 'print exactly one JSON document on stdout: { "keys": [ { "key", "outcome", "entries": [...] } ] }')
+    .addHelpText(
+      'after',
+      `
+Never deleted: a key whose name lacks keyrotor's marker for a configured key; a key that is current
+or pending in any configured store (or current in the state record, or adopted); a key of an
+unfinished rotation (that rotation is resumed first, which finishes it or discards its new key);
+anything at all for a key whose stores cannot all be read. The key's lock is held while sweeping.
+
+outcome per key: clean (no orphans) | swept (orphans deleted, or listed with --dry-run)
+                 | incomplete (a delete or a read failed; nothing unsafe was done) | locked
+Exit codes: 0 clean/swept, 1 incomplete (or a resumed rotation rolled back), 2 usage/config,
+3 locked, 4 a resumed rotation needs attention.
+`,
+    )
+    .action(lazy(ctx, async () => (await import('./sweep.ts')).runSweep));
+};
+
+export const registerAdopt: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('adopt')
+    .description('tell keyrotor which issuer key the value in the store is (for keys a person created by hand)')
+    .argument('<key>', 'key name from the config')
+    .requiredOption('--key-id <id>', 'issuer key id of the value that is current in the store')
+    .action(lazy(ctx, async () => (await import('./adopt.ts')).runAdopt));
+};
+
+export const registerServe: RegisterCommand = (ctx) => {
+  const env = ctx.io.env;
+  ctx.program
+    .command('serve')
+    .description('HTTP server for Cloud Run: POST /rotate (Cloud Scheduler), POST /pubsub (Secret Manager SECRET_ROTATE), GET /healthz')
+    .addOption(new Option('--port <port>', 'port to listen on (0 = any free port)').default(env.PORT ?? '8080').argParser(intOpt('--port', 0, 65535)))
+    .option('--host <address>', 'address to bind', env.KEYROTOR_SERVE_HOST ?? '0.0.0.0')
+    .option('--audience <aud...>', 'accepted OIDC audience(s), e.g. the service URL', list(env.KEYROTOR_OIDC_AUDIENCE))
+    .option('--allowed-email <email...>', 'service account(s) allowed to call (the token\'s verified email)', list(env.KEYROTOR_OIDC_EMAILS))
+    .option('--allow-any-google-identity', 'accept any Google identity holding a token for the audience (not recommended)')
+    .option('--jwks-url <url>', 'OIDC signing keys (default Google\'s)', env.KEYROTOR_OIDC_JWKS_URL)
+    .option('--token-env <name>', 'env var holding the shared bearer token', env.KEYROTOR_SERVE_TOKEN_ENV ?? 'KEYROTOR_SERVE_TOKEN')
+    .addOption(
+      new Option('--max-body <bytes>', 'largest accepted request body')
+        .default(env.KEYROTOR_SERVE_MAX_BODY ?? String(DEFAULT_MAX_BODY_BYTES))
+        .argParser(intOpt('--max-body', 256, 10 * 1024 * 1024)),
+    )
+    .addOption(
+      new Option('--request-timeout <duration>', 'the platform\'s request timeout: rotations pause before it')
+        .default(env.KEYROTOR_SERVE_REQUEST_TIMEOUT ?? `${DEFAULT_REQUEST_TIMEOUT_MS / 1000}s`)
+        .argParser(durationOpt('--request-timeout')),
+    )
+    .addOption(
+      new Option('--safety-margin <duration>', 'stop this long before the request timeout').default(`${DEFAULT_SAFETY_MARGIN_MS / 1000}s`).argParser(durationOpt('--safety-margin')),
+    )
+    .addHelpText('after', SERVE_HELP)
+    .action(lazy(ctx, async () => (await import('./serve.ts')).runServe));
+};
+
+export const registerDaemon: RegisterCommand = (ctx) => {
+  const env = ctx.io.env;
+  ctx.program
+    .command('daemon')
+    .description('run as a scheduler: rotate due keys on a cron tick with jitter, never overlapping; SIGTERM pauses safely')
+    .option('--tick <cron>', 'cron pattern of the tick', env.KEYROTOR_DAEMON_TICK ?? DEFAULT_TICK)
+    .option('--jitter <duration>', 'random delay before each run (0 = none)', env.KEYROTOR_DAEMON_JITTER ?? `${DEFAULT_JITTER_MS / 1000}s`)
+    .option('--timezone <tz>', 'IANA time zone of the tick pattern', env.KEYROTOR_DAEMON_TIMEZONE)
+    .option('--no-run-at-start', 'wait for the first tick instead of running at once')
+    .addOption(new Option('--concurrency <n>', 'keys rotated at the same time').argParser((v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
+      return n;
+    }))
+    .option('--json', 'print each run as one JSON line on stdout: { "results": [...] }')
+    .addHelpText('after', DAEMON_HELP)
+    .action(lazy(ctx, async () => (await import('./daemon.ts')).runDaemon));
+};
+
+export const registerValidate: RegisterCommand = (ctx) => {
+  ctx.program
+    .command('validate')
+    .description('check the config file; exit 0 when valid, 2 otherwise')
+    .action(lazy(ctx, async () => (await import('./validate.ts')).runValidate));
+
+  ctx.program
+    .command('schema')
+    .description('print the JSON Schema of rotation.config.yaml (for editor completion)')
+    .action(lazy(ctx, async () => (await import('./validate.ts')).runSchema));
+};
+
+const DAEMON_HELP = `
+Every tick resumes unfinished rotations, then rotates each key whose schedule.every has passed (the
+same rule as \`keyrotor rotate\`), after a random jitter. Runs never overlap: a tick during a run is
+skipped. One run starts right away unless --no-run-at-start.
+
+SIGTERM / SIGINT: no new run starts; running rotations stop at the next safe point and stay
+in_progress in the state store; the next start resumes them. Exits 0.
+
+Environment (flags win):
+  KEYROTOR_DAEMON_TICK      cron pattern of the tick (default "${DEFAULT_TICK}")
+  KEYROTOR_DAEMON_JITTER    jitter before each run (default ${DEFAULT_JITTER_MS / 1000}s)
+  KEYROTOR_DAEMON_TIMEZONE  time zone of the pattern (default the host's)
+`;
+
+const SERVE_HELP = `
+Routes:
+  GET  /healthz   liveness (no authentication)
+  POST /rotate    rotate every due key (Cloud Scheduler); body {} or { "keys": [...], "now": true }
+  POST /pubsub    Pub/Sub push of Secret Manager notifications: SECRET_ROTATE rotates the key whose
+                  gcp-secret-manager store is that secret; other event types are acknowledged
+
+Authentication (every route but /healthz): a Google-signed OIDC ID token for one of the --audience
+values, from one of the --allowed-email identities, or the bearer token held in the env var named by
+--token-env (compared in constant time). At least one must be configured.
+
+Environment (flags win):
+  PORT                          port (Cloud Run sets it)
+  KEYROTOR_SERVE_HOST           bind address
+  KEYROTOR_OIDC_AUDIENCE        audiences, comma-separated
+  KEYROTOR_OIDC_EMAILS          allowed caller e-mails, comma-separated
+  KEYROTOR_OIDC_JWKS_URL        signing keys URL (default Google's)
+  KEYROTOR_SERVE_TOKEN_ENV      name of the env var holding the bearer token (default KEYROTOR_SERVE_TOKEN)
+  KEYROTOR_SERVE_MAX_BODY       body limit in bytes
+  KEYROTOR_SERVE_REQUEST_TIMEOUT  the platform's request timeout (Cloud Run: the service timeout)
+`;
 
 export const COMMANDS: RegisterCommand[] = [
   registerRotate,

@@ -1,50 +1,29 @@
-import { KeyrotorError } from '../../core/errors.ts';
-import { runInventory, type InventoryKey, type InventoryReport } from '../../inventory.ts';
-import { colorEnabled } from '../../preflight.ts';
-import { table, type RegisterCommand } from './context.ts';
+import type { InventoryKey, InventoryReport } from '../../inventory.ts';
+import { table, type CommandContext } from './context.ts';
 
 /** `keyrotor inventory [<key>...] [--json] [--unused-days N]`: every key of the configured OpenAI projects. */
-export const registerInventory: RegisterCommand = (ctx) => {
-  ctx.program
-    .command('inventory')
-    .description('list every key of the configured OpenAI projects and flag the risky ones (read-only)')
-    .argument('[keys...]', 'only the projects of these configured keys (default: all)')
-    .option('--json', 'print { "projects": [...], "keys": [ { "keyId", "owner", "ageDays", "lastUsedAt", "expiresAt", "managedBy", "flags" } ], "flagged" } on stdout')
-    .option('--unused-days <n>', 'a key unused for this many days is stale (default 30)', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 3650) throw new KeyrotorError('USAGE', `--unused-days must be an integer from 1 to 3650 (got ${JSON.stringify(v)})`);
-      return n;
-    })
-    .addHelpText(
-      'after',
-      `
-Flags: unmanaged (not made by keyrotor and not current for a configured key), orphaned (made by
-keyrotor but neither current nor part of a running rotation), stale (unused for --unused-days),
-no_expiry, user_owned (should be a service-account key).
-Exit codes: 0 nothing flagged, 1 a key is flagged (or a project could not be listed), 2 usage/config.`,
-    )
-    .action(async (names: string[], opts: { json?: boolean; unusedDays?: number }) => {
-      ctx.setJson(opts.json === true);
-      const cfg = await ctx.config();
-      const keys = ctx.pickKeys(cfg, names);
-      const report = await runInventory({
-        config: cfg,
-        keys,
-        stateStore: ctx.stateStore(cfg),
-        logger: await ctx.logger(),
-        env: ctx.io.env,
-        ...(opts.unusedDays ? { unusedDays: opts.unusedDays } : {}),
-      });
-      for (const p of report.projects) {
-        if (p.error) {
-          ctx.io.stderr(`keyrotor: ${p.error.code}: cannot list ${p.project}: ${p.error.message}${p.error.hint ? ` (${p.error.hint})` : ''}\n`);
-          ctx.exit(Math.max(1, errorExit(p.error.code)));
-        }
-      }
-      if (report.flagged > 0) ctx.exit(1);
-      ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderInventory(report, colorEnabled(ctx.io.env)));
-    });
-};
+export async function runInventory(ctx: CommandContext, names: string[], opts: { json?: boolean; unusedDays?: number }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const cfg = await ctx.config();
+  const keys = ctx.pickKeys(cfg, names);
+  const [{ runInventory }, { colorEnabled }] = await Promise.all([import('../../inventory.ts'), import('../../preflight.ts')]);
+  const report = await runInventory({
+    config: cfg,
+    keys,
+    stateStore: await ctx.stateStore(cfg),
+    logger: await ctx.logger(),
+    env: ctx.io.env,
+    ...(opts.unusedDays ? { unusedDays: opts.unusedDays } : {}),
+  });
+  for (const p of report.projects) {
+    if (p.error) {
+      ctx.io.stderr(`keyrotor: ${p.error.code}: cannot list ${p.project}: ${p.error.message}${p.error.hint ? ` (${p.error.hint})` : ''}\n`);
+      ctx.exit(Math.max(1, errorExit(p.error.code)));
+    }
+  }
+  if (report.flagged > 0) ctx.exit(1);
+  ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderInventory(report, colorEnabled(ctx.io.env)));
+}
 
 function errorExit(code: string): number {
   return code.startsWith('CONFIG_') || code === 'USAGE' ? 2 : 1;

@@ -1,62 +1,46 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
-import { defaultObservers, flushObservers } from '../../observers.ts';
-import { colorEnabled, renderPreflight, runPreflight } from '../../preflight.ts';
-import { rotateKeys, type KeyResult } from '../../run.ts';
-import type { RegisterCommand } from './context.ts';
+import type { KeyResult } from '../../run.ts';
+import type { CommandContext } from './context.ts';
 
-export const registerRotate: RegisterCommand = (ctx) => {
-  ctx.program
-    .command('rotate')
-    .description('rotate every key that is due, or the named keys with --now')
-    .argument('[keys...]', 'key names from the config (default: all keys)')
-    .option('--now', 'rotate now even if not due')
-    .option('--leaked', 'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)')
-    .option('--dry-run', 'print the plan and change nothing')
-    .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
-    .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
-    .option('--concurrency <n>', 'keys rotated at the same time', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
-      return n;
-    })
-    .action(async (names: string[], opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number }) => {
-      ctx.setJson(opts.json === true);
-      if (opts.leaked && !opts.now) throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
-      if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
-      const cfg = await ctx.config();
-      const keys = ctx.pickKeys(cfg, names);
-      const logger = await ctx.logger();
-      const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
-      const base = {
-        config: cfg,
-        stateStore: ctx.stateStore(cfg),
-        logger,
-        observers,
-        env: ctx.io.env,
-        actor: 'cli',
-        now: opts.now === true,
-        leaked: opts.leaked === true,
-        dryRun: opts.dryRun === true,
-        ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
-      };
-      const results = await rotateKeys(keys, base);
-      if (opts.dryRun) {
-        // the plan, then the preflight checks (read-only): exit 1 when one fails
-        const preflight = await runPreflight({ config: cfg, keys, stateStore: base.stateStore, logger, env: ctx.io.env });
-        ctx.exit(preflight.ok ? 0 : 1);
-        ctx.io.stdout(opts.json ? JSON.stringify({ results, preflight }, null, 2) + '\n' : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }));
-        return;
-      }
-      if (opts.full) {
-        const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
-        if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
-      }
-      ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
-      await flushObservers(observers, 10_000); // pending webhook deliveries, bounded
-      ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
-    });
-};
+export async function runRotate(ctx: CommandContext, names: string[], opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  if (opts.leaked && !opts.now) throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
+  if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
+  const cfg = await ctx.config();
+  const keys = ctx.pickKeys(cfg, names);
+  const logger = await ctx.logger();
+  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([import('../../run.ts'), import('../../observers.ts')]);
+  const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
+  const base = {
+    config: cfg,
+    stateStore: await ctx.stateStore(cfg),
+    logger,
+    observers,
+    env: ctx.io.env,
+    actor: 'cli',
+    now: opts.now === true,
+    leaked: opts.leaked === true,
+    dryRun: opts.dryRun === true,
+    ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+  };
+  const results = await rotateKeys(keys, base);
+  if (opts.dryRun) {
+    // the plan, then the preflight checks (read-only): exit 1 when one fails
+    const { colorEnabled, renderPreflight, runPreflight } = await import('../../preflight.ts');
+    const preflight = await runPreflight({ config: cfg, keys, stateStore: base.stateStore, logger, env: ctx.io.env });
+    ctx.exit(preflight.ok ? 0 : 1);
+    ctx.io.stdout(opts.json ? JSON.stringify({ results, preflight }, null, 2) + '\n' : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }));
+    return;
+  }
+  if (opts.full) {
+    const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
+    if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
+  }
+  ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
+  await flushObservers(observers, 10_000); // pending webhook deliveries, bounded
+  ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
+}
 
 export function renderResults(results: KeyResult[]): string {
   const rows = results.map((r) => {

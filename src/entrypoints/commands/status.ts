@@ -1,8 +1,7 @@
 import type { ResolvedKey } from '../../config/schema.ts';
 import type { KeyRecord } from '../../core/ports.ts';
-import { colorEnabled } from '../../preflight.ts';
 import { isDue } from '../../run.ts';
-import type { RegisterCommand } from './context.ts';
+import type { CommandContext } from './context.ts';
 
 /** What a key is waiting for in an unfinished rotation (from its saved snapshot; references only). */
 export interface Waiting {
@@ -74,22 +73,17 @@ function activeOf(rotationId: string, updatedAt: string, snapshot: unknown): Non
   return { rotationId, stage, updatedAt, leaked: c.leaked === true, waiting };
 }
 
-export const registerStatus: RegisterCommand = (ctx) => {
-  ctx.program
-    .command('status')
-    .description('show per key: current key id, age vs schedule, next due, last outcome, any unfinished rotation and what it waits for')
-    .argument('[keys...]', 'key names from the config (default: all keys)')
-    .option('--json', 'print { "keys": [ { "name", "currentKeyId", "lastRotatedAt", "nextDueAt", "lastOutcome", ... } ] } on stdout')
-    .action(async (names: string[], opts: { json?: boolean }) => {
-      ctx.setJson(opts.json === true);
-      const cfg = await ctx.config();
-      const stateStore = ctx.stateStore(cfg);
-      const now = Date.now();
-      const keys: KeyStatus[] = [];
-      for (const k of ctx.pickKeys(cfg, names)) keys.push(keyStatus(k, await stateStore.read(k.name), now));
-      ctx.io.stdout(opts.json ? JSON.stringify({ keys }, null, 2) + '\n' : renderStatus(keys, now, colorEnabled(ctx.io.env)));
-    });
-};
+/** `keyrotor status` (declared in index.ts; this module is loaded when the command runs) */
+export async function runStatus(ctx: CommandContext, names: string[], opts: { json?: boolean }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const cfg = await ctx.config();
+  const stateStore = await ctx.stateStore(cfg);
+  const { colorEnabled } = await import('../../preflight.ts');
+  const now = Date.now();
+  const keys: KeyStatus[] = [];
+  for (const k of ctx.pickKeys(cfg, names)) keys.push(keyStatus(k, await stateStore.read(k.name), now));
+  ctx.io.stdout(opts.json ? JSON.stringify({ keys }, null, 2) + '\n' : renderStatus(keys, now, colorEnabled(ctx.io.env)));
+}
 
 // ---------------------------------------------------------------- rendering
 
