@@ -197,6 +197,49 @@ function toState(out: DescribeSecretCommandOutput): State {
   };
 }
 
+// ------------------------------------------------------------------ fresh-path model (P2)
+
+/** The label map of a DescribeSecret answer, as this store last read it and then changed it itself. */
+interface Model {
+  stages: Record<string, string[]>;
+  deletedDate: Date | undefined;
+  rotationEnabled: boolean;
+}
+
+function modelOf(out: DescribeSecretCommandOutput): Model {
+  const stages: Record<string, string[]> = {};
+  for (const [id, raw] of Object.entries(out.VersionIdsToStages ?? {})) stages[id] = [...new Set(raw ?? [])];
+  return { stages, deletedDate: out.DeletedDate, rotationEnabled: out.RotationEnabled === true };
+}
+
+function stateOfModel(m: Model): State {
+  return toState({ VersionIdsToStages: m.stages, DeletedDate: m.deletedDate, RotationEnabled: m.rotationEnabled, $metadata: {} });
+}
+
+const cloneModel = (m: Model): Model => ({ ...m, stages: Object.fromEntries(Object.entries(m.stages).map(([k, v]) => [k, [...v]])) });
+
+/** Apply a successful UpdateSecretVersionStage the way Secrets Manager does (a label is on one version at most). */
+function applyRelabel(m: Model, input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string }): void {
+  const take = (label: string) => {
+    for (const id of Object.keys(m.stages)) m.stages[id] = m.stages[id]!.filter((l) => l !== label);
+  };
+  const give = (label: string, id: string) => {
+    take(label);
+    m.stages[id] = [...(m.stages[id] ?? []), label];
+  };
+  const from = input.RemoveFromVersionId;
+  if (from && m.stages[from]) m.stages[from] = m.stages[from]!.filter((l) => l !== input.VersionStage);
+  if (input.MoveToVersionId) give(input.VersionStage, input.MoveToVersionId);
+  // moving AWSCURRENT puts AWSPREVIOUS on the version it left (documented Secrets Manager behaviour)
+  if (input.VersionStage === CURRENT && input.MoveToVersionId && from && from !== input.MoveToVersionId) give(PREVIOUS, from);
+}
+
+/** Apply a successful PutSecretValue whose answer carried exactly `labels` on `versionId`. */
+function applyPut(m: Model, versionId: string, labels: string[]): void {
+  for (const id of Object.keys(m.stages)) m.stages[id] = m.stages[id]!.filter((l) => !labels.includes(l));
+  m.stages[versionId] = [...new Set([...(m.stages[versionId] ?? []), ...labels])];
+}
+
 // ------------------------------------------------------------------ the store
 
 export interface AwsSecretsManagerStoreOptions {
@@ -283,6 +326,25 @@ class AwsSecretsManagerStore implements SecretStore {
   private readonly log: Logger;
   private readonly ownsClient: boolean;
   private readonly providerState: ProviderContext['providerState'];
+  /**
+   * Fresh-path memory (P2): the labels (and, after check, the current value inside a Secret) as this
+   * instance last read them and changed them itself, for exactly the next step of a rotation in this
+   * process (check -> readCurrent, stage; stage(r) -> readPending(r), promote(r)). Each use is consumed;
+   * any other call, and any error, forgets it. A resumed rotation (new process, new instance) has none
+   * and re-reads before every change, as before. Never persisted.
+   */
+  private known:
+    | {
+        model: Model;
+        current?: { id: string; version: StoredVersion | null; raw: Secret } | undefined;
+        readCurrent: boolean;
+        stage: boolean;
+        pending?: { rotationId: string; versionId: string; secret: Secret; meta: VersionMeta } | undefined;
+        promote?: string | undefined;
+      }
+    | undefined;
+  /** while a fresh-path stage/promote runs: the labels as changed by its own successful calls */
+  private model: Model | undefined;
 
   constructor(
     cfg: AwsSecretsManagerStoreConfig,
@@ -312,8 +374,8 @@ class AwsSecretsManagerStore implements SecretStore {
     }
   }
 
-  private async state(stage: Stage | undefined): Promise<State> {
-    const out = await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+  private async state(stage: Stage | undefined, answer?: DescribeSecretCommandOutput): Promise<State> {
+    const out = answer ?? (await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId }))));
     const st = toState(out);
     if (st.deletedDate) {
       throw new KeyrotorError('STORE_NOT_FOUND', `secret ${this.secretId} in region ${this.region} is scheduled for deletion`, {
@@ -323,6 +385,11 @@ class AwsSecretsManagerStore implements SecretStore {
       });
     }
     return st;
+  }
+
+  /** The labels: from this call's own model on the fresh path, else read (DescribeSecret). */
+  private async view(stage: Stage | undefined): Promise<State> {
+    return this.model ? stateOfModel(this.model) : this.state(stage);
   }
 
   private async getString(versionId: string, stage: Stage | undefined): Promise<string> {
@@ -351,7 +418,9 @@ class AwsSecretsManagerStore implements SecretStore {
     const versionId = input.MoveToVersionId ?? input.RemoveFromVersionId;
     try {
       await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.secretId, ...input }));
+      if (this.model) applyRelabel(this.model, input);
     } catch (e) {
+      this.model = undefined; // whatever happened, the next step reads the labels
       const name = (e as { name?: unknown } | null)?.name;
       if (name === 'InvalidParameterException' && done(await this.state(stage))) {
         this.log.debug({ stage, op: 'UpdateSecretVersionStage', label: input.VersionStage, versionId }, 'labels already as wanted');
@@ -481,18 +550,28 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async check(): Promise<void> {
-    const st = await this.state('preflight');
+    this.known = undefined;
+    // P2 extra (beyond the floor's GetSecretValue): the labels of every version: a foreign AWSPENDING
+    // locks, AWSPREVIOUS must be known for demote, and a deleted or natively rotated secret shows here
+    const out = await this.call('DescribeSecret', 'preflight', () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+    const model = modelOf(out);
+    const st = await this.state('preflight', out);
     if (st.rotationEnabled && !parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)))) {
       this.log.warn({ stage: 'preflight' }, 'Secrets Manager rotation is enabled on this secret; it will compete with keyrotor for AWSPENDING/AWSCURRENT');
     }
     // proves read access (and KMS decrypt) and that the current value has the expected shape
+    let current: { id: string; version: StoredVersion | null; raw: Secret } | undefined;
     if (st.current && !st.current.placeholder) {
       const raw = await this.getString(st.current.id, 'preflight');
-      this.extract(raw, st.current.id, st.current.meta !== undefined, 'preflight');
+      const secret = this.extract(raw, st.current.id, st.current.meta !== undefined, 'preflight');
+      current = { id: st.current.id, version: secret ? { versionId: st.current.id, secret, meta: publicMeta(st.current.meta) } : null, raw: Secret.of(raw) };
     }
+    // a rotation's preflight reads the current value next and stages after that: keep what was read
+    this.known = { model, current, readCurrent: true, stage: true };
   }
 
   async describe(): Promise<StoreSlots> {
+    this.known = undefined;
     const st = await this.state(undefined);
     const [current, previous] = await Promise.all([this.slot(st.current), this.slot(st.previous)]);
     const pending = st.pending ? { versionId: st.pending.id, meta: publicMeta(st.pending.meta) } : undefined;
@@ -500,16 +579,35 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
+    const k = this.known;
+    if (k?.readCurrent) {
+      // what check() just read (labels and value)
+      k.readCurrent = false;
+      const st = stateOfModel(k.model);
+      if (!st.current || st.current.placeholder) return null;
+      if (k.current?.id === st.current.id) return k.current.version;
+    }
+    this.known = undefined;
     const st = await this.state(undefined);
     return this.readVersion(st.current, undefined);
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
+    this.known = undefined;
     const st = await this.state(undefined);
     return this.readVersion(st.previous, undefined);
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
+    const k = this.known;
+    const p = k?.pending;
+    if (k && p?.rotationId === rotationId) {
+      // the version this instance just wrote as AWSPENDING (PutSecretValue's answer said so)
+      k.pending = undefined;
+      const v = stateOfModel(k.model).byRotation(rotationId);
+      if (v?.id === p.versionId && v.has(PENDING) && !v.has(CURRENT)) return { versionId: p.versionId, secret: p.secret, meta: p.meta };
+    }
+    this.known = undefined;
     const st = await this.state(undefined);
     const v = st.byRotation(rotationId);
     if (!v || !v.has(PENDING) || v.has(CURRENT)) return null;
@@ -517,10 +615,32 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async stage(req: StageRequest): Promise<{ versionId: string }> {
+    const k = this.known?.stage ? this.known : undefined;
+    this.known = undefined;
+    this.model = k ? cloneModel(k.model) : undefined;
+    try {
+      const out = await this.stageIn(req, k?.current);
+      // verify reads this version next and promote moves it: remember (only on the straight path)
+      if (this.model && out.fresh) {
+        this.known = {
+          model: this.model,
+          readCurrent: false,
+          stage: false,
+          pending: { rotationId: req.rotationId, versionId: out.versionId, secret: req.secret, meta: publicMeta(parseMetaLabel(metaLabel(req.rotationId, req.meta))) },
+          promote: req.rotationId,
+        };
+      }
+      return { versionId: out.versionId };
+    } finally {
+      this.model = undefined;
+    }
+  }
+
+  private async stageIn(req: StageRequest, known: { id: string; version: StoredVersion | null; raw: Secret } | undefined): Promise<{ versionId: string; fresh: boolean }> {
     const stage: Stage = 'stage';
     const { rotationId } = req;
     const label = metaLabel(rotationId, req.meta);
-    let st = await this.state(stage);
+    let st = await this.view(stage);
 
     const ours = st.byRotation(rotationId);
     if (ours) {
@@ -532,12 +652,12 @@ class AwsSecretsManagerStore implements SecretStore {
         );
       }
       // promoted already (current or previous): a late retry changes nothing
-      if (ours.has(CURRENT) || ours.has(PREVIOUS)) return { versionId: ours.id };
+      if (ours.has(CURRENT) || ours.has(PREVIOUS)) return { versionId: ours.id, fresh: false };
       if (!ours.has(PENDING)) {
         this.assertNotLocked(st, rotationId);
         await this.attach(st, PENDING, ours.id, stage);
       }
-      return { versionId: ours.id };
+      return { versionId: ours.id, fresh: false };
     }
 
     const native = this.nativeToken(st, rotationId);
@@ -545,6 +665,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
     // An empty secret would make our version current at once: give it a placeholder current first.
     if (!st.current) {
+      this.model = undefined; // bootstrap: read the labels after every change
       const placeholder = this.jsonKey ? '{}' : PLACEHOLDER_TEXT;
       const p = await this.put(placeholder, requestToken('empty', rotationId), [CURRENT, PLACEHOLDER_LABEL], stage);
       if (!p.labels.includes(CURRENT) || !p.labels.includes(PLACEHOLDER_LABEL)) {
@@ -562,7 +683,8 @@ class AwsSecretsManagerStore implements SecretStore {
 
     let value: string;
     if (this.jsonKey) {
-      const raw = await this.getString(st.current!.id, stage);
+      // the current version's content as check() just read it, else read it
+      const raw = known && known.id === st.current!.id ? known.raw.reveal() : await this.getString(st.current!.id, stage);
       let base: Record<string, unknown>;
       if (st.current!.placeholder) {
         try {
@@ -587,6 +709,11 @@ class AwsSecretsManagerStore implements SecretStore {
       token = native;
     }
     const res = await this.put(value, token, [PENDING, label], stage, [req.secret.reveal()]);
+    if (res.labels.includes(PENDING) && res.labels.includes(label) && this.model) {
+      applyPut(this.model, res.versionId, [PENDING, label]);
+      return { versionId: res.versionId, fresh: true };
+    }
+    this.model = undefined;
     if (!res.labels.includes(PENDING) || !res.labels.includes(label)) {
       // PutSecretValue was a no-op: this rotation's version exists (same token, same content) but lost
       // its labels (e.g. unstaged earlier). Put them back.
@@ -596,7 +723,7 @@ class AwsSecretsManagerStore implements SecretStore {
       this.assertNotLocked(st, rotationId);
       await this.attach(st, PENDING, res.versionId, stage);
     }
-    return { versionId: res.versionId };
+    return { versionId: res.versionId, fresh: false };
   }
 
   /**
@@ -637,8 +764,20 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async promote(rotationId: string): Promise<void> {
+    const k = this.known?.promote === rotationId ? this.known : undefined;
+    this.known = undefined;
+    // fresh path: the labels as stage left them, then as each successful update changes them
+    this.model = k ? cloneModel(k.model) : undefined;
+    try {
+      await this.promoteIn(rotationId);
+    } finally {
+      this.model = undefined;
+    }
+  }
+
+  private async promoteIn(rotationId: string): Promise<void> {
     const stage: Stage = 'promote';
-    let st = await this.state(stage);
+    let st = await this.view(stage);
     let ours = st.byRotation(rotationId);
     if (!ours) {
       throw new KeyrotorError('STORE_CONFLICT', `${this.label} holds no version staged by rotation ${rotationId}; nothing to promote`, {
@@ -647,15 +786,15 @@ class AwsSecretsManagerStore implements SecretStore {
       });
     }
     if (!ours.has(CURRENT)) {
-      // remember which version was AWSPREVIOUS, so demote can put it back
+      // remember which version was AWSPREVIOUS, so demote can put it back (P2 extra: one label call)
       const prev = st.previous;
       const mark = prevOfLabel(rotationId);
       if (prev && prev.id !== ours.id && !st.withLabel(mark)) {
         await this.attach(st, mark, prev.id, stage);
-        st = await this.state(stage);
+        st = await this.view(stage);
       }
       await this.moveCurrent(st, ours.id, stage);
-      st = await this.state(stage);
+      st = await this.view(stage);
       ours = st.byRotation(rotationId);
       if (!ours?.has(CURRENT)) {
         throw new KeyrotorError('STORE_CONFLICT', `${this.label}: AWSCURRENT did not move to version of rotation ${rotationId}`, { stage, retryable: true });
@@ -667,6 +806,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
   async demote(rotationId: string): Promise<void> {
     const stage: Stage = 'demote';
+    this.known = undefined;
     let st = await this.state(stage);
     let ours = st.byRotation(rotationId);
     if (!ours) return; // never staged, or unstaged already
@@ -714,6 +854,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
   async unstage(rotationId: string): Promise<void> {
     const stage: Stage = 'unstage';
+    this.known = undefined;
     const st = await this.state(stage);
     const ours = st.byRotation(rotationId);
     if (!ours) return;
@@ -730,13 +871,15 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   /**
+   * P2 extra (usually 2 label calls): each rotation adds a `kr:` and a `kr-prev:` label; removing the
+   * pair two rotations old keeps the secret under the Secrets Manager cap on staging labels.
    * Keep the label count bounded after a promote: versions that are no longer current, previous,
    * pending or needed by this rotation's demote lose keyrotor's labels (and become deprecated if they
    * hold no others), and `kr-prev:` marks of older rotations go. Best effort: failures are logged only.
    */
   private async sweep(rotationId: string): Promise<void> {
     try {
-      const st = await this.state('promote');
+      const st = await this.view('promote');
       const mark = prevOfLabel(rotationId);
       for (const v of st.versions) {
         const keep = v.has(CURRENT) || v.has(PREVIOUS) || v.has(PENDING) || v.has(mark);

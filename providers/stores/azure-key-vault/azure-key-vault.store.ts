@@ -78,6 +78,9 @@ interface VersionInfo {
   createdMs: number;
 }
 
+/** the latest version as check() saw it, with its value inside a Secret */
+type KnownLatest = { kind: 'none' | 'disabled' } | { kind: 'ok'; info: VersionInfo; current: StoredVersion };
+
 type Latest = { kind: 'none' } | { kind: 'disabled' } | { kind: 'ok'; info: VersionInfo; secret: KeyVaultSecret };
 
 function toInfo(p: SecretProperties): VersionInfo {
@@ -156,6 +159,27 @@ export class AzureKeyVaultStore implements SecretStore {
   private readonly side: string;
   private readonly vaultUrl: string;
   private readonly log: Logger;
+  /**
+   * Fresh-path memory (P2): the version lists and latest version as this instance just read or
+   * wrote them, for exactly the next step of a rotation in this process (check -> readCurrent, stage;
+   * stage(r) -> readPending(r), promote(r)). Each use is consumed; any other call, and any error,
+   * forgets it. A resumed rotation (new process, new instance) has none and reads, as before.
+   * Values only inside a Secret; never persisted.
+   */
+  private known:
+    | {
+        name: VersionInfo[];
+        /** the latest version of <name> (what consumers read), as check() saw it */
+        latest: KnownLatest;
+        side: VersionInfo[];
+        readCurrent: boolean;
+        stage: boolean;
+        pending?: { rotationId: string; version: string; secret: Secret; meta: VersionMeta } | undefined;
+        /** what stage wrote, for promote (readPending consumes `pending`, not this) */
+        staged?: { version: string; secret: Secret } | undefined;
+        promote?: string | undefined;
+      }
+    | undefined;
 
   constructor(cfg: AzureKeyVaultStoreConfig, ctx: ProviderContext, deps: AzureKeyVaultStoreDeps) {
     this.vaultUrl = cfg.vaultUrl.replace(/\/+$/, '');
@@ -248,18 +272,35 @@ export class AzureKeyVaultStore implements SecretStore {
   // ------------------------------------------------------------ SecretStore
 
   async check(): Promise<void> {
-    await this.versions(this.name, 'preflight');
-    await this.latest(this.name, 'preflight');
-    await this.versions(this.side, 'preflight');
+    this.known = undefined;
+    // P2 extras beyond the floor's GetSecret: the versions of <name> (keyrotor-seq order and previous:
+    // list order is not chronological) and of the side secret (another rotation's pending value = LOCKED)
+    const name = await this.versions(this.name, 'preflight');
+    const l = await this.latest(this.name, 'preflight');
+    const side = await this.versions(this.side, 'preflight');
+    // a rotation's preflight reads the current value next and stages after that: keep what was read
+    let latest: KnownLatest | undefined;
+    if (l.kind !== 'ok') latest = { kind: l.kind };
+    else if (typeof l.secret.value === 'string' && l.secret.value.length > 0) {
+      latest = { kind: 'ok', info: l.info, current: { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) } };
+    }
+    if (latest) this.known = { name, latest, side, readCurrent: true, stage: true };
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
+    const k = this.known;
+    if (k?.readCurrent) {
+      k.readCurrent = false;
+      return k.latest.kind === 'ok' ? k.latest.current : null;
+    }
+    this.known = undefined;
     const l = await this.latest(this.name);
     if (l.kind !== 'ok') return null;
     return { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) };
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
+    this.known = undefined;
     const l = await this.latest(this.name);
     if (l.kind !== 'ok') return null;
     const prev = pickPrevious(await this.versions(this.name), l.info);
@@ -269,6 +310,14 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
+    const k = this.known;
+    const mem = k?.pending;
+    if (k && mem?.rotationId === rotationId) {
+      // the side version this instance just wrote (setSecret's answer named it)
+      k.pending = undefined;
+      return { versionId: mem.version, secret: mem.secret, meta: mem.meta };
+    }
+    this.known = undefined;
     const p = this.pendingOf(await this.versions(this.side), rotationId);
     if (!p) return null;
     const secret = await this.valueOf(this.side, p.version);
@@ -276,6 +325,7 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async describe(): Promise<StoreSlots> {
+    this.known = undefined;
     const slots: StoreSlots = {};
     const l = await this.latest(this.name);
     if (l.kind === 'ok') {
@@ -290,11 +340,14 @@ export class AzureKeyVaultStore implements SecretStore {
 
   async stage(req: StageRequest): Promise<{ versionId: string }> {
     const r = req.rotationId;
+    const k = this.known?.stage ? this.known : undefined;
+    this.known = undefined;
     // already promoted (a retry after promote): nothing to do
-    const promoted = newest((await this.versions(this.name, 'stage')).filter((v) => v.tags[TAG.rotation] === r));
+    const nameVersions = k?.name ?? (await this.versions(this.name, 'stage'));
+    const promoted = newest(nameVersions.filter((v) => v.tags[TAG.rotation] === r));
     if (promoted) return { versionId: logicalId(promoted) };
 
-    const sideVersions = await this.versions(this.side, 'stage');
+    const sideVersions = k?.side ?? (await this.versions(this.side, 'stage'));
     const mine = this.pendingOf(sideVersions, r);
     if (mine) return { versionId: mine.version };
     this.assertNoOtherPending(sideVersions, r);
@@ -306,7 +359,8 @@ export class AzureKeyVaultStore implements SecretStore {
     const version = await this.write(this.side, req.secret, tags, 'stage');
     this.log.info({ stage: 'stage', secretName: this.side, version, rotationId: r }, 'staged in the pending side secret');
 
-    // two stagers racing past the check above both back off (the state store's lease is the main lock)
+    // two stagers racing past the check above both back off (the state store's lease is the main lock);
+    // (P2 extra, kept on the fresh path: the store-level lock against an orchestrator with another lease)
     const after = await this.versions(this.side, 'stage');
     const other = after.find((v) => v.enabled && v.tags[TAG.rotation] !== r);
     if (other) {
@@ -314,17 +368,24 @@ export class AzureKeyVaultStore implements SecretStore {
       if (own) await this.disable(this.side, own, 'stage');
       this.assertNoOtherPending(after, r);
     }
+    // verify reads this version next and promote copies it: remember (only after check's reads)
+    if (k && !other && after.some((v) => v.version === version && v.enabled)) {
+      this.known = { ...k, side: after, readCurrent: false, stage: false, pending: { rotationId: r, version, secret: req.secret, meta: metaOf(tags) }, staged: { version, secret: req.secret }, promote: r };
+    }
     return { versionId: version };
   }
 
   async promote(rotationId: string): Promise<void> {
-    const l = await this.latest(this.name, 'promote');
+    const k = this.known?.promote === rotationId ? this.known : undefined;
+    this.known = undefined;
+    const l = k ? k.latest : await this.latest(this.name, 'promote');
     if (l.kind === 'ok' && l.info.tags[TAG.rotation] === rotationId) {
       await this.clearPending(rotationId, 'promote'); // finish a promote that crashed before clearing
       return;
     }
-    const pending = this.pendingOf(await this.versions(this.side, 'promote'), rotationId);
-    const secret = pending ? await this.valueOf(this.side, pending.version, 'promote') : null;
+    // fresh path: the side list stage read after its write, and the value it wrote
+    const pending = this.pendingOf(k?.side ?? (await this.versions(this.side, 'promote')), rotationId);
+    const secret = pending ? (k?.staged && k.staged.version === pending.version ? k.staged.secret : await this.valueOf(this.side, pending.version, 'promote')) : null;
     if (!pending || !secret) {
       throw new KeyrotorError('STORE_NOT_FOUND', `nothing is staged for rotation ${rotationId} in ${this.target(this.side)}`, {
         stage: 'promote',
@@ -332,14 +393,15 @@ export class AzureKeyVaultStore implements SecretStore {
         hint: 'stage must run before promote; start a new rotation',
       });
     }
-    const seq = maxSeq(await this.versions(this.name, 'promote')) + 1;
+    const seq = maxSeq(k?.name ?? (await this.versions(this.name, 'promote'))) + 1;
     const tags: Tags = { ...pending.tags, [TAG.seq]: String(seq), [TAG.stagedVersion]: pending.version };
     const version = await this.write(this.name, secret, tags, 'promote');
     this.log.info({ stage: 'promote', secretName: this.name, version, seq, rotationId }, 'promoted: new latest version');
-    await this.clearPending(rotationId, 'promote');
+    await this.clearPending(rotationId, 'promote', k?.side);
   }
 
   async demote(rotationId: string): Promise<void> {
+    this.known = undefined;
     const all = await this.versions(this.name, 'demote');
     const bad = all.filter((v) => v.enabled && v.tags[TAG.rotation] === rotationId && !v.tags[TAG.restoredFrom]);
     if (bad.length === 0) return; // never promoted, or already demoted
@@ -375,6 +437,7 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async unstage(rotationId: string): Promise<void> {
+    this.known = undefined;
     await this.clearPending(rotationId, 'unstage');
   }
 
@@ -397,8 +460,8 @@ export class AzureKeyVaultStore implements SecretStore {
     });
   }
 
-  private async clearPending(rotationId: string, stage: Stage): Promise<void> {
-    const mine = (await this.versions(this.side, stage)).filter((v) => v.enabled && v.tags[TAG.rotation] === rotationId);
+  private async clearPending(rotationId: string, stage: Stage, known?: VersionInfo[]): Promise<void> {
+    const mine = (known ?? (await this.versions(this.side, stage))).filter((v) => v.enabled && v.tags[TAG.rotation] === rotationId);
     for (const v of mine) await this.disable(this.side, v, stage);
     if (mine.length) this.log.info({ stage, secretName: this.side, disabled: mine.map((v) => v.version), rotationId }, 'pending side version cleared');
   }

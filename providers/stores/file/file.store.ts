@@ -42,6 +42,26 @@ const FORMAT_RE = /^keyrotor-file-store\/(\d+)$/;
 export const EXTRA_VERSIONS_KEPT = 3;
 const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
+/**
+ * Fresh-path memory (P2: fewer file reads per rotation). Within one process a rotation reads the file
+ * at `check` and then reads it again before `readCurrent`, `stage`, `readPending` and `promote`. The
+ * store instance that last read or wrote the file remembers that document (ciphertexts only, never a
+ * plain value) for exactly the next step of a rotation: check -> readCurrent and stage; stage(r) ->
+ * readPending(r) and promote(r). Anything else (another instance writing the file, an error, promote)
+ * forgets it, so a resumed rotation (new process, new instance) and every other caller re-read the
+ * file. Other processes are kept out by the per-key lease. In memory only, never persisted.
+ */
+interface Memo {
+  owner: object;
+  /** the doc's canonical JSON when remembered (each use parses its own copy) */
+  text: string;
+  readCurrent: boolean;
+  stage: boolean;
+  pending: string | undefined;
+  promote: string | undefined;
+}
+const memos = new Map<string, Memo>();
+
 const metaSchema = z
   .object({
     rotationId: z.string().optional(),
@@ -166,6 +186,21 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
   const label = `file:${shown}`;
   const keySource: MasterKeySource = { envName: cfg.masterKeyEnv, env: ctx.env, keyFile, logger: ctx.logger };
   const log = ctx.logger.child({ store: label });
+  const self = {};
+  const remember = (doc: Doc, allow: Partial<Pick<Memo, 'readCurrent' | 'stage' | 'pending' | 'promote'>>) => {
+    const text = JSON.stringify(canonical(doc));
+    memos.set(file, { owner: self, text, readCurrent: false, stage: false, pending: undefined, promote: undefined, ...allow });
+  };
+  /** this instance's remembered document if `may` allows the step (consumed: one use per step) */
+  const recall = (may: (m: Memo) => boolean, consume: (m: Memo) => void): Doc | undefined => {
+    const m = memos.get(file);
+    if (!m || m.owner !== self || !may(m)) return undefined;
+    consume(m);
+    return JSON.parse(m.text) as Doc;
+  };
+  const forget = () => {
+    memos.delete(file);
+  };
 
   const corrupt = (what: string, hint?: string, cause?: unknown) =>
     new KeyrotorError('STORE_CORRUPT', `file store ${shown} ${what}`, {
@@ -250,9 +285,13 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     key(): Promise<MasterKey>;
   }
   /** Read-modify-write under the per-file queue; writes only when the document changed. */
-  function mutate<T>(fn: (tx: Tx) => Promise<T> | T): Promise<T> {
+  function mutate<T>(fn: (tx: Tx) => Promise<T> | T, known?: () => Doc | undefined, after?: (doc: Doc) => void): Promise<T> {
     return serialized(file, async () => {
-      const loaded = await load();
+      // the fresh path: the document this instance just read or wrote (see Memo); else read the file
+      const recalled = known?.();
+      const memoKey = recalled ? await masterKey(false) : undefined;
+      forget();
+      const loaded = recalled && memoKey ? { doc: recalled, key: memoKey } : await load();
       const doc = loaded?.doc ?? emptyDoc(ctx.keyName);
       const getKey = async () => {
         const k = loaded?.key ?? (await masterKey(true));
@@ -263,6 +302,7 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
       const result = await fn({ doc, key: getKey });
       prune(doc);
       if (JSON.stringify(canonical(doc)) !== before) await save(doc, await getKey());
+      after?.(doc);
       return result;
     });
   }
@@ -277,8 +317,9 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     return Secret.of(plain);
   }
 
-  async function readSlot(pick: (d: Doc) => string | undefined): Promise<StoredVersion | null> {
-    const loaded = await load();
+  async function readSlot(pick: (d: Doc) => string | undefined, known?: Doc): Promise<StoredVersion | null> {
+    const memoKey = known ? await masterKey(false) : undefined;
+    const loaded = known && memoKey ? { doc: known, key: memoKey } : await load();
     if (!loaded) return null;
     const id = pick(loaded.doc);
     const v = id === undefined ? undefined : loaded.doc.versions.find((x) => x.id === id);
@@ -304,8 +345,11 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
       } catch (e) {
         throw fsError(e, 'cannot use the folder of', shown);
       }
+      forget();
       const loaded = await load();
       if (!loaded) await checkMasterKey(keySource);
+      // a rotation's preflight reads the current value next and stages after that: keep this read
+      else remember(loaded.doc, { readCurrent: true, stage: true });
     },
 
     async describe() {
@@ -323,10 +367,17 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
       return out;
     },
 
-    readCurrent: () => readSlot((d) => d.slots.current),
+    readCurrent: () =>
+      readSlot(
+        (d) => d.slots.current,
+        recall((m) => m.readCurrent, (m) => (m.readCurrent = false)),
+      ),
     readPrevious: () => readSlot((d) => d.slots.previous),
     readPending: (rotationId) =>
-      readSlot((d) => (d.slots.pending?.rotationId === rotationId ? d.slots.pending.versionId : undefined)),
+      readSlot(
+        (d) => (d.slots.pending?.rotationId === rotationId ? d.slots.pending.versionId : undefined),
+        recall((m) => m.pending === rotationId, (m) => (m.pending = undefined)),
+      ),
 
     async stage(req: StageRequest) {
       requireRotationId(req.rotationId);
@@ -364,7 +415,11 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
         if (slots.pending) log.warn({ rotationId: req.rotationId, replacedRotationId: slots.pending.rotationId }, 'stage replaces a pending version left by another rotation');
         slots.pending = { versionId: id, rotationId: req.rotationId };
         return { versionId: id };
-      });
+      },
+      () => recall((m) => m.stage, (m) => (m.stage = false)),
+      // verify reads this rotation's pending version next, then promote moves it
+      (doc) => remember(doc, { pending: req.rotationId, promote: req.rotationId }),
+      );
     },
 
     async promote(rotationId) {
@@ -390,7 +445,7 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
         if (slots.current) slots.previous = slots.current;
         slots.current = v.id;
         slots.pending = undefined;
-      });
+      }, () => recall((m) => m.promote === rotationId, (m) => (m.promote = undefined)));
     },
 
     async demote(rotationId) {

@@ -232,6 +232,22 @@ export class GcpSecretManagerStore implements SecretStore {
   readonly #log: Logger;
   readonly #clock: Clock;
   readonly #pageSize: number;
+  /**
+   * Fresh-path memory (P2): the secret as this instance last read or updated it, for exactly the next
+   * step of a rotation in this process (check -> readCurrent, stage; stage(r) -> readPending(r),
+   * promote(r)); each use is consumed, any other call forgets it. Mutations stay safe on a stale view:
+   * every update carries the etag, and a stale one is re-read and re-planned (#cas). A resumed
+   * rotation (new process, new instance) remembers nothing and reads. Values only inside a Secret.
+   */
+  #known:
+    | {
+        view: SecretView;
+        readCurrent: boolean;
+        stage: boolean;
+        pending?: { rid: string; n: number; secret: Secret } | undefined;
+        promote?: { rid: string; n: number } | undefined;
+      }
+    | undefined;
 
   constructor(cfg: GcpSecretManagerStoreConfig, ctx: ProviderContext, client: SecretManagerServiceClient, opts: GcpStoreOptions = {}) {
     this.secretName = `projects/${cfg.project}/secrets/${cfg.secret}`;
@@ -250,10 +266,14 @@ export class GcpSecretManagerStore implements SecretStore {
   // ---------------------------------------------------------------- reads
 
   async check(): Promise<void> {
-    await this.#read('preflight');
+    this.#known = undefined;
+    const view = await this.#read('preflight');
+    // a rotation's preflight reads the current value next and stages after that
+    this.#known = { view, readCurrent: true, stage: true };
   }
 
   async describe(): Promise<StoreSlots> {
+    this.#known = undefined;
     const s = await this.#read();
     const slot = (alias: string): SlotInfo | undefined => {
       const n = s.aliases[alias];
@@ -263,22 +283,38 @@ export class GcpSecretManagerStore implements SecretStore {
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
+    const k = this.#known;
+    if (k?.readCurrent) {
+      // the aliases check() just read (the value is still read: it is not remembered)
+      k.readCurrent = false;
+      return this.#readAlias(ALIAS_CURRENT, k.view);
+    }
+    this.#known = undefined;
     return this.#readAlias(ALIAS_CURRENT);
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
+    this.#known = undefined;
     return this.#readAlias(ALIAS_PREVIOUS);
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
+    const k = this.#known;
+    const p = k?.pending;
+    if (k && p?.rid === rotationId && k.view.aliases[ALIAS_PENDING] === p.n) {
+      // the version this instance just added and pointed `pending` at (stage's answer said so)
+      k.pending = undefined;
+      return { versionId: String(p.n), secret: p.secret, meta: metaOf(k.view.marks.get(p.n)) };
+    }
+    this.#known = undefined;
     const s = await this.#read();
     const n = s.aliases[ALIAS_PENDING];
     if (n === undefined || s.marks.get(n)?.r !== rotationId) return null;
     return { versionId: String(n), secret: await this.#accessSecret(n), meta: metaOf(s.marks.get(n)) };
   }
 
-  async #readAlias(alias: string): Promise<StoredVersion | null> {
-    const s = await this.#read();
+  async #readAlias(alias: string, known?: SecretView): Promise<StoredVersion | null> {
+    const s = known ?? (await this.#read());
     const n = s.aliases[alias];
     if (n === undefined) return null;
     // read by number, so the value and the metadata belong to the same version
@@ -292,48 +328,65 @@ export class GcpSecretManagerStore implements SecretStore {
     const rid = req.rotationId;
     const fp = fingerprint(req.secret);
     const markFp = req.meta.fingerprint ?? fp;
-    let s = await this.#read(stage);
+    const known = this.#known?.stage ? this.#known.view : undefined;
+    this.#known = undefined;
+    let s = known ?? (await this.#read(stage));
 
     // 1. already staged by this rotation (a retry; maybe promoted since): converge, never add again
     const done = this.#ownVersion(s, rid);
-    if (done !== undefined) return this.#finishStage(s, rid, done, markFp, stage);
+    if (done !== undefined) return { versionId: (await this.#finishStage(s, rid, done, markFp, stage)).versionId };
     this.#assertNotLocked(s, rid);
 
-    // 2. take the lock and record what we are about to add, BEFORE adding
+    // 2. take the lock and record what we are about to add, BEFORE adding (P2 extras: the listing gives
+    //    the baseline a retry after a lost AddSecretVersion answer searches above; the update is the
+    //    write-ahead marker itself)
     const baseline = await this.#highestVersion(stage);
     let previousFp: string | undefined;
+    /** our marker was not there before this update: no earlier attempt can have added a version */
+    let freshLock = false;
     s = await this.#cas(stage, s, (x) => {
+      freshLock = false;
       this.#assertNotLocked(x, rid);
       if (this.#ownVersion(x, rid) !== undefined) return null;
       const pm = x.pending;
       if (pm?.r === rid && pm.f === fp) return null;
       if (pm?.r === rid && pm.f) previousFp = pm.f;
+      freshLock = pm === undefined;
       const next: PendingMark = { r: rid, a: pm?.r === rid ? pm.a : baseline, f: fp, t: new Date(this.#clock.now()).toISOString() };
       return { annotations: { ...x.annotations, [ANNOTATION_PENDING]: JSON.stringify(next) } };
     });
     const raced = this.#ownVersion(s, rid);
-    if (raced !== undefined) return this.#finishStage(s, rid, raced, markFp, stage);
+    if (raced !== undefined) return { versionId: (await this.#finishStage(s, rid, raced, markFp, stage)).versionId };
     const pm = s.pending!;
 
     // 3. a version added by an earlier attempt whose response was lost? adopt it instead of adding
-    const orphans = await this.#orphans(s, pm, stage);
+    // (the marker is written before any add, so a lock taken just now has no orphans: skip the listing)
+    const orphans = freshLock ? [] : await this.#orphans(s, pm, stage);
     const mine = orphans.filter((o) => o.fp === fp).map((o) => o.n).sort((a, b) => a - b);
     const stale = orphans.filter((o) => o.fp !== fp && previousFp !== undefined && o.fp === previousFp).map((o) => o.n);
     let n: number;
+    let added = false;
     if (mine.length) {
       n = mine[0]!;
       this.#log.warn({ stage, rotationId: rid, version: n }, 'adopting the version a previous stage attempt added (its response was lost)');
     } else {
       n = await this.#add(req.secret, stage);
+      added = true;
     }
     // duplicates of this value, or values an earlier attempt of this rotation abandoned: never usable
     for (const extra of [...mine.slice(1), ...stale]) await this.#retire(extra, stage);
 
-    // 4. record the metadata and point `pending` at it
-    return this.#finishStage(s, rid, n, markFp, stage, { r: rid, k: req.meta.issuerKeyId, f: markFp, c: req.meta.createdAt });
+    // 4. record the metadata and point `pending` at it (P2 extra: the alias verify, describe and a
+    //    resumed rotation find the staged version by)
+    const out = await this.#finishStage(s, rid, n, markFp, stage, { r: rid, k: req.meta.issuerKeyId, f: markFp, c: req.meta.createdAt });
+    // verify reads this version next and promote moves it: remember the answer (not on a retry path)
+    if (added && out.view.aliases[ALIAS_PENDING] === n && out.view.marks.get(n)?.r === rid) {
+      this.#known = { view: out.view, readCurrent: false, stage: false, pending: { rid, n, secret: req.secret }, promote: { rid, n } };
+    }
+    return { versionId: out.versionId };
   }
 
-  async #finishStage(s: SecretView, rid: string, n: number, markFp: string, stage: Stage, newMark?: VersionMark): Promise<{ versionId: string }> {
+  async #finishStage(s: SecretView, rid: string, n: number, markFp: string, stage: Stage, newMark?: VersionMark): Promise<{ versionId: string; view: SecretView }> {
     const existing = s.marks.get(n);
     if (existing?.r === rid && existing.f && existing.f !== markFp) {
       throw new KeyrotorError('STORE_CONFLICT', `rotation ${rid} already staged a different value as version ${n} of ${this.label}`, {
@@ -342,7 +395,7 @@ export class GcpSecretManagerStore implements SecretStore {
         hint: `unstage rotation ${rid} first`,
       });
     }
-    await this.#cas(stage, s, (x) => {
+    const view = await this.#cas(stage, s, (x) => {
       const mark = x.marks.get(n);
       const ours = mark?.r === rid;
       // staged already, or promoted since: a retried stage changes nothing
@@ -356,14 +409,16 @@ export class GcpSecretManagerStore implements SecretStore {
       const annotations = ours ? { ...x.annotations } : { ...x.annotations, [versionAnnotation(n)]: JSON.stringify(newMark ?? { r: rid, f: markFp }) };
       return { aliases, annotations };
     });
-    return { versionId: String(n) };
+    return { versionId: String(n), view };
   }
 
   // ---------------------------------------------------------------- promote / demote
 
   async promote(rotationId: string): Promise<void> {
     const stage: Stage = 'promote';
-    const s = await this.#read(stage);
+    const known = this.#known?.promote?.rid === rotationId ? { view: this.#known.view, n: this.#known.promote.n } : undefined;
+    this.#known = undefined;
+    const s = known?.view ?? (await this.#read(stage));
     const n = this.#stagedOrCurrent(s, rotationId);
     if (n === undefined) {
       throw new KeyrotorError('STORE_CONFLICT', `rotation ${rotationId} has nothing staged in ${this.label}`, {
@@ -373,7 +428,8 @@ export class GcpSecretManagerStore implements SecretStore {
       });
     }
     // never point consumers at a version they cannot read
-    if (s.aliases[ALIAS_CURRENT] !== n) {
+    // (skipped for the version this instance added moments ago at stage: it was created ENABLED)
+    if (s.aliases[ALIAS_CURRENT] !== n && known?.n !== n) {
       const st = await this.#versionState(n, stage);
       if (st !== 'ENABLED') {
         throw new KeyrotorError('STORE_CORRUPT', `version ${n} of ${this.label} staged by rotation ${rotationId} is ${st ?? 'missing'}; refusing to make it current`, {
@@ -417,6 +473,7 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async demote(rotationId: string): Promise<void> {
     const stage: Stage = 'demote';
+    this.#known = undefined;
     const s = await this.#read(stage);
     const cur = s.aliases[ALIAS_CURRENT];
     const mark = cur === undefined ? undefined : s.marks.get(cur);
@@ -460,6 +517,7 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async unstage(rotationId: string): Promise<void> {
     const stage: Stage = 'unstage';
+    this.#known = undefined;
     const s = await this.#read(stage);
     const ownsLock = s.pending?.r === rotationId;
     const targets = new Set<number>();
