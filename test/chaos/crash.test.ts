@@ -11,7 +11,8 @@
  * Key Vault (HTTPS fake, composed with a stub credential and the fake's CA exactly as
  * test/entrypoints/fanout.test.ts does — DefaultAzureCredential cannot work here, so Azure is crashed
  * only in process); AWS Secrets Manager (moto, one shared process); and one key fanned out to all four.
- * Faults: OpenAI 5xx, 429 with retry-after, timeouts (slow answers), connection resets, lost answers;
+ * Faults: OpenAI 5xx, 429 with retry-after, timeouts (slow answers), connection resets, lost answers,
+ * malformed 200 answers (truncated JSON, an HTML page, JSON without its fields; applied or not);
  * GCP error codes before or after applying the change; Azure 5xx/429 and dropped connections; and
  * "targeted" runs of faults armed the moment a given stage calls a store (stage, promote) or the
  * issuer (revoke), long enough to defeat the retries, so that compensations (demote, unstage,
@@ -92,7 +93,7 @@ const PLAN = [
 ];
 const MIN_CRASHES = 450;
 /** stop adding scenarios after this long (the floor assertion then says what is missing) */
-const TIME_BUDGET_MS = 120_000;
+const TIME_BUDGET_MS = 200_000;
 
 interface Counts {
   scenarios: number;
@@ -198,13 +199,14 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
         // 5xx/429 answers carry retry-after(-ms) so the SDK's retries stay quick; resets, lost answers
         // and timeouts use its default backoff (~0.5 s), so they are drawn less often
         const quick = { 'retry-after-ms': '15', 'retry-after': '0' };
-        const f = rng.int(0, 9);
+        const f = rng.int(0, 10);
         if (f <= 2) b.openai.failNext(route, { status: rng.pick([500, 502, 503]), times: rng.int(1, 2), headers: quick });
         else if (f <= 4) b.openai.failNext(route, { status: 429, headers: quick, times: rng.int(1, 2) });
         else if (f === 5) b.openai.failNext(route, { status: 500, times: 3, headers: quick }); // outlasts the SDK's retries
         else if (f === 6) b.openai.loseResponse(route);
         else if (f === 7) b.openai.resetConnection(route);
         else if (f === 8) b.openai.slowResponse(route, 500); // past the 400 ms issuer timeout
+        else if (f === 9) b.openai.malformedResponse(route, { kind: rng.pick(['truncated', 'html', 'shape'] as const), applied: rng.chance(0.5) });
         else b.openai.failNext(route, { status: 503, headers: quick });
       } else if (target === 'gcp') {
         const method = rng.pick<GcpMethod>(['GetSecret', 'UpdateSecret', 'AddSecretVersion', 'AccessSecretVersion', 'ListSecretVersions', 'DisableSecretVersion']);
@@ -466,7 +468,7 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     expect(logLines.join('')).not.toContain(CANARY);
     expect(counts.violations, `seed ${SEED}`).toEqual([]);
     expect(counts.crashes, `crashes within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(Math.min(MIN_CRASHES, quota.reduce((a, x) => a + x, 0)));
-  }, 170_000);
+  }, 260_000);
 
   it('the invariant checker is not vacuous: planted violations are reported', async () => {
     const w = worlds.find((x) => x.key === 'c-file') ?? worlds[0]!;

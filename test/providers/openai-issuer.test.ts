@@ -11,6 +11,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import { openaiIssuerSchema } from '../../providers/issuers/openai/openai.schema.ts';
 import { createOpenAIIssuer } from '../../providers/issuers/openai/index.ts';
 import { matchesRedacted, SERVICE_ACCOUNT_STATE_KEY } from '../../providers/issuers/openai/openai.issuer.ts';
+import { mapOpenAIError } from '../../providers/issuers/openai/openai.errors.ts';
 import { startOpenAIFake } from '../fakes/openai-admin.ts';
 import type { FakeServiceAccount, OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
@@ -499,6 +500,96 @@ describe('openai issuer: admin key', () => {
     const e3 = await failure((await make({}, { env: { KR_OPENAI_ADMIN: restricted } })).issuer.list());
     expect(e3.code).toBe('ISSUER_PERMISSION');
     expect(e3.message).toMatch(/Missing scopes/);
+  });
+});
+
+describe('openai issuer: malformed answers (a 200 the SDK cannot use)', () => {
+  const KINDS = ['truncated', 'html', 'shape'] as const;
+
+  // a create whose answer cannot be used may have minted a key nobody holds: ambiguous (unparseable)
+  // or a bad answer (parsed, fields missing); either way retryable, and the key is removed by name
+  it.each(KINDS)('create answered with %s after the key was minted: a retryable error, the key is removed by name, nothing leaks', async (kind) => {
+    const { issuer } = await make();
+    const r = req();
+    fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: true });
+    const e = await failure(issuer.create(r));
+    expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
+    expect(e).toMatchObject({ retryable: true, stage: 'issue' });
+    expect(posts()).toHaveLength(1); // never re-sent
+    expect(posts()[0]!.fault).toBe('malformed');
+    expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(1);
+    expect(fake.state.keysNamed(r.name)).toHaveLength(0); // minted, then deleted by name
+    expect(e.message).not.toContain(CANARY);
+    // the same rotation's next attempt gets a working key
+    const again = await issuer.create(r);
+    expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([again.keyId]);
+  });
+
+  it.each(KINDS)('create answered with %s before anything was minted: a retryable error, nothing to remove', async (kind) => {
+    const { issuer } = await make();
+    const r = req();
+    fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: false });
+    const e = await failure(issuer.create(r));
+    expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
+    expect(e.retryable).toBe(true);
+    expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(0);
+  });
+
+  it('a JSON parse error quoting the body (it may hold the new key) is mapped without its text', () => {
+    const e = mapOpenAIError(new SyntaxError(`Unexpected token 's', "${CANARY}-sk-proj-cut"... is not valid JSON`), { action: 'create key x', stage: 'issue' });
+    seenErrors.push(e);
+    expect(e).toMatchObject({ code: 'ISSUER_BAD_RESPONSE', retryable: true, stage: 'issue' });
+    expect(e.message).toBe('openai: create key x: malformed answer (not valid JSON)');
+    expect(inspect(e, { depth: 8 })).not.toContain(CANARY);
+  });
+
+  it.each(KINDS)('a %s answer to list is ISSUER_BAD_RESPONSE, never an empty project', async (kind) => {
+    const { issuer } = await make();
+    await issuer.create(req());
+    fake.malformedResponse('projects.apiKeys.list', { kind, times: 5 });
+    const e = await failure(issuer.list());
+    expect(e).toMatchObject({ code: 'ISSUER_BAD_RESPONSE', retryable: true });
+    expect(e.message).not.toContain(CANARY);
+    // an ambiguous create must not trust a garbled list either: it says a key may exist
+    const r = req();
+    fake.resetFaults();
+    fake.loseResponse('serviceAccounts.apiKeys.create');
+    const off = fake.onRequest((en) => {
+      if (en.route === 'serviceAccounts.apiKeys.create') fake.malformedResponse('projects.apiKeys.list', { kind, times: 5 });
+    });
+    const e2 = await failure(issuer.create(r));
+    off();
+    expect(e2).toMatchObject({ code: 'CREATE_AMBIGUOUS', retryable: true });
+    expect(e2.message).toMatch(/may exist/);
+    fake.resetFaults();
+    await issuer.create(r); // the next attempt removes the leftover first
+    expect(fake.state.keysNamed(r.name)).toHaveLength(1);
+  });
+
+  it.each(KINDS)('a %s answer to the verify call is not proof the key works (retryable, not ok)', async (kind) => {
+    const { issuer } = await make();
+    const made = await issuer.create(req());
+    fake.malformedResponse('models.list', { kind });
+    const v = await issuer.verify(made.secret);
+    expect(v).toMatchObject({ ok: false, retryable: true });
+    expect(JSON.stringify(v)).not.toContain(CANARY);
+    expect(await issuer.verify(made.secret)).toEqual({ ok: true });
+  });
+
+  it.each(KINDS)('a %s answer to an applied revoke: the key is gone, and the issuer says so or asks for a re-check', async (kind) => {
+    const { issuer } = await make();
+    const old = await issuer.create(req());
+    fake.malformedResponse('projects.apiKeys.delete', { kind, applied: true });
+    const rv = await issuer.revoke(old.keyId).then(
+      () => 'ok',
+      (e: unknown) => {
+        seenErrors.push(e);
+        return `${(e as KeyrotorError).code}/${String((e as KeyrotorError).retryable)}`;
+      },
+    );
+    expect(['ok', 'ISSUER_BAD_RESPONSE/true']).toContain(rv);
+    expect(fake.state.keysNamed(old.name)).toHaveLength(0);
+    expect(await issuer.revoke(old.keyId)).toMatchObject({ alreadyGone: true });
   });
 });
 

@@ -127,6 +127,15 @@ export function mapOpenAIError(e: unknown, c: MapContext): KeyrotorError {
   if (e instanceof APIConnectionTimeoutError) return make('ISSUER_UNAVAILABLE', 'request timed out', true);
   if (e instanceof APIUserAbortError) return make('ISSUER_UNAVAILABLE', 'request aborted', true);
   if (e instanceof APIConnectionError) return make('ISSUER_UNAVAILABLE', `connection failed: ${msg}`, true);
+  if (e instanceof SyntaxError) {
+    // a 200 whose JSON does not parse (cut off, garbled): retryable. Its text may quote the body (a
+    // create's body holds the new key), so neither the message nor the cause carries it.
+    return new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: ${c.action}: malformed answer (not valid JSON)`, {
+      stage: c.stage,
+      retryable: true,
+      cause: new ScrubbedSdkError(new SyntaxError('answer is not valid JSON (text withheld)')),
+    });
+  }
   if (!(e instanceof APIError)) {
     return make('ISSUER_BAD_RESPONSE', `unexpected error: ${msg}`, false);
   }

@@ -27,6 +27,25 @@ export const SERVICE_ACCOUNT_STATE_KEY = 'openai.serviceAccountId';
 export const PENDING_INITIAL_KEY_STATE_KEY = 'openai.pendingInitialKeyId';
 const PAGE_LIMIT = 100;
 
+/** A 200 whose body is not what the API answers: retryable (a proxy page, a cut answer). */
+function malformed(action: string, what: string, stage?: Stage): KeyrotorError {
+  return new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: ${action}: malformed answer (${what})`, { retryable: true, ...(stage ? { stage } : {}) });
+}
+
+/**
+ * The items of one list page, checked: the SDK turns any 200 body without `data` (an HTML page from a
+ * proxy, a JSON object missing the list) into an empty page, and an empty list of keys must never be
+ * believed by mistake (a cleanup would find nothing to delete). `body` is the parsed answer the SDK
+ * keeps on every page (protected in its types).
+ */
+function checkedItems<T>(page: { data: T[] }, action: string, stage?: Stage): T[] {
+  const body = (page as unknown as { body?: unknown }).body;
+  const data = body && typeof body === 'object' ? (body as { data?: unknown }).data : undefined;
+  if (!Array.isArray(data)) throw malformed(action, typeof body === 'string' ? 'not JSON' : 'no list in it', stage);
+  if (data.some((x) => !x || typeof x !== 'object' || typeof (x as { id?: unknown }).id !== 'string')) throw malformed(action, 'an item without an id', stage);
+  return page.data;
+}
+
 export function serviceAccountName(keyName: string): string {
   return `keyrotor-${keyName}`;
 }
@@ -116,9 +135,8 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     const client = admin(stage);
     const out: ProjectAPIKey[] = [];
     try {
-      for await (const k of client.admin.organization.projects.apiKeys.list(project, { limit: PAGE_LIMIT, owner_project_access: 'any' })) {
-        out.push(k);
-      }
+      const first = await client.admin.organization.projects.apiKeys.list(project, { limit: PAGE_LIMIT, owner_project_access: 'any' });
+      for await (const page of first.iterPages()) out.push(...checkedItems<ProjectAPIKey>(page, `list keys of project ${project}`, stage));
     } catch (e) {
       throw fail(e, `list keys of project ${project}`, stage, `project ${project}`);
     }
@@ -152,8 +170,9 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     const client = admin(stage);
     const out: { id: string; name: string }[] = [];
     try {
-      for await (const sa of client.admin.organization.projects.serviceAccounts.list(project, { limit: PAGE_LIMIT })) {
-        out.push({ id: sa.id, name: sa.name });
+      const first = await client.admin.organization.projects.serviceAccounts.list(project, { limit: PAGE_LIMIT });
+      for await (const page of first.iterPages()) {
+        for (const sa of checkedItems<{ id: string; name: string }>(page, `list service accounts of project ${project}`, stage)) out.push({ id: sa.id, name: sa.name });
       }
     } catch (e) {
       throw fail(e, `list service accounts of project ${project}`, stage, `project ${project}`);
@@ -324,6 +343,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       await call(client);
       return { ok: true };
     } catch (e) {
+      if (e instanceof KeyrotorError || e instanceof SyntaxError) {
+        // a 200 we cannot use (see checkedItems; a SyntaxError is JSON that does not parse, whose
+        // text may quote the body: never shown)
+        const why = e instanceof KeyrotorError ? e.message : 'malformed answer (not valid JSON)';
+        return { ok: false, reason: 'error', detail: scrubText(why, [value]), retryable: true };
+      }
       const status = statusOf(e);
       const detail = `${status ?? 'no answer'}${e && typeof e === 'object' && 'code' in e && e.code ? ` ${String(e.code)}` : ''}: ${apiMessage(e, [value, ...secrets()])}`;
       if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
@@ -416,12 +441,17 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     },
 
     async verify(secret): Promise<VerifyResult> {
-      return withProjectKey(secret, (client) => client.models.list({ maxRetries: 0 }));
+      // a 200 is proof only with the API's own answer in it: an HTML page from a proxy, or JSON
+      // without the model list, is a bad answer (retryable), never a verified key
+      return withProjectKey(secret, async (client) => checkedItems(await client.models.list({ maxRetries: 0 }), 'verify (list models)'));
     },
 
     /** a declared cheap call with the key: retrieve one model (scopes and project access of that model) */
     async probe(secret: Secret, call: IssuerProbe): Promise<VerifyResult> {
-      return withProjectKey(secret, (client) => client.models.retrieve(call.model, { maxRetries: 0 }));
+      return withProjectKey(secret, async (client) => {
+        const m: unknown = await client.models.retrieve(call.model, { maxRetries: 0 });
+        if (!m || typeof m !== 'object' || typeof (m as { id?: unknown }).id !== 'string') throw malformed(`probe (retrieve model ${call.model})`, 'no model in it');
+      });
     },
 
     async revoke(keyId) {
