@@ -83,11 +83,31 @@ export interface PlanInfo {
   stores: string[];
   gates: string[];
   resume: string | null;
+  /** leak mode: asked for (`--leaked`), or carried from a leak-mode rotation that did not replace the key */
+  leaked: boolean;
 }
 
 export type KeyResult = RotationResult & { dryRun?: boolean; plan?: PlanInfo };
 
+/**
+ * The last rotation ran in leak mode and did not replace the compromised key, which is still the
+ * current one: that result, else null. Until a rotation replaces it, every rotation of the key runs in
+ * leak mode (it never restores that key, skips the consumer gates and revokes it at once), and the
+ * key is due at once: a scheduled run finishes what a failed `rotate --now --leaked` started.
+ */
+export function unreplacedLeak(record: KeyRecord | null): (RotationResult & { oldKeyId: string }) | null {
+  const last = record?.last;
+  const current = record?.currentKeyId;
+  if (!last?.leaked || last.outcome === 'rotated' || !current) return null;
+  // a rotation that failed before it identified the old key (preflight) changed nothing: the
+  // leaked key is the one still current
+  const leakedId = last.oldKeyId ?? current;
+  return leakedId === current ? { ...last, oldKeyId: leakedId } : null;
+}
+
 export function isDue(key: ResolvedKey, record: KeyRecord | null, now: number): { due: boolean; reason: string; nextDueAt: string | null } {
+  const leak = unreplacedLeak(record);
+  if (leak) return { due: true, reason: `the current key ${leak.oldKeyId} was reported leaked (rotation ${leak.rotationId}) and is not replaced yet`, nextDueAt: null };
   if (!record?.lastRotatedAt) return { due: true, reason: 'never rotated by keyrotor', nextDueAt: null };
   const next = Date.parse(record.lastRotatedAt) + key.schedule.every;
   return next <= now
@@ -135,11 +155,12 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
     if (o.dryRun) {
       const plan: PlanInfo = {
         due: o.now === true || due.due,
-        reason: o.now ? 'rotation requested now' : due.reason,
+        reason: o.now && !unreplacedLeak(record) ? 'rotation requested now' : due.reason,
         issuer: key.issuer.type,
         stores: key.stores.map((s) => s.type),
         gates: key.health.map((g) => g.name ?? g.type),
         resume: resume?.rotationId ?? null,
+        leaked: o.leaked === true || unreplacedLeak(record) !== null,
       };
       return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
     }
@@ -274,11 +295,18 @@ async function runRotation(
     },
   };
 
+  const inherited = o.leaked === true ? null : unreplacedLeak(record);
+  if (inherited && !resume) {
+    rlog.warn(
+      { leakedKeyId: inherited.oldKeyId, reportedBy: inherited.rotationId },
+      'the current key was reported leaked and is not replaced yet: this rotation runs in leak mode (never restores it, skips the consumer gates, revokes it at once)',
+    );
+  }
   const input: RotationInput = {
     rotationId,
     keyName: key.name,
     newKeyName: issuedKeyName(key.name, rotationId),
-    leaked: o.leaked === true,
+    leaked: o.leaked === true || inherited !== null,
     storeLabels: providers.stores.map((s) => s.label),
     gateNames: providers.gates.map((g) => g.name),
     timing: timingFor(key, providers.gates),
@@ -386,7 +414,12 @@ async function runRotation(
   // the key the stores serve now: the new one once every store was promoted and not demoted
   const allPromoted = ctx.promoted === ctx.storeLabels.length;
   const serving =
-    state === 'rotated' || (state === 'needsAttention' && allPromoted) ? ctx.newKeyId : state === 'rollbackFailed' ? undefined : ctx.oldKeyId;
+    state === 'rotated' || (state === 'needsAttention' && allPromoted)
+      ? ctx.newKeyId
+      : state === 'rollbackFailed'
+        ? undefined
+        : // a rotation that stopped before it identified the old key (preflight) changed nothing: keep the record's
+          (ctx.oldKeyId ?? undefined);
   // Leak mode stopped at promote: the leaked key must never be restored, so the only way out is
   // forward. Keep the rotation resumable at the promote it could not finish (in the same write as the
   // result, so no crash can lose it): once the store is fixed, `keyrotor resume` (or the next
