@@ -18,8 +18,8 @@
  * - Listing the versions of a secret that does not exist answers 200 with an empty page. (Not covered
  *   by the recordings; the store treats a 404 there the same way.)
  *
- * Knobs: `fault()` (one-shot or repeated error responses / dropped connections per operation and
- * secret), `deny()` (RBAC ForbiddenByRbac for a data action), `pageSize`. `log` records every request
+ * Knobs: `fault()` (one-shot or repeated error responses / dropped connections / malformed 200
+ * answers, applied or not, per operation and secret), `deny()` (RBAC ForbiddenByRbac for a data action), `pageSize`. `log` records every request
  * without bodies or values; `state` holds the vault (values included: read them only in assertions).
  * The server is unref'd and closes itself after `lifetimeMs` even if nobody calls close().
  */
@@ -79,6 +79,15 @@ export interface AzureFaultRule {
   drop?: boolean | undefined;
   /** how many matching requests to fail; default 1; Infinity for always */
   times?: number | undefined;
+  /**
+   * answer 200 with a body the SDK cannot use instead of an error: `truncated` (the real JSON cut off
+   * mid-body, inside the value when there is one; still application/json), `html` (a proxy's error
+   * page, text/html), `shape` (well-formed JSON missing the essential fields: a secret bundle whose
+   * `id` has no version segment and no `value`, a version list with no `value` array).
+   */
+  malformed?: 'truncated' | 'html' | 'shape' | undefined;
+  /** with `malformed`: the request took effect (the write/update happened) before the bad answer */
+  applied?: boolean | undefined;
 }
 
 export interface AzureFakeState {
@@ -279,6 +288,37 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
     res.end(text);
   }
 
+  /** a 200 the SDK cannot use, built from the answer that would have gone out (see AzureFaultRule.malformed) */
+  function sendMalformed(req: IncomingMessage, res: ServerResponse, kind: 'truncated' | 'html' | 'shape', op: AzureFakeOp, name: string, real: unknown) {
+    let text: string;
+    let type = 'application/json; charset=utf-8';
+    if (kind === 'html') {
+      text = '<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>';
+      type = 'text/html';
+    } else if (kind === 'truncated') {
+      const full = JSON.stringify(real);
+      const v = real && typeof real === 'object' ? (real as { value?: unknown }).value : undefined;
+      // cut inside the value when the answer carries one (a connection lost mid-body), else halfway
+      const at = typeof v === 'string' && v.length > 1 ? full.indexOf(JSON.stringify(v)) + 1 + Math.floor(v.length / 2) : Math.max(1, Math.floor(full.length / 2));
+      text = full.slice(0, at);
+    } else {
+      const r = (real && typeof real === 'object' ? real : {}) as { attributes?: unknown; tags?: unknown; nextLink?: unknown };
+      text = JSON.stringify(
+        op === 'getSecretVersions'
+          ? { nextLink: null }
+          : { id: `${vaultUrl}/secrets/${name}`, ...(r.attributes ? { attributes: r.attributes } : {}), ...(r.tags ? { tags: r.tags } : {}) },
+      );
+    }
+    const clientRequestId = req.headers['x-ms-client-request-id'];
+    res.writeHead(200, {
+      ...commonHeaders(200, true),
+      ...(typeof clientRequestId === 'string' ? { 'x-ms-client-request-id': clientRequestId } : {}),
+      'Content-Type': type,
+      'Content-Length': String(Buffer.byteLength(text)),
+    });
+    res.end(text);
+  }
+
   const server = https.createServer({ cert, key }, (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -316,6 +356,22 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
         return;
       }
       const f = takeFault(op, name);
+      if (f?.malformed) {
+        entry.fault = `malformed ${f.malformed}${f.applied ? ' applied' : ''}`;
+        let real: { status: number; body: unknown } = { status: 200, body: op === 'getSecretVersions' ? { value: [], nextLink: null } : {} };
+        if (f.applied) {
+          let reqBody: unknown;
+          try {
+            reqBody = chunks.length ? JSON.parse(Buffer.concat(chunks).toString('utf8')) : undefined;
+          } catch {
+            reqBody = undefined;
+          }
+          real = handle(op, name ?? '', version ?? '', query, reqBody);
+        }
+        entry.status = 200;
+        sendMalformed(req, res, f.malformed, op, name ?? '', real.body);
+        return;
+      }
       if (f) {
         entry.fault = f.drop ? 'drop' : `${f.status ?? 500} ${f.code ?? ''}`.trim();
         if (f.drop) {

@@ -14,7 +14,8 @@
  * - IAM: `deny(permission)` makes calls needing it fail PERMISSION_DENIED with the real wording.
  *
  * Knobs: `failNext` (fail the next N calls of a method with a code, optionally after applying the
- * change, i.e. a lost response), `setLatency`, `beforeNext` (run code, e.g. another writer, right
+ * change, i.e. a lost response), `alterNext` (answer OK with a well-formed message that lacks fields:
+ * no `etag`, an empty `name`, a version without payload, an alias to a missing version), `setLatency`, `beforeNext` (run code, e.g. another writer, right
  * before a call is handled). `log` records every call (method, resource, mask, result code), never
  * a payload. `close()` stops the server; call it in afterAll.
  */
@@ -89,6 +90,8 @@ export interface LogEntry {
   code: string;
   /** true when the change was applied but the response was replaced by an injected error */
   lost?: boolean | undefined;
+  /** true when the OK answer was altered by `alterNext` */
+  altered?: boolean | undefined;
   at: number;
 }
 
@@ -109,11 +112,23 @@ export interface GcpFakeState {
   enabledVersionsWith(name: string, value: string): number[];
 }
 
+export interface AlterOptions {
+  /** how many calls (default 1) */
+  count?: number;
+  /** do not run the call (the change does not happen); `alter` gets undefined */
+  skipApply?: boolean;
+}
+
 export interface GcpFake {
   port: number;
   state: GcpFakeState;
   log: LogEntry[];
   failNext(method: GcpMethod, opts: FailOptions): void;
+  /**
+   * Answer the next call(s) of `method` with OK and `alter(answer)` instead of the answer (the raw
+   * proto-loader object, snake_case fields), e.g. `(r) => ({ ...r, etag: '' })`.
+   */
+  alterNext(method: GcpMethod, alter: (answer: any) => unknown, opts?: AlterOptions): void;
   setLatency(method: GcpMethod | '*', ms: number): void;
   /** run `fn` once, right before the next call of `method` is handled */
   beforeNext(method: GcpMethod, fn: () => unknown): void;
@@ -208,6 +223,7 @@ export async function startGcpFake(): Promise<GcpFake> {
   const faults = new Map<GcpMethod, Array<Required<Pick<FailOptions, 'code'>> & FailOptions & { left: number }>>();
   const latency = new Map<GcpMethod | '*', number>();
   const hooks = new Map<GcpMethod, Array<() => unknown>>();
+  const alters = new Map<GcpMethod, Array<{ alter: (answer: any) => unknown; left: number; skipApply: boolean }>>();
 
   const state: GcpFakeState = {
     secrets,
@@ -485,12 +501,19 @@ export async function startGcpFake(): Promise<GcpFake> {
         if (denied.has(perm)) {
           throw new RpcError(grpc.status.PERMISSION_DENIED, `Permission '${perm}' denied for resource '${entry.resource}' (or it may not exist).`);
         }
-        const res = handle(req);
+        const altQueue = alters.get(method);
+        const alt = fault ? undefined : altQueue?.[0];
+        if (alt) {
+          alt.left--;
+          if (alt.left <= 0) altQueue!.shift();
+        }
+        const res = alt?.skipApply ? undefined : handle(req);
         if (fault?.afterApply) {
           entry.lost = true;
           throw new RpcError(fault.code, fault.message ?? `injected ${grpc.status[fault.code]} after applying`);
         }
-        cb(null, res);
+        if (alt) entry.altered = true;
+        cb(null, alt ? alt.alter(res) : res);
       } catch (e) {
         const code = e instanceof RpcError ? e.code : grpc.status.INTERNAL;
         entry.code = grpc.status[code] ?? String(code);
@@ -514,6 +537,11 @@ export async function startGcpFake(): Promise<GcpFake> {
       list.push({ ...opts, left: opts.count ?? 1 });
       faults.set(method, list);
     },
+    alterNext(method, alter, opts = {}) {
+      const list = alters.get(method) ?? [];
+      list.push({ alter, left: opts.count ?? 1, skipApply: opts.skipApply === true });
+      alters.set(method, list);
+    },
     setLatency(method, ms) {
       latency.set(method, ms);
     },
@@ -530,6 +558,7 @@ export async function startGcpFake(): Promise<GcpFake> {
     },
     resetKnobs() {
       faults.clear();
+      alters.clear();
       latency.clear();
       hooks.clear();
       denied.clear();

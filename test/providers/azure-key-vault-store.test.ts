@@ -367,6 +367,145 @@ describe('azure-key-vault store: Key Vault specifics', () => {
   });
 });
 
+// ---------------------------------------------------------------- malformed 200 answers (issue 5)
+
+describe('azure-key-vault store: malformed 200 answers', () => {
+  const KINDS = ['truncated', 'html', 'shape'] as const;
+  type Kind = (typeof KINDS)[number];
+  const seen: KeyrotorError[] = [];
+
+  /** a garbled 200 is never success: an honest code, one line, no value anywhere in the error */
+  async function honest(p: Promise<unknown>, stage?: string): Promise<KeyrotorError> {
+    const e = await expectError(p);
+    seen.push(e);
+    expect(['STORE_UNAVAILABLE', 'STORE_CORRUPT']).toContain(e.code);
+    if (e.code === 'STORE_UNAVAILABLE') expect(e.retryable).toBe(true);
+    expect(e.message).not.toMatch(/[\r\n]/);
+    expect(e.message).toMatch(/malformed|unusable/);
+    if (stage) expect(e.stage).toBe(stage);
+    const printed = [e.message, e.hint ?? '', inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord())].join('\n');
+    expect(printed).not.toContain(CANARY.slice(0, 16)); // not even the half a cut answer carried
+    return e;
+  }
+
+  async function promoted(n: number): Promise<{ name: string; s: SecretStore }> {
+    const name = freshName();
+    const s = await makeStore(name, FAST_FAIL);
+    const r = `rot-2026110${n}t000000z-0000000${n}`;
+    await s.stage({ rotationId: r, secret: value(n), meta: meta(r, n) });
+    await s.promote(r);
+    return { name, s };
+  }
+
+  for (const kind of KINDS) {
+    it(`getSecret answered ${kind}: readCurrent, readPrevious and readPending fail honestly, then read the value`, async () => {
+      const { name, s } = await promoted(1);
+      await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+      fake.fault({ op: 'getSecret', name, malformed: kind });
+      await honest(s.readCurrent());
+      expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+      await s.promote(R2);
+      // readPrevious reads one version by id
+      fake.fault({ op: 'getSecret', name, malformed: kind, times: 2 });
+      await honest(s.readPrevious());
+      fake.clearFaults();
+      expect((await s.readPrevious())?.secret.reveal()).toBe(value(1).reveal());
+      // a fresh instance reads the side secret's version for readPending
+      await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+      const fresh = await makeStore(name, FAST_FAIL);
+      fake.fault({ op: 'getSecret', name: `${name}--pending`, malformed: kind });
+      await honest(fresh.readPending(R3));
+      expect((await fresh.readPending(R3))?.secret.reveal()).toBe(value(3).reveal());
+      // preflight reads latest too
+      fake.fault({ op: 'getSecret', name, malformed: kind });
+      await honest(fresh.check(), 'preflight');
+    });
+
+    it(`listing versions answered ${kind}: never an empty list (check, stage, describe, promote, unstage)`, async () => {
+      const { name, s } = await promoted(1);
+      fake.fault({ op: 'getSecretVersions', name, malformed: kind });
+      await honest(s.check(), 'preflight');
+      // side list garbled at stage: no write, no lock check skipped
+      await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+      const fresh = await makeStore(name, FAST_FAIL);
+      fake.fault({ op: 'getSecretVersions', name: `${name}--pending`, malformed: kind });
+      const mark = fake.log.length;
+      await honest(fresh.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }), 'stage');
+      expect(since(mark).filter((e) => e.method !== 'GET')).toEqual([]);
+      expect(await expectError(fresh.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }))).toMatchObject({ code: 'LOCKED' });
+      fake.fault({ op: 'getSecretVersions', name, malformed: kind });
+      await honest(fresh.describe());
+      fake.fault({ op: 'getSecretVersions', name: `${name}--pending`, malformed: kind });
+      await honest(fresh.promote(R2), 'promote');
+      fake.fault({ op: 'getSecretVersions', name: `${name}--pending`, malformed: kind });
+      await honest(fresh.unstage(R2), 'unstage');
+      expect((await fresh.readPending(R2))?.secret.reveal()).toBe(value(2).reveal()); // unstage did not pretend
+      fake.fault({ op: 'getSecretVersions', name, malformed: kind });
+      await honest(fresh.demote(R2), 'demote');
+      await fresh.promote(R2);
+      expect((await fresh.readCurrent())?.secret.reveal()).toBe(value(2).reveal());
+    });
+
+    for (const applied of [false, true]) {
+      it(`setSecret answered ${kind} (${applied ? 'applied' : 'not applied'}): stage, promote and demote fail honestly and converge on retry`, async () => {
+        const { name, s } = await promoted(1);
+        fake.fault({ op: 'setSecret', name: `${name}--pending`, malformed: kind, applied });
+        await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
+        const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        expect((await rawVersions(`${name}--pending`)).filter((p) => p.enabled)).toHaveLength(1);
+        expect((await s.readPending(R2))?.versionId).toBe(versionId);
+
+        fake.fault({ op: 'setSecret', name, malformed: kind, applied });
+        await honest(s.promote(R2), 'promote');
+        await s.promote(R2);
+        expect((await rawVersions(name)).filter((p) => p.tags?.['keyrotor-rotation'] === R2)).toHaveLength(1);
+        expect((await s.readCurrent())?.secret.reveal()).toBe(value(2).reveal());
+        expect(await s.readPending(R2)).toBeNull();
+
+        fake.fault({ op: 'setSecret', name, malformed: kind, applied });
+        await honest(s.demote(R2), 'demote');
+        await s.demote(R2);
+        const versions = await rawVersions(name);
+        expect(versions).toHaveLength(3); // one restored copy, never two
+        expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+      });
+
+      it(`updateSecretProperties answered ${kind} (${applied ? 'applied' : 'not applied'}): unstage, promote and demote never pretend`, async () => {
+        const { name, s } = await promoted(1);
+        await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        fake.fault({ op: 'updateSecret', name: `${name}--pending`, malformed: kind, applied });
+        await honest(s.unstage(R2), 'unstage');
+        await s.unstage(R2);
+        expect(await s.readPending(R2)).toBeNull();
+        expect((await rawVersions(`${name}--pending`)).filter((p) => p.enabled)).toHaveLength(0);
+
+        await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+        fake.fault({ op: 'updateSecret', name: `${name}--pending`, malformed: kind, applied });
+        await honest(s.promote(R3), 'promote');
+        await s.promote(R3);
+        expect(await s.readPending(R3)).toBeNull();
+        expect((await rawVersions(`${name}--pending`)).filter((p) => p.enabled)).toHaveLength(0);
+
+        fake.fault({ op: 'updateSecret', name, malformed: kind, applied });
+        await honest(s.demote(R3), 'demote');
+        await s.demote(R3);
+        const versions = await rawVersions(name);
+        expect(versions).toHaveLength(3);
+        expect(versions.filter((p) => p.enabled && p.tags?.['keyrotor-rotation'] === R3 && !p.tags?.['keyrotor-restored-from'])).toHaveLength(0);
+        expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+      });
+    }
+  }
+
+  it('no malformed-answer error carries a value', () => {
+    expect(seen.length).toBeGreaterThanOrEqual(40);
+    const printed = seen.map((e) => [inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord()), String(e), inspect(e.cause, { depth: 10 })].join('\n')).join('\n');
+    capture('azure-key-vault-malformed-errors.txt', printed);
+    expect(printed).not.toContain(CANARY.slice(0, 16));
+    expect(logLines.join('\n')).not.toContain(CANARY.slice(0, 16));
+  });
+});
+
 // ---------------------------------------------------------------- the fake vs real recorded traffic
 
 interface RecordedEntry {

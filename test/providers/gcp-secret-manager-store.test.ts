@@ -384,6 +384,130 @@ describe('gcp-secret-manager store', () => {
   });
 });
 
+// ---------------------------------------------------------------- well-formed answers missing fields (issue 5)
+
+describe('gcp-secret-manager store: OK answers missing fields', () => {
+  /** never success with missing data: an honest code, one line, no value anywhere in the error */
+  async function honest(p: Promise<unknown>, stage?: string, codes = ['STORE_UNAVAILABLE', 'STORE_CORRUPT']): Promise<KeyrotorError> {
+    const e = await failure(p);
+    expect(codes).toContain(e.code);
+    if (e.code === 'STORE_UNAVAILABLE') expect(e.retryable).toBe(true);
+    expect(e.message).not.toMatch(/[\r\n]/);
+    if (stage) expect(e.stage).toBe(stage);
+    const printed = [e.message, e.hint ?? '', inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord())].join('\n');
+    expect(printed).not.toContain(CANARY.slice(0, 16));
+    return e;
+  }
+  const enabledWith = (id: string, n: number) => fake.state.enabledVersionsWith(nameOf(id), value(n).reveal());
+
+  const SECRET_ALTERS: Array<[string, (r: any) => unknown]> = [
+    ['no etag', (r) => ({ ...r, etag: '' })],
+    ['an empty name', (r) => ({ ...r, name: '' })],
+  ];
+  for (const [what, alter] of SECRET_ALTERS) {
+    it(`GetSecret answered with ${what}: check, reads, stage and promote refuse it, then converge`, async () => {
+      const id = await freshSecret();
+      const s = await makeStore(id);
+      await bootstrap(s);
+      fake.alterNext('GetSecret', alter);
+      await honest(s.check(), 'preflight');
+      fake.alterNext('GetSecret', alter);
+      await honest(s.readCurrent());
+      fake.alterNext('GetSecret', alter);
+      await honest(s.describe());
+      const mark = fake.log.length;
+      fake.alterNext('GetSecret', alter);
+      await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
+      expect(count('UpdateSecret', mark) + count('AddSecretVersion', mark)).toBe(0); // no blind (etag-less) write
+      await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+      const t = await makeStore(id);
+      fake.alterNext('GetSecret', alter);
+      await honest(t.promote(R2), 'promote');
+      await t.promote(R2);
+      expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+      expect(enabledWith(id, 2)).toHaveLength(1);
+    });
+  }
+
+  for (const skipApply of [false, true]) {
+    it(`UpdateSecret answered without etag (${skipApply ? 'not applied' : 'applied'}): stage and promote refuse it, retries converge`, async () => {
+      const id = await freshSecret();
+      const s = await makeStore(id);
+      await bootstrap(s);
+      const alter = (r: any) => (skipApply ? { name: nameOf(id) } : { ...r, etag: '' });
+      fake.alterNext('UpdateSecret', alter, { skipApply });
+      await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
+      const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+      expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+      const t = await makeStore(id);
+      fake.alterNext('UpdateSecret', alter, { skipApply });
+      await honest(t.promote(R2), 'promote');
+      await t.promote(R2);
+      expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+      expect((await aliasesOf(id)).pending).toBeUndefined();
+      fake.alterNext('UpdateSecret', alter, { skipApply });
+      await honest(t.demote(R2), 'demote');
+      await t.demote(R2);
+      expect(await rawRead(id, 'current')).toBe(value(1).reveal());
+    });
+  }
+
+  it('AccessSecretVersion answered without payload: reads refuse it (never an empty value), then read the value', async () => {
+    const id = await freshSecret();
+    const s = await makeStore(id);
+    await bootstrap(s);
+    fake.alterNext('AccessSecretVersion', (r) => ({ name: r.name }));
+    await honest(s.readCurrent());
+    expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+    await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+    const t = await makeStore(id);
+    fake.alterNext('AccessSecretVersion', (r) => ({ name: r.name, payload: null }));
+    await honest(t.readPending(R2));
+    expect((await t.readPending(R2))?.secret.reveal()).toBe(value(2).reveal());
+    // a version answered under another name is not this version
+    fake.alterNext('AccessSecretVersion', (r) => ({ ...r, name: '' }));
+    await honest(t.readCurrent());
+  });
+
+  it('AccessSecretVersion without payload while a retried stage looks for its lost add: no second copy is added', async () => {
+    const id = await freshSecret();
+    const s = await makeStore(id);
+    await bootstrap(s);
+    const mark = fake.log.length;
+    fake.failNext('AddSecretVersion', { code: grpc.status.UNAVAILABLE, afterApply: true, message: 'connection reset' });
+    await failure(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }));
+    fake.alterNext('AccessSecretVersion', (r) => ({ name: r.name }));
+    await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
+    const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+    expect(count('AddSecretVersion', mark)).toBe(1);
+    expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+  });
+
+  it('AddSecretVersion answered with an empty name (applied): stage refuses it; the retry adopts that version', async () => {
+    const id = await freshSecret();
+    const s = await makeStore(id);
+    await bootstrap(s);
+    fake.alterNext('AddSecretVersion', (r) => ({ ...r, name: '' }));
+    const e = await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
+    expect(e).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true }); // the add happened: a retry must be allowed
+    const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+    expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+    await s.promote(R2);
+    expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+  });
+
+  it('an alias pointing at a version that does not exist is never read as an empty store', async () => {
+    const id = await freshSecret();
+    const s = await makeStore(id);
+    await bootstrap(s);
+    const alter = (r: any) => ({ ...r, version_aliases: { ...r.version_aliases, current: '99' } });
+    fake.alterNext('GetSecret', alter);
+    const e = await honest(s.readCurrent(), undefined, ['STORE_UNAVAILABLE', 'STORE_CORRUPT']);
+    expect(e.message).toContain('99');
+    expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+  });
+});
+
 describe('gcp fake (raw client)', () => {
   it('checks data_crc32c, paginates versions, resolves aliases and answers NOT_FOUND as a gRPC status', async () => {
     expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283); // the CRC-32C check value

@@ -93,12 +93,34 @@ function sanitizedCause(e: SdkErrorLike, detail: string): Error {
   return c;
 }
 
+const WRITES: ReadonlySet<AwsSmOperation> = new Set(['PutSecretValue', 'UpdateSecretVersionStage']);
+
+/**
+ * A 2xx answer the store cannot use (a body that is not JSON, or JSON without the fields the operation
+ * answers with): retryable, because every store call re-reads before it writes and writes are keyed by
+ * rotation-derived tokens, so a retry converges whether or not the call took effect. The parser's text
+ * is never kept (it can quote the body, and a cut GetSecretValue body holds part of the value).
+ */
+export function malformedAnswer(ctx: AwsErrorContext, what: string): KeyrotorError {
+  const where = `secret ${ctx.secretId} in region ${ctx.region}`;
+  const maybe = WRITES.has(ctx.op) ? '; the change may or may not have taken effect' : '';
+  return new KeyrotorError('STORE_UNAVAILABLE', `Secrets Manager sent a malformed answer to ${ctx.op} on ${where} (${what})${maybe}`, {
+    stage: ctx.stage,
+    retryable: true,
+    hint: 'usually a proxy or gateway between keyrotor and Secrets Manager garbling answers; retry the rotation (it re-reads the secret first)',
+  });
+}
+
 /** Map anything the SDK threw during `ctx.op` to a KeyrotorError. KeyrotorErrors pass through. */
 export function mapAwsError(err: unknown, ctx: AwsErrorContext): KeyrotorError {
   if (err instanceof KeyrotorError) return err;
   const e = (err && typeof err === 'object' ? err : { message: String(err) }) as SdkErrorLike;
   const name = nameOf(e);
   const status = e.$metadata?.httpStatusCode;
+  // the SDK could not deserialize a 2xx answer (SyntaxError from its JSON parser)
+  if ((status !== undefined && status >= 200 && status < 300) || name === 'SyntaxError') {
+    return malformedAnswer(ctx, name === 'SyntaxError' ? 'not JSON' : 'unreadable');
+  }
   const rawMessage = typeof e.message === 'string' ? e.message : '';
   const detail = scrubText(rawMessage, ctx.scrub ?? []).replace(/\s+/g, ' ').trim().slice(0, 300);
   const where = `secret ${ctx.secretId} in region ${ctx.region}`;

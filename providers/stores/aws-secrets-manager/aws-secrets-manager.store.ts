@@ -60,7 +60,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { AwsSecretsManagerStoreConfig } from './aws-secrets-manager.schema.ts';
-import { mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
+import { malformedAnswer, mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
 import { formatNativeToken, nativeTokenKey, parseNativeToken } from './aws-secrets-manager.native.ts';
 
 export const CURRENT = 'AWSCURRENT';
@@ -374,8 +374,27 @@ class AwsSecretsManagerStore implements SecretStore {
     }
   }
 
+  /** a 200 without what the call answers with (see errors.ts `malformedAnswer`) */
+  private malformed(op: AwsSmOperation, what: string, stage: Stage | undefined, versionId?: string): KeyrotorError {
+    return malformedAnswer({ op, secretId: this.secretId, region: this.region, stage, versionId }, what);
+  }
+
+  /**
+   * DescribeSecret, checked: an answer without the secret's ARN, or with a label map that is not a map,
+   * must never read as "a secret with no versions" (that would bootstrap over the real current value).
+   */
+  private async describeSecret(stage: Stage | undefined): Promise<DescribeSecretCommandOutput> {
+    const out = await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+    const stages: unknown = out.VersionIdsToStages;
+    if (typeof out.ARN !== 'string' || !out.ARN) throw this.malformed('DescribeSecret', 'no ARN', stage);
+    if (stages !== undefined && (stages === null || typeof stages !== 'object' || Object.values(stages).some((l) => !Array.isArray(l)))) {
+      throw this.malformed('DescribeSecret', 'VersionIdsToStages is not a map of label lists', stage);
+    }
+    return out;
+  }
+
   private async state(stage: Stage | undefined, answer?: DescribeSecretCommandOutput): Promise<State> {
-    const out = answer ?? (await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId }))));
+    const out = answer ?? (await this.describeSecret(stage));
     const st = toState(out);
     if (st.deletedDate) {
       throw new KeyrotorError('STORE_NOT_FOUND', `secret ${this.secretId} in region ${this.region} is scheduled for deletion`, {
@@ -399,6 +418,8 @@ class AwsSecretsManagerStore implements SecretStore {
       () => this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: versionId })),
       { versionId },
     );
+    if (out.VersionId !== versionId) throw this.malformed('GetSecretValue', `asked for version ${versionId}, the answer names ${out.VersionId ? 'another' : 'none'}`, stage, versionId);
+    if (out.SecretString === undefined && out.SecretBinary === undefined) throw this.malformed('GetSecretValue', 'neither SecretString nor SecretBinary', stage, versionId);
     if (typeof out.SecretString !== 'string') {
       throw this.corrupt(versionId, 'holds binary data or no string; keyrotor stores the key as SecretString', stage);
     }
@@ -417,7 +438,9 @@ class AwsSecretsManagerStore implements SecretStore {
   ): Promise<void> {
     const versionId = input.MoveToVersionId ?? input.RemoveFromVersionId;
     try {
-      await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.secretId, ...input }));
+      const out = await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.secretId, ...input }));
+      // an answer without the secret's ARN proves nothing: the caught error forgets the model, the retry re-reads
+      if (typeof out.ARN !== 'string' || !out.ARN) throw this.malformed('UpdateSecretVersionStage', 'no ARN', stage, versionId);
       if (this.model) applyRelabel(this.model, input);
     } catch (e) {
       this.model = undefined; // whatever happened, the next step reads the labels
@@ -479,7 +502,10 @@ class AwsSecretsManagerStore implements SecretStore {
       () => this.client.send(new PutSecretValueCommand({ SecretId: this.secretId, SecretString: value, ClientRequestToken: token, VersionStages: labels })),
       { versionId: token, scrub: [value, ...alsoScrub] },
     );
-    return { versionId: out.VersionId ?? token, labels: out.VersionStages ?? [] };
+    // the write may have happened: a retry with the same token is a no-op that answers properly
+    if (out.VersionId !== token) throw this.malformed('PutSecretValue', out.VersionId ? 'another version id than the token' : 'no version id', stage, token);
+    if (!Array.isArray(out.VersionStages)) throw this.malformed('PutSecretValue', 'no staging labels', stage, token);
+    return { versionId: out.VersionId, labels: out.VersionStages };
   }
 
   // ---------------------------------------------------------------- values
@@ -553,7 +579,7 @@ class AwsSecretsManagerStore implements SecretStore {
     this.known = undefined;
     // P2 extra (beyond the floor's GetSecretValue): the labels of every version: a foreign AWSPENDING
     // locks, AWSPREVIOUS must be known for demote, and a deleted or natively rotated secret shows here
-    const out = await this.call('DescribeSecret', 'preflight', () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+    const out = await this.describeSecret('preflight');
     const model = modelOf(out);
     const st = await this.state('preflight', out);
     if (st.rotationEnabled && !parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)))) {

@@ -71,6 +71,31 @@ export function isDisabled(e: unknown): boolean {
   return f.statusCode === 403 && f.innerCode === 'SecretDisabled';
 }
 
+/**
+ * A 200 the SDK could not use: JSON that does not parse (`PARSE_ERROR` with a 2xx status), or a body
+ * without the fields the SDK needs (its deserializers then throw a plain TypeError, its pager a
+ * RestError with neither status nor code). A proxy's error page, a cut-off body, a half-written answer.
+ */
+export function isMalformed(e: unknown): boolean {
+  const f = azureErrorFacts(e);
+  if (f.statusCode !== undefined && f.statusCode >= 200 && f.statusCode < 300) return true;
+  if (f.name === 'TypeError' || f.name === 'SyntaxError') return true;
+  return f.name === 'RestError' && f.statusCode === undefined && f.code === undefined;
+}
+
+/**
+ * The one error for an answer that cannot be trusted: retryable, because the store's calls are
+ * idempotent and re-read before they write, so a retry converges whether or not the call took effect.
+ */
+export function malformedAnswer(ctx: AzureErrorContext, what: string): KeyrotorError {
+  const writes = ctx.op === 'setSecret' || ctx.op === 'updateProperties';
+  return new KeyrotorError('STORE_UNAVAILABLE', `the vault sent a malformed answer while ${VERB[ctx.op]} ${ctx.target} (${what})${writes ? '; the change may or may not have taken effect' : ''}`, {
+    stage: ctx.stage,
+    retryable: true,
+    hint: 'usually a proxy or gateway between keyrotor and the vault garbling answers; retry the rotation (it re-reads the vault first)',
+  });
+}
+
 export interface AzureErrorContext {
   op: AzureOp;
   /** e.g. `azure-key-vault:https://x.vault.azure.net/secrets/openai-key--pending` */
@@ -106,6 +131,10 @@ export function mapAzureError(e: unknown, ctx: AzureErrorContext): KeyrotorError
   }
   if (f.name === 'AbortError') {
     return new KeyrotorError('STORE_UNAVAILABLE', `${what} was aborted`, { ...base, retryable: true });
+  }
+
+  if (isMalformed(e)) {
+    return malformedAnswer(ctx, f.code === 'PARSE_ERROR' ? 'not JSON' : 'not the expected shape');
   }
 
   if (status === undefined) {

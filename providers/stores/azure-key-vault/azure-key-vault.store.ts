@@ -46,7 +46,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { AzureKeyVaultStoreConfig } from './azure-key-vault.schema.ts';
-import { isDisabled, isNotFound, mapAzureError, type AzureOp } from './azure-key-vault.errors.ts';
+import { isDisabled, isNotFound, malformedAnswer, mapAzureError, type AzureOp } from './azure-key-vault.errors.ts';
 
 export type TokenCredential = ConstructorParameters<typeof SecretClient>[1];
 
@@ -214,21 +214,36 @@ export class AzureKeyVaultStore implements SecretStore {
 
   // ------------------------------------------------------------ SDK access (one place each)
 
+  /** a 200 without what the call must return (see errors.ts `malformedAnswer`) */
+  private malformed(op: AzureOp, secretName: string, what: string, stage?: Stage): KeyrotorError {
+    return malformedAnswer({ op, target: this.target(secretName), stage }, what);
+  }
+
   private async versions(secretName: string, stage?: Stage): Promise<VersionInfo[]> {
+    const out: VersionInfo[] = [];
     try {
-      const out: VersionInfo[] = [];
       for await (const p of this.client.listPropertiesOfSecretVersions(secretName)) out.push(toInfo(p));
-      return out;
     } catch (e) {
       if (isNotFound(e)) return [];
       throw mapAzureError(e, { op: 'listVersions', target: this.target(secretName), stage });
     }
+    // never act on a list with holes: a version without an id cannot be told apart from the others
+    if (out.some((v) => !v.version)) throw this.malformed('listVersions', secretName, 'a version without an id', stage);
+    return out;
+  }
+
+  /** a read answer must name its version and carry a value field (empty is checked in `wrap`) */
+  private checkedRead(secretName: string, s: KeyVaultSecret, stage?: Stage): KeyVaultSecret {
+    if (!s.properties?.version) throw this.malformed('getSecret', secretName, 'no version id', stage);
+    if (typeof s.value !== 'string') throw this.malformed('getSecret', secretName, 'no value', stage);
+    return s;
   }
 
   /** the latest version (what consumers read) */
   private async latest(secretName: string, stage?: Stage): Promise<Latest> {
     try {
       const s = await this.client.getSecret(secretName);
+      this.checkedRead(secretName, s, stage);
       return { kind: 'ok', info: toInfo(s.properties), secret: s };
     } catch (e) {
       if (isNotFound(e)) return { kind: 'none' };
@@ -241,6 +256,8 @@ export class AzureKeyVaultStore implements SecretStore {
   private async valueOf(secretName: string, version: string, stage?: Stage): Promise<Secret | null> {
     try {
       const s = await this.client.getSecret(secretName, { version });
+      this.checkedRead(secretName, s, stage);
+      if (s.properties.version !== version) throw this.malformed('getSecret', secretName, `asked for version ${version}, got another`, stage);
       return this.wrap(secretName, s);
     } catch (e) {
       if (isNotFound(e) || isDisabled(e)) return null;
@@ -258,15 +275,18 @@ export class AzureKeyVaultStore implements SecretStore {
   private async write(secretName: string, secret: Secret, tags: Tags, stage: Stage): Promise<string> {
     const s = await this.call('setSecret', secretName, stage, () => this.client.setSecret(secretName, secret.reveal(), { tags }));
     const version = s.properties.version;
-    if (!version) throw new KeyrotorError('STORE_CORRUPT', `${this.target(secretName)}: the vault returned no version id for a write`, { stage });
+    // the write may have happened: the retry finds it by its tags (stage/promote/demote look first)
+    if (!version) throw this.malformed('setSecret', secretName, 'no version id', stage);
     return version;
   }
 
   /** disable a version; the tag map is sent unchanged because PATCH with tags replaces the map */
   private async disable(secretName: string, v: VersionInfo, stage: Stage): Promise<void> {
-    await this.call('updateProperties', secretName, stage, () =>
+    const p = await this.call('updateProperties', secretName, stage, () =>
       this.client.updateSecretProperties(secretName, v.version, { enabled: false, tags: v.tags }),
     );
+    // an answer that does not show this version disabled proves nothing: the retry re-lists and disables what is still enabled
+    if (p?.version !== v.version || p.enabled !== false) throw this.malformed('updateProperties', secretName, 'the answer does not show the version disabled', stage);
   }
 
   // ------------------------------------------------------------ SecretStore

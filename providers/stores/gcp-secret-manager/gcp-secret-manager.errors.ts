@@ -85,6 +85,23 @@ function safeCause(e: unknown): Error {
   return Object.assign(new Error(`${code === undefined ? 'error' : (CODE_NAMES[code] ?? code)}: ${serverDetail(e)}`), { code });
 }
 
+const WRITES: ReadonlySet<GcpOperation> = new Set(['updateSecret', 'addSecretVersion', 'disableSecretVersion', 'destroySecretVersion']);
+
+/**
+ * An OK answer without the fields the call answers with (no etag, an empty or foreign name, a version
+ * without payload): retryable, because every store step re-reads before it writes (aliases by etag,
+ * added versions found again through the pending marker), so a retry converges either way.
+ */
+export function malformedAnswer(c: GcpErrorContext, what: string): KeyrotorError {
+  const target = c.version === undefined ? `secret ${c.secretName}` : `version ${c.version} of secret ${c.secretName}`;
+  const maybe = WRITES.has(c.op) ? '; the change may or may not have taken effect' : '';
+  return new KeyrotorError('STORE_UNAVAILABLE', `Secret Manager sent a malformed answer to ${c.op} on ${target} (${what})${maybe}`, {
+    stage: c.stage,
+    retryable: true,
+    hint: 'usually a proxy or gateway between keyrotor and Secret Manager; retry the rotation (it re-reads the secret first)',
+  });
+}
+
 export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
   if (e instanceof KeyrotorError) return e;
   const code = grpcCode(e);

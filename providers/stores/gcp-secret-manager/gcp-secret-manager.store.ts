@@ -40,7 +40,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { GcpSecretManagerStoreConfig } from './gcp-secret-manager.schema.ts';
-import { GRPC, grpcCode, mapGcpError, type GcpOperation } from './gcp-secret-manager.errors.ts';
+import { GRPC, grpcCode, malformedAnswer, mapGcpError, type GcpOperation } from './gcp-secret-manager.errors.ts';
 
 type ISecret = protos.google.cloud.secretmanager.v1.ISecret;
 
@@ -616,13 +616,30 @@ export class GcpSecretManagerStore implements SecretStore {
     return mapGcpError(e, { op, secretName: this.secretName, stage, version: version === undefined ? undefined : String(version) });
   }
 
+  #malformed(op: GcpOperation, what: string, stage?: Stage, version?: number | string): KeyrotorError {
+    return malformedAnswer({ op, secretName: this.secretName, stage, version: version === undefined ? undefined : String(version) }, what);
+  }
+
+  /**
+   * A secret answer (GetSecret, UpdateSecret) must name this secret (the service may spell the
+   * project by number, so only the `/secrets/<id>` tail is compared) and carry an etag: a view
+   * without one would turn the next alias change into an unconditional write.
+   */
+  #checkedView(secret: ISecret, op: GcpOperation, stage?: Stage): SecretView {
+    const tail = this.secretName.slice(this.secretName.indexOf('/secrets/'));
+    if (!secret.name || !secret.name.endsWith(tail)) throw this.#malformed(op, secret.name ? 'it names another secret' : 'no name', stage);
+    if (!secret.etag) throw this.#malformed(op, 'no etag', stage);
+    return viewOf(secret);
+  }
+
   async #read(stage?: Stage): Promise<SecretView> {
+    let secret: ISecret;
     try {
-      const [secret] = await this.#client.getSecret({ name: this.secretName }, { timeout: CALL_TIMEOUT_MS });
-      return viewOf(secret);
+      [secret] = await this.#client.getSecret({ name: this.secretName }, { timeout: CALL_TIMEOUT_MS });
     } catch (e) {
       throw this.#err(e, 'getSecret', stage);
     }
+    return this.#checkedView(secret, 'getSecret', stage);
   }
 
   /**
@@ -646,9 +663,9 @@ export class GcpSecretManagerStore implements SecretStore {
         paths.push('annotations');
         secret.annotations = pruneMarks(change.annotations, aliases);
       }
+      let out: ISecret;
       try {
-        const [out] = await this.#client.updateSecret({ secret, updateMask: { paths } }, { timeout: CALL_TIMEOUT_MS });
-        return viewOf(out);
+        [out] = await this.#client.updateSecret({ secret, updateMask: { paths } }, { timeout: CALL_TIMEOUT_MS });
       } catch (e) {
         if (grpcCode(e) !== GRPC.ABORTED) throw this.#err(e, 'updateSecret', stage);
         if (attempt >= CAS_ATTEMPTS) {
@@ -661,7 +678,9 @@ export class GcpSecretManagerStore implements SecretStore {
         this.#log.debug({ stage, attempt }, 'stale etag; re-reading the secret and retrying');
         await this.#clock.sleep(20 * 2 ** (attempt - 1) + Math.floor(Math.random() * 20));
         s = await this.#read(stage);
+        continue;
       }
+      return this.#checkedView(out, 'updateSecret', stage);
     }
   }
 
@@ -716,7 +735,8 @@ export class GcpSecretManagerStore implements SecretStore {
         { timeout: CALL_TIMEOUT_MS },
       );
       const n = versionNumberOf(v.name);
-      if (n === undefined) throw new KeyrotorError('STORE_CORRUPT', `AddSecretVersion on ${this.label} returned no version number`, { stage });
+      // the version was probably added: the retry finds it through the pending marker (see header)
+      if (n === undefined) throw this.#malformed('addSecretVersion', 'no version number', stage);
       return n;
     } catch (e) {
       throw this.#err(e, 'addSecretVersion', stage);
@@ -728,11 +748,23 @@ export class GcpSecretManagerStore implements SecretStore {
   /** the raw payload of version n, integrity-checked; the caller wipes it */
   async #access(n: number, stage?: Stage): Promise<Buffer> {
     let payload: protos.google.cloud.secretmanager.v1.ISecretPayload | null | undefined;
+    let name: string | null | undefined;
     try {
-      [{ payload }] = await this.#client.accessSecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
+      [{ payload, name }] = await this.#client.accessSecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
     } catch (e) {
+      if (grpcCode(e) === GRPC.NOT_FOUND) {
+        // versions are never deleted one by one: an alias or marker naming a missing version is damage
+        throw new KeyrotorError('STORE_CORRUPT', `${this.label} refers to version ${n}, which does not exist`, {
+          stage,
+          retryable: false,
+          hint: `point the alias at an existing version: gcloud secrets update ${this.secretName.split('/').pop()} --update-version-aliases=<alias>=<version>`,
+        });
+      }
       throw this.#err(e, 'accessSecretVersion', stage, n);
     }
+    // an answer for another (or no) version, or without a payload, is not an empty value
+    if (versionNumberOf(name) !== n) throw this.#malformed('accessSecretVersion', name ? 'it names another version' : 'no name', stage, n);
+    if (!payload || payload.data === null || payload.data === undefined) throw this.#malformed('accessSecretVersion', 'no payload', stage, n);
     const data = Buffer.from(payload?.data ?? new Uint8Array());
     const sent = payload?.dataCrc32c;
     if (sent !== null && sent !== undefined && Number(String(sent)) !== crc32c(data)) {
