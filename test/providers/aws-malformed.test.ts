@@ -19,6 +19,7 @@ import { CANARY } from '../canary.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 const REGION = 'eu-west-1';
 const CREDS = { AWS_ACCESS_KEY_ID: 'testing-access-key', AWS_SECRET_ACCESS_KEY: 'testing-secret-key' };
@@ -30,12 +31,7 @@ const KINDS = ['truncated', 'html', 'shape'] as const;
 const MOTO = motoSupportOrSkip('aws-secrets-manager malformed-answer tests');
 
 const logLines: string[] = [];
-function testLogger(bindings: object = {}): Logger {
-  const line = (level: string) => (obj: object, msg?: string) => {
-    logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  };
-  return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'), child: (b) => testLogger({ ...bindings, ...b }) };
-}
+const testLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto behind a fault proxy)', () => {
   let moto: Moto;

@@ -35,6 +35,7 @@ import { describeStoreContract, meta, value } from './store-contract.ts';
 import { CANARY } from '../canary.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 const REGION = 'eu-west-1';
 const CREDS = { AWS_ACCESS_KEY_ID: 'testing-access-key', AWS_SECRET_ACCESS_KEY: 'testing-secret-key' };
@@ -47,12 +48,7 @@ const MOTO = motoSupportOrSkip('aws-secrets-manager store tests');
 
 // --- a logger that keeps every line, written to the artifacts dir for the global canary scan
 const logLines: string[] = [];
-function testLogger(bindings: object = {}): Logger {
-  const line = (level: string) => (obj: object, msg?: string) => {
-    logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  };
-  return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'), child: (b) => testLogger({ ...bindings, ...b }) };
-}
+const testLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   let moto: Moto;

@@ -21,6 +21,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import { createAzureKeyVaultStoreWith, type TokenCredential } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
 import { createAzureKeyVaultStore } from '../../providers/stores/azure-key-vault/index.ts';
 import { azureKeyVaultStoreSchema } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 // the shared recordings sit beside the repository (CI clones it with ../shared next to it)
 const RECORDINGS = fileURLToPath(new URL('../../../shared/recordings/azure-keyvault-secrets', import.meta.url));
@@ -40,10 +41,7 @@ const credential: TokenCredential = {
   },
 };
 
-function testLogger(bindings: object = {}): Logger {
-  const write = (level: string) => (obj: object, msg?: string) => logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error'), child: (b) => testLogger({ ...bindings, ...b }) };
-}
+const testLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 function ctx(keyName: string): ProviderContext {
   return {

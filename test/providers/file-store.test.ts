@@ -12,16 +12,12 @@ import { EXTRA_VERSIONS_KEPT } from '../../providers/stores/file/file.store.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { describeStoreContract, meta, value } from './store-contract.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 const R = (n: number) => `rot-202611${String(n).padStart(2, '0')}t000000z-${n.toString(16).padStart(8, '0')}`;
 
 const logLines: string[] = [];
-function testLogger(bindings: object = {}): Logger {
-  const emit = (level: string) => (obj: object, msg?: string) => {
-    logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  };
-  return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error'), child: (b) => testLogger({ ...bindings, ...b }) };
-}
+const testLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 afterAll(() => capture('file-store-test.log', logLines.join('\n')));
 
 function ctxFor(stateDir: string, opts: { keyName?: string; env?: NodeJS.ProcessEnv; configDir?: string } = {}): ProviderContext {

@@ -17,6 +17,7 @@ import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { CANARY } from '../canary.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 const R1 = 'rot-20261101t000000z-00000001';
 const R2 = 'rot-20261102t000000z-00000002';
@@ -31,12 +32,7 @@ const errorsSeen: string[] = [];
 const open: Array<{ close(): Promise<void> }> = [];
 let seq = 0;
 
-function logger(bindings: object = {}): Logger {
-  const write = (level: string) => (obj: object, msg?: string) => {
-    logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  };
-  return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error'), child: (b) => logger({ ...bindings, ...b }) };
-}
+const logger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 function ctx(): ProviderContext {
   return {

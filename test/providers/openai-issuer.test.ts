@@ -16,18 +16,14 @@ import { startOpenAIFake } from '../fakes/openai-admin.ts';
 import type { FakeServiceAccount, OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 // ------------------------------------------------------------------ harness
 
 const logLines: string[] = [];
 const seenErrors: unknown[] = [];
 
-function recordingLogger(bindings: object = {}): Logger {
-  const write = (level: string) => (obj: object, msg?: string) => {
-    logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  };
-  return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error'), child: (b) => recordingLogger({ ...bindings, ...b }) };
-}
+const recordingLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 function memoryState(initial: Record<string, string> = {}) {
   const data: Record<string, string> = { ...initial };

@@ -22,14 +22,12 @@ import {
 import { startOpenAIFake, type FakeRoute, type FakeServiceAccount, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+import { linesLogger } from '../helpers/logger.ts';
 
 const logLines: string[] = [];
 const seen: unknown[] = [];
 
-function recordingLogger(bindings: object = {}): Logger {
-  const write = (level: string) => (obj: object, msg?: string) => void logLines.push(JSON.stringify({ level, ...bindings, ...obj, msg }));
-  return { debug: write('debug'), info: write('info'), warn: write('warn'), error: write('error'), child: (b) => recordingLogger({ ...bindings, ...b }) };
-}
+const recordingLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 
 let fake: OpenAIFake;
 let sa: FakeServiceAccount;
