@@ -99,6 +99,7 @@ export function unreplacedLeak(record: KeyRecord | null): (RotationResult & { ol
   const last = record?.last;
   const current = record?.currentKeyId;
   if (!last?.leaked || last.outcome === 'rotated' || !current) return null;
+  if (last.newKeyId && last.newKeyId === current) return null; // the new key did replace it (e.g. only the revoke needs a human)
   // a rotation that failed before it identified the old key (preflight) changed nothing: the
   // leaked key is the one still current
   const leakedId = last.oldKeyId ?? current;

@@ -9,6 +9,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig } from '../../src/config/load.ts';
 import { rotateKey, unreplacedLeak, type TransitionEvent } from '../../src/run.ts';
+import type { KeyRecord, RotationResult } from '../../src/core/ports.ts';
 import { createFileStateStore } from '../../src/state/index.ts';
 import { silentLogger } from '../../src/log.ts';
 import { tempDir } from '../helpers/artifacts.ts';
@@ -75,4 +76,22 @@ describe('after a leak-mode rotation that did not replace the key', () => {
     expect(calm.plan).toMatchObject({ due: false, leaked: false });
     expect(unreplacedLeak(await stateStore.read('demo'))).toBeNull();
   }, 45_000);
+
+  it('which results leave the key marked leaked', () => {
+    const record = (current: string | null, last: Partial<RotationResult>): KeyRecord => ({
+      keyName: 'k',
+      active: null,
+      lastRotatedAt: null,
+      currentKeyId: current,
+      providerState: {},
+      last: { key: 'k', rotationId: 'rot-1', outcome: 'needs_attention', oldKeyId: 'old', newKeyId: 'new', leaked: true, ...last },
+    });
+    expect(unreplacedLeak(record('old', {}))?.oldKeyId).toBe('old'); // failed before the new key was served
+    expect(unreplacedLeak(record('old', { oldKeyId: null, newKeyId: null, outcome: 'rolled_back' }))?.oldKeyId).toBe('old'); // stopped in preflight
+    expect(unreplacedLeak(record('new', { oldKeyId: null }))).toBeNull(); // replaced; only the old key's revoke needs a human
+    expect(unreplacedLeak(record('new', {}))).toBeNull(); // replaced
+    expect(unreplacedLeak(record('old', { outcome: 'rotated' }))).toBeNull();
+    expect(unreplacedLeak(record('old', { leaked: false }))).toBeNull(); // not a leak rotation
+    expect(unreplacedLeak(record(null, {}))).toBeNull(); // nothing current
+  });
 });
