@@ -154,14 +154,15 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
     const resume = record?.active ?? null;
 
     if (o.dryRun) {
+      const carriedLeak = unreplacedLeak(record) !== null;
       const plan: PlanInfo = {
         due: o.now === true || due.due,
-        reason: o.now && !unreplacedLeak(record) ? 'rotation requested now' : due.reason,
+        reason: o.now && !carriedLeak ? 'rotation requested now' : due.reason,
         issuer: key.issuer.type,
         stores: key.stores.map((s) => s.type),
         gates: key.health.map((g) => g.name ?? g.type),
         resume: resume?.rotationId ?? null,
-        leaked: o.leaked === true || unreplacedLeak(record) !== null,
+        leaked: o.leaked === true || carriedLeak,
       };
       return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
     }
@@ -265,6 +266,7 @@ async function runRotation(
   let pauseNow: () => void = () => {};
   const pauseRequested = () => o.signal?.aborted === true || (o.pauseAt !== undefined && clock.now() >= o.pauseAt);
   const deps: RotationDeps = {
+    resumedIn: snapshot ? String((snapshot as { value: unknown }).value) : undefined,
     issuer: providers.issuer,
     stores: providers.stores,
     gates: providers.gates,
@@ -414,13 +416,11 @@ async function runRotation(
   const result = resultFrom(key.name, state, ctx, clock);
   // the key the stores serve now: the new one once every store was promoted and not demoted
   const allPromoted = ctx.promoted === ctx.storeLabels.length;
-  const serving =
-    state === 'rotated' || (state === 'needsAttention' && allPromoted)
-      ? ctx.newKeyId
-      : state === 'rollbackFailed'
-        ? undefined
-        : // a rotation that stopped before it identified the old key (preflight) changed nothing: keep the record's
-          (ctx.oldKeyId ?? undefined);
+  // (undefined: leave the record's as it is — after a failed rollback, or when the rotation stopped
+  // before it identified the old key, i.e. changed nothing)
+  let serving: string | null | undefined = ctx.oldKeyId ?? undefined;
+  if (state === 'rotated' || (state === 'needsAttention' && allPromoted)) serving = ctx.newKeyId;
+  else if (state === 'rollbackFailed') serving = undefined;
   // Leak mode stopped at promote: the leaked key must never be restored, so the only way out is
   // forward. Keep the rotation resumable at the promote it could not finish (in the same write as the
   // result, so no crash can lose it): once the store is fixed, `keyrotor resume` (or the next

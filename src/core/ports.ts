@@ -52,6 +52,12 @@ export interface CreateKeyRequest {
   rotationId: string;
   /** safety net: the issuer deletes the key by itself after this many seconds (when supported) */
   expiresInSeconds?: number | undefined;
+  /**
+   * true: this rotation cannot have called create before (a fresh rotation's first try, not one
+   * restored at `issue` or retried), so there is no same-name leftover to look for and the issuer may
+   * skip that lookup. Absent or false: the issuer must remove same-name leftovers first.
+   */
+  firstAttempt?: boolean | undefined;
 }
 
 /** A declared cheap call made with a key, to check its scopes (issuer-smoke-test `model`). */

@@ -84,7 +84,6 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
   try {
     await writeNew(temp, text);
   } catch (e) {
-    await rm(temp, { force: true }).catch(() => undefined);
     throw ioError(e, 'cannot write', temp);
   }
   try {
@@ -101,34 +100,28 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
   return true;
 }
 
+/** O_EXCL create of `file` holding `text`, synced; a failed write removes the file it created. */
 async function writeNew(file: string, text: string): Promise<void> {
   const fh = await open(file, 'wx', FILE_MODE);
-  try {
-    await fh.writeFile(text, 'utf8');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** O_EXCL create, then write: a reader may briefly see an empty lock (it counts as held). */
-async function createExclusiveNoLinks(file: string, text: string): Promise<boolean> {
-  let fh;
-  try {
-    fh = await open(file, 'wx', FILE_MODE);
-  } catch (e) {
-    if (errnoOf(e) === 'EEXIST') return false;
-    throw ioError(e, 'cannot create', file);
-  }
   try {
     await fh.writeFile(text, 'utf8');
     await fh.sync();
   } catch (e) {
     await fh.close().catch(() => undefined);
     await rm(file, { force: true }).catch(() => undefined);
-    throw ioError(e, 'cannot write', file);
+    throw e;
   }
   await fh.close();
+}
+
+/** O_EXCL create, then write: a reader may briefly see an empty lock (it counts as held). */
+async function createExclusiveNoLinks(file: string, text: string): Promise<boolean> {
+  try {
+    await writeNew(file, text);
+  } catch (e) {
+    if (errnoOf(e) === 'EEXIST') return false;
+    throw ioError(e, 'cannot create', file);
+  }
   await fsyncDir(path.dirname(file)).catch(() => undefined);
   return true;
 }

@@ -191,6 +191,19 @@ describe('openai issuer: create, verify, revoke, list', () => {
 });
 
 describe('openai issuer: create never mints a key nobody holds', () => {
+  it('the lookup of same-name leftovers is skipped only for a first attempt the caller vouches for', async () => {
+    const { issuer } = await make();
+    const r = req();
+    const lists = () => fake.calls('projects.apiKeys.list').length;
+    const before = lists();
+    await issuer.create({ ...r, firstAttempt: true });
+    expect(lists()).toBe(before); // no lookup
+    // a retry of the same rotation (or one restored at issue) looks its name up and replaces the leftover
+    const again = await issuer.create(r);
+    expect(lists()).toBe(before + 1);
+    expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([again.keyId]);
+  });
+
   it('lost create response: the key is deleted by name and CREATE_AMBIGUOUS is thrown', async () => {
     const { issuer } = await make();
     const r = req();

@@ -358,17 +358,6 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
-  /**
-   * Fresh-path memory (P2). A rotation's preflight calls check() in the same process, on the same
-   * issuer instance, before its first create; a rotation resumed at `issue` (crash, pause) skips
-   * preflight and runs on a new instance. So a create on an instance whose check() passed, for a name
-   * not attempted before on it, belongs to a rotation that cannot have tried before (the write-ahead
-   * snapshot says `issue` before any create): its lookup by name is skipped. Every other create
-   * (resumed, retried, or without check) looks its name up first, as before.
-   */
-  let checked = false;
-  const attempted = new Set<string>();
-
   const issuer: OpenAIIssuer = {
     type: 'openai',
     reportsUsage: true,
@@ -392,7 +381,6 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
         }
         log.warn({ serviceAccountId: sa }, 'remembered service account is gone; the next create looks it up by name or creates it');
       }
-      checked = true;
     },
 
     async create(req) {
@@ -400,10 +388,8 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       const sa = await ensureServiceAccount('issue');
       // Lookup first: a key with this name is the leftover of an earlier attempt of this rotation
       // (crash or ambiguous answer) whose value nobody holds. Delete it before minting the one we keep.
-      // Skipped only for the first attempt of a rotation whose preflight ran here (see `checked`).
-      const mayHaveTried = !checked || attempted.has(req.name);
-      attempted.add(req.name);
-      if (mayHaveTried) {
+      // Skipped only when the caller says this rotation cannot have tried before (`firstAttempt`).
+      if (req.firstAttempt !== true) {
         const leftovers = await deleteByName(req.name, 'issue');
         if (leftovers.length) log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
       }

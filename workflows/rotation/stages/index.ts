@@ -60,6 +60,8 @@ export interface RotationDeps {
   retryAttempts: number;
   /** called on every stage start/finish, for progress rendering, audit and metrics */
   onStage?(e: StageEvent): void;
+  /** the state a restored rotation resumed in (absent for a rotation started in this process) */
+  resumedIn?: string | undefined;
 }
 
 export interface StageEvent {
@@ -102,13 +104,13 @@ async function pollUntil<T>(
 async function withRetries<T>(
   clock: Clock,
   attempts: number,
-  fn: () => Promise<T>,
+  fn: (attempt: number) => Promise<T>,
   retryOn: (e: KeyrotorError) => boolean = (e) => e.retryable,
 ): Promise<T> {
   let lastErr: unknown;
   for (let i = 0; i < attempts; i++) {
     try {
-      return await fn();
+      return await fn(i);
     } catch (e) {
       lastErr = e;
       const ke = toKeyrotorError(e);
@@ -250,15 +252,17 @@ function stageBodies(deps: RotationDeps) {
     }),
 
     issue: step<IssueOutput>('issue', async ({ ctx }) => {
-      // a 429 is a clean rejection (nothing was created) and create() looks up its name first, so
-      // trying again cannot mint a second key; any other failure goes to discard (reconcile by name)
+      // a 429 is a clean rejection (nothing was created) and a retried create() looks up its name
+      // first, so trying again cannot mint a second key; any other failure goes to discard (reconcile
+      // by name). Only the first try of a rotation not restored at `issue` can skip that lookup.
       const key = await withRetries(
         clock,
         deps.retryAttempts,
-        () =>
+        (attempt) =>
           issuer.create({
             name: ctx.newKeyName,
             rotationId: ctx.rotationId,
+            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue',
             ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
           }),
         (e) => e.code === 'ISSUER_RATE_LIMITED',
