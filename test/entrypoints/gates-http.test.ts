@@ -4,67 +4,34 @@
  * new fingerprint; with one consumer stuck on the old key it rolls back at the deadline (exit 1) and
  * the old key still works.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { runCli, treeText, workspace } from './cli-helpers.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
+import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
-import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { startFakeConsumer, stuck, switchLate, type FakeConsumer } from '../fakes/consumer.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import { CANARY } from '../canary.ts';
 
-let fake: OpenAIFake;
-let saId: string;
+const world = useOpenAICliWorld({ masterKey: 'ef'.repeat(32) });
+const { env, results, live } = world;
 const consumers: FakeConsumer[] = [];
-
-beforeAll(async () => {
-  fake = await startOpenAIFake();
-});
 afterAll(async () => {
   await Promise.all(consumers.map((c) => c.close()));
-  await fake?.close();
-});
-beforeEach(() => {
-  fake.resetFaults();
-  saId = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`).id;
 });
 
-const config = (health: string) => `version: 1
-defaults:
-  verify: { timeout: 3s, interval: 100ms }
-  verifyRevoked: { timeout: 3s, interval: 100ms }
-  revoke: { attempts: 2, backoff: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${saId}, baseURL: ${fake.baseURL}, timeout: 5s }
-    stores: [ { type: file } ]
-    health:${health}
-`;
-
-const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: 'ef'.repeat(32) });
-type Result = { key: string; rotationId: string; outcome: string; oldKeyId: string | null; newKeyId: string | null; error?: { code: string; message: string; stage?: string } };
-const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
-const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
-
-/** bootstrap in-process without gates (there is no old key to protect yet), then switch the config to `health` */
+/** bootstrap without gates, then switch the config to the `health` built from the old and new keys' fingerprints */
 async function bootstrap(health: (oldFp: string, newFp: () => string | null) => Promise<string>, name: string) {
-  const dir = workspace(config(' []'), name);
-  const cfg = parseConfig(config(' []'), path.join(dir, 'rotation.config.yaml'), env());
-  const boot = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: env(), now: true });
-  expect(boot.outcome).toBe('rotated');
-  const old: FakeKey = fake.state.keyById(boot.newKeyId!)!;
+  const { dir, old, newKey } = await world.bootstrap(name);
   const oldFp = fingerprint(old.value);
   // the key this rotation issues, once it exists (what a consumer would load after promotion)
   const newFp = () => {
-    const k = fake.state.liveKeys().find((x) => x.name.startsWith('keyrotor.app.') && x.id !== old.id && x.owner.type === 'service_account' && x.owner.serviceAccountId === saId);
+    const k = newKey();
     return k ? fingerprint(k.value) : null;
   };
-  writeFileSync(path.join(dir, 'rotation.config.yaml'), config(await health(oldFp, newFp)));
+  writeFileSync(path.join(dir, 'rotation.config.yaml'), world.config(await health(oldFp, newFp)));
   return { dir, old, oldFp, newFp };
 }
 
@@ -84,7 +51,7 @@ describe('CLI: http gate over two loopback consumers', () => {
       return `\n      - { type: http, name: consumers, urls: [${a.url}, ${b.url}], interval: 100ms, requestTimeout: 1s, timeout: 8s }`;
     }, 'gates-http-ok');
     let revokedAt = 0;
-    const stop = fake.onRequest((e) => {
+    const stop = world.fake.onRequest((e) => {
       if (e.route === 'projects.apiKeys.delete' && e.path.endsWith(`/${old.id}`)) revokedAt ||= Date.now();
     });
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-http-ok' });
@@ -92,7 +59,7 @@ describe('CLI: http gate over two loopback consumers', () => {
     expect(r.code, r.stderr).toBe(0);
     const res = results(r.stdout)[0]!;
     expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: old.id });
-    const newFp = fingerprint(fake.state.keyById(res.newKeyId!)!.value);
+    const newFp = fingerprint(world.fake.state.keyById(res.newKeyId!)!.value);
     const bSwitched = b.firstServed(newFp)!;
     expect(a.firstServed(newFp)).toBeDefined();
     expect(bSwitched).toBeDefined();
@@ -117,24 +84,24 @@ describe('CLI: http gate over two loopback consumers', () => {
     expect(r.code, r.stderr).toBe(1);
     const res = results(r.stdout)[0]!;
     expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT', stage: 'confirm' } });
-    expect(res.error!.message).toBe(`health gate "consumers" did not pass: 1/2 endpoint(s) report the new key ${fingerprint(fake.state.keyById(res.newKeyId!)!.value)}; ${stuckOne.url}: still the old key ${oldFp}`);
+    expect(res.error!.message).toBe(`health gate "consumers" did not pass: 1/2 endpoint(s) report the new key ${fingerprint(world.fake.state.keyById(res.newKeyId!)!.value)}; ${stuckOne.url}: still the old key ${oldFp}`);
     // the gate waited for its deadline, not less
     expect(Date.now() - t0).toBeGreaterThan(2000);
     // the new key is gone, the old one is alive, current in the store, and works at the issuer
     expect(live(res.newKeyId)).toBe(false);
     expect(live(old.id)).toBe(true);
-    const models = await new OpenAI({ apiKey: old.value, baseURL: fake.baseURL, maxRetries: 0 }).models.list();
+    const models = await new OpenAI({ apiKey: old.value, baseURL: world.fake.baseURL, maxRetries: 0 }).models.list();
     expect(models.data.length).toBeGreaterThan(0);
     const rec = await createFileStateStore(path.join(dir, '.keyrotor')).read('app');
     expect(rec).toMatchObject({ currentKeyId: old.id, active: null, last: { outcome: 'rolled_back' } });
   });
 
   it('a missing header env var is a config error before anything changes (exit 2)', async () => {
-    const dir = workspace(config(`\n      - { type: http, urls: ['http://127.0.0.1:9/fp'], headers: { Authorization: CONSUMER_TOKEN } }`), 'gates-http-env');
-    const before = fake.log.length;
+    const dir = workspace(world.config(`\n      - { type: http, urls: ['http://127.0.0.1:9/fp'], headers: { Authorization: CONSUMER_TOKEN } }`), 'gates-http-env');
+    const before = world.fake.log.length;
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-http-env' });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/CONFIG_ENV_MISSING: .*CONSUMER_TOKEN/);
-    expect(fake.log.length).toBe(before); // not even a preflight call
+    expect(world.fake.log.length).toBe(before); // not even a preflight call
   });
 });

@@ -3,58 +3,16 @@
  * (roll back, exit 1); and a rotation killed while it waits at the gate resumes with the original
  * deadline (`keyrotor rotate --now <key>` resumes the unfinished rotation).
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI, runCli, workspace, type CliRun } from './cli-helpers.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
-import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
+import { CLI, runCli, type CliRun } from './cli-helpers.ts';
+import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
 
-let fake: OpenAIFake;
-let saId: string;
-
-beforeAll(async () => {
-  fake = await startOpenAIFake();
-});
-afterAll(async () => {
-  await fake?.close();
-});
-beforeEach(() => {
-  fake.resetFaults();
-  saId = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`).id;
-});
-
-const config = (health: string) => `version: 1
-defaults:
-  verify: { timeout: 3s, interval: 100ms }
-  verifyRevoked: { timeout: 3s, interval: 100ms }
-  revoke: { attempts: 2, backoff: 100ms }
-  lease: { ttl: 2s }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${saId}, baseURL: ${fake.baseURL}, timeout: 5s }
-    stores: [ { type: file } ]
-    health:${health}
-`;
-const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: '34'.repeat(32) });
-type Result = { rotationId: string; outcome: string; oldKeyId: string | null; newKeyId: string | null; finishedAt?: string; error?: { code: string; message: string } };
-const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
-const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
-
-/** bootstrap in-process without gates (nothing to protect yet), then switch the config to `health` */
-async function bootstrap(name: string, health: string): Promise<{ dir: string; old: FakeKey }> {
-  const dir = workspace(config(' []'), name);
-  const cfg = parseConfig(config(' []'), path.join(dir, 'rotation.config.yaml'), env());
-  const r = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: env(), now: true });
-  expect(r.outcome).toBe('rotated');
-  writeFileSync(path.join(dir, 'rotation.config.yaml'), config(health));
-  return { dir, old: fake.state.keyById(r.newKeyId!)! };
-}
+const world = useOpenAICliWorld({ masterKey: '34'.repeat(32), extraDefaults: 'lease: { ttl: 2s }' });
+const { env, results, live, bootstrap } = world;
 
 /** the CLI as a process we can kill */
 function spawnCli(args: string[], dir: string, name: string) {

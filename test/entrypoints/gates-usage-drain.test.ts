@@ -3,45 +3,13 @@
  * calls the API with it (the fake records `last_used_at`), lets the rotation finish once that traffic
  * stops, and rolls back if it never stops.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
-import path from 'node:path';
-import { runCli, workspace } from './cli-helpers.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
-import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
+import { describe, expect, it } from 'vitest';
+import { runCli } from './cli-helpers.ts';
+import { useOpenAICliWorld } from './openai-cli-world.ts';
+import type { FakeKey } from '../fakes/openai-admin.ts';
 
-let fake: OpenAIFake;
-let saId: string;
-
-beforeAll(async () => {
-  fake = await startOpenAIFake();
-});
-afterAll(async () => {
-  await fake?.close();
-});
-beforeEach(() => {
-  fake.resetFaults();
-  saId = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`).id;
-});
-
-const config = (health: string) => `version: 1
-defaults:
-  verify: { timeout: 3s, interval: 100ms }
-  verifyRevoked: { timeout: 3s, interval: 100ms }
-  revoke: { attempts: 2, backoff: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${saId}, baseURL: ${fake.baseURL}, timeout: 5s }
-    stores: [ { type: file } ]
-    health:${health}
-`;
-const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: '12'.repeat(32) });
-type Result = { outcome: string; oldKeyId: string | null; newKeyId: string | null; error?: { code: string; message: string } };
-const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
-const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
+const world = useOpenAICliWorld({ masterKey: '12'.repeat(32) });
+const { env, results, live, bootstrap } = world;
 
 /** a consumer calling GET /v1/models with whatever key `pick()` gives, every 150 ms, until stopped */
 function traffic(pick: () => FakeKey | undefined) {
@@ -49,7 +17,7 @@ function traffic(pick: () => FakeKey | undefined) {
   const loop = (async () => {
     while (on) {
       const k = pick();
-      if (k) await fetch(`${fake.baseURL}/models`, { headers: { authorization: `Bearer ${k.value}` } }).then((r) => r.arrayBuffer()).catch(() => undefined);
+      if (k) await fetch(`${world.fake.baseURL}/models`, { headers: { authorization: `Bearer ${k.value}` } }).then((r) => r.arrayBuffer()).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 150));
     }
   })();
@@ -59,24 +27,13 @@ function traffic(pick: () => FakeKey | undefined) {
   };
 }
 
-async function bootstrap(name: string, health: string) {
-  const dir = workspace(config(' []'), name);
-  const cfg = parseConfig(config(' []'), path.join(dir, 'rotation.config.yaml'), env());
-  const boot = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: env(), now: true });
-  expect(boot.outcome).toBe('rotated');
-  const old = fake.state.keyById(boot.newKeyId!)!;
-  writeFileSync(path.join(dir, 'rotation.config.yaml'), config(health));
-  const newKey = () => fake.state.liveKeys().find((k) => k.name.startsWith('keyrotor.app.') && k.id !== old.id && k.owner.type === 'service_account' && k.owner.serviceAccountId === saId);
-  return { dir, old, newKey };
-}
-
 describe('CLI: usage-drain gate', () => {
   it('blocks revoke while the old key is still used and passes once it stops', async () => {
     const { dir, old, newKey } = await bootstrap('gates-drain', `\n      - { type: usage-drain, quiet: 1500ms, interval: 200ms, timeout: 20s }`);
     const stopOld = traffic(() => old); // a consumer still on the old key
     const stopNew = traffic(newKey); // another one already on the new key
     let revokedAt = 0;
-    const unsub = fake.onRequest((e) => {
+    const unsub = world.fake.onRequest((e) => {
       if (e.route === 'projects.apiKeys.delete' && e.path.endsWith(`/${old.id}`)) revokedAt ||= Date.now();
     });
     try {
