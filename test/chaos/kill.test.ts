@@ -34,7 +34,7 @@ import { CANARY } from '../canary.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import type { FakeRoute } from '../fakes/openai-admin.ts';
 import type { GcpMethod } from '../fakes/gcp-secret-manager.ts';
-import { CLI } from '../entrypoints/cli-helpers.ts';
+import { CLI, cliInProcess } from '../entrypoints/cli-helpers.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { checkInvariant, closeBackends, MASTER_KEY, noteLeftovers, prepareWorld, served, startBackends, workingKey, World, writeWorkspace, type Backends } from './world.ts';
 import { main } from '../../src/entrypoints/cli.ts';
@@ -150,16 +150,8 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
 
   /** Run the CLI in this process (recoveries, sweeps): same code as the binary, no process to spawn. */
   async function cli(w: World, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
     // (main()'s logger writes to this process's stderr, not to io: keep it to errors)
-    const code = await main(['-c', configFile, '--log-level', 'error', ...args], {
-      stdout: (s) => void (stdout += s),
-      stderr: (s) => void (stderr += s),
-      env: env(w),
-    });
-    capture(`kill-${w.key}-${args[0]}.stdout`, stdout);
-    capture(`kill-${w.key}-${args[0]}.stderr`, stderr);
+    const { code, stdout, stderr } = await cliInProcess(['-c', configFile, '--log-level', 'error', ...args], { env: env(w), name: `kill-${w.key}-${args[0]}` });
     if ((stdout + stderr).includes(CANARY)) violation(w, `keyrotor ${args[0]}`, ['printed a secret value'], 'in process');
     return { code, stdout, stderr };
   }

@@ -13,6 +13,21 @@ export interface CliRun {
   stderr: string;
 }
 
+/**
+ * The CLI's `main()` in this process (edge cases, fast), its output captured as artifacts
+ * `<name>.stdout` / `<name>.stderr` so the canary scan reads them. `main()`'s logger writes to this
+ * process's stderr, not to these: pass `--log-level` to keep it quiet.
+ */
+export async function cliInProcess(argv: string[], o: { env: NodeJS.ProcessEnv; name: string }): Promise<CliRun> {
+  const { main } = await import('../../src/entrypoints/cli.ts');
+  let stdout = '';
+  let stderr = '';
+  const code = await main(argv, { stdout: (s) => void (stdout += s), stderr: (s) => void (stderr += s), env: o.env });
+  capture(`${o.name}.stdout`, stdout);
+  capture(`${o.name}.stderr`, stderr);
+  return { code, stdout, stderr };
+}
+
 /** Spawn the real CLI as a process (Node 24 from this test run), no TTY, capturing everything. */
 export function runCli(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; name?: string }): Promise<CliRun> {
   return new Promise((resolve, reject) => {

@@ -16,13 +16,14 @@ import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startGcpFake, type GcpFake } from '../fakes/gcp-secret-manager.ts';
 import { startAzureFake, type AzureFake } from '../fakes/azure-key-vault.ts';
-import { capture, tempDir } from '../helpers/artifacts.ts';
+import { tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { main } from '../../src/entrypoints/cli.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { silentLogger } from '../../src/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
+import { cliInProcess } from './cli-helpers.ts';
 
 const azure = vi.hoisted(() => ({ ca: '' }));
 vi.mock('../../providers/stores/azure-key-vault/index.ts', async (importOriginal) => {
@@ -98,16 +99,8 @@ keys:
   });
 
   async function cli(...args: string[]) {
-    let stdout = '';
-    let stderr = '';
-    const code = await main(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'warn', ...args], {
-      stdout: (s) => void (stdout += s),
-      stderr: (s) => void (stderr += s),
-      env: env(),
-    });
-    capture('fanout.stdout', stdout);
-    capture('fanout.stderr', stderr);
-    return { code, stdout, stderr, result: stdout ? (JSON.parse(stdout) as { results: Array<Record<string, string | null>> }).results[0]! : undefined };
+    const r = await cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'warn', ...args], { env: env(), name: 'fanout' });
+    return { ...r, result: r.stdout ? (JSON.parse(r.stdout) as { results: Array<Record<string, string | null>> }).results[0]! : undefined };
   }
 
   /** the value each store serves to consumers right now */

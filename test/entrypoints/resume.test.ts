@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { runCli, workspace } from './cli-helpers.ts';
+import { runCli, workspace, cliInProcess } from './cli-helpers.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture } from '../helpers/artifacts.ts';
@@ -37,18 +37,8 @@ keys:
     stores: [ { type: file } ]
 `;
 
-async function cli(dir: string, ...args: string[]) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], {
-    stdout: (s) => void (stdout += s),
-    stderr: (s) => void (stderr += s),
-    env: env(),
-  });
-  capture(`resume-${args[0]}.stdout`, stdout);
-  capture(`resume-${args[0]}.stderr`, stderr);
-  return { code, stdout, stderr };
-}
+const cli = (dir: string, ...args: string[]) =>
+  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], { env: env(), name: `resume-${args[0]}` });
 const resultOf = (stdout: string) => (JSON.parse(stdout) as { results: KeyResult[] }).results[0]!;
 const alive = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
 

@@ -7,23 +7,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { capture } from '../helpers/artifacts.ts';
 import path from 'node:path';
 import { main } from '../../src/entrypoints/cli.ts';
-import { CLI, LOCAL_CONFIG, workspace } from './cli-helpers.ts';
+import { CLI, LOCAL_CONFIG, workspace, cliInProcess } from './cli-helpers.ts';
 
 const TOKEN = 'serve-cli-test-token-0123456789abcdef';
 
 /** the CLI's main() in process (flag parsing and refusals need no real process) */
-async function runCli(args: string[], o: { cwd: string; env?: NodeJS.ProcessEnv; name: string }) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(['-c', path.join(o.cwd, 'rotation.config.yaml'), ...args], {
-    stdout: (s) => void (stdout += s),
-    stderr: (s) => void (stderr += s),
-    env: { ...o.env },
-  });
-  capture(`${o.name}.stdout`, stdout);
-  capture(`${o.name}.stderr`, stderr);
-  return { code, stdout, stderr };
-}
+const runCli = (args: string[], o: { cwd: string; env?: NodeJS.ProcessEnv; name: string }) =>
+  cliInProcess(['-c', path.join(o.cwd, 'rotation.config.yaml'), ...args], { env: { ...o.env }, name: o.name });
 
 describe('keyrotor serve (process)', () => {
   const children: ChildProcess[] = [];

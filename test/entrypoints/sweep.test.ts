@@ -6,10 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { runCli, treeSnapshot, workspace } from './cli-helpers.ts';
+import { runCli, treeSnapshot, workspace, cliInProcess } from './cli-helpers.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
-import { capture } from '../helpers/artifacts.ts';
 import { main } from '../../src/entrypoints/cli.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { rotateKey, type TransitionEvent } from '../../src/run.ts';
@@ -43,18 +42,8 @@ keys:
 `;
 
 /** the CLI in this process (edge cases); logs are kept at error level */
-async function cli(dir: string, ...args: string[]) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], {
-    stdout: (s) => void (stdout += s),
-    stderr: (s) => void (stderr += s),
-    env: env(),
-  });
-  capture(`sweep-${args[0]}.stdout`, stdout);
-  capture(`sweep-${args[0]}.stderr`, stderr);
-  return { code, stdout, stderr };
-}
+const cli = (dir: string, ...args: string[]) =>
+  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], { env: env(), name: `sweep-${args[0]}` });
 const sweepOf = (stdout: string) => (JSON.parse(stdout) as { keys: SweepKeyResult[] }).keys[0]!;
 const alive = (id: string) => fake.state.liveKeys().some((k) => k.id === id);
 

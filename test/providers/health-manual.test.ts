@@ -8,13 +8,13 @@ import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { createGate, healthConfigSchema } from '../../providers/index.ts';
 import { decisionFile } from '../../providers/health/manual/manual.decision.ts';
-import { main } from '../../src/entrypoints/cli.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import type { HealthGate, Issuer } from '../../src/core/ports.ts';
 import { silentLogger } from '../../src/log.ts';
 import { createFileStateStore } from '../../src/state/index.ts';
 import { gateContext } from '../fakes/consumer.ts';
-import { capture, tempDir } from '../helpers/artifacts.ts';
+import { tempDir } from '../helpers/artifacts.ts';
+import { cliInProcess } from '../entrypoints/cli-helpers.ts';
 
 const ROT = 'rot-20261123t151500z-0a1b2c3d';
 const OTHER = 'rot-20261123t151600z-99999999';
@@ -58,17 +58,8 @@ async function workspace(active: Record<string, string> = { app: ROT }) {
   return { dir, stateDir, gate };
 }
 
-async function cli(dir: string, ...args: string[]) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(['--config', path.join(dir, 'rotation.config.yaml'), ...args], {
-    stdout: (s) => void (stdout += s),
-    stderr: (s) => void (stderr += s),
-    env: { KEYROTOR_LOG_LEVEL: 'silent' },
-  });
-  capture(`health-manual-${args.join('_')}.txt`, stdout + stderr);
-  return { code, stdout, stderr };
-}
+const cli = (dir: string, ...args: string[]) =>
+  cliInProcess(['--config', path.join(dir, 'rotation.config.yaml'), ...args], { env: { KEYROTOR_LOG_LEVEL: 'silent' }, name: `health-manual-${args.join('_')}` });
 
 const ctx = (rotationId = ROT) => gateContext({ rotationId });
 
