@@ -4,7 +4,9 @@
  * Adding a provider = a folder + one line in each table below; forgetting a line is a compile error.
  */
 import { z } from 'zod';
-import type { HealthGate, Issuer, ProviderContext, SecretStore } from '../src/core/ports.ts';
+import type { GateDeps, HealthGate, Issuer, ProviderContext, SecretStore } from '../src/core/ports.ts';
+
+export type { GateDeps };
 import { localIssuerSchema } from './issuers/local/local.schema.ts';
 import { openaiIssuerSchema } from './issuers/openai/openai.schema.ts';
 import { fileStoreSchema } from './stores/file/file.schema.ts';
@@ -41,12 +43,6 @@ export type HealthType = HealthConfig['type'];
 
 type Of<U, T> = Extract<U, { type: T }>;
 
-export interface GateDeps {
-  issuer: Issuer;
-  /** position in the key's `health` list, for default names */
-  index: number;
-}
-
 export const issuerFactories: { [T in IssuerType]: (cfg: Of<IssuerConfig, T>, ctx: ProviderContext) => Promise<Issuer> } = {
   local: async (cfg, ctx) => (await import('./issuers/local/index.ts')).createLocalIssuer(cfg, ctx),
   openai: async (cfg, ctx) => (await import('./issuers/openai/index.ts')).createOpenAIIssuer(cfg, ctx),
@@ -72,6 +68,26 @@ export const healthFactories: {
   manual: async (cfg, ctx, deps) => (await import('./health/manual/index.ts')).createManualGate(cfg, ctx, deps),
   command: async (cfg, ctx, deps) => (await import('./health/command/index.ts')).createCommandGate(cfg, ctx, deps),
 };
+
+// ---------------------------------------------------------------- provider facts beyond the factories
+// What the application and entry points need of a provider besides an instance, re-exported here so
+// nothing above the providers layer imports a provider's internals (SDK-free modules only; modules
+// that load an SDK are reached through a lazy import()).
+
+export {
+  formatNativeToken,
+  nativeTokenKey,
+  parseNativeToken,
+  secretIdMatches,
+  TOKEN_RE as NATIVE_TOKEN_RE,
+} from './stores/aws-secrets-manager/aws-secrets-manager.native.ts';
+export type { AwsSecretsManagerStoreConfig } from './stores/aws-secrets-manager/aws-secrets-manager.schema.ts';
+/** Secrets Manager native rotation: what the secret's versions say about one token (loads the AWS SDK). */
+export const loadAwsNativeRotation = async () =>
+  (await import('./stores/aws-secrets-manager/aws-secrets-manager.store.ts')).inspectNativeRotation;
+export type { Decision } from './health/manual/manual.decision.ts';
+/** The manual gate's decision files, written by `keyrotor confirm`. */
+export const loadManualDecisions = () => import('./health/manual/manual.decision.ts');
 
 export function createIssuer(cfg: IssuerConfig, ctx: ProviderContext): Promise<Issuer> {
   return (issuerFactories[cfg.type] as (c: IssuerConfig, x: ProviderContext) => Promise<Issuer>)(cfg, ctx);

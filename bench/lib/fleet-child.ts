@@ -10,10 +10,10 @@
  * unfinished in the temp state dir, which the bench deletes).
  */
 import { writeHeapSnapshot } from 'node:v8';
-import { loadConfig } from '../../src/config/load.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type RotationObserver } from '../../src/run.ts';
-import { defaultObservers } from '../../src/observers.ts';
+import { loadConfig } from '../../src/app/config/load.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type RotationObserver } from '../../src/app/run.ts';
+import { defaultObservers } from '../../src/app/observers.ts';
 import { sharedLimiterStats } from '../../providers/issuers/openai/openai.ratelimit.ts';
 import { fileLogger } from './util.ts';
 

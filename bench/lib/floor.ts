@@ -30,7 +30,7 @@ import { SecretClient, type SecretClientOptions } from '@azure/keyvault-secrets'
 import { createGcpClient } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.store.ts';
 import type { GcpSecretManagerStoreConfig } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
 import { deriveKeys, mac, macEquals, seal, unseal, versionAad, type Sealed } from '../../providers/stores/file/file.crypto.ts';
-import { writeFileAtomic } from '../../providers/stores/file/file.io.ts';
+import { writeFileAtomic } from '../../src/core/fs.ts';
 
 export type StoreKind = 'file' | 'aws' | 'gcp' | 'azure';
 

@@ -16,12 +16,12 @@ import { startOpenAIFake, type OpenAIFake } from '../../test/fakes/openai-admin.
 import { motoSupport, startMoto, type Moto } from '../../test/fakes/moto.ts';
 import { startGcpFake, type GcpFake } from '../../test/fakes/gcp-secret-manager.ts';
 import { startAzureFake, type AzureFake } from '../../test/fakes/azure-key-vault.ts';
-import { parseConfig, type LoadedConfig } from '../../src/config/load.ts';
-import type { ResolvedKey } from '../../src/config/schema.ts';
+import { parseConfig, type LoadedConfig } from '../../src/app/config/load.ts';
+import type { ResolvedKey } from '../../src/app/config/schema.ts';
 import type { Logger, StateStore } from '../../src/core/ports.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { rotateKey } from '../../src/run.ts';
-import { defaultObservers } from '../../src/observers.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { defaultObservers } from '../../src/app/observers.ts';
 import { createGcpClient } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.store.ts';
 import { resetSharedLimiters } from '../../providers/issuers/openai/openai.ratelimit.ts';
 import { setBenchAzure } from './azure-shim.ts';

@@ -22,7 +22,7 @@ import { fingerprint } from '../../src/core/fingerprint.ts';
 import { issuedKeyName, newRotationId } from '../../src/core/ids.ts';
 import { Secret } from '../../src/core/secret.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { healthConfigSchema } from '../../providers/index.ts';

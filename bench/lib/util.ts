@@ -7,7 +7,7 @@ import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, statSync
 import { cpus, platform, release, tmpdir, totalmem } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { createLogger } from '../../src/log.ts';
+import { createLogger } from '../../src/app/log.ts';
 import type { Logger } from '../../src/core/ports.ts';
 
 export function median(xs: number[]): number {

@@ -92,6 +92,13 @@ export interface Issuer {
   close?(): Promise<void>;
 }
 
+/** What a health gate factory gets besides its config and context. */
+export interface GateDeps {
+  issuer: Issuer;
+  /** position in the key's `health` list, for default names */
+  index: number;
+}
+
 // ---------------------------------------------------------------- secret store
 
 /** Per-version metadata kept beside the value (labels, tags, annotations): references only. */

@@ -23,16 +23,16 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
-import type { Authenticator } from '../auth/index.ts';
-import type { LoadedConfig } from '../config/load.ts';
-import type { ResolvedKey } from '../config/schema.ts';
+import type { Authenticator } from './auth/index.ts';
+import type { LoadedConfig } from '../app/config/load.ts';
+import type { ResolvedKey } from '../app/config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
-import { defaultObservers } from '../observers.ts';
-import { processMetrics } from '../metrics.ts';
-import { rotateKey, rotateKeys, type KeyResult, type RotateOptions } from '../run.ts';
-import { createFileStateStore } from '../state/index.ts';
+import { defaultObservers } from '../app/observers.ts';
+import { processMetrics } from '../app/metrics.ts';
+import { rotateKey, rotateKeys, type KeyResult, type RotateOptions } from '../app/run.ts';
+import { createFileStateStore } from '../app/state/index.ts';
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 300_000;

@@ -13,12 +13,12 @@
  * state store as `in_progress`, and the next start resumes them.
  */
 import { Cron } from 'croner';
-import type { LoadedConfig } from '../config/load.ts';
+import type { LoadedConfig } from '../app/config/load.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
-import { defaultObservers } from '../observers.ts';
-import { rotateKeys, type KeyResult, type RotationObserver } from '../run.ts';
+import { defaultObservers } from '../app/observers.ts';
+import { rotateKeys, type KeyResult, type RotationObserver } from '../app/run.ts';
 
 export const DEFAULT_TICK = '*/5 * * * *';
 export const DEFAULT_JITTER_MS = 30_000;

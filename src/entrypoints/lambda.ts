@@ -28,25 +28,26 @@
 import path from 'node:path';
 import type { Context, ScheduledEvent, SecretsManagerRotationEvent } from 'aws-lambda';
 import { z } from 'zod';
-import { loadConfig, type LoadedConfig } from '../config/load.ts';
-import type { ResolvedKey } from '../config/schema.ts';
+import { loadConfig, type LoadedConfig } from '../app/config/load.ts';
+import type { ResolvedKey } from '../app/config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
 import { parseDuration } from '../core/duration.ts';
 import { fromRecord, KeyrotorError } from '../core/errors.ts';
 import type { KeyRecord, Logger, StateStore } from '../core/ports.ts';
-import { createLogger } from '../log.ts';
-import { defaultObservers, flushObservers } from '../observers.ts';
-import { processMetrics } from '../metrics.ts';
-import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type TransitionEvent } from '../run.ts';
-import { createFileStateStore } from '../state/index.ts';
+import { createLogger } from '../app/log.ts';
+import { defaultObservers, flushObservers } from '../app/observers.ts';
+import { processMetrics } from '../app/metrics.ts';
+import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type TransitionEvent } from '../app/run.ts';
+import { createFileStateStore } from '../app/state/index.ts';
 import {
   formatNativeToken,
+  loadAwsNativeRotation,
   nativeTokenKey,
   parseNativeToken,
   secretIdMatches,
-  TOKEN_RE,
-} from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.native.ts';
-import type { AwsSecretsManagerStoreConfig } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.schema.ts';
+  NATIVE_TOKEN_RE as TOKEN_RE,
+  type AwsSecretsManagerStoreConfig,
+} from '../../providers/index.ts';
 
 export const DEFAULT_SAFETY_MARGIN_MS = 15_000;
 
@@ -268,7 +269,7 @@ async function secretsManagerStep(
   const { key, store } = findAwsKey(cfg, secretId);
   const slog = log.child({ key: key.name, step, token });
   const stateKey = nativeTokenKey(store.secretId);
-  const { inspectNativeRotation } = await import('../../providers/stores/aws-secrets-manager/aws-secrets-manager.store.ts');
+  const inspectNativeRotation = await loadAwsNativeRotation();
   const inspect = () => inspectNativeRotation(store, common.env ?? process.env, token);
   const reply = (status: 'done' | 'in_progress', rotationId: string | null, stage: string, note: string): SecretsManagerStepResponse => {
     slog.info({ status, rotationId, stage }, `${step}: ${note}`);

@@ -38,16 +38,16 @@ import type { AzureFakeOp } from '../fakes/azure-key-vault.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { CrashSwitch, type CrashPlan } from './crash-switch.ts';
 import { checkInvariant, closeBackends, MASTER_KEY, noteLeftovers, prepareWorld, served, startBackends, workingKey, World, writeWorkspace, type Backends } from './world.ts';
-import { parseConfig, type LoadedConfig } from '../../src/config/load.ts';
+import { parseConfig, type LoadedConfig } from '../../src/app/config/load.ts';
 import { systemClock, type Clock } from '../../src/core/clock.ts';
 import type { Logger } from '../../src/core/ports.ts';
-import { rotateKey, type KeyResult } from '../../src/run.ts';
-import { closeProviders, composeKey } from '../../src/compose.ts';
+import { rotateKey, type KeyResult } from '../../src/app/run.ts';
+import { closeProviders, composeKey } from '../../src/app/compose.ts';
 import { newRotationId } from '../../src/core/ids.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import { Secret } from '../../src/core/secret.ts';
-import { sweepKey } from '../../src/sweep.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { sweepKey } from '../../src/app/sweep.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 
 /** per key: the CA of that world's Azure fake */
 const azure = vi.hoisted(() => ({ ca: new Map<string, string>() }));

@@ -38,9 +38,9 @@ import { CLI, cliInProcess } from '../entrypoints/cli-helpers.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { checkInvariant, closeBackends, MASTER_KEY, noteLeftovers, prepareWorld, served, startBackends, workingKey, World, writeWorkspace, type Backends } from './world.ts';
 import { main } from '../../src/entrypoints/cli.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import type { KeyResult } from '../../src/run.ts';
-import type { SweepKeyResult } from '../../src/sweep.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import type { KeyResult } from '../../src/app/run.ts';
+import type { SweepKeyResult } from '../../src/app/sweep.ts';
 
 const MOTO = motoSupportOrSkip('chaos: SIGKILL of the CLI (AWS on moto)');
 const SEED = chaosSeed();

@@ -18,7 +18,7 @@ import { tempDir } from '../helpers/artifacts.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { PLACEHOLDER_TEXT } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.store.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { parseIssuedKeyName } from '../../src/core/ids.ts';
 

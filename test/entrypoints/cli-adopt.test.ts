@@ -10,7 +10,7 @@ import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { Secret } from '../../src/core/secret.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 
 let fake: OpenAIFake;

@@ -8,9 +8,9 @@ import { tempDir } from '../helpers/artifacts.ts';
 import { LOCAL_CONFIG, runCli, treeSnapshot, treeText, workspace } from './cli-helpers.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 
 async function currentValue(dir: string, key = 'demo'): Promise<string | null> {

@@ -6,10 +6,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { parseConfig } from '../../src/config/load.ts';
-import { silentLogger } from '../../src/log.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import type { TransitionEvent } from '../../src/run.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { silentLogger } from '../../src/app/log.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import type { TransitionEvent } from '../../src/app/run.ts';
 import { startDaemon, type Daemon, type DaemonRun } from '../../src/entrypoints/daemon.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';

@@ -21,7 +21,7 @@ import { CANARY } from '../canary.ts';
 import { main } from '../../src/entrypoints/cli.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { cliInProcess } from './cli-helpers.ts';
 

@@ -10,11 +10,11 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT, runCli, treeText, workspace } from './cli-helpers.ts';
-import { parseConfig } from '../../src/config/load.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture } from '../helpers/artifacts.ts';
@@ -34,7 +34,7 @@ const MASTER = '56'.repeat(32);
 /** a 10-line application using keyrotor/consumer, as in the README */
 const APP = `
 import { createServer } from 'node:http';
-const { createConsumer } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'src/consumer.ts')).href)});
+const { createConsumer } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'src/entrypoints/consumer.ts')).href)});
 const keys = await createConsumer({ config: process.argv[2], key: 'app', refreshInterval: process.argv[3] === 'off' ? false : process.argv[3] });
 const server = createServer((req, res) => (req.url === '/keyrotor/fingerprint' ? keys.handler(req, res) : (res.writeHead(404), res.end())));
 server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: server.address().port, fingerprint: keys.fingerprint() })));

@@ -10,7 +10,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { runCli, treeText, workspace } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { startFakeConsumer, stuck, switchLate, type FakeConsumer } from '../fakes/consumer.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import { CANARY } from '../canary.ts';

@@ -7,11 +7,11 @@
 import { describe, expect, it } from 'vitest';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey, unreplacedLeak, type TransitionEvent } from '../../src/run.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey, unreplacedLeak, type TransitionEvent } from '../../src/app/run.ts';
 import type { KeyRecord, RotationResult } from '../../src/core/ports.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 
 const config = (health: string) => `version: 1

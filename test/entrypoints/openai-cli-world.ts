@@ -8,10 +8,10 @@ import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { workspace } from './cli-helpers.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 
 export interface CliResult {

@@ -10,11 +10,11 @@ import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { main } from '../../src/entrypoints/cli.ts';
-import { parseConfig, type LoadedConfig } from '../../src/config/load.ts';
-import { rotateKey, type KeyResult, type TransitionEvent } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { parseConfig, type LoadedConfig } from '../../src/app/config/load.ts';
+import { rotateKey, type KeyResult, type TransitionEvent } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease, type StateStore } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {

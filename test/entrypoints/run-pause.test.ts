@@ -5,10 +5,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import path from 'node:path';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey, type TransitionEvent } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey, type TransitionEvent } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { LOCAL_CONFIG } from './cli-helpers.ts';
 

@@ -10,16 +10,16 @@ import { runCli, treeSnapshot, workspace, cliInProcess } from './cli-helpers.ts'
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { main } from '../../src/entrypoints/cli.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey, type TransitionEvent } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey, type TransitionEvent } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease } from '../../src/core/ports.ts';
 import { Secret } from '../../src/core/secret.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import type { SweepKeyResult } from '../../src/sweep.ts';
+import type { SweepKeyResult } from '../../src/app/sweep.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {

@@ -3,7 +3,7 @@
  * can (count 0 = forever, until killed). Prints "ready" after the first append.
  *   node test/ops/audit-writer.ts <file> <count> <tag>
  */
-import { createJsonlAuditLog } from '../../src/audit/jsonl.ts';
+import { createJsonlAuditLog } from '../../src/app/audit/jsonl.ts';
 
 const [file, countText, tag] = process.argv.slice(2);
 const count = Number(countText);

@@ -8,9 +8,9 @@ import { existsSync, readFileSync, readdirSync, writeFileSync, appendFileSync, m
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { tempDir } from '../helpers/artifacts.ts';
-import { createJsonlAuditLog } from '../../src/audit/jsonl.ts';
-import { chainRecord, recordLine, type AuditEntry, type AuditRecord } from '../../src/audit/record.ts';
-import type { AuditLog } from '../../src/audit/sink.ts';
+import { createJsonlAuditLog } from '../../src/app/audit/jsonl.ts';
+import { chainRecord, recordLine, type AuditEntry, type AuditRecord } from '../../src/app/audit/record.ts';
+import type { AuditLog } from '../../src/app/audit/sink.ts';
 
 const WRITER = fileURLToPath(new URL('./audit-writer.ts', import.meta.url));
 const STATES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked', 'rotated'];

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { configSchema } from '../../src/config/schema.ts';
+import { configSchema } from '../../src/app/config/schema.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { runCli, workspace, LOCAL_CONFIG, treeSnapshot } from '../entrypoints/cli-helpers.ts';
 

@@ -10,12 +10,12 @@ import path from 'node:path';
 import { runCli, treeSnapshot, treeText, workspace, LOCAL_CONFIG } from '../entrypoints/cli-helpers.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
-import { defaultObservers } from '../../src/observers.ts';
-import { createMetrics } from '../../src/metrics.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
+import { defaultObservers } from '../../src/app/observers.ts';
+import { createMetrics } from '../../src/app/metrics.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {

@@ -5,11 +5,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import path from 'node:path';
-import { parseConfig } from '../../src/config/load.ts';
-import { rotateKey } from '../../src/run.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
-import { silentLogger } from '../../src/log.ts';
-import { createMetrics } from '../../src/metrics.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { silentLogger } from '../../src/app/log.ts';
+import { createMetrics } from '../../src/app/metrics.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { LOCAL_CONFIG } from '../entrypoints/cli-helpers.ts';
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { createGate, healthConfigSchema } from '../../providers/index.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import type { HealthGate, Issuer } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { CANARY } from '../canary.ts';
 import { NEW_FP, NEW_VALUE, OLD_FP, OLD_VALUE, gateContext, pollGate } from '../fakes/consumer.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';

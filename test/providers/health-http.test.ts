@@ -6,11 +6,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createGate, healthConfigSchema } from '../../providers/index.ts';
-import { parseFingerprintBody } from '../../providers/health/http/http.format.ts';
+import { parseFingerprintBody } from '../../src/core/fingerprint-format.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import type { HealthGate, Issuer, ProviderContext } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { createSelfSignedCert } from '../fakes/self-signed-cert.ts';
 import {
   NEW_FP,

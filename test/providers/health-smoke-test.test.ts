@@ -9,7 +9,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import type { HealthGate, Issuer, ProviderContext } from '../../src/core/ports.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import { Secret } from '../../src/core/secret.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { CANARY } from '../canary.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { gateContext, pollGate } from '../fakes/consumer.ts';

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { createGate, createIssuer, healthConfigSchema, issuerConfigSchema } from '../../providers/index.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import type { HealthGate, Issuer, ProviderContext } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { gateContext, pollGate } from '../fakes/consumer.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';

@@ -6,7 +6,7 @@ import { localIssuerSchema } from '../../providers/issuers/local/local.schema.ts
 import { KeyrotorError } from '../../src/core/errors.ts';
 import { Secret } from '../../src/core/secret.ts';
 import { issuedKeyName } from '../../src/core/ids.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/core/clock.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import { isLease, type Lease, type LeaseHolder, type PersistedRotation, type RotationResult } from '../../src/core/ports.ts';
-import { createFileStateStore } from '../../src/state/index.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 
 const run = promisify(execFile);

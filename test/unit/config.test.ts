@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { parseConfig } from '../../src/config/load.ts';
-import { configJsonSchema } from '../../src/config/schema.ts';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { configJsonSchema } from '../../src/app/config/schema.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
-import { expiresInSecondsFor } from '../../src/compose.ts';
+import { expiresInSecondsFor } from '../../src/app/compose.ts';
 
 const ok = (extra = '') => `version: 1
 keys:

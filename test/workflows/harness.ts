@@ -5,7 +5,7 @@ import { createActor, type SnapshotFrom } from 'xstate';
 import { issuedKeyName, newRotationId } from '../../src/core/ids.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { HealthGate } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/log.ts';
+import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { type FinalState, type RotationContext, type RotationInput } from '../../workflows/rotation/rotation.machine.ts';
 import { provideRotation, SecretVault, type RotationDeps } from '../../workflows/rotation/stages/index.ts';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration, envName } from '../../../src/config/fields.ts';
+import { duration, envName } from '../../../src/core/config-fields.ts';
 
 /**
  * Run a check program (no shell): exit 0 = consumers are on the new key. It gets the fingerprints and

@@ -1,8 +1,7 @@
 import { access, constants, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../../src/core/errors.ts';
-import type { HealthGate, ProviderContext } from '../../../src/core/ports.ts';
-import type { GateDeps } from '../../index.ts';
+import type { GateDeps, HealthGate, ProviderContext } from '../../../src/core/ports.ts';
 import { createCommandGateImpl } from './command.gate.ts';
 import type { CommandGateConfig } from './command.schema.ts';
 

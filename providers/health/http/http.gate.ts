@@ -1,6 +1,6 @@
 /**
  * The `http` gate: polls consumer endpoints that report the fingerprint of the key they have loaded
- * (format in http.format.ts) and passes once every endpoint reports the new key's fingerprint in
+ * (format in src/core/fingerprint-format.ts) and passes once every endpoint reports the new key's fingerprint in
  * `consecutive` rounds in a row.
  *
  * - TLS is always verified (a private CA can be trusted with `caFile`); redirects are not followed.
@@ -14,7 +14,7 @@ import https from 'node:https';
 import type { GateContext, GateObservation, HealthGate } from '../../../src/core/ports.ts';
 import type { Secret } from '../../../src/core/secret.ts';
 import { scrubText } from '../../../src/core/secret.ts';
-import { MAX_FINGERPRINT_BODY, parseFingerprintBody } from './http.format.ts';
+import { MAX_FINGERPRINT_BODY, parseFingerprintBody } from '../../../src/core/fingerprint-format.ts';
 import type { HttpGateConfig } from './http.schema.ts';
 
 export interface HttpGateOptions {

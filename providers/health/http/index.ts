@@ -1,9 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../../src/core/errors.ts';
-import type { HealthGate, ProviderContext } from '../../../src/core/ports.ts';
+import type { GateDeps, HealthGate, ProviderContext } from '../../../src/core/ports.ts';
 import { Secret } from '../../../src/core/secret.ts';
-import type { GateDeps } from '../../index.ts';
 import { createHttpGateImpl } from './http.gate.ts';
 import type { HttpGateConfig } from './http.schema.ts';
 

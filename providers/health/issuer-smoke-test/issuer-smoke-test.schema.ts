@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration } from '../../../src/config/fields.ts';
+import { duration } from '../../../src/core/config-fields.ts';
 
 /** The new key works at the issuer (polled: propagation is not instant). */
 export const issuerSmokeTestGateSchema = z

@@ -1,5 +1,4 @@
-import type { HealthGate, ProviderContext } from '../../../src/core/ports.ts';
-import type { GateDeps } from '../../index.ts';
+import type { GateDeps, HealthGate, ProviderContext } from '../../../src/core/ports.ts';
 import { createManualGateImpl } from './manual.gate.ts';
 import type { ManualGateConfig } from './manual.schema.ts';
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration } from '../../../src/config/fields.ts';
+import { duration } from '../../../src/core/config-fields.ts';
 
 /** Wait for a person: `keyrotor confirm <key>` passes the gate, `keyrotor confirm <key> --reject` rolls back. */
 export const manualGateSchema = z

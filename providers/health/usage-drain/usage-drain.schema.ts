@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration } from '../../../src/config/fields.ts';
+import { duration } from '../../../src/core/config-fields.ts';
 
 /**
  * Drain evidence from the issuer's key list (OpenAI `last_used_at`): the new key has been used since

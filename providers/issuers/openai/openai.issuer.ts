@@ -14,7 +14,7 @@ import OpenAI from 'openai';
 import type { APIKeyCreateResponse } from 'openai/resources/admin/organization/projects/service-accounts/api-keys';
 import type { ProjectAPIKey } from 'openai/resources/admin/organization/projects/api-keys';
 import { KeyrotorError } from '../../../src/core/errors.ts';
-import type { CreateKeyRequest, IdentifyResult, IssuedKey, Issuer, IssuerKeyInfo, ProviderContext, VerifyResult } from '../../../src/core/ports.ts';
+import type { CreateKeyRequest, IdentifyResult, IssuedKey, Issuer, IssuerKeyInfo, IssuerProbe, ProviderContext, VerifyResult } from '../../../src/core/ports.ts';
 import { Secret, scrubText } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { OpenAIIssuerConfig } from './openai.schema.ts';
@@ -69,16 +69,9 @@ export function matchesRedacted(redacted: string | null | undefined, value: stri
   return value.startsWith(head) && value.endsWith(tail);
 }
 
-/** A declared cheap call made with a key (proposed for src/core/ports.ts as `IssuerProbe`). */
-export interface IssuerProbe {
-  /** retrieve this model (`GET /v1/models/{model}`) */
-  model: string;
-}
-
 /**
- * The OpenAI issuer with two optional capabilities beyond the Issuer port (proposed there as
- * `reportsUsage?` and `probe?`): key lists carry `last_used_at`, and a key can be checked against a
- * specific model.
+ * The OpenAI issuer with both optional capabilities of the Issuer port (`reportsUsage` and `probe`):
+ * key lists carry `last_used_at`, and a key can be checked against a specific model.
  */
 export type OpenAIIssuer = Issuer & {
   readonly reportsUsage: true;

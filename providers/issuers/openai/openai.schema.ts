@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration, envName, httpUrl } from '../../../src/config/fields.ts';
+import { duration, envName, httpUrl } from '../../../src/core/config-fields.ts';
 
 export const openaiIssuerSchema = z
   .object({

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { httpUrl } from '../../../src/config/fields.ts';
+import { httpUrl } from '../../../src/core/config-fields.ts';
 
 export const azureKeyVaultStoreSchema = z
   .object({

@@ -9,7 +9,7 @@ import { KeyrotorError } from '../../../src/core/errors.ts';
 import type { Logger } from '../../../src/core/ports.ts';
 import { deriveKeys, generateMasterKeyText, parseMasterKey, type DerivedKeys } from './file.crypto.ts';
 import { errnoOf, fsError } from './file.errors.ts';
-import { FILE_MODE, ensureDir, fsyncDir } from './file.io.ts';
+import { FILE_MODE, ensureDir, fsyncDir } from '../../../src/core/fs.ts';
 
 export interface MasterKey extends DerivedKeys {
   /** where it came from, for messages: `env KEYROTOR_MASTER_KEY` or `key file <path>` */

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { envName } from '../../../src/config/fields.ts';
+import { envName } from '../../../src/core/config-fields.ts';
 
 /** The embedded default store: one AES-256-GCM encrypted file per key. */
 export const fileStoreSchema = z

@@ -32,7 +32,7 @@ import type {
 import { Secret } from '../../../src/core/secret.ts';
 import { mac, macEquals, sameValue, seal, unseal, versionAad } from './file.crypto.ts';
 import { errnoOf, fsError } from './file.errors.ts';
-import { nearestExistingDir, serialized, writeFileAtomic } from './file.io.ts';
+import { nearestExistingDir, serialized, writeFileAtomic } from '../../../src/core/fs.ts';
 import { checkMasterKey, resolveMasterKey, type MasterKey, type MasterKeySource } from './file.master-key.ts';
 import type { FileStoreConfig } from './file.schema.ts';
 

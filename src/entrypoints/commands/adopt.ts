@@ -8,7 +8,7 @@ export async function runAdopt(ctx: CommandContext, name: string, opts: { keyId:
   const key = ctx.pickKeys(cfg, [name])[0]!;
   const stateStore = await ctx.stateStore(cfg);
   const record = await stateStore.read(key.name);
-  const { closeProviders, composeKey } = await import('../../compose.ts');
+  const { closeProviders, composeKey } = await import('../../app/compose.ts');
   const p = await composeKey({ config: cfg, key, stateStore, record, logger: await ctx.logger(), env: ctx.io.env });
   try {
     const lease = await stateStore.acquire(key.name, `adopt:${process.pid}`, 60_000);

@@ -1,5 +1,5 @@
-import type { RotationHistory, VerifyReport } from '../../audit/index.ts';
-import { displayPath } from '../../state/atomic.ts';
+import type { RotationHistory, VerifyReport } from '../../app/audit/index.ts';
+import { displayPath } from '../../core/fs.ts';
 import type { CommandContext } from './context.ts';
 
 /**
@@ -10,7 +10,7 @@ import type { CommandContext } from './context.ts';
 export async function runAuditVerify(ctx: CommandContext, opts: { json?: boolean }): Promise<void> {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
-  const { openAuditLog } = await import('../../audit/index.ts');
+  const { openAuditLog } = await import('../../app/audit/index.ts');
   const report = await openAuditLog(cfg).verify();
   ctx.exit(report.ok ? 0 : 1);
   ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
@@ -21,7 +21,7 @@ export async function runHistory(ctx: CommandContext, key: string | undefined, o
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
-  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([import('../../audit/index.ts'), import('../../preflight.ts')]);
+  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([import('../../app/audit/index.ts'), import('../../app/preflight.ts')]);
   const log = openAuditLog(cfg);
   const { records, warnings } = await log.read();
   for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);

@@ -5,7 +5,7 @@ export async function runCheck(ctx: CommandContext, names: string[], opts: { jso
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
-  const { colorEnabled, renderPreflight, runPreflight } = await import('../../preflight.ts');
+  const { colorEnabled, renderPreflight, runPreflight } = await import('../../app/preflight.ts');
   const report = await runPreflight({ config: cfg, keys, stateStore: await ctx.stateStore(cfg), logger: await ctx.logger(), env: ctx.io.env });
   ctx.exit(report.ok ? 0 : 1);
   ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderPreflight(report, { color: colorEnabled(ctx.io.env) }));

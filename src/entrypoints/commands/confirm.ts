@@ -9,13 +9,13 @@
 import { link, open, rm } from 'node:fs/promises';
 import { hostname, userInfo } from 'node:os';
 import path from 'node:path';
-import type { ResolvedKey } from '../../config/schema.ts';
+import type { ResolvedKey } from '../../app/config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import { ROTATION_ID_RE } from '../../core/ids.ts';
 import type { KeyRecord } from '../../core/ports.ts';
 import { scrubText } from '../../core/secret.ts';
-import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, uniqueSibling } from '../../state/atomic.ts';
-import type { Decision } from '../../../providers/health/manual/manual.decision.ts';
+import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, uniqueSibling } from '../../core/fs.ts';
+import { loadManualDecisions, type Decision } from '../../../providers/index.ts';
 import type { CommandContext } from './context.ts';
 
 interface ConfirmOptions {
@@ -103,7 +103,7 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     });
   }
 
-  const { DECISION_FORMAT, decisionFile, readDecision } = await import('../../../providers/health/manual/manual.decision.ts');
+  const { DECISION_FORMAT, decisionFile, readDecision } = await loadManualDecisions();
   const decision: Decision = {
     format: DECISION_FORMAT,
     key: key.name,

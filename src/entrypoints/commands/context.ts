@@ -8,8 +8,8 @@
  * and usage errors load none of it.
  */
 import type { Command } from 'commander';
-import type { LoadedConfig } from '../../config/load.ts';
-import type { ResolvedKey } from '../../config/schema.ts';
+import type { LoadedConfig } from '../../app/config/load.ts';
+import type { ResolvedKey } from '../../app/config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, StateStore } from '../../core/ports.ts';
 
@@ -42,7 +42,7 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
     io,
     program,
     config: async () => {
-      const { loadConfig } = await import('../../config/load.ts');
+      const { loadConfig } = await import('../../app/config/load.ts');
       return loadConfig(program.opts<{ config: string }>().config, io.env);
     },
     pickKeys(cfg, names) {
@@ -55,12 +55,12 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
     },
     async logger() {
       const level = program.opts<{ logLevel?: string }>().logLevel;
-      const { createLogger } = await import('../../log.ts');
+      const { createLogger } = await import('../../app/log.ts');
       logger ??= await createLogger({ ...(level ? { level } : {}), ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}) });
       return logger;
     },
     async stateStore(cfg) {
-      const { createFileStateStore } = await import('../../state/index.ts');
+      const { createFileStateStore } = await import('../../app/state/index.ts');
       return createFileStateStore(cfg.stateDir);
     },
     exit(code) {

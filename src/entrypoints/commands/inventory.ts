@@ -1,4 +1,4 @@
-import type { InventoryKey, InventoryReport } from '../../inventory.ts';
+import type { InventoryKey, InventoryReport } from '../../app/inventory.ts';
 import { table, type CommandContext } from './context.ts';
 
 /** `keyrotor inventory [<key>...] [--json] [--unused-days N]`: every key of the configured OpenAI projects. */
@@ -6,7 +6,7 @@ export async function runInventory(ctx: CommandContext, names: string[], opts: {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
-  const [{ runInventory }, { colorEnabled }] = await Promise.all([import('../../inventory.ts'), import('../../preflight.ts')]);
+  const [{ runInventory }, { colorEnabled }] = await Promise.all([import('../../app/inventory.ts'), import('../../app/preflight.ts')]);
   const report = await runInventory({
     config: cfg,
     keys,

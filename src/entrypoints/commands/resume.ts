@@ -1,5 +1,5 @@
 import { OUTCOME_EXIT } from '../../core/stages.ts';
-import type { KeyResult } from '../../run.ts';
+import type { KeyResult } from '../../app/run.ts';
 import { renderResults } from './rotate.ts';
 import type { CommandContext } from './context.ts';
 
@@ -12,7 +12,7 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ rotateKeys }, { defaultObservers }] = await Promise.all([import('../../run.ts'), import('../../observers.ts')]);
+  const [{ rotateKeys }, { defaultObservers }] = await Promise.all([import('../../app/run.ts'), import('../../app/observers.ts')]);
   const results = await rotateKeys(keys, {
     config: cfg,
     stateStore: await ctx.stateStore(cfg),

@@ -1,6 +1,6 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
-import type { KeyResult } from '../../run.ts';
+import type { KeyResult } from '../../app/run.ts';
 import type { CommandContext } from './context.ts';
 
 export async function runRotate(ctx: CommandContext, names: string[], opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number }): Promise<void> {
@@ -10,7 +10,7 @@ export async function runRotate(ctx: CommandContext, names: string[], opts: { no
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([import('../../run.ts'), import('../../observers.ts')]);
+  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([import('../../app/run.ts'), import('../../app/observers.ts')]);
   const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
   const base = {
     config: cfg,
@@ -27,7 +27,7 @@ export async function runRotate(ctx: CommandContext, names: string[], opts: { no
   const results = await rotateKeys(keys, base);
   if (opts.dryRun) {
     // the plan, then the preflight checks (read-only): exit 1 when one fails
-    const { colorEnabled, renderPreflight, runPreflight } = await import('../../preflight.ts');
+    const { colorEnabled, renderPreflight, runPreflight } = await import('../../app/preflight.ts');
     const preflight = await runPreflight({ config: cfg, keys, stateStore: base.stateStore, logger, env: ctx.io.env });
     ctx.exit(preflight.ok ? 0 : 1);
     ctx.io.stdout(opts.json ? JSON.stringify({ results, preflight }, null, 2) + '\n' : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }));

@@ -33,7 +33,7 @@ export async function runServe(ctx: CommandContext, opts: ServeOptions): Promise
   if (emails.length > 0 && audiences.length === 0) throw new KeyrotorError('USAGE', '--allowed-email needs --audience');
   if (requestTimeout <= safetyMargin) throw new KeyrotorError('USAGE', '--request-timeout must be longer than --safety-margin');
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(opts.tokenEnv)) throw new KeyrotorError('USAGE', `--token-env must be an environment variable name (got ${JSON.stringify(opts.tokenEnv)})`);
-  const { bearerTokenFromEnv, createAuthenticator } = await import('../../auth/index.ts');
+  const { bearerTokenFromEnv, createAuthenticator } = await import('../auth/index.ts');
   const auth = createAuthenticator({
     oidc: audiences.length ? { audiences, emails, ...(opts.jwksUrl ? { jwksUrl: opts.jwksUrl } : {}) } : undefined,
     bearer: bearerTokenFromEnv(env, opts.tokenEnv),

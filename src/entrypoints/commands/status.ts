@@ -1,6 +1,6 @@
-import type { ResolvedKey } from '../../config/schema.ts';
+import type { ResolvedKey } from '../../app/config/schema.ts';
 import type { KeyRecord } from '../../core/ports.ts';
-import { isDue } from '../../run.ts';
+import { isDue } from '../../app/run.ts';
 import type { CommandContext } from './context.ts';
 
 /** What a key is waiting for in an unfinished rotation (from its saved snapshot; references only). */
@@ -78,7 +78,7 @@ export async function runStatus(ctx: CommandContext, names: string[], opts: { js
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const stateStore = await ctx.stateStore(cfg);
-  const { colorEnabled } = await import('../../preflight.ts');
+  const { colorEnabled } = await import('../../app/preflight.ts');
   const now = Date.now();
   const keys: KeyStatus[] = [];
   for (const k of ctx.pickKeys(cfg, names)) keys.push(keyStatus(k, await stateStore.read(k.name), now));

@@ -1,4 +1,4 @@
-import type { SweepKeyResult } from '../../sweep.ts';
+import type { SweepKeyResult } from '../../app/sweep.ts';
 import { table, type CommandContext } from './context.ts';
 
 /**
@@ -10,7 +10,7 @@ export async function runSweep(ctx: CommandContext, names: string[], opts: { dry
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ sweepExitCode, sweepKeys }, { defaultObservers }] = await Promise.all([import('../../sweep.ts'), import('../../observers.ts')]);
+  const [{ sweepExitCode, sweepKeys }, { defaultObservers }] = await Promise.all([import('../../app/sweep.ts'), import('../../app/observers.ts')]);
   const results = await sweepKeys(keys, {
     config: cfg,
     stateStore: await ctx.stateStore(cfg),

@@ -8,6 +8,6 @@ export async function runValidate(ctx: CommandContext): Promise<void> {
 
 /** `keyrotor schema` (declared in index.ts) */
 export async function runSchema(ctx: CommandContext): Promise<void> {
-  const { configJsonSchema } = await import('../../config/schema.ts');
+  const { configJsonSchema } = await import('../../app/config/schema.ts');
   ctx.io.stdout(JSON.stringify(configJsonSchema(), null, 2) + '\n');
 }

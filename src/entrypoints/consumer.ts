@@ -13,7 +13,7 @@
  *   a store config given directly) and caches it; refreshes every `refreshInterval` (default 60s) and
  *   on SIGHUP.
  * - `handler` serves the loaded key's fingerprint for the `http` gate (format: providers/health/http/
- *   http.format.ts): `{"format":"keyrotor-fingerprint/1","fingerprint":"fp_…","loadedAt":"…"}`.
+ *   src/core/fingerprint-format.ts): `{"format":"keyrotor-fingerprint/1","fingerprint":"fp_…","loadedAt":"…"}`.
  * - `withKey(fn)` calls `fn` with the key; on a 401 `invalid_api_key` from OpenAI (a thrown SDK error
  *   or a fetch Response) it refreshes once and, if the store now holds another key, retries once.
  * - The key itself is never logged or served; `current()` returns it wrapped in `Secret`.
@@ -21,19 +21,19 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import type { z } from 'zod';
-import { loadConfig } from './config/load.ts';
-import { systemClock, type Clock } from './core/clock.ts';
-import { parseDuration } from './core/duration.ts';
-import { KeyrotorError, toKeyrotorError } from './core/errors.ts';
-import { fingerprint } from './core/fingerprint.ts';
-import type { Logger, ProviderContext, SecretStore } from './core/ports.ts';
-import type { Secret } from './core/secret.ts';
-import { createStore, storeConfigSchema } from '../providers/index.ts';
-import { FINGERPRINT_FORMAT, type FingerprintDocument } from '../providers/health/http/http.format.ts';
+import { loadConfig } from '../app/config/load.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
+import { parseDuration } from '../core/duration.ts';
+import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
+import { fingerprint } from '../core/fingerprint.ts';
+import type { Logger, ProviderContext, SecretStore } from '../core/ports.ts';
+import type { Secret } from '../core/secret.ts';
+import { createStore, storeConfigSchema } from '../../providers/index.ts';
+import { FINGERPRINT_FORMAT, type FingerprintDocument } from '../core/fingerprint-format.ts';
 
-export { fingerprint, FINGERPRINT_LABEL } from './core/fingerprint.ts';
-export { Secret } from './core/secret.ts';
-export { FINGERPRINT_FORMAT, FINGERPRINT_RE, parseFingerprintBody, type FingerprintDocument } from '../providers/health/http/http.format.ts';
+export { fingerprint, FINGERPRINT_LABEL } from '../core/fingerprint.ts';
+export { Secret } from '../core/secret.ts';
+export { FINGERPRINT_FORMAT, FINGERPRINT_RE, parseFingerprintBody, type FingerprintDocument } from '../core/fingerprint-format.ts';
 
 export interface ConsumerOptions {
   /** the key's name (in the keyrotor config, or the name the store keeps it under) */

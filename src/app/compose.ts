@@ -4,10 +4,10 @@
  */
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
-import { systemClock, type Clock } from './core/clock.ts';
-import type { HealthGate, Issuer, KeyRecord, Logger, ProviderContext, SecretStore, StateStore } from './core/ports.ts';
-import { createGate, createIssuer, createStore } from '../providers/index.ts';
-import type { RotationTiming } from '../workflows/rotation/rotation.machine.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
+import type { HealthGate, Issuer, KeyRecord, Logger, ProviderContext, SecretStore, StateStore } from '../core/ports.ts';
+import { createGate, createIssuer, createStore } from '../../providers/index.ts';
+import type { RotationTiming } from '../../workflows/rotation/rotation.machine.ts';
 
 export interface KeyProviders {
   issuer: Issuer;

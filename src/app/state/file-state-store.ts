@@ -10,10 +10,10 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { systemClock, type Clock } from '../core/clock.ts';
-import { KeyrotorError } from '../core/errors.ts';
-import type { KeyRecord, PersistedRotation, RotationResult, StateStore } from '../core/ports.ts';
-import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from './atomic.ts';
+import { systemClock, type Clock } from '../../core/clock.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import type { KeyRecord, PersistedRotation, RotationResult, StateStore } from '../../core/ports.ts';
+import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import { createLeaseManager } from './file-lease.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 

@@ -12,13 +12,13 @@
  *
  * Read-only: it only lists (the Issuer port's `list()`), and reads the state store.
  */
-import { systemClock, type Clock } from './core/clock.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
-import { toKeyrotorError, type ErrorRecord } from './core/errors.ts';
-import { parseIssuedKeyName } from './core/ids.ts';
-import type { IssuerKeyInfo, KeyRecord, Logger, ProviderContext, StateStore } from './core/ports.ts';
-import { createIssuer } from '../providers/index.ts';
+import { toKeyrotorError, type ErrorRecord } from '../core/errors.ts';
+import { parseIssuedKeyName } from '../core/ids.ts';
+import type { IssuerKeyInfo, KeyRecord, Logger, ProviderContext, StateStore } from '../core/ports.ts';
+import { createIssuer } from '../../providers/index.ts';
 
 export const INVENTORY_FLAGS = ['unmanaged', 'orphaned', 'stale', 'no_expiry', 'user_owned'] as const;
 export type InventoryFlag = (typeof INVENTORY_FLAGS)[number];

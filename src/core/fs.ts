@@ -2,7 +2,7 @@
  * Durable file primitives for the file store: atomic replace (temp file in the same folder, fsync,
  * rename, fsync the folder), private modes, and a per-path in-process queue so concurrent writers
  * in one process never lose an update. Across processes the per-key lease guards.
- * The state store (src/state) uses the same primitives.
+ * Used by the file secret store and the file state store (src/app/state), plus errno helpers.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
@@ -87,4 +87,17 @@ export function serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
     if (queues.get(key) === tail) queues.delete(key);
   });
   return run;
+}
+export function errnoOf(e: unknown): string | undefined {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+const TRANSIENT = new Set(['EAGAIN', 'EBUSY', 'EMFILE', 'ENFILE', 'ENOSPC', 'EIO', 'ETIMEDOUT', 'EINTR']);
+export const isTransient = (e: unknown) => TRANSIENT.has(errnoOf(e) ?? '');
+
+/** A path for messages: relative to the cwd when inside it, else absolute. */
+export function displayPath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
 }

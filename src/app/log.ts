@@ -4,7 +4,7 @@
  * defence; the first is that secret values are `Secret` objects that print as `[REDACTED]`.
  */
 import { pino, type Logger as PinoLogger, type DestinationStream } from 'pino';
-import type { Logger } from './core/ports.ts';
+import type { Logger } from '../core/ports.ts';
 
 export const REDACT_PATHS = [
   'secret',

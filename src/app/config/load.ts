@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
 import type { ZodError } from 'zod';
-import { KeyrotorError } from '../core/errors.ts';
+import { KeyrotorError } from '../../core/errors.ts';
 import { configSchema, type RawConfig, type ResolvedKey } from './schema.ts';
 
 export interface LoadedConfig {

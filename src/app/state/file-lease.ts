@@ -18,10 +18,10 @@
 import { hostname } from 'node:os';
 import { link, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { KeyrotorError } from '../core/errors.ts';
-import type { Clock } from '../core/clock.ts';
-import type { Lease, LeaseHolder } from '../core/ports.ts';
-import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, isTransient, uniqueSibling, writeFileAtomic } from './atomic.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Clock } from '../../core/clock.ts';
+import type { Lease, LeaseHolder } from '../../core/ports.ts';
+import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, isTransient, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
 
 const MAX_ATTEMPTS = 8;

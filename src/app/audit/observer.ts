@@ -3,8 +3,8 @@
  * snapshot of that transition is saved) and one per rotation result. References only.
  */
 import { hostname, userInfo } from 'node:os';
-import { STAGES, COMPENSATIONS } from '../core/stages.ts';
-import type { Logger } from '../core/ports.ts';
+import { STAGES, COMPENSATIONS } from '../../core/stages.ts';
+import type { Logger } from '../../core/ports.ts';
 import type { KeyResult, RotationObserver, TransitionEvent } from '../run.ts';
 import type { AuditEntry } from './record.ts';
 import type { AuditSink } from './sink.ts';

@@ -3,7 +3,7 @@
  * hash-chained JSONL file in the state dir (jsonl.ts); `logAuditSink` mirrors entries into the log
  * (useful on Lambda / Cloud Run where the log is shipped anyway); `teeAuditSink` writes to several.
  */
-import type { Logger } from '../core/ports.ts';
+import type { Logger } from '../../core/ports.ts';
 import type { AuditEntry, AuditRecord } from './record.ts';
 
 export interface AuditSink {

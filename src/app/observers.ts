@@ -11,7 +11,7 @@
  */
 import { auditObserver, auditSettings, createJsonlAuditLog, auditPath, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
-import type { Logger, StateStore } from './core/ports.ts';
+import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
 import { createNotifier, notificationSettings, type DeliveryReport, type Notifier } from './notify/index.ts';
 import type { RotationObserver } from './run.ts';

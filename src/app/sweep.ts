@@ -23,11 +23,11 @@ import { randomBytes } from 'node:crypto';
 import { closeProviders, composeKey } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
-import { systemClock, type Clock } from './core/clock.ts';
-import { KeyrotorError, toKeyrotorError, type ErrorRecord } from './core/errors.ts';
-import { parseIssuedKeyName } from './core/ids.ts';
-import { isLease, type IssuerKeyInfo, type KeyRecord, type Logger, type StateStore, type StoreSlots } from './core/ports.ts';
-import { OUTCOME_EXIT } from './core/stages.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
+import { KeyrotorError, toKeyrotorError, type ErrorRecord } from '../core/errors.ts';
+import { parseIssuedKeyName } from '../core/ids.ts';
+import { isLease, type IssuerKeyInfo, type KeyRecord, type Logger, type StateStore, type StoreSlots } from '../core/ports.ts';
+import { OUTCOME_EXIT } from '../core/stages.ts';
 import { rotateKey, type KeyResult, type RotationObserver } from './run.ts';
 
 export interface SweepOptions {

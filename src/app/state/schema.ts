@@ -1,8 +1,8 @@
 /** zod schemas for what the state store reads back: stored data is input and is validated. */
 import { z } from 'zod';
-import { ERROR_CODES, type ErrorCode } from '../core/errors.ts';
-import type { KeyRecord, PersistedRotation, RotationResult } from '../core/ports.ts';
-import { COMPENSATIONS, OUTCOMES, STAGES } from '../core/stages.ts';
+import { ERROR_CODES, type ErrorCode } from '../../core/errors.ts';
+import type { KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
+import { COMPENSATIONS, OUTCOMES, STAGES } from '../../core/stages.ts';
 
 export const STATE_FORMAT = 'keyrotor-state/1';
 export const STATE_FORMAT_RE = /^keyrotor-state\/(\d+)$/;

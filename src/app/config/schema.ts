@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { duration } from './fields.ts';
-import { healthConfigSchema, issuerConfigSchema, storeConfigSchema } from '../../providers/index.ts';
+import { duration } from '../../core/config-fields.ts';
+import { healthConfigSchema, issuerConfigSchema, storeConfigSchema } from '../../../providers/index.ts';
 import { auditConfigSchema } from '../audit/schema.ts';
 import { notificationsConfigSchema } from '../notify/schema.ts';
 

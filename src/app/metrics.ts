@@ -15,7 +15,7 @@
  */
 import type { Registry } from 'prom-client';
 import type { LoadedConfig } from './config/load.ts';
-import type { StateStore } from './core/ports.ts';
+import type { StateStore } from '../core/ports.ts';
 import type { RotationObserver } from './run.ts';
 
 export interface MetricsSnapshot {

@@ -3,8 +3,8 @@
  * push) or a shared bearer token from the environment (other hosts). Either may be configured, or both;
  * with neither the server refuses to start.
  */
-import { KeyrotorError } from '../core/errors.ts';
-import type { Secret } from '../core/secret.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Secret } from '../../core/secret.ts';
 import { bearerMatches } from './bearer.ts';
 import { createOidcVerifier, type OidcOptions } from './oidc.ts';
 

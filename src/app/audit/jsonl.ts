@@ -24,8 +24,8 @@ import { hostname } from 'node:os';
 import { link, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { KeyrotorError } from '../core/errors.ts';
-import { displayPath, ensureDir, errnoOf, fsyncDir, serialized, uniqueSibling, writeFileAtomic } from '../state/atomic.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import { displayPath, ensureDir, errnoOf, fsyncDir, serialized, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
 import { chainRecord, isAuditRecord, recordHash, recordLine, sha256Hex, type AuditEntry, type AuditRecord } from './record.ts';
 import type { AuditLog, AuditReadResult, VerifyProblem, VerifyReport } from './sink.ts';
 

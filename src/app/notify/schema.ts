@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { duration, envName, httpUrl } from '../config/fields.ts';
+import { duration, envName, httpUrl } from '../../core/config-fields.ts';
 
 /** What a webhook can be told about: a result's outcome, or `leaked` for any leak-mode rotation. */
 export const NOTIFY_EVENTS = ['rotated', 'rolled_back', 'needs_attention', 'leaked', 'locked', 'in_progress'] as const;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { parseDuration } from '../core/duration.ts';
+import { parseDuration } from './duration.ts';
 
 /** `90s`, `15m`, `2h`, `30d`, `1w`, `1h30m` or milliseconds; parsed to ms. */
 export const duration = z

@@ -9,13 +9,13 @@ import { z } from 'zod';
 import { closeProviders, composeKey, expiresInSecondsFor, timingFor, type KeyProviders } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
-import { systemClock, type Clock } from './core/clock.ts';
-import { KeyrotorError, toKeyrotorError } from './core/errors.ts';
-import { issuedKeyName, newRotationId } from './core/ids.ts';
-import { isLease, type KeyRecord, type Logger, type PersistedRotation, type RotationResult, type StateStore } from './core/ports.ts';
-import type { Outcome, Stage } from './core/stages.ts';
-import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput, type RotationMachine } from '../workflows/rotation/rotation.machine.ts';
-import { createRotationActor, SecretVault, type RotationDeps, type StageEvent } from '../workflows/rotation/stages/index.ts';
+import { systemClock, type Clock } from '../core/clock.ts';
+import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
+import { issuedKeyName, newRotationId } from '../core/ids.ts';
+import { isLease, type KeyRecord, type Logger, type PersistedRotation, type RotationResult, type StateStore } from '../core/ports.ts';
+import type { Outcome, Stage } from '../core/stages.ts';
+import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput, type RotationMachine } from '../../workflows/rotation/rotation.machine.ts';
+import { createRotationActor, SecretVault, type RotationDeps, type StageEvent } from '../../workflows/rotation/stages/index.ts';
 
 export const KEYROTOR_VERSION = '0.1.0';
 

@@ -4,8 +4,8 @@
  * time nor an early length check tells a caller anything about the expected token.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { KeyrotorError } from '../core/errors.ts';
-import { Secret } from '../core/secret.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import { Secret } from '../../core/secret.ts';
 
 /** the shortest token accepted: anything shorter is guessable */
 export const MIN_BEARER_TOKEN_LENGTH = 32;

@@ -8,8 +8,8 @@
  * Logs name a webhook by its `name` or its host only: webhook URLs often carry a token.
  */
 import { hostname } from 'node:os';
-import { KeyrotorError } from '../core/errors.ts';
-import type { Logger } from '../core/ports.ts';
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Logger } from '../../core/ports.ts';
 import type { KeyResult, RotationObserver } from '../run.ts';
 import { eventsOf, genericPayload, slackPayload } from './payload.ts';
 import type { NotifyEvent, WebhookConfig } from './schema.ts';

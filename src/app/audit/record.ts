@@ -12,7 +12,7 @@
  * messages), never a secret value.
  */
 import { createHash } from 'node:crypto';
-import type { ErrorRecord } from '../core/errors.ts';
+import type { ErrorRecord } from '../../core/errors.ts';
 
 export const AUDIT_RECORD_VERSION = 1;
 export const GENESIS = '0'.repeat(64);

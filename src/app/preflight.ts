@@ -19,9 +19,9 @@ import path from 'node:path';
 import { closeProviders, composeKey, type KeyProviders } from './compose.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
-import type { Clock } from './core/clock.ts';
-import { toKeyrotorError, type ErrorCode } from './core/errors.ts';
-import type { HealthGate, IssuerKeyInfo, KeyRecord, Logger, StateStore } from './core/ports.ts';
+import type { Clock } from '../core/clock.ts';
+import { toKeyrotorError, type ErrorCode } from '../core/errors.ts';
+import type { HealthGate, IssuerKeyInfo, KeyRecord, Logger, StateStore } from '../core/ports.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 
