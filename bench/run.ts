@@ -31,14 +31,21 @@ const AZURE_SHIM = new URL('./lib/azure-shim.ts', import.meta.url).href;
 registerHooks({
   resolve(specifier, context, nextResolve) {
     const r = nextResolve(specifier, context);
-    return r.url.endsWith('/providers/stores/azure-key-vault/index.ts') ? { ...r, url: AZURE_SHIM, shortCircuit: true } : r;
+    return r.url.endsWith('/providers/stores/azure-key-vault/index.ts')
+      ? { ...r, url: AZURE_SHIM, shortCircuit: true }
+      : r;
   },
 });
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const env = process.env;
 const quick = env.BENCH_QUICK === '1';
-const only = new Set((env.BENCH_ONLY ?? 'p1,p2,p3,p4,p5').toLowerCase().split(',').map((s) => s.trim()));
+const only = new Set(
+  (env.BENCH_ONLY ?? 'p1,p2,p3,p4,p5')
+    .toLowerCase()
+    .split(',')
+    .map((s) => s.trim()),
+);
 const int = (v: string | undefined, d: number) => (v && Number.isInteger(Number(v)) && Number(v) > 0 ? Number(v) : d);
 const SIZES = {
   p1Rounds: int(env.BENCH_P1_ROUNDS, quick ? 4 : 10),
@@ -50,10 +57,23 @@ const SIZES = {
   p3Concurrency: 32,
   p4Runs: int(env.BENCH_P4_RUNS, 10),
 };
-const TARGETS = { p1Ratio: 1.1, p3Ratio: 1.2, p3Failures: 0, p3Share429Percent: 1, p4Lambda: 2.5, p4Help: 2, p5PeakMB: 256 };
+const TARGETS = {
+  p1Ratio: 1.1,
+  p3Ratio: 1.2,
+  p3Failures: 0,
+  p3Share429Percent: 1,
+  p4Lambda: 2.5,
+  p4Help: 2,
+  p5PeakMB: 256,
+};
 
 // loopback fakes only: no metadata servers, no real clouds
-Object.assign(process.env, { AWS_EC2_METADATA_DISABLED: 'true', METADATA_SERVER_DETECTION: 'none', AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' });
+Object.assign(process.env, {
+  AWS_EC2_METADATA_DISABLED: 'true',
+  METADATA_SERVER_DETECTION: 'none',
+  AWS_ACCESS_KEY_ID: 'test',
+  AWS_SECRET_ACCESS_KEY: 'test',
+});
 
 type Section<T> = { ok: true; value: T; seconds: number } | { ok: false; error: string; seconds: number };
 async function section<T>(name: string, fn: () => Promise<T>): Promise<Section<T>> {
@@ -75,7 +95,10 @@ const tmp = benchTmp();
 progress(`temp dir ${tmp}${quick ? ' (BENCH_QUICK: reduced sizes)' : ''}`);
 
 const p4 = only.has('p4') ? await section('P4', () => runP4({ root: ROOT, tmp, runs: SIZES.p4Runs })) : undefined;
-const p1 = only.has('p1') || only.has('p2') ? await section('P1/P2', () => runP1({ tmp, pairs: SIZES.p1Rounds, warmup: SIZES.p1Warmup })) : undefined;
+const p1 =
+  only.has('p1') || only.has('p2')
+    ? await section('P1/P2', () => runP1({ tmp, pairs: SIZES.p1Rounds, warmup: SIZES.p1Warmup }))
+    : undefined;
 // P3 on the temp dir's disk (fsync costs are part of a fleet run); P5 measures memory, not time, so
 // its world lives on tmpfs when there is one, to keep the bench short (page cache is not process RSS)
 const worlds: { p3?: FleetWorld; p5?: FleetWorld } = {};
@@ -86,7 +109,11 @@ const p3World = only.has('p3')
       return { keys: SIZES.p3Keys };
     })
   : undefined;
-const p3 = worlds.p3 ? await section('P3', () => runP3({ world: worlds.p3!, rps: SIZES.p3Rps, latencyMs: SIZES.p3LatencyMs, concurrency: SIZES.p3Concurrency })) : undefined;
+const p3 = worlds.p3
+  ? await section('P3', () =>
+      runP3({ world: worlds.p3!, rps: SIZES.p3Rps, latencyMs: SIZES.p3LatencyMs, concurrency: SIZES.p3Concurrency }),
+    )
+  : undefined;
 await worlds.p3?.close();
 const p5Tmp = fastTmp(tmp);
 const p5World = only.has('p5')
@@ -113,7 +140,13 @@ const results = {
   p1: p1 ? (p1.ok ? { seconds: p1.seconds, ...p1.value } : p1) : null,
   p3: p3 ? (p3.ok ? { seconds: p3.seconds, ...p3.value } : p3) : p3World && !p3World.ok ? p3World : null,
   p4: p4 ? (p4.ok ? { seconds: p4.seconds, ...p4.value } : p4) : null,
-  p5: p5 ? (p5.ok ? { seconds: p5.seconds, ...p5.value, storage: p5Tmp === tmp ? 'temp dir' : 'tmpfs' } : p5) : p5World && !p5World.ok ? p5World : null,
+  p5: p5
+    ? p5.ok
+      ? { seconds: p5.seconds, ...p5.value, storage: p5Tmp === tmp ? 'temp dir' : 'tmpfs' }
+      : p5
+    : p5World && !p5World.ok
+      ? p5World
+      : null,
   canary: { scanned: 'every file the bench wrote (logs, state, stores, configs)', filesContainingCanary: canaryHits },
 };
 const out = path.join(ROOT, 'bench', 'results.json');
@@ -126,45 +159,150 @@ if (env.BENCH_KEEP !== '1') for (const d of new Set([tmp, p5Tmp])) rmSync(d, { r
 
 const lines: string[] = [];
 const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
-const row = (cells: string[], widths: number[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+const row = (cells: string[], widths: number[]) =>
+  cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
 const W = [46, 11, 11, 7, 8, 7];
 const m = results.machine;
-lines.push(`keyrotor bench  ${results.date.slice(0, 16).replace('T', ' ')} UTC  ${m.cpus} x ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}, Node ${m.node}${m.loadAverageAtStart ? `, load average ${m.loadAverageAtStart[0]} at start, ${m.loadAverage?.[0]} at end` : ''}`);
+lines.push(
+  `keyrotor bench  ${results.date.slice(0, 16).replace('T', ' ')} UTC  ${m.cpus} x ${m.cpuModel}, ${m.memoryGB} GB, ${m.os}, Node ${m.node}${m.loadAverageAtStart ? `, load average ${m.loadAverageAtStart[0]} at start, ${m.loadAverage?.[0]} at end` : ''}`,
+);
 lines.push(`total ${totalS} s${quick ? '  (BENCH_QUICK: reduced sizes, not for the README)' : ''}`);
 lines.push('');
 if (p1) {
   lines.push(row(['P1 full rotation, median (keyrotor vs floor)', 'keyrotor', 'floor', 'ratio', 'target', ''], W));
   if (p1.ok) {
     for (const s of p1.value.perStore) {
-      lines.push(row([`  ${s.store}`, fmtMs(s.keyrotorMs), fmtMs(s.floorMs), s.ratio.toFixed(2), `<= ${TARGETS.p1Ratio}`, mark(s.ratio <= TARGETS.p1Ratio)], W));
+      lines.push(
+        row(
+          [
+            `  ${s.store}`,
+            fmtMs(s.keyrotorMs),
+            fmtMs(s.floorMs),
+            s.ratio.toFixed(2),
+            `<= ${TARGETS.p1Ratio}`,
+            mark(s.ratio <= TARGETS.p1Ratio),
+          ],
+          W,
+        ),
+      );
     }
     lines.push('  where the time goes (same rotations, parts switched off):');
     for (const s of p1.value.perStore) {
-      lines.push(row([`    ${s.store}: without observers (audit, metrics)`, fmtMs(s.keyrotorNoObserversMs), fmtMs(s.floorMs), s.ratioNoObservers.toFixed(2), '', ''], W));
-      lines.push(row([`    ${s.store}: + state in memory (no snapshots)`, fmtMs(s.keyrotorMemStateMs), fmtMs(s.floorMs), s.ratioMemState.toFixed(2), '', ''], W));
+      lines.push(
+        row(
+          [
+            `    ${s.store}: without observers (audit, metrics)`,
+            fmtMs(s.keyrotorNoObserversMs),
+            fmtMs(s.floorMs),
+            s.ratioNoObservers.toFixed(2),
+            '',
+            '',
+          ],
+          W,
+        ),
+      );
+      lines.push(
+        row(
+          [
+            `    ${s.store}: + state in memory (no snapshots)`,
+            fmtMs(s.keyrotorMemStateMs),
+            fmtMs(s.floorMs),
+            s.ratioMemState.toFixed(2),
+            '',
+            '',
+          ],
+          W,
+        ),
+      );
     }
     for (const n of p1.value.notes) lines.push(`  note: ${n}`);
     lines.push('');
     lines.push(row(['P2 provider requests per rotation', 'keyrotor', 'minimum', '', 'target', ''], W));
     const iss = p1.value.perStore[0]?.requests.issuer;
-    if (iss) lines.push(row(['  issuer (OpenAI Admin API + /v1/models)', String(iss.keyrotor), String(iss.minimum), '', 'equal', mark(iss.keyrotor === iss.minimum)], W));
+    if (iss)
+      lines.push(
+        row(
+          [
+            '  issuer (OpenAI Admin API + /v1/models)',
+            String(iss.keyrotor),
+            String(iss.minimum),
+            '',
+            'equal',
+            mark(iss.keyrotor === iss.minimum),
+          ],
+          W,
+        ),
+      );
     for (const s of p1.value.perStore) {
       const r = s.requests.store;
-      lines.push(row([`  ${s.store} store`, String(r.keyrotor), String(r.minimum.requests), '', 'equal', mark(r.keyrotor === r.minimum.requests)], W));
+      lines.push(
+        row(
+          [
+            `  ${s.store} store`,
+            String(r.keyrotor),
+            String(r.minimum.requests),
+            '',
+            'equal',
+            mark(r.keyrotor === r.minimum.requests),
+          ],
+          W,
+        ),
+      );
     }
     const st = p1.value.perStore[0];
-    if (st) lines.push(`  + keyrotor's own files per rotation: state ${st.stateFileWrites} atomic writes (fsync) + ${st.stateFileReads} reads; audit trail ${st.auditFileWrites} file writes`);
+    if (st)
+      lines.push(
+        `  + keyrotor's own files per rotation: state ${st.stateFileWrites} atomic writes (fsync) + ${st.stateFileReads} reads; audit trail ${st.auditFileWrites} file writes`,
+      );
   } else lines.push(`  error: ${p1.error}`);
   lines.push('');
 }
 if (p3) {
-  lines.push(row([`P3 fleet ${SIZES.p3Keys} keys / ${SIZES.p3Projects} projects, ${SIZES.p3Rps}/s, ${SIZES.p3LatencyMs} ms`, 'wall', 'bound', 'ratio', 'target', ''], W));
+  lines.push(
+    row(
+      [
+        `P3 fleet ${SIZES.p3Keys} keys / ${SIZES.p3Projects} projects, ${SIZES.p3Rps}/s, ${SIZES.p3LatencyMs} ms`,
+        'wall',
+        'bound',
+        'ratio',
+        'target',
+        '',
+      ],
+      W,
+    ),
+  );
   if (p3.ok) {
     const v = p3.value;
-    lines.push(row(['  wall time vs bound', `${v.wallS} s`, `${v.boundS} s`, v.ratio.toFixed(2), `<= ${TARGETS.p3Ratio}`, mark(v.ratio <= TARGETS.p3Ratio)], W));
+    lines.push(
+      row(
+        [
+          '  wall time vs bound',
+          `${v.wallS} s`,
+          `${v.boundS} s`,
+          v.ratio.toFixed(2),
+          `<= ${TARGETS.p3Ratio}`,
+          mark(v.ratio <= TARGETS.p3Ratio),
+        ],
+        W,
+      ),
+    );
     lines.push(row(['  failures', String(v.failures), '', '', '0', mark(v.failures === 0)], W));
-    lines.push(row(['  429 share of issuer requests', `${v.share429Percent}%`, '', '', '<= 1%', mark(v.share429Percent <= TARGETS.p3Share429Percent)], W));
-    lines.push(`  ${v.requestsAnswered} issuer requests answered (${v.issuerRequestsPerRotation}/rotation), ${v.requests429} x 429, busiest second ${v.busiestSecond} requests, ${v.achievedRps}/s achieved, concurrency ${v.concurrency}`);
+    lines.push(
+      row(
+        [
+          '  429 share of issuer requests',
+          `${v.share429Percent}%`,
+          '',
+          '',
+          '<= 1%',
+          mark(v.share429Percent <= TARGETS.p3Share429Percent),
+        ],
+        W,
+      ),
+    );
+    lines.push(
+      `  ${v.requestsAnswered} issuer requests answered (${v.issuerRequestsPerRotation}/rotation), ${v.requests429} x 429, busiest second ${v.busiestSecond} requests, ${v.achievedRps}/s achieved, concurrency ${v.concurrency}`,
+    );
   } else lines.push(`  error: ${p3.error}`);
   lines.push('');
 }
@@ -186,7 +324,19 @@ if (p4) {
         helpBenchBundleCache: '  bench bundle + NODE_COMPILE_CACHE',
       };
       const label = `  ${short[r.id] ?? r.label}${r.main ? '' : ` (${r.runs} runs)`}`;
-      lines.push(row([label.slice(0, W[0]), fmtMs(r.medianMs), fmtMs(node.medianMs), r.ratioToNode.toFixed(2), target ? `<= ${target}` : '', target ? mark(r.ratioToNode <= target) : ''], W));
+      lines.push(
+        row(
+          [
+            label.slice(0, W[0]),
+            fmtMs(r.medianMs),
+            fmtMs(node.medianMs),
+            r.ratioToNode.toFixed(2),
+            target ? `<= ${target}` : '',
+            target ? mark(r.ratioToNode <= target) : '',
+          ],
+          W,
+        ),
+      );
     }
   } else lines.push(`  error: ${p4.error}`);
   lines.push('');
@@ -195,12 +345,28 @@ if (p5) {
   lines.push(row([`P5 memory, ${SIZES.p3Keys} rotations in flight`, 'peak RSS', '', '', 'target', ''], W));
   if (p5.ok) {
     const v = p5.value;
-    lines.push(row([`  peak RSS (VmHWM) of the keyrotor process`, `${v.peakRssMB} MB`, '', '', `<= ${TARGETS.p5PeakMB} MB`, mark(v.peakRssMB <= TARGETS.p5PeakMB && v.inFlight === v.wanted)], W));
-    lines.push(`  ${v.inFlight ?? 0}/${v.wanted} held in flight after ${v.heldAfterS} s by ${v.mechanism}; heap used ${v.heapUsedMB} MB; ~${v.perRotationKB} KB RSS per rotation`);
+    lines.push(
+      row(
+        [
+          `  peak RSS (VmHWM) of the keyrotor process`,
+          `${v.peakRssMB} MB`,
+          '',
+          '',
+          `<= ${TARGETS.p5PeakMB} MB`,
+          mark(v.peakRssMB <= TARGETS.p5PeakMB && v.inFlight === v.wanted),
+        ],
+        W,
+      ),
+    );
+    lines.push(
+      `  ${v.inFlight ?? 0}/${v.wanted} held in flight after ${v.heldAfterS} s by ${v.mechanism}; heap used ${v.heapUsedMB} MB; ~${v.perRotationKB} KB RSS per rotation`,
+    );
   } else lines.push(`  error: ${p5.error}`);
   lines.push('');
 }
-lines.push(`canary scan of everything the bench wrote: ${canaryHits.length === 0 ? 'clean' : `FOUND in ${canaryHits.join(', ')}`}`);
+lines.push(
+  `canary scan of everything the bench wrote: ${canaryHits.length === 0 ? 'clean' : `FOUND in ${canaryHits.join(', ')}`}`,
+);
 lines.push(`all figures: ${path.relative(process.cwd(), out) || out}`);
 process.stdout.write(lines.join('\n') + '\n');
 process.exit(0);

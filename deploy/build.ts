@@ -86,7 +86,10 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
     Object.assign(metafile.outputs, m.outputs);
   }
 
-  const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string; dependencies: Record<string, string> };
+  const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
+    version: string;
+    dependencies: Record<string, string>;
+  };
   const distPkg = {
     name: 'keyrotor-dist',
     version: pkg.version,
@@ -116,12 +119,21 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
 
   const entries: EntryReport[] = (Object.keys(ENTRIES) as EntryName[]).map((name) => {
     const file = `${name}.js`;
-    return { name, file, bytes: outputs.get(file)?.bytes ?? 0, startupBytes: size(closure(file, false)), allBytes: size(closure(file, true)) };
+    return {
+      name,
+      file,
+      bytes: outputs.get(file)?.bytes ?? 0,
+      startupBytes: size(closure(file, false)),
+      allBytes: size(closure(file, true)),
+    };
   });
 
   const zipFiles = [...closure('lambda.js', true)].filter((f) => f.endsWith('.js')).sort();
   const zipEntries: ZipEntry[] = zipFiles.map((f) => ({ name: f, data: readFileSync(path.join(outdir, f)) }));
-  zipEntries.push({ name: 'package.json', data: Buffer.from(JSON.stringify({ type: 'module', private: true }) + '\n') });
+  zipEntries.push({
+    name: 'package.json',
+    data: Buffer.from(JSON.stringify({ type: 'module', private: true }) + '\n'),
+  });
   if (o.config) zipEntries.push({ name: 'rotation.config.yaml', data: readFileSync(path.resolve(o.config)) });
   const zipFile = path.join(outdir, 'keyrotor-lambda.zip');
   writeFileSync(zipFile, createZip(zipEntries));
@@ -132,7 +144,10 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
     zip: { file: zipFile, bytes: statSync(zipFile).size, files: zipEntries.map((e) => e.name) },
     metafile,
   };
-  writeFileSync(path.join(outdir, 'build-report.json'), JSON.stringify({ entries, zip: { bytes: report.zip.bytes, files: report.zip.files.length } }, null, 2) + '\n');
+  writeFileSync(
+    path.join(outdir, 'build-report.json'),
+    JSON.stringify({ entries, zip: { bytes: report.zip.bytes, files: report.zip.files.length } }, null, 2) + '\n',
+  );
   if (o.print !== false) printReport(report);
   return report;
 }
@@ -179,7 +194,10 @@ const kb = (n: number) => `${(n / 1024).toFixed(0)} KiB`;
 function printReport(r: BuildReport): void {
   const lines = [
     `bundles in ${path.relative(process.cwd(), r.outdir) || '.'}:`,
-    ...r.entries.map((e) => `  ${e.file.padEnd(12)} entry ${kb(e.bytes).padStart(9)}   loaded at start ${kb(e.startupBytes).padStart(9)}   with every provider ${kb(e.allBytes).padStart(9)}`),
+    ...r.entries.map(
+      (e) =>
+        `  ${e.file.padEnd(12)} entry ${kb(e.bytes).padStart(9)}   loaded at start ${kb(e.startupBytes).padStart(9)}   with every provider ${kb(e.allBytes).padStart(9)}`,
+    ),
     `  ${path.basename(r.zip.file)}  ${kb(r.zip.bytes)} (${r.zip.files.length} files)`,
     `  external (from node_modules): ${EXTERNAL.join(', ')}`,
   ];

@@ -43,12 +43,16 @@ export type HealthType = HealthConfig['type'];
 
 type Of<U, T> = Extract<U, { type: T }>;
 
-export const issuerFactories: { [T in IssuerType]: (cfg: Of<IssuerConfig, T>, ctx: ProviderContext) => Promise<Issuer> } = {
+export const issuerFactories: {
+  [T in IssuerType]: (cfg: Of<IssuerConfig, T>, ctx: ProviderContext) => Promise<Issuer>;
+} = {
   local: async (cfg, ctx) => (await import('./issuers/local/index.ts')).createLocalIssuer(cfg, ctx),
   openai: async (cfg, ctx) => (await import('./issuers/openai/index.ts')).createOpenAIIssuer(cfg, ctx),
 };
 
-export const storeFactories: { [T in StoreType]: (cfg: Of<StoreConfig, T>, ctx: ProviderContext) => Promise<SecretStore> } = {
+export const storeFactories: {
+  [T in StoreType]: (cfg: Of<StoreConfig, T>, ctx: ProviderContext) => Promise<SecretStore>;
+} = {
   file: async (cfg, ctx) => (await import('./stores/file/index.ts')).createFileStore(cfg, ctx),
   'aws-secrets-manager': async (cfg, ctx) =>
     (await import('./stores/aws-secrets-manager/index.ts')).createAwsSecretsManagerStore(cfg, ctx),
@@ -64,7 +68,8 @@ export const healthFactories: {
   'issuer-smoke-test': async (cfg, ctx, deps) =>
     (await import('./health/issuer-smoke-test/index.ts')).createIssuerSmokeTestGate(cfg, ctx, deps),
   http: async (cfg, ctx, deps) => (await import('./health/http/index.ts')).createHttpGate(cfg, ctx, deps),
-  'usage-drain': async (cfg, ctx, deps) => (await import('./health/usage-drain/index.ts')).createUsageDrainGate(cfg, ctx, deps),
+  'usage-drain': async (cfg, ctx, deps) =>
+    (await import('./health/usage-drain/index.ts')).createUsageDrainGate(cfg, ctx, deps),
   manual: async (cfg, ctx, deps) => (await import('./health/manual/index.ts')).createManualGate(cfg, ctx, deps),
   command: async (cfg, ctx, deps) => (await import('./health/command/index.ts')).createCommandGate(cfg, ctx, deps),
 };
@@ -96,5 +101,9 @@ export function createStore(cfg: StoreConfig, ctx: ProviderContext): Promise<Sec
   return (storeFactories[cfg.type] as (c: StoreConfig, x: ProviderContext) => Promise<SecretStore>)(cfg, ctx);
 }
 export function createGate(cfg: HealthConfig, ctx: ProviderContext, deps: GateDeps): Promise<HealthGate> {
-  return (healthFactories[cfg.type] as (c: HealthConfig, x: ProviderContext, d: GateDeps) => Promise<HealthGate>)(cfg, ctx, deps);
+  return (healthFactories[cfg.type] as (c: HealthConfig, x: ProviderContext, d: GateDeps) => Promise<HealthGate>)(
+    cfg,
+    ctx,
+    deps,
+  );
 }

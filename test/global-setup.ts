@@ -29,7 +29,9 @@ export default function setup(project: TestProject) {
     };
     walk(dir);
     if (hits.length) {
-      throw new Error(`canary secret found in ${hits.length} captured file(s) (kept in ${dir}): ${hits.slice(0, 10).join(', ')}`);
+      throw new Error(
+        `canary secret found in ${hits.length} captured file(s) (kept in ${dir}): ${hits.slice(0, 10).join(', ')}`,
+      );
     }
     console.log(`canary scan: ${files} captured files, 0 contain the canary`);
     if (!process.env.KEYROTOR_KEEP_ARTIFACTS) rmSync(dir, { recursive: true, force: true });

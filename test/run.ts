@@ -36,10 +36,14 @@ function scan(from: NodeJS.ReadableStream, to: NodeJS.WriteStream): Promise<numb
 const done = Promise.all([scan(child.stdout!, process.stdout), scan(child.stderr!, process.stderr)]);
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
 
-const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
+const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+  child.on('close', (c, s) => resolve([c, s])),
+);
 const [onStdout, onStderr] = await done;
 if (onStdout + onStderr > 0) {
-  process.stderr.write(`\nFAILED: the canary secret appeared in the test run's printed output (stdout: ${onStdout}, stderr: ${onStderr} chunk(s)); see above\n`);
+  process.stderr.write(
+    `\nFAILED: the canary secret appeared in the test run's printed output (stdout: ${onStdout}, stderr: ${onStderr} chunk(s)); see above\n`,
+  );
   process.exit(1);
 }
 console.log('printed-output scan: the canary appears nowhere in what the test run printed');

@@ -6,7 +6,10 @@
  */
 import type { ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import type { AzureKeyVaultStoreConfig } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
-import { createAzureKeyVaultStoreWith, type AzureKeyVaultStoreDeps } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
+import {
+  createAzureKeyVaultStoreWith,
+  type AzureKeyVaultStoreDeps,
+} from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
 
 export { createAzureKeyVaultStoreWith } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
 
@@ -19,7 +22,10 @@ export function setBenchAzure(b: BenchAzure): void {
   (globalThis as { __keyrotorBenchAzure?: BenchAzure }).__keyrotorBenchAzure = b;
 }
 
-export async function createAzureKeyVaultStore(cfg: AzureKeyVaultStoreConfig, ctx: ProviderContext): Promise<SecretStore> {
+export async function createAzureKeyVaultStore(
+  cfg: AzureKeyVaultStoreConfig,
+  ctx: ProviderContext,
+): Promise<SecretStore> {
   const b = (globalThis as { __keyrotorBenchAzure?: BenchAzure }).__keyrotorBenchAzure;
   if (!b) throw new Error('bench: the Azure fake is not set up');
   return createAzureKeyVaultStoreWith(cfg, ctx, { credential: b.credential, clientOptions: b.clientOptions });

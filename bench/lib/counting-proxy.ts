@@ -27,10 +27,22 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
   const sockets = new Set<Socket>();
   const server: Server = createServer((req, res) => {
     const amz = req.headers['x-amz-target'];
-    const entry: ProxyLogEntry = { method: req.method ?? 'GET', path: (req.url ?? '/').split('?')[0]!, op: typeof amz === 'string' ? amz.split('.').pop()! : (req.method ?? 'GET'), status: 0 };
+    const entry: ProxyLogEntry = {
+      method: req.method ?? 'GET',
+      path: (req.url ?? '/').split('?')[0]!,
+      op: typeof amz === 'string' ? amz.split('.').pop()! : (req.method ?? 'GET'),
+      status: 0,
+    };
     log.push(entry);
     const up = request(
-      { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host }, agent },
+      {
+        host: t.hostname,
+        port: t.port,
+        method: req.method,
+        path: req.url,
+        headers: { ...req.headers, host: t.host },
+        agent,
+      },
       (r) => {
         entry.status = r.statusCode ?? 0;
         res.writeHead(r.statusCode ?? 502, r.headers);

@@ -37,7 +37,14 @@ const send = (m: unknown) => process.send?.(m);
 
 function memory() {
   const m = process.memoryUsage();
-  return { rss: m.rss, heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, maxRssKB: process.resourceUsage().maxRSS };
+  return {
+    rss: m.rss,
+    heapTotal: m.heapTotal,
+    heapUsed: m.heapUsed,
+    external: m.external,
+    arrayBuffers: m.arrayBuffers,
+    maxRssKB: process.resourceUsage().maxRSS,
+  };
 }
 
 async function run(c: RunCmd): Promise<void> {
@@ -53,7 +60,13 @@ async function run(c: RunCmd): Promise<void> {
       started.add(rotationId);
       if (!heldSent && started.size >= (c.holdCount ?? Number.POSITIVE_INFINITY)) {
         heldSent = true;
-        send({ type: 'held', n: started.size, atMs: performance.now() - t0, cpu: process.cpuUsage(), memory: memory() });
+        send({
+          type: 'held',
+          n: started.size,
+          atMs: performance.now() - t0,
+          cpu: process.cpuUsage(),
+          memory: memory(),
+        });
       }
     },
   };
@@ -104,9 +117,22 @@ async function run(c: RunCmd): Promise<void> {
   const outcomes: Record<string, number> = {};
   for (const r of results) outcomes[r.outcome] = (outcomes[r.outcome] ?? 0) + 1;
   const errors: Record<string, number> = {};
-  for (const r of results) if (r.error) errors[`${r.error.code} at ${r.error.stage ?? '?'}`] = (errors[`${r.error.code} at ${r.error.stage ?? '?'}`] ?? 0) + 1;
+  for (const r of results)
+    if (r.error)
+      errors[`${r.error.code} at ${r.error.stage ?? '?'}`] =
+        (errors[`${r.error.code} at ${r.error.stage ?? '?'}`] ?? 0) + 1;
   const firstError = results.find((r) => r.error)?.error;
-  send({ type: 'done', wallMs, keys: results.length, outcomes, errors, firstError: firstError ? `${firstError.code}: ${firstError.message}` : null, limiters: sharedLimiterStats(), memory: memory(), cpu: process.cpuUsage() });
+  send({
+    type: 'done',
+    wallMs,
+    keys: results.length,
+    outcomes,
+    errors,
+    firstError: firstError ? `${firstError.code}: ${firstError.message}` : null,
+    limiters: sharedLimiterStats(),
+    memory: memory(),
+    cpu: process.cpuUsage(),
+  });
 }
 
 process.on('message', (m: Cmd) => {

@@ -29,7 +29,15 @@ import {
 import { SecretClient, type SecretClientOptions } from '@azure/keyvault-secrets';
 import { createGcpClient } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.store.ts';
 import type { GcpSecretManagerStoreConfig } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
-import { deriveKeys, mac, macEquals, seal, unseal, versionAad, type Sealed } from '../../providers/stores/file/file.crypto.ts';
+import {
+  deriveKeys,
+  mac,
+  macEquals,
+  seal,
+  unseal,
+  versionAad,
+  type Sealed,
+} from '../../providers/stores/file/file.crypto.ts';
 import { writeFileAtomic } from '../../src/core/fs.ts';
 
 export type StoreKind = 'file' | 'aws' | 'gcp' | 'azure';
@@ -65,7 +73,17 @@ function adminClient(i: FloorIssuer): OpenAI {
 
 /** the project-key client exactly as the issuer's verify builds it */
 async function check(i: FloorIssuer, value: string): Promise<'ok' | 'invalid'> {
-  const c = new OpenAI({ apiKey: value, adminAPIKey: null, baseURL: i.baseURL, organization: null, project: null, webhookSecret: null, timeout: i.timeoutMs, maxRetries: 0, logLevel: 'off' });
+  const c = new OpenAI({
+    apiKey: value,
+    adminAPIKey: null,
+    baseURL: i.baseURL,
+    organization: null,
+    project: null,
+    webhookSecret: null,
+    timeout: i.timeoutMs,
+    maxRetries: 0,
+    logLevel: 'off',
+  });
   try {
     await c.models.list({ maxRetries: 0 });
     return 'ok';
@@ -200,30 +218,71 @@ export function awsFloor(c: AwsFloorConfig): FloorStoreFactory {
   let current: { versionId: string } | undefined;
   let pending: { versionId: string } | undefined;
   return async () => {
-    const client = new SecretsManagerClient({ region: c.region, endpoint: c.endpoint, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
+    const client = new SecretsManagerClient({
+      region: c.region,
+      endpoint: c.endpoint,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+    });
     return {
       kind: 'aws',
-      minimum: { requests: 4, calls: ['GetSecretValue AWSCURRENT', 'PutSecretValue [AWSPENDING]', 'UpdateSecretVersionStage AWSCURRENT', 'UpdateSecretVersionStage remove AWSPENDING'] },
+      minimum: {
+        requests: 4,
+        calls: [
+          'GetSecretValue AWSCURRENT',
+          'PutSecretValue [AWSPENDING]',
+          'UpdateSecretVersionStage AWSCURRENT',
+          'UpdateSecretVersionStage remove AWSPENDING',
+        ],
+      },
       async seed(k) {
         const token = randomUUID();
-        await client.send(new CreateSecretCommand({ Name: c.secretId, SecretString: k.value, ClientRequestToken: token }));
-        await client.send(new UpdateSecretVersionStageCommand({ SecretId: c.secretId, VersionStage: `${LABEL}${k.keyId}`, MoveToVersionId: token }));
+        await client.send(
+          new CreateSecretCommand({ Name: c.secretId, SecretString: k.value, ClientRequestToken: token }),
+        );
+        await client.send(
+          new UpdateSecretVersionStageCommand({
+            SecretId: c.secretId,
+            VersionStage: `${LABEL}${k.keyId}`,
+            MoveToVersionId: token,
+          }),
+        );
       },
       async readCurrent() {
         const out = await client.send(new GetSecretValueCommand({ SecretId: c.secretId, VersionStage: 'AWSCURRENT' }));
         const label = (out.VersionStages ?? []).find((l) => l.startsWith(LABEL));
-        if (!out.SecretString || !out.VersionId || !label) throw new Error('floor: AWSCURRENT lacks value or key label');
+        if (!out.SecretString || !out.VersionId || !label)
+          throw new Error('floor: AWSCURRENT lacks value or key label');
         current = { versionId: out.VersionId };
         return { keyId: label.slice(LABEL.length), value: out.SecretString };
       },
       async stage(k) {
         const token = randomUUID();
-        const out = await client.send(new PutSecretValueCommand({ SecretId: c.secretId, SecretString: k.value, ClientRequestToken: token, VersionStages: ['AWSPENDING', `${LABEL}${k.keyId}`] }));
+        const out = await client.send(
+          new PutSecretValueCommand({
+            SecretId: c.secretId,
+            SecretString: k.value,
+            ClientRequestToken: token,
+            VersionStages: ['AWSPENDING', `${LABEL}${k.keyId}`],
+          }),
+        );
         pending = { versionId: out.VersionId ?? token };
       },
       async promote() {
-        await client.send(new UpdateSecretVersionStageCommand({ SecretId: c.secretId, VersionStage: 'AWSCURRENT', MoveToVersionId: pending!.versionId, RemoveFromVersionId: current!.versionId }));
-        await client.send(new UpdateSecretVersionStageCommand({ SecretId: c.secretId, VersionStage: 'AWSPENDING', RemoveFromVersionId: pending!.versionId }));
+        await client.send(
+          new UpdateSecretVersionStageCommand({
+            SecretId: c.secretId,
+            VersionStage: 'AWSCURRENT',
+            MoveToVersionId: pending!.versionId,
+            RemoveFromVersionId: current!.versionId,
+          }),
+        );
+        await client.send(
+          new UpdateSecretVersionStageCommand({
+            SecretId: c.secretId,
+            VersionStage: 'AWSPENDING',
+            RemoveFromVersionId: pending!.versionId,
+          }),
+        );
       },
       async close() {
         client.destroy();
@@ -245,12 +304,27 @@ export function gcpFloor(cfg: GcpSecretManagerStoreConfig): FloorStoreFactory {
     const client = await createGcpClient(cfg);
     return {
       kind: 'gcp',
-      minimum: { requests: 4, calls: ['GetSecret (aliases, annotations, etag)', 'AccessSecretVersion current', 'AddSecretVersion', 'UpdateSecret version_aliases + annotations'] },
+      minimum: {
+        requests: 4,
+        calls: [
+          'GetSecret (aliases, annotations, etag)',
+          'AccessSecretVersion current',
+          'AddSecretVersion',
+          'UpdateSecret version_aliases + annotations',
+        ],
+      },
       async seed(k) {
-        await client.createSecret({ parent: `projects/${cfg.project}`, secretId: cfg.secret, secret: { replication: { automatic: {} } } });
+        await client.createSecret({
+          parent: `projects/${cfg.project}`,
+          secretId: cfg.secret,
+          secret: { replication: { automatic: {} } },
+        });
         const [v] = await client.addSecretVersion({ parent: name, payload: { data: Buffer.from(k.value, 'utf8') } });
         const n = Number(String(v.name).split('/').pop());
-        await client.updateSecret({ secret: { name, versionAliases: { current: n }, annotations: { [ann(n)]: k.keyId } }, updateMask: { paths: ['version_aliases', 'annotations'] } });
+        await client.updateSecret({
+          secret: { name, versionAliases: { current: n }, annotations: { [ann(n)]: k.keyId } },
+          updateMask: { paths: ['version_aliases', 'annotations'] },
+        });
       },
       async readCurrent() {
         const [s] = await client.getSecret({ name });
@@ -269,7 +343,8 @@ export function gcpFloor(cfg: GcpSecretManagerStoreConfig): FloorStoreFactory {
         const s = seen!;
         const annotations = { ...s.annotations, [ann(added!.n)]: added!.keyId };
         // keep the annotation map bounded like keyrotor does (only what an alias points at)
-        for (const k of Object.keys(annotations)) if (k !== ann(added!.n) && k !== ann(s.current)) delete annotations[k];
+        for (const k of Object.keys(annotations))
+          if (k !== ann(added!.n) && k !== ann(s.current)) delete annotations[k];
         await client.updateSecret({
           secret: { name, etag: s.etag, versionAliases: { current: added!.n, previous: s.current }, annotations },
           updateMask: { paths: ['version_aliases', 'annotations'] },
@@ -299,7 +374,15 @@ export function azureFloor(c: AzureFloorConfig): FloorStoreFactory {
     const client = new SecretClient(c.vaultUrl, c.credential, c.clientOptions);
     return {
       kind: 'azure',
-      minimum: { requests: 4, calls: ['GetSecret <name> (latest)', 'SetSecret <name>--pending', 'SetSecret <name>', 'UpdateSecretProperties <name>--pending enabled=false'] },
+      minimum: {
+        requests: 4,
+        calls: [
+          'GetSecret <name> (latest)',
+          'SetSecret <name>--pending',
+          'SetSecret <name>',
+          'UpdateSecretProperties <name>--pending enabled=false',
+        ],
+      },
       async seed(k) {
         await client.setSecret(c.name, k.value, { tags: { 'floor-key-id': k.keyId } });
       },

@@ -16,7 +16,9 @@ const require = createRequire(import.meta.url);
 
 export function installFsCounter(dirs: Record<string, string>): { counts: () => Record<string, FsCounts> } {
   const fsp = require('node:fs/promises') as typeof import('node:fs/promises');
-  const counts: Record<string, FsCounts> = Object.fromEntries(Object.keys(dirs).map((k) => [k, { reads: 0, writes: 0 }]));
+  const counts: Record<string, FsCounts> = Object.fromEntries(
+    Object.keys(dirs).map((k) => [k, { reads: 0, writes: 0 }]),
+  );
   const which = (p: unknown): string | undefined => {
     if (typeof p !== 'string' && !(p instanceof URL)) return undefined;
     const abs = path.resolve(String(p instanceof URL ? p.pathname : p));

@@ -3,12 +3,26 @@
  * snapshot writes made free, to show how much of keyrotor's time is persistence. Not durable; never
  * used outside the benchmark.
  */
-import type { KeyRecord, Lease, LeaseHolder, PersistedRotation, RotationResult, StateStore } from '../../src/core/ports.ts';
+import type {
+  KeyRecord,
+  Lease,
+  LeaseHolder,
+  PersistedRotation,
+  RotationResult,
+  StateStore,
+} from '../../src/core/ports.ts';
 
 export function memoryStateStore(): StateStore & { writes: number } {
   const records = new Map<string, KeyRecord>();
   const leases = new Map<string, LeaseHolder>();
-  const empty = (keyName: string): KeyRecord => ({ keyName, active: null, last: null, lastRotatedAt: null, currentKeyId: null, providerState: {} });
+  const empty = (keyName: string): KeyRecord => ({
+    keyName,
+    active: null,
+    last: null,
+    lastRotatedAt: null,
+    currentKeyId: null,
+    providerState: {},
+  });
   const get = (k: string) => records.get(k) ?? empty(k);
   const store = {
     label: 'memory',
@@ -20,7 +34,12 @@ export function memoryStateStore(): StateStore & { writes: number } {
       store.writes++;
       records.set(k, { ...get(k), active: rotation });
     },
-    async finish(k: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null) {
+    async finish(
+      k: string,
+      result: RotationResult,
+      currentKeyId?: string | null,
+      keepActive?: PersistedRotation | null,
+    ) {
       store.writes++;
       const r = get(k);
       records.set(k, {

@@ -28,7 +28,17 @@ import { setBenchAzure } from './azure-shim.ts';
 import { startCountingProxy, type CountingProxy } from './counting-proxy.ts';
 import { installFsCounter } from './fs-counter.ts';
 import { memoryStateStore } from './memory-state.ts';
-import { awsFloor, azureFloor, fileFloor, floorRotation, floorSeed, gcpFloor, type FloorIssuer, type FloorStoreFactory, type StoreKind } from './floor.ts';
+import {
+  awsFloor,
+  azureFloor,
+  fileFloor,
+  floorRotation,
+  floorSeed,
+  gcpFloor,
+  type FloorIssuer,
+  type FloorStoreFactory,
+  type StoreKind,
+} from './floor.ts';
 import { fileLogger, median, percentile, progress, ratio, round } from './util.ts';
 
 const REGION = 'us-east-1';
@@ -37,7 +47,13 @@ const MASTER_HEX = 'ab'.repeat(32);
 /** the issuer's unavoidable requests per rotation: create, verify new, gate check, delete old, verify old is rejected */
 export const ISSUER_MINIMUM = {
   requests: 5,
-  calls: ['POST service_accounts/{sa}/api_keys (create)', 'GET /models with the new key (verify)', 'GET /models with the new key (the gate)', 'DELETE api_keys/{old} (revoke)', 'GET /models with the old key -> 401 (verifyRevoked)'],
+  calls: [
+    'POST service_accounts/{sa}/api_keys (create)',
+    'GET /models with the new key (verify)',
+    'GET /models with the new key (the gate)',
+    'DELETE api_keys/{old} (revoke)',
+    'GET /models with the old key -> 401 (verifyRevoked)',
+  ],
 };
 
 /**
@@ -80,7 +96,12 @@ export async function runP1(o: P1Options) {
   const stateDir = path.join(dir, 'state');
   const floorDir = path.join(dir, 'floor');
   mkdirSync(floorDir, { recursive: true });
-  const fsCounter = installFsCounter({ secrets: path.join(stateDir, 'secrets'), state: path.join(stateDir, 'state'), floor: floorDir, audit: path.join(stateDir, 'audit') });
+  const fsCounter = installFsCounter({
+    secrets: path.join(stateDir, 'secrets'),
+    state: path.join(stateDir, 'state'),
+    floor: floorDir,
+    audit: path.join(stateDir, 'audit'),
+  });
   resetSharedLimiters();
 
   const notes: string[] = [];
@@ -99,31 +120,58 @@ export async function runP1(o: P1Options) {
     if (kinds.includes('aws')) {
       motoServer = await startMoto();
       proxy = await startCountingProxy(motoServer.endpoint);
-      closers.push(() => proxy!.close(), () => motoServer!.close());
+      closers.push(
+        () => proxy!.close(),
+        () => motoServer!.close(),
+      );
     }
     if (kinds.includes('gcp')) {
       gcp = await startGcpFake();
       closers.push(() => gcp!.close());
     }
-    const azureCredential = { getToken: async () => ({ token: 'bench-token', expiresOnTimestamp: Date.now() + 3_600_000 }) };
+    const azureCredential = {
+      getToken: async () => ({ token: 'bench-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
+    };
     let azureOptions = {};
     if (kinds.includes('azure')) {
       azure = await startAzureFake({ lifetimeMs: 30 * 60_000 });
       closers.push(() => azure!.close());
-      azureOptions = { tlsOptions: { ca: azure.ca }, disableChallengeResourceVerification: true, retryOptions: { maxRetries: 0 } };
+      azureOptions = {
+        tlsOptions: { ca: azure.ca },
+        disableChallengeResourceVerification: true,
+        retryOptions: { maxRetries: 0 },
+      };
       setBenchAzure({ credential: azureCredential, clientOptions: azureOptions });
     }
 
-    const env: NodeJS.ProcessEnv = { ...process.env, OPENAI_ADMIN_KEY: openai.adminKey, KEYROTOR_MASTER_KEY: MASTER_HEX, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test' };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      OPENAI_ADMIN_KEY: openai.adminKey,
+      KEYROTOR_MASTER_KEY: MASTER_HEX,
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+    };
 
     // ---------------------------------------------------------------- keyrotor keys (one per store)
     const storeYaml: Record<StoreKind, string> = {
       file: '{ type: file }',
-      aws: proxy ? `{ type: aws-secrets-manager, secretId: p1/keyrotor, region: ${REGION}, endpoint: "${proxy.endpoint}" }` : '',
-      gcp: gcp ? `{ type: gcp-secret-manager, project: ${GCP_PROJECT}, secret: p1-keyrotor, apiEndpoint: 127.0.0.1, port: ${gcp.port}, insecure: true }` : '',
+      aws: proxy
+        ? `{ type: aws-secrets-manager, secretId: p1/keyrotor, region: ${REGION}, endpoint: "${proxy.endpoint}" }`
+        : '',
+      gcp: gcp
+        ? `{ type: gcp-secret-manager, project: ${GCP_PROJECT}, secret: p1-keyrotor, apiEndpoint: 127.0.0.1, port: ${gcp.port}, insecure: true }`
+        : '',
       azure: azure ? `{ type: azure-key-vault, vaultUrl: "${azure.vaultUrl}", name: p1-keyrotor }` : '',
     };
-    const sas = Object.fromEntries(kinds.map((k) => [k, { kr: openai.state.addServiceAccount(`bench-kr-${k}`).id, floor: openai.state.addServiceAccount(`bench-floor-${k}`).id }]));
+    const sas = Object.fromEntries(
+      kinds.map((k) => [
+        k,
+        {
+          kr: openai.state.addServiceAccount(`bench-kr-${k}`).id,
+          floor: openai.state.addServiceAccount(`bench-floor-${k}`).id,
+        },
+      ]),
+    );
     const yaml = `version: 1
 stateDir: ${JSON.stringify(stateDir)}
 defaults:
@@ -151,13 +199,28 @@ ${kinds
 
     // the AWS and GCP secrets must exist (keyrotor never creates a secret); Azure and file create on write
     if (proxy) {
-      const c = new SecretsManagerClient({ region: REGION, endpoint: motoServer!.endpoint, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
+      const c = new SecretsManagerClient({
+        region: REGION,
+        endpoint: motoServer!.endpoint,
+        credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+      });
       await c.send(new CreateSecretCommand({ Name: 'p1/keyrotor', Description: 'keyrotor bench' }));
       c.destroy();
     }
     if (gcp) {
-      const c = await createGcpClient({ type: 'gcp-secret-manager', project: GCP_PROJECT, secret: 'x', apiEndpoint: '127.0.0.1', port: gcp.port, insecure: true });
-      await c.createSecret({ parent: `projects/${GCP_PROJECT}`, secretId: 'p1-keyrotor', secret: { replication: { automatic: {} } } });
+      const c = await createGcpClient({
+        type: 'gcp-secret-manager',
+        project: GCP_PROJECT,
+        secret: 'x',
+        apiEndpoint: '127.0.0.1',
+        port: gcp.port,
+        insecure: true,
+      });
+      await c.createSecret({
+        parent: `projects/${GCP_PROJECT}`,
+        secretId: 'p1-keyrotor',
+        secret: { replication: { automatic: {} } },
+      });
       await c.close();
     }
 
@@ -173,8 +236,28 @@ ${kinds
     const floors: Partial<Record<StoreKind, FloorStoreFactory>> = {
       file: fileFloor(floorDir, 'p1-floor', MASTER_HEX),
       ...(proxy ? { aws: awsFloor({ endpoint: proxy.endpoint, region: REGION, secretId: 'p1/floor' }) } : {}),
-      ...(gcp ? { gcp: gcpFloor({ type: 'gcp-secret-manager', project: GCP_PROJECT, secret: 'p1-floor', apiEndpoint: '127.0.0.1', port: gcp.port, insecure: true }) } : {}),
-      ...(azure ? { azure: azureFloor({ vaultUrl: azure.vaultUrl, name: 'p1-floor', credential: azureCredential, clientOptions: azureOptions }) } : {}),
+      ...(gcp
+        ? {
+            gcp: gcpFloor({
+              type: 'gcp-secret-manager',
+              project: GCP_PROJECT,
+              secret: 'p1-floor',
+              apiEndpoint: '127.0.0.1',
+              port: gcp.port,
+              insecure: true,
+            }),
+          }
+        : {}),
+      ...(azure
+        ? {
+            azure: azureFloor({
+              vaultUrl: azure.vaultUrl,
+              name: 'p1-floor',
+              credential: azureCredential,
+              clientOptions: azureOptions,
+            }),
+          }
+        : {}),
     };
 
     // ---------------------------------------------------------------- counting
@@ -191,10 +274,14 @@ ${kinds
       let store: Record<string, number> = {};
       if (k === 'aws') store = group(proxy!.log.slice(m.moto), (e) => e.op);
       if (k === 'gcp') store = group(gcp!.log.slice(m.gcp), (e) => e.method);
-      if (k === 'azure') store = group(azure!.log.slice(m.azure), (e) => (e.authorized ? `${e.op}` : `${e.op} (auth challenge)`));
+      if (k === 'azure')
+        store = group(azure!.log.slice(m.azure), (e) => (e.authorized ? `${e.op}` : `${e.op} (auth challenge)`));
       if (k === 'file') {
         const which = variant === 'floor' ? 'floor' : 'secrets';
-        store = { 'file reads': fsNow[which]!.reads - m.fs[which]!.reads, 'atomic writes': fsNow[which]!.writes - m.fs[which]!.writes };
+        store = {
+          'file reads': fsNow[which]!.reads - m.fs[which]!.reads,
+          'atomic writes': fsNow[which]!.writes - m.fs[which]!.writes,
+        };
         for (const x of Object.keys(store)) if (store[x] === 0) delete store[x];
       }
       return {
@@ -217,7 +304,10 @@ ${kinds
         const stateStore: StateStore = v === 'keyrotorMemState' ? memState : fileState;
         const observers = v === 'keyrotor' ? defaultObservers({ config, logger, actor: 'bench', env }) : [];
         const r = await rotateKey(keyOf(k), { config, stateStore, logger, observers, env, now: true, actor: 'bench' });
-        if (r.outcome !== 'rotated' || r.bootstrap) throw new Error(`P1 ${k}: keyrotor rotation ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
+        if (r.outcome !== 'rotated' || r.bootstrap)
+          throw new Error(
+            `P1 ${k}: keyrotor rotation ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`,
+          );
       }
       const ms = performance.now() - t0;
       return { ms, counts: countsSince(k, m, v) };
@@ -228,7 +318,10 @@ ${kinds
     for (const k of kinds) {
       progress(`P1/P2: ${k}: bootstrap and warm-up`);
       const boot = await rotateKey(keyOf(k), { config, stateStore: fileState, logger, env, now: true, actor: 'bench' });
-      if (boot.outcome !== 'rotated') throw new Error(`P1 ${k}: bootstrap rotation ended ${boot.outcome}${boot.error ? ` (${boot.error.code}: ${boot.error.message})` : ''}`);
+      if (boot.outcome !== 'rotated')
+        throw new Error(
+          `P1 ${k}: bootstrap rotation ended ${boot.outcome}${boot.error ? ` (${boot.error.code}: ${boot.error.message})` : ''}`,
+        );
       await floorSeed(floorIssuer(k), floors[k]!);
       for (let i = 0; i < o.warmup; i++) for (const v of VARIANTS) await runOne(k, v);
       for (const v of VARIANTS) samples.set(`${k}/${v}`, []);

@@ -47,14 +47,22 @@ export async function createFleetWorld(tmp: string, keyCount: number, projectCou
   const stateDir = path.join(dir, 'state');
   mkdirSync(stateDir, { recursive: true });
   const sas = projects.map((p) => fake.state.addServiceAccount(`keyrotor-fleet-${p}`, p).id);
-  const keys = Array.from({ length: keyCount }, (_, i) => ({ name: `fleet-${String(i).padStart(4, '0')}`, project: projects[i % projectCount]!, serviceAccount: sas[i % projectCount]! }));
+  const keys = Array.from({ length: keyCount }, (_, i) => ({
+    name: `fleet-${String(i).padStart(4, '0')}`,
+    project: projects[i % projectCount]!,
+    serviceAccount: sas[i % projectCount]!,
+  }));
   const env: NodeJS.ProcessEnv = { ...process.env, OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER_HEX };
 
   // every key starts with a live issuer key that its store serves (as after an earlier rotation)
   const seedRotation = newRotationId(new Date(Date.now() - 40 * 86_400_000));
   const cfg = fileStoreSchema.parse({ type: 'file' });
   const seedOne = async (k: (typeof keys)[number]) => {
-    const planted = fake.state.plantKey({ projectId: k.project, name: issuedKeyName(k.name, seedRotation), owner: { type: 'service_account', serviceAccountId: k.serviceAccount } });
+    const planted = fake.state.plantKey({
+      projectId: k.project,
+      name: issuedKeyName(k.name, seedRotation),
+      owner: { type: 'service_account', serviceAccountId: k.serviceAccount },
+    });
     const store = await createFileStore(cfg, {
       keyName: k.name,
       stateDir,
@@ -65,7 +73,16 @@ export async function createFleetWorld(tmp: string, keyCount: number, projectCou
       providerState: { get: () => undefined, set: async () => {} },
     });
     const secret = Secret.of(planted.value);
-    await store.stage({ rotationId: seedRotation, secret, meta: { rotationId: seedRotation, issuerKeyId: planted.id, fingerprint: fingerprint(secret), createdAt: new Date().toISOString() } });
+    await store.stage({
+      rotationId: seedRotation,
+      secret,
+      meta: {
+        rotationId: seedRotation,
+        issuerKeyId: planted.id,
+        fingerprint: fingerprint(secret),
+        createdAt: new Date().toISOString(),
+      },
+    });
     await store.promote(seedRotation);
   };
   for (let i = 0; i < keys.length; i += 32) await Promise.all(keys.slice(i, i + 32).map(seedOne));
@@ -80,7 +97,14 @@ export function writeConfig(w: FleetWorld, file: string, issuerExtra: string, he
     defaults: { lease: { ttl: '15m' } },
     keys: w.keys.map((k) => ({
       name: k.name,
-      issuer: { type: 'openai', project: k.project, serviceAccount: k.serviceAccount, baseURL: w.fake.baseURL, timeout: '60s', ...JSON.parse(issuerExtra) },
+      issuer: {
+        type: 'openai',
+        project: k.project,
+        serviceAccount: k.serviceAccount,
+        baseURL: w.fake.baseURL,
+        timeout: '60s',
+        ...JSON.parse(issuerExtra),
+      },
       stores: [{ type: 'file' }],
       ...(health ? { health: [JSON.parse(health)] } : {}),
     })),
@@ -105,10 +129,17 @@ interface ChildMsg {
   [k: string]: unknown;
 }
 
-function startChild(env: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; next: (type: string, timeoutMs: number) => Promise<ChildMsg> }> {
+function startChild(
+  env: NodeJS.ProcessEnv,
+): Promise<{ child: ChildProcess; next: (type: string, timeoutMs: number) => Promise<ChildMsg> }> {
   // BENCH_CHILD_NODE_OPTIONS: extra node flags for the keyrotor process (to try e.g. heap limits)
   const execArgv = (process.env.BENCH_CHILD_NODE_OPTIONS ?? '').split(' ').filter(Boolean);
-  const child = fork(CHILD, [], { execPath: process.execPath, execArgv, env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(CHILD, [], {
+    execPath: process.execPath,
+    execArgv,
+    env,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const inbox: ChildMsg[] = [];
   const waiters: Array<(m: ChildMsg) => void> = [];
   child.on('message', (m: ChildMsg) => {
@@ -155,8 +186,15 @@ export async function runP3(o: P3Options) {
     const m = child.pid ? procMemory(child.pid) : undefined;
     if (m) peak = Math.max(peak, m.hwmMB);
   }, 250);
-  progress(`P3: rotating ${w.keys.length} keys, concurrency ${o.concurrency}, issuer limited to ${o.rps} requests/s, ${o.latencyMs} ms per request`);
-  child.send({ cmd: 'run', config: file, logFile: path.join(w.dir, 'p3.keyrotor.log.jsonl'), concurrency: o.concurrency });
+  progress(
+    `P3: rotating ${w.keys.length} keys, concurrency ${o.concurrency}, issuer limited to ${o.rps} requests/s, ${o.latencyMs} ms per request`,
+  );
+  child.send({
+    cmd: 'run',
+    config: file,
+    logFile: path.join(w.dir, 'p3.keyrotor.log.jsonl'),
+    concurrency: o.concurrency,
+  });
   const done = await next('done', 15 * 60_000);
   clearInterval(sampler);
   const m = child.pid ? procMemory(child.pid) : undefined;
@@ -226,7 +264,9 @@ export async function runP5(o: P5Options) {
   const n = w.keys.length;
   // a gate that waits, when the gate exists; otherwise the fake holds every verify of a new key
   const manual = healthConfigSchema.safeParse({ type: 'manual', timeout: '30m', interval: '5s' }).success;
-  const mechanism = manual ? 'manual health gate (waits for `keyrotor confirm`)' : 'slow verify: the fake holds every GET /v1/models';
+  const mechanism = manual
+    ? 'manual health gate (waits for `keyrotor confirm`)'
+    : 'slow verify: the fake holds every GET /v1/models';
   if (!manual) w.fake.slowResponse('models.list', 30 * 60_000, 1_000_000);
   const file = writeConfig(
     w,
@@ -244,7 +284,15 @@ export async function runP5(o: P5Options) {
   progress(`P5: ${n} rotations in flight at once, held by: ${mechanism}`);
   const t0 = performance.now();
   const stagger = Number(process.env.BENCH_P5_STAGGER ?? 0) || undefined;
-  child.send({ cmd: 'run', config: file, logFile: path.join(w.dir, 'p5.keyrotor.log.jsonl'), concurrency: n, holdStage: manual ? 'confirm' : 'verify', holdCount: n, ...(stagger ? { stagger } : {}) });
+  child.send({
+    cmd: 'run',
+    config: file,
+    logFile: path.join(w.dir, 'p5.keyrotor.log.jsonl'),
+    concurrency: n,
+    holdStage: manual ? 'confirm' : 'verify',
+    holdCount: n,
+    ...(stagger ? { stagger } : {}),
+  });
   let held: ChildMsg | undefined;
   let heldError: string | undefined;
   try {
@@ -272,14 +320,25 @@ export async function runP5(o: P5Options) {
   child.kill('SIGKILL');
   const memory = (mem?.memory ?? {}) as Record<string, number>;
   const mb = (b: number | undefined) => (typeof b === 'number' ? round(b / 2 ** 20, 1) : null);
-  const peakMB = Math.max(end?.hwmMB ?? 0, peakDuring, typeof memory.maxRssKB === 'number' ? round(memory.maxRssKB / 1024, 1) : 0);
+  const peakMB = Math.max(
+    end?.hwmMB ?? 0,
+    peakDuring,
+    typeof memory.maxRssKB === 'number' ? round(memory.maxRssKB / 1024, 1) : 0,
+  );
   return {
     inFlight: (held?.n as number | undefined) ?? null,
     wanted: n,
     mechanism,
     heldAfterS: round(heldAfterS, 1),
     heldError: heldError ?? null,
-    cpuSecondsUntilHeld: held?.cpu ? round(((held.cpu as { user: number; system: number }).user + (held.cpu as { user: number; system: number }).system) / 1e6, 1) : null,
+    cpuSecondsUntilHeld: held?.cpu
+      ? round(
+          ((held.cpu as { user: number; system: number }).user +
+            (held.cpu as { user: number; system: number }).system) /
+            1e6,
+          1,
+        )
+      : null,
     childNodeOptions: process.env.BENCH_CHILD_NODE_OPTIONS ?? null,
     staggeredStart: Number(process.env.BENCH_P5_STAGGER ?? 0) || null,
     peakRssMB: peakMB,

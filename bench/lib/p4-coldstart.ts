@@ -41,15 +41,31 @@ export interface ColdResult {
   failures: number;
 }
 
-const PROBE = "import(process.argv[1]).then((m)=>{const h=m.handler??m.default?.handler;if(typeof h!=='function'){process.stderr.write('no handler export\\n');process.exit(3)}},(e)=>{process.stderr.write(String(e&&e.message||e)+'\\n');process.exit(4)})";
+const PROBE =
+  "import(process.argv[1]).then((m)=>{const h=m.handler??m.default?.handler;if(typeof h!=='function'){process.stderr.write('no handler export\\n');process.exit(3)}},(e)=>{process.stderr.write(String(e&&e.message||e)+'\\n');process.exit(4)})";
 
 export function findLambdaBundle(root: string): string | undefined {
-  const candidates = ['dist/lambda.mjs', 'dist/lambda.js', 'dist/lambda.cjs', 'dist/lambda/index.mjs', 'dist/lambda/index.js', 'dist/lambda/lambda.mjs', 'dist/lambda/lambda.js'];
+  const candidates = [
+    'dist/lambda.mjs',
+    'dist/lambda.js',
+    'dist/lambda.cjs',
+    'dist/lambda/index.mjs',
+    'dist/lambda/index.js',
+    'dist/lambda/lambda.mjs',
+    'dist/lambda/lambda.js',
+  ];
   return candidates.map((c) => path.join(root, c)).find((p) => existsSync(p));
 }
 
 export function findCliBundle(root: string): string | undefined {
-  const candidates = ['dist/cli.mjs', 'dist/cli.js', 'dist/keyrotor.mjs', 'dist/keyrotor.js', 'dist/cli/index.mjs', 'dist/cli/index.js'];
+  const candidates = [
+    'dist/cli.mjs',
+    'dist/cli.js',
+    'dist/keyrotor.mjs',
+    'dist/keyrotor.js',
+    'dist/cli/index.mjs',
+    'dist/cli/index.js',
+  ];
   return candidates.map((c) => path.join(root, c)).find((p) => existsSync(p));
 }
 
@@ -67,11 +83,15 @@ async function bundleCli(root: string, outDir: string): Promise<string | undefin
       target: 'node22',
       logLevel: 'silent',
       // CommonJS dependencies inside an ESM bundle need a require
-      banner: { js: "import { createRequire as __bench_cr } from 'node:module'; const require = __bench_cr(import.meta.url);" },
+      banner: {
+        js: "import { createRequire as __bench_cr } from 'node:module'; const require = __bench_cr(import.meta.url);",
+      },
     });
     return outfile;
   } catch (e) {
-    progress(`P4: could not bundle the CLI for comparison (${e instanceof Error ? e.message.split('\n')[0] : String(e)})`);
+    progress(
+      `P4: could not bundle the CLI for comparison (${e instanceof Error ? e.message.split('\n')[0] : String(e)})`,
+    );
     return undefined;
   }
 }
@@ -98,16 +118,59 @@ export async function runP4(o: P4Options) {
     { id: 'help', label: 'keyrotor --help (node src/entrypoints/cli.ts)', args: [cli, '--help'], main: true },
   ];
   if (lambda) {
-    commands.push({ id: 'lambda', main: true, label: lambdaBundle ? `Lambda bundle ${path.relative(o.root, lambdaBundle)}: import until handler callable` : 'Lambda handler src/entrypoints/lambda.ts (no bundle yet): import until handler callable', args: ['-e', PROBE, lambda] });
+    commands.push({
+      id: 'lambda',
+      main: true,
+      label: lambdaBundle
+        ? `Lambda bundle ${path.relative(o.root, lambdaBundle)}: import until handler callable`
+        : 'Lambda handler src/entrypoints/lambda.ts (no bundle yet): import until handler callable',
+      args: ['-e', PROBE, lambda],
+    });
   }
-  if (cliBundle) commands.push({ id: 'helpBundle', label: `keyrotor --help, bundle ${path.relative(o.root, cliBundle)}`, args: [cliBundle, '--help'] });
-  if (cliBundle) commands.push({ id: 'helpBundleCache', label: `keyrotor --help, bundle + NODE_COMPILE_CACHE`, args: [cliBundle, '--help'], env: { NODE_COMPILE_CACHE: cache }, prime: true });
+  if (cliBundle)
+    commands.push({
+      id: 'helpBundle',
+      label: `keyrotor --help, bundle ${path.relative(o.root, cliBundle)}`,
+      args: [cliBundle, '--help'],
+    });
+  if (cliBundle)
+    commands.push({
+      id: 'helpBundleCache',
+      label: `keyrotor --help, bundle + NODE_COMPILE_CACHE`,
+      args: [cliBundle, '--help'],
+      env: { NODE_COMPILE_CACHE: cache },
+      prime: true,
+    });
   // what would close a miss
-  if (!cliBundle) commands.push({ id: 'helpCache', label: 'keyrotor --help with NODE_COMPILE_CACHE', args: [cli, '--help'], env: { NODE_COMPILE_CACHE: cache }, prime: true });
-  if (lambda) commands.push({ id: 'lambdaCache', label: 'Lambda import with NODE_COMPILE_CACHE', args: ['-e', PROBE, lambda], env: { NODE_COMPILE_CACHE: cache }, prime: true });
+  if (!cliBundle)
+    commands.push({
+      id: 'helpCache',
+      label: 'keyrotor --help with NODE_COMPILE_CACHE',
+      args: [cli, '--help'],
+      env: { NODE_COMPILE_CACHE: cache },
+      prime: true,
+    });
+  if (lambda)
+    commands.push({
+      id: 'lambdaCache',
+      label: 'Lambda import with NODE_COMPILE_CACHE',
+      args: ['-e', PROBE, lambda],
+      env: { NODE_COMPILE_CACHE: cache },
+      prime: true,
+    });
   if (benchBundle) {
-    commands.push({ id: 'helpBenchBundle', label: 'keyrotor --help, esbuild bundle built by the bench', args: [benchBundle, '--help'] });
-    commands.push({ id: 'helpBenchBundleCache', label: 'keyrotor --help, bench bundle + NODE_COMPILE_CACHE', args: [benchBundle, '--help'], env: { NODE_COMPILE_CACHE: cache }, prime: true });
+    commands.push({
+      id: 'helpBenchBundle',
+      label: 'keyrotor --help, esbuild bundle built by the bench',
+      args: [benchBundle, '--help'],
+    });
+    commands.push({
+      id: 'helpBenchBundleCache',
+      label: 'keyrotor --help, bench bundle + NODE_COMPILE_CACHE',
+      args: [benchBundle, '--help'],
+      env: { NODE_COMPILE_CACHE: cache },
+      prime: true,
+    });
   }
 
   const baseEnv = { ...process.env };
@@ -115,9 +178,15 @@ export async function runP4(o: P4Options) {
   delete baseEnv.NODE_OPTIONS;
   const once = (c: ColdCommand): { ms: number; ok: boolean } => {
     const t0 = performance.now();
-    const r = spawnSync(node, c.args, { cwd: o.root, env: { ...baseEnv, ...(c.env ?? {}) }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
+    const r = spawnSync(node, c.args, {
+      cwd: o.root,
+      env: { ...baseEnv, ...(c.env ?? {}) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+      timeout: 30_000,
+    });
     const ms = performance.now() - t0;
-    if (r.status !== 0) progress(`P4: ${c.label} exited ${r.status}: ${r.stderr?.toString('utf8').trim().split('\n')[0] ?? ''}`);
+    if (r.status !== 0)
+      progress(`P4: ${c.label} exited ${r.status}: ${r.stderr?.toString('utf8').trim().split('\n')[0] ?? ''}`);
     return { ms, ok: r.status === 0 };
   };
 
@@ -144,7 +213,13 @@ export async function runP4(o: P4Options) {
       id: c.id,
       label: c.label,
       main: c.main === true,
-      command: `${c.env ? Object.keys(c.env).map((k) => `${k}=<tmp> `).join('') : ''}node ${c.args.map((a) => (a === PROBE ? '<import probe>' : a.startsWith(o.root) ? path.relative(o.root, a) : a.startsWith(o.tmp) ? `<tmp>/${path.basename(a)}` : a)).join(' ')}`,
+      command: `${
+        c.env
+          ? Object.keys(c.env)
+              .map((k) => `${k}=<tmp> `)
+              .join('')
+          : ''
+      }node ${c.args.map((a) => (a === PROBE ? '<import probe>' : a.startsWith(o.root) ? path.relative(o.root, a) : a.startsWith(o.tmp) ? `<tmp>/${path.basename(a)}` : a)).join(' ')}`,
       runs: t.length,
       medianMs: round(median(t), 1),
       minMs: round(Math.min(...t), 1),

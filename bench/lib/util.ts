@@ -71,7 +71,11 @@ export function machine() {
 
 /** keyrotor's own logger (JSON, level info, as the CLI runs unattended), written to a file. */
 export async function fileLogger(file: string): Promise<Logger> {
-  return createLogger({ level: 'info', pretty: false, destination: pino.destination({ dest: file, sync: true, mkdir: true }) });
+  return createLogger({
+    level: 'info',
+    pretty: false,
+    destination: pino.destination({ dest: file, sync: true, mkdir: true }),
+  });
 }
 
 /** Every file under `dir` whose bytes contain `needle` (relative paths). */

@@ -91,7 +91,13 @@ export async function runInventory(o: InventoryOptions): Promise<InventoryReport
   const records = new Map<string, KeyRecord | null>();
   for (const k of o.config.keys) records.set(k.name, await o.stateStore.read(k.name).catch(() => null));
 
-  const report: InventoryReport = { generatedAt: new Date(now).toISOString(), unusedDays, projects: [], keys: [], flagged: 0 };
+  const report: InventoryReport = {
+    generatedAt: new Date(now).toISOString(),
+    unusedDays,
+    projects: [],
+    keys: [],
+    flagged: 0,
+  };
   for (const scope of scopes.values()) {
     const entry: InventoryProject = { project: scope.project, keys: scope.keys.map((k) => k.name), listed: 0 };
     report.projects.push(entry);
@@ -109,7 +115,12 @@ export async function runInventory(o: InventoryOptions): Promise<InventoryReport
   return report;
 }
 
-async function listScope(scope: Scope, o: InventoryOptions, records: Map<string, KeyRecord | null>, clock: Clock): Promise<IssuerKeyInfo[]> {
+async function listScope(
+  scope: Scope,
+  o: InventoryOptions,
+  records: Map<string, KeyRecord | null>,
+  clock: Clock,
+): Promise<IssuerKeyInfo[]> {
   const first = scope.keys[0]!;
   const state = records.get(first.name)?.providerState ?? {};
   const ctx: ProviderContext = {
@@ -129,7 +140,14 @@ async function listScope(scope: Scope, o: InventoryOptions, records: Map<string,
   }
 }
 
-function classify(info: IssuerKeyInfo, scope: Scope, records: Map<string, KeyRecord | null>, config: LoadedConfig, now: number, unusedDays: number): InventoryKey {
+function classify(
+  info: IssuerKeyInfo,
+  scope: Scope,
+  records: Map<string, KeyRecord | null>,
+  config: LoadedConfig,
+  now: number,
+  unusedDays: number,
+): InventoryKey {
   const flags: InventoryKey['flags'] = [];
   let managedBy: string | null = null;
   let role: InventoryKey['role'] = null;
@@ -142,7 +160,12 @@ function classify(info: IssuerKeyInfo, scope: Scope, records: Map<string, KeyRec
     if (rec.currentKeyId) current.add(rec.currentKeyId);
     // a rotation that ended in needs_attention past promote: the new key is what the stores serve
     const last = rec.last;
-    if (last?.outcome === 'needs_attention' && last.newKeyId && (!last.error || last.stage === 'revoke' || last.stage === 'verifyRevoked')) current.add(last.newKeyId);
+    if (
+      last?.outcome === 'needs_attention' &&
+      last.newKeyId &&
+      (!last.error || last.stage === 'revoke' || last.stage === 'verifyRevoked')
+    )
+      current.add(last.newKeyId);
     if (current.has(info.keyId)) {
       managedBy = k.name;
       role = 'current';
@@ -164,10 +187,17 @@ function classify(info: IssuerKeyInfo, scope: Scope, records: Map<string, KeyRec
         reason: `made by keyrotor for ${owner.name} in rotation ${marker.rotationId}, but not current and no rotation is running: a leftover; delete it (\`keyrotor sweep\`)`,
       });
     } else {
-      flags.push({ flag: 'unmanaged', reason: `named for keyrotor key "${marker.keyName}", which this config does not manage in ${scope.project}` });
+      flags.push({
+        flag: 'unmanaged',
+        reason: `named for keyrotor key "${marker.keyName}", which this config does not manage in ${scope.project}`,
+      });
     }
   } else if (!managedBy) {
-    flags.push({ flag: 'unmanaged', reason: 'not made by keyrotor and not the current key of any configured key: adopt it (`keyrotor adopt`) or delete it' });
+    flags.push({
+      flag: 'unmanaged',
+      reason:
+        'not made by keyrotor and not the current key of any configured key: adopt it (`keyrotor adopt`) or delete it',
+    });
   }
 
   const created = info.createdAt ? Date.parse(info.createdAt) : NaN;
@@ -175,15 +205,23 @@ function classify(info: IssuerKeyInfo, scope: Scope, records: Map<string, KeyRec
   const limit = unusedDays * DAY;
   if (role !== 'rotating') {
     if (!Number.isNaN(lastUsed) && now - lastUsed > limit) {
-      flags.push({ flag: 'stale', reason: `not used for ${Math.floor((now - lastUsed) / DAY)} days (limit ${unusedDays}): delete it if nothing needs it` });
+      flags.push({
+        flag: 'stale',
+        reason: `not used for ${Math.floor((now - lastUsed) / DAY)} days (limit ${unusedDays}): delete it if nothing needs it`,
+      });
     } else if (info.lastUsedAt === null && !Number.isNaN(created) && now - created > limit) {
-      flags.push({ flag: 'stale', reason: `never used in the ${Math.floor((now - created) / DAY)} days since it was created (limit ${unusedDays}): delete it` });
+      flags.push({
+        flag: 'stale',
+        reason: `never used in the ${Math.floor((now - created) / DAY)} days since it was created (limit ${unusedDays}): delete it`,
+      });
     }
   }
   if (info.expiresAt === null) {
     flags.push({
       flag: 'no_expiry',
-      reason: managedBy ? `no expiry date: set the issuer's expiresAfter (default auto) so a forgotten key dies by itself` : 'no expiry date: it lives until someone deletes it',
+      reason: managedBy
+        ? `no expiry date: set the issuer's expiresAfter (default auto) so a forgotten key dies by itself`
+        : 'no expiry date: it lives until someone deletes it',
     });
   }
   if (info.owner?.type === 'user') {
@@ -197,7 +235,9 @@ function classify(info: IssuerKeyInfo, scope: Scope, records: Map<string, KeyRec
     project: scope.project,
     keyId: info.keyId,
     name: info.name,
-    owner: info.owner ? { type: info.owner.type, id: info.owner.id, ...(info.owner.name ? { name: info.owner.name } : {}) } : null,
+    owner: info.owner
+      ? { type: info.owner.type, id: info.owner.id, ...(info.owner.name ? { name: info.owner.name } : {}) }
+      : null,
     createdAt: info.createdAt ?? null,
     ageDays: Number.isNaN(created) ? null : Math.floor((now - created) / DAY),
     lastUsedAt: info.lastUsedAt ?? null,

@@ -54,7 +54,9 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
   let tracked: { config: LoadedConfig; stateStore: StateStore } | null = null;
   let inst: ReturnType<typeof instruments> | undefined;
   // a CommonJS module: bundled as ESM its exports may sit on `default` only
-  const ready = import('prom-client').then((p) => (inst = instruments((p as PromClient).Registry ? p : (p as unknown as { default: PromClient }).default)));
+  const ready = import('prom-client').then(
+    (p) => (inst = instruments((p as PromClient).Registry ? p : (p as unknown as { default: PromClient }).default)),
+  );
   ready.catch(() => undefined); // surfaced by text() / snapshot()
   const later = (fn: (i: ReturnType<typeof instruments>) => void) => {
     if (inst) fn(inst);
@@ -118,7 +120,8 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
         if (!tracked) return;
         for (const k of tracked.config.keys) {
           const rec = await tracked.stateStore.read(k.name).catch(() => null);
-          if (rec?.lastRotatedAt) this.set({ key: k.name }, Math.max(0, (now() - Date.parse(rec.lastRotatedAt)) / 1000));
+          if (rec?.lastRotatedAt)
+            this.set({ key: k.name }, Math.max(0, (now() - Date.parse(rec.lastRotatedAt)) / 1000));
         }
       },
     });
@@ -156,9 +159,16 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
           later((m) => {
             m.rotations.inc({ key: r.key, outcome: r.outcome, leaked: r.leaked ? 'true' : 'false' });
             if (r.startedAt && r.finishedAt) {
-              m.rotationDuration.observe({ key: r.key, outcome: r.outcome }, Math.max(0, (Date.parse(r.finishedAt) - Date.parse(r.startedAt)) / 1000));
+              m.rotationDuration.observe(
+                { key: r.key, outcome: r.outcome },
+                Math.max(0, (Date.parse(r.finishedAt) - Date.parse(r.startedAt)) / 1000),
+              );
             }
-            if (r.outcome === 'rotated') m.lastSuccess.set({ key: r.key }, Math.floor(Date.parse(r.finishedAt ?? new Date(now()).toISOString()) / 1000));
+            if (r.outcome === 'rotated')
+              m.lastSuccess.set(
+                { key: r.key },
+                Math.floor(Date.parse(r.finishedAt ?? new Date(now()).toISOString()) / 1000),
+              );
           });
         },
       };
@@ -177,7 +187,11 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
       for (const m of await (await ready).registry.getMetricsAsJSON()) {
         if (String(m.type) === 'histogram') {
           const groups = new Map<string, { labels: Record<string, string | number>; count?: number; sum?: number }>();
-          for (const v of m.values as Array<{ value: number; labels: Record<string, string | number>; metricName?: string }>) {
+          for (const v of m.values as Array<{
+            value: number;
+            labels: Record<string, string | number>;
+            metricName?: string;
+          }>) {
             if (!v.metricName || v.metricName.endsWith('_bucket')) continue;
             const labels = { ...v.labels };
             const id = JSON.stringify(labels);
@@ -188,7 +202,10 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
           }
           if (groups.size) out[m.name] = [...groups.values()];
         } else if (m.values.length) {
-          out[m.name] = m.values.map((v) => ({ labels: { ...(v.labels as Record<string, string | number>) }, value: v.value }));
+          out[m.name] = m.values.map((v) => ({
+            labels: { ...(v.labels as Record<string, string | number>) },
+            value: v.value,
+          }));
         }
       }
       return out;

@@ -9,7 +9,15 @@
  * Building the observers does no I/O; a missing env var named by a webhook is CONFIG_ENV_MISSING
  * (exit 2) here, before anything rotates.
  */
-import { auditObserver, auditSettings, createJsonlAuditLog, auditPath, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
+import {
+  auditObserver,
+  auditSettings,
+  createJsonlAuditLog,
+  auditPath,
+  logAuditSink,
+  teeAuditSink,
+  type AuditSink,
+} from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
@@ -47,7 +55,8 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
   observers.push(metrics.observer());
 
   const webhooks = notificationSettings(o.config);
-  if (webhooks.length) observers.push(createNotifier({ webhooks, logger: o.logger, actor: o.actor, ...(o.env ? { env: o.env } : {}) }));
+  if (webhooks.length)
+    observers.push(createNotifier({ webhooks, logger: o.logger, actor: o.actor, ...(o.env ? { env: o.env } : {}) }));
 
   return observers;
 }
@@ -62,7 +71,11 @@ function isNotifier(x: RotationObserver): x is Notifier {
  */
 export async function flushObservers(observers: RotationObserver[], timeoutMs = 10_000): Promise<DeliveryReport> {
   const total: DeliveryReport = { delivered: 0, failed: 0, abandoned: 0 };
-  const reports = await Promise.all(observers.filter(isNotifier).map((n) => n.drain(timeoutMs).catch(() => ({ delivered: 0, failed: 0, abandoned: n.pending }))));
+  const reports = await Promise.all(
+    observers
+      .filter(isNotifier)
+      .map((n) => n.drain(timeoutMs).catch(() => ({ delivered: 0, failed: 0, abandoned: n.pending }))),
+  );
   for (const r of reports) {
     total.delivered += r.delivered;
     total.failed += r.failed;

@@ -99,7 +99,14 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
         fix: `the next \`keyrotor rotate ${k}\` (or \`keyrotor resume ${k}\`) finishes it first`,
       });
     } else {
-      out.push({ key: k, check: 'state', status: 'ok', detail: record ? `readable; current key ${record.currentKeyId ?? 'unknown'}, no unfinished rotation` : 'no state yet (never rotated)' });
+      out.push({
+        key: k,
+        check: 'state',
+        status: 'ok',
+        detail: record
+          ? `readable; current key ${record.currentKeyId ?? 'unknown'}, no unfinished rotation`
+          : 'no state yet (never rotated)',
+      });
     }
   } catch (e) {
     out.push(failLine(k, 'state', e));
@@ -108,8 +115,21 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
   // ---------------------------------------------------------------- providers
   let p: KeyProviders;
   try {
-    p = await composeKey({ config: o.config, key, stateStore, record, logger: o.logger, ...(o.clock ? { clock: o.clock } : {}), ...(o.env ? { env: o.env } : {}) });
-    out.push({ key: k, check: 'providers', status: 'ok', detail: `issuer ${p.issuer.type}, stores ${p.stores.map((s) => s.label).join(', ')}${p.gates.length ? `, gates ${p.gates.map((g) => g.name).join(', ')}` : ''}` });
+    p = await composeKey({
+      config: o.config,
+      key,
+      stateStore,
+      record,
+      logger: o.logger,
+      ...(o.clock ? { clock: o.clock } : {}),
+      ...(o.env ? { env: o.env } : {}),
+    });
+    out.push({
+      key: k,
+      check: 'providers',
+      status: 'ok',
+      detail: `issuer ${p.issuer.type}, stores ${p.stores.map((s) => s.label).join(', ')}${p.gates.length ? `, gates ${p.gates.map((g) => g.name).join(', ')}` : ''}`,
+    });
   } catch (e) {
     out.push(failLine(k, 'providers', e, 'fix the key in the config (`keyrotor validate`)'));
     return out;
@@ -122,9 +142,23 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
     let listed: IssuerKeyInfo[] | null = null;
     try {
       listed = await p.issuer.list();
-      out.push({ key: k, check: 'issuer.list', status: 'ok', detail: `can list the keys of ${scope} (${listed.length} key${listed.length === 1 ? '' : 's'})` });
+      out.push({
+        key: k,
+        check: 'issuer.list',
+        status: 'ok',
+        detail: `can list the keys of ${scope} (${listed.length} key${listed.length === 1 ? '' : 's'})`,
+      });
     } catch (e) {
-      out.push(failLine(k, 'issuer.list', e, issuerCfg.type === 'openai' ? 'use an admin key (Organization settings → Admin keys) with read and write access to API keys' : undefined));
+      out.push(
+        failLine(
+          k,
+          'issuer.list',
+          e,
+          issuerCfg.type === 'openai'
+            ? 'use an admin key (Organization settings → Admin keys) with read and write access to API keys'
+            : undefined,
+        ),
+      );
     }
 
     try {
@@ -143,14 +177,26 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
               },
         );
       } else {
-        out.push({ key: k, check: 'issuer.check', status: 'ok', detail: `the ${p.issuer.type} issuer answers its preflight` });
+        out.push({
+          key: k,
+          check: 'issuer.check',
+          status: 'ok',
+          detail: `the ${p.issuer.type} issuer answers its preflight`,
+        });
       }
     } catch (e) {
       out.push(failLine(k, 'issuer.check', e));
     }
 
     if (issuerCfg.type === 'local') {
-      out.push(await writableLine(k, 'issuer.create', path.join(o.config.stateDir, 'local-issuer'), 'the local issuer can record new keys in'));
+      out.push(
+        await writableLine(
+          k,
+          'issuer.create',
+          path.join(o.config.stateDir, 'local-issuer'),
+          'the local issuer can record new keys in',
+        ),
+      );
     } else {
       out.push({
         key: k,
@@ -165,7 +211,12 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
       const found = listed.find((x) => x.keyId === currentId);
       out.push(
         found
-          ? { key: k, check: 'issuer.current', status: 'ok', detail: `current key ${currentId} is alive at the issuer${found.expiresAt ? ` (expires ${found.expiresAt})` : ''}` }
+          ? {
+              key: k,
+              check: 'issuer.current',
+              status: 'ok',
+              detail: `current key ${currentId} is alive at the issuer${found.expiresAt ? ` (expires ${found.expiresAt})` : ''}`,
+            }
           : {
               key: k,
               check: 'issuer.current',
@@ -184,9 +235,18 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
         await s.check();
         const slots = await s.describe();
         fingerprints.push(slots.current ? (slots.current.meta.fingerprint ?? '?') : null);
-        const cur = slots.current ? `current ${slots.current.meta.issuerKeyId ?? slots.current.versionId}` : 'empty (the first rotation bootstraps it)';
-        const pend = slots.pending ? `; pending version of ${slots.pending.meta.rotationId ?? 'an unknown rotation'}` : '';
-        out.push({ key: k, check, status: 'ok', detail: `${s.label}: reachable and readable; ${cur}${pend}${s.type === 'file' ? '; folder writable' : '; write access is proven by the first stage write (undone on failure)'}` });
+        const cur = slots.current
+          ? `current ${slots.current.meta.issuerKeyId ?? slots.current.versionId}`
+          : 'empty (the first rotation bootstraps it)';
+        const pend = slots.pending
+          ? `; pending version of ${slots.pending.meta.rotationId ?? 'an unknown rotation'}`
+          : '';
+        out.push({
+          key: k,
+          check,
+          status: 'ok',
+          detail: `${s.label}: reachable and readable; ${cur}${pend}${s.type === 'file' ? '; folder writable' : '; write access is proven by the first stage write (undone on failure)'}`,
+        });
       } catch (e) {
         fingerprints.push('error');
         const l = failLine(k, check, e);
@@ -196,7 +256,8 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
     if (p.stores.length > 1 && !fingerprints.includes('error')) {
       const present = fingerprints.filter((f): f is string => f !== null);
       const known = present.filter((f) => f !== '?');
-      if (present.length === 0) out.push({ key: k, check: 'stores.agree', status: 'ok', detail: 'every store is empty' });
+      if (present.length === 0)
+        out.push({ key: k, check: 'stores.agree', status: 'ok', detail: 'every store is empty' });
       else if (present.length !== fingerprints.length || new Set(known).size > 1) {
         out.push({
           key: k,
@@ -205,12 +266,21 @@ async function checkKey(key: ResolvedKey, o: PreflightOptions): Promise<CheckLin
           detail: `the stores serve different current keys (${p.stores.map((s, i) => `${s.label}=${fingerprints[i] ?? 'empty'}`).join(', ')})`,
           fix: 'make every store serve the same key (or `keyrotor adopt`), then rotate',
         });
-      } else if (known.length === present.length) out.push({ key: k, check: 'stores.agree', status: 'ok', detail: `every store serves ${known[0]}` });
-      else out.push({ key: k, check: 'stores.agree', status: 'skip', detail: 'some current values carry no keyrotor metadata (placed by hand): the rotation preflight compares the values' });
+      } else if (known.length === present.length)
+        out.push({ key: k, check: 'stores.agree', status: 'ok', detail: `every store serves ${known[0]}` });
+      else
+        out.push({
+          key: k,
+          check: 'stores.agree',
+          status: 'skip',
+          detail:
+            'some current values carry no keyrotor metadata (placed by hand): the rotation preflight compares the values',
+        });
     }
 
     // ---------------------------------------------------------------- gates
-    for (const [i, g] of p.gates.entries()) out.push(await checkGate(k, i, g, key.health[i], o.probeTimeoutMs ?? 5_000));
+    for (const [i, g] of p.gates.entries())
+      out.push(await checkGate(k, i, g, key.health[i], o.probeTimeoutMs ?? 5_000));
   } finally {
     await closeProviders(p);
   }
@@ -222,7 +292,8 @@ async function writableLine(key: string, check: string, dir: string, what: strin
   for (;;) {
     try {
       const st = await stat(d);
-      if (!st.isDirectory()) return { key, check, status: 'fail', detail: `${d} is not a folder`, fix: `move ${d} aside` };
+      if (!st.isDirectory())
+        return { key, check, status: 'fail', detail: `${d} is not a folder`, fix: `move ${d} aside` };
       break;
     } catch {
       const up = path.dirname(d);
@@ -234,14 +305,26 @@ async function writableLine(key: string, check: string, dir: string, what: strin
     await access(d, constants.W_OK | constants.X_OK);
     return { key, check, status: 'ok', detail: `${what} ${dir}` };
   } catch {
-    return { key, check, status: 'fail', detail: `${d} is not writable`, fix: `give the user running keyrotor write access to ${d}` };
+    return {
+      key,
+      check,
+      status: 'fail',
+      detail: `${d} is not writable`,
+      fix: `give the user running keyrotor write access to ${d}`,
+    };
   }
 }
 
 type GatePreflight = HealthGate & { preflight(signal: AbortSignal): Promise<string | void> };
 
 /** One gate's preflight line: its own `preflight()` if it has one, else every configured URL must answer. */
-export async function checkGate(key: string, i: number, gate: HealthGate, cfg: unknown, timeoutMs: number): Promise<CheckLine> {
+export async function checkGate(
+  key: string,
+  i: number,
+  gate: HealthGate,
+  cfg: unknown,
+  timeoutMs: number,
+): Promise<CheckLine> {
   const check = `gate[${i}]`;
   const name = `gate "${gate.name}" (${gate.type})`;
   // a gate may bring its own preflight (optional capability)
@@ -255,7 +338,9 @@ export async function checkGate(key: string, i: number, gate: HealthGate, cfg: u
     }
   }
   const c = (cfg ?? {}) as { urls?: unknown; url?: unknown };
-  const urls = [...(Array.isArray(c.urls) ? c.urls : []), ...(c.url !== undefined ? [c.url] : [])].filter((u): u is string => typeof u === 'string');
+  const urls = [...(Array.isArray(c.urls) ? c.urls : []), ...(c.url !== undefined ? [c.url] : [])].filter(
+    (u): u is string => typeof u === 'string',
+  );
   if (urls.length === 0) {
     return gate.type === 'issuer-smoke-test'
       ? { key, check, status: 'ok', detail: `${name}: asks the issuer (checked above)` }
@@ -275,16 +360,29 @@ export async function checkGate(key: string, i: number, gate: HealthGate, cfg: u
           url.username = '';
           url.password = '';
         }
-        const res = await fetch(url, { method: 'GET', headers, redirect: 'manual', signal: AbortSignal.timeout(timeoutMs) });
+        const res = await fetch(url, {
+          method: 'GET',
+          headers,
+          redirect: 'manual',
+          signal: AbortSignal.timeout(timeoutMs),
+        });
         await res.body?.cancel().catch(() => undefined);
         seen.push(`${shown} ${res.status}`);
       } catch (e) {
-        bad.push(`${shown} ${e instanceof Error && e.name === 'TimeoutError' ? `did not answer within ${timeoutMs} ms` : 'cannot be reached'}`);
+        bad.push(
+          `${shown} ${e instanceof Error && e.name === 'TimeoutError' ? `did not answer within ${timeoutMs} ms` : 'cannot be reached'}`,
+        );
       }
     }),
   );
   return bad.length
-    ? { key, check, status: 'fail', detail: `${name}: ${bad.join('; ')}`, fix: 'check the URL, DNS / firewall, and that the consumer is running' }
+    ? {
+        key,
+        check,
+        status: 'fail',
+        detail: `${name}: ${bad.join('; ')}`,
+        fix: 'check the URL, DNS / firewall, and that the consumer is running',
+      }
     : { key, check, status: 'ok', detail: `${name}: every endpoint answers (${seen.join(', ')})` };
 }
 
@@ -318,7 +416,11 @@ export function renderPreflight(r: PreflightReport, opts: RenderOptions = {}): s
   });
   const failed = r.checks.filter((c) => c.status === 'fail').length;
   const warned = r.checks.filter((c) => c.status === 'warn').length;
-  lines.push(failed ? paint('fail', `${failed} check(s) failed`) : `all checks passed${warned ? ` (${warned} warning${warned === 1 ? '' : 's'})` : ''}`);
+  lines.push(
+    failed
+      ? paint('fail', `${failed} check(s) failed`)
+      : `all checks passed${warned ? ` (${warned} warning${warned === 1 ? '' : 's'})` : ''}`,
+  );
   return lines.join('\n') + '\n';
 }
 

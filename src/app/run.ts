@@ -12,10 +12,28 @@ import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
 import { issuedKeyName, newRotationId } from '../core/ids.ts';
-import { isLease, type KeyRecord, type Logger, type PersistedRotation, type RotationResult, type StateStore } from '../core/ports.ts';
+import {
+  isLease,
+  type KeyRecord,
+  type Logger,
+  type PersistedRotation,
+  type RotationResult,
+  type StateStore,
+} from '../core/ports.ts';
 import type { Outcome, Stage } from '../core/stages.ts';
-import { MACHINE_VERSION, type FinalState, type RotationContext, type RotationInput, type RotationMachine } from '../../workflows/rotation/rotation.machine.ts';
-import { createRotationActor, SecretVault, type RotationDeps, type StageEvent } from '../../workflows/rotation/stages/index.ts';
+import {
+  MACHINE_VERSION,
+  type FinalState,
+  type RotationContext,
+  type RotationInput,
+  type RotationMachine,
+} from '../../workflows/rotation/rotation.machine.ts';
+import {
+  createRotationActor,
+  SecretVault,
+  type RotationDeps,
+  type StageEvent,
+} from '../../workflows/rotation/stages/index.ts';
 
 export const KEYROTOR_VERSION = '0.1.0';
 
@@ -106,9 +124,18 @@ export function unreplacedLeak(record: KeyRecord | null): (RotationResult & { ol
   return leakedId === current ? { ...last, oldKeyId: leakedId } : null;
 }
 
-export function isDue(key: ResolvedKey, record: KeyRecord | null, now: number): { due: boolean; reason: string; nextDueAt: string | null } {
+export function isDue(
+  key: ResolvedKey,
+  record: KeyRecord | null,
+  now: number,
+): { due: boolean; reason: string; nextDueAt: string | null } {
   const leak = unreplacedLeak(record);
-  if (leak) return { due: true, reason: `the current key ${leak.oldKeyId} was reported leaked (rotation ${leak.rotationId}) and is not replaced yet`, nextDueAt: null };
+  if (leak)
+    return {
+      due: true,
+      reason: `the current key ${leak.oldKeyId} was reported leaked (rotation ${leak.rotationId}) and is not replaced yet`,
+      nextDueAt: null,
+    };
   if (!record?.lastRotatedAt) return { due: true, reason: 'never rotated by keyrotor', nextDueAt: null };
   const next = Date.parse(record.lastRotatedAt) + key.schedule.every;
   return next <= now
@@ -174,7 +201,15 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
 
     // build the providers first: configuration problems (e.g. a missing env var) end here, exit 2,
     // before a lease or any state is written
-    const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock, ...(o.env ? { env: o.env } : {}) });
+    const providers = await composeKey({
+      config: o.config,
+      key,
+      stateStore: o.stateStore,
+      record,
+      logger: log,
+      clock,
+      ...(o.env ? { env: o.env } : {}),
+    });
 
     try {
       return await underLease(key, o, providers, log);
@@ -192,7 +227,12 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
 }
 
 /** One rotation (new or resumed) while holding the key's lease; `locked` when someone else holds it. */
-async function underLease(key: ResolvedKey, o: RotateOptions, providers: KeyProviders, log: Logger): Promise<KeyResult> {
+async function underLease(
+  key: ResolvedKey,
+  o: RotateOptions,
+  providers: KeyProviders,
+  log: Logger,
+): Promise<KeyResult> {
   const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
@@ -201,13 +241,21 @@ async function underLease(key: ResolvedKey, o: RotateOptions, providers: KeyProv
     return {
       ...base,
       outcome: 'locked',
-      error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
+      error: new KeyrotorError(
+        'LOCKED',
+        `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`,
+      ).toRecord(),
     };
   }
   const lease = got;
-  const renew = setInterval(() => {
-    lease.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
-  }, Math.max(1000, key.defaults.lease.ttl / 3));
+  const renew = setInterval(
+    () => {
+      lease
+        .renew()
+        .catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
+    },
+    Math.max(1000, key.defaults.lease.ttl / 3),
+  );
   renew.unref();
   try {
     // re-read under the lease: another run may have finished in between
@@ -217,12 +265,18 @@ async function underLease(key: ResolvedKey, o: RotateOptions, providers: KeyProv
     return await runRotation(key, fresh, active, o, providers, log);
   } finally {
     clearInterval(renew);
-    await lease.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
+    await lease
+      .release()
+      .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
   }
 }
 
 const persistedSnapshotSchema = z
-  .object({ status: z.string(), value: z.unknown(), context: z.object({ rotationId: z.string(), keyName: z.string() }).passthrough() })
+  .object({
+    status: z.string(),
+    value: z.unknown(),
+    context: z.object({ rotationId: z.string(), keyName: z.string() }).passthrough(),
+  })
   .passthrough();
 
 async function runRotation(
@@ -247,7 +301,10 @@ async function runRotation(
     }
     const parsed = persistedSnapshotSchema.safeParse(resume.snapshot);
     if (!parsed.success) {
-      throw new KeyrotorError('STATE_UNREADABLE', `the saved snapshot of rotation ${resume.rotationId} (${key.name}) is not a valid workflow snapshot`);
+      throw new KeyrotorError(
+        'STATE_UNREADABLE',
+        `the saved snapshot of rotation ${resume.rotationId} (${key.name}) is not a valid workflow snapshot`,
+      );
     }
     snapshot = parsed.data;
     rotationId = resume.rotationId;
@@ -288,11 +345,21 @@ async function runRotation(
         pauseNow();
         await new Promise<never>(() => {}); // the actor is stopped: this stage never starts
       }
-      if (persistError) throw new KeyrotorError('STATE_UNREADABLE', `cannot persist the rotation state: ${toKeyrotorError(persistError).message}`, { cause: persistError });
+      if (persistError)
+        throw new KeyrotorError(
+          'STATE_UNREADABLE',
+          `cannot persist the rotation state: ${toKeyrotorError(persistError).message}`,
+          { cause: persistError },
+        );
     },
     onStage: (e) => {
-      for (const obs of o.observers ?? []) if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
-      const fields = { stage: e.stage, ...(e.index !== undefined ? { store: providers.stores[e.index]?.label } : {}), ...(e.ms !== undefined ? { ms: e.ms } : {}) };
+      for (const obs of o.observers ?? [])
+        if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
+      const fields = {
+        stage: e.stage,
+        ...(e.index !== undefined ? { store: providers.stores[e.index]?.label } : {}),
+        ...(e.ms !== undefined ? { ms: e.ms } : {}),
+      };
       if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
       else rlog.debug(fields, `${e.stage} ${e.phase}`);
     },
@@ -317,7 +384,10 @@ async function runRotation(
     startedAt: clock.now(),
   };
   // one machine definition for every rotation of the process; the deps are this rotation's
-  const actor = createRotationActor(deps, snapshot ? { snapshot: snapshot as SnapshotFrom<RotationMachine> } : { input });
+  const actor = createRotationActor(
+    deps,
+    snapshot ? { snapshot: snapshot as SnapshotFrom<RotationMachine> } : { input },
+  );
 
   let lastState = '';
   /** the last snapshot written while the rotation was active (a leak-mode promote failure goes back to it) */
@@ -336,9 +406,11 @@ async function runRotation(
     };
     if (persist) {
       lastActive = persisted;
-      chain = chain.then(() => o.stateStore.saveActive(key.name, persisted)).catch((e: unknown) => {
-        persistError = e;
-      });
+      chain = chain
+        .then(() => o.stateStore.saveActive(key.name, persisted))
+        .catch((e: unknown) => {
+          persistError = e;
+        });
     }
     if (entered && o.observers?.some((x) => x.onTransition)) {
       const ev: TransitionEvent = {
@@ -354,7 +426,8 @@ async function runRotation(
         newFingerprint: ctx.newFingerprint,
         error: ctx.error,
       };
-      for (const obs of o.observers) if (obs.onTransition) chain = chain.then(() => notify(rlog, 'transition', () => obs.onTransition!(ev)));
+      for (const obs of o.observers)
+        if (obs.onTransition) chain = chain.then(() => notify(rlog, 'transition', () => obs.onTransition!(ev)));
     }
   };
 
@@ -388,7 +461,8 @@ async function runRotation(
     if (WAITS.has(String(actor.getSnapshot().value))) pauseNow();
   };
   o.signal?.addEventListener('abort', onPauseSignal, { once: true });
-  const pauseTimer = o.pauseAt !== undefined ? setTimeout(onPauseSignal, Math.max(0, o.pauseAt - clock.now())) : undefined;
+  const pauseTimer =
+    o.pauseAt !== undefined ? setTimeout(onPauseSignal, Math.max(0, o.pauseAt - clock.now())) : undefined;
   pauseTimer?.unref();
 
   rlog.info({ leaked: input.leaked, resume: resume !== null }, resume ? 'resuming rotation' : 'rotation started');
@@ -428,7 +502,15 @@ async function runRotation(
   const keepActive = state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' ? lastActive : null;
   await o.stateStore.finish(key.name, result, serving, keepActive);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
-  rlog[level]({ outcome: result.outcome, oldKeyId: result.oldKeyId, newKeyId: result.newKeyId, ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}) }, `rotation ${result.outcome}`);
+  rlog[level](
+    {
+      outcome: result.outcome,
+      oldKeyId: result.oldKeyId,
+      newKeyId: result.newKeyId,
+      ...(result.leftovers?.length ? { leftovers: result.leftovers } : {}),
+    },
+    `rotation ${result.outcome}`,
+  );
   return result;
 }
 
@@ -444,9 +526,14 @@ function resultFrom(keyName: string, state: FinalState, ctx: RotationContext, cl
       : state === 'rolledBack' || state === 'failed'
         ? 'rolled_back'
         : 'needs_attention';
-  const error = state === 'rollbackFailed' && ctx.compensationError
-    ? { ...ctx.compensationError, code: 'ROLLBACK_FAILED' as const, message: `rollback failed at ${ctx.compensationError.stage}: ${ctx.compensationError.message}${ctx.error ? ` (after: ${ctx.error.message})` : ''}` }
-    : ctx.error ?? undefined;
+  const error =
+    state === 'rollbackFailed' && ctx.compensationError
+      ? {
+          ...ctx.compensationError,
+          code: 'ROLLBACK_FAILED' as const,
+          message: `rollback failed at ${ctx.compensationError.stage}: ${ctx.compensationError.message}${ctx.error ? ` (after: ${ctx.error.message})` : ''}`,
+        }
+      : (ctx.error ?? undefined);
   const stage: Stage | undefined = ctx.compensationError?.stage ?? ctx.error?.stage;
   return {
     key: keyName,

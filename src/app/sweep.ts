@@ -26,7 +26,14 @@ import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError, type ErrorRecord } from '../core/errors.ts';
 import { parseIssuedKeyName } from '../core/ids.ts';
-import { isLease, type IssuerKeyInfo, type KeyRecord, type Logger, type StateStore, type StoreSlots } from '../core/ports.ts';
+import {
+  isLease,
+  type IssuerKeyInfo,
+  type KeyRecord,
+  type Logger,
+  type StateStore,
+  type StoreSlots,
+} from '../core/ports.ts';
 import { OUTCOME_EXIT } from '../core/stages.ts';
 import { rotateKey, type KeyResult, type RotationObserver } from './run.ts';
 
@@ -106,12 +113,23 @@ function activeRefs(record: KeyRecord | null): ActiveRefs | null {
   if (!a) return null;
   const ctx = (a.snapshot as { context?: Record<string, unknown> } | null)?.context ?? {};
   const str = (v: unknown) => (typeof v === 'string' && v ? v : null);
-  return { rotationId: a.rotationId, oldKeyId: str(ctx.oldKeyId), newKeyId: str(ctx.newKeyId), newKeyName: str(ctx.newKeyName) };
+  return {
+    rotationId: a.rotationId,
+    oldKeyId: str(ctx.oldKeyId),
+    newKeyId: str(ctx.newKeyId),
+    newKeyName: str(ctx.newKeyName),
+  };
 }
 
 export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<SweepKeyResult> {
   const log = o.logger.child({ key: key.name, op: 'sweep' });
-  const base: SweepKeyResult = { key: key.name, outcome: 'clean', entries: [], unmarked: 0, ...(o.dryRun ? { dryRun: true } : {}) };
+  const base: SweepKeyResult = {
+    key: key.name,
+    outcome: 'clean',
+    entries: [],
+    unmarked: 0,
+    ...(o.dryRun ? { dryRun: true } : {}),
+  };
 
   // 1. an unfinished rotation is finished (or compensated) first: its keys are never swept
   const before = await o.stateStore.read(key.name);
@@ -131,13 +149,22 @@ export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<Sweep
         ...(o.observers ? { observers: o.observers } : {}),
       });
       base.resumed = resumed;
-      if (resumed.outcome === 'locked') return { ...base, outcome: 'locked', ...(resumed.error ? { error: resumed.error } : {}) };
+      if (resumed.outcome === 'locked')
+        return { ...base, outcome: 'locked', ...(resumed.error ? { error: resumed.error } : {}) };
     }
   }
 
   // 2. judge and delete under the key's lease (configuration problems throw: exit 2)
   const record = await o.stateStore.read(key.name);
-  const providers = await composeKey({ config: o.config, key, stateStore: o.stateStore, record, logger: log, clock: o.clock ?? systemClock, ...(o.env ? { env: o.env } : {}) });
+  const providers = await composeKey({
+    config: o.config,
+    key,
+    stateStore: o.stateStore,
+    record,
+    logger: log,
+    clock: o.clock ?? systemClock,
+    ...(o.env ? { env: o.env } : {}),
+  });
   try {
     const owner = `sweep:${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
     const got = await o.stateStore.acquire(key.name, owner, key.defaults.lease.ttl);
@@ -146,18 +173,28 @@ export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<Sweep
       return {
         ...base,
         outcome: 'locked',
-        error: new KeyrotorError('LOCKED', `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`).toRecord(),
+        error: new KeyrotorError(
+          'LOCKED',
+          `${key.name} is being rotated by ${got.owner} (lease until ${new Date(got.expiresAt).toISOString()})`,
+        ).toRecord(),
       };
     }
-    const renew = setInterval(() => {
-      got.renew().catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
-    }, Math.max(1000, key.defaults.lease.ttl / 3));
+    const renew = setInterval(
+      () => {
+        got
+          .renew()
+          .catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
+      },
+      Math.max(1000, key.defaults.lease.ttl / 3),
+    );
     renew.unref();
     try {
       return await judgeAndDelete(key, o, providers, base, log);
     } finally {
       clearInterval(renew);
-      await got.release().catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
+      await got
+        .release()
+        .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
     }
   } catch (e) {
     const err = toKeyrotorError(e);
@@ -187,10 +224,14 @@ async function judgeAndDelete(
       slots.push(await s.describe());
     } catch (e) {
       const err = toKeyrotorError(e);
-      throw new KeyrotorError(err.code === 'INTERNAL' ? 'STORE_UNAVAILABLE' : err.code, `cannot read ${s.label} (${err.message}); nothing was deleted for ${key.name}: a key it serves cannot be ruled out`, {
-        cause: e,
-        retryable: err.retryable,
-      });
+      throw new KeyrotorError(
+        err.code === 'INTERNAL' ? 'STORE_UNAVAILABLE' : err.code,
+        `cannot read ${s.label} (${err.message}); nothing was deleted for ${key.name}: a key it serves cannot be ruled out`,
+        {
+          cause: e,
+          retryable: err.retryable,
+        },
+      );
     }
   }
   const issuerKeys = await p.issuer.list();
@@ -205,20 +246,26 @@ async function judgeAndDelete(
     protect(sl.current?.meta.issuerKeyId, `current in ${label}`);
     // a pending version means some rotation (maybe one this state store does not know, e.g. another
     // installation's) is on its way to promoting it: never pull the key from under it
-    protect(sl.pending?.meta.issuerKeyId, `pending in ${label}${active ? ` (rotation ${active.rotationId} is unfinished)` : ''}`);
-    if (active) protect(sl.previous?.meta.issuerKeyId, `previous in ${label} while rotation ${active.rotationId} is unfinished`);
+    protect(
+      sl.pending?.meta.issuerKeyId,
+      `pending in ${label}${active ? ` (rotation ${active.rotationId} is unfinished)` : ''}`,
+    );
+    if (active)
+      protect(sl.previous?.meta.issuerKeyId, `previous in ${label} while rotation ${active.rotationId} is unfinished`);
     if (sl.current && !sl.current.meta.issuerKeyId) {
       // the store does not say which issuer key it serves: ask the issuer, keep every candidate
       const cur = await p.stores[i]!.readCurrent();
       if (cur) {
         const id = await p.issuer.identify(cur.secret);
         if (id.kind === 'found') protect(id.keyId, `current in ${label} (identified at the issuer)`);
-        else if (id.kind === 'ambiguous') for (const c of id.candidates) protect(c, `may be current in ${label} (ambiguous identification)`);
+        else if (id.kind === 'ambiguous')
+          for (const c of id.candidates) protect(c, `may be current in ${label} (ambiguous identification)`);
       }
     }
   }
   protect(record?.currentKeyId, 'current key in the state record');
-  for (const [k, v] of Object.entries(record?.providerState ?? {})) if (k.startsWith('adopted.')) protect(v, 'adopted with `keyrotor adopt`');
+  for (const [k, v] of Object.entries(record?.providerState ?? {}))
+    if (k.startsWith('adopted.')) protect(v, 'adopted with `keyrotor adopt`');
   if (active) {
     protect(active.oldKeyId, `old key of unfinished rotation ${active.rotationId}`);
     protect(active.newKeyId, `new key of unfinished rotation ${active.rotationId}`);
@@ -227,7 +274,9 @@ async function judgeAndDelete(
   // the service account that owns what is served now: a marked key of another service account
   // (e.g. another keyrotor installation using the same key name in the same project) is not ours
   const servedOwners = new Set(
-    issuerKeys.filter((k) => keep.has(k.keyId) && k.owner?.type === 'service_account').map((k) => `service_account:${k.owner!.id}`),
+    issuerKeys
+      .filter((k) => keep.has(k.keyId) && k.owner?.type === 'service_account')
+      .map((k) => `service_account:${k.owner!.id}`),
   );
 
   const entries: SweepEntry[] = [];
@@ -260,7 +309,10 @@ async function judgeAndDelete(
     }
     try {
       const r = await p.issuer.revoke(k.keyId);
-      log.warn({ keyId: k.keyId, name: k.name, rotationId: marker.rotationId, alreadyGone: r.alreadyGone }, 'deleted orphan key');
+      log.warn(
+        { keyId: k.keyId, name: k.name, rotationId: marker.rotationId, alreadyGone: r.alreadyGone },
+        'deleted orphan key',
+      );
       entries.push(entry('deleted', reason));
     } catch (e) {
       failed = true;
@@ -286,11 +338,14 @@ function keptForActive(k: IssuerKeyInfo, rotationId: string, active: ActiveRefs 
 function keptForOwner(k: IssuerKeyInfo, servedOwners: Set<string>): string | undefined {
   if (k.owner?.type !== 'service_account' || servedOwners.size === 0) return undefined;
   const o = `service_account:${k.owner.id}`;
-  return servedOwners.has(o) ? undefined : `owned by ${o}, not by the owner of the key the stores serve (${[...servedOwners].join(', ')})`;
+  return servedOwners.has(o)
+    ? undefined
+    : `owned by ${o}, not by the owner of the key the stores serve (${[...servedOwners].join(', ')})`;
 }
 
 function orphanReason(rotationId: string, record: KeyRecord | null): string {
   const last = record?.last;
-  if (last?.rotationId === rotationId) return `left by rotation ${rotationId} (ended ${last.outcome}); not current in any store`;
+  if (last?.rotationId === rotationId)
+    return `left by rotation ${rotationId} (ended ${last.outcome}); not current in any store`;
   return `left by rotation ${rotationId}, which is not running; not current in any store`;
 }

@@ -101,7 +101,12 @@ export function isKeyrotorError(e: unknown): e is KeyrotorError {
 export function toKeyrotorError(e: unknown, stage?: Stage): KeyrotorError {
   if (e instanceof KeyrotorError) {
     if (stage && !e.stage) {
-      return new KeyrotorError(e.code, e.message, { stage, retryable: e.retryable, cause: e.cause, hint: e.hint ?? '' });
+      return new KeyrotorError(e.code, e.message, {
+        stage,
+        retryable: e.retryable,
+        cause: e.cause,
+        hint: e.hint ?? '',
+      });
     }
     return e;
   }
@@ -111,5 +116,9 @@ export function toKeyrotorError(e: unknown, stage?: Stage): KeyrotorError {
 
 /** Turn an ErrorRecord (from a snapshot) back into an error. */
 export function fromRecord(r: ErrorRecord): KeyrotorError {
-  return new KeyrotorError(r.code, r.message, { stage: r.stage, retryable: r.retryable, ...(r.hint ? { hint: r.hint } : {}) });
+  return new KeyrotorError(r.code, r.message, {
+    stage: r.stage,
+    retryable: r.retryable,
+    ...(r.hint ? { hint: r.hint } : {}),
+  });
 }

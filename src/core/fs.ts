@@ -48,7 +48,10 @@ export async function fsyncDir(dir: string): Promise<void> {
 
 /** A unique hidden name beside `file` (temp files, stale locks set aside); readers never look at these. */
 export function uniqueSibling(file: string, suffix: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.${suffix}`);
+  return path.join(
+    path.dirname(file),
+    `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.${suffix}`,
+  );
 }
 
 /** Replace `file` atomically with `data` (mode 0600, folder 0700). A crash leaves the old file intact. */

@@ -38,13 +38,10 @@ export interface IssuerKeyInfo {
 }
 
 export type VerifyResult =
-  | { ok: true }
-  | { ok: false; reason: 'invalid' | 'missing_scopes' | 'error'; detail: string; retryable: boolean };
+  { ok: true } | { ok: false; reason: 'invalid' | 'missing_scopes' | 'error'; detail: string; retryable: boolean };
 
 export type IdentifyResult =
-  | { kind: 'found'; keyId: string }
-  | { kind: 'ambiguous'; candidates: string[] }
-  | { kind: 'not_found' };
+  { kind: 'found'; keyId: string } | { kind: 'ambiguous'; candidates: string[] } | { kind: 'not_found' };
 
 export interface CreateKeyRequest {
   /** unique name carrying the rotation id: `keyrotor.<key>.<rotationId>` */
@@ -254,7 +251,12 @@ export interface StateStore {
    * the rotation ended: record the result and clear `active` — or, in the same atomic write, keep
    * `keepActive` (a rotation that can only go forward and must stay resumable)
    */
-  finish(keyName: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null): Promise<void>;
+  finish(
+    keyName: string,
+    result: RotationResult,
+    currentKeyId?: string | null,
+    keepActive?: PersistedRotation | null,
+  ): Promise<void>;
   setProviderState(keyName: string, key: string, value: string): Promise<void>;
   /** exclusive per-key lease; returns the holder when someone else has it and it has not expired */
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;

@@ -1,5 +1,14 @@
 /** One name per stage, used in state names, actor ids, provider methods, logs, errors, audit and docs. */
-export const STAGES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'] as const;
+export const STAGES = [
+  'preflight',
+  'issue',
+  'stage',
+  'verify',
+  'promote',
+  'confirm',
+  'revoke',
+  'verifyRevoked',
+] as const;
 export const COMPENSATIONS = ['demote', 'unstage', 'discard'] as const;
 export type ForwardStage = (typeof STAGES)[number];
 export type Compensation = (typeof COMPENSATIONS)[number];

@@ -17,7 +17,12 @@ export const CLI_SERVE_SAFETY_MARGIN_MS = 15_000; // src/entrypoints/cloud-run.t
 
 /** Every copy above that differs from its owner, as "NAME: copy != owner" (empty when all agree). */
 export async function cliDefaultsDrift(): Promise<string[]> {
-  const [run, load, daemon, cloudRun] = await Promise.all([import('../app/run.ts'), import('../app/config/load.ts'), import('./daemon.ts'), import('./cloud-run.ts')]);
+  const [run, load, daemon, cloudRun] = await Promise.all([
+    import('../app/run.ts'),
+    import('../app/config/load.ts'),
+    import('./daemon.ts'),
+    import('./cloud-run.ts'),
+  ]);
   const pairs: [string, unknown, unknown][] = [
     ['CLI_VERSION', CLI_VERSION, run.KEYROTOR_VERSION],
     ['CLI_DEFAULT_CONFIG_FILE', CLI_DEFAULT_CONFIG_FILE, load.DEFAULT_CONFIG_FILE],

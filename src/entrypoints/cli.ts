@@ -35,7 +35,9 @@ export async function main(argv: string[], io: CliIO = defaultIO()): Promise<num
   const state = { exitCode: 0, json: false };
   const program = new Command()
     .name('keyrotor')
-    .description('Rotate OpenAI project API keys (and other secrets) safely: create, stage, verify, promote, confirm, revoke.')
+    .description(
+      'Rotate OpenAI project API keys (and other secrets) safely: create, stage, verify, promote, confirm, revoke.',
+    )
     .version(KEYROTOR_VERSION)
     .option('-c, --config <file>', 'config file', io.env.KEYROTOR_CONFIG ?? DEFAULT_CONFIG_FILE)
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error', 'silent']))
@@ -51,7 +53,8 @@ export async function main(argv: string[], io: CliIO = defaultIO()): Promise<num
     return state.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help')
+        return 0;
       return 2; // commander already printed the one-line error
     }
     return reportError(e, io, state.json);

@@ -150,14 +150,18 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
     let principal: string | undefined;
     try {
       if (url.pathname === '/healthz') {
-        if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'METHOD_NOT_ALLOWED', 'use GET', { allow: 'GET, HEAD' });
+        if (req.method !== 'GET' && req.method !== 'HEAD')
+          throw new HttpError(405, 'METHOD_NOT_ALLOWED', 'use GET', { allow: 'GET, HEAD' });
         return send(res, 200, { status: shutdown.signal.aborted ? 'stopping' : 'ok' });
       }
       if (url.pathname === '/metrics') {
         // Prometheus text; authenticated like every other non-health route (scrapers send a bearer token)
         if (req.method !== 'GET') throw new HttpError(405, 'METHOD_NOT_ALLOWED', 'use GET', { allow: 'GET' });
         const auth = await o.auth.authenticate(req.headers.authorization);
-        if (!auth.ok) throw new HttpError(401, 'UNAUTHENTICATED', `not authenticated: ${auth.reason}`, { 'www-authenticate': 'Bearer realm="keyrotor"' });
+        if (!auth.ok)
+          throw new HttpError(401, 'UNAUTHENTICATED', `not authenticated: ${auth.reason}`, {
+            'www-authenticate': 'Bearer realm="keyrotor"',
+          });
         principal = auth.principal;
         const metrics = processMetrics();
         const text = await metrics.text();
@@ -165,15 +169,20 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
         res.end(text);
         return;
       }
-      if (url.pathname !== '/rotate' && url.pathname !== '/pubsub') throw new HttpError(404, 'NOT_FOUND', `no route ${url.pathname}`);
+      if (url.pathname !== '/rotate' && url.pathname !== '/pubsub')
+        throw new HttpError(404, 'NOT_FOUND', `no route ${url.pathname}`);
       if (req.method !== 'POST') throw new HttpError(405, 'METHOD_NOT_ALLOWED', 'use POST', { allow: 'POST' });
-      if (shutdown.signal.aborted) throw new HttpError(503, 'STOPPING', 'the server is shutting down', { 'retry-after': '5' });
+      if (shutdown.signal.aborted)
+        throw new HttpError(503, 'STOPPING', 'the server is shutting down', { 'retry-after': '5' });
       const declared = req.headers['content-length'];
       if (declared !== undefined && (!/^\d+$/.test(declared) || Number(declared) > maxBody)) {
         throw new HttpError(413, 'BODY_TOO_LARGE', `the body may be at most ${maxBody} bytes`);
       }
       const auth = await o.auth.authenticate(req.headers.authorization);
-      if (!auth.ok) throw new HttpError(401, 'UNAUTHENTICATED', `not authenticated: ${auth.reason}`, { 'www-authenticate': 'Bearer realm="keyrotor"' });
+      if (!auth.ok)
+        throw new HttpError(401, 'UNAUTHENTICATED', `not authenticated: ${auth.reason}`, {
+          'www-authenticate': 'Bearer realm="keyrotor"',
+        });
       principal = auth.principal;
       const body = await readBody(req, maxBody);
       const json = parseJson(body);
@@ -184,7 +193,12 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
       const err = e instanceof HttpError ? e : fromKeyrotor(e);
       if (err.status >= 500) log.error({ route, status: err.status, code: err.code }, err.message);
       if (err.status === 413) discardBody(req);
-      send(res, err.status, { error: { code: err.code, message: err.message } }, { ...err.headers, ...(err.status === 413 ? { connection: 'close' } : {}) });
+      send(
+        res,
+        err.status,
+        { error: { code: err.code, message: err.message } },
+        { ...err.headers, ...(err.status === 413 ? { connection: 'close' } : {}) },
+      );
     } finally {
       log.info({ route, status: res.statusCode, ms: clock.now() - t0, ...(principal ? { principal } : {}) }, 'request');
     }
@@ -211,9 +225,15 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
 
   async function onRotate(json: unknown, deadline: number) {
     const r = rotateBodySchema.safeParse(json ?? {});
-    if (!r.success) throw new HttpError(400, 'BAD_REQUEST', `invalid /rotate body (${issue(r.error)}); expected {} or { "keys": [...], "now": true }`);
+    if (!r.success)
+      throw new HttpError(
+        400,
+        'BAD_REQUEST',
+        `invalid /rotate body (${issue(r.error)}); expected {} or { "keys": [...], "now": true }`,
+      );
     const { keys: names, now, leaked } = r.data;
-    if (leaked && (!now || !names?.length)) throw new HttpError(400, 'BAD_REQUEST', '"leaked" needs "now": true and the "keys" that leaked');
+    if (leaked && (!now || !names?.length))
+      throw new HttpError(400, 'BAD_REQUEST', '"leaked" needs "now": true and the "keys" that leaked');
     const keys = names?.length ? names.map((n) => pickKey(o.config, n)) : o.config.keys;
     const results = await rotateKeys(keys, { ...common(deadline), now: now === true, leaked: leaked === true });
     return { status: results.some((x) => x.outcome === 'in_progress') ? 202 : 200, body: { results } };
@@ -223,14 +243,24 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
     const r = pubsubEnvelopeSchema.safeParse(json);
     if (!r.success) throw new HttpError(400, 'BAD_REQUEST', `not a Pub/Sub push envelope (${issue(r.error)})`);
     const m = r.data.message;
-    if (m.data !== undefined && !isBase64(m.data)) throw new HttpError(400, 'BAD_REQUEST', 'not a Pub/Sub push envelope (message.data: not base64)');
+    if (m.data !== undefined && !isBase64(m.data))
+      throw new HttpError(400, 'BAD_REQUEST', 'not a Pub/Sub push envelope (message.data: not base64)');
     const eventType = m.attributes.eventType;
     if (!eventType || !SECRET_EVENT_TYPES.has(eventType)) {
-      throw new HttpError(400, 'BAD_REQUEST', `not a Secret Manager notification (attributes.eventType: ${eventType === undefined ? 'missing' : 'unknown'})`);
+      throw new HttpError(
+        400,
+        'BAD_REQUEST',
+        `not a Secret Manager notification (attributes.eventType: ${eventType === undefined ? 'missing' : 'unknown'})`,
+      );
     }
     const secretId = m.attributes.secretId;
     const name = secretId ? SECRET_NAME.exec(secretId) : null;
-    if (!name) throw new HttpError(400, 'BAD_REQUEST', 'not a Secret Manager notification (attributes.secretId: expected projects/<project>/secrets/<secret>)');
+    if (!name)
+      throw new HttpError(
+        400,
+        'BAD_REQUEST',
+        'not a Secret Manager notification (attributes.secretId: expected projects/<project>/secrets/<secret>)',
+      );
     const messageId = m.messageId ?? m.message_id;
     if (eventType !== 'SECRET_ROTATE') {
       log.debug({ eventType, secretId, messageId }, 'notification ignored (only SECRET_ROTATE rotates)');
@@ -238,13 +268,22 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
     }
     const key = keyForGcpSecret(o.config, name[1]!, name[2]!);
     if (!key) {
-      log.warn({ secretId, messageId }, 'SECRET_ROTATE for a secret no configured key holds: acknowledged, nothing rotated');
-      return { status: 200, body: { results: [], ignored: `no configured key has a gcp-secret-manager store for ${secretId}` } };
+      log.warn(
+        { secretId, messageId },
+        'SECRET_ROTATE for a secret no configured key holds: acknowledged, nothing rotated',
+      );
+      return {
+        status: 200,
+        body: { results: [], ignored: `no configured key has a gcp-secret-manager store for ${secretId}` },
+      };
     }
     // at-least-once delivery: a key rotated after this notification was published is done
     const published = m.publishTime ?? m.publish_time;
     const record = await stateStore.read(key.name);
-    const handled = published !== undefined && record?.lastRotatedAt != null && Date.parse(record.lastRotatedAt) >= Date.parse(published);
+    const handled =
+      published !== undefined &&
+      record?.lastRotatedAt != null &&
+      Date.parse(record.lastRotatedAt) >= Date.parse(published);
     log.info({ key: key.name, secretId, messageId, duplicate: handled }, 'SECRET_ROTATE');
     const result: KeyResult = await rotateKey(key, { ...common(deadline), now: !handled });
     return { status: result.outcome === 'in_progress' ? 503 : 200, body: { results: [result] } };
@@ -285,7 +324,12 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (res.headersSent) return;
   const text = JSON.stringify(body) + '\n';
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
   res.end(text);
 }
 
@@ -331,7 +375,9 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
     req.on('error', (e) => {
       if (done) return;
       done = true;
-      reject(new HttpError(400, 'BAD_REQUEST', `could not read the body (${(e as NodeJS.ErrnoException).code ?? 'error'})`));
+      reject(
+        new HttpError(400, 'BAD_REQUEST', `could not read the body (${(e as NodeJS.ErrnoException).code ?? 'error'})`),
+      );
     });
   });
 }
@@ -369,7 +415,9 @@ function pickKey(cfg: LoadedConfig, name: string): ResolvedKey {
  * among the configured GCP stores.
  */
 export function keyForGcpSecret(cfg: LoadedConfig, project: string, secret: string): ResolvedKey | undefined {
-  const stores = cfg.keys.flatMap((key) => key.stores.flatMap((s) => (s.type === 'gcp-secret-manager' ? [{ key, s }] : [])));
+  const stores = cfg.keys.flatMap((key) =>
+    key.stores.flatMap((s) => (s.type === 'gcp-secret-manager' ? [{ key, s }] : [])),
+  );
   const exact = stores.filter(({ s }) => s.project === project && s.secret === secret);
   if (exact.length > 0) return exact[0]!.key;
   if (!/^\d+$/.test(project)) return undefined;

@@ -33,7 +33,12 @@ import { FINGERPRINT_FORMAT, type FingerprintDocument } from '../core/fingerprin
 
 export { fingerprint, FINGERPRINT_LABEL } from '../core/fingerprint.ts';
 export { Secret } from '../core/secret.ts';
-export { FINGERPRINT_FORMAT, FINGERPRINT_RE, parseFingerprintBody, type FingerprintDocument } from '../core/fingerprint-format.ts';
+export {
+  FINGERPRINT_FORMAT,
+  FINGERPRINT_RE,
+  parseFingerprintBody,
+  type FingerprintDocument,
+} from '../core/fingerprint-format.ts';
 
 export interface ConsumerOptions {
   /** the key's name (in the keyrotor config, or the name the store keeps it under) */
@@ -117,24 +122,55 @@ async function isInvalidApiKeyResponse(r: unknown): Promise<boolean> {
   }
 }
 
-async function openStore(o: ConsumerOptions, env: NodeJS.ProcessEnv, logger: Logger, clock: Clock): Promise<SecretStore> {
+async function openStore(
+  o: ConsumerOptions,
+  env: NodeJS.ProcessEnv,
+  logger: Logger,
+  clock: Clock,
+): Promise<SecretStore> {
   const memory = new Map<string, string>();
-  const providerState = { get: (k: string) => memory.get(k), set: async (k: string, v: string) => void memory.set(k, v) };
+  const providerState = {
+    get: (k: string) => memory.get(k),
+    set: async (k: string, v: string) => void memory.set(k, v),
+  };
   if (o.config !== undefined) {
     const cfg = await loadConfig(o.config, env);
     const key = cfg.keys.find((k) => k.name === o.key);
-    if (!key) throw new KeyrotorError('UNKNOWN_KEY', `keyrotor/consumer: no key "${o.key}" in ${o.config} (configured: ${cfg.keys.map((k) => k.name).join(', ')})`);
+    if (!key)
+      throw new KeyrotorError(
+        'UNKNOWN_KEY',
+        `keyrotor/consumer: no key "${o.key}" in ${o.config} (configured: ${cfg.keys.map((k) => k.name).join(', ')})`,
+      );
     const index = o.storeIndex ?? 0;
     const storeCfg = key.stores[index];
-    if (!storeCfg) throw new KeyrotorError('USAGE', `keyrotor/consumer: key "${o.key}" has no store #${index} (it has ${key.stores.length})`);
-    const ctx: ProviderContext = { keyName: key.name, stateDir: cfg.stateDir, configDir: cfg.dir, logger, clock, env, providerState };
+    if (!storeCfg)
+      throw new KeyrotorError(
+        'USAGE',
+        `keyrotor/consumer: key "${o.key}" has no store #${index} (it has ${key.stores.length})`,
+      );
+    const ctx: ProviderContext = {
+      keyName: key.name,
+      stateDir: cfg.stateDir,
+      configDir: cfg.dir,
+      logger,
+      clock,
+      env,
+      providerState,
+    };
     return createStore(storeCfg, ctx);
   }
-  if (o.store === undefined) throw new KeyrotorError('USAGE', 'keyrotor/consumer: pass `config` (a keyrotor config file) or `store` (a store config)');
+  if (o.store === undefined)
+    throw new KeyrotorError(
+      'USAGE',
+      'keyrotor/consumer: pass `config` (a keyrotor config file) or `store` (a store config)',
+    );
   const parsed = storeConfigSchema.safeParse(o.store);
   if (!parsed.success) {
     const i = parsed.error.issues[0];
-    throw new KeyrotorError('CONFIG_INVALID', `keyrotor/consumer: invalid store config: ${i?.path.join('.') || '(root)'}: ${i?.message}`);
+    throw new KeyrotorError(
+      'CONFIG_INVALID',
+      `keyrotor/consumer: invalid store config: ${i?.path.join('.') || '(root)'}: ${i?.message}`,
+    );
   }
   const configDir = path.resolve(o.configDir ?? process.cwd());
   const ctx: ProviderContext = {
@@ -155,7 +191,11 @@ export async function createConsumer(o: ConsumerOptions): Promise<Consumer> {
   const logger = (o.logger ?? noopLogger).child({ consumer: o.key });
   const clock = o.clock ?? systemClock;
   const intervalMs = o.refreshInterval === false ? 0 : parseDuration(o.refreshInterval ?? '60s');
-  if (intervalMs === undefined) throw new KeyrotorError('USAGE', `keyrotor/consumer: invalid refreshInterval ${JSON.stringify(o.refreshInterval)} (use e.g. 30s, 5m)`);
+  if (intervalMs === undefined)
+    throw new KeyrotorError(
+      'USAGE',
+      `keyrotor/consumer: invalid refreshInterval ${JSON.stringify(o.refreshInterval)} (use e.g. 30s, 5m)`,
+    );
   const store = await openStore(o, env, logger, clock);
 
   let cached: Secret | null = null;
@@ -172,9 +212,13 @@ export async function createConsumer(o: ConsumerOptions): Promise<Consumer> {
       throw toKeyrotorError(e);
     }
     if (!v) {
-      throw new KeyrotorError('SECRET_UNAVAILABLE', `keyrotor/consumer: ${store.label} holds no current value for ${o.key}`, {
-        hint: `bootstrap it with \`keyrotor rotate --now ${o.key}\``,
-      });
+      throw new KeyrotorError(
+        'SECRET_UNAVAILABLE',
+        `keyrotor/consumer: ${store.label} holds no current value for ${o.key}`,
+        {
+          hint: `bootstrap it with \`keyrotor rotate --now ${o.key}\``,
+        },
+      );
     }
     const fp = fingerprint(v.secret);
     const previous = cachedFp;
@@ -223,7 +267,11 @@ export async function createConsumer(o: ConsumerOptions): Promise<Consumer> {
   }
 
   function document(): FingerprintDocument {
-    return { format: FINGERPRINT_FORMAT, fingerprint: cachedFp, loadedAt: loadedAtMs === null ? null : new Date(loadedAtMs).toISOString() };
+    return {
+      format: FINGERPRINT_FORMAT,
+      fingerprint: cachedFp,
+      loadedAt: loadedAtMs === null ? null : new Date(loadedAtMs).toISOString(),
+    };
   }
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
@@ -259,11 +307,17 @@ export async function createConsumer(o: ConsumerOptions): Promise<Consumer> {
       next = await current();
     }
     if (fingerprint(next) === fingerprint(used)) {
-      logger.warn({ fingerprint: fingerprint(used) }, 'the key was rejected (invalid_api_key) and the store holds no other key');
+      logger.warn(
+        { fingerprint: fingerprint(used) },
+        'the key was rejected (invalid_api_key) and the store holds no other key',
+      );
       if (first.ok) return first.value;
       throw first.error;
     }
-    logger.info({ from: fingerprint(used), to: fingerprint(next) }, 'the key was rejected (invalid_api_key); retrying once with the reloaded key');
+    logger.info(
+      { from: fingerprint(used), to: fingerprint(next) },
+      'the key was rejected (invalid_api_key); retrying once with the reloaded key',
+    );
     return fn(next.reveal());
   }
 

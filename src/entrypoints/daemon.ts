@@ -73,9 +73,13 @@ export function validateTick(pattern: string, timezone?: string): void {
   try {
     new Cron(pattern, { paused: true, ...(timezone ? { timezone } : {}) }).stop();
   } catch (e) {
-    throw new KeyrotorError('USAGE', `invalid tick "${pattern}"${timezone ? ` in time zone ${timezone}` : ''}: ${(e as Error).message}`, {
-      hint: 'a cron pattern such as "*/5 * * * *" (every 5 minutes)',
-    });
+    throw new KeyrotorError(
+      'USAGE',
+      `invalid tick "${pattern}"${timezone ? ` in time zone ${timezone}` : ''}: ${(e as Error).message}`,
+      {
+        hint: 'a cron pattern such as "*/5 * * * *" (every 5 minutes)',
+      },
+    );
   }
 }
 
@@ -147,7 +151,10 @@ export function startDaemon(o: DaemonOptions): Daemon {
   const job = new Cron(tick, { ...(o.timezone ? { timezone: o.timezone } : {}) }, () => {
     void runNow();
   });
-  log.info({ tick, timezone: o.timezone ?? null, jitterMs, next: job.nextRun()?.toISOString() ?? null }, 'daemon started');
+  log.info(
+    { tick, timezone: o.timezone ?? null, jitterMs, next: job.nextRun()?.toISOString() ?? null },
+    'daemon started',
+  );
   if (o.runAtStart !== false) void runNow();
 
   let stopped: Promise<void> | undefined;

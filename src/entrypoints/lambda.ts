@@ -52,14 +52,16 @@ import {
 export const DEFAULT_SAFETY_MARGIN_MS = 15_000;
 
 /** The part of the Lambda context keyrotor reads. */
-export type LambdaContext = Pick<Context, 'getRemainingTimeInMillis'> & Partial<Pick<Context, 'awsRequestId' | 'functionName'>>;
+export type LambdaContext = Pick<Context, 'getRemainingTimeInMillis'> &
+  Partial<Pick<Context, 'awsRequestId' | 'functionName'>>;
 
 export interface DirectInvokeEvent {
   key: string;
   now?: boolean;
   leaked?: boolean;
 }
-export type KeyrotorLambdaEvent = ScheduledEvent | SecretsManagerRotationEvent | DirectInvokeEvent | Record<string, never>;
+export type KeyrotorLambdaEvent =
+  ScheduledEvent | SecretsManagerRotationEvent | DirectInvokeEvent | Record<string, never>;
 
 export interface RunResponse {
   results: KeyResult[];
@@ -90,7 +92,10 @@ export interface LambdaHandlerOptions {
   safetyMarginMs?: number;
 }
 
-export type KeyrotorHandler = (event: unknown, context: LambdaContext) => Promise<RunResponse | SecretsManagerStepResponse>;
+export type KeyrotorHandler = (
+  event: unknown,
+  context: LambdaContext,
+) => Promise<RunResponse | SecretsManagerStepResponse>;
 
 // ------------------------------------------------------------------ event shapes
 
@@ -105,7 +110,9 @@ const smEventSchema = z
   })
   .strict();
 const scheduledSchema = z.object({ 'detail-type': z.literal('Scheduled Event'), source: z.string() }).passthrough();
-const directSchema = z.object({ key: z.string().min(1), now: z.boolean().optional(), leaked: z.boolean().optional() }).strict();
+const directSchema = z
+  .object({ key: z.string().min(1), now: z.boolean().optional(), leaked: z.boolean().optional() })
+  .strict();
 
 type Classified =
   | { kind: 'scheduled' }
@@ -128,12 +135,20 @@ function classify(event: unknown): Classified {
   }
   if ('detail-type' in o) {
     const r = scheduledSchema.safeParse(o);
-    if (!r.success) throw new KeyrotorError('USAGE', `unsupported EventBridge event (${first(r)}); keyrotor handles "Scheduled Event"`);
+    if (!r.success)
+      throw new KeyrotorError(
+        'USAGE',
+        `unsupported EventBridge event (${first(r)}); keyrotor handles "Scheduled Event"`,
+      );
     return { kind: 'scheduled' };
   }
   if ('key' in o) {
     const r = directSchema.safeParse(o);
-    if (!r.success) throw new KeyrotorError('USAGE', `malformed direct invocation (${first(r)}); expected { "key": "<name>", "now": true, "leaked": false }`);
+    if (!r.success)
+      throw new KeyrotorError(
+        'USAGE',
+        `malformed direct invocation (${first(r)}); expected { "key": "<name>", "now": true, "leaked": false }`,
+      );
     return { kind: 'direct', event: r.data };
   }
   if (Object.keys(o).length === 0) return { kind: 'scheduled' };
@@ -169,7 +184,12 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
     const v = env.KEYROTOR_LAMBDA_SAFETY_MARGIN;
     if (!v) return DEFAULT_SAFETY_MARGIN_MS;
     const ms = parseDuration(v);
-    if (ms === undefined) throw new KeyrotorError('CONFIG_INVALID', `KEYROTOR_LAMBDA_SAFETY_MARGIN: not a duration (${JSON.stringify(v)})`, { hint: 'e.g. 15s' });
+    if (ms === undefined)
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `KEYROTOR_LAMBDA_SAFETY_MARGIN: not a duration (${JSON.stringify(v)})`,
+        { hint: 'e.g. 15s' },
+      );
     return ms;
   };
 
@@ -177,8 +197,12 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
     const what = classify(event);
     const cfg = await config();
     const base = await logger();
-    const log = base.child({ entry: 'lambda', ...(context.awsRequestId ? { awsRequestId: context.awsRequestId } : {}) });
-    const remaining = typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : undefined;
+    const log = base.child({
+      entry: 'lambda',
+      ...(context.awsRequestId ? { awsRequestId: context.awsRequestId } : {}),
+    });
+    const remaining =
+      typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : undefined;
     const pauseAt = remaining !== undefined ? clock.now() + remaining - marginMs() : undefined;
     const common: RotateOptions = {
       config: cfg,
@@ -199,7 +223,8 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
     }
     if (what.kind === 'direct') {
       const { key: name, now, leaked } = what.event;
-      if (leaked && !now) throw new KeyrotorError('USAGE', '"leaked": true needs "now": true: a leaked key is rotated immediately');
+      if (leaked && !now)
+        throw new KeyrotorError('USAGE', '"leaked": true needs "now": true: a leaked key is rotated immediately');
       const key = pickKey(cfg, name);
       const results = [await rotateKey(key, { ...common, now: now === true, leaked: leaked === true })];
       await flushObservers(common.observers ?? [], 5_000);
@@ -218,14 +243,29 @@ function defaultConfigPath(env: NodeJS.ProcessEnv): string {
 
 function pickKey(cfg: LoadedConfig, name: string): ResolvedKey {
   const k = cfg.keys.find((x) => x.name === name);
-  if (!k) throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${name}" (configured: ${cfg.keys.map((x) => x.name).join(', ')})`);
+  if (!k)
+    throw new KeyrotorError(
+      'UNKNOWN_KEY',
+      `unknown key "${name}" (configured: ${cfg.keys.map((x) => x.name).join(', ')})`,
+    );
   return k;
 }
 
 // ------------------------------------------------------------------ Secrets Manager native rotation
 
 /** forward states in order; compensation states (demote, unstage, discard) are never paused on purpose */
-const FORWARD = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'decideRevoke', 'revoke', 'revokeRetry', 'verifyRevoked'];
+const FORWARD = [
+  'preflight',
+  'issue',
+  'stage',
+  'verify',
+  'promote',
+  'confirm',
+  'decideRevoke',
+  'revoke',
+  'revokeRetry',
+  'verifyRevoked',
+];
 const rank = (state: string) => FORWARD.indexOf(state);
 
 /** where each step stops: the first state that belongs to the next step (null = run to the end) */
@@ -239,17 +279,26 @@ const STOP_AT: Record<SecretsManagerRotationEvent['Step'], string | null> = {
 function findAwsKey(cfg: LoadedConfig, secretId: string): { key: ResolvedKey; store: AwsSecretsManagerStoreConfig } {
   const hits: { key: ResolvedKey; store: AwsSecretsManagerStoreConfig }[] = [];
   for (const key of cfg.keys) {
-    for (const s of key.stores) if (s.type === 'aws-secrets-manager' && secretIdMatches(s.secretId, secretId)) hits.push({ key, store: s });
+    for (const s of key.stores)
+      if (s.type === 'aws-secrets-manager' && secretIdMatches(s.secretId, secretId)) hits.push({ key, store: s });
   }
   if (hits.length === 0) {
-    throw new KeyrotorError('UNKNOWN_KEY', `no configured key has an aws-secrets-manager store for secret ${secretId}`, {
-      hint: 'add the secret (name or ARN) as an aws-secrets-manager store of the key it holds, or point this secret\'s rotation at another function',
-    });
+    throw new KeyrotorError(
+      'UNKNOWN_KEY',
+      `no configured key has an aws-secrets-manager store for secret ${secretId}`,
+      {
+        hint: "add the secret (name or ARN) as an aws-secrets-manager store of the key it holds, or point this secret's rotation at another function",
+      },
+    );
   }
   if (hits.length > 1) {
-    throw new KeyrotorError('CONFIG_INVALID', `secret ${secretId} matches stores of several keys (${hits.map((h) => h.key.name).join(', ')})`, {
-      hint: 'configure the secret by its full ARN so it names exactly one store',
-    });
+    throw new KeyrotorError(
+      'CONFIG_INVALID',
+      `secret ${secretId} matches stores of several keys (${hits.map((h) => h.key.name).join(', ')})`,
+      {
+        hint: 'configure the secret by its full ARN so it names exactly one store',
+      },
+    );
   }
   return hits[0]!;
 }
@@ -271,7 +320,12 @@ async function secretsManagerStep(
   const stateKey = nativeTokenKey(store.secretId);
   const inspectNativeRotation = await loadAwsNativeRotation();
   const inspect = () => inspectNativeRotation(store, common.env ?? process.env, token);
-  const reply = (status: 'done' | 'in_progress', rotationId: string | null, stage: string, note: string): SecretsManagerStepResponse => {
+  const reply = (
+    status: 'done' | 'in_progress',
+    rotationId: string | null,
+    stage: string,
+    note: string,
+  ): SecretsManagerStepResponse => {
     slog.info({ status, rotationId, stage }, `${step}: ${note}`);
     return { step, secretId, key: key.name, token, rotationId, status, stage, note };
   };
@@ -279,7 +333,12 @@ async function secretsManagerStep(
 
   const view = await inspect();
   if (view.tokenStages?.includes('AWSCURRENT')) {
-    return reply('done', view.tokenRotationId ?? null, 'rotated', `version ${token} is already AWSCURRENT: nothing left to do`);
+    return reply(
+      'done',
+      view.tokenRotationId ?? null,
+      'rotated',
+      `version ${token} is already AWSCURRENT: nothing left to do`,
+    );
   }
 
   const record = await common.stateStore.read(key.name);
@@ -293,10 +352,17 @@ async function secretsManagerStep(
     if (last?.rotationId === rotationId && last.outcome === 'rotated') {
       return reply('done', rotationId, 'rotated', `rotation ${rotationId} for this token already finished`);
     }
-    const why = last?.rotationId === rotationId ? `${last.outcome}${last.error ? `: ${last.error.message}` : ''}` : 'its result is not recorded';
-    throw new KeyrotorError('STORE_CONFLICT', `${where}: rotation ${rotationId} for this token already ended (${why}); a token is used once`, {
-      hint: 'the next Secrets Manager rotation starts with a new token (or run: aws secretsmanager rotate-secret --secret-id <secret>)',
-    });
+    const why =
+      last?.rotationId === rotationId
+        ? `${last.outcome}${last.error ? `: ${last.error.message}` : ''}`
+        : 'its result is not recorded';
+    throw new KeyrotorError(
+      'STORE_CONFLICT',
+      `${where}: rotation ${rotationId} for this token already ended (${why}); a token is used once`,
+      {
+        hint: 'the next Secrets Manager rotation starts with a new token (or run: aws secretsmanager rotate-secret --secret-id <secret>)',
+      },
+    );
   };
 
   if (step === 'createSecret') {
@@ -304,15 +370,22 @@ async function secretsManagerStep(
       throw new KeyrotorError(
         'LOCKED',
         `${where}: key ${key.name} has an unfinished rotation ${active.rotationId} (${entry?.rotationId === active.rotationId ? `for ClientRequestToken ${entry.token}` : 'not started by this Secrets Manager rotation'})`,
-        { retryable: true, hint: `let it finish (the scheduled invocation resumes it, or keyrotor resume ${key.name}), then rotate again` },
+        {
+          retryable: true,
+          hint: `let it finish (the scheduled invocation resumes it, or keyrotor resume ${key.name}), then rotate again`,
+        },
       );
     }
     if (!active && mine && entry?.rotationId) return ended(entry.rotationId);
     if (!mine) {
       if (view.tokenRotationId) {
-        throw new KeyrotorError('STORE_CONFLICT', `${where}: version ${token} was already written by keyrotor rotation ${view.tokenRotationId}`, {
-          hint: 'a token is used once; start a new Secrets Manager rotation',
-        });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `${where}: version ${token} was already written by keyrotor rotation ${view.tokenRotationId}`,
+          {
+            hint: 'a token is used once; start a new Secrets Manager rotation',
+          },
+        );
       }
       await common.stateStore.setProviderState(key.name, stateKey, formatNativeToken({ token }));
     }
@@ -321,18 +394,29 @@ async function secretsManagerStep(
       throw new KeyrotorError(
         'STORE_CONFLICT',
         `${where}: ClientRequestToken mismatch: ` +
-          (entry ? `keyrotor's Secrets Manager rotation of ${key.name} is for token ${entry.token}` : `no createSecret was seen for this token`),
-        { hint: 'Secrets Manager sends the same token to all four steps of one rotation; start a new rotation (aws secretsmanager rotate-secret)' },
+          (entry
+            ? `keyrotor's Secrets Manager rotation of ${key.name} is for token ${entry.token}`
+            : `no createSecret was seen for this token`),
+        {
+          hint: 'Secrets Manager sends the same token to all four steps of one rotation; start a new rotation (aws secretsmanager rotate-secret)',
+        },
       );
     }
     if (!active) {
       if (entry.rotationId) return ended(entry.rotationId);
-      throw new KeyrotorError('STORE_CONFLICT', `${where}: createSecret did not finish for this token (no rotation is in progress)`, {
-        hint: 'Secrets Manager retries the rotation from createSecret; or start a new one (aws secretsmanager rotate-secret)',
-      });
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `${where}: createSecret did not finish for this token (no rotation is in progress)`,
+        {
+          hint: 'Secrets Manager retries the rotation from createSecret; or start a new one (aws secretsmanager rotate-secret)',
+        },
+      );
     }
     if (entry.rotationId && entry.rotationId !== active.rotationId) {
-      throw new KeyrotorError('STORE_CONFLICT', `${where}: ClientRequestToken mismatch: the unfinished rotation ${active.rotationId} is not the one (${entry.rotationId}) this token started`);
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `${where}: ClientRequestToken mismatch: the unfinished rotation ${active.rotationId} is not the one (${entry.rotationId}) this token started`,
+      );
     }
   }
 
@@ -357,15 +441,23 @@ async function secretsManagerStep(
   const rid = result.rotationId;
 
   if (result.outcome === 'locked') {
-    throw new KeyrotorError('LOCKED', `${where}: ${result.error?.message ?? `${key.name} is being rotated by another run`}`, { retryable: true });
+    throw new KeyrotorError(
+      'LOCKED',
+      `${where}: ${result.error?.message ?? `${key.name} is being rotated by another run`}`,
+      { retryable: true },
+    );
   }
   if (result.outcome === 'rolled_back' || result.outcome === 'needs_attention') {
     const err = result.error ? fromRecord(result.error) : undefined;
     const leftovers = result.leftovers?.length ? `; a human must: ${result.leftovers.join('; ')}` : '';
-    throw new KeyrotorError(err?.code ?? 'INTERNAL', `${where}: rotation ${rid} ${result.outcome}${err ? ` (${err.message})` : ''}${leftovers}`, {
-      stage: err?.stage,
-      ...(err?.hint ? { hint: err.hint } : {}),
-    });
+    throw new KeyrotorError(
+      err?.code ?? 'INTERNAL',
+      `${where}: rotation ${rid} ${result.outcome}${err ? ` (${err.message})` : ''}${leftovers}`,
+      {
+        stage: err?.stage,
+        ...(err?.hint ? { hint: err.hint } : {}),
+      },
+    );
   }
   if (result.outcome === 'skipped') {
     throw new KeyrotorError('STORE_CONFLICT', `${where}: no unfinished rotation to continue`);
@@ -375,14 +467,23 @@ async function secretsManagerStep(
     const after = await inspect();
     if (!after.tokenStages?.includes('AWSCURRENT')) {
       if (result.outcome === 'rotated') {
-        throw new KeyrotorError('STORE_CONFLICT', `${where}: rotation ${rid} finished, but version ${token} is not AWSCURRENT (the new value went into another version)`, {
-          hint: 'another writer changed the secret during the rotation; check its staging labels',
-        });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `${where}: rotation ${rid} finished, but version ${token} is not AWSCURRENT (the new value went into another version)`,
+          {
+            hint: 'another writer changed the secret during the rotation; check its staging labels',
+          },
+        );
       }
       throw stopped(where, result, 'before AWSCURRENT moved to the new version');
     }
     if (result.outcome === 'in_progress') {
-      return reply('in_progress', rid, result.stage ?? 'confirm', `AWSCURRENT moved; ${result.stage} continues on the next invocation (schedule or keyrotor resume ${key.name})`);
+      return reply(
+        'in_progress',
+        rid,
+        result.stage ?? 'confirm',
+        `AWSCURRENT moved; ${result.stage} continues on the next invocation (schedule or keyrotor resume ${key.name})`,
+      );
     }
     return reply('done', rid, 'rotated', 'rotated: the new key is current, the old key is revoked');
   }
@@ -394,9 +495,13 @@ async function secretsManagerStep(
   if (step === 'createSecret') {
     const after = await inspect();
     if (!after.tokenStages?.includes('AWSPENDING') || after.tokenRotationId !== rid) {
-      throw new KeyrotorError('STORE_CONFLICT', `${where}: rotation ${rid} did not stage into version ${token} (labels there: ${after.tokenStages?.join(', ') ?? 'none'})`, {
-        hint: 'another writer changed the secret\'s AWSPENDING version; start a new rotation',
-      });
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `${where}: rotation ${rid} did not stage into version ${token} (labels there: ${after.tokenStages?.join(', ') ?? 'none'})`,
+        {
+          hint: "another writer changed the secret's AWSPENDING version; start a new rotation",
+        },
+      );
     }
   }
   return reply('done', rid, result.stage ?? result.outcome, `${step} done`);
@@ -404,8 +509,12 @@ async function secretsManagerStep(
 
 /** a step that ran out of time (or was paused) before its work was done: retryable, the snapshot is kept */
 function stopped(where: string, r: KeyResult, what: string): KeyrotorError {
-  return new KeyrotorError('IN_PROGRESS', `${where}: rotation ${r.rotationId} stopped at ${r.stage ?? r.outcome} ${what} (the Lambda's time ran out); the state is saved and a retry of this step resumes it`, {
-    retryable: true,
-    hint: 'raise the function timeout (or lower KEYROTOR_LAMBDA_SAFETY_MARGIN)',
-  });
+  return new KeyrotorError(
+    'IN_PROGRESS',
+    `${where}: rotation ${r.rotationId} stopped at ${r.stage ?? r.outcome} ${what} (the Lambda's time ran out); the state is saved and a retry of this step resumes it`,
+    {
+      retryable: true,
+      hint: 'raise the function timeout (or lower KEYROTOR_LAMBDA_SAFETY_MARGIN)',
+    },
+  );
 }

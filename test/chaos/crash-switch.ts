@@ -19,8 +19,7 @@ import type { Issuer, Lease, LeaseHolder, SecretStore, StateStore } from '../../
 import type { OpenAIFake } from '../fakes/openai-admin.ts';
 
 export type CrashPlan =
-  | { kind: 'event'; at: number; mode: 'before' | 'after' }
-  | { kind: 'wire'; at: number; applied: boolean };
+  { kind: 'event'; at: number; mode: 'before' | 'after' } | { kind: 'wire'; at: number; applied: boolean };
 
 const never = <T>(): Promise<T> => new Promise<T>(() => {});
 
@@ -74,7 +73,9 @@ export class CrashSwitch {
         openai.resetFaults();
         if (plan.applied) openai.loseResponse('*', 1);
         else openai.resetConnection('*', 1);
-        this.crash(`wire request ${n} (${entry.method} ${entry.route}, ${plan.applied ? 'applied, answer lost' : 'not applied'})`);
+        this.crash(
+          `wire request ${n} (${entry.method} ${entry.route}, ${plan.applied ? 'applied, answer lost' : 'not applied'})`,
+        );
       });
     }
   }
@@ -141,7 +142,11 @@ export class CrashSwitch {
         // whatever its SDK still sends (retries after backoff) is refused unapplied
         const isIssuer = label === 'issuer';
         return (...args: unknown[]) =>
-          this.#event(`${label}.${String(prop)}`, () => Promise.resolve((v as (...a: unknown[]) => Promise<unknown>).apply(t, args)), !isIssuer || !this.#adminKey);
+          this.#event(
+            `${label}.${String(prop)}`,
+            () => Promise.resolve((v as (...a: unknown[]) => Promise<unknown>).apply(t, args)),
+            !isIssuer || !this.#adminKey,
+          );
       },
     });
   }

@@ -37,7 +37,19 @@ import type { GcpMethod } from '../fakes/gcp-secret-manager.ts';
 import type { AzureFakeOp } from '../fakes/azure-key-vault.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { CrashSwitch, type CrashPlan } from './crash-switch.ts';
-import { checkInvariant, closeBackends, MASTER_KEY, noteLeftovers, prepareWorld, served, startBackends, workingKey, World, writeWorkspace, type Backends } from './world.ts';
+import {
+  checkInvariant,
+  closeBackends,
+  MASTER_KEY,
+  noteLeftovers,
+  prepareWorld,
+  served,
+  startBackends,
+  workingKey,
+  World,
+  writeWorkspace,
+  type Backends,
+} from './world.ts';
 import { parseConfig, type LoadedConfig } from '../../src/app/config/load.ts';
 import { systemClock, type Clock } from '../../src/core/clock.ts';
 import type { Logger } from '../../src/core/ports.ts';
@@ -62,7 +74,9 @@ vi.mock('../../providers/index.ts', async (importOriginal) => {
       if (cfg.type === 'azure-key-vault') {
         const az = await import('../../providers/stores/azure-key-vault/index.ts');
         const s = await az.createAzureKeyVaultStoreWith(cfg, ctx, {
-          credential: { getToken: async () => ({ token: 'loopback-chaos-token', expiresOnTimestamp: Date.now() + 3_600_000 }) },
+          credential: {
+            getToken: async () => ({ token: 'loopback-chaos-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
+          },
           clientOptions: {
             tlsOptions: { ca: azure.ca.get(ctx.keyName) },
             disableChallengeResourceVerification: true,
@@ -122,7 +136,20 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
   const B = (w: World) => backends.get(w.key)!;
   const logLines: string[] = [];
   const logger: Logger = pino({ level: 'info', base: null }, { write: (s: string) => void logLines.push(s) });
-  const counts: Counts = { scenarios: 0, crashes: 0, byMode: {}, byStore: {}, faults: 0, outcomes: {}, sweeps: 0, resumed: 0, repairs: 0, splits: 0, targeted: 0, violations: [] };
+  const counts: Counts = {
+    scenarios: 0,
+    crashes: 0,
+    byMode: {},
+    byStore: {},
+    faults: 0,
+    outcomes: {},
+    sweeps: 0,
+    resumed: 0,
+    repairs: 0,
+    splits: 0,
+    targeted: 0,
+    violations: [],
+  };
   /** per world and kind of run (fresh or resuming): how many events / wire requests a whole run takes */
   const span = new Map<string, { events: number; wire: number }>();
   const spanKey = (w: World, resuming: boolean) => `${w.key}:${resuming ? 'resume' : 'fresh'}`;
@@ -174,7 +201,8 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
   async function activeRef(w: World) {
     const rec = await createFileStateStore(stateDir).read(w.key);
     if (!rec?.active) return null;
-    const ctx = (rec.active.snapshot as { context?: { oldKeyId?: string | null; newKeyId?: string | null } }).context ?? {};
+    const ctx =
+      (rec.active.snapshot as { context?: { oldKeyId?: string | null; newKeyId?: string | null } }).context ?? {};
     return { rotationId: rec.active.rotationId, oldKeyId: ctx.oldKeyId ?? null, newKeyId: ctx.newKeyId ?? null };
   }
 
@@ -192,28 +220,62 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     const b = B(w);
     const n = rng.int(1, 2);
     for (let i = 0; i < n; i++) {
-      const target = rng.pick(['openai', 'openai', ...(storesToo ? w.spec.stores.filter((s) => s === 'gcp' || s === 'azure') : [])] as const);
+      const target = rng.pick([
+        'openai',
+        'openai',
+        ...(storesToo ? w.spec.stores.filter((s) => s === 'gcp' || s === 'azure') : []),
+      ] as const);
       counts.faults++;
       if (target === 'openai') {
-        const route = rng.pick<FakeRoute>(['projects.apiKeys.list', 'projects.apiKeys.delete', 'serviceAccounts.apiKeys.create', 'serviceAccounts.retrieve', 'models.list']);
+        const route = rng.pick<FakeRoute>([
+          'projects.apiKeys.list',
+          'projects.apiKeys.delete',
+          'serviceAccounts.apiKeys.create',
+          'serviceAccounts.retrieve',
+          'models.list',
+        ]);
         // 5xx/429 answers carry retry-after(-ms) so the SDK's retries stay quick; resets, lost answers
         // and timeouts use its default backoff (~0.5 s), so they are drawn less often
         const quick = { 'retry-after-ms': '15', 'retry-after': '0' };
         const f = rng.int(0, 10);
-        if (f <= 2) b.openai.failNext(route, { status: rng.pick([500, 502, 503]), times: rng.int(1, 2), headers: quick });
+        if (f <= 2)
+          b.openai.failNext(route, { status: rng.pick([500, 502, 503]), times: rng.int(1, 2), headers: quick });
         else if (f <= 4) b.openai.failNext(route, { status: 429, headers: quick, times: rng.int(1, 2) });
-        else if (f === 5) b.openai.failNext(route, { status: 500, times: 3, headers: quick }); // outlasts the SDK's retries
+        else if (f === 5)
+          b.openai.failNext(route, { status: 500, times: 3, headers: quick }); // outlasts the SDK's retries
         else if (f === 6) b.openai.loseResponse(route);
         else if (f === 7) b.openai.resetConnection(route);
-        else if (f === 8) b.openai.slowResponse(route, 500); // past the 400 ms issuer timeout
-        else if (f === 9) b.openai.malformedResponse(route, { kind: rng.pick(['truncated', 'html', 'shape'] as const), applied: rng.chance(0.5) });
+        else if (f === 8)
+          b.openai.slowResponse(route, 500); // past the 400 ms issuer timeout
+        else if (f === 9)
+          b.openai.malformedResponse(route, {
+            kind: rng.pick(['truncated', 'html', 'shape'] as const),
+            applied: rng.chance(0.5),
+          });
         else b.openai.failNext(route, { status: 503, headers: quick });
       } else if (target === 'gcp') {
-        const method = rng.pick<GcpMethod>(['GetSecret', 'UpdateSecret', 'AddSecretVersion', 'AccessSecretVersion', 'ListSecretVersions', 'DisableSecretVersion']);
-        b.gcp!.failNext(method, { code: rng.pick([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.ABORTED, grpc.status.DEADLINE_EXCEEDED]), afterApply: rng.chance(0.5) });
+        const method = rng.pick<GcpMethod>([
+          'GetSecret',
+          'UpdateSecret',
+          'AddSecretVersion',
+          'AccessSecretVersion',
+          'ListSecretVersions',
+          'DisableSecretVersion',
+        ]);
+        b.gcp!.failNext(method, {
+          code: rng.pick([
+            grpc.status.UNAVAILABLE,
+            grpc.status.INTERNAL,
+            grpc.status.ABORTED,
+            grpc.status.DEADLINE_EXCEEDED,
+          ]),
+          afterApply: rng.chance(0.5),
+        });
       } else {
         const op = rng.pick<AzureFakeOp>(['setSecret', 'getSecret', 'getSecretVersions', 'updateSecret']);
-        b.azure!.fault(rng.chance(0.3) ? { op, drop: true } : { op, status: rng.pick([500, 503, 429]), times: rng.int(1, 2) });
+        b.azure!.fault(
+          rng.chance(0.3) ? { op, drop: true } : { op, status: rng.pick([500, 503, 429]), times: rng.int(1, 2) },
+        );
       }
     }
   }
@@ -229,11 +291,22 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     const n = rng.int(1, 12);
     const quick = { 'retry-after-ms': '5', 'retry-after': '0' };
     const options: { on: string; arm(): void }[] = [
-      { on: 'issuer.revoke', arm: () => b.openai.failNext('projects.apiKeys.delete', { status: 500, times: n, headers: quick }) },
+      {
+        on: 'issuer.revoke',
+        arm: () => b.openai.failNext('projects.apiKeys.delete', { status: 500, times: n, headers: quick }),
+      },
     ];
     for (const stage of ['stage', 'promote']) {
-      if (b.gcp) options.push({ on: `store:gcp-secret-manager.${stage}`, arm: () => b.gcp!.failNext('UpdateSecret', { code: grpc.status.UNAVAILABLE, count: n }) });
-      if (b.azure) options.push({ on: `store:azure.${stage}`, arm: () => b.azure!.fault({ op: stage === 'stage' ? '*' : 'setSecret', status: 503, times: n }) });
+      if (b.gcp)
+        options.push({
+          on: `store:gcp-secret-manager.${stage}`,
+          arm: () => b.gcp!.failNext('UpdateSecret', { code: grpc.status.UNAVAILABLE, count: n }),
+        });
+      if (b.azure)
+        options.push({
+          on: `store:azure.${stage}`,
+          arm: () => b.azure!.fault({ op: stage === 'stage' ? '*' : 'setSecret', status: 503, times: n }),
+        });
     }
     const t = rng.pick(options);
     return { ...t, armed: false };
@@ -244,21 +317,36 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
    * pending versions, make every store serve the same working key if they were left split (by hand:
    * here through the stores' own code), then sweep the keys nothing serves.
    */
-  async function operatorRepair(w: World, followUps: readonly { rotationId: string; leftovers: readonly string[] }[]): Promise<void> {
+  async function operatorRepair(
+    w: World,
+    followUps: readonly { rotationId: string; leftovers: readonly string[] }[],
+  ): Promise<void> {
     const b = B(w);
     const now = await served(b, w, stateDir);
     const target = now.map((x) => x.value).find((v): v is string => v !== null && workingKey(b, v) !== undefined);
     if (new Set(now.map((x) => x.value)).size > 1) counts.splits++;
     const { sw, stateStore, env } = newProcess(w, null);
-    const p = await composeKey({ config: cfg, key: keyOf(w), stateStore, record: await stateStore.read(w.key), logger, env });
+    const p = await composeKey({
+      config: cfg,
+      key: keyOf(w),
+      stateStore,
+      record: await stateStore.read(w.key),
+      logger,
+      env,
+    });
     try {
       const manual = newRotationId();
       for (const [i, store] of p.stores.entries()) {
         // "… still hold the new key … as pending …: remove that pending version"
-        for (const f of followUps) if (f.leftovers.some((l) => l.includes('as pending'))) await store.unstage(f.rotationId);
+        for (const f of followUps)
+          if (f.leftovers.some((l) => l.includes('as pending'))) await store.unstage(f.rotationId);
         if (!target || now[i]!.value === target) continue;
         const secret = Secret.of(target);
-        await store.stage({ rotationId: manual, secret, meta: { rotationId: manual, issuerKeyId: workingKey(b, target)!.id, fingerprint: fingerprint(secret) } });
+        await store.stage({
+          rotationId: manual,
+          secret,
+          meta: { rotationId: manual, issuerKeyId: workingKey(b, target)!.id, fingerprint: fingerprint(secret) },
+        });
         await store.promote(manual);
       }
     } finally {
@@ -269,7 +357,13 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     const sweep = await sweepKey(keyOf(w), { config: cfg, stateStore: again.stateStore, logger, env: again.env });
     again.sw.finish();
     counts.sweeps++;
-    if (sweep.outcome === 'locked' || sweep.outcome === 'incomplete') violation(w, 'sweep after needs_attention', [`${sweep.outcome}: ${sweep.error?.message ?? ''}`], followUps.map((f) => f.rotationId).join(', '));
+    if (sweep.outcome === 'locked' || sweep.outcome === 'incomplete')
+      violation(
+        w,
+        'sweep after needs_attention',
+        [`${sweep.outcome}: ${sweep.error?.message ?? ''}`],
+        followUps.map((f) => f.rotationId).join(', '),
+      );
     counts.repairs++;
     w.needsAttention = false;
   }
@@ -294,7 +388,8 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     const p = rotateKey(keyOf(w), { config: cfg, stateStore, logger, env, actor: 'chaos', ...opts });
     const first = await Promise.race([p.then((result) => ({ result })), sw.died.then(() => 'died' as const)]);
     if (first === 'died') {
-      if (!(await sw.settle())) violation(w, 'settle', ['a call of the dead run was still in flight after 10 s'], sw.where);
+      if (!(await sw.settle()))
+        violation(w, 'settle', ['a call of the dead run was still in flight after 10 s'], sw.where);
       return { crashed: true, sw };
     }
     sw.finish();
@@ -328,18 +423,26 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
   async function settleResult(w: World, r: KeyResult, detail: string): Promise<void> {
     if (r.rotationId && r.finishedAt) w.seenResults.add(`${r.rotationId}@${r.finishedAt}`);
     w.needsAttention = r.outcome === 'needs_attention' || (w.needsAttention && r.outcome !== 'rotated');
-    if (r.outcome === 'needs_attention' && r.rotationId) w.followUps.push({ rotationId: r.rotationId, leftovers: r.leftovers ?? [] });
+    if (r.outcome === 'needs_attention' && r.rotationId)
+      w.followUps.push({ rotationId: r.rotationId, leftovers: r.leftovers ?? [] });
     counts.outcomes[r.outcome] = (counts.outcomes[r.outcome] ?? 0) + 1;
-    if (DEBUG && (r.outcome !== 'rotated' || DEBUG === '2')) console.log(`${w.key} ${detail}: ${JSON.stringify({ rotationId: r.rotationId, outcome: r.outcome, error: r.error, leftovers: r.leftovers, stage: r.stage })}`);
+    if (DEBUG && (r.outcome !== 'rotated' || DEBUG === '2'))
+      console.log(
+        `${w.key} ${detail}: ${JSON.stringify({ rotationId: r.rotationId, outcome: r.outcome, error: r.error, leftovers: r.leftovers, stage: r.stage })}`,
+      );
     const bad: string[] = [];
     // a pending version left by a failed rollback blocks the key (LOCKED) until the operator removes
     // it, as its needs_attention leftovers ask: expected while that follow-up is outstanding
-    const blockedByLeftover = r.outcome === 'locked' && w.followUps.some((f) => r.error?.message.includes(f.rotationId));
-    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome) && !blockedByLeftover) bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
-    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length) bad.push(`${r.outcome} without a reason`);
+    const blockedByLeftover =
+      r.outcome === 'locked' && w.followUps.some((f) => r.error?.message.includes(f.rotationId));
+    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome) && !blockedByLeftover)
+      bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
+    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length)
+      bad.push(`${r.outcome} without a reason`);
     if (r.outcome === 'rotated') {
       w.bootstrapped = true;
-      if (w.leak && r.leaked && workingKey(B(w), w.leak.value)) bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
+      if (w.leak && r.leaked && workingKey(B(w), w.leak.value))
+        bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
     }
     if (r.outcome === 'needs_attention') noteLeftovers(B(w), w, r.leftovers);
     violation(w, `result ${r.rotationId}`, bad, detail);
@@ -384,7 +487,12 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
       detail.push(`crash ${j} ${r.sw.where}`);
       await absorbLastResult(w, detail.join(', '));
       if (w.followUps.length) detail.push('(needs attention: the chain stops for the operator)');
-      violation(w, 'at the crash', await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef(w) }), detail.join(', '));
+      violation(
+        w,
+        'at the crash',
+        await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef(w) }),
+        detail.join(', '),
+      );
       if (w.followUps.length) break;
     }
     // recovery: `keyrotor resume` or `keyrotor rotate` (which resumes first), without crashing
@@ -393,10 +501,25 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
       const resumeOnly = rng.chance(0.5);
       const { sw, stateStore, env } = newProcess(w, null);
       arm(sw, targeted);
-      const r = await rotateKey(keyOf(w), { config: cfg, stateStore, logger, env, actor: 'chaos', now: true, leaked, resumeOnly });
+      const r = await rotateKey(keyOf(w), {
+        config: cfg,
+        stateStore,
+        logger,
+        env,
+        actor: 'chaos',
+        now: true,
+        leaked,
+        resumeOnly,
+      });
       sw.finish();
       if (r.rotationId === unfinished.rotationId) counts.resumed++;
-      else violation(w, 'recovery', [`started rotation ${r.rotationId} instead of resuming ${unfinished.rotationId}`], detail.join(', '));
+      else
+        violation(
+          w,
+          'recovery',
+          [`started rotation ${r.rotationId} instead of resuming ${unfinished.rotationId}`],
+          detail.join(', '),
+        );
       detail.push(`recovered by ${resumeOnly ? 'resume' : 'rotate'}: ${r.outcome}`);
       await settleResult(w, r, detail.join(', '));
       if (r.outcome === 'needs_attention' && r.leaked && r.error?.stage === 'promote' && (await activeRef(w))) {
@@ -404,23 +527,53 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
         // fix the store and resume. Do exactly that (the fault is the "broken store").
         clearFaults(w);
         const again = newProcess(w, null);
-        const r2 = await rotateKey(keyOf(w), { config: cfg, stateStore: again.stateStore, logger, env: again.env, actor: 'chaos', resumeOnly: true });
+        const r2 = await rotateKey(keyOf(w), {
+          config: cfg,
+          stateStore: again.stateStore,
+          logger,
+          env: again.env,
+          actor: 'chaos',
+          resumeOnly: true,
+        });
         again.sw.finish();
         detail.push(`store fixed, resumed: ${r2.outcome}`);
-        if (r2.rotationId !== unfinished.rotationId) violation(w, 'leak resume', [`resumed ${r2.rotationId} instead of ${unfinished.rotationId}`], detail.join(', '));
-        if (r2.outcome !== 'rotated') violation(w, 'leak resume', [`ended ${r2.outcome}${r2.error ? ` (${r2.error.code}: ${r2.error.message})` : ''}`], detail.join(', '));
+        if (r2.rotationId !== unfinished.rotationId)
+          violation(
+            w,
+            'leak resume',
+            [`resumed ${r2.rotationId} instead of ${unfinished.rotationId}`],
+            detail.join(', '),
+          );
+        if (r2.outcome !== 'rotated')
+          violation(
+            w,
+            'leak resume',
+            [`ended ${r2.outcome}${r2.error ? ` (${r2.error.code}: ${r2.error.message})` : ''}`],
+            detail.join(', '),
+          );
         const done = w.followUps.findIndex((f) => f.rotationId === unfinished.rotationId);
         if (done >= 0) w.followUps.splice(done, 1);
         await settleResult(w, r2, detail.join(', '));
       }
-      if (await activeRef(w)) violation(w, 'after recovery', ['an unfinished rotation is still in the state store'], detail.join(', '));
+      if (await activeRef(w))
+        violation(w, 'after recovery', ['an unfinished rotation is still in the state store'], detail.join(', '));
     }
     clearFaults(w);
-    violation(w, 'at rest', await checkInvariant(b, w, stateDir, { phase: 'rest', active: null, allowSplit: w.needsAttention }), detail.join(', '));
+    violation(
+      w,
+      'at rest',
+      await checkInvariant(b, w, stateDir, { phase: 'rest', active: null, allowSplit: w.needsAttention }),
+      detail.join(', '),
+    );
     if (w.needsAttention) {
       await operatorRepair(w, w.followUps.splice(0));
       detail.push('operator followed the leftovers');
-      violation(w, 'after the operator repair', await checkInvariant(b, w, stateDir, { phase: 'rest', active: null }), detail.join(', '));
+      violation(
+        w,
+        'after the operator repair',
+        await checkInvariant(b, w, stateDir, { phase: 'rest', active: null }),
+        detail.join(', '),
+      );
     }
     if (DEBUG) console.log(`${w.key} ${detail.join(', ')}: ${Date.now() - t0} ms`);
   }
@@ -439,11 +592,16 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
           await settleResult(w, r.result, what);
         }
         // each scenario has its own generator forked from the seed: a seed replays a world exactly
-        for (let n = 0; w.crashes < quota[i]! && Date.now() - started < TIME_BUDGET_MS; n++) await scenario(w, rng.fork(`${w.key}:${n}`), n);
+        for (let n = 0; w.crashes < quota[i]! && Date.now() - started < TIME_BUDGET_MS; n++)
+          await scenario(w, rng.fork(`${w.key}:${n}`), n);
         elapsed[w.key] = Math.round((Date.now() - started) / 1000);
       }),
     );
-    for (const [i, r] of settled.entries()) if (r.status === 'rejected') counts.violations.push(`[seed ${SEED}] ${worlds[i]!.key}: the scenario loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`);
+    for (const [i, r] of settled.entries())
+      if (r.status === 'rejected')
+        counts.violations.push(
+          `[seed ${SEED}] ${worlds[i]!.key}: the scenario loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`,
+        );
 
     const report = {
       seed: SEED,
@@ -467,14 +625,21 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     capture('chaos-crash-report.json', JSON.stringify({ ...report, list: counts.violations }, null, 2));
     expect(logLines.join('')).not.toContain(CANARY);
     expect(counts.violations, `seed ${SEED}`).toEqual([]);
-    expect(counts.crashes, `crashes within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(Math.min(MIN_CRASHES, quota.reduce((a, x) => a + x, 0)));
+    expect(counts.crashes, `crashes within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(
+      Math.min(
+        MIN_CRASHES,
+        quota.reduce((a, x) => a + x, 0),
+      ),
+    );
   }, 260_000);
 
   it('the invariant checker is not vacuous: planted violations are reported', async () => {
     const w = worlds.find((x) => x.key === 'c-file') ?? worlds[0]!;
     const b = B(w);
-    const check = (phase: 'instant' | 'rest', active: { rotationId: string; oldKeyId: string | null; newKeyId: string | null } | null = null) =>
-      checkInvariant(b, w, stateDir, { phase, active, allowSplit: false });
+    const check = (
+      phase: 'instant' | 'rest',
+      active: { rotationId: string; oldKeyId: string | null; newKeyId: string | null } | null = null,
+    ) => checkInvariant(b, w, stateDir, { phase, active, allowSplit: false });
     w.needsAttention = false;
     // bring the world to rest first (the main test may have left it anywhere)
     const { sw, stateStore, env } = newProcess(w, null);
@@ -483,10 +648,20 @@ describe.skipIf(!MOTO)(`chaos: simulated crashes in process (seed ${SEED})`, () 
     expect(r.outcome, JSON.stringify(r.error)).toBe('rotated');
     expect(await check('rest')).toEqual([]);
 
-    const orphan = b.openai.state.plantKey({ name: `${w.markerPrefix}rot-20260101t000000z-0000dead`, owner: { type: 'service_account', serviceAccountId: w.saId } });
+    const orphan = b.openai.state.plantKey({
+      name: `${w.markerPrefix}rot-20260101t000000z-0000dead`,
+      owner: { type: 'service_account', serviceAccountId: w.saId },
+    });
     expect((await check('rest')).join('\n')).toMatch(new RegExp(`orphan key ${orphan.id}`));
-    const second = b.openai.state.plantKey({ name: `${w.markerPrefix}rot-20260101t000000z-0000beef`, owner: { type: 'service_account', serviceAccountId: w.saId } });
-    const instant = await check('instant', { rotationId: 'rot-20260101t000000z-0000dead', oldKeyId: null, newKeyId: orphan.id });
+    const second = b.openai.state.plantKey({
+      name: `${w.markerPrefix}rot-20260101t000000z-0000beef`,
+      owner: { type: 'service_account', serviceAccountId: w.saId },
+    });
+    const instant = await check('instant', {
+      rotationId: 'rot-20260101t000000z-0000dead',
+      oldKeyId: null,
+      newKeyId: orphan.id,
+    });
     expect(instant.join('\n')).toMatch(new RegExp(`orphan key ${second.id} .*not part of the unfinished rotation`));
     b.openai.state.deleteKey(orphan);
     b.openai.state.deleteKey(second);

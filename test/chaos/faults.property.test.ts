@@ -14,15 +14,36 @@ import { invariantViolations, makeWorld, runWorld, type Setup } from '../workflo
 import { CANARY } from '../canary.ts';
 
 const ISSUER_METHODS = ['check', 'create', 'verify', 'revoke', 'list', 'identify'] as const;
-const STORE_METHODS = ['check', 'readCurrent', 'readPrevious', 'readPending', 'stage', 'promote', 'demote', 'unstage'] as const;
+const STORE_METHODS = [
+  'check',
+  'readCurrent',
+  'readPrevious',
+  'readPending',
+  'stage',
+  'promote',
+  'demote',
+  'unstage',
+] as const;
 // what the providers map wire trouble to: 5xx/timeouts/resets -> *_UNAVAILABLE (retryable),
 // 429 -> ISSUER_RATE_LIMITED (retryable), malformed answers -> *_BAD_RESPONSE / STORE_CORRUPT, lost create -> CREATE_AMBIGUOUS
-const CODES: ErrorCode[] = ['ISSUER_UNAVAILABLE', 'ISSUER_RATE_LIMITED', 'ISSUER_BAD_RESPONSE', 'CREATE_AMBIGUOUS', 'STORE_UNAVAILABLE', 'STORE_CORRUPT', 'STORE_CONFLICT'];
+const CODES: ErrorCode[] = [
+  'ISSUER_UNAVAILABLE',
+  'ISSUER_RATE_LIMITED',
+  'ISSUER_BAD_RESPONSE',
+  'CREATE_AMBIGUOUS',
+  'STORE_UNAVAILABLE',
+  'STORE_CORRUPT',
+  'STORE_CONFLICT',
+];
 
 const fault = fc.record({
   target: fc.oneof(
     fc.record({ kind: fc.constant('issuer' as const), method: fc.constantFrom(...ISSUER_METHODS) }),
-    fc.record({ kind: fc.constant('store' as const), index: fc.integer({ min: 0, max: 1 }), method: fc.constantFrom(...STORE_METHODS) }),
+    fc.record({
+      kind: fc.constant('store' as const),
+      index: fc.integer({ min: 0, max: 1 }),
+      method: fc.constantFrom(...STORE_METHODS),
+    }),
   ),
   code: fc.constantFrom(...CODES),
   retryable: fc.boolean(),

@@ -36,7 +36,19 @@ import type { FakeRoute } from '../fakes/openai-admin.ts';
 import type { GcpMethod } from '../fakes/gcp-secret-manager.ts';
 import { CLI, cliInProcess } from '../entrypoints/cli-helpers.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
-import { checkInvariant, closeBackends, MASTER_KEY, noteLeftovers, prepareWorld, served, startBackends, workingKey, World, writeWorkspace, type Backends } from './world.ts';
+import {
+  checkInvariant,
+  closeBackends,
+  MASTER_KEY,
+  noteLeftovers,
+  prepareWorld,
+  served,
+  startBackends,
+  workingKey,
+  World,
+  writeWorkspace,
+  type Backends,
+} from './world.ts';
 import { main } from '../../src/entrypoints/cli.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import type { KeyResult } from '../../src/app/run.ts';
@@ -134,14 +146,17 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
   async function activeRef(w: World) {
     const rec = await createFileStateStore(stateDir).read(w.key);
     if (!rec?.active) return null;
-    const ctx = (rec.active.snapshot as { context?: { oldKeyId?: string | null; newKeyId?: string | null } }).context ?? {};
+    const ctx =
+      (rec.active.snapshot as { context?: { oldKeyId?: string | null; newKeyId?: string | null } }).context ?? {};
     return { rotationId: rec.active.rotationId, oldKeyId: ctx.oldKeyId ?? null, newKeyId: ctx.newKeyId ?? null };
   }
 
   /** Wait until the lease a dead process left on the key has expired. */
   async function leaseExpiry(w: World): Promise<number | null> {
     try {
-      const lock = JSON.parse(readFileSync(path.join(stateDir, 'locks', `${w.key}.lock`), 'utf8')) as { expiresAt: string };
+      const lock = JSON.parse(readFileSync(path.join(stateDir, 'locks', `${w.key}.lock`), 'utf8')) as {
+        expiresAt: string;
+      };
       return Date.parse(lock.expiresAt);
     } catch {
       return null;
@@ -151,16 +166,27 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
   /** Run the CLI in this process (recoveries, sweeps): same code as the binary, no process to spawn. */
   async function cli(w: World, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
     // (main()'s logger writes to this process's stderr, not to io: keep it to errors)
-    const { code, stdout, stderr } = await cliInProcess(['-c', configFile, '--log-level', 'error', ...args], { env: env(w), name: `kill-${w.key}-${args[0]}` });
-    if ((stdout + stderr).includes(CANARY)) violation(w, `keyrotor ${args[0]}`, ['printed a secret value'], 'in process');
+    const { code, stdout, stderr } = await cliInProcess(['-c', configFile, '--log-level', 'error', ...args], {
+      env: env(w),
+      name: `kill-${w.key}-${args[0]}`,
+    });
+    if ((stdout + stderr).includes(CANARY))
+      violation(w, `keyrotor ${args[0]}`, ['printed a secret value'], 'in process');
     return { code, stdout, stderr };
   }
 
   /** Spawn the real CLI and kill it with SIGKILL at the planned point. */
-  async function spawnAndKill(w: World, args: string[], plan: KillPlan | null): Promise<{ killed: boolean; stage: string; stdout: string; stderr: string }> {
+  async function spawnAndKill(
+    w: World,
+    args: string[],
+    plan: KillPlan | null,
+  ): Promise<{ killed: boolean; stage: string; stdout: string; stderr: string }> {
     const b = B(w);
     spawned++;
-    const child = spawn(process.execPath, [CLI, '-c', configFile, ...args], { env: env(w), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, '-c', configFile, ...args], {
+      env: env(w),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     let buf = '';
@@ -209,7 +235,9 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
         }
       }
     });
-    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on('close', (code, signal) => resolve({ code, signal })),
+    );
     unlisten?.();
     if (timer) clearTimeout(timer);
     if (plan?.kind === 'gcp') b.gcp!.resetKnobs(); // an unused beforeNext hook must not fire later
@@ -225,20 +253,27 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
    */
   async function absorbLastResult(w: World, detail: string): Promise<void> {
     const last = (await createFileStateStore(stateDir).read(w.key))?.last;
-    if (last?.rotationId && !w.seenResults.has(`${last.rotationId}@${last.finishedAt}`)) settleResult(w, last, `${detail} (result read from the state store)`);
+    if (last?.rotationId && !w.seenResults.has(`${last.rotationId}@${last.finishedAt}`))
+      settleResult(w, last, `${detail} (result read from the state store)`);
   }
 
   function settleResult(w: World, r: KeyResult, detail: string): void {
     if (r.rotationId && r.finishedAt) w.seenResults.add(`${r.rotationId}@${r.finishedAt}`);
     w.needsAttention = r.outcome === 'needs_attention' || (w.needsAttention && r.outcome !== 'rotated');
     counts.outcomes[r.outcome] = (counts.outcomes[r.outcome] ?? 0) + 1;
-    if (DEBUG && r.outcome !== 'rotated') console.log(`${w.key} ${detail}: ${JSON.stringify({ outcome: r.outcome, error: r.error, leftovers: r.leftovers })}`);
+    if (DEBUG && r.outcome !== 'rotated')
+      console.log(
+        `${w.key} ${detail}: ${JSON.stringify({ outcome: r.outcome, error: r.error, leftovers: r.leftovers })}`,
+      );
     const bad: string[] = [];
-    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome)) bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
-    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length) bad.push(`${r.outcome} without a reason`);
+    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome))
+      bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
+    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length)
+      bad.push(`${r.outcome} without a reason`);
     if (r.outcome === 'rotated') {
       w.bootstrapped = true;
-      if (w.leak && r.leaked && workingKey(B(w), w.leak.value)) bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
+      if (w.leak && r.leaked && workingKey(B(w), w.leak.value))
+        bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
     }
     if (r.outcome === 'needs_attention') noteLeftovers(B(w), w, r.leftovers);
     violation(w, `result ${r.rotationId}`, bad, detail);
@@ -261,10 +296,18 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       return { kind: 'transition', stage, start: stage !== 'rotated' && rng.chance(0.5), nth: rng.int(0, multi - 1) };
     }
     const r = rng.int(0, w.spec.stores.includes('gcp') ? 3 : 2);
-    if (r === 0) return { kind: 'request', route: rng.pick<FakeRoute>(['projects.apiKeys.delete', 'projects.apiKeys.list', 'models.list']), nth: 0 };
+    if (r === 0)
+      return {
+        kind: 'request',
+        route: rng.pick<FakeRoute>(['projects.apiKeys.delete', 'projects.apiKeys.list', 'models.list']),
+        nth: 0,
+      };
     if (r === 1) return { kind: 'timer', ms: rng.int(0, 250) };
     if (r === 2) return { kind: 'request', route: 'serviceAccounts.apiKeys.create', nth: 0 };
-    return { kind: 'gcp', method: rng.pick<GcpMethod>(['AddSecretVersion', 'UpdateSecret', 'AccessSecretVersion', 'DisableSecretVersion']) };
+    return {
+      kind: 'gcp',
+      method: rng.pick<GcpMethod>(['AddSecretVersion', 'UpdateSecret', 'AccessSecretVersion', 'DisableSecretVersion']),
+    };
   }
 
   function injectFault(rng: Rng, w: World): void {
@@ -272,10 +315,18 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     counts.faults++;
     const quick = { 'retry-after-ms': '15', 'retry-after': '0' };
     if (w.spec.stores.includes('gcp') && rng.chance(0.3)) {
-      b.gcp!.failNext(rng.pick<GcpMethod>(['UpdateSecret', 'AddSecretVersion', 'AccessSecretVersion']), { code: grpc.status.UNAVAILABLE, afterApply: rng.chance(0.5) });
+      b.gcp!.failNext(rng.pick<GcpMethod>(['UpdateSecret', 'AddSecretVersion', 'AccessSecretVersion']), {
+        code: grpc.status.UNAVAILABLE,
+        afterApply: rng.chance(0.5),
+      });
       return;
     }
-    const route = rng.pick<FakeRoute>(['projects.apiKeys.list', 'projects.apiKeys.delete', 'serviceAccounts.apiKeys.create', 'models.list']);
+    const route = rng.pick<FakeRoute>([
+      'projects.apiKeys.list',
+      'projects.apiKeys.delete',
+      'serviceAccounts.apiKeys.create',
+      'models.list',
+    ]);
     const f = rng.int(0, 3);
     if (f === 0) b.openai.failNext(route, { status: rng.pick([500, 503]), headers: quick });
     else if (f === 1) b.openai.failNext(route, { status: 429, headers: quick });
@@ -307,9 +358,19 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       }
     }
     const plan = forced ?? randomKillPlan(rng, w, i, worldIndex);
-    const planName = plan.kind === 'transition' ? `transition:${plan.stage}${plan.start ? ' start' : ''}` : plan.kind === 'request' ? `request:${plan.route}` : plan.kind === 'gcp' ? `gcp:${plan.method}` : 'timer';
+    const planName =
+      plan.kind === 'transition'
+        ? `transition:${plan.stage}${plan.start ? ' start' : ''}`
+        : plan.kind === 'request'
+          ? `request:${plan.route}`
+          : plan.kind === 'gcp'
+            ? `gcp:${plan.method}`
+            : 'timer';
     detail.push(planName);
-    const args = active && !forced && rng.chance(0.3) ? ['resume', w.key, '--json'] : ['rotate', '--now', ...(leaked ? ['--leaked'] : []), w.key, '--json'];
+    const args =
+      active && !forced && rng.chance(0.3)
+        ? ['resume', w.key, '--json']
+        : ['rotate', '--now', ...(leaked ? ['--leaked'] : []), w.key, '--json'];
     detail.push(args[0]!);
     const t0 = Date.now();
     const r = await spawnAndKill(w, args, plan);
@@ -320,7 +381,15 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     if (!r.killed) {
       counts.finishedBeforeKill++;
       const res = resultOf(r.stdout);
-      if (!res) violation(w, 'child', [`exited without a result and without being killed: ${r.stderr.split('\n').filter(Boolean).slice(-2).join(' | ').slice(0, 300)}`], detail.join(', '));
+      if (!res)
+        violation(
+          w,
+          'child',
+          [
+            `exited without a result and without being killed: ${r.stderr.split('\n').filter(Boolean).slice(-2).join(' | ').slice(0, 300)}`,
+          ],
+          detail.join(', '),
+        );
       else settleResult(w, res, detail.join(', '));
     } else {
       counts.kills++;
@@ -330,16 +399,32 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       // the server may still be handling the dead client's last request
       await new Promise((res) => setTimeout(res, latency + 40));
       await absorbLastResult(w, detail.join(', '));
-      violation(w, 'at the kill', await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef(w) }), detail.join(', '));
+      violation(
+        w,
+        'at the kill',
+        await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef(w) }),
+        detail.join(', '),
+      );
 
       let rec: { code: number; stdout: string; stderr: string } | undefined;
       let recovery = ['resume', w.key, '--json'];
       const expiry = await leaseExpiry(w);
-      if ((await activeRef(w)) && expiry !== null && expiry - Date.now() > 200 && counts.lockedWhileLeaseHeld < worlds.length * 2) {
+      if (
+        (await activeRef(w)) &&
+        expiry !== null &&
+        expiry - Date.now() > 200 &&
+        counts.lockedWhileLeaseHeld < worlds.length * 2
+      ) {
         // an unfinished rotation, and the dead process's lease has not expired yet: nobody may take over
         const early = await cli(w, recovery);
         if (early.code === 3) counts.lockedWhileLeaseHeld++;
-        else if (Date.now() < expiry - 50) violation(w, 'resume while the dead lease is valid', [`exit ${early.code}, not 3 (locked)`], detail.join(', '));
+        else if (Date.now() < expiry - 50)
+          violation(
+            w,
+            'resume while the dead lease is valid',
+            [`exit ${early.code}, not 3 (locked)`],
+            detail.join(', '),
+          );
         else rec = early; // too slow to tell: the lease had expired, so this was the recovery
       }
       if (!rec) {
@@ -350,9 +435,11 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       }
       const res = resultOf(rec.stdout);
       detail.push(`recovered by ${recovery[0]}: ${res?.outcome ?? `exit ${rec.code}`}`);
-      if (!res) violation(w, 'recovery', [`no result (exit ${rec.code}): ${rec.stderr.slice(0, 300)}`], detail.join(', '));
+      if (!res)
+        violation(w, 'recovery', [`no result (exit ${rec.code}): ${rec.stderr.slice(0, 300)}`], detail.join(', '));
       else settleResult(w, res, detail.join(', '));
-      if (await activeRef(w)) violation(w, 'after recovery', ['an unfinished rotation is still in the state store'], detail.join(', '));
+      if (await activeRef(w))
+        violation(w, 'after recovery', ['an unfinished rotation is still in the state store'], detail.join(', '));
     }
     b.openai.resetFaults();
     b.gcp?.resetKnobs();
@@ -361,7 +448,12 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       const sw = await cli(w, ['sweep', w.key, '--json']);
       if (sw.code !== 0) violation(w, 'sweep after needs_attention', [`exit ${sw.code}`], detail.join(', '));
     }
-    violation(w, 'at rest', await checkInvariant(b, w, stateDir, { phase: 'rest', active: null, allowSplit: w.needsAttention }), detail.join(', '));
+    violation(
+      w,
+      'at rest',
+      await checkInvariant(b, w, stateDir, { phase: 'rest', active: null, allowSplit: w.needsAttention }),
+      detail.join(', '),
+    );
     if (DEBUG) console.log(`${w.key} ${detail.join(', ')}: child ${tChild} ms, total ${Date.now() - t0} ms`);
     return r.killed;
   }
@@ -380,25 +472,44 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
         }
         const quota = Math.ceil(PLAN[wi]!.kills * SCALE);
         let killed = 0;
-        for (let i = 0; killed < quota && i < quota * 3 && Date.now() - started < TIME_BUDGET_MS; i++) if (await killOnce(w, rng.fork(`${w.key}:${i}`), i, wi)) killed++;
+        for (let i = 0; killed < quota && i < quota * 3 && Date.now() - started < TIME_BUDGET_MS; i++)
+          if (await killOnce(w, rng.fork(`${w.key}:${i}`), i, wi)) killed++;
       }),
     );
     // top up: a stage the seeded plans happened to miss (a fault or leak mode changed the path) gets
     // a kill of its own, so every forward stage is covered on every seed
     const missing = () => FORWARD_STAGES.filter((st) => !((counts.byStage[st] ?? 0) > 0));
-    for (let extra = 0; SCALE >= 1 && missing().length > 0 && extra < 12 && Date.now() - started < TIME_BUDGET_MS; extra++) {
+    for (
+      let extra = 0;
+      SCALE >= 1 && missing().length > 0 && extra < 12 && Date.now() - started < TIME_BUDGET_MS;
+      extra++
+    ) {
       const stage = missing()[0]!;
       const wi = worlds.findIndex((w) => stage !== 'confirm' || w.spec.gate);
       if (wi < 0) break;
-      await killOnce(worlds[wi]!, rng.fork(`top-up:${extra}`), 0, wi, { kind: 'transition', stage, start: extra % 2 === 1, nth: 0 });
+      await killOnce(worlds[wi]!, rng.fork(`top-up:${extra}`), 0, wi, {
+        kind: 'transition',
+        stage,
+        start: extra % 2 === 1,
+        nth: 0,
+      });
     }
-    for (const [i, r] of settled.entries()) if (r.status === 'rejected') counts.violations.push(`[seed ${SEED}] ${worlds[i]!.key}: the kill loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`);
+    for (const [i, r] of settled.entries())
+      if (r.status === 'rejected')
+        counts.violations.push(
+          `[seed ${SEED}] ${worlds[i]!.key}: the kill loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`,
+        );
     // sweep agrees: nothing left to delete anywhere
     for (const w of worlds) {
       const dry = await cli(w, ['sweep', '--dry-run', w.key, '--json']);
       expect(dry.code, dry.stderr).toBe(0);
       const res = (JSON.parse(dry.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
-      violation(w, 'final sweep --dry-run', res.entries.filter((e) => e.action !== 'kept').map((e) => `would delete ${e.keyId} (${e.reason})`), 'end');
+      violation(
+        w,
+        'final sweep --dry-run',
+        res.entries.filter((e) => e.action !== 'kept').map((e) => `would delete ${e.keyId} (${e.reason})`),
+        'end',
+      );
     }
 
     const report = {
@@ -418,8 +529,11 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     for (const v of counts.violations.slice(0, 30)) console.log(`VIOLATION ${v}`);
     capture('chaos-kill-report.json', JSON.stringify({ ...report, list: counts.violations }, null, 2));
     expect(counts.violations, `seed ${SEED}`).toEqual([]);
-    expect(counts.kills, `kills within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(Math.min(MIN_KILLS, Math.ceil(MIN_KILLS * SCALE)));
-    if (SCALE >= 1) for (const s of FORWARD_STAGES) expect(counts.byStage[s] ?? 0, `kills in stage ${s}`).toBeGreaterThan(0);
+    expect(counts.kills, `kills within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(
+      Math.min(MIN_KILLS, Math.ceil(MIN_KILLS * SCALE)),
+    );
+    if (SCALE >= 1)
+      for (const s of FORWARD_STAGES) expect(counts.byStage[s] ?? 0, `kills in stage ${s}`).toBeGreaterThan(0);
     expect(counts.lockedWhileLeaseHeld).toBeGreaterThan(0);
   }, 300_000);
 });

@@ -37,8 +37,19 @@ keys:
     // hold the winner inside its lease long enough for all ten to collide
     fake.slowResponse('serviceAccounts.apiKeys.create', 1500);
 
-    const runs = await Promise.all(Array.from({ length: 10 }, (_, i) => runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env, name: `race-${i}` })));
-    const outcomes = runs.map((r) => (JSON.parse(r.stdout) as { results: Array<{ outcome: string; oldKeyId: string | null; newKeyId: string | null }> }).results[0]!);
+    const runs = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env, name: `race-${i}` }),
+      ),
+    );
+    const outcomes = runs.map(
+      (r) =>
+        (
+          JSON.parse(r.stdout) as {
+            results: Array<{ outcome: string; oldKeyId: string | null; newKeyId: string | null }>;
+          }
+        ).results[0]!,
+    );
     const winners = outcomes.filter((o) => o.outcome === 'rotated');
     expect(winners).toHaveLength(1);
     expect(winners[0]!.oldKeyId).toBe(old);
@@ -46,7 +57,14 @@ keys:
     expect(outcomes.filter((o) => o.outcome === 'locked')).toHaveLength(9);
     // one key created, the old one deleted: one live keyrotor key for the slot
     expect(fake.log.filter((e) => e.route === 'serviceAccounts.apiKeys.create').length - createsBefore).toBe(1);
-    const live = fake.state.liveKeys().filter((k) => k.owner.type === 'service_account' && k.owner.serviceAccountId === sa.id && k.name.startsWith('keyrotor.app.'));
+    const live = fake.state
+      .liveKeys()
+      .filter(
+        (k) =>
+          k.owner.type === 'service_account' &&
+          k.owner.serviceAccountId === sa.id &&
+          k.name.startsWith('keyrotor.app.'),
+      );
     expect(live.map((k) => k.id)).toEqual([winners[0]!.newKeyId]);
   }, 90_000);
 });

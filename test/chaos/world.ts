@@ -42,7 +42,12 @@ export interface Backends {
  * Python process that takes seconds to start and has no fault knobs, so several worlds can use it.
  */
 export async function startBackends(kinds: readonly StoreKind[], shared: { moto?: Moto } = {}): Promise<Backends> {
-  Object.assign(process.env, { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true', METADATA_SERVER_DETECTION: 'none' });
+  Object.assign(process.env, {
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    AWS_EC2_METADATA_DISABLED: 'true',
+    METADATA_SERVER_DETECTION: 'none',
+  });
   const want = new Set(kinds);
   const [openai, moto, gcp, azure] = await Promise.all([
     startOpenAIFake(),
@@ -53,11 +58,21 @@ export async function startBackends(kinds: readonly StoreKind[], shared: { moto?
   const b: Backends = { openai };
   if (moto) {
     b.moto = moto;
-    b.aws = new SecretsManagerClient({ endpoint: moto.endpoint, region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' }, maxAttempts: 1 });
+    b.aws = new SecretsManagerClient({
+      endpoint: moto.endpoint,
+      region: REGION,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+      maxAttempts: 1,
+    });
   }
   if (gcp) {
     b.gcp = gcp;
-    b.gcpRaw = new SecretManagerServiceClient({ apiEndpoint: '127.0.0.1', port: gcp.port, sslCreds: grpc.credentials.createInsecure(), universeDomain: 'googleapis.com' });
+    b.gcpRaw = new SecretManagerServiceClient({
+      apiEndpoint: '127.0.0.1',
+      port: gcp.port,
+      sslCreds: grpc.credentials.createInsecure(),
+      universeDomain: 'googleapis.com',
+    });
   }
   if (azure) b.azure = azure;
   return b;
@@ -67,7 +82,12 @@ export async function closeBackends(b: Backends | undefined, o: { keepMoto?: boo
   if (!b) return;
   b.aws?.destroy();
   await b.gcpRaw?.close().catch(() => undefined);
-  await Promise.allSettled([b.openai.close(), o.keepMoto ? undefined : b.moto?.close(), b.gcp?.close(), b.azure?.close()]);
+  await Promise.allSettled([
+    b.openai.close(),
+    o.keepMoto ? undefined : b.moto?.close(),
+    b.gcp?.close(),
+    b.azure?.close(),
+  ]);
 }
 
 export interface WorldSpec {
@@ -119,9 +139,14 @@ export class World {
 /** Create what must exist before the first rotation: the service account, the AWS and GCP secrets. */
 export async function prepareWorld(b: Backends, w: World): Promise<void> {
   w.saId = b.openai.state.addServiceAccount(`chaos-${w.key}`).id;
-  if (w.spec.stores.includes('aws')) await b.aws!.send(new CreateSecretCommand({ Name: w.awsSecret, Description: 'keyrotor chaos' }));
+  if (w.spec.stores.includes('aws'))
+    await b.aws!.send(new CreateSecretCommand({ Name: w.awsSecret, Description: 'keyrotor chaos' }));
   if (w.spec.stores.includes('gcp')) {
-    await b.gcpRaw!.createSecret({ parent: `projects/${GCP_PROJECT}`, secretId: w.gcpSecret, secret: { replication: { automatic: {} } } });
+    await b.gcpRaw!.createSecret({
+      parent: `projects/${GCP_PROJECT}`,
+      secretId: w.gcpSecret,
+      secret: { replication: { automatic: {} } },
+    });
   }
 }
 
@@ -165,7 +190,12 @@ keys:
 ${keys.join('')}`;
 }
 
-export function writeWorkspace(backends: (w: World) => Backends, worlds: World[], name: string, o: ConfigOptions = {}): { dir: string; configFile: string; stateDir: string } {
+export function writeWorkspace(
+  backends: (w: World) => Backends,
+  worlds: World[],
+  name: string,
+  o: ConfigOptions = {},
+): { dir: string; configFile: string; stateDir: string } {
   const dir = tempDir(name);
   const configFile = path.join(dir, 'rotation.config.yaml');
   writeFileSync(configFile, configText(backends, worlds, o));
@@ -293,7 +323,8 @@ export async function checkInvariant(b: Backends, w: World, stateDir: string, c:
     servedIds.add(k.id);
     if (w.leak) {
       if (x.value !== w.leak.value) w.leak.switched[i] = true;
-      else if (w.leak.switched[i]) v.push(`${where} serves the LEAKED key ${w.leak.keyId} again after it was switched away`);
+      else if (w.leak.switched[i])
+        v.push(`${where} serves the LEAKED key ${w.leak.keyId} again after it was switched away`);
     }
   }
 
@@ -305,16 +336,24 @@ export async function checkInvariant(b: Backends, w: World, stateDir: string, c:
       if (parseIssuedKeyName(k.name)?.rotationId === c.active.rotationId) return false;
       return k.id !== c.active.oldKeyId;
     });
-    for (const k of foreign) v.push(`orphan key ${k.id} (${k.name}) is alive, not current and not part of the unfinished rotation ${c.active?.rotationId ?? '(none)'}`);
-    const rotations = new Set(notServed.filter((k) => k.id !== c.active?.oldKeyId).map((k) => parseIssuedKeyName(k.name)?.rotationId));
-    if (rotations.size > 1) v.push(`keys of ${rotations.size} rotations are alive and not current: ${[...rotations].join(', ')}`);
+    for (const k of foreign)
+      v.push(
+        `orphan key ${k.id} (${k.name}) is alive, not current and not part of the unfinished rotation ${c.active?.rotationId ?? '(none)'}`,
+      );
+    const rotations = new Set(
+      notServed.filter((k) => k.id !== c.active?.oldKeyId).map((k) => parseIssuedKeyName(k.name)?.rotationId),
+    );
+    if (rotations.size > 1)
+      v.push(`keys of ${rotations.size} rotations are alive and not current: ${[...rotations].join(', ')}`);
   } else {
     for (const k of notServed) v.push(`orphan key ${k.id} (${k.name}) is alive but current in no store`);
     // one live key for all slots (a needs_attention result may leave them split, by design: leak mode
     // never restores the leaked key where the new one could not be promoted)
     const values = new Set(s.map((x) => x.value));
     if (w.bootstrapped && values.size !== 1 && !c.allowSplit) {
-      v.push(`stores disagree at rest: ${s.map((x) => `${x.store}=${x.value ? (workingKey(b, x.value)?.id ?? 'dead') : 'empty'}`).join(', ')}`);
+      v.push(
+        `stores disagree at rest: ${s.map((x) => `${x.store}=${x.value ? (workingKey(b, x.value)?.id ?? 'dead') : 'empty'}`).join(', ')}`,
+      );
     }
   }
   return v;
@@ -322,5 +361,6 @@ export async function checkInvariant(b: Backends, w: World, stateDir: string, c:
 
 /** Remember the keys a needs_attention result names (they may outlive their rotation, by design). */
 export function noteLeftovers(b: Backends, w: World, leftovers: readonly string[] | undefined): void {
-  for (const l of leftovers ?? []) for (const k of b.openai.state.keys) if (l.includes(k.id) || l.includes(k.name)) w.reported.add(k.id);
+  for (const l of leftovers ?? [])
+    for (const k of b.openai.state.keys) if (l.includes(k.id) || l.includes(k.name)) w.reported.add(k.id);
 }

@@ -14,7 +14,15 @@ import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 
 const MOTO = motoSupportOrSkip('bundle probe (AWS on moto)');
-const SDKS = ['@aws-sdk/client-secrets-manager', '@azure/keyvault-secrets', '@azure/identity', '@google-cloud/secret-manager', 'google-gax', '@grpc/grpc-js', 'openai'];
+const SDKS = [
+  '@aws-sdk/client-secrets-manager',
+  '@azure/keyvault-secrets',
+  '@azure/identity',
+  '@google-cloud/secret-manager',
+  'google-gax',
+  '@grpc/grpc-js',
+  'openai',
+];
 
 const PROBE = `
 import { registerHooks } from 'node:module';
@@ -37,9 +45,16 @@ if (awsCfg) {
 process.stdout.write(JSON.stringify(out));
 `;
 
-function run(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; name: string }): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  args: string[],
+  opts: { cwd: string; env?: NodeJS.ProcessEnv; name: string },
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { cwd: opts.cwd, env: { PATH: process.env.PATH, HOME: process.env.HOME, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, {
+      cwd: opts.cwd,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -62,12 +77,22 @@ describe('bundles (npm run build)', () => {
   beforeAll(async () => {
     dir = path.join(tempDir('bundle'), 'dist');
     report = await buildBundles({ outdir: dir, print: false });
-    capture('bundle-report.json', JSON.stringify({ entries: report.entries, zip: { bytes: report.zip.bytes, files: report.zip.files } }, null, 2));
+    capture(
+      'bundle-report.json',
+      JSON.stringify({ entries: report.entries, zip: { bytes: report.zip.bytes, files: report.zip.files } }, null, 2),
+    );
     work = tempDir('bundle-work');
-    writeFileSync(path.join(work, 'local.yaml'), 'version: 1\nkeys:\n  - name: local-app\n    issuer: { type: local }\n    stores: [ { type: file } ]\n');
+    writeFileSync(
+      path.join(work, 'local.yaml'),
+      'version: 1\nkeys:\n  - name: local-app\n    issuer: { type: local }\n    stores: [ { type: file } ]\n',
+    );
     if (MOTO) {
       moto = await startMoto();
-      const aws = new SecretsManagerClient({ endpoint: moto.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
+      const aws = new SecretsManagerClient({
+        endpoint: moto.endpoint,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+      });
       await aws.send(new CreateSecretCommand({ Name: 'bundle/app' }));
       aws.destroy();
       writeFileSync(
@@ -82,11 +107,16 @@ describe('bundles (npm run build)', () => {
   });
 
   /** npm packages held by the chunks a process loaded */
-  const packages = (files: string[]) => [...new Set(files.flatMap((f) => packagesIn(report.metafile, path.join(dir, f))))].sort();
-  const sdksIn = (files: string[]) => packages(files).filter((p) => SDKS.includes(p) || p.startsWith('@aws-sdk/') || p.startsWith('@azure/') || p.startsWith('@smithy/'));
+  const packages = (files: string[]) =>
+    [...new Set(files.flatMap((f) => packagesIn(report.metafile, path.join(dir, f))))].sort();
+  const sdksIn = (files: string[]) =>
+    packages(files).filter(
+      (p) => SDKS.includes(p) || p.startsWith('@aws-sdk/') || p.startsWith('@azure/') || p.startsWith('@smithy/'),
+    );
 
   it('writes one file per entry point, shared chunks, the Lambda zip and a size report', () => {
-    for (const f of ['lambda.js', 'keyrotor.js', 'package.json', 'keyrotor-lambda.zip', 'build-report.json']) expect(existsSync(path.join(dir, f)), f).toBe(true);
+    for (const f of ['lambda.js', 'keyrotor.js', 'package.json', 'keyrotor-lambda.zip', 'build-report.json'])
+      expect(existsSync(path.join(dir, f)), f).toBe(true);
     const lambda = report.entries.find((e) => e.name === 'lambda')!;
     expect(lambda.bytes).toBeGreaterThan(0);
     expect(lambda.startupBytes).toBeLessThan(lambda.allBytes); // providers are not loaded at start
@@ -96,7 +126,15 @@ describe('bundles (npm run build)', () => {
   });
 
   it('the zip is a valid archive (checked by an independent reader)', () => {
-    const py = spawnSync('python3', ['-c', 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); bad = z.testzip(); print(bad or "ok"); print(len(z.namelist()))', report.zip.file], { encoding: 'utf8' });
+    const py = spawnSync(
+      'python3',
+      [
+        '-c',
+        'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); bad = z.testzip(); print(bad or "ok"); print(len(z.namelist()))',
+        report.zip.file,
+      ],
+      { encoding: 'utf8' },
+    );
     if (py.error) return; // no python3 here: nothing independent to check with
     expect(py.stdout.trim().split('\n')).toEqual(['ok', String(report.zip.files.length)]);
   });
@@ -109,10 +147,31 @@ describe('bundles (npm run build)', () => {
 
   it('the Lambda bundle loads no provider SDK at import, none for a local config, only the AWS SDK for an AWS store', async () => {
     writeFileSync(path.join(work, 'probe.mjs'), PROBE);
-    const args = [path.join(work, 'probe.mjs'), dir, path.join(work, 'local.yaml'), ...(MOTO ? [path.join(work, 'aws.yaml')] : [])];
-    const r = await run(args, { cwd: work, name: 'probe', env: { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true', KEYROTOR_LOG_LEVEL: 'warn' } });
+    const args = [
+      path.join(work, 'probe.mjs'),
+      dir,
+      path.join(work, 'local.yaml'),
+      ...(MOTO ? [path.join(work, 'aws.yaml')] : []),
+    ];
+    const r = await run(args, {
+      cwd: work,
+      name: 'probe',
+      env: {
+        AWS_ACCESS_KEY_ID: 'test',
+        AWS_SECRET_ACCESS_KEY: 'test',
+        AWS_EC2_METADATA_DISABLED: 'true',
+        KEYROTOR_LOG_LEVEL: 'warn',
+      },
+    });
     expect(r.code, r.stderr).toBe(0);
-    const out = JSON.parse(r.stdout) as { exports: string[]; afterImport: string[]; afterLocal: string[]; afterAws?: string[]; local: { results: Array<{ outcome: string }> }; aws?: { results: Array<{ outcome: string }> } };
+    const out = JSON.parse(r.stdout) as {
+      exports: string[];
+      afterImport: string[];
+      afterLocal: string[];
+      afterAws?: string[];
+      local: { results: Array<{ outcome: string }> };
+      aws?: { results: Array<{ outcome: string }> };
+    };
     expect(out.exports).toEqual(expect.arrayContaining(['handler', 'createHandler']));
     expect(out.afterImport.length).toBeGreaterThan(1);
     expect(sdksIn(out.afterImport)).toEqual([]);
@@ -122,7 +181,12 @@ describe('bundles (npm run build)', () => {
       expect(out.aws!.results[0]).toMatchObject({ outcome: 'rotated' });
       const loaded = sdksIn(out.afterAws!);
       expect(loaded).toContain('@aws-sdk/client-secrets-manager');
-      expect(loaded.filter((p) => p.startsWith('@azure/') || p === '@google-cloud/secret-manager' || p === 'google-gax' || p === 'openai')).toEqual([]);
+      expect(
+        loaded.filter(
+          (p) =>
+            p.startsWith('@azure/') || p === '@google-cloud/secret-manager' || p === 'google-gax' || p === 'openai',
+        ),
+      ).toEqual([]);
     }
   });
 
@@ -131,7 +195,10 @@ describe('bundles (npm run build)', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/serve/);
     expect(help.stdout).toMatch(/daemon/);
-    const rot = await run([path.join(dir, 'keyrotor.js'), '-c', 'local.yaml', 'rotate', '--now', '--json'], { cwd: work, name: 'cli-rotate' });
+    const rot = await run([path.join(dir, 'keyrotor.js'), '-c', 'local.yaml', 'rotate', '--now', '--json'], {
+      cwd: work,
+      name: 'cli-rotate',
+    });
     expect(rot.code, rot.stderr).toBe(0);
     expect(JSON.parse(rot.stdout).results[0]).toMatchObject({ key: 'local-app', outcome: 'rotated' });
   });

@@ -36,8 +36,13 @@ keys:
 /** put a value into the file store as current, the way a person would: no keyrotor metadata */
 async function handPlace(dir: string, value: string) {
   const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-    keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
-    env: { KEYROTOR_MASTER_KEY: MASTER }, providerState: { get: () => undefined, set: async () => {} },
+    keyName: 'app',
+    stateDir: path.join(dir, '.keyrotor'),
+    configDir: dir,
+    logger: silentLogger(),
+    clock: systemClock,
+    env: { KEYROTOR_MASTER_KEY: MASTER },
+    providerState: { get: () => undefined, set: async () => {} },
   });
   const rot = 'rot-20260101t000000z-00000000';
   await store.stage({ rotationId: rot, secret: Secret.of(value), meta: {} });
@@ -49,7 +54,10 @@ const alive = (id: string) => fake.state.liveKeys().some((k) => k.id === id);
 describe('adopting a hand-made key', () => {
   it('a unique match among the service account keys is adopted and revoked after rotation', async () => {
     const sa = fake.state.addServiceAccount('adopt-unique');
-    const hand = fake.state.plantKey({ owner: { type: 'service_account', serviceAccountId: sa.id }, name: 'made by hand' });
+    const hand = fake.state.plantKey({
+      owner: { type: 'service_account', serviceAccountId: sa.id },
+      name: 'made by hand',
+    });
     const dir = workspace(config(sa.id), 'adopt-unique');
     await handPlace(dir, hand.value);
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'adopt-unique' });
@@ -75,7 +83,11 @@ describe('adopting a hand-made key', () => {
     expect((res.error as { message: string }).message).toContain(twin.id);
     expect(fake.state.liveKeys().length).toBe(liveBefore); // nothing created, nothing revoked
 
-    const bad = await runCli(['adopt', 'app', '--key-id', 'key_does_not_exist'], { cwd: dir, env: env(), name: 'adopt-bad' });
+    const bad = await runCli(['adopt', 'app', '--key-id', 'key_does_not_exist'], {
+      cwd: dir,
+      env: env(),
+      name: 'adopt-bad',
+    });
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/the issuer has no key with id key_does_not_exist/);
     const a = await runCli(['adopt', 'app', '--key-id', hand.id], { cwd: dir, env: env(), name: 'adopt-ok' });

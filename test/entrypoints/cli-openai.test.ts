@@ -42,7 +42,14 @@ keys:
 `;
 
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: 'ab'.repeat(32) });
-type Result = { key: string; rotationId: string; outcome: string; oldKeyId: string | null; newKeyId: string | null; error?: { code: string } };
+type Result = {
+  key: string;
+  rotationId: string;
+  outcome: string;
+  oldKeyId: string | null;
+  newKeyId: string | null;
+  error?: { code: string };
+};
 const results = (stdout: string) => (JSON.parse(stdout) as { results: Result[] }).results;
 const live = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
 
@@ -93,7 +100,11 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-lost' });
     expect(r.code, r.stderr).toBe(1);
     const res = results(r.stdout)[0]!;
-    expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: first.newKeyId, error: { code: 'CREATE_AMBIGUOUS' } });
+    expect(res).toMatchObject({
+      outcome: 'rolled_back',
+      oldKeyId: first.newKeyId,
+      error: { code: 'CREATE_AMBIGUOUS' },
+    });
     expect(fake.state.keysNamed(`keyrotor.app.${res.rotationId}`).filter((k) => !k.deleted)).toEqual([]);
     expect(fake.state.liveKeys().length).toBe(before);
     expect(live(first.newKeyId)).toBe(true);
@@ -115,7 +126,11 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
       expect(live(first.newKeyId)).toBe(true);
       // the old key is still the one served: the next rotation starts from it
       fake.state.newKeys.propagationChecks = 0;
-      const again = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-after-rollback' });
+      const again = await runCli(['rotate', '--now', 'app', '--json'], {
+        cwd: dir,
+        env: env(),
+        name: 'openai-after-rollback',
+      });
       expect(again.code, again.stderr).toBe(0);
       expect(results(again.stdout)[0]).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId });
     } finally {
@@ -129,12 +144,24 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     const lastUsed = Math.floor(Date.now() / 1000) - 120;
     fake.state.keyById(first.newKeyId!)!.lastUsedAt = lastUsed;
     fake.resetFaults();
-    const r = await runCli(['rotate', '--now', '--leaked', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-leaked' });
+    const r = await runCli(['rotate', '--now', '--leaked', 'app', '--json'], {
+      cwd: dir,
+      env: env(),
+      name: 'openai-leaked',
+    });
     expect(r.code, r.stderr).toBe(0);
     const res = results(r.stdout)[0]! as Result & { leaked?: boolean; oldKeyLastUsedAt?: string };
-    expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId, leaked: true, oldKeyLastUsedAt: new Date(lastUsed * 1000).toISOString() });
+    expect(res).toMatchObject({
+      outcome: 'rotated',
+      oldKeyId: first.newKeyId,
+      leaked: true,
+      oldKeyLastUsedAt: new Date(lastUsed * 1000).toISOString(),
+    });
     expect(live(first.newKeyId)).toBe(false);
-    const stages = r.stderr.trim().split('\n').map((l) => (JSON.parse(l) as { stage?: string }).stage);
+    const stages = r.stderr
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { stage?: string }).stage);
     expect(stages).not.toContain('confirm'); // consumer gates are skipped in leak mode
     expect(stages).toContain('verifyRevoked');
   });
@@ -149,9 +176,14 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     const hold = fake.holdResponse('serviceAccounts.apiKeys.create'); // keep the winner inside its lease
     const a = runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-a' });
     // start the second once the first is inside its create call (it holds the lease by then)
-    for (let i = 0; i < 2400 && fake.calls('serviceAccounts.apiKeys.create').length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 2400 && fake.calls('serviceAccounts.apiKeys.create').length < 2; i++)
+      await new Promise((r) => setTimeout(r, 25));
     expect(fake.calls('serviceAccounts.apiKeys.create')).toHaveLength(2); // bootstrap + the winner's
-    const b = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-concurrent-b' }).finally(() => hold.release());
+    const b = await runCli(['rotate', '--now', 'app', '--json'], {
+      cwd: dir,
+      env: env(),
+      name: 'openai-concurrent-b',
+    }).finally(() => hold.release());
     const ra = await a;
     expect([ra.code, b.code]).toEqual([0, 3]);
     expect(results(ra.stdout)[0]).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId });
@@ -161,7 +193,11 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
 
   it('a missing admin key is one clear line, exit 2... or a safe rollback before any change', async () => {
     const dir = workspace(config(), 'openai-noadmin');
-    const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: { KEYROTOR_MASTER_KEY: 'ab'.repeat(32) }, name: 'openai-noadmin' });
+    const r = await runCli(['rotate', '--now', 'app', '--json'], {
+      cwd: dir,
+      env: { KEYROTOR_MASTER_KEY: 'ab'.repeat(32) },
+      name: 'openai-noadmin',
+    });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/CONFIG_ENV_MISSING: .*OPENAI_ADMIN_KEY/);
   });

@@ -27,12 +27,14 @@ async function currentValue(dir: string, key = 'demo'): Promise<string | null> {
 }
 
 function localRegistryIds(dir: string, key = 'demo'): string[] {
-  const r = JSON.parse(readFileSync(path.join(dir, '.keyrotor/local-issuer', `${key}.json`), 'utf8')) as { keys: { id: string }[] };
+  const r = JSON.parse(readFileSync(path.join(dir, '.keyrotor/local-issuer', `${key}.json`), 'utf8')) as {
+    keys: { id: string }[];
+  };
   return r.keys.map((k) => k.id);
 }
 
 describe('keyrotor CLI (spawned)', () => {
-  it('the defaults --help shows (kept light for a fast --help) equal their owners\' values', async () => {
+  it("the defaults --help shows (kept light for a fast --help) equal their owners' values", async () => {
     const { cliDefaultsDrift } = await import('../../src/entrypoints/cli-defaults.ts');
     expect(await cliDefaultsDrift()).toEqual([]);
   });
@@ -63,7 +65,8 @@ describe('keyrotor CLI (spawned)', () => {
       .map((l) => JSON.parse(l) as { stage?: string })
       .map((l) => l.stage)
       .filter(Boolean);
-    for (const s of ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked']) expect(stages).toContain(s);
+    for (const s of ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'])
+      expect(stages).toContain(s);
 
     // no secret value anywhere: outputs, state files, snapshots
     for (const v of [v1!, v2!]) {
@@ -91,11 +94,15 @@ describe('keyrotor CLI (spawned)', () => {
     expect(ra[1]!.oldKeyId).toBe(ra[0]!.newKeyId);
     const b = await runCli(['rotate', '--json'], { cwd: dir });
     expect(b.code).toBe(0);
-    expect((JSON.parse(b.stdout) as { results: Array<Record<string, unknown>> }).results[0]).toMatchObject({ outcome: 'skipped' });
+    expect((JSON.parse(b.stdout) as { results: Array<Record<string, unknown>> }).results[0]).toMatchObject({
+      outcome: 'skipped',
+    });
     // the human summary says what happened
     const c = await runCli(['rotate', '--now'], { cwd: dir });
     expect(c.code).toBe(0);
-    expect(c.stdout).toMatch(new RegExp(`^demo  ROTATED  ${ra[1]!.newKeyId} → lk_[0-9a-f]+; old key revoked and confirmed dead  \\[rot-`));
+    expect(c.stdout).toMatch(
+      new RegExp(`^demo  ROTATED  ${ra[1]!.newKeyId} → lk_[0-9a-f]+; old key revoked and confirmed dead  \\[rot-`),
+    );
     const d = await runCli(['rotate'], { cwd: dir });
     expect(d.stdout).toMatch(/^demo {2}SKIPPED {2}not due$/m);
   });
@@ -111,8 +118,18 @@ describe('keyrotor CLI (spawned)', () => {
 
   it.each([
     ['bad config', 'version: 1\nkeys: []\n', ['validate'], /rotation\.config\.yaml:2:\d+ keys: at least one key/],
-    ['unknown key name', LOCAL_CONFIG, ['rotate', '--now', 'nope'], /UNKNOWN_KEY: unknown key "nope" \(configured: demo\)/],
-    ['missing env var', LOCAL_CONFIG.replace('type: file', 'type: file, path: "${SECRETS_DIR}/demo.json"'), ['rotate', '--now', 'demo'], /CONFIG_ENV_MISSING: rotation\.config\.yaml:\d+:\d+ environment variable SECRETS_DIR is not set/],
+    [
+      'unknown key name',
+      LOCAL_CONFIG,
+      ['rotate', '--now', 'nope'],
+      /UNKNOWN_KEY: unknown key "nope" \(configured: demo\)/,
+    ],
+    [
+      'missing env var',
+      LOCAL_CONFIG.replace('type: file', 'type: file, path: "${SECRETS_DIR}/demo.json"'),
+      ['rotate', '--now', 'demo'],
+      /CONFIG_ENV_MISSING: rotation\.config\.yaml:\d+:\d+ environment variable SECRETS_DIR is not set/,
+    ],
     ['--leaked without --now', LOCAL_CONFIG, ['rotate', '--leaked', 'demo'], /USAGE: --leaked needs --now/],
     ['unknown option', LOCAL_CONFIG, ['rotate', '--nw'], /unknown option '--nw'/],
     ['missing config', null, ['rotate'], /CONFIG_NOT_FOUND: rotation\.config\.yaml: cannot read config/],
@@ -122,7 +139,12 @@ describe('keyrotor CLI (spawned)', () => {
     const r = await runCli(args, { cwd: dir, name: `bad-${_n}` });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(re);
-    expect(r.stderr.trim().split('\n').filter((l) => !l.startsWith('(')).length).toBe(1); // plus optional "(Did you mean …)" hints
+    expect(
+      r.stderr
+        .trim()
+        .split('\n')
+        .filter((l) => !l.startsWith('(')).length,
+    ).toBe(1); // plus optional "(Did you mean …)" hints
     expect(r.stdout).toBe('');
     expect(treeSnapshot(dir)).toEqual(before);
   });
@@ -130,7 +152,10 @@ describe('keyrotor CLI (spawned)', () => {
   it('unreadable state: one clear line naming the file, exit 2, nothing written', async () => {
     const dir = workspace(LOCAL_CONFIG);
     mkdirSync(path.join(dir, '.keyrotor/state'), { recursive: true });
-    writeFileSync(path.join(dir, '.keyrotor/state/demo.json'), '{"format":"keyrotor-state/1","record":{"keyName":"demo","act');
+    writeFileSync(
+      path.join(dir, '.keyrotor/state/demo.json'),
+      '{"format":"keyrotor-state/1","record":{"keyName":"demo","act',
+    );
     const before = treeSnapshot(dir);
     const r = await runCli(['rotate', '--now', 'demo', '--json'], { cwd: dir });
     expect(r.code).toBe(2);
@@ -146,7 +171,10 @@ describe('keyrotor CLI (spawned)', () => {
     expect(isLease(lease)).toBe(true);
     const r = await runCli(['rotate', '--now', 'demo', '--json'], { cwd: dir });
     expect(r.code).toBe(3);
-    expect((JSON.parse(r.stdout) as { results: Array<Record<string, unknown>> }).results[0]).toMatchObject({ outcome: 'locked', error: { code: 'LOCKED' } });
+    expect((JSON.parse(r.stdout) as { results: Array<Record<string, unknown>> }).results[0]).toMatchObject({
+      outcome: 'locked',
+      error: { code: 'LOCKED' },
+    });
     if (isLease(lease)) await lease.release();
   });
 
@@ -154,7 +182,9 @@ describe('keyrotor CLI (spawned)', () => {
     const dir = workspace(LOCAL_CONFIG);
     const r = await runCli(['--help'], { cwd: dir });
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/Exit codes:[\s\S]*0 {2}done[\s\S]*1 {2}not done, but safe[\s\S]*2 {2}bad usage[\s\S]*3 {2}locked[\s\S]*4 {2}a human must act/);
+    expect(r.stdout).toMatch(
+      /Exit codes:[\s\S]*0 {2}done[\s\S]*1 {2}not done, but safe[\s\S]*2 {2}bad usage[\s\S]*3 {2}locked[\s\S]*4 {2}a human must act/,
+    );
     const v = await runCli(['validate'], { cwd: dir });
     expect(v.code).toBe(0);
     expect(v.stdout).toMatch(/valid \(1 key: demo\)/);

@@ -38,7 +38,11 @@ function setup() {
   return { dir, cfg, stateStore: createFileStateStore(cfg.stateDir) };
 }
 
-const rotated = (run: DaemonRun | null | undefined) => (run?.results ?? []).filter((r) => r.outcome === 'rotated').map((r) => r.key).sort();
+const rotated = (run: DaemonRun | null | undefined) =>
+  (run?.results ?? [])
+    .filter((r) => r.outcome === 'rotated')
+    .map((r) => r.key)
+    .sort();
 
 describe('daemon with fake timers', () => {
   let daemon: Daemon | undefined;
@@ -49,7 +53,11 @@ describe('daemon with fake timers', () => {
   });
 
   // only timers and Date are faked: setImmediate / nextTick keep the run loop's write-ahead barrier going
-  const fake = () => vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'], now: new Date('2026-03-02T10:00:30Z') });
+  const fake = () =>
+    vi.useFakeTimers({
+      toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'],
+      now: new Date('2026-03-02T10:00:30Z'),
+    });
 
   /** advance fake time by `ms` and wait for the run that tick starts */
   function harness() {
@@ -73,7 +81,16 @@ describe('daemon with fake timers', () => {
     fake();
     const { cfg, stateStore } = setup();
     const h = harness();
-    daemon = startDaemon({ config: cfg, stateStore, logger: silentLogger(), env: {}, tick: '* * * * *', jitterMs: 0, runAtStart: false, onRun: h.onRun });
+    daemon = startDaemon({
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: {},
+      tick: '* * * * *',
+      jitterMs: 0,
+      runAtStart: false,
+      onRun: h.onRun,
+    });
     expect(daemon.nextRun()?.toISOString()).toBe('2026-03-02T10:01:00.000Z');
     // first tick: both were never rotated
     expect(rotated(await h.tickAndWait(30_000))).toEqual(['daily', 'weekly']);
@@ -93,7 +110,17 @@ describe('daemon with fake timers', () => {
     fake();
     const { cfg, stateStore } = setup();
     const h = harness();
-    daemon = startDaemon({ config: cfg, stateStore, logger: silentLogger(), env: {}, tick: '0 * * * *', jitterMs: 600_000, random: () => 0.5, runAtStart: false, onRun: h.onRun });
+    daemon = startDaemon({
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: {},
+      tick: '0 * * * *',
+      jitterMs: 600_000,
+      random: () => 0.5,
+      runAtStart: false,
+      onRun: h.onRun,
+    });
     await vi.advanceTimersByTimeAsync(59 * 60_000 + 30_000 + 299_000); // the tick at 11:00 plus 299 s of jitter
     expect(h.runs).toHaveLength(0);
     expect(rotated(await h.tickAndWait(1_000))).toEqual(['daily', 'weekly']);
@@ -106,7 +133,18 @@ describe('daemon with fake timers', () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
     const holder = { onTransition: (e: TransitionEvent) => (e.state === 'issue' ? gate : undefined) };
-    daemon = startDaemon({ config: cfg, stateStore, logger: silentLogger(), env: {}, tick: '* * * * *', jitterMs: 0, runAtStart: false, observers: [holder], onRun: h.onRun, onSkip: h.onSkip });
+    daemon = startDaemon({
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: {},
+      tick: '* * * * *',
+      jitterMs: 0,
+      runAtStart: false,
+      observers: [holder],
+      onRun: h.onRun,
+      onSkip: h.onSkip,
+    });
     const first = daemon.runNow(); // blocks at `issue` until released
     await vi.advanceTimersByTimeAsync(3 * 60_000); // the ticks at 10:01, 10:02 and 10:03 fire meanwhile
     expect(h.skips).toHaveLength(3);
@@ -128,7 +166,18 @@ describe('daemon with fake timers', () => {
       },
     };
     const h = harness();
-    daemon = startDaemon({ config: cfg, stateStore, logger: silentLogger(), env: {}, tick: '* * * * *', jitterMs: 0, runAtStart: true, concurrency: 1, observers: [stopper], onRun: h.onRun });
+    daemon = startDaemon({
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: {},
+      tick: '* * * * *',
+      jitterMs: 0,
+      runAtStart: true,
+      concurrency: 1,
+      observers: [stopper],
+      onRun: h.onRun,
+    });
     await daemon.done;
     await stopping;
     const paused = h.runs[0]!.results.find((r) => r.key === 'daily')!;
@@ -138,15 +187,29 @@ describe('daemon with fake timers', () => {
 
     const h2 = harness();
     const p = new Promise<DaemonRun>((r) => (h2.onRun = (x) => r(x)));
-    daemon = startDaemon({ config: cfg, stateStore, logger: silentLogger(), env: {}, tick: '* * * * *', jitterMs: 0, onRun: (x) => h2.onRun(x) });
+    daemon = startDaemon({
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: {},
+      tick: '* * * * *',
+      jitterMs: 0,
+      onRun: (x) => h2.onRun(x),
+    });
     const resumed = await p;
-    expect(resumed.results.find((r) => r.key === 'daily')).toMatchObject({ outcome: 'rotated', rotationId: paused.rotationId, bootstrap: true });
+    expect(resumed.results.find((r) => r.key === 'daily')).toMatchObject({
+      outcome: 'rotated',
+      rotationId: paused.rotationId,
+      bootstrap: true,
+    });
     expect((await stateStore.read('daily'))?.active).toBeNull();
   });
 
   it('refuses a bad tick pattern', () => {
     const { cfg, stateStore } = setup();
-    expect(() => startDaemon({ config: cfg, stateStore, logger: silentLogger(), tick: 'every five minutes' })).toThrow(/invalid tick/);
+    expect(() => startDaemon({ config: cfg, stateStore, logger: silentLogger(), tick: 'every five minutes' })).toThrow(
+      /invalid tick/,
+    );
   });
 });
 
@@ -164,7 +227,13 @@ describe('keyrotor daemon as a process: a real SIGTERM in the middle of a rotati
   function spawnDaemon(dir: string, name: string) {
     const child = spawn(process.execPath, [CLI, 'daemon', '--json', '--jitter', '0', '--tick', '0 0 1 1 *'], {
       cwd: dir,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', OPENAI_ADMIN_KEY: openai.adminKey, KEYROTOR_MASTER_KEY: 'ef'.repeat(32) },
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        KEYROTOR_LOG_LEVEL: 'debug',
+        OPENAI_ADMIN_KEY: openai.adminKey,
+        KEYROTOR_MASTER_KEY: 'ef'.repeat(32),
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.push(child);
@@ -219,18 +288,30 @@ keys:
     openai.setNewKeyPropagation(0);
     expect(r1.code, r1.stderr).toBe(0);
     const run1 = JSON.parse(r1.stdout.trim().split('\n').pop()!) as DaemonRun;
-    expect(run1.results[0]).toMatchObject({ key: 'app', outcome: 'in_progress', stage: 'verify', rotationId: active.rotationId });
+    expect(run1.results[0]).toMatchObject({
+      key: 'app',
+      outcome: 'in_progress',
+      stage: 'verify',
+      rotationId: active.rotationId,
+    });
     expect((await state.read('app'))?.active?.rotationId).toBe(active.rotationId);
 
     const newKey = openai.state.keys.find((k) => k.name === `keyrotor.app.${active.rotationId}`)!;
     openai.delayPropagation(newKey.id, 0); // it works now
     const second = spawnDaemon(dir, 'second');
-    await until('the resumed rotation to finish', async () => ((await state.read('app'))?.last?.rotationId === active.rotationId ? true : undefined));
+    await until('the resumed rotation to finish', async () =>
+      (await state.read('app'))?.last?.rotationId === active.rotationId ? true : undefined,
+    );
     second.child.kill('SIGTERM');
     const r2 = await second.exited;
     expect(r2.code, r2.stderr).toBe(0);
     const run2 = JSON.parse(r2.stdout.trim().split('\n')[0]!) as DaemonRun;
-    expect(run2.results[0]).toMatchObject({ key: 'app', outcome: 'rotated', rotationId: active.rotationId, newKeyId: newKey.id });
+    expect(run2.results[0]).toMatchObject({
+      key: 'app',
+      outcome: 'rotated',
+      rotationId: active.rotationId,
+      newKeyId: newKey.id,
+    });
     for (const t of [r1.stdout, r1.stderr, r2.stdout, r2.stderr]) expect(t).not.toContain(CANARY);
   }, 60_000);
 });

@@ -9,7 +9,12 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { CreateSecretCommand, DescribeSecretCommand, GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import {
+  CreateSecretCommand,
+  DescribeSecretCommand,
+  GetSecretValueCommand,
+  SecretsManagerClient,
+} from '@aws-sdk/client-secrets-manager';
 import { SecretManagerServiceClient } from '@google-cloud/secret-manager';
 import { SecretClient } from '@azure/keyvault-secrets';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
@@ -30,10 +35,19 @@ vi.mock('../../providers/stores/azure-key-vault/index.ts', async (importOriginal
   const mod = await importOriginal<typeof import('../../providers/stores/azure-key-vault/index.ts')>();
   return {
     ...mod,
-    createAzureKeyVaultStore: (cfg: Parameters<typeof mod.createAzureKeyVaultStore>[0], ctx: Parameters<typeof mod.createAzureKeyVaultStore>[1]) =>
+    createAzureKeyVaultStore: (
+      cfg: Parameters<typeof mod.createAzureKeyVaultStore>[0],
+      ctx: Parameters<typeof mod.createAzureKeyVaultStore>[1],
+    ) =>
       mod.createAzureKeyVaultStoreWith(cfg, ctx, {
-        credential: { getToken: async () => ({ token: 'loopback-test-token', expiresOnTimestamp: Date.now() + 3_600_000 }) },
-        clientOptions: { tlsOptions: { ca: azure.ca }, disableChallengeResourceVerification: true, retryOptions: { maxRetries: 0 } },
+        credential: {
+          getToken: async () => ({ token: 'loopback-test-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
+        },
+        clientOptions: {
+          tlsOptions: { ca: azure.ca },
+          disableChallengeResourceVerification: true,
+          retryOptions: { maxRetries: 0 },
+        },
       }),
   };
 });
@@ -54,15 +68,39 @@ describe.skipIf(!MOTO)('one key fanned out to AWS, GCP, Azure and file stores', 
   const env = () => ({ ...process.env, OPENAI_ADMIN_KEY: openai.adminKey, KEYROTOR_MASTER_KEY: 'cd'.repeat(32) });
 
   beforeAll(async () => {
-    Object.assign(process.env, { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true', METADATA_SERVER_DETECTION: 'none' });
+    Object.assign(process.env, {
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      METADATA_SERVER_DETECTION: 'none',
+    });
     [openai, moto, gcp, az] = await Promise.all([startOpenAIFake(), startMoto(), startGcpFake(), startAzureFake()]);
     azure.ca = az.ca;
-    aws = new SecretsManagerClient({ endpoint: moto.endpoint, region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
-    gcpRaw = new SecretManagerServiceClient({ apiEndpoint: '127.0.0.1', port: gcp.port, sslCreds: grpc.credentials.createInsecure(), universeDomain: 'googleapis.com' });
-    azRaw = new SecretClient(az.vaultUrl, { getToken: async () => ({ token: 't', expiresOnTimestamp: Date.now() + 3_600_000 }) }, { tlsOptions: { ca: az.ca }, disableChallengeResourceVerification: true });
+    aws = new SecretsManagerClient({
+      endpoint: moto.endpoint,
+      region: REGION,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+    });
+    gcpRaw = new SecretManagerServiceClient({
+      apiEndpoint: '127.0.0.1',
+      port: gcp.port,
+      sslCreds: grpc.credentials.createInsecure(),
+      universeDomain: 'googleapis.com',
+    });
+    azRaw = new SecretClient(
+      az.vaultUrl,
+      { getToken: async () => ({ token: 't', expiresOnTimestamp: Date.now() + 3_600_000 }) },
+      { tlsOptions: { ca: az.ca }, disableChallengeResourceVerification: true },
+    );
     // the AWS secret holds a JSON object whose other fields must survive; the GCP secret exists, empty
-    await aws.send(new CreateSecretCommand({ Name: 'prod/openai', SecretString: JSON.stringify({ ORG: 'org-keep-me' }) }));
-    await gcpRaw.createSecret({ parent: `projects/${GCP_PROJECT}`, secretId: 'openai-key', secret: { replication: { automatic: {} } } });
+    await aws.send(
+      new CreateSecretCommand({ Name: 'prod/openai', SecretString: JSON.stringify({ ORG: 'org-keep-me' }) }),
+    );
+    await gcpRaw.createSecret({
+      parent: `projects/${GCP_PROJECT}`,
+      secretId: 'openai-key',
+      secret: { replication: { automatic: {} } },
+    });
     const sa = openai.state.addServiceAccount('fanout-app');
     dir = tempDir('fanout');
     writeFileSync(
@@ -99,23 +137,45 @@ keys:
   });
 
   async function cli(...args: string[]) {
-    const r = await cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'warn', ...args], { env: env(), name: 'fanout' });
-    return { ...r, result: r.stdout ? (JSON.parse(r.stdout) as { results: Array<Record<string, string | null>> }).results[0]! : undefined };
+    const r = await cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'warn', ...args], {
+      env: env(),
+      name: 'fanout',
+    });
+    return {
+      ...r,
+      result: r.stdout
+        ? (JSON.parse(r.stdout) as { results: Array<Record<string, string | null>> }).results[0]!
+        : undefined,
+    };
   }
 
   /** the value each store serves to consumers right now */
   async function served() {
-    const awsCur = JSON.parse((await aws.send(new GetSecretValueCommand({ SecretId: 'prod/openai', VersionStage: 'AWSCURRENT' }))).SecretString!) as Record<string, string>;
-    const awsPrev = await aws.send(new GetSecretValueCommand({ SecretId: 'prod/openai', VersionStage: 'AWSPREVIOUS' })).then(
-      (r) => (JSON.parse(r.SecretString!) as Record<string, string>).OPENAI_API_KEY,
-      () => null,
-    );
-    const stages = Object.values((await aws.send(new DescribeSecretCommand({ SecretId: 'prod/openai' }))).VersionIdsToStages ?? {}).flat();
-    const [g] = await gcpRaw.accessSecretVersion({ name: `projects/${GCP_PROJECT}/secrets/openai-key/versions/current` });
+    const awsCur = JSON.parse(
+      (await aws.send(new GetSecretValueCommand({ SecretId: 'prod/openai', VersionStage: 'AWSCURRENT' })))
+        .SecretString!,
+    ) as Record<string, string>;
+    const awsPrev = await aws
+      .send(new GetSecretValueCommand({ SecretId: 'prod/openai', VersionStage: 'AWSPREVIOUS' }))
+      .then(
+        (r) => (JSON.parse(r.SecretString!) as Record<string, string>).OPENAI_API_KEY,
+        () => null,
+      );
+    const stages = Object.values(
+      (await aws.send(new DescribeSecretCommand({ SecretId: 'prod/openai' }))).VersionIdsToStages ?? {},
+    ).flat();
+    const [g] = await gcpRaw.accessSecretVersion({
+      name: `projects/${GCP_PROJECT}/secrets/openai-key/versions/current`,
+    });
     const a = await azRaw.getSecret('openai-key');
     const file = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) }, providerState: { get: () => undefined, set: async () => {} },
+      keyName: 'app',
+      stateDir: path.join(dir, '.keyrotor'),
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) },
+      providerState: { get: () => undefined, set: async () => {} },
     });
     return {
       aws: awsCur.OPENAI_API_KEY,
@@ -135,19 +195,42 @@ keys:
     expect(boot.code, boot.stderr).toBe(0);
     expect(boot.result).toMatchObject({ outcome: 'rotated', oldKeyId: null });
     const k1 = valueOf(boot.result!.newKeyId)!;
-    expect(await served()).toMatchObject({ aws: k1, awsOrg: 'org-keep-me', awsPending: false, gcp: k1, azure: k1, file: k1 });
+    expect(await served()).toMatchObject({
+      aws: k1,
+      awsOrg: 'org-keep-me',
+      awsPending: false,
+      gcp: k1,
+      azure: k1,
+      file: k1,
+    });
 
     const second = await cli('rotate', '--now', 'app', '--json');
     expect(second.code, second.stderr).toBe(0);
     expect(second.result).toMatchObject({ outcome: 'rotated', oldKeyId: boot.result!.newKeyId });
     const k2 = valueOf(second.result!.newKeyId)!;
-    expect(await served()).toEqual({ aws: k2, awsOrg: 'org-keep-me', awsPrev: k1, awsPending: false, gcp: k2, azure: k2, file: k2 });
+    expect(await served()).toEqual({
+      aws: k2,
+      awsOrg: 'org-keep-me',
+      awsPrev: k1,
+      awsPending: false,
+      gcp: k2,
+      azure: k2,
+      file: k2,
+    });
     expect(openai.state.liveKeys().some((k) => k.value === k1)).toBe(false);
 
     const third = await cli('rotate', '--now', 'app', '--json');
     expect(third.code, third.stderr).toBe(0);
     const k3 = valueOf(third.result!.newKeyId)!;
-    expect(await served()).toEqual({ aws: k3, awsOrg: 'org-keep-me', awsPrev: k2, awsPending: false, gcp: k3, azure: k3, file: k3 });
+    expect(await served()).toEqual({
+      aws: k3,
+      awsOrg: 'org-keep-me',
+      awsPrev: k2,
+      awsPending: false,
+      gcp: k3,
+      azure: k3,
+      file: k3,
+    });
     expect(second.stdout + second.stderr + third.stdout + third.stderr).not.toContain(CANARY);
   });
 
@@ -158,9 +241,20 @@ keys:
     try {
       const r = await cli('rotate', '--now', 'app', '--json');
       expect(r.code, r.stderr).toBe(1);
-      expect(r.result).toMatchObject({ outcome: 'rolled_back', oldKeyId: oldId, error: { stage: 'promote', code: 'STORE_UNAVAILABLE' } });
+      expect(r.result).toMatchObject({
+        outcome: 'rolled_back',
+        oldKeyId: oldId,
+        error: { stage: 'promote', code: 'STORE_UNAVAILABLE' },
+      });
       const after = await served();
-      expect(after).toMatchObject({ aws: before.aws, awsOrg: 'org-keep-me', awsPending: false, gcp: before.aws, azure: before.aws, file: before.aws });
+      expect(after).toMatchObject({
+        aws: before.aws,
+        awsOrg: 'org-keep-me',
+        awsPending: false,
+        gcp: before.aws,
+        azure: before.aws,
+        file: before.aws,
+      });
       expect(openai.state.liveKeys().some((k) => k.id === r.result!.newKeyId)).toBe(false);
       expect(openai.state.liveKeys().some((k) => k.id === oldId)).toBe(true);
     } finally {
@@ -174,34 +268,47 @@ keys:
 
   /** what the three stores of `trio` serve now */
   async function trio() {
-    const a = (await aws.send(new GetSecretValueCommand({ SecretId: 'prod/trio', VersionStage: 'AWSCURRENT' }))).SecretString;
+    const a = (await aws.send(new GetSecretValueCommand({ SecretId: 'prod/trio', VersionStage: 'AWSCURRENT' })))
+      .SecretString;
     const z = (await azRaw.getSecret('trio-key')).value;
     const f = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'trio', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) }, providerState: { get: () => undefined, set: async () => {} },
+      keyName: 'trio',
+      stateDir: path.join(dir, '.keyrotor'),
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) },
+      providerState: { get: () => undefined, set: async () => {} },
     });
     return [a, z, (await f.readCurrent())?.secret.reveal()];
   }
 
   it.each([
-    ['stage', () => az.fault({ op: 'setSecret', name: 'trio-key--pending', status: 503, times: 100 }), 'STORE_UNAVAILABLE'],
+    [
+      'stage',
+      () => az.fault({ op: 'setSecret', name: 'trio-key--pending', status: 503, times: 100 }),
+      'STORE_UNAVAILABLE',
+    ],
     ['promote', () => az.fault({ op: 'setSecret', name: 'trio-key', status: 503, times: 100 }), 'STORE_UNAVAILABLE'],
     ['verify', () => void (openai.state.newKeys.propagationChecks = 1_000_000), 'KEY_INVALID'],
-  ])('a failure in the 2nd of 3 stores (or of the key) at %s leaves all three on the old key', async (stage, inject, code) => {
-    if (!(await cli('rotate', '--now', 'trio', '--json')).result) throw new Error('no result');
-    const before = await trio();
-    expect(new Set(before).size).toBe(1);
-    const oldId = openai.state.liveKeys().find((k) => k.value === before[0])!.id;
-    inject();
-    try {
-      const r = await cli('rotate', '--now', 'trio', '--json');
-      expect(r.code, r.stderr).toBe(1);
-      expect(r.result).toMatchObject({ outcome: 'rolled_back', oldKeyId: oldId, error: { stage, code } });
-      expect(await trio()).toEqual(before);
-      expect(openai.state.liveKeys().some((k) => k.id === r.result!.newKeyId)).toBe(false);
-    } finally {
-      az.clearFaults();
-      openai.state.newKeys.propagationChecks = 0;
-    }
-  });
+  ])(
+    'a failure in the 2nd of 3 stores (or of the key) at %s leaves all three on the old key',
+    async (stage, inject, code) => {
+      if (!(await cli('rotate', '--now', 'trio', '--json')).result) throw new Error('no result');
+      const before = await trio();
+      expect(new Set(before).size).toBe(1);
+      const oldId = openai.state.liveKeys().find((k) => k.value === before[0])!.id;
+      inject();
+      try {
+        const r = await cli('rotate', '--now', 'trio', '--json');
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.result).toMatchObject({ outcome: 'rolled_back', oldKeyId: oldId, error: { stage, code } });
+        expect(await trio()).toEqual(before);
+        expect(openai.state.liveKeys().some((k) => k.id === r.result!.newKeyId)).toBe(false);
+      } finally {
+        az.clearFaults();
+        openai.state.newKeys.propagationChecks = 0;
+      }
+    },
+  );
 });

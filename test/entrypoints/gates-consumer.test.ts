@@ -40,7 +40,11 @@ const server = createServer((req, res) => (req.url === '/keyrotor/fingerprint' ?
 server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: server.address().port, fingerprint: keys.fingerprint() })));
 `;
 
-async function startApp(dir: string, refresh: string, name: string): Promise<{ child: ChildProcess; url: string; fingerprint: string }> {
+async function startApp(
+  dir: string,
+  refresh: string,
+  name: string,
+): Promise<{ child: ChildProcess; url: string; fingerprint: string }> {
   const child = spawn(process.execPath, [path.join(dir, 'app.mjs'), path.join(dir, 'rotation.config.yaml'), refresh], {
     cwd: dir,
     env: { PATH: process.env.PATH, KEYROTOR_MASTER_KEY: MASTER },
@@ -90,7 +94,13 @@ keys:
     writeFileSync(path.join(dir, 'app.mjs'), APP);
     // bootstrap (in-process): the store holds the first key, which the consumers load at start
     const cfg = parseConfig(cfgText(' []'), path.join(dir, 'rotation.config.yaml'), env);
-    const boot = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env, now: true });
+    const boot = await rotateKey(cfg.keys[0]!, {
+      config: cfg,
+      stateStore: createFileStateStore(cfg.stateDir),
+      logger: silentLogger(),
+      env,
+      now: true,
+    });
     expect(boot.outcome).toBe('rotated');
     const old = fake.state.keyById(boot.newKeyId!)!;
 
@@ -98,7 +108,12 @@ keys:
     const hup = await startApp(dir, 'off', 'sighup');
     expect(timer.fingerprint).toBe(fingerprint(old.value));
     expect(hup.fingerprint).toBe(fingerprint(old.value));
-    writeFileSync(path.join(dir, 'rotation.config.yaml'), cfgText(`\n      - { type: http, name: consumers, urls: [${timer.url}, ${hup.url}], interval: 100ms, requestTimeout: 1s, timeout: 15s }`));
+    writeFileSync(
+      path.join(dir, 'rotation.config.yaml'),
+      cfgText(
+        `\n      - { type: http, name: consumers, urls: [${timer.url}, ${hup.url}], interval: 100ms, requestTimeout: 1s, timeout: 15s }`,
+      ),
+    );
 
     let revokedAt = 0;
     const unsub = fake.onRequest((e) => {
@@ -117,11 +132,13 @@ keys:
     const r = await run;
     unsub();
     expect(r.code, r.stderr).toBe(0);
-    const res = (JSON.parse(r.stdout) as { results: { outcome: string; oldKeyId: string; newKeyId: string }[] }).results[0]!;
+    const res = (JSON.parse(r.stdout) as { results: { outcome: string; oldKeyId: string; newKeyId: string }[] })
+      .results[0]!;
     expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: old.id });
     expect(revokedAt).toBeGreaterThan(hupAt);
     const newFp = fingerprint(fake.state.keyById(res.newKeyId)!.value);
-    for (const app of [timer, hup]) expect(((await (await fetch(app.url)).json()) as { fingerprint: string }).fingerprint).toBe(newFp);
+    for (const app of [timer, hup])
+      expect(((await (await fetch(app.url)).json()) as { fingerprint: string }).fingerprint).toBe(newFp);
     expect(r.stdout + r.stderr + treeText(path.join(dir, '.keyrotor'))).not.toContain(CANARY);
   });
 });

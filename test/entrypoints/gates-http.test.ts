@@ -83,8 +83,14 @@ describe('CLI: http gate over two loopback consumers', () => {
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-http-stuck' });
     expect(r.code, r.stderr).toBe(1);
     const res = results(r.stdout)[0]!;
-    expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT', stage: 'confirm' } });
-    expect(res.error!.message).toBe(`health gate "consumers" did not pass: 1/2 endpoint(s) report the new key ${fingerprint(world.fake.state.keyById(res.newKeyId!)!.value)}; ${stuckOne.url}: still the old key ${oldFp}`);
+    expect(res).toMatchObject({
+      outcome: 'rolled_back',
+      oldKeyId: old.id,
+      error: { code: 'GATE_TIMEOUT', stage: 'confirm' },
+    });
+    expect(res.error!.message).toBe(
+      `health gate "consumers" did not pass: 1/2 endpoint(s) report the new key ${fingerprint(world.fake.state.keyById(res.newKeyId!)!.value)}; ${stuckOne.url}: still the old key ${oldFp}`,
+    );
     // the gate waited for its deadline, not less
     expect(Date.now() - t0).toBeGreaterThan(2000);
     // the new key is gone, the old one is alive, current in the store, and works at the issuer
@@ -97,7 +103,12 @@ describe('CLI: http gate over two loopback consumers', () => {
   });
 
   it('a missing header env var is a config error before anything changes (exit 2)', async () => {
-    const dir = workspace(world.config(`\n      - { type: http, urls: ['http://127.0.0.1:9/fp'], headers: { Authorization: CONSUMER_TOKEN } }`), 'gates-http-env');
+    const dir = workspace(
+      world.config(
+        `\n      - { type: http, urls: ['http://127.0.0.1:9/fp'], headers: { Authorization: CONSUMER_TOKEN } }`,
+      ),
+      'gates-http-env',
+    );
     const before = world.fake.log.length;
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'gates-http-env' });
     expect(r.code).toBe(2);

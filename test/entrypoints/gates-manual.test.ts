@@ -69,7 +69,10 @@ async function waitForConfirm(dir: string): Promise<Waiting> {
 
 describe('CLI: manual gate', () => {
   it('waits for `keyrotor confirm <key>`, then revokes the old key', async () => {
-    const { dir, old } = await bootstrap('gates-manual-ok', `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`);
+    const { dir, old } = await bootstrap(
+      'gates-manual-ok',
+      `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`,
+    );
     const run = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-ok');
     const w = await waitForConfirm(dir);
     await new Promise((r) => setTimeout(r, 300));
@@ -84,22 +87,37 @@ describe('CLI: manual gate', () => {
   });
 
   it('`keyrotor confirm <rotationId> --reject` rolls back (exit 1); the old key stays', async () => {
-    const { dir, old } = await bootstrap('gates-manual-reject', `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`);
+    const { dir, old } = await bootstrap(
+      'gates-manual-reject',
+      `\n      - { type: manual, name: ops, timeout: 20s, interval: 100ms }`,
+    );
     const run = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-reject');
     const w = await waitForConfirm(dir);
-    const c = await runCli(['confirm', w.rotationId, '--reject', '--reason', 'errors spiked'], { cwd: dir, env: env(), name: 'gates-manual-reject-cmd' });
+    const c = await runCli(['confirm', w.rotationId, '--reject', '--reason', 'errors spiked'], {
+      cwd: dir,
+      env: env(),
+      name: 'gates-manual-reject-cmd',
+    });
     expect(c.code, c.stderr).toBe(0);
     const r = await run.done;
     expect(r.code, r.stderr).toBe(1);
     const res = results(r.stdout)[0]!;
-    expect(res).toMatchObject({ rotationId: w.rotationId, outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_REJECTED' } });
+    expect(res).toMatchObject({
+      rotationId: w.rotationId,
+      outcome: 'rolled_back',
+      oldKeyId: old.id,
+      error: { code: 'GATE_REJECTED' },
+    });
     expect(res.error!.message).toMatch(/^health gate "ops" did not pass: rejected by .+ at .+: errors spiked$/);
     expect(live(old.id)).toBe(true);
     expect(live(res.newKeyId)).toBe(false);
   });
 
   it('killed while waiting at the gate: the next run resumes the same rotation with the original deadline', async () => {
-    const { dir, old } = await bootstrap('gates-manual-kill', `\n      - { type: manual, name: ops, timeout: 5s, interval: 100ms }`);
+    const { dir, old } = await bootstrap(
+      'gates-manual-kill',
+      `\n      - { type: manual, name: ops, timeout: 5s, interval: 100ms }`,
+    );
     const first = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'gates-manual-kill-1');
     const w = await waitForConfirm(dir);
     const deadline = w.confirmDeadlines![0]!;
@@ -121,7 +139,12 @@ describe('CLI: manual gate', () => {
     const r = await second.done;
     expect(r.code, r.stderr).toBe(1);
     const res = results(r.stdout)[0]!;
-    expect(res).toMatchObject({ rotationId: w.rotationId, outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT' } });
+    expect(res).toMatchObject({
+      rotationId: w.rotationId,
+      outcome: 'rolled_back',
+      oldKeyId: old.id,
+      error: { code: 'GATE_TIMEOUT' },
+    });
     // it gave up at the original deadline, not a timeout (5s) after it resumed
     const finished = Date.parse(res.finishedAt!);
     expect(finished).toBeGreaterThanOrEqual(deadline);

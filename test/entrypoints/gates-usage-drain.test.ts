@@ -17,7 +17,10 @@ function traffic(pick: () => FakeKey | undefined) {
   const loop = (async () => {
     while (on) {
       const k = pick();
-      if (k) await fetch(`${world.fake.baseURL}/models`, { headers: { authorization: `Bearer ${k.value}` } }).then((r) => r.arrayBuffer()).catch(() => undefined);
+      if (k)
+        await fetch(`${world.fake.baseURL}/models`, { headers: { authorization: `Bearer ${k.value}` } })
+          .then((r) => r.arrayBuffer())
+          .catch(() => undefined);
       await new Promise((r) => setTimeout(r, 150));
     }
   })();
@@ -29,7 +32,10 @@ function traffic(pick: () => FakeKey | undefined) {
 
 describe('CLI: usage-drain gate', () => {
   it('blocks revoke while the old key is still used and passes once it stops', async () => {
-    const { dir, old, newKey } = await bootstrap('gates-drain', `\n      - { type: usage-drain, quiet: 1500ms, interval: 200ms, timeout: 20s }`);
+    const { dir, old, newKey } = await bootstrap(
+      'gates-drain',
+      `\n      - { type: usage-drain, quiet: 1500ms, interval: 200ms, timeout: 20s }`,
+    );
     const stopOld = traffic(() => old); // a consumer still on the old key
     const stopNew = traffic(newKey); // another one already on the new key
     let revokedAt = 0;
@@ -62,7 +68,10 @@ describe('CLI: usage-drain gate', () => {
   it('an old key that never goes quiet: rolls back at the deadline (exit 1) and stays alive', async () => {
     // last_used_at has 1 s granularity and the traffic loop can stall on a loaded machine: the quiet
     // window is wide enough (3 s) that a key used every 150 ms can never look quiet
-    const { dir, old, newKey } = await bootstrap('gates-drain-busy', `\n      - { type: usage-drain, name: drain, quiet: 3s, interval: 200ms, timeout: 4s }`);
+    const { dir, old, newKey } = await bootstrap(
+      'gates-drain-busy',
+      `\n      - { type: usage-drain, name: drain, quiet: 3s, interval: 200ms, timeout: 4s }`,
+    );
     const stopOld = traffic(() => old);
     const stopNew = traffic(newKey);
     try {
@@ -70,7 +79,9 @@ describe('CLI: usage-drain gate', () => {
       expect(r.code, r.stderr).toBe(1);
       const res = results(r.stdout)[0]!;
       expect(res).toMatchObject({ outcome: 'rolled_back', oldKeyId: old.id, error: { code: 'GATE_TIMEOUT' } });
-      expect(res.error!.message).toMatch(/^health gate "drain" did not pass: the new key was used .*; the old key was used .* ago: needs 3s quiet/);
+      expect(res.error!.message).toMatch(
+        /^health gate "drain" did not pass: the new key was used .*; the old key was used .* ago: needs 3s quiet/,
+      );
       expect(live(old.id)).toBe(true);
       expect(live(res.newKeyId)).toBe(false);
     } finally {

@@ -8,13 +8,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { CreateSecretCommand, DescribeSecretCommand, GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import {
+  CreateSecretCommand,
+  DescribeSecretCommand,
+  GetSecretValueCommand,
+  SecretsManagerClient,
+} from '@aws-sdk/client-secrets-manager';
 import type { ScheduledEvent, SecretsManagerRotationEvent } from 'aws-lambda';
 import { parseConfig } from '../../src/app/config/load.ts';
 import { createLogger } from '../../src/app/log.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
-import { createHandler, type LambdaContext, type RunResponse, type SecretsManagerStepResponse } from '../../src/entrypoints/lambda.ts';
+import {
+  createHandler,
+  type LambdaContext,
+  type RunResponse,
+  type SecretsManagerStepResponse,
+} from '../../src/entrypoints/lambda.ts';
 import { secretIdMatches } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.native.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
@@ -40,7 +50,11 @@ function scheduledEvent(): ScheduledEvent {
 
 function ctx(remainingMs = 600_000): LambdaContext {
   const until = Date.now() + remainingMs;
-  return { getRemainingTimeInMillis: () => Math.max(0, until - Date.now()), awsRequestId: randomUUID(), functionName: 'keyrotor' };
+  return {
+    getRemainingTimeInMillis: () => Math.max(0, until - Date.now()),
+    awsRequestId: randomUUID(),
+    functionName: 'keyrotor',
+  };
 }
 
 describe('Secrets Manager SecretId matching', () => {
@@ -70,12 +84,22 @@ describe.skipIf(!MOTO)('Lambda handler', () => {
       cb();
     },
   });
-  const env = () => ({ ...process.env, OPENAI_ADMIN_KEY: openai.adminKey, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true' });
+  const env = () => ({
+    ...process.env,
+    OPENAI_ADMIN_KEY: openai.adminKey,
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    AWS_EC2_METADATA_DISABLED: 'true',
+  });
 
   beforeAll(async () => {
     process.env.AWS_EC2_METADATA_DISABLED = 'true';
     [openai, moto] = await Promise.all([startOpenAIFake(), startMoto()]);
-    aws = new SecretsManagerClient({ endpoint: moto.endpoint, region: REGION, credentials: { accessKeyId: 'test', secretAccessKey: 'test' } });
+    aws = new SecretsManagerClient({
+      endpoint: moto.endpoint,
+      region: REGION,
+      credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
+    });
   }, 60_000);
 
   afterAll(async () => {
@@ -111,7 +135,13 @@ keys:
     );
     const logger = await createLogger({ pretty: false, level: 'debug', destination: sink });
     const stateStore = createFileStateStore(cfg.stateDir);
-    const handler = createHandler({ config: cfg, env: env(), logger, stateStore, ...(opts.safetyMarginMs !== undefined ? { safetyMarginMs: opts.safetyMarginMs } : {}) });
+    const handler = createHandler({
+      config: cfg,
+      env: env(),
+      logger,
+      stateStore,
+      ...(opts.safetyMarginMs !== undefined ? { safetyMarginMs: opts.safetyMarginMs } : {}),
+    });
     const run = async (event: unknown, c: LambdaContext = ctx()) => {
       const r = await handler(event, c);
       capture('lambda-result.json', JSON.stringify(r));
@@ -186,7 +216,11 @@ keys:
   });
 
   describe('Secrets Manager native rotation', () => {
-    const step = (s: SecretsManagerRotationEvent['Step'], SecretId: string, ClientRequestToken: string): SecretsManagerRotationEvent => ({
+    const step = (
+      s: SecretsManagerRotationEvent['Step'],
+      SecretId: string,
+      ClientRequestToken: string,
+    ): SecretsManagerRotationEvent => ({
       Step: s,
       SecretId,
       ClientRequestToken,
@@ -209,7 +243,11 @@ keys:
       expect(created()).toBe(keysBefore + 1);
 
       // a retried createSecret changes nothing
-      expect(await run(step('createSecret', arn, token))).toMatchObject({ status: 'done', rotationId: c1.rotationId, stage: 'verify' });
+      expect(await run(step('createSecret', arn, token))).toMatchObject({
+        status: 'done',
+        rotationId: c1.rotationId,
+        stage: 'verify',
+      });
       expect(created()).toBe(keysBefore + 1);
 
       expect(await run(step('setSecret', arn, token))).toMatchObject({ status: 'done', rotationId: c1.rotationId });
@@ -258,13 +296,18 @@ keys:
       expect(await current(secret)).toBe(before);
 
       // the rotation of t1 is unaffected and finishes
-      for (const s of ['setSecret', 'testSecret', 'finishSecret'] as const) expect(await run(step(s, arn, t1))).toMatchObject({ status: 'done' });
+      for (const s of ['setSecret', 'testSecret', 'finishSecret'] as const)
+        expect(await run(step(s, arn, t1))).toMatchObject({ status: 'done' });
       expect(await stagesOf(secret, t1)).toContain('AWSCURRENT');
       // a step for a token that never had a createSecret
-      expect((await rejection(run(step('finishSecret', arn, randomUUID())))).message).toContain('ClientRequestToken mismatch');
+      expect((await rejection(run(step('finishSecret', arn, randomUUID())))).message).toContain(
+        'ClientRequestToken mismatch',
+      );
       // a secret no key is configured with
       expect((await rejection(run(step('createSecret', `${arn}-other`, randomUUID())))).code).toBe('UNKNOWN_KEY');
-      expect((await rejection(run({ Step: 'createSecret', SecretId: arn, ClientRequestToken: 'short' }))).code).toBe('USAGE');
+      expect((await rejection(run({ Step: 'createSecret', SecretId: arn, ClientRequestToken: 'short' }))).code).toBe(
+        'USAGE',
+      );
     });
 
     it('finishSecret past its time: AWSCURRENT moved, the health gate continues on the next (scheduled) invocation', async () => {

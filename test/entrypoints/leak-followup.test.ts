@@ -84,10 +84,20 @@ describe('after a leak-mode rotation that did not replace the key', () => {
       lastRotatedAt: null,
       currentKeyId: current,
       providerState: {},
-      last: { key: 'k', rotationId: 'rot-1', outcome: 'needs_attention', oldKeyId: 'old', newKeyId: 'new', leaked: true, ...last },
+      last: {
+        key: 'k',
+        rotationId: 'rot-1',
+        outcome: 'needs_attention',
+        oldKeyId: 'old',
+        newKeyId: 'new',
+        leaked: true,
+        ...last,
+      },
     });
     expect(unreplacedLeak(record('old', {}))?.oldKeyId).toBe('old'); // failed before the new key was served
-    expect(unreplacedLeak(record('old', { oldKeyId: null, newKeyId: null, outcome: 'rolled_back' }))?.oldKeyId).toBe('old'); // stopped in preflight
+    expect(unreplacedLeak(record('old', { oldKeyId: null, newKeyId: null, outcome: 'rolled_back' }))?.oldKeyId).toBe(
+      'old',
+    ); // stopped in preflight
     expect(unreplacedLeak(record('new', { oldKeyId: null }))).toBeNull(); // replaced; only the old key's revoke needs a human
     expect(unreplacedLeak(record('new', {}))).toBeNull(); // replaced
     expect(unreplacedLeak(record('old', { outcome: 'rotated' }))).toBeNull();

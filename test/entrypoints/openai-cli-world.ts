@@ -79,12 +79,27 @@ ${o.extraDefaults ? `  ${o.extraDefaults}\n` : ''}keys:
     async bootstrap(name, health) {
       const dir = workspace(world.config(' []'), name);
       const cfg = parseConfig(world.config(' []'), path.join(dir, 'rotation.config.yaml'), world.env());
-      const r = await rotateKey(cfg.keys[0]!, { config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env: world.env(), now: true });
+      const r = await rotateKey(cfg.keys[0]!, {
+        config: cfg,
+        stateStore: createFileStateStore(cfg.stateDir),
+        logger: silentLogger(),
+        env: world.env(),
+        now: true,
+      });
       expect(r.outcome).toBe('rotated');
       const old = world.fake.state.keyById(r.newKeyId!)!;
       if (health !== undefined) writeFileSync(path.join(dir, 'rotation.config.yaml'), world.config(health));
       const sa = saId;
-      const newKey = () => world.fake.state.liveKeys().find((k) => k.name.startsWith('keyrotor.app.') && k.id !== old.id && k.owner.type === 'service_account' && k.owner.serviceAccountId === sa);
+      const newKey = () =>
+        world.fake.state
+          .liveKeys()
+          .find(
+            (k) =>
+              k.name.startsWith('keyrotor.app.') &&
+              k.id !== old.id &&
+              k.owner.type === 'service_account' &&
+              k.owner.serviceAccountId === sa,
+          );
       return { dir, old, newKey };
     },
   };

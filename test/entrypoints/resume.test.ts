@@ -38,25 +38,41 @@ keys:
 `;
 
 const cli = (dir: string, ...args: string[]) =>
-  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], { env: env(), name: `resume-${args[0]}` });
+  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], {
+    env: env(),
+    name: `resume-${args[0]}`,
+  });
 const resultOf = (stdout: string) => (JSON.parse(stdout) as { results: KeyResult[] }).results[0]!;
 const alive = (id: string | null) => fake.state.liveKeys().some((k) => k.id === id);
 
-async function setup(name: string): Promise<{ dir: string; cfg: LoadedConfig; stateStore: StateStore; current: string; sa: string }> {
+async function setup(
+  name: string,
+): Promise<{ dir: string; cfg: LoadedConfig; stateStore: StateStore; current: string; sa: string }> {
   const sa = fake.state.addServiceAccount(`resume-${name}`);
   const dir = workspace(config(sa.id), `resume-${name}`);
   const boot = await cli(dir, 'rotate', '--now', 'app', '--json');
   expect(boot.code, boot.stderr).toBe(0);
   const file = path.join(dir, 'rotation.config.yaml');
   const cfg = parseConfig(readFileSync(file, 'utf8'), file, {});
-  return { dir, cfg, stateStore: createFileStateStore(cfg.stateDir), current: resultOf(boot.stdout).newKeyId!, sa: sa.id };
+  return {
+    dir,
+    cfg,
+    stateStore: createFileStateStore(cfg.stateDir),
+    current: resultOf(boot.stdout).newKeyId!,
+    sa: sa.id,
+  };
 }
 
 /** leave an unfinished rotation behind by pausing at the next safe point after `state` is entered */
 async function pauseAfter(cfg: LoadedConfig, stateStore: StateStore, state: string): Promise<KeyResult> {
   const ac = new AbortController();
   const r = await rotateKey(cfg.keys[0]!, {
-    config: cfg, stateStore, logger: silentLogger(), env: env(), now: true, signal: ac.signal,
+    config: cfg,
+    stateStore,
+    logger: silentLogger(),
+    env: env(),
+    now: true,
+    signal: ac.signal,
     observers: [{ onTransition: (e: TransitionEvent) => void (e.state === state && ac.abort()) }],
   });
   expect(r.outcome).toBe('in_progress');
@@ -93,7 +109,12 @@ async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
     async acquire(k, owner, ttl) {
       const l = await real.acquire(k, owner, ttl);
       if (!isLease(l)) return l;
-      return { owner: l.owner, expiresAt: l.expiresAt, renew: () => (isDead ? dead : l.renew()), release: () => (isDead ? dead : l.release()) };
+      return {
+        owner: l.owner,
+        expiresAt: l.expiresAt,
+        renew: () => (isDead ? dead : l.renew()),
+        release: () => (isDead ? dead : l.release()),
+      };
     },
   };
   void rotateKey(cfg.keys[0]!, { config: cfg, stateStore: store, logger: silentLogger(), env: env(), now: true });
@@ -117,7 +138,12 @@ describe('keyrotor resume', () => {
     const paused = await pauseAfter(cfg, stateStore, 'promote');
     const r = await runCli(['resume', 'app', '--json'], { cwd: dir, env: env(), name: 'resume-promote' });
     expect(r.code, r.stderr).toBe(0);
-    expect(resultOf(r.stdout)).toMatchObject({ outcome: 'rotated', rotationId: paused.rotationId, oldKeyId: current, newKeyId: paused.newKeyId });
+    expect(resultOf(r.stdout)).toMatchObject({
+      outcome: 'rotated',
+      rotationId: paused.rotationId,
+      oldKeyId: current,
+      newKeyId: paused.newKeyId,
+    });
     expect(alive(current)).toBe(false);
     expect(alive(paused.newKeyId)).toBe(true);
     expect((await stateStore.read('app'))?.active).toBeNull();
@@ -138,11 +164,18 @@ describe('keyrotor resume', () => {
     expect(early.code).toBe(3);
     expect(resultOf(early.stdout)).toMatchObject({ outcome: 'locked', error: { code: 'LOCKED' } });
 
-    const lock = JSON.parse(readFileSync(path.join(cfg.stateDir, 'locks', 'app.lock'), 'utf8')) as { expiresAt: string };
+    const lock = JSON.parse(readFileSync(path.join(cfg.stateDir, 'locks', 'app.lock'), 'utf8')) as {
+      expiresAt: string;
+    };
     await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(lock.expiresAt) - Date.now() + 30)));
     const r = await runCli(['resume', 'app', '--json'], { cwd: dir, env: env(), name: 'resume-lost-value' });
     expect(r.code, r.stderr).toBe(1);
-    expect(resultOf(r.stdout)).toMatchObject({ outcome: 'rolled_back', rotationId: active.rotationId, oldKeyId: current, error: { code: 'SECRET_UNAVAILABLE' } });
+    expect(resultOf(r.stdout)).toMatchObject({
+      outcome: 'rolled_back',
+      rotationId: active.rotationId,
+      oldKeyId: current,
+      error: { code: 'SECRET_UNAVAILABLE' },
+    });
     expect(alive(orphan!.id)).toBe(false);
     expect(alive(current)).toBe(true);
     expect(fake.state.liveKeys().length).toBe(keysBefore);
@@ -157,7 +190,9 @@ describe('keyrotor resume', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(resultOf(r.stdout)).toMatchObject({ outcome: 'rotated', rotationId: paused.rotationId, oldKeyId: current });
     expect(fake.calls('serviceAccounts.apiKeys.create').length).toBe(creates);
-    const mine = fake.state.liveKeys().filter((k) => k.owner.type === 'service_account' && k.owner.serviceAccountId === sa);
+    const mine = fake.state
+      .liveKeys()
+      .filter((k) => k.owner.type === 'service_account' && k.owner.serviceAccountId === sa);
     expect(mine.map((k) => k.id)).toEqual([paused.newKeyId]);
   });
 
@@ -180,7 +215,8 @@ describe('leak mode stopped at promote by a store failure', () => {
   // promotes the rest and revokes the leaked key.
   for (const stores of [['gcp'], ['file', 'gcp']] as const) {
     it(`after fixing the store, \`keyrotor resume\` finishes it and the leaked key dies (${stores.join(' + ')})`, async () => {
-      const { startBackends, closeBackends, prepareWorld, World, writeWorkspace, MASTER_KEY, served, workingKey } = await import('../chaos/world.ts');
+      const { startBackends, closeBackends, prepareWorld, World, writeWorkspace, MASTER_KEY, served, workingKey } =
+        await import('../chaos/world.ts');
       const b = await startBackends([...stores]);
       try {
         const w = new World({ key: 'leaky', stores: [...stores] });
@@ -189,7 +225,11 @@ describe('leak mode stopped at promote by a store failure', () => {
         const env = { OPENAI_ADMIN_KEY: b.openai.adminKey, KEYROTOR_MASTER_KEY: MASTER_KEY };
         const run = async (...args: string[]) => {
           let stdout = '';
-          const code = await main(['-c', ws.configFile, '--log-level', 'silent', ...args], { stdout: (s) => void (stdout += s), stderr: () => undefined, env });
+          const code = await main(['-c', ws.configFile, '--log-level', 'silent', ...args], {
+            stdout: (s) => void (stdout += s),
+            stderr: () => undefined,
+            env,
+          });
           capture('resume-leak-promote.stdout', stdout);
           return { code, result: resultOf(stdout) };
         };
@@ -198,10 +238,23 @@ describe('leak mode stopped at promote by a store failure', () => {
         // the GCP store refuses alias moves once the new key is staged everywhere
         const cfg = parseConfig(readFileSync(ws.configFile, 'utf8'), ws.configFile, {});
         const r = await rotateKey(cfg.keys[0]!, {
-          config: cfg, stateStore: createFileStateStore(cfg.stateDir), logger: silentLogger(), env, now: true, leaked: true,
-          observers: [{ onTransition: (e: TransitionEvent) => void (e.state === 'promote' && b.gcp!.deny('secretmanager.secrets.update')) }],
+          config: cfg,
+          stateStore: createFileStateStore(cfg.stateDir),
+          logger: silentLogger(),
+          env,
+          now: true,
+          leaked: true,
+          observers: [
+            {
+              onTransition: (e: TransitionEvent) =>
+                void (e.state === 'promote' && b.gcp!.deny('secretmanager.secrets.update')),
+            },
+          ],
         });
-        expect(r).toMatchObject({ outcome: 'needs_attention', error: { stage: 'promote', code: 'STORE_ACCESS_DENIED' } });
+        expect(r).toMatchObject({
+          outcome: 'needs_attention',
+          error: { stage: 'promote', code: 'STORE_ACCESS_DENIED' },
+        });
         b.gcp!.allow('secretmanager.secrets.update'); // the operator fixes access
         const resumed = await run('resume', 'leaky', '--json');
         expect(resumed.result).toMatchObject({ outcome: 'rotated', rotationId: r.rotationId });

@@ -16,7 +16,12 @@ function setup(config = LOCAL_CONFIG) {
   const dir = tempDir('pause');
   const cfg = parseConfig(config, path.join(dir, 'rotation.config.yaml'), {});
   const stateStore = createFileStateStore(cfg.stateDir);
-  return { cfg, stateStore, key: cfg.keys[0]!, base: { config: cfg, stateStore, logger: silentLogger(), env: {}, now: true } };
+  return {
+    cfg,
+    stateStore,
+    key: cfg.keys[0]!,
+    base: { config: cfg, stateStore, logger: silentLogger(), env: {}, now: true },
+  };
 }
 
 describe('graceful pause and resume', () => {

@@ -24,7 +24,19 @@ describe('keyrotor serve (process)', () => {
   it('--help documents routes, authentication and the environment', async () => {
     const r = await runCli(['serve', '--help'], { cwd: workspace(LOCAL_CONFIG, 'serve-help'), name: 'serve-help' });
     expect(r.code).toBe(0);
-    for (const s of ['/rotate', '/pubsub', '/healthz', '--audience', '--allowed-email', '--token-env', '--max-body', '--request-timeout', 'PORT', 'KEYROTOR_OIDC_AUDIENCE', 'KEYROTOR_OIDC_JWKS_URL']) {
+    for (const s of [
+      '/rotate',
+      '/pubsub',
+      '/healthz',
+      '--audience',
+      '--allowed-email',
+      '--token-env',
+      '--max-body',
+      '--request-timeout',
+      'PORT',
+      'KEYROTOR_OIDC_AUDIENCE',
+      'KEYROTOR_OIDC_JWKS_URL',
+    ]) {
       expect(r.stdout).toContain(s);
     }
   });
@@ -34,23 +46,38 @@ describe('keyrotor serve (process)', () => {
     const none = await runCli(['serve', '--port', '0'], { cwd, name: 'serve-noauth' });
     expect(none.code).toBe(2);
     expect(none.stderr).toContain('no authentication configured');
-    const anyone = await runCli(['serve', '--port', '0', '--audience', 'https://x.a.run.app'], { cwd, name: 'serve-anyone' });
+    const anyone = await runCli(['serve', '--port', '0', '--audience', 'https://x.a.run.app'], {
+      cwd,
+      name: 'serve-anyone',
+    });
     expect(anyone.code).toBe(2);
     expect(anyone.stderr).toContain('--allowed-email');
-    const short = await runCli(['serve', '--port', '0'], { cwd, env: { KEYROTOR_SERVE_TOKEN: 'short' }, name: 'serve-short' });
+    const short = await runCli(['serve', '--port', '0'], {
+      cwd,
+      env: { KEYROTOR_SERVE_TOKEN: 'short' },
+      name: 'serve-short',
+    });
     expect(short.code).toBe(2);
     expect(short.stderr).not.toContain('short\n');
-    const badPort = await runCli(['serve', '--port', 'eighty'], { cwd, env: { KEYROTOR_SERVE_TOKEN: TOKEN }, name: 'serve-badport' });
+    const badPort = await runCli(['serve', '--port', 'eighty'], {
+      cwd,
+      env: { KEYROTOR_SERVE_TOKEN: TOKEN },
+      name: 'serve-badport',
+    });
     expect(badPort.code).toBe(2);
   });
 
   it('serves on the configured address, rotates on an authenticated request, exits 0 on SIGTERM', async () => {
     const cwd = workspace(LOCAL_CONFIG, 'serve-proc');
-    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--token-env', 'MY_SERVE_TOKEN'], {
-      cwd,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, MY_SERVE_TOKEN: TOKEN, KEYROTOR_LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--token-env', 'MY_SERVE_TOKEN'],
+      {
+        cwd,
+        env: { PATH: process.env.PATH, HOME: process.env.HOME, MY_SERVE_TOKEN: TOKEN, KEYROTOR_LOG_LEVEL: 'info' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     children.push(child);
     let stderr = '';
     let stdout = '';
@@ -70,7 +97,11 @@ describe('keyrotor serve (process)', () => {
 
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     expect((await fetch(`${url}/rotate`, { method: 'POST', body: '{}' })).status).toBe(401);
-    const res = await fetch(`${url}/rotate`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ keys: ['demo'], now: true }) });
+    const res = await fetch(`${url}/rotate`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ keys: ['demo'], now: true }),
+    });
     expect(res.status).toBe(200);
     const body = (await res.json()) as { results: Array<{ key: string; outcome: string }> };
     expect(body.results[0]).toMatchObject({ key: 'demo', outcome: 'rotated' });

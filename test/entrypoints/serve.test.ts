@@ -64,8 +64,17 @@ describe('keyrotor serve (Cloud Run HTTP entry point)', () => {
   beforeAll(async () => {
     process.env.METADATA_SERVER_DETECTION = 'none';
     [openai, gcp] = await Promise.all([startOpenAIFake(), startGcpFake()]);
-    gcpRaw = new SecretManagerServiceClient({ apiEndpoint: '127.0.0.1', port: gcp.port, sslCreds: grpc.credentials.createInsecure(), universeDomain: 'googleapis.com' });
-    await gcpRaw.createSecret({ parent: `projects/${GCP_PROJECT}`, secretId: 'openai-key', secret: { replication: { automatic: {} } } });
+    gcpRaw = new SecretManagerServiceClient({
+      apiEndpoint: '127.0.0.1',
+      port: gcp.port,
+      sslCreds: grpc.credentials.createInsecure(),
+      universeDomain: 'googleapis.com',
+    });
+    await gcpRaw.createSecret({
+      parent: `projects/${GCP_PROJECT}`,
+      secretId: 'openai-key',
+      secret: { replication: { automatic: {} } },
+    });
 
     // a local "Google": an RS256 key pair and its JWKS on loopback
     const pair = await generateKeyPair('RS256', { extractable: true });
@@ -131,7 +140,18 @@ keys:
 
   // ------------------------------------------------------------------ helpers
 
-  async function token(o: { aud?: string; email?: string; verified?: boolean; iss?: string; exp?: number; iat?: number; key?: CryptoKey; kid?: string } = {}) {
+  async function token(
+    o: {
+      aud?: string;
+      email?: string;
+      verified?: boolean;
+      iss?: string;
+      exp?: number;
+      iat?: number;
+      key?: CryptoKey;
+      kid?: string;
+    } = {},
+  ) {
     const now = Math.floor(Date.now() / 1000);
     return new SignJWT({ email: o.email ?? CALLER, email_verified: o.verified ?? true })
       .setProtectedHeader({ alg: 'RS256', kid: o.kid ?? 'test-kid-1', typ: 'JWT' })
@@ -144,7 +164,17 @@ keys:
   }
 
   /** one raw HTTP request (no client-side normalisation), captured for the canary scan */
-  function call(method: string, p: string, o: { body?: string | Buffer; auth?: string; headers?: Record<string, string>; chunked?: boolean; on?: KeyrotorServer } = {}): Promise<Reply> {
+  function call(
+    method: string,
+    p: string,
+    o: {
+      body?: string | Buffer;
+      auth?: string;
+      headers?: Record<string, string>;
+      chunked?: boolean;
+      on?: KeyrotorServer;
+    } = {},
+  ): Promise<Reply> {
     const target = o.on ?? srv;
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = { ...(o.auth ? { authorization: o.auth } : {}), ...o.headers };
@@ -166,7 +196,8 @@ keys:
       });
       req.on('error', (e: NodeJS.ErrnoException) => {
         // the server may close the socket right after a 413 while we still write
-        if (e.code === 'EPIPE' || e.code === 'ECONNRESET') resolve({ status: -1, headers: {}, json: undefined, text: '' });
+        if (e.code === 'EPIPE' || e.code === 'ECONNRESET')
+          resolve({ status: -1, headers: {}, json: undefined, text: '' });
         else reject(e);
       });
       if (o.body !== undefined) {
@@ -185,7 +216,11 @@ keys:
   function envelope(o: { eventType?: string; secretId?: string; publishTime?: string; data?: string } = {}) {
     return JSON.stringify({
       message: {
-        attributes: { eventType: o.eventType ?? 'SECRET_ROTATE', secretId: o.secretId ?? SECRET, dataFormat: 'JSON_API_V1' },
+        attributes: {
+          eventType: o.eventType ?? 'SECRET_ROTATE',
+          secretId: o.secretId ?? SECRET,
+          dataFormat: 'JSON_API_V1',
+        },
         data: o.data ?? Buffer.from(JSON.stringify({ name: SECRET })).toString('base64'),
         messageId: randomUUID(),
         publishTime: o.publishTime ?? new Date().toISOString(),
@@ -198,7 +233,9 @@ keys:
   async function world() {
     return JSON.stringify({
       openaiKeys: openai.state.keys.map((k) => [k.id, k.deleted]),
-      gcpWrites: gcp.log.filter((e) => ['AddSecretVersion', 'UpdateSecret', 'DisableSecretVersion', 'DestroySecretVersion'].includes(e.method)).length,
+      gcpWrites: gcp.log.filter((e) =>
+        ['AddSecretVersion', 'UpdateSecret', 'DisableSecretVersion', 'DestroySecretVersion'].includes(e.method),
+      ).length,
       gcpAliases: gcp.state.secret(SECRET).aliases,
       local: await stateStore.read('local-app'),
       gcpApp: await stateStore.read('gcp-app'),
@@ -271,7 +308,17 @@ keys:
 
   it('rejects malformed /rotate bodies with 400 and changes nothing', async () => {
     const before = await world();
-    for (const body of ['{', 'not json', '[]', '"x"', '{"keys":"local-app"}', '{"keys":["nope"],"now":true}', '{"leaked":true}', '{"keys":["local-app"],"leaked":true}', '{"now":true,"extra":1}']) {
+    for (const body of [
+      '{',
+      'not json',
+      '[]',
+      '"x"',
+      '{"keys":"local-app"}',
+      '{"keys":["nope"],"now":true}',
+      '{"leaked":true}',
+      '{"keys":["local-app"],"leaked":true}',
+      '{"now":true,"extra":1}',
+    ]) {
       const r = await call('POST', '/rotate', { body, auth: await good() });
       expect(r.status, body).toBe(400);
       expect(r.text).not.toContain('not json'); // the body is never echoed
@@ -281,7 +328,11 @@ keys:
 
   it('garbage Pub/Sub envelopes get 400 and nothing changes', async () => {
     const before = await world();
-    const msg = (m: object) => JSON.stringify({ message: { messageId: '1', publishTime: new Date().toISOString(), ...m }, subscription: 'projects/p/subscriptions/s' });
+    const msg = (m: object) =>
+      JSON.stringify({
+        message: { messageId: '1', publishTime: new Date().toISOString(), ...m },
+        subscription: 'projects/p/subscriptions/s',
+      });
     const garbage = [
       'not json',
       '{}',
@@ -308,16 +359,30 @@ keys:
   });
 
   it('a valid OIDC request rotates; the bearer token works too; the result is the CLI JSON', async () => {
-    const r1 = await call('POST', '/rotate', { body: JSON.stringify({ keys: ['local-app'], now: true }), auth: await good() });
+    const r1 = await call('POST', '/rotate', {
+      body: JSON.stringify({ keys: ['local-app'], now: true }),
+      auth: await good(),
+    });
     expect(r1.status).toBe(200);
     expect(r1.json.results).toHaveLength(1);
     expect(r1.json.results[0]).toMatchObject({ key: 'local-app', outcome: 'rotated', bootstrap: true });
-    const r2 = await call('POST', '/rotate', { body: JSON.stringify({ keys: ['local-app'], now: true }), auth: bearer(BEARER) });
+    const r2 = await call('POST', '/rotate', {
+      body: JSON.stringify({ keys: ['local-app'], now: true }),
+      auth: bearer(BEARER),
+    });
     expect(r2.status).toBe(200);
-    expect(r2.json.results[0]).toMatchObject({ key: 'local-app', outcome: 'rotated', oldKeyId: r1.json.results[0].newKeyId });
+    expect(r2.json.results[0]).toMatchObject({
+      key: 'local-app',
+      outcome: 'rotated',
+      oldKeyId: r1.json.results[0].newKeyId,
+    });
     // Cloud Scheduler's empty body: every due key (local-app is not due any more)
     const before = await stateStore.read('local-app');
-    const r3 = await call('POST', '/rotate', { body: '', auth: await good(), headers: { 'content-type': 'application/octet-stream' } });
+    const r3 = await call('POST', '/rotate', {
+      body: '',
+      auth: await good(),
+      headers: { 'content-type': 'application/octet-stream' },
+    });
     expect(r3.status).toBe(200);
     expect(r3.json.results.find((x: { key: string }) => x.key === 'local-app')).toMatchObject({ outcome: 'skipped' });
     expect((await stateStore.read('local-app'))?.lastRotatedAt).toBe(before?.lastRotatedAt);
@@ -340,7 +405,11 @@ keys:
     expect(r1.json.results[0]).toMatchObject({ key: 'gcp-app', outcome: 'rotated' });
     const publishTime = new Date().toISOString();
     const r2 = await call('POST', '/pubsub', { body: envelope({ publishTime }), auth: await good() });
-    expect(r2.json.results[0]).toMatchObject({ key: 'gcp-app', outcome: 'rotated', oldKeyId: r1.json.results[0].newKeyId });
+    expect(r2.json.results[0]).toMatchObject({
+      key: 'gcp-app',
+      outcome: 'rotated',
+      oldKeyId: r1.json.results[0].newKeyId,
+    });
     const served = async () => {
       const [v] = await gcpRaw.accessSecretVersion({ name: `${SECRET}/versions/current` });
       return Buffer.from(v.payload!.data as Uint8Array).toString('utf8');
@@ -354,14 +423,21 @@ keys:
     expect(dup.json.results[0]).toMatchObject({ key: 'gcp-app', outcome: 'skipped' });
     // other Secret Manager events and secrets no key holds are acknowledged, nothing rotates
     const before = await world();
-    for (const body of [envelope({ eventType: 'SECRET_VERSION_ADD' }), envelope({ eventType: 'SECRET_UPDATE' }), envelope({ secretId: `projects/${GCP_PROJECT}/secrets/someone-elses` })]) {
+    for (const body of [
+      envelope({ eventType: 'SECRET_VERSION_ADD' }),
+      envelope({ eventType: 'SECRET_UPDATE' }),
+      envelope({ secretId: `projects/${GCP_PROJECT}/secrets/someone-elses` }),
+    ]) {
       const r = await call('POST', '/pubsub', { body, auth: await good() });
       expect(r.status).toBe(200);
       expect(r.json).toMatchObject({ results: [] });
     }
     expect(await world()).toBe(before);
     // a notification naming the project by number maps by the (unique) secret name
-    const r3 = await call('POST', '/pubsub', { body: envelope({ secretId: 'projects/123456789012/secrets/openai-key' }), auth: bearer(BEARER) });
+    const r3 = await call('POST', '/pubsub', {
+      body: envelope({ secretId: 'projects/123456789012/secrets/openai-key' }),
+      auth: bearer(BEARER),
+    });
     expect(r3.json.results[0]).toMatchObject({ key: 'gcp-app', outcome: 'rotated' });
     // the other key was never touched
     expect(await stateStore.read('local-app')).toEqual(localBefore);
@@ -388,7 +464,11 @@ keys:
     const other = await start({});
     try {
       openai.setNewKeyPropagation(1_000_000);
-      const pending = call('POST', '/rotate', { body: JSON.stringify({ keys: ['gcp-app'], now: true }), auth: bearer(BEARER), on: other });
+      const pending = call('POST', '/rotate', {
+        body: JSON.stringify({ keys: ['gcp-app'], now: true }),
+        auth: bearer(BEARER),
+        on: other,
+      });
       // wait until the rotation sits in verify
       for (let i = 0; i < 200; i++) {
         const v = ((await stateStore.read('gcp-app'))?.active?.snapshot as { value?: string } | undefined)?.value;
@@ -402,7 +482,10 @@ keys:
       expect(r.json.results[0]).toMatchObject({ key: 'gcp-app', outcome: 'in_progress', stage: 'verify' });
       openai.delayPropagation(r.json.results[0].newKeyId, 0);
       const again = await call('POST', '/rotate', { body: '{}', auth: bearer(BEARER) });
-      expect(again.json.results.find((x: { key: string }) => x.key === 'gcp-app')).toMatchObject({ outcome: 'rotated', rotationId: r.json.results[0].rotationId });
+      expect(again.json.results.find((x: { key: string }) => x.key === 'gcp-app')).toMatchObject({
+        outcome: 'rotated',
+        rotationId: r.json.results[0].rotationId,
+      });
     } finally {
       openai.setNewKeyPropagation(0);
       await other.close();

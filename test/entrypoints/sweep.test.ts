@@ -43,7 +43,10 @@ keys:
 
 /** the CLI in this process (edge cases); logs are kept at error level */
 const cli = (dir: string, ...args: string[]) =>
-  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], { env: env(), name: `sweep-${args[0]}` });
+  cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], {
+    env: env(),
+    name: `sweep-${args[0]}`,
+  });
 const sweepOf = (stdout: string) => (JSON.parse(stdout) as { keys: SweepKeyResult[] }).keys[0]!;
 const alive = (id: string) => fake.state.liveKeys().some((k) => k.id === id);
 
@@ -53,7 +56,10 @@ async function setup(name: string) {
   const boot = await cli(dir, 'rotate', '--now', 'app', '--json');
   expect(boot.code, boot.stderr).toBe(0);
   const current = (JSON.parse(boot.stdout) as { results: Array<{ newKeyId: string }> }).results[0]!.newKeyId;
-  const orphan = fake.state.plantKey({ name: 'keyrotor.app.rot-20260101t000000z-0badf00d', owner: { type: 'service_account', serviceAccountId: sa.id } });
+  const orphan = fake.state.plantKey({
+    name: 'keyrotor.app.rot-20260101t000000z-0badf00d',
+    owner: { type: 'service_account', serviceAccountId: sa.id },
+  });
   return { sa, dir, current, orphan };
 }
 
@@ -63,11 +69,23 @@ describe('keyrotor sweep', () => {
     const other = fake.state.addServiceAccount('sweep-someone-else');
     const keep: FakeKey[] = [
       fake.state.plantKey({ name: 'Secret key' }), // made by hand: no marker
-      fake.state.plantKey({ name: 'keyrotor.billing.rot-20260101t000000z-0badf00d', owner: { type: 'service_account', serviceAccountId: sa.id } }), // not a configured key
-      fake.state.plantKey({ name: 'keyrotor.app.not-a-rotation-id', owner: { type: 'service_account', serviceAccountId: sa.id } }), // no valid marker
-      fake.state.plantKey({ name: 'keyrotor.app.rot-20260102t000000z-0ddba11f', owner: { type: 'service_account', serviceAccountId: other.id } }), // another service account
+      fake.state.plantKey({
+        name: 'keyrotor.billing.rot-20260101t000000z-0badf00d',
+        owner: { type: 'service_account', serviceAccountId: sa.id },
+      }), // not a configured key
+      fake.state.plantKey({
+        name: 'keyrotor.app.not-a-rotation-id',
+        owner: { type: 'service_account', serviceAccountId: sa.id },
+      }), // no valid marker
+      fake.state.plantKey({
+        name: 'keyrotor.app.rot-20260102t000000z-0ddba11f',
+        owner: { type: 'service_account', serviceAccountId: other.id },
+      }), // another service account
     ];
-    const liveBefore = fake.state.liveKeys().map((k) => k.id).sort();
+    const liveBefore = fake.state
+      .liveKeys()
+      .map((k) => k.id)
+      .sort();
     const treeBefore = treeSnapshot(path.join(dir, '.keyrotor', 'state'));
 
     const dry = await runCli(['sweep', '--dry-run', '--json'], { cwd: dir, env: env(), name: 'sweep-dry-json' });
@@ -76,17 +94,36 @@ describe('keyrotor sweep', () => {
     expect(d).toMatchObject({ key: 'app', outcome: 'swept', dryRun: true });
     expect(d.entries).toEqual(
       expect.arrayContaining([
-        expect.objectContaining({ keyId: orphan.id, action: 'would_delete', rotationId: 'rot-20260101t000000z-0badf00d' }),
-        expect.objectContaining({ keyId: current, action: 'kept', reason: expect.stringContaining('current in file:') }),
-        expect.objectContaining({ keyId: keep[3]!.id, action: 'kept', reason: expect.stringContaining(`service_account:${other.id}`) }),
+        expect.objectContaining({
+          keyId: orphan.id,
+          action: 'would_delete',
+          rotationId: 'rot-20260101t000000z-0badf00d',
+        }),
+        expect.objectContaining({
+          keyId: current,
+          action: 'kept',
+          reason: expect.stringContaining('current in file:'),
+        }),
+        expect.objectContaining({
+          keyId: keep[3]!.id,
+          action: 'kept',
+          reason: expect.stringContaining(`service_account:${other.id}`),
+        }),
       ]),
     );
     expect(d.entries).toHaveLength(3); // unmarked, other keys' and malformed names are not even listed
     expect(d.unmarked).toBeGreaterThanOrEqual(3);
     const text = await runCli(['sweep', '--dry-run'], { cwd: dir, env: env(), name: 'sweep-dry-text' });
     expect(text.code, text.stderr).toBe(0);
-    expect(text.stdout).toMatch(new RegExp(`${orphan.id}\\s+WOULD DELETE\\s+keyrotor\\.app\\.rot-20260101t000000z-0badf00d`));
-    expect(fake.state.liveKeys().map((k) => k.id).sort()).toEqual(liveBefore);
+    expect(text.stdout).toMatch(
+      new RegExp(`${orphan.id}\\s+WOULD DELETE\\s+keyrotor\\.app\\.rot-20260101t000000z-0badf00d`),
+    );
+    expect(
+      fake.state
+        .liveKeys()
+        .map((k) => k.id)
+        .sort(),
+    ).toEqual(liveBefore);
     expect(treeSnapshot(path.join(dir, '.keyrotor', 'state'))).toEqual(treeBefore);
 
     const real = await runCli(['sweep', '--json'], { cwd: dir, env: env(), name: 'sweep-json' });
@@ -111,12 +148,21 @@ describe('keyrotor sweep', () => {
 
   it('an unfinished rotation is resumed first and its keys are never swept (dry-run only says it would resume)', async () => {
     const { dir, current, orphan } = await setup('active');
-    const cfg = parseConfig(readFileSync(path.join(dir, 'rotation.config.yaml'), 'utf8'), path.join(dir, 'rotation.config.yaml'), {});
+    const cfg = parseConfig(
+      readFileSync(path.join(dir, 'rotation.config.yaml'), 'utf8'),
+      path.join(dir, 'rotation.config.yaml'),
+      {},
+    );
     const stateStore = createFileStateStore(cfg.stateDir);
     const ac = new AbortController();
     // stop at the next safe point after the new key is staged: it exists at the issuer, pending in the store
     const paused = await rotateKey(cfg.keys[0]!, {
-      config: cfg, stateStore, logger: silentLogger(), env: env(), now: true, signal: ac.signal,
+      config: cfg,
+      stateStore,
+      logger: silentLogger(),
+      env: env(),
+      now: true,
+      signal: ac.signal,
       observers: [{ onTransition: (e: TransitionEvent) => void (e.state === 'verify' && ac.abort()) }],
     });
     expect(paused.outcome).toBe('in_progress');
@@ -127,7 +173,12 @@ describe('keyrotor sweep', () => {
     expect(dry.code).toBe(0);
     const d = sweepOf(dry.stdout);
     expect(d.wouldResume).toBe(paused.rotationId);
-    expect(d.entries.find((e) => e.keyId === newKeyId)).toMatchObject({ action: 'kept', reason: expect.stringMatching(new RegExp(`rotation ${paused.rotationId}.*unfinished|unfinished rotation ${paused.rotationId}`)) });
+    expect(d.entries.find((e) => e.keyId === newKeyId)).toMatchObject({
+      action: 'kept',
+      reason: expect.stringMatching(
+        new RegExp(`rotation ${paused.rotationId}.*unfinished|unfinished rotation ${paused.rotationId}`),
+      ),
+    });
     expect(d.entries.find((e) => e.keyId === orphan.id)).toMatchObject({ action: 'would_delete' });
     expect((await stateStore.read('app'))?.active?.rotationId).toBe(paused.rotationId);
     const textDry = await cli(dir, 'sweep', '--dry-run');
@@ -181,16 +232,27 @@ describe('keyrotor sweep', () => {
   it('a current value without a key id in the store is identified at the issuer and kept', async () => {
     const { sa, dir } = await setup('handplaced');
     // someone copied a keyrotor-named key into the store by hand: no metadata says which key it is
-    const k = fake.state.plantKey({ name: 'keyrotor.app.rot-20260103t000000z-5eed5eed', owner: { type: 'service_account', serviceAccountId: sa.id } });
+    const k = fake.state.plantKey({
+      name: 'keyrotor.app.rot-20260103t000000z-5eed5eed',
+      owner: { type: 'service_account', serviceAccountId: sa.id },
+    });
     const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: MASTER }, providerState: { get: () => undefined, set: async () => {} },
+      keyName: 'app',
+      stateDir: path.join(dir, '.keyrotor'),
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: MASTER },
+      providerState: { get: () => undefined, set: async () => {} },
     });
     await store.stage({ rotationId: 'rot-20260103t000000z-5eed5eed', secret: Secret.of(k.value), meta: {} });
     await store.promote('rot-20260103t000000z-5eed5eed');
     const r = await cli(dir, 'sweep', '--json');
     expect(r.code, r.stderr).toBe(0);
-    expect(sweepOf(r.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({ action: 'kept', reason: expect.stringContaining('identified at the issuer') });
+    expect(sweepOf(r.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({
+      action: 'kept',
+      reason: expect.stringContaining('identified at the issuer'),
+    });
     expect(alive(k.id)).toBe(true);
     expect(r.stdout + r.stderr).not.toContain(CANARY);
   });
@@ -198,15 +260,30 @@ describe('keyrotor sweep', () => {
   it('a key pending in a store is kept even when this state store knows no rotation of it', async () => {
     const { sa, dir } = await setup('pending');
     // e.g. another installation (its own state dir) is half way through a rotation of the same secret
-    const k = fake.state.plantKey({ name: 'keyrotor.app.rot-20260104t000000z-0ca11ed0', owner: { type: 'service_account', serviceAccountId: sa.id } });
-    const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: MASTER }, providerState: { get: () => undefined, set: async () => {} },
+    const k = fake.state.plantKey({
+      name: 'keyrotor.app.rot-20260104t000000z-0ca11ed0',
+      owner: { type: 'service_account', serviceAccountId: sa.id },
     });
-    await store.stage({ rotationId: 'rot-20260104t000000z-0ca11ed0', secret: Secret.of(k.value), meta: { rotationId: 'rot-20260104t000000z-0ca11ed0', issuerKeyId: k.id } });
+    const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
+      keyName: 'app',
+      stateDir: path.join(dir, '.keyrotor'),
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env: { KEYROTOR_MASTER_KEY: MASTER },
+      providerState: { get: () => undefined, set: async () => {} },
+    });
+    await store.stage({
+      rotationId: 'rot-20260104t000000z-0ca11ed0',
+      secret: Secret.of(k.value),
+      meta: { rotationId: 'rot-20260104t000000z-0ca11ed0', issuerKeyId: k.id },
+    });
     const r = await cli(dir, 'sweep', '--json');
     expect(r.code, r.stderr).toBe(0);
-    expect(sweepOf(r.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({ action: 'kept', reason: expect.stringContaining('pending in file:') });
+    expect(sweepOf(r.stdout).entries.find((e) => e.keyId === k.id)).toMatchObject({
+      action: 'kept',
+      reason: expect.stringContaining('pending in file:'),
+    });
     expect(alive(k.id)).toBe(true);
     // once that pending version is gone, the key is an orphan
     await store.unstage('rot-20260104t000000z-0ca11ed0');

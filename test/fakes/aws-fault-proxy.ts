@@ -52,7 +52,11 @@ function readAll(s: IncomingMessage): Promise<Buffer> {
 }
 
 function garble(kind: AwsMalformedKind, real: string, secretId: string): { type: string; text: string } {
-  if (kind === 'html') return { type: 'text/html', text: '<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>' };
+  if (kind === 'html')
+    return {
+      type: 'text/html',
+      text: '<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>',
+    };
   if (kind === 'shape') return { type: 'application/x-amz-json-1.1', text: JSON.stringify({ Name: secretId }) };
   let parsed: unknown;
   try {
@@ -63,7 +67,10 @@ function garble(kind: AwsMalformedKind, real: string, secretId: string): { type:
   const value = parsed && typeof parsed === 'object' ? (parsed as { SecretString?: unknown }).SecretString : undefined;
   const full = parsed === undefined ? JSON.stringify({ Name: secretId }) : real;
   // a connection lost mid-body: inside the value when the answer carries one, else halfway
-  const at = typeof value === 'string' && value.length > 1 ? full.indexOf(JSON.stringify(value)) + 1 + Math.floor(value.length / 2) : Math.max(1, Math.floor(full.length / 2));
+  const at =
+    typeof value === 'string' && value.length > 1
+      ? full.indexOf(JSON.stringify(value)) + 1 + Math.floor(value.length / 2)
+      : Math.max(1, Math.floor(full.length / 2));
   return { type: 'application/x-amz-json-1.1', text: full.slice(0, at) };
 }
 
@@ -94,13 +101,28 @@ export async function startAwsFaultProxy(target: string): Promise<AwsFaultProxy>
       }
 
       const forward = () =>
-        new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }>((resolve, reject) => {
-          const up = request({ host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host }, agent }, (r) => {
-            readAll(r).then((b) => resolve({ status: r.statusCode ?? 502, headers: r.headers, text: b.toString('utf8') }), reject);
-          });
-          up.on('error', reject);
-          up.end(body);
-        });
+        new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }>(
+          (resolve, reject) => {
+            const up = request(
+              {
+                host: t.hostname,
+                port: t.port,
+                method: req.method,
+                path: req.url,
+                headers: { ...req.headers, host: t.host },
+                agent,
+              },
+              (r) => {
+                readAll(r).then(
+                  (b) => resolve({ status: r.statusCode ?? 502, headers: r.headers, text: b.toString('utf8') }),
+                  reject,
+                );
+              },
+            );
+            up.on('error', reject);
+            up.end(body);
+          },
+        );
 
       try {
         if (!rule) {
@@ -121,7 +143,11 @@ export async function startAwsFaultProxy(target: string): Promise<AwsFaultProxy>
         const g = garble(rule.kind, real, secretId);
         entry.status = 200;
         entry.fault = `malformed ${rule.kind}${rule.applied ? ' applied' : ''}`;
-        res.writeHead(200, { 'content-type': g.type, 'content-length': String(Buffer.byteLength(g.text)), 'x-amzn-requestid': `fault-${log.length}` });
+        res.writeHead(200, {
+          'content-type': g.type,
+          'content-length': String(Buffer.byteLength(g.text)),
+          'x-amzn-requestid': `fault-${log.length}`,
+        });
         res.end(g.text);
       } catch {
         entry.status = 502;

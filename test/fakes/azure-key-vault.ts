@@ -174,7 +174,13 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
   });
   const disabled = () => ({
     status: 403,
-    body: { error: { code: 'Forbidden', message: 'Operation get is not allowed on a disabled secret.', innererror: { code: 'SecretDisabled' } } },
+    body: {
+      error: {
+        code: 'Forbidden',
+        message: 'Operation get is not allowed on a disabled secret.',
+        innererror: { code: 'SecretDisabled' },
+      },
+    },
   });
   const bad = (message: string) => ({ status: 400, body: { error: { code: 'BadParameter', message } } });
 
@@ -195,11 +201,22 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
     return { op: 'unsupported', name };
   }
 
-  function handle(op: AzureFakeOp, name: string, version: string, query: URLSearchParams, body: unknown): { status: number; body: unknown } {
+  function handle(
+    op: AzureFakeOp,
+    name: string,
+    version: string,
+    query: URLSearchParams,
+    body: unknown,
+  ): { status: number; body: unknown } {
     switch (op) {
       case 'setSecret': {
         if (!NAME_RE.test(name)) return bad(`The request URI contains an invalid name: ${name}`);
-        const b = (body ?? {}) as { value?: unknown; contentType?: string; tags?: Record<string, string>; attributes?: { enabled?: boolean; exp?: number; nbf?: number } };
+        const b = (body ?? {}) as {
+          value?: unknown;
+          contentType?: string;
+          tags?: Record<string, string>;
+          attributes?: { enabled?: boolean; exp?: number; nbf?: number };
+        };
         if (typeof b.value !== 'string') return bad('Property value is required');
         if (b.tags && Object.keys(b.tags).length > 15) return bad('Too many tags: a secret can have at most 15 tags');
         const t = now();
@@ -226,7 +243,11 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
       case 'updateSecret': {
         const v = find(name, version);
         if ('status' in v) return v;
-        const b = (body ?? {}) as { contentType?: string; tags?: Record<string, string>; attributes?: { enabled?: boolean; exp?: number; nbf?: number } };
+        const b = (body ?? {}) as {
+          contentType?: string;
+          tags?: Record<string, string>;
+          attributes?: { enabled?: boolean; exp?: number; nbf?: number };
+        };
         if (b.tags && Object.keys(b.tags).length > 15) return bad('Too many tags: a secret can have at most 15 tags');
         if (b.attributes?.enabled !== undefined) v.enabled = b.attributes.enabled;
         if (b.attributes?.exp !== undefined) v.exp = b.attributes.exp;
@@ -251,12 +272,17 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
         return { status: 200, body: { value: page.map((v) => item(name, v)), nextLink } };
       }
       default:
-        return { status: 400, body: { error: { code: 'BadParameter', message: 'operation not supported by the keyrotor fake' } } };
+        return {
+          status: 400,
+          body: { error: { code: 'BadParameter', message: 'operation not supported by the keyrotor fake' } },
+        };
     }
   }
 
   function takeFault(op: AzureFakeOp, name: string | undefined): (AzureFaultRule & { remaining: number }) | undefined {
-    const rule = state.faults.find((f) => (f.op === '*' || f.op === op) && (f.name === undefined || f.name === name) && f.remaining > 0);
+    const rule = state.faults.find(
+      (f) => (f.op === '*' || f.op === op) && (f.name === undefined || f.name === name) && f.remaining > 0,
+    );
     if (rule) rule.remaining--;
     state.faults = state.faults.filter((f) => f.remaining > 0);
     return rule;
@@ -275,7 +301,14 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
     ...(authorized && status !== 401 ? { 'x-ms-keyvault-rbac-assignment-id': 'fake0000000000000000000000000000' } : {}),
   });
 
-  function send(req: IncomingMessage, res: ServerResponse, status: number, body: unknown, authorized: boolean, extra: Record<string, string> = {}) {
+  function send(
+    req: IncomingMessage,
+    res: ServerResponse,
+    status: number,
+    body: unknown,
+    authorized: boolean,
+    extra: Record<string, string> = {},
+  ) {
     const text = JSON.stringify(body);
     const clientRequestId = req.headers['x-ms-client-request-id'];
     res.writeHead(status, {
@@ -289,7 +322,14 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
   }
 
   /** a 200 the SDK cannot use, built from the answer that would have gone out (see AzureFaultRule.malformed) */
-  function sendMalformed(req: IncomingMessage, res: ServerResponse, kind: 'truncated' | 'html' | 'shape', op: AzureFakeOp, name: string, real: unknown) {
+  function sendMalformed(
+    req: IncomingMessage,
+    res: ServerResponse,
+    kind: 'truncated' | 'html' | 'shape',
+    op: AzureFakeOp,
+    name: string,
+    real: unknown,
+  ) {
     let text: string;
     let type = 'application/json; charset=utf-8';
     if (kind === 'html') {
@@ -299,14 +339,25 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
       const full = JSON.stringify(real);
       const v = real && typeof real === 'object' ? (real as { value?: unknown }).value : undefined;
       // cut inside the value when the answer carries one (a connection lost mid-body), else halfway
-      const at = typeof v === 'string' && v.length > 1 ? full.indexOf(JSON.stringify(v)) + 1 + Math.floor(v.length / 2) : Math.max(1, Math.floor(full.length / 2));
+      const at =
+        typeof v === 'string' && v.length > 1
+          ? full.indexOf(JSON.stringify(v)) + 1 + Math.floor(v.length / 2)
+          : Math.max(1, Math.floor(full.length / 2));
       text = full.slice(0, at);
     } else {
-      const r = (real && typeof real === 'object' ? real : {}) as { attributes?: unknown; tags?: unknown; nextLink?: unknown };
+      const r = (real && typeof real === 'object' ? real : {}) as {
+        attributes?: unknown;
+        tags?: unknown;
+        nextLink?: unknown;
+      };
       text = JSON.stringify(
         op === 'getSecretVersions'
           ? { nextLink: null }
-          : { id: `${vaultUrl}/secrets/${name}`, ...(r.attributes ? { attributes: r.attributes } : {}), ...(r.tags ? { tags: r.tags } : {}) },
+          : {
+              id: `${vaultUrl}/secrets/${name}`,
+              ...(r.attributes ? { attributes: r.attributes } : {}),
+              ...(r.tags ? { tags: r.tags } : {}),
+            },
       );
     }
     const clientRequestId = req.headers['x-ms-client-request-id'];
@@ -344,21 +395,37 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
       log.push(entry);
       if (!authorized) {
         entry.status = 401;
-        send(req, res, 401, { error: { code: 'Unauthorized', message: 'AKV10000: Request is missing a Bearer or PoP token.' } }, false, {
-          'WWW-Authenticate': `Bearer authorization="https://login.microsoftonline.com/${state.tenantId}", resource="https://vault.azure.net"`,
-        });
+        send(
+          req,
+          res,
+          401,
+          { error: { code: 'Unauthorized', message: 'AKV10000: Request is missing a Bearer or PoP token.' } },
+          false,
+          {
+            'WWW-Authenticate': `Bearer authorization="https://login.microsoftonline.com/${state.tenantId}", resource="https://vault.azure.net"`,
+          },
+        );
         return;
       }
       state.tokensSeen++;
       if (!entry.apiVersion) {
         entry.status = 400;
-        send(req, res, 400, { error: { code: 'BadParameter', message: 'The api-version query parameter is required' } }, true);
+        send(
+          req,
+          res,
+          400,
+          { error: { code: 'BadParameter', message: 'The api-version query parameter is required' } },
+          true,
+        );
         return;
       }
       const f = takeFault(op, name);
       if (f?.malformed) {
         entry.fault = `malformed ${f.malformed}${f.applied ? ' applied' : ''}`;
-        let real: { status: number; body: unknown } = { status: 200, body: op === 'getSecretVersions' ? { value: [], nextLink: null } : {} };
+        let real: { status: number; body: unknown } = {
+          status: 200,
+          body: op === 'getSecretVersions' ? { value: [], nextLink: null } : {},
+        };
         if (f.applied) {
           let reqBody: unknown;
           try {
@@ -380,9 +447,19 @@ export async function startAzureFake(opts: AzureFakeOptions = {}): Promise<Azure
           return;
         }
         entry.status = f.status ?? 500;
-        send(req, res, entry.status, {
-          error: { code: f.code ?? 'InternalServerError', message: f.message ?? 'fault injected by the keyrotor fake', ...(f.innerCode ? { innererror: { code: f.innerCode } } : {}) },
-        }, true);
+        send(
+          req,
+          res,
+          entry.status,
+          {
+            error: {
+              code: f.code ?? 'InternalServerError',
+              message: f.message ?? 'fault injected by the keyrotor fake',
+              ...(f.innerCode ? { innererror: { code: f.innerCode } } : {}),
+            },
+          },
+          true,
+        );
         return;
       }
       let body: unknown;

@@ -41,10 +41,16 @@ export interface FakeConsumer {
   close(): Promise<void>;
 }
 
-export const stuck = (fp: string | null): Behaviour => () => ({ fingerprint: fp });
+export const stuck =
+  (fp: string | null): Behaviour =>
+  () => ({ fingerprint: fp });
 
 /** `initial` until `next()` yields another fingerprint, then that one once `delayMs` have passed since it appeared */
-export function switchLate(initial: string | null | (() => string | null), next: () => string | null, delayMs: number): Behaviour {
+export function switchLate(
+  initial: string | null | (() => string | null),
+  next: () => string | null,
+  delayMs: number,
+): Behaviour {
   let seen: { fp: string; at: number } | undefined;
   return () => {
     const from = typeof initial === 'function' ? initial() : initial;
@@ -57,8 +63,14 @@ export function switchLate(initial: string | null | (() => string | null), next:
   };
 }
 
-export const flap = (a: string | null, b: string | null): Behaviour => (n) => ({ fingerprint: n % 2 === 1 ? a : b });
-export const garbage = (): Behaviour => () => ({ status: 200, body: '<html><body>It works!</body></html>', contentType: 'text/html' });
+export const flap =
+  (a: string | null, b: string | null): Behaviour =>
+  (n) => ({ fingerprint: n % 2 === 1 ? a : b });
+export const garbage = (): Behaviour => () => ({
+  status: 200,
+  body: '<html><body>It works!</body></html>',
+  contentType: 'text/html',
+});
 export const hang = (): Behaviour => () => ({ hang: true });
 
 export interface FakeConsumerOptions {
@@ -101,9 +113,17 @@ export async function startFakeConsumer(behaviour: Behaviour, opts: FakeConsumer
       return;
     }
     res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-    res.end(JSON.stringify({ format: 'keyrotor-fingerprint/1', fingerprint: a.fingerprint, loadedAt: new Date().toISOString() }));
+    res.end(
+      JSON.stringify({
+        format: 'keyrotor-fingerprint/1',
+        fingerprint: a.fingerprint,
+        loadedAt: new Date().toISOString(),
+      }),
+    );
   };
-  const server: Server = opts.tls ? createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }, handle) : createHttpServer(handle);
+  const server: Server = opts.tls
+    ? createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert }, handle)
+    : createHttpServer(handle);
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
@@ -143,7 +163,6 @@ export async function unreachableUrl(): Promise<string> {
 
 // ------------------------------------------------------------------ gate test helpers
 
-
 /** the values behind OLD_FP / NEW_FP (contain the canary: they must never show up in output) */
 export const OLD_VALUE = `${CANARY}-consumer-old`;
 export const NEW_VALUE = `${CANARY}-consumer-new`;
@@ -174,7 +193,11 @@ export interface PollOutcome {
 }
 
 /** Poll a gate like the confirm stage does (interval, x1.5 backoff up to 4x, absolute deadline). */
-export async function pollGate(gate: HealthGate, ctx: GateContext, o: { timeoutMs?: number; intervalMs?: number } = {}): Promise<PollOutcome> {
+export async function pollGate(
+  gate: HealthGate,
+  ctx: GateContext,
+  o: { timeoutMs?: number; intervalMs?: number } = {},
+): Promise<PollOutcome> {
   const t0 = Date.now();
   const deadline = t0 + (o.timeoutMs ?? gate.timeoutMs);
   const interval = o.intervalMs ?? gate.intervalMs;
@@ -188,7 +211,12 @@ export async function pollGate(gate: HealthGate, ctx: GateContext, o: { timeoutM
       r = { pass: false, observation: `error: ${(e as Error).message}` };
     }
     observations.push(r.observation);
-    const done = (outcome: PollOutcome['outcome']): PollOutcome => ({ outcome, observations, last: r.observation, ms: Date.now() - t0 });
+    const done = (outcome: PollOutcome['outcome']): PollOutcome => ({
+      outcome,
+      observations,
+      last: r.observation,
+      ms: Date.now() - t0,
+    });
     if (r.pass) return done('pass');
     if (r.final) return done('rejected');
     const left = deadline - Date.now();

@@ -186,7 +186,8 @@ function protosRoots(): { secretManager: string; gax: string } {
 function packageRoot(file: string, name: string): string {
   for (let dir = path.dirname(file); dir !== path.dirname(dir); dir = path.dirname(dir)) {
     try {
-      if ((JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string }).name === name) return dir;
+      if ((JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string }).name === name)
+        return dir;
     } catch {
       // no package.json here
     }
@@ -235,14 +236,17 @@ export async function startGcpFake(): Promise<GcpFake> {
     },
     enabledVersionsWith(name, value) {
       const s = state.secret(name);
-      return [...s.versions.values()].filter((v) => v.state === 'ENABLED' && v.data.toString('utf8') === value).map((v) => v.number);
+      return [...s.versions.values()]
+        .filter((v) => v.state === 'ENABLED' && v.data.toString('utf8') === value)
+        .map((v) => v.number);
     },
   };
 
   // ---------------------------------------------------------------- model
 
   function getSecret(name: string): FakeSecret {
-    if (!SECRET_RE.test(name ?? '')) throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid resource field value in the request: name '${name}'.`);
+    if (!SECRET_RE.test(name ?? ''))
+      throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid resource field value in the request: name '${name}'.`);
     const s = secrets.get(name);
     if (!s) throw new RpcError(grpc.status.NOT_FOUND, `Secret [${name}] not found or has no versions.`);
     return s;
@@ -250,7 +254,8 @@ export async function startGcpFake(): Promise<GcpFake> {
 
   function resolveVersion(name: string): { secret: FakeSecret; version: FakeVersion } {
     const m = VERSION_RE.exec(name ?? '');
-    if (!m) throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid resource field value in the request: name '${name}'.`);
+    if (!m)
+      throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid resource field value in the request: name '${name}'.`);
     const secret = getSecret(m[1]!);
     const ref = m[2]!;
     let n: number | undefined;
@@ -283,16 +288,23 @@ export async function startGcpFake(): Promise<GcpFake> {
   });
 
   function checkVersionEtag(v: FakeVersion, etag: string | undefined) {
-    if (etag && etag !== v.etag) throw new RpcError(grpc.status.ABORTED, 'The etag provided in the request does not match the current etag of the secret version.');
+    if (etag && etag !== v.etag)
+      throw new RpcError(
+        grpc.status.ABORTED,
+        'The etag provided in the request does not match the current etag of the secret version.',
+      );
   }
 
   const impl: Record<GcpMethod, { resource: (r: Req) => string; handle: (r: Req) => unknown }> = {
     CreateSecret: {
       resource: (r) => `${r.parent}/secrets/${r.secret_id}`,
       handle: (r) => {
-        if (!/^projects\/[^/]+$/.test(r.parent ?? '')) throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid parent '${r.parent}'.`);
-        if (!/^[A-Za-z0-9_-]{1,255}$/.test(r.secret_id ?? '')) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'Invalid secret_id.');
-        if (!r.secret?.replication) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'Secret.replication must be specified.');
+        if (!/^projects\/[^/]+$/.test(r.parent ?? ''))
+          throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid parent '${r.parent}'.`);
+        if (!/^[A-Za-z0-9_-]{1,255}$/.test(r.secret_id ?? ''))
+          throw new RpcError(grpc.status.INVALID_ARGUMENT, 'Invalid secret_id.');
+        if (!r.secret?.replication)
+          throw new RpcError(grpc.status.INVALID_ARGUMENT, 'Secret.replication must be specified.');
         const name = `${r.parent}/secrets/${r.secret_id}`;
         if (secrets.has(name)) throw new RpcError(grpc.status.ALREADY_EXISTS, `Secret [${name}] already exists.`);
         const s: FakeSecret = {
@@ -315,7 +327,11 @@ export async function startGcpFake(): Promise<GcpFake> {
       resource: (r) => r.name,
       handle: (r) => {
         const s = getSecret(r.name);
-        if (r.etag && r.etag !== s.etag) throw new RpcError(grpc.status.ABORTED, 'The etag provided in the request does not match the current etag of the secret.');
+        if (r.etag && r.etag !== s.etag)
+          throw new RpcError(
+            grpc.status.ABORTED,
+            'The etag provided in the request does not match the current etag of the secret.',
+          );
         secrets.delete(s.name);
         return {};
       },
@@ -327,7 +343,10 @@ export async function startGcpFake(): Promise<GcpFake> {
         const paths: string[] = r.update_mask?.paths ?? [];
         if (!paths.length) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'update_mask must be specified.');
         if (r.secret.etag && r.secret.etag !== s.etag) {
-          throw new RpcError(grpc.status.ABORTED, 'The etag provided in the request does not match the current etag of the secret.');
+          throw new RpcError(
+            grpc.status.ABORTED,
+            'The etag provided in the request does not match the current etag of the secret.',
+          );
         }
         const next = { labels: s.labels, annotations: s.annotations, aliases: s.aliases };
         for (const p of paths) {
@@ -336,19 +355,28 @@ export async function startGcpFake(): Promise<GcpFake> {
             const a: Record<string, string> = { ...(r.secret.annotations ?? {}) };
             let bytes = 0;
             for (const [k, v] of Object.entries(a)) {
-              if (!ANNOTATION_KEY_RE.test(k)) throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid annotation key '${k}'.`);
+              if (!ANNOTATION_KEY_RE.test(k))
+                throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid annotation key '${k}'.`);
               bytes += Buffer.byteLength(k) + Buffer.byteLength(v);
             }
-            if (bytes > ANNOTATIONS_MAX_BYTES) throw new RpcError(grpc.status.INVALID_ARGUMENT, 'The total size of annotations must be less than 16KiB.');
+            if (bytes > ANNOTATIONS_MAX_BYTES)
+              throw new RpcError(
+                grpc.status.INVALID_ARGUMENT,
+                'The total size of annotations must be less than 16KiB.',
+              );
             next.annotations = a;
           } else if (p === 'version_aliases' || p === 'versionAliases') {
             const a: Record<string, number> = {};
             for (const [k, raw] of Object.entries((r.secret.version_aliases ?? {}) as Record<string, string>)) {
-              if (!ALIAS_RE.test(k) || k === 'latest') throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid version alias '${k}'.`);
+              if (!ALIAS_RE.test(k) || k === 'latest')
+                throw new RpcError(grpc.status.INVALID_ARGUMENT, `Invalid version alias '${k}'.`);
               const n = Number(raw);
               const v = s.versions.get(n);
               if (!v || v.state === 'DESTROYED') {
-                throw new RpcError(grpc.status.INVALID_ARGUMENT, `Version alias '${k}' must refer to an existing, non-destroyed version (got ${raw}).`);
+                throw new RpcError(
+                  grpc.status.INVALID_ARGUMENT,
+                  `Version alias '${k}' must refer to an existing, non-destroyed version (got ${raw}).`,
+                );
               }
               a[k] = n;
             }
@@ -372,7 +400,10 @@ export async function startGcpFake(): Promise<GcpFake> {
         const crc = crc32c(data);
         const sent = r.payload?.data_crc32c;
         if (sent !== undefined && sent !== null && Number(sent) !== crc) {
-          throw new RpcError(grpc.status.INVALID_ARGUMENT, 'Checksum mismatch: the data_crc32c does not match the payload data.');
+          throw new RpcError(
+            grpc.status.INVALID_ARGUMENT,
+            'Checksum mismatch: the data_crc32c does not match the payload data.',
+          );
         }
         const v: FakeVersion = {
           number: s.nextVersion++,
@@ -392,9 +423,15 @@ export async function startGcpFake(): Promise<GcpFake> {
       handle: (r) => {
         const { secret, version } = resolveVersion(r.name);
         if (version.state !== 'ENABLED') {
-          throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${secret.name}/versions/${version.number}] is in ${version.state} state.`);
+          throw new RpcError(
+            grpc.status.FAILED_PRECONDITION,
+            `Secret Version [${secret.name}/versions/${version.number}] is in ${version.state} state.`,
+          );
         }
-        return { name: `${secret.name}/versions/${version.number}`, payload: { data: version.data, data_crc32c: String(version.crc32c) } };
+        return {
+          name: `${secret.name}/versions/${version.number}`,
+          payload: { data: version.data, data_crc32c: String(version.crc32c) },
+        };
       },
     },
     GetSecretVersion: {
@@ -431,7 +468,8 @@ export async function startGcpFake(): Promise<GcpFake> {
       handle: (r) => {
         const { secret, version } = resolveVersion(r.name);
         checkVersionEtag(version, r.etag);
-        if (version.state === 'DESTROYED') throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${r.name}] is in DESTROYED state.`);
+        if (version.state === 'DESTROYED')
+          throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${r.name}] is in DESTROYED state.`);
         if (version.state !== 'DISABLED') {
           version.state = 'DISABLED';
           version.etag = newEtag();
@@ -444,7 +482,8 @@ export async function startGcpFake(): Promise<GcpFake> {
       handle: (r) => {
         const { secret, version } = resolveVersion(r.name);
         checkVersionEtag(version, r.etag);
-        if (version.state === 'DESTROYED') throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${r.name}] is in DESTROYED state.`);
+        if (version.state === 'DESTROYED')
+          throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${r.name}] is in DESTROYED state.`);
         if (version.state !== 'ENABLED') {
           version.state = 'ENABLED';
           version.etag = newEtag();
@@ -457,7 +496,11 @@ export async function startGcpFake(): Promise<GcpFake> {
       handle: (r) => {
         const { secret, version } = resolveVersion(r.name);
         checkVersionEtag(version, r.etag);
-        if (version.state === 'DESTROYED') throw new RpcError(grpc.status.FAILED_PRECONDITION, `Secret Version [${r.name}] is already in DESTROYED state.`);
+        if (version.state === 'DESTROYED')
+          throw new RpcError(
+            grpc.status.FAILED_PRECONDITION,
+            `Secret Version [${r.name}] is already in DESTROYED state.`,
+          );
         version.state = 'DESTROYED';
         version.data = Buffer.alloc(0);
         version.destroyTime = new Date();
@@ -496,10 +539,14 @@ export async function startGcpFake(): Promise<GcpFake> {
           fault.left--;
           if (fault.left <= 0) queue.shift();
         }
-        if (fault && !fault.afterApply) throw new RpcError(fault.code, fault.message ?? `injected ${grpc.status[fault.code]}`);
+        if (fault && !fault.afterApply)
+          throw new RpcError(fault.code, fault.message ?? `injected ${grpc.status[fault.code]}`);
         const perm = PERMISSIONS[method];
         if (denied.has(perm)) {
-          throw new RpcError(grpc.status.PERMISSION_DENIED, `Permission '${perm}' denied for resource '${entry.resource}' (or it may not exist).`);
+          throw new RpcError(
+            grpc.status.PERMISSION_DENIED,
+            `Permission '${perm}' denied for resource '${entry.resource}' (or it may not exist).`,
+          );
         }
         const altQueue = alters.get(method);
         const alt = fault ? undefined : altQueue?.[0];
@@ -525,7 +572,9 @@ export async function startGcpFake(): Promise<GcpFake> {
   const server = new grpc.Server();
   server.addService(service, handlers);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
   );
 
   return {

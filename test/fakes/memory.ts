@@ -89,7 +89,11 @@ export class MemoryStore implements SecretStore {
         return v ? { versionId: v.id, meta: { ...v.meta } } : undefined;
       };
       const pending = this.versions.find((v) => v.pendingFor);
-      return { current: slot(this.current), previous: slot(this.previous), pending: pending ? slot(pending.id) : undefined };
+      return {
+        current: slot(this.current),
+        previous: slot(this.previous),
+        pending: pending ? slot(pending.id) : undefined,
+      };
     });
   }
   readCurrent() {
@@ -105,7 +109,13 @@ export class MemoryStore implements SecretStore {
     return this.faults.run('stage', () => {
       const existing = this.#byRotation(req.rotationId);
       if (existing) return { versionId: existing.id };
-      const v: Version = { id: `v${++this.#seq}`, rotationId: req.rotationId, value: req.secret.reveal(), meta: { ...req.meta }, pendingFor: req.rotationId };
+      const v: Version = {
+        id: `v${++this.#seq}`,
+        rotationId: req.rotationId,
+        value: req.secret.reveal(),
+        meta: { ...req.meta },
+        pendingFor: req.rotationId,
+      };
       this.versions.push(v);
       return { versionId: v.id };
     });
@@ -162,7 +172,12 @@ export class MemoryIssuer implements Issuer {
 
   /** plant a key as if a person had created it; returns its value */
   plant(name = 'hand-made'): { id: string; value: string } {
-    const e = { id: `key_${++this.#seq}`, name, value: `${CANARY}-issued-${this.#seq}`, createdAt: new Date().toISOString() };
+    const e = {
+      id: `key_${++this.#seq}`,
+      name,
+      value: `${CANARY}-issued-${this.#seq}`,
+      createdAt: new Date().toISOString(),
+    };
     this.keys.push(e);
     return { id: e.id, value: e.value };
   }
@@ -215,7 +230,9 @@ export class MemoryIssuer implements Issuer {
     });
   }
   list() {
-    return this.faults.run('list', () => this.keys.map<IssuerKeyInfo>((k) => ({ keyId: k.id, name: k.name, createdAt: k.createdAt })));
+    return this.faults.run('list', () =>
+      this.keys.map<IssuerKeyInfo>((k) => ({ keyId: k.id, name: k.name, createdAt: k.createdAt })),
+    );
   }
   identify(secret: Secret) {
     return this.faults.run('identify', () => {

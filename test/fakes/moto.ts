@@ -66,7 +66,10 @@ export function motoSupport(python = PYTHON): MotoSupport {
     timeout: 20_000,
   });
   if (r.error) {
-    supportCache = { available: false, reason: `${python} cannot be run (${(r.error as NodeJS.ErrnoException).code ?? r.error.message})` };
+    supportCache = {
+      available: false,
+      reason: `${python} cannot be run (${(r.error as NodeJS.ErrnoException).code ?? r.error.message})`,
+    };
   } else if (r.status !== 0) {
     const last = (r.stderr || '').trim().split('\n').pop() ?? '';
     supportCache = { available: false, reason: `moto is not importable by ${python}: ${last}` };
@@ -164,12 +167,16 @@ async function spawnOnce(python: string, readyTimeoutMs: number): Promise<Moto> 
   for (;;) {
     if (exited(child)) {
       await close();
-      throw new Error(`moto exited before answering on ${endpoint} (code ${child.exitCode}, signal ${child.signalCode}): ${tail.trim().split('\n').slice(-5).join(' | ')}`);
+      throw new Error(
+        `moto exited before answering on ${endpoint} (code ${child.exitCode}, signal ${child.signalCode}): ${tail.trim().split('\n').slice(-5).join(' | ')}`,
+      );
     }
     if (await answers(`${endpoint}/moto-api/data.json`)) break;
     if (Date.now() > deadline) {
       await close();
-      throw new Error(`moto did not answer on ${endpoint} within ${readyTimeoutMs} ms: ${tail.trim().split('\n').slice(-5).join(' | ')}`);
+      throw new Error(
+        `moto did not answer on ${endpoint} within ${readyTimeoutMs} ms: ${tail.trim().split('\n').slice(-5).join(' | ')}`,
+      );
     }
     await sleep(100);
   }

@@ -38,8 +38,7 @@ export type FakeRoute =
   | 'unknown';
 
 export type FakeKeyOwner =
-  | { type: 'service_account'; serviceAccountId: string }
-  | { type: 'user'; userId: string; name: string; email: string };
+  { type: 'service_account'; serviceAccountId: string } | { type: 'user'; userId: string; name: string; email: string };
 
 export interface FakeKey {
   id: string;
@@ -216,11 +215,20 @@ export class OpenAIFakeState {
     return this.serviceAccounts.filter((s) => !s.deleted && (projectId === undefined || s.projectId === projectId));
   }
   serviceAccount(id: string, projectId?: string): FakeServiceAccount | undefined {
-    return this.serviceAccounts.find((s) => s.id === id && !s.deleted && (projectId === undefined || s.projectId === projectId));
+    return this.serviceAccounts.find(
+      (s) => s.id === id && !s.deleted && (projectId === undefined || s.projectId === projectId),
+    );
   }
 
   addServiceAccount(name: string, projectId = this.firstProject()): FakeServiceAccount {
-    const sa: FakeServiceAccount = { id: `svc_acct_${hex(8)}`, projectId, name, role: 'member', createdAt: this.now(), deleted: false };
+    const sa: FakeServiceAccount = {
+      id: `svc_acct_${hex(8)}`,
+      projectId,
+      name,
+      role: 'member',
+      createdAt: this.now(),
+      deleted: false,
+    };
     this.serviceAccounts.push(sa);
     return sa;
   }
@@ -268,10 +276,18 @@ function keyJson(s: OpenAIFakeState, k: FakeKey) {
     const sa = s.serviceAccounts.find((x) => x.id === (k.owner as { serviceAccountId: string }).serviceAccountId);
     owner = {
       type: 'service_account',
-      service_account: { id: k.owner.serviceAccountId, name: sa?.name ?? '', created_at: sa?.createdAt ?? k.createdAt, role: sa?.role ?? 'member' },
+      service_account: {
+        id: k.owner.serviceAccountId,
+        name: sa?.name ?? '',
+        created_at: sa?.createdAt ?? k.createdAt,
+        role: sa?.role ?? 'member',
+      },
     };
   } else {
-    owner = { type: 'user', user: { id: k.owner.userId, name: k.owner.name, email: k.owner.email, created_at: k.createdAt, role: 'owner' } };
+    owner = {
+      type: 'user',
+      user: { id: k.owner.userId, name: k.owner.name, email: k.owner.email, created_at: k.createdAt, role: 'owner' },
+    };
   }
   return {
     object: 'organization.project.api_key',
@@ -287,11 +303,24 @@ function keyJson(s: OpenAIFakeState, k: FakeKey) {
 }
 
 function saJson(sa: FakeServiceAccount) {
-  return { object: 'organization.project.service_account', id: sa.id, name: sa.name, role: sa.role, created_at: sa.createdAt };
+  return {
+    object: 'organization.project.service_account',
+    id: sa.id,
+    name: sa.name,
+    role: sa.role,
+    created_at: sa.createdAt,
+  };
 }
 
 function newKeyJson(k: FakeKey) {
-  return { object: 'organization.project.service_account.api_key', id: k.id, name: k.name, value: k.value, created_at: k.createdAt, expires_at: k.expiresAt };
+  return {
+    object: 'organization.project.service_account.api_key',
+    id: k.id,
+    name: k.name,
+    value: k.value,
+    created_at: k.createdAt,
+    expires_at: k.expiresAt,
+  };
 }
 
 /** mask like the real API does in "Incorrect API key provided" messages (never the whole value) */
@@ -304,7 +333,13 @@ class HttpError extends Error {
   readonly code: string | null;
   readonly type: string;
   readonly headers: Record<string, string>;
-  constructor(status: number, message: string, code: string | null = null, type = 'invalid_request_error', headers: Record<string, string> = {}) {
+  constructor(
+    status: number,
+    message: string,
+    code: string | null = null,
+    type = 'invalid_request_error',
+    headers: Record<string, string> = {},
+  ) {
     super(message);
     this.status = status;
     this.code = code;
@@ -401,9 +436,12 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
   function classify(method: string, parts: string[]): { route: FakeRoute; params: Record<string, string> } {
     // parts: ['v1', ...]
     const p = parts.slice(1);
-    if (parts[0] === 'v1' && p.length === 1 && p[0] === 'models' && method === 'GET') return { route: 'models.list', params: {} };
-    if (parts[0] === 'v1' && p.length === 2 && p[0] === 'models' && p[1] && method === 'GET') return { route: 'models.retrieve', params: { model: p[1] } };
-    if (parts[0] !== 'v1' || p[0] !== 'organization' || p[1] !== 'projects' || !p[2]) return { route: 'unknown', params: {} };
+    if (parts[0] === 'v1' && p.length === 1 && p[0] === 'models' && method === 'GET')
+      return { route: 'models.list', params: {} };
+    if (parts[0] === 'v1' && p.length === 2 && p[0] === 'models' && p[1] && method === 'GET')
+      return { route: 'models.retrieve', params: { model: p[1] } };
+    if (parts[0] !== 'v1' || p[0] !== 'organization' || p[1] !== 'projects' || !p[2])
+      return { route: 'unknown', params: {} };
     const project = p[2];
     const rest = p.slice(3);
     if (rest[0] === 'api_keys') {
@@ -439,14 +477,25 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
   function authAdmin(req: IncomingMessage): void {
     const token = bearer(req);
     if (!token) {
-      throw new HttpError(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).");
+      throw new HttpError(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+      );
     }
     const grant = state.adminKeys.get(token);
     if (!grant) {
-      throw new HttpError(401, `Incorrect API key provided: ${maskForMessage(token)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
+      throw new HttpError(
+        401,
+        `Incorrect API key provided: ${maskForMessage(token)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+        'invalid_api_key',
+      );
     }
     if (grant === 'no-scopes') {
-      throw new HttpError(401, 'You have insufficient permissions for this operation. Missing scopes: api.management.write. Check that you have the correct role in your organization.', null);
+      throw new HttpError(
+        401,
+        'You have insufficient permissions for this operation. Missing scopes: api.management.write. Check that you have the correct role in your organization.',
+        null,
+      );
     }
   }
 
@@ -456,7 +505,8 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
 
   function paginate<T extends { id: string }>(all: T[], visible: (x: T) => boolean, query: Record<string, string>) {
     const limit = query.limit === undefined ? 20 : Number(query.limit);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new HttpError(400, `Invalid 'limit': must be an integer between 1 and 100.`, 'invalid_value');
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100)
+      throw new HttpError(400, `Invalid 'limit': must be an integer between 1 and 100.`, 'invalid_value');
     let start = 0;
     if (query.after) {
       const i = all.findIndex((x) => x.id === query.after);
@@ -465,11 +515,24 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     }
     const rest = all.slice(start).filter(visible);
     const data = rest.slice(0, limit);
-    return { data, has_more: rest.length > limit, first_id: data[0]?.id ?? null, last_id: data[data.length - 1]?.id ?? null };
+    return {
+      data,
+      has_more: rest.length > limit,
+      first_id: data[0]?.id ?? null,
+      last_id: data[data.length - 1]?.id ?? null,
+    };
   }
 
-  async function handle(method: string, route: FakeRoute, params: Record<string, string>, query: Record<string, string>, body: unknown, req: IncomingMessage): Promise<{ status: number; json: unknown }> {
-    if (route === 'unknown') throw new HttpError(404, `Invalid URL (${method} ${new URL(req.url ?? '/', 'http://x').pathname})`);
+  async function handle(
+    method: string,
+    route: FakeRoute,
+    params: Record<string, string>,
+    query: Record<string, string>,
+    body: unknown,
+    req: IncomingMessage,
+  ): Promise<{ status: number; json: unknown }> {
+    if (route === 'unknown')
+      throw new HttpError(404, `Invalid URL (${method} ${new URL(req.url ?? '/', 'http://x').pathname})`);
     if (route === 'models.list') return models(req);
     if (route === 'models.retrieve') return modelRetrieve(req, params.model!);
     authAdmin(req);
@@ -479,9 +542,12 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     switch (route) {
       case 'projects.apiKeys.list': {
         const access = query.owner_project_access;
-        if (access !== undefined && !['active', 'inactive', 'any'].includes(access)) throw new HttpError(400, `Invalid 'owner_project_access'.`, 'invalid_value');
+        if (access !== undefined && !['active', 'inactive', 'any'].includes(access))
+          throw new HttpError(400, `Invalid 'owner_project_access'.`, 'invalid_value');
         const visible = (k: FakeKey) =>
-          !k.deleted && k.projectId === project && (access === 'any' || k.ownerProjectAccess === (access === 'inactive' ? 'inactive' : 'active'));
+          !k.deleted &&
+          k.projectId === project &&
+          (access === 'any' || k.ownerProjectAccess === (access === 'inactive' ? 'inactive' : 'active'));
         const page = paginate(state.keys, visible, query);
         return { status: 200, json: { object: 'list', ...page, data: page.data.map((k) => keyJson(state, k)) } };
       }
@@ -493,7 +559,8 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
       case 'projects.apiKeys.update': {
         const k = state.liveKeys(project).find((x) => x.id === params.key);
         if (!k) throw new HttpError(404, `No such API key: ${params.key}`, 'api_key_not_found');
-        if (b.scopes === undefined && b.expires_in_seconds === undefined) throw new HttpError(400, 'Provide at least one of scopes or expires_in_seconds.', 'invalid_value');
+        if (b.scopes === undefined && b.expires_in_seconds === undefined)
+          throw new HttpError(400, 'Provide at least one of scopes or expires_in_seconds.', 'invalid_value');
         if (b.scopes !== undefined) k.scopes = validScopes(b.scopes);
         if (b.expires_in_seconds !== undefined) k.expiresAt = state.now() + validExpiry(b.expires_in_seconds);
         return { status: 200, json: keyJson(state, k) };
@@ -509,15 +576,29 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
         return { status: 200, json: { object: 'list', ...page, data: page.data.map(saJson) } };
       }
       case 'serviceAccounts.create': {
-        if (typeof b.name !== 'string' || !b.name) throw new HttpError(400, "Missing required parameter: 'name'.", 'missing_required_parameter', 'invalid_request_error');
+        if (typeof b.name !== 'string' || !b.name)
+          throw new HttpError(
+            400,
+            "Missing required parameter: 'name'.",
+            'missing_required_parameter',
+            'invalid_request_error',
+          );
         const only = b.create_service_account_only === true;
-        const expiry = b.expires_in_seconds === undefined || b.expires_in_seconds === null ? undefined : validExpiry(b.expires_in_seconds);
+        const expiry =
+          b.expires_in_seconds === undefined || b.expires_in_seconds === null
+            ? undefined
+            : validExpiry(b.expires_in_seconds);
         if (!only) checkPolicy(expiry);
         const sa = state.addServiceAccount(b.name, project);
         if (only) sa.role = 'none';
         let apiKey: unknown = null;
         if (!only) {
-          const k = state.plantKey({ projectId: project, name: 'Secret Key', owner: { type: 'service_account', serviceAccountId: sa.id }, expiresAt: expiry === undefined ? null : state.now() + expiry });
+          const k = state.plantKey({
+            projectId: project,
+            name: 'Secret Key',
+            owner: { type: 'service_account', serviceAccountId: sa.id },
+            expiresAt: expiry === undefined ? null : state.now() + expiry,
+          });
           k.initial = true;
           apiKey = newKeyJson(k);
         }
@@ -532,15 +613,23 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
         const sa = state.serviceAccount(params.sa!, project);
         if (!sa) throw new HttpError(404, `No such service account: ${params.sa}`, 'not_found');
         sa.deleted = true;
-        for (const k of state.liveKeys(project)) if (k.owner.type === 'service_account' && k.owner.serviceAccountId === sa.id) state.deleteKey(k);
-        return { status: 200, json: { object: 'organization.project.service_account.deleted', id: sa.id, deleted: true } };
+        for (const k of state.liveKeys(project))
+          if (k.owner.type === 'service_account' && k.owner.serviceAccountId === sa.id) state.deleteKey(k);
+        return {
+          status: 200,
+          json: { object: 'organization.project.service_account.deleted', id: sa.id, deleted: true },
+        };
       }
       case 'serviceAccounts.apiKeys.create': {
         const sa = state.serviceAccount(params.sa!, project);
         if (!sa) throw new HttpError(404, `No such service account: ${params.sa}`, 'not_found');
-        if (b.name !== undefined && typeof b.name !== 'string') throw new HttpError(400, "Invalid type for 'name': expected a string.", 'invalid_type');
+        if (b.name !== undefined && typeof b.name !== 'string')
+          throw new HttpError(400, "Invalid type for 'name': expected a string.", 'invalid_type');
         const scopes = b.scopes === undefined ? null : validScopes(b.scopes);
-        const expiry = b.expires_in_seconds === undefined || b.expires_in_seconds === null ? undefined : validExpiry(b.expires_in_seconds);
+        const expiry =
+          b.expires_in_seconds === undefined || b.expires_in_seconds === null
+            ? undefined
+            : validExpiry(b.expires_in_seconds);
         checkPolicy(expiry);
         const k = state.plantKey({
           projectId: project,
@@ -557,29 +646,48 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
   }
 
   function validScopes(v: unknown): string[] {
-    if (!Array.isArray(v) || v.some((s) => typeof s !== 'string')) throw new HttpError(400, "Invalid type for 'scopes': expected an array of strings.", 'invalid_type');
+    if (!Array.isArray(v) || v.some((s) => typeof s !== 'string'))
+      throw new HttpError(400, "Invalid type for 'scopes': expected an array of strings.", 'invalid_type');
     return v as string[];
   }
   function validExpiry(v: unknown): number {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new HttpError(400, "Invalid 'expires_in_seconds': expected a positive integer.", 'invalid_value');
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
+      throw new HttpError(400, "Invalid 'expires_in_seconds': expected a positive integer.", 'invalid_value');
     return v;
   }
   function checkPolicy(expiry: number | undefined): void {
     const p = state.policy;
-    if (p.requireExpiry && expiry === undefined) throw new HttpError(400, 'This project requires API keys to have an expiration (expires_in_seconds).', 'invalid_value');
+    if (p.requireExpiry && expiry === undefined)
+      throw new HttpError(
+        400,
+        'This project requires API keys to have an expiration (expires_in_seconds).',
+        'invalid_value',
+      );
     if (p.maxExpiresInSeconds !== undefined && expiry !== undefined && expiry > p.maxExpiresInSeconds) {
-      throw new HttpError(400, `API key lifetime of ${expiry} seconds exceeds the maximum of ${p.maxExpiresInSeconds} seconds allowed by the project policy.`, 'invalid_value');
+      throw new HttpError(
+        400,
+        `API key lifetime of ${expiry} seconds exceeds the maximum of ${p.maxExpiresInSeconds} seconds allowed by the project policy.`,
+        'invalid_value',
+      );
     }
   }
 
   /** the project key of a /v1/models request: checks it like the API does and records its use */
   function projectKey(req: IncomingMessage): FakeKey {
     const token = bearer(req);
-    if (!token) throw new HttpError(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).");
+    if (!token)
+      throw new HttpError(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+      );
     const now = state.now();
     const k = state.keys.find((x) => x.value === token && !x.deleted && (x.expiresAt === null || x.expiresAt > now));
     const invalid = () =>
-      new HttpError(401, `Incorrect API key provided: ${maskForMessage(token)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
+      new HttpError(
+        401,
+        `Incorrect API key provided: ${maskForMessage(token)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
+        'invalid_api_key',
+      );
     if (!k) throw invalid();
     const left = state.propagation.get(k.id) ?? 0;
     if (left > 0) {
@@ -587,7 +695,11 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
       throw invalid();
     }
     if (state.lackingScopes.has(k.id)) {
-      throw new HttpError(401, 'You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you are using a restricted API key, that it has the necessary scopes.', null);
+      throw new HttpError(
+        401,
+        'You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you are using a restricted API key, that it has the necessary scopes.',
+        null,
+      );
     }
     k.lastUsedAt = now;
     return k;
@@ -597,14 +709,24 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     projectKey(req);
     const model = decodeURIComponent(id);
     if (!state.models.includes(model)) {
-      throw new HttpError(404, `The model '${model}' does not exist or you do not have access to it.`, 'model_not_found');
+      throw new HttpError(
+        404,
+        `The model '${model}' does not exist or you do not have access to it.`,
+        'model_not_found',
+      );
     }
     return { status: 200, json: { id: model, object: 'model', created: 1_700_000_000, owned_by: 'system' } };
   }
 
   function models(req: IncomingMessage): { status: number; json: unknown } {
     projectKey(req);
-    return { status: 200, json: { object: 'list', data: [{ id: 'gpt-fake-1', object: 'model', created: 1_700_000_000, owned_by: 'system' }] } };
+    return {
+      status: 200,
+      json: {
+        object: 'list',
+        data: [{ id: 'gpt-fake-1', object: 'model', created: 1_700_000_000, owned_by: 'system' }],
+      },
+    };
   }
 
   async function readBody(req: IncomingMessage): Promise<string> {
@@ -671,10 +793,24 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
         if (limitedForMs !== undefined) {
           entry.fault = 'ratelimited';
           entry.status = 429;
-          const headers: Record<string, string> = { 'retry-after': String(Math.max(1, Math.ceil(limitedForMs / 1000))) };
+          const headers: Record<string, string> = {
+            'retry-after': String(Math.max(1, Math.ceil(limitedForMs / 1000))),
+          };
           if (rate?.limit.retryAfterMs) headers['retry-after-ms'] = String(Math.ceil(limitedForMs));
           const limit = rate?.limit.requestsPerSecond ?? 0;
-          send(res, 429, { error: { message: `Rate limit reached for requests: limit ${limit} requests per second. Please try again later.`, type: 'requests', param: null, code: 'rate_limit_exceeded' } }, headers);
+          send(
+            res,
+            429,
+            {
+              error: {
+                message: `Rate limit reached for requests: limit ${limit} requests per second. Please try again later.`,
+                type: 'requests',
+                param: null,
+                code: 'rate_limit_exceeded',
+              },
+            },
+            headers,
+          );
           return;
         }
         const fault = takeFault(route);
@@ -687,9 +823,21 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
           const o = fault.opts;
           entry.fault = 'status';
           entry.status = o.status;
-          const msg = o.message ?? (o.status === 429 ? 'Rate limit reached for requests. Please try again later.' : o.status >= 500 ? 'The server had an error while processing your request.' : 'Injected failure.');
-          const type = o.type ?? (o.status === 429 ? 'requests' : o.status >= 500 ? 'server_error' : 'invalid_request_error');
-          send(res, o.status, { error: { message: msg, type, param: null, code: o.code === undefined ? null : o.code } }, o.headers ?? {});
+          const msg =
+            o.message ??
+            (o.status === 429
+              ? 'Rate limit reached for requests. Please try again later.'
+              : o.status >= 500
+                ? 'The server had an error while processing your request.'
+                : 'Injected failure.');
+          const type =
+            o.type ?? (o.status === 429 ? 'requests' : o.status >= 500 ? 'server_error' : 'invalid_request_error');
+          send(
+            res,
+            o.status,
+            { error: { message: msg, type, param: null, code: o.code === undefined ? null : o.code } },
+            o.headers ?? {},
+          );
           return;
         }
         if (fault?.kind === 'malformed' && !fault.opts.applied) {
@@ -715,7 +863,10 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
         entry.status = out.status;
         send(res, out.status, out.json);
       } catch (e) {
-        const he = e instanceof HttpError ? e : new HttpError(500, 'The server had an error while processing your request.', null, 'server_error');
+        const he =
+          e instanceof HttpError
+            ? e
+            : new HttpError(500, 'The server had an error while processing your request.', null, 'server_error');
         entry.status = he.status;
         if (!res.headersSent && !req.socket.destroyed) send(res, he.status, errorJson(he), he.headers);
       }

@@ -88,7 +88,10 @@ export function createSelfSignedCert(commonName = 'keyrotor loopback fake', now 
   );
   const signature = sign('sha256', tbs, privateKey); // DER-encoded ECDSA signature
   const der = seq(tbs, algorithm, bits(signature));
-  const b64 = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
+  const b64 = der
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .replace(/\n$/, '');
   return {
     cert: `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`,
     key: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),

@@ -18,5 +18,8 @@ export function tempDir(prefix: string): string {
 export function capture(name: string, text: string | Buffer): void {
   const dir = path.join(artifactsDir(), 'captured');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(path.join(dir, `${Date.now()}-${Math.random().toString(16).slice(2)}-${name.replace(/[^a-z0-9.-]/gi, '_')}`), text);
+  writeFileSync(
+    path.join(dir, `${Date.now()}-${Math.random().toString(16).slice(2)}-${name.replace(/[^a-z0-9.-]/gi, '_')}`),
+    text,
+  );
 }

@@ -60,7 +60,9 @@ export function violations(graph: Graph): string[] {
   for (const [file, imports] of graph) {
     const from = layerOf(file);
     if (!from) {
-      out.push(`${file}: not in a layer (product code lives in src/core, src/app, src/entrypoints, workflows or providers)`);
+      out.push(
+        `${file}: not in a layer (product code lives in src/core, src/app, src/entrypoints, workflows or providers)`,
+      );
       continue;
     }
     for (const to of imports) {
@@ -77,7 +79,8 @@ export function violations(graph: Graph): string[] {
         const own = providerFolder(file);
         const their = providerFolder(to);
         if (own && to === REGISTRY) out.push(`${file}: imports ${to} (a provider does not import the registry)`);
-        else if (own && their && own !== their) out.push(`${file}: imports ${to} (a provider imports only its own folder, providers/shared and core)`);
+        else if (own && their && own !== their)
+          out.push(`${file}: imports ${to} (a provider imports only its own folder, providers/shared and core)`);
       }
     }
   }

@@ -48,8 +48,21 @@ keys:
   const cfg = parseConfig(text, path.join(dir, 'rotation.config.yaml'), env);
   const stateStore = createFileStateStore(cfg.stateDir);
   const logger = silentLogger();
-  const observers = defaultObservers({ config: cfg, logger, actor: 'daemon', env, stateStore, metrics: createMetrics() });
-  return { dir, cfg, key: cfg.keys[0]!, stateStore, base: { config: cfg, stateStore, logger, env, now: true, actor: 'daemon', observers } };
+  const observers = defaultObservers({
+    config: cfg,
+    logger,
+    actor: 'daemon',
+    env,
+    stateStore,
+    metrics: createMetrics(),
+  });
+  return {
+    dir,
+    cfg,
+    key: cfg.keys[0]!,
+    stateStore,
+    base: { config: cfg, stateStore, logger, env, now: true, actor: 'daemon', observers },
+  };
 }
 
 async function recordsOf(cfg: ReturnType<typeof openaiSetup>['cfg']): Promise<AuditRecord[]> {
@@ -74,11 +87,30 @@ describe('audit records of real rotations', () => {
     const transitions = recs.filter((x) => x.type === 'transition');
     expect(transitions.map((x) => x.state)).toEqual(FORWARD);
     expect(transitions.map((x) => x.stage)).toEqual([...FORWARD.slice(0, -1), null]);
-    for (const t of transitions) expect(t).toMatchObject({ key: 'app', actor: 'daemon', leaked: false, user: expect.any(String), host: expect.any(String) });
+    for (const t of transitions)
+      expect(t).toMatchObject({
+        key: 'app',
+        actor: 'daemon',
+        leaked: false,
+        user: expect.any(String),
+        host: expect.any(String),
+      });
     // references appear as soon as the workflow knows them
-    expect(transitions.find((x) => x.state === 'stage')).toMatchObject({ oldKeyId: boot.newKeyId, newKeyId: r.newKeyId, newFingerprint: expect.stringMatching(/^fp_[0-9a-f]{12}$/) });
+    expect(transitions.find((x) => x.state === 'stage')).toMatchObject({
+      oldKeyId: boot.newKeyId,
+      newKeyId: r.newKeyId,
+      newFingerprint: expect.stringMatching(/^fp_[0-9a-f]{12}$/),
+    });
     const result = recs.at(-1)!;
-    expect(result).toMatchObject({ type: 'result', outcome: 'rotated', oldKeyId: boot.newKeyId, newKeyId: r.newKeyId, actor: 'daemon', startedAt: r.startedAt, finishedAt: r.finishedAt });
+    expect(result).toMatchObject({
+      type: 'result',
+      outcome: 'rotated',
+      oldKeyId: boot.newKeyId,
+      newKeyId: r.newKeyId,
+      actor: 'daemon',
+      startedAt: r.startedAt,
+      finishedAt: r.finishedAt,
+    });
     // times are ordered, seqs consecutive
     const seqs = recs.map((x) => x.seq);
     expect(seqs).toEqual(seqs.map((_, i) => seqs[0]! + i));
@@ -93,13 +125,31 @@ describe('audit records of real rotations', () => {
       expect(r).toMatchObject({ outcome: 'rolled_back', error: { code: 'KEY_MISSING_SCOPES', stage: 'verify' } });
       const recs = (await recordsOf(cfg)).filter((x) => x.rotationId === r.rotationId);
       const transitions = recs.filter((x) => x.type === 'transition');
-      expect(transitions.map((x) => x.state)).toEqual(['preflight', 'issue', 'stage', 'verify', 'unstage', 'discard', 'rolledBack']);
+      expect(transitions.map((x) => x.state)).toEqual([
+        'preflight',
+        'issue',
+        'stage',
+        'verify',
+        'unstage',
+        'discard',
+        'rolledBack',
+      ]);
       // the error is recorded once, on the transition it caused (entering the first compensation)
       const withError = transitions.filter((x) => x.error);
       expect(withError.map((x) => x.state)).toEqual(['unstage']);
       expect(withError[0]!.error).toMatchObject({ code: 'KEY_MISSING_SCOPES', stage: 'verify' });
-      expect(recs.at(-1)).toMatchObject({ type: 'result', outcome: 'rolled_back', error: { code: 'KEY_MISSING_SCOPES' }, newKeyId: r.newKeyId });
-      const h = buildHistory(await openAuditLog(cfg).read().then((x) => x.records), { key: 'app' });
+      expect(recs.at(-1)).toMatchObject({
+        type: 'result',
+        outcome: 'rolled_back',
+        error: { code: 'KEY_MISSING_SCOPES' },
+        newKeyId: r.newKeyId,
+      });
+      const h = buildHistory(
+        await openAuditLog(cfg)
+          .read()
+          .then((x) => x.records),
+        { key: 'app' },
+      );
       expect(h.map((x) => x.outcome)).toEqual(['rotated', 'rolled_back']);
     } finally {
       fake.state.newKeys.lackScopes = false;
@@ -114,7 +164,9 @@ describe('audit records of real rotations', () => {
     const recs = (await recordsOf(cfg)).filter((x) => x.rotationId === r.rotationId);
     expect(recs.every((x) => x.leaked === true)).toBe(true);
     // leak mode skips confirm
-    expect(recs.filter((x) => x.type === 'transition').map((x) => x.state)).toEqual(FORWARD.filter((s) => s !== 'confirm'));
+    expect(recs.filter((x) => x.type === 'transition').map((x) => x.state)).toEqual(
+      FORWARD.filter((s) => s !== 'confirm'),
+    );
     expect(recs.at(-1)).toMatchObject({ type: 'result', leaked: true, oldKeyLastUsedAt: expect.any(String) });
   });
 
@@ -123,7 +175,14 @@ describe('audit records of real rotations', () => {
     const cfg = parseConfig(LOCAL_CONFIG, path.join(dir, 'rotation.config.yaml'), {});
     const stateStore = createFileStateStore(cfg.stateDir);
     const logger = silentLogger();
-    const observers = defaultObservers({ config: cfg, logger, actor: 'lambda', env: {}, stateStore, metrics: createMetrics() });
+    const observers = defaultObservers({
+      config: cfg,
+      logger,
+      actor: 'lambda',
+      env: {},
+      stateStore,
+      metrics: createMetrics(),
+    });
     const base = { config: cfg, stateStore, logger, env: {}, now: true, actor: 'lambda', observers };
     const key = cfg.keys[0]!;
     await rotateKey(key, base);

@@ -9,6 +9,15 @@ const [file, countText, tag] = process.argv.slice(2);
 const count = Number(countText);
 const log = createJsonlAuditLog(file!);
 for (let i = 1; count === 0 || i <= count; i++) {
-  await log.append({ type: 'transition', time: new Date().toISOString(), key: `k-${tag}`, rotationId: `rot-${tag}`, state: 'verify', stage: 'verify', actor: tag, newKeyId: `key_${i}` });
+  await log.append({
+    type: 'transition',
+    time: new Date().toISOString(),
+    key: `k-${tag}`,
+    rotationId: `rot-${tag}`,
+    state: 'verify',
+    stage: 'verify',
+    actor: tag,
+    newKeyId: `key_${i}`,
+  });
   if (i === 1) process.stdout.write('ready\n');
 }

@@ -17,7 +17,16 @@ const STATES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', '
 
 function entry(i: number, over: Partial<AuditEntry> = {}): AuditEntry {
   const state = STATES[i % STATES.length]!;
-  return { type: 'transition', time: new Date(Date.UTC(2026, 10, 1, 0, 0, i)).toISOString(), key: 'app', rotationId: 'rot-20261101t000000z-0000aaaa', state, stage: state === 'rotated' ? null : state, actor: 'cli', ...over };
+  return {
+    type: 'transition',
+    time: new Date(Date.UTC(2026, 10, 1, 0, 0, i)).toISOString(),
+    key: 'app',
+    rotationId: 'rot-20261101t000000z-0000aaaa',
+    state,
+    stage: state === 'rotated' ? null : state,
+    actor: 'cli',
+    ...over,
+  };
 }
 
 async function freshLog(n: number, name = 'audit'): Promise<{ log: AuditLog; file: string }> {
@@ -71,7 +80,14 @@ describe('audit log: chain', () => {
 
   it('a lock left by a dead process is taken over', async () => {
     const { log, file } = await freshLog(2, 'audit-stale');
-    writeFileSync(`${file}.lock`, JSON.stringify({ pid: 2 ** 22 + 12345, host: (await import('node:os')).hostname(), at: new Date().toISOString() }));
+    writeFileSync(
+      `${file}.lock`,
+      JSON.stringify({
+        pid: 2 ** 22 + 12345,
+        host: (await import('node:os')).hostname(),
+        at: new Date().toISOString(),
+      }),
+    );
     await log.append(entry(2));
     expect(await log.verify()).toMatchObject({ ok: true, records: 3 });
     // an unattributable lock (no content) is taken over once it is older than staleLockMs
@@ -92,7 +108,12 @@ describe('audit log: tampering is detected and the first broken record is named'
     writeLines(file, ls);
     const v = await log.verify();
     expect(v.ok).toBe(false);
-    expect(v.broken).toMatchObject({ line: 3, seq: 3, key: 'app', reason: expect.stringMatching(/does not match its hash: the record was edited/) });
+    expect(v.broken).toMatchObject({
+      line: 3,
+      seq: 3,
+      key: 'app',
+      reason: expect.stringMatching(/does not match its hash: the record was edited/),
+    });
   });
 
   it('one flipped byte anywhere in a record (value, hash, prev, seq) names that record', async () => {
@@ -119,13 +140,21 @@ describe('audit log: tampering is detected and the first broken record is named'
     ls.splice(2, 1);
     writeLines(file, ls);
     const v = await log.verify();
-    expect(v.broken).toMatchObject({ line: 3, seq: 4, reason: expect.stringMatching(/record\(s\) #3 before it were deleted/) });
+    expect(v.broken).toMatchObject({
+      line: 3,
+      seq: 4,
+      reason: expect.stringMatching(/record\(s\) #3 before it were deleted/),
+    });
   });
 
   it('the first record deleted', async () => {
     const { log, file } = await freshLog(4);
     writeLines(file, lines(file).slice(1));
-    expect((await log.verify()).broken).toMatchObject({ line: 1, seq: 2, reason: expect.stringMatching(/#1 before it were deleted/) });
+    expect((await log.verify()).broken).toMatchObject({
+      line: 1,
+      seq: 2,
+      reason: expect.stringMatching(/#1 before it were deleted/),
+    });
   });
 
   it('the last record(s) deleted (caught by the head)', async () => {
@@ -133,7 +162,10 @@ describe('audit log: tampering is detected and the first broken record is named'
     writeLines(file, lines(file).slice(0, 4));
     const v = await log.verify();
     expect(v.ok).toBe(false);
-    expect(v.broken).toMatchObject({ seq: 5, reason: expect.stringMatching(/#5\.\.#6 were appended .* deleted from the end/) });
+    expect(v.broken).toMatchObject({
+      seq: 5,
+      reason: expect.stringMatching(/#5\.\.#6 were appended .* deleted from the end/),
+    });
   });
 
   it('two records swapped', async () => {
@@ -151,7 +183,11 @@ describe('audit log: tampering is detected and the first broken record is named'
     const forged = chainRecord(entry(99, { state: 'revoke' }), prev);
     ls.splice(2, 0, recordLine(forged).trimEnd());
     writeLines(file, ls);
-    expect((await log.verify()).broken).toMatchObject({ line: 4, seq: 3, reason: expect.stringMatching(/inserted, duplicated or reordered/) });
+    expect((await log.verify()).broken).toMatchObject({
+      line: 4,
+      seq: 3,
+      reason: expect.stringMatching(/inserted, duplicated or reordered/),
+    });
   });
 
   it('the whole log rewritten with a valid chain, head left alone', async () => {
@@ -166,7 +202,10 @@ describe('audit log: tampering is detected and the first broken record is named'
       prev = next;
     }
     writeLines(file, rewritten);
-    expect((await log.verify()).broken).toMatchObject({ seq: 4, reason: expect.stringMatching(/does not match the head file/) });
+    expect((await log.verify()).broken).toMatchObject({
+      seq: 4,
+      reason: expect.stringMatching(/does not match the head file/),
+    });
   });
 
   it('garbage in a middle line; append refuses to chain onto a damaged last line', async () => {
@@ -174,12 +213,18 @@ describe('audit log: tampering is detected and the first broken record is named'
     const ls = lines(file);
     ls[1] = 'not json at all';
     writeLines(file, ls);
-    expect((await log.verify()).broken).toMatchObject({ line: 2, reason: expect.stringMatching(/not a valid audit record/) });
+    expect((await log.verify()).broken).toMatchObject({
+      line: 2,
+      reason: expect.stringMatching(/not a valid audit record/),
+    });
     const { log: log2, file: file2 } = await freshLog(3);
     const ls2 = lines(file2);
     ls2[2] = ls2[2]!.replace('"key":"app"', '"key":"evil"');
     writeLines(file2, ls2);
-    await expect(log2.append(entry(3))).rejects.toMatchObject({ code: 'STATE_UNREADABLE', message: expect.stringMatching(/last record is damaged/) });
+    await expect(log2.append(entry(3))).rejects.toMatchObject({
+      code: 'STATE_UNREADABLE',
+      message: expect.stringMatching(/last record is damaged/),
+    });
     expect(lines(file2)).toHaveLength(3);
   });
 });

@@ -11,7 +11,9 @@ import { configSchema } from '../../src/app/config/schema.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { runCli, workspace, LOCAL_CONFIG, treeSnapshot } from '../entrypoints/cli-helpers.ts';
 
-const landed = ['audit', 'notifications'].every((f) => f in ((configSchema as unknown as { shape?: object }).shape ?? {}));
+const landed = ['audit', 'notifications'].every(
+  (f) => f in ((configSchema as unknown as { shape?: object }).shape ?? {}),
+);
 
 const bodies: string[] = [];
 let answered = 0;
@@ -44,7 +46,10 @@ describe.skipIf(!landed)('audit and notifications from the config (CLI)', () => 
     const r = await runCli(['rotate', '--now', 'demo'], { cwd: dir, env: { HOOK_URL: url } });
     expect(r.code, r.stderr).toBe(0);
     expect(bodies).toHaveLength(2);
-    expect(JSON.parse(bodies[1]!)).toMatchObject({ text: expect.stringMatching(/keyrotor: demo rotated/), blocks: expect.any(Array) });
+    expect(JSON.parse(bodies[1]!)).toMatchObject({
+      text: expect.stringMatching(/keyrotor: demo rotated/),
+      blocks: expect.any(Array),
+    });
     expect(r.stderr).not.toContain(url);
 
     const v = await runCli(['audit', 'verify'], { cwd: dir });
@@ -54,7 +59,13 @@ describe.skipIf(!landed)('audit and notifications from the config (CLI)', () => 
     const before = treeSnapshot(dir);
     const d = await runCli(['rotate', '--dry-run', '--json'], { cwd: dir, env: { HOOK_URL: url } });
     expect(d.code, d.stderr).toBe(0);
-    expect(JSON.parse(d.stdout)).toMatchObject({ results: [{ dryRun: true }], preflight: { ok: true, checks: expect.arrayContaining([expect.objectContaining({ check: 'store[0]', status: 'ok' })]) } });
+    expect(JSON.parse(d.stdout)).toMatchObject({
+      results: [{ dryRun: true }],
+      preflight: {
+        ok: true,
+        checks: expect.arrayContaining([expect.objectContaining({ check: 'store[0]', status: 'ok' })]),
+      },
+    });
     expect(treeSnapshot(dir)).toEqual(before);
     expect(bodies).toHaveLength(2);
 

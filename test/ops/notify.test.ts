@@ -83,7 +83,12 @@ const rolledBack: KeyResult = {
   oldKeyId: 'key_old',
   newKeyId: 'key_new',
   stage: 'verify',
-  error: { code: 'KEY_INVALID', message: 'the new key key_new does not work at the issuer', stage: 'verify', retryable: false },
+  error: {
+    code: 'KEY_INVALID',
+    message: 'the new key key_new does not work at the issuer',
+    stage: 'verify',
+    retryable: false,
+  },
   startedAt: '2026-11-23T12:00:00.000Z',
   finishedAt: '2026-11-23T12:00:05.000Z',
 };
@@ -105,7 +110,9 @@ describe('webhook notifications', () => {
     const rx = await startReceiver([500, 503]);
     const { logger, lines } = logSink();
     const n = createNotifier({
-      webhooks: [hook({ url: rx.url, headersFromEnv: { Authorization: 'HOOK_AUTH' }, backoff: '20ms', name: 'ops-hook' })],
+      webhooks: [
+        hook({ url: rx.url, headersFromEnv: { Authorization: 'HOOK_AUTH' }, backoff: '20ms', name: 'ops-hook' }),
+      ],
       env: { HOOK_AUTH: 'Bearer hook-token-1' },
       logger,
       actor: 'cli',
@@ -142,19 +149,30 @@ describe('webhook notifications', () => {
 
   it('Slack format: { text, blocks } with leftovers; a leaked success goes to a hook that wants leaked', async () => {
     const rx = await startReceiver();
-    const n = createNotifier({ webhooks: [hook({ url: rx.url, format: 'slack', on: ['leaked'] })], logger: silentLogger(), host: 'h' });
+    const n = createNotifier({
+      webhooks: [hook({ url: rx.url, format: 'slack', on: ['leaked'] })],
+      logger: silentLogger(),
+      host: 'h',
+    });
     n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined, leaked: true, oldKeyLastUsedAt: null }); // leaked: sent
     n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined }); // plain success: not asked for
     n.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> by hand'] }); // not asked for either
     await n.drain(5000);
     expect(rx.received).toHaveLength(1);
-    const b = JSON.parse(rx.received[0]!.body) as { text: string; blocks: Array<{ type: string; text?: { text: string } }> };
+    const b = JSON.parse(rx.received[0]!.body) as {
+      text: string;
+      blocks: Array<{ type: string; text?: { text: string } }>;
+    };
     expect(b.text).toMatch(/keyrotor: LEAKED key app rotated: key_old → key_new/);
     expect(b.blocks[0]!.type).toBe('section');
     expect(b.blocks[0]!.text!.text).toMatch(/old key last used: never/);
 
     const rx2 = await startReceiver();
-    const n2 = createNotifier({ webhooks: [hook({ url: rx2.url, format: 'slack' })], logger: silentLogger(), host: 'h' });
+    const n2 = createNotifier({
+      webhooks: [hook({ url: rx2.url, format: 'slack' })],
+      logger: silentLogger(),
+      host: 'h',
+    });
     n2.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> & check'] });
     await n2.drain(5000);
     const b2 = JSON.parse(rx2.received[0]!.body) as { blocks: Array<{ text?: { text: string } }> };
@@ -169,7 +187,10 @@ describe('webhook notifications', () => {
     expect(rx.received).toHaveLength(1);
 
     const rx2 = await startReceiver([500, 500, 500, 500]);
-    const n2 = createNotifier({ webhooks: [hook({ url: rx2.url, backoff: '10ms', attempts: 3 })], logger: silentLogger() });
+    const n2 = createNotifier({
+      webhooks: [hook({ url: rx2.url, backoff: '10ms', attempts: 3 })],
+      logger: silentLogger(),
+    });
     n2.onResult!(rolledBack);
     expect(await n2.drain(5000)).toMatchObject({ delivered: 0, failed: 1 });
     expect(rx2.received).toHaveLength(3);
@@ -199,12 +220,16 @@ describe('webhook notifications', () => {
   });
 
   it('a missing env var for the URL or a header is a config error (exit 2) before anything runs', () => {
-    expect(() => createNotifier({ webhooks: [hook({ urlEnv: 'SLACK_URL' })], env: {}, logger: silentLogger() })).toThrow(
-      expect.objectContaining({ code: 'CONFIG_ENV_MISSING', message: expect.stringMatching(/SLACK_URL/) }),
-    );
-    expect(() => createNotifier({ webhooks: [hook({ url: 'https://x.example/h', headersFromEnv: { 'X-Token': 'TOK' } })], env: {}, logger: silentLogger() })).toThrow(
-      expect.objectContaining({ code: 'CONFIG_ENV_MISSING' }),
-    );
+    expect(() =>
+      createNotifier({ webhooks: [hook({ urlEnv: 'SLACK_URL' })], env: {}, logger: silentLogger() }),
+    ).toThrow(expect.objectContaining({ code: 'CONFIG_ENV_MISSING', message: expect.stringMatching(/SLACK_URL/) }));
+    expect(() =>
+      createNotifier({
+        webhooks: [hook({ url: 'https://x.example/h', headersFromEnv: { 'X-Token': 'TOK' } })],
+        env: {},
+        logger: silentLogger(),
+      }),
+    ).toThrow(expect.objectContaining({ code: 'CONFIG_ENV_MISSING' }));
     expect(() => hook({ url: 'https://x.example/h', urlEnv: 'A' })).toThrow(/exactly one of url or urlEnv/);
   });
 
@@ -213,7 +238,10 @@ describe('webhook notifications', () => {
     const dir = tempDir('ops-notify-slow');
     const cfg = parseConfig(LOCAL_CONFIG, path.join(dir, 'rotation.config.yaml'), {});
     const stateStore = createFileStateStore(cfg.stateDir);
-    const notifier = createNotifier({ webhooks: [hook({ url: rx.url, on: ['rotated', 'rolled_back'] })], logger: silentLogger() });
+    const notifier = createNotifier({
+      webhooks: [hook({ url: rx.url, on: ['rotated', 'rolled_back'] })],
+      logger: silentLogger(),
+    });
     const base = { config: cfg, stateStore, logger: silentLogger(), env: {}, now: true, observers: [notifier] };
     // the receiver holds every request open until released: if onResult waited for it, this would hang
     const r = await rotateKey(cfg.keys[0]!, base);
@@ -227,7 +255,12 @@ describe('webhook notifications', () => {
     rx.release(204);
     expect(await flushObservers([notifier], 10_000)).toEqual({ delivered: 1, failed: 0, abandoned: 0 });
     const body = rx.received[0]!.body;
-    expect(JSON.parse(body)).toMatchObject({ outcome: 'rotated', key: 'demo', rotationId: r.rotationId, newKeyId: r.newKeyId });
+    expect(JSON.parse(body)).toMatchObject({
+      outcome: 'rotated',
+      key: 'demo',
+      rotationId: r.rotationId,
+      newKeyId: r.newKeyId,
+    });
     expect(body).not.toContain(CANARY);
   });
 });

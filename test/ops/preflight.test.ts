@@ -37,11 +37,24 @@ afterAll(async () => {
   await new Promise((r) => server.close(r));
 });
 
-const gate = (type: string, extra: object = {}): HealthGate => ({ type, name: type, timeoutMs: 1000, intervalMs: 100, check: async () => ({ pass: true, observation: '' }), ...extra });
+const gate = (type: string, extra: object = {}): HealthGate => ({
+  type,
+  name: type,
+  timeoutMs: 1000,
+  intervalMs: 100,
+  check: async () => ({ pass: true, observation: '' }),
+  ...extra,
+});
 
 describe('gate endpoints', () => {
   it('every configured URL must answer (any HTTP status); credentials and queries are never shown', async () => {
-    const ok = await checkGate('app', 0, gate('http'), { urls: [`${base}/fp?token=s3cr3t`, `http://user:pw@127.0.0.1:${new URL(base).port}/health`] }, 2000);
+    const ok = await checkGate(
+      'app',
+      0,
+      gate('http'),
+      { urls: [`${base}/fp?token=s3cr3t`, `http://user:pw@127.0.0.1:${new URL(base).port}/health`] },
+      2000,
+    );
     expect(ok).toMatchObject({ status: 'ok', check: 'gate[0]' });
     expect(ok.detail).toContain(`${base}/fp 401`);
     expect(ok.detail).toContain(`${base}/health 200`);
@@ -53,17 +66,37 @@ describe('gate endpoints', () => {
         s.close(() => resolve(p));
       });
     });
-    const bad = await checkGate('app', 1, gate('http'), { urls: [`${base}/fp`, `http://127.0.0.1:${closed}/fp`] }, 2000);
+    const bad = await checkGate(
+      'app',
+      1,
+      gate('http'),
+      { urls: [`${base}/fp`, `http://127.0.0.1:${closed}/fp`] },
+      2000,
+    );
     expect(bad).toMatchObject({ status: 'fail', check: 'gate[1]', fix: expect.stringMatching(/consumer is running/) });
     expect(bad.detail).toMatch(new RegExp(`127\\.0\\.0\\.1:${closed}/fp cannot be reached`));
   });
 
   it('a gate with its own preflight is asked; one without endpoints is skipped; the smoke test relies on the issuer', async () => {
-    expect(await checkGate('app', 0, gate('manual', { preflight: async () => 'approver channel reachable' }), {}, 500)).toMatchObject({ status: 'ok', detail: expect.stringMatching(/approver channel reachable/) });
-    const failing = gate('command', { preflight: async () => Promise.reject(new KeyrotorError('GATE_ERROR', 'command ./probe.sh is not executable', { hint: 'chmod +x ./probe.sh' })) });
-    expect(await checkGate('app', 0, failing, {}, 500)).toMatchObject({ status: 'fail', code: 'GATE_ERROR', fix: 'chmod +x ./probe.sh' });
+    expect(
+      await checkGate('app', 0, gate('manual', { preflight: async () => 'approver channel reachable' }), {}, 500),
+    ).toMatchObject({ status: 'ok', detail: expect.stringMatching(/approver channel reachable/) });
+    const failing = gate('command', {
+      preflight: async () =>
+        Promise.reject(
+          new KeyrotorError('GATE_ERROR', 'command ./probe.sh is not executable', { hint: 'chmod +x ./probe.sh' }),
+        ),
+    });
+    expect(await checkGate('app', 0, failing, {}, 500)).toMatchObject({
+      status: 'fail',
+      code: 'GATE_ERROR',
+      fix: 'chmod +x ./probe.sh',
+    });
     expect(await checkGate('app', 0, gate('manual'), {}, 500)).toMatchObject({ status: 'skip' });
-    expect(await checkGate('app', 0, gate('issuer-smoke-test'), {}, 500)).toMatchObject({ status: 'ok', detail: expect.stringMatching(/asks the issuer/) });
+    expect(await checkGate('app', 0, gate('issuer-smoke-test'), {}, 500)).toMatchObject({
+      status: 'ok',
+      detail: expect.stringMatching(/asks the issuer/),
+    });
   });
 });
 
@@ -78,7 +111,15 @@ keys:
 `;
 
 function ctxFor(dir: string, stateDir: string): ProviderContext {
-  return { keyName: 'demo', stateDir, configDir: dir, logger: silentLogger(), clock: systemClock, env: {}, providerState: { get: () => undefined, set: async () => {} } };
+  return {
+    keyName: 'demo',
+    stateDir,
+    configDir: dir,
+    logger: silentLogger(),
+    clock: systemClock,
+    env: {},
+    providerState: { get: () => undefined, set: async () => {} },
+  };
 }
 
 describe('runPreflight', () => {
@@ -92,13 +133,23 @@ describe('runPreflight', () => {
 
     const good = await runPreflight(o);
     expect(good.ok).toBe(true);
-    expect(good.checks.find((c) => c.check === 'stores.agree')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/every store serves fp_/) });
+    expect(good.checks.find((c) => c.check === 'stores.agree')).toMatchObject({
+      status: 'ok',
+      detail: expect.stringMatching(/every store serves fp_/),
+    });
     expect(good.checks.find((c) => c.check === 'issuer.current')).toMatchObject({ status: 'ok' });
 
     // someone changes store b by hand-ish (another rotation id, another value)
-    const b = await createFileStore(fileStoreSchema.parse({ type: 'file', path: 'b/demo.json' }), ctxFor(dir, cfg.stateDir));
+    const b = await createFileStore(
+      fileStoreSchema.parse({ type: 'file', path: 'b/demo.json' }),
+      ctxFor(dir, cfg.stateDir),
+    );
     const v = Secret.of('kr-local-someone-else-put-this-here-0000000000');
-    await b.stage({ rotationId: 'rot-20260101t000000z-00000000', secret: v, meta: { rotationId: 'rot-20260101t000000z-00000000', fingerprint: fingerprint(v) } });
+    await b.stage({
+      rotationId: 'rot-20260101t000000z-00000000',
+      secret: v,
+      meta: { rotationId: 'rot-20260101t000000z-00000000', fingerprint: fingerprint(v) },
+    });
     await b.promote('rot-20260101t000000z-00000000');
     // and the current key is deleted at the issuer
     const issuer = await createLocalIssuer(localIssuerSchema.parse({ type: 'local' }), ctxFor(dir, cfg.stateDir));
@@ -106,8 +157,15 @@ describe('runPreflight', () => {
 
     const bad = await runPreflight(o);
     expect(bad.ok).toBe(false);
-    expect(bad.checks.find((c) => c.check === 'stores.agree')).toMatchObject({ status: 'fail', detail: expect.stringMatching(/different current keys/), fix: expect.stringMatching(/same key/) });
-    expect(bad.checks.find((c) => c.check === 'issuer.current')).toMatchObject({ status: 'fail', fix: 'run `keyrotor rotate --now demo` to issue and store a new key' });
+    expect(bad.checks.find((c) => c.check === 'stores.agree')).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(/different current keys/),
+      fix: expect.stringMatching(/same key/),
+    });
+    expect(bad.checks.find((c) => c.check === 'issuer.current')).toMatchObject({
+      status: 'fail',
+      fix: 'run `keyrotor rotate --now demo` to issue and store a new key',
+    });
     const text = renderPreflight(bad);
     const lines = text.trim().split('\n');
     expect(lines).toHaveLength(bad.checks.length + 1);

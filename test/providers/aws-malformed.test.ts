@@ -8,7 +8,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inspect } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import { CreateSecretCommand, DescribeSecretCommand, GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import {
+  CreateSecretCommand,
+  DescribeSecretCommand,
+  GetSecretValueCommand,
+  SecretsManagerClient,
+} from '@aws-sdk/client-secrets-manager';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
@@ -71,7 +76,12 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
       env: { ...CREDS, AWS_EC2_METADATA_DISABLED: 'true' },
       providerState: { get: () => undefined, set: async () => {} },
     };
-    const cfg = awsSecretsManagerStoreSchema.parse({ type: 'aws-secrets-manager', secretId, region: REGION, endpoint: proxy.endpoint });
+    const cfg = awsSecretsManagerStoreSchema.parse({
+      type: 'aws-secrets-manager',
+      secretId,
+      region: REGION,
+      endpoint: proxy.endpoint,
+    });
     const s = await createAwsSecretsManagerStore(cfg, ctx);
     opened.push(s);
     return s;
@@ -91,7 +101,10 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
     const d = await raw.send(new DescribeSecretCommand({ SecretId: name }));
     return Object.fromEntries(Object.entries(d.VersionIdsToStages ?? {}).filter(([, l]) => l.length > 0));
   }
-  const holder = (m: Record<string, string[]>, label: string) => Object.entries(m).filter(([, l]) => l.includes(label)).map(([id]) => id);
+  const holder = (m: Record<string, string[]>, label: string) =>
+    Object.entries(m)
+      .filter(([, l]) => l.includes(label))
+      .map(([id]) => id);
   async function consumerRead(name: string): Promise<string> {
     return (await raw.send(new GetSecretValueCommand({ SecretId: name, VersionStage: 'AWSCURRENT' }))).SecretString!;
   }
@@ -110,7 +123,12 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
     expect(err.message).not.toMatch(/[\r\n]/);
     expect(err.message).toMatch(/malformed/);
     if (stage) expect(err.stage).toBe(stage);
-    const printed = [err.message, err.hint ?? '', inspect(err, { depth: 10, showHidden: true }), JSON.stringify(err.toRecord())].join('\n');
+    const printed = [
+      err.message,
+      err.hint ?? '',
+      inspect(err, { depth: 10, showHidden: true }),
+      JSON.stringify(err.toRecord()),
+    ].join('\n');
     expect(printed).not.toContain(CANARY.slice(0, 16)); // not even the half a cut answer carried
     return err;
   }
@@ -147,7 +165,9 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
       proxy.fault({ op: 'DescribeSecret', kind });
       await honest(s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }), 'stage');
       expect(await labels(name)).toEqual(before);
-      await expect(s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) })).rejects.toMatchObject({ code: 'LOCKED' });
+      await expect(s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) })).rejects.toMatchObject({
+        code: 'LOCKED',
+      });
       proxy.fault({ op: 'DescribeSecret', kind });
       await honest(s.unstage(R2), 'unstage');
       expect((await s.readPending(R2))?.secret.reveal()).toBe(value(2).reveal()); // unstage did not pretend
@@ -204,7 +224,16 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
 
   it('no malformed-answer error or log line carries a value', () => {
     expect(seen.length).toBeGreaterThanOrEqual(40);
-    const printed = seen.map((e) => [inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord()), String(e), inspect(e.cause, { depth: 10 })].join('\n')).join('\n');
+    const printed = seen
+      .map((e) =>
+        [
+          inspect(e, { depth: 10, showHidden: true }),
+          JSON.stringify(e.toRecord()),
+          String(e),
+          inspect(e.cause, { depth: 10 }),
+        ].join('\n'),
+      )
+      .join('\n');
     capture('aws-malformed-errors.txt', printed);
     expect(printed).not.toContain(CANARY.slice(0, 16));
     expect(logLines.join('\n')).not.toContain(CANARY.slice(0, 16));

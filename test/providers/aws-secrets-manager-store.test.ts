@@ -86,7 +86,13 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   }
 
   async function store(secretId: string, extra: { jsonKey?: string; endpoint?: string } = {}): Promise<SecretStore> {
-    const cfg = awsSecretsManagerStoreSchema.parse({ type: 'aws-secrets-manager', secretId, region: REGION, endpoint: extra.endpoint ?? moto.endpoint, ...(extra.jsonKey ? { jsonKey: extra.jsonKey } : {}) });
+    const cfg = awsSecretsManagerStoreSchema.parse({
+      type: 'aws-secrets-manager',
+      secretId,
+      region: REGION,
+      endpoint: extra.endpoint ?? moto.endpoint,
+      ...(extra.jsonKey ? { jsonKey: extra.jsonKey } : {}),
+    });
     const s = await createAwsSecretsManagerStore(cfg, ctx());
     opened.push(s);
     return s;
@@ -94,7 +100,9 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 
   async function newSecret(initial?: string): Promise<string> {
     const name = `keyrotor/test/${randomBytes(6).toString('hex')}`;
-    await raw.send(new CreateSecretCommand({ Name: name, ...(initial !== undefined ? { SecretString: initial } : {}) }));
+    await raw.send(
+      new CreateSecretCommand({ Name: name, ...(initial !== undefined ? { SecretString: initial } : {}) }),
+    );
     return name;
   }
   async function dropSecret(name: string) {
@@ -125,10 +133,26 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
    */
   async function handWrite(name: string, secretString: string): Promise<string> {
     const token = `${randomBytes(16).toString('hex')}`;
-    await raw.send(new PutSecretValueCommand({ SecretId: name, SecretString: secretString, ClientRequestToken: token, VersionStages: ['hand-written'] }));
+    await raw.send(
+      new PutSecretValueCommand({
+        SecretId: name,
+        SecretString: secretString,
+        ClientRequestToken: token,
+        VersionStages: ['hand-written'],
+      }),
+    );
     const cur = holder(await labels(name), 'AWSCURRENT');
-    await raw.send(new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: 'AWSCURRENT', MoveToVersionId: token, ...(cur ? { RemoveFromVersionId: cur } : {}) }));
-    await raw.send(new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: 'hand-written', RemoveFromVersionId: token }));
+    await raw.send(
+      new UpdateSecretVersionStageCommand({
+        SecretId: name,
+        VersionStage: 'AWSCURRENT',
+        MoveToVersionId: token,
+        ...(cur ? { RemoveFromVersionId: cur } : {}),
+      }),
+    );
+    await raw.send(
+      new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: 'hand-written', RemoveFromVersionId: token }),
+    );
     return token;
   }
   async function allVersions(name: string) {
@@ -191,7 +215,12 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     // per-version metadata is one staging label on the version
     const metaLabels = l[v2]!.filter((x) => x.startsWith('kr:'));
     expect(metaLabels).toHaveLength(1);
-    expect(parseMetaLabel(metaLabels[0]!)).toEqual({ rotationId: R2, issuerKeyId: 'key_2', fingerprint: fingerprint(value(2)), createdAt: meta(R2, 2).createdAt });
+    expect(parseMetaLabel(metaLabels[0]!)).toEqual({
+      rotationId: R2,
+      issuerKeyId: 'key_2',
+      fingerprint: fingerprint(value(2)),
+      createdAt: meta(R2, 2).createdAt,
+    });
     // the version id is the deterministic ClientRequestToken of the rotation
     expect(v2).toBe(requestToken('stage', R2));
     expect(v2.length).toBeGreaterThanOrEqual(32);
@@ -251,7 +280,9 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     // simulate a crash after PutSecretValue whose labels were later removed: the token makes the
     // repeated PutSecretValue a no-op and stage puts the labels back
     for (const label of ['AWSPENDING', metaLabel(R2, meta(R2, 2))]) {
-      await raw.send(new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: label, RemoveFromVersionId: a.versionId }));
+      await raw.send(
+        new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: label, RemoveFromVersionId: a.versionId }),
+      );
     }
     const c = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
     expect(c.versionId).toBe(a.versionId);
@@ -270,7 +301,11 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     expect(await consumerRead(name)).toBe(value(2).reveal());
     expect(await consumerRead(name, 'AWSPREVIOUS')).toBe(value(1).reveal());
     expect(holder(l, 'AWSPENDING')).toBeUndefined();
-    expect(Object.values(l).flat().filter((x) => x === 'AWSCURRENT')).toHaveLength(1);
+    expect(
+      Object.values(l)
+        .flat()
+        .filter((x) => x === 'AWSCURRENT'),
+    ).toHaveLength(1);
     await Promise.all([s.demote(R2), s.demote(R2)]);
     expect(await consumerRead(name)).toBe(value(1).reveal());
     await dropSecret(name);
@@ -314,7 +349,14 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     const name = await newSecret();
     const s = await store(name);
     await bootstrap(s);
-    await raw.send(new PutSecretValueCommand({ SecretId: name, SecretString: 'foreign-pending', ClientRequestToken: '99999999-9999-4999-8999-999999999999', VersionStages: ['AWSPENDING'] }));
+    await raw.send(
+      new PutSecretValueCommand({
+        SecretId: name,
+        SecretString: 'foreign-pending',
+        ClientRequestToken: '99999999-9999-4999-8999-999999999999',
+        VersionStages: ['AWSPENDING'],
+      }),
+    );
     const err = await errorOf(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }));
     expect(err.code).toBe('LOCKED');
     expect(err.message).toContain('did not stage');
@@ -324,18 +366,29 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 
   it('unknown secret: STORE_NOT_FOUND naming secret and region, for reads, stage and check', async () => {
     const s = await store('keyrotor/test/does-not-exist');
-    for (const call of [() => s.check(), () => s.readCurrent(), () => s.describe(), () => s.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) })]) {
+    for (const call of [
+      () => s.check(),
+      () => s.readCurrent(),
+      () => s.describe(),
+      () => s.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }),
+    ]) {
       const err = await errorOf(call());
       expect(err.code).toBe('STORE_NOT_FOUND');
       expect(err.retryable).toBe(false);
-      expect(err.message).toBe(`secret keyrotor/test/does-not-exist does not exist in region ${REGION}; create it first`);
+      expect(err.message).toBe(
+        `secret keyrotor/test/does-not-exist does not exist in region ${REGION}; create it first`,
+      );
       expect(err.hint).toContain('create-secret');
     }
   });
 
   it('region comes from a full secret ARN when the store config has none', async () => {
     const arn = 'arn:aws:secretsmanager:ap-south-1:123456789012:secret:keyrotor/test/by-arn-AbCdEf';
-    const cfg = awsSecretsManagerStoreSchema.parse({ type: 'aws-secrets-manager', secretId: arn, endpoint: moto.endpoint });
+    const cfg = awsSecretsManagerStoreSchema.parse({
+      type: 'aws-secrets-manager',
+      secretId: arn,
+      endpoint: moto.endpoint,
+    });
     const s = await createAwsSecretsManagerStore(cfg, ctx());
     opened.push(s);
     const err = await errorOf(s.readCurrent());
@@ -386,7 +439,11 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     // version lost all labels (deprecated).
     expect(Object.values(l).flat().length).toBeLessThanOrEqual(6);
     expect(Object.keys(l)).toHaveLength(3);
-    expect(Object.values(l).flat().filter((x) => x === PLACEHOLDER_LABEL || x.includes(R1))).toEqual([]);
+    expect(
+      Object.values(l)
+        .flat()
+        .filter((x) => x === PLACEHOLDER_LABEL || x.includes(R1)),
+    ).toEqual([]);
     expect((await s.readPrevious())?.meta.rotationId).toBe(R3);
     // ...and demote of the latest still restores the previous it replaced
     await s.demote(R4);
@@ -433,7 +490,11 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   it('jsonKey: a current value that is not a JSON object is STORE_CORRUPT, without quoting it', async () => {
     const name = await newSecret(`${CANARY}-not-json`);
     const s = await store(name, { jsonKey: 'k' });
-    for (const call of [() => s.check(), () => s.readCurrent(), () => s.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) })]) {
+    for (const call of [
+      () => s.check(),
+      () => s.readCurrent(),
+      () => s.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }),
+    ]) {
       const err = await errorOf(call());
       expect(err.code).toBe('STORE_CORRUPT');
       expect(err.message).toContain('is not JSON');
@@ -454,7 +515,14 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     const cur = holder(l, 'AWSCURRENT')!;
     const ml = l[cur]!.find((x) => x.startsWith('kr:'))!;
     const hand = await handWrite(name, JSON.stringify({ other: 1 }));
-    await raw.send(new UpdateSecretVersionStageCommand({ SecretId: name, VersionStage: ml, MoveToVersionId: hand, RemoveFromVersionId: cur }));
+    await raw.send(
+      new UpdateSecretVersionStageCommand({
+        SecretId: name,
+        VersionStage: ml,
+        MoveToVersionId: hand,
+        RemoveFromVersionId: cur,
+      }),
+    );
     const err = await errorOf(s.readCurrent());
     expect(err.code).toBe('STORE_CORRUPT');
     expect(err.message).toContain('no "k" field');
@@ -487,10 +555,18 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 describe('aws-secrets-manager error mapping', () => {
   const base = { secretId: 'prod/openai', region: 'eu-west-1' } as const;
   const sdkError = (name: string, status: number, message = 'x') =>
-    new SecretsManagerServiceException({ name, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status, requestId: 'req-1' }, message });
+    new SecretsManagerServiceException({
+      name,
+      $fault: status >= 500 ? 'server' : 'client',
+      $metadata: { httpStatusCode: status, requestId: 'req-1' },
+      message,
+    });
 
   it('AccessDeniedException names the IAM action of the failed call', () => {
-    const e = mapAwsError(sdkError('AccessDeniedException', 400, `User arn:aws:iam::1:user/x is not authorized; ${CANARY}`), { ...base, op: 'PutSecretValue', stage: 'stage' });
+    const e = mapAwsError(
+      sdkError('AccessDeniedException', 400, `User arn:aws:iam::1:user/x is not authorized; ${CANARY}`),
+      { ...base, op: 'PutSecretValue', stage: 'stage' },
+    );
     expect(e.code).toBe('STORE_ACCESS_DENIED');
     expect(e.retryable).toBe(false);
     expect(e.message).toContain('secretsmanager:PutSecretValue');
@@ -501,19 +577,41 @@ describe('aws-secrets-manager error mapping', () => {
   });
 
   it('throttling and 5xx are STORE_UNAVAILABLE retryable; 4xx conflicts are not', () => {
-    expect(mapAwsError(sdkError('ThrottlingException', 400), { ...base, op: 'DescribeSecret' })).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
-    expect(mapAwsError(sdkError('InternalServiceError', 500), { ...base, op: 'GetSecretValue' })).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
-    expect(mapAwsError(sdkError('SomethingNew', 503), { ...base, op: 'GetSecretValue' })).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
-    expect(mapAwsError(sdkError('ResourceExistsException', 400), { ...base, op: 'PutSecretValue', versionId: 'v' })).toMatchObject({ code: 'STORE_CONFLICT', retryable: false });
-    expect(mapAwsError(sdkError('DecryptionFailure', 400), { ...base, op: 'GetSecretValue' })).toMatchObject({ code: 'STORE_ACCESS_DENIED' });
-    expect(mapAwsError(sdkError('UnrecognizedClientException', 400), { ...base, op: 'DescribeSecret' })).toMatchObject({ code: 'STORE_ACCESS_DENIED' });
+    expect(mapAwsError(sdkError('ThrottlingException', 400), { ...base, op: 'DescribeSecret' })).toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      retryable: true,
+    });
+    expect(mapAwsError(sdkError('InternalServiceError', 500), { ...base, op: 'GetSecretValue' })).toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      retryable: true,
+    });
+    expect(mapAwsError(sdkError('SomethingNew', 503), { ...base, op: 'GetSecretValue' })).toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      retryable: true,
+    });
+    expect(
+      mapAwsError(sdkError('ResourceExistsException', 400), { ...base, op: 'PutSecretValue', versionId: 'v' }),
+    ).toMatchObject({ code: 'STORE_CONFLICT', retryable: false });
+    expect(mapAwsError(sdkError('DecryptionFailure', 400), { ...base, op: 'GetSecretValue' })).toMatchObject({
+      code: 'STORE_ACCESS_DENIED',
+    });
+    expect(mapAwsError(sdkError('UnrecognizedClientException', 400), { ...base, op: 'DescribeSecret' })).toMatchObject({
+      code: 'STORE_ACCESS_DENIED',
+    });
     const net = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:9'), { code: 'ECONNREFUSED' });
-    expect(mapAwsError(net, { ...base, op: 'DescribeSecret' })).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
+    expect(mapAwsError(net, { ...base, op: 'DescribeSecret' })).toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      retryable: true,
+    });
   });
 
   it('scrubs the value being written and never keeps the raw SDK error', () => {
     const secretValue = `${CANARY}-written`;
-    const e = mapAwsError(sdkError('InvalidParameterException', 400, `bad value ${secretValue}`), { ...base, op: 'PutSecretValue', scrub: [secretValue] });
+    const e = mapAwsError(sdkError('InvalidParameterException', 400, `bad value ${secretValue}`), {
+      ...base,
+      op: 'PutSecretValue',
+      scrub: [secretValue],
+    });
     expect(inspect(e, { depth: 10 })).not.toContain(secretValue);
     expect(e.cause).not.toBeInstanceOf(SecretsManagerServiceException);
   });

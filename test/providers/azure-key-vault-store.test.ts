@@ -18,7 +18,10 @@ import { KeyrotorError } from '../../src/core/errors.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import { createAzureKeyVaultStoreWith, type TokenCredential } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
+import {
+  createAzureKeyVaultStoreWith,
+  type TokenCredential,
+} from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
 import { createAzureKeyVaultStore } from '../../providers/stores/azure-key-vault/index.ts';
 import { azureKeyVaultStoreSchema } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
 import { linesLogger } from '../helpers/logger.ts';
@@ -116,7 +119,9 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     expect(mine[0]).toMatchObject({ op: 'getSecret', name, authorized: false, status: 401 });
     expect(mine[1]).toMatchObject({ op: 'getSecret', name, authorized: true, status: 404 });
     expect(mine.every((e) => e.apiVersion)).toBe(true); // sent as api%2Dversion, parsed by URLSearchParams
-    expect(tokenCalls.slice(before)).toEqual([{ scopes: ['https://vault.azure.net/.default'], tenantId: fake.state.tenantId }]);
+    expect(tokenCalls.slice(before)).toEqual([
+      { scopes: ['https://vault.azure.net/.default'], tenantId: fake.state.tenantId },
+    ]);
     expect(s.label).toBe(`azure-key-vault:${fake.vaultUrl}/secrets/${name}`);
   });
 
@@ -144,13 +149,20 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     await s.promote(R2);
     const main = await raw().getSecret(name);
     expect(main.value).toBe(value(2).reveal());
-    expect(main.properties.tags).toMatchObject({ 'keyrotor-rotation': R2, 'keyrotor-seq': '2', 'keyrotor-staged-version': versionId });
+    expect(main.properties.tags).toMatchObject({
+      'keyrotor-rotation': R2,
+      'keyrotor-seq': '2',
+      'keyrotor-staged-version': versionId,
+    });
     // the side version is cleared by disabling it (no delete, no purge permission needed)
     const sideAfter = (await rawVersions(`${name}--pending`)).find((p) => p.version === versionId);
     expect(sideAfter?.enabled).toBe(false);
     const err = await raw()
       .getSecret(`${name}--pending`)
-      .then(() => null, (e: { statusCode?: number; details?: { error?: { innerError?: { code?: string } } } }) => e);
+      .then(
+        () => null,
+        (e: { statusCode?: number; details?: { error?: { innerError?: { code?: string } } } }) => e,
+      );
     expect(err?.statusCode).toBe(403);
     expect(err?.details?.error?.innerError?.code).toBe('SecretDisabled');
 
@@ -158,7 +170,11 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
     const mark = fake.log.length;
     await s.unstage(R3);
-    expect(since(mark).filter((e) => e.method !== 'GET').every((e) => e.name === `${name}--pending`)).toBe(true);
+    expect(
+      since(mark)
+        .filter((e) => e.method !== 'GET')
+        .every((e) => e.name === `${name}--pending`),
+    ).toBe(true);
     expect((await raw().getSecret(name)).value).toBe(value(2).reveal());
     expect(await s.readPending(R3)).toBeNull();
   });
@@ -176,7 +192,10 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     const mark = fake.log.length;
     await s.demote(R2);
     const writes = since(mark).filter((e) => e.method !== 'GET' && e.authorized);
-    expect(writes.map((e) => `${e.op} ${e.name}${e.version ? `/${e.version}` : ''}`)).toEqual([`setSecret ${name}`, `updateSecret ${name}/${v2}`]);
+    expect(writes.map((e) => `${e.op} ${e.name}${e.version ? `/${e.version}` : ''}`)).toEqual([
+      `setSecret ${name}`,
+      `updateSecret ${name}/${v2}`,
+    ]);
 
     const versions = await rawVersions(name);
     expect(versions).toHaveLength(3);
@@ -194,7 +213,10 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     expect(versions.find((p) => p.version === v1)?.enabled).toBe(true); // clients pinned to v1 keep working
     const bad = await raw()
       .getSecret(name, { version: v2 })
-      .then(() => null, (e: { statusCode?: number }) => e);
+      .then(
+        () => null,
+        (e: { statusCode?: number }) => e,
+      );
     expect(bad?.statusCode).toBe(403);
 
     // the restored copy reports the id the value had before (same logical version), and nothing is "previous"
@@ -307,7 +329,11 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     expect(await expectError(s.readCurrent())).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
     fake.clearFaults();
     fake.fault({ op: 'getSecretVersions', name, status: 503, code: 'ServiceUnavailable', times: Infinity });
-    expect(await expectError(s.check())).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true, stage: 'preflight' });
+    expect(await expectError(s.check())).toMatchObject({
+      code: 'STORE_UNAVAILABLE',
+      retryable: true,
+      stage: 'preflight',
+    });
     fake.clearFaults();
     fake.fault({ op: 'getSecret', name, drop: true, times: Infinity });
     expect(await expectError(s.readCurrent())).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
@@ -325,7 +351,11 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     expect(e).toMatchObject({ code: 'STORE_CONFLICT', retryable: false, stage: 'promote' });
     expect(e.hint).toMatch(/recover/);
     fake.fault({ op: 'updateSecret', name: `${name}--pending`, status: 404, code: 'SecretNotFound' });
-    expect(await expectError(s.unstage(R1))).toMatchObject({ code: 'STORE_NOT_FOUND', retryable: false, stage: 'unstage' });
+    expect(await expectError(s.unstage(R1))).toMatchObject({
+      code: 'STORE_NOT_FOUND',
+      retryable: false,
+      stage: 'unstage',
+    });
     // a 500 while writing the value: the error must not carry the request (which holds the value)
     fake.fault({ op: 'setSecret', name, status: 500, times: Infinity });
     expect(await expectError(s.promote(R1))).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true });
@@ -339,7 +369,12 @@ describe('azure-key-vault store: Key Vault specifics', () => {
     const printed = errorsSeen
       .map((e) => {
         const k = e as KeyrotorError;
-        return [inspect(k, { depth: 10, showHidden: true }), JSON.stringify(k.toRecord()), String(k), inspect(k.cause, { depth: 10 })].join('\n');
+        return [
+          inspect(k, { depth: 10, showHidden: true }),
+          JSON.stringify(k.toRecord()),
+          String(k),
+          inspect(k.cause, { depth: 10 }),
+        ].join('\n');
       })
       .join('\n');
     capture('azure-key-vault-errors.txt', printed);
@@ -350,18 +385,32 @@ describe('azure-key-vault store: Key Vault specifics', () => {
   });
 
   it('the registry factory builds a store with DefaultAzureCredential without calling anything; long names and http are rejected', async () => {
-    const cfg = azureKeyVaultStoreSchema.parse({ type: 'azure-key-vault', vaultUrl: 'https://myvault.vault.azure.net/', name: 'openai-key' });
+    const cfg = azureKeyVaultStoreSchema.parse({
+      type: 'azure-key-vault',
+      vaultUrl: 'https://myvault.vault.azure.net/',
+      name: 'openai-key',
+    });
     const s = await createAzureKeyVaultStore(cfg, ctx('k'));
     expect(s.type).toBe('azure-key-vault');
     expect(s.label).toBe('azure-key-vault:https://myvault.vault.azure.net/secrets/openai-key');
-    const long = azureKeyVaultStoreSchema.parse({ type: 'azure-key-vault', vaultUrl: fake.vaultUrl, name: 'a'.repeat(120) });
+    const long = azureKeyVaultStoreSchema.parse({
+      type: 'azure-key-vault',
+      vaultUrl: fake.vaultUrl,
+      name: 'a'.repeat(120),
+    });
     const e = await createAzureKeyVaultStoreWith(long, ctx('k'), { credential }).then(
       () => null,
       (err: unknown) => err,
     );
     expect(e).toMatchObject({ code: 'CONFIG_INVALID' });
-    const plain = azureKeyVaultStoreSchema.parse({ type: 'azure-key-vault', vaultUrl: 'http://127.0.0.1:1', name: 'openai-key' });
-    await expect(createAzureKeyVaultStoreWith(plain, ctx('k'), { credential })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+    const plain = azureKeyVaultStoreSchema.parse({
+      type: 'azure-key-vault',
+      vaultUrl: 'http://127.0.0.1:1',
+      name: 'openai-key',
+    });
+    await expect(createAzureKeyVaultStoreWith(plain, ctx('k'), { credential })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+    });
   });
 });
 
@@ -381,7 +430,12 @@ describe('azure-key-vault store: malformed 200 answers', () => {
     expect(e.message).not.toMatch(/[\r\n]/);
     expect(e.message).toMatch(/malformed|unusable/);
     if (stage) expect(e.stage).toBe(stage);
-    const printed = [e.message, e.hint ?? '', inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord())].join('\n');
+    const printed = [
+      e.message,
+      e.hint ?? '',
+      inspect(e, { depth: 10, showHidden: true }),
+      JSON.stringify(e.toRecord()),
+    ].join('\n');
     expect(printed).not.toContain(CANARY.slice(0, 16)); // not even the half a cut answer carried
     return e;
   }
@@ -430,7 +484,9 @@ describe('azure-key-vault store: malformed 200 answers', () => {
       const mark = fake.log.length;
       await honest(fresh.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }), 'stage');
       expect(since(mark).filter((e) => e.method !== 'GET')).toEqual([]);
-      expect(await expectError(fresh.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }))).toMatchObject({ code: 'LOCKED' });
+      expect(await expectError(fresh.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }))).toMatchObject({
+        code: 'LOCKED',
+      });
       fake.fault({ op: 'getSecretVersions', name, malformed: kind });
       await honest(fresh.describe());
       fake.fault({ op: 'getSecretVersions', name: `${name}--pending`, malformed: kind });
@@ -489,7 +545,11 @@ describe('azure-key-vault store: malformed 200 answers', () => {
         await s.demote(R3);
         const versions = await rawVersions(name);
         expect(versions).toHaveLength(3);
-        expect(versions.filter((p) => p.enabled && p.tags?.['keyrotor-rotation'] === R3 && !p.tags?.['keyrotor-restored-from'])).toHaveLength(0);
+        expect(
+          versions.filter(
+            (p) => p.enabled && p.tags?.['keyrotor-rotation'] === R3 && !p.tags?.['keyrotor-restored-from'],
+          ),
+        ).toHaveLength(0);
         expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
       });
     }
@@ -497,7 +557,16 @@ describe('azure-key-vault store: malformed 200 answers', () => {
 
   it('no malformed-answer error carries a value', () => {
     expect(seen.length).toBeGreaterThanOrEqual(40);
-    const printed = seen.map((e) => [inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord()), String(e), inspect(e.cause, { depth: 10 })].join('\n')).join('\n');
+    const printed = seen
+      .map((e) =>
+        [
+          inspect(e, { depth: 10, showHidden: true }),
+          JSON.stringify(e.toRecord()),
+          String(e),
+          inspect(e.cause, { depth: 10 }),
+        ].join('\n'),
+      )
+      .join('\n');
     capture('azure-key-vault-malformed-errors.txt', printed);
     expect(printed).not.toContain(CANARY.slice(0, 16));
     expect(logLines.join('\n')).not.toContain(CANARY.slice(0, 16));
@@ -520,22 +589,28 @@ function recordingFiles(): string[] {
   if (!existsSync(RECORDINGS)) return [];
   return readdirSync(RECORDINGS, { withFileTypes: true })
     .filter((d) => d.isDirectory())
-    .flatMap((d) => readdirSync(path.join(RECORDINGS, d.name)).filter((f) => f.endsWith('.json')).map((f) => path.join(RECORDINGS, d.name, f)));
+    .flatMap((d) =>
+      readdirSync(path.join(RECORDINGS, d.name))
+        .filter((f) => f.endsWith('.json'))
+        .map((f) => path.join(RECORDINGS, d.name, f)),
+    );
 }
 
 function send(method: string, url: string, headers: Record<string, string>, body: string | undefined, ca: string) {
-  return new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: unknown }>((resolve, reject) => {
-    const req = https.request(url, { method, headers, ca }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? JSON.parse(text) : null });
+  return new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: unknown }>(
+    (resolve, reject) => {
+      const req = https.request(url, { method, headers, ca }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? JSON.parse(text) : null });
+        });
       });
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
+      req.on('error', reject);
+      req.end(body);
+    },
+  );
 }
 
 /** same keys (recursively), same JSON types; error codes, values, tags, `enabled` also equal */
@@ -546,7 +621,8 @@ function compareShape(recorded: unknown, actual: unknown, at: string, problems: 
     return;
   }
   if (Array.isArray(recorded) && Array.isArray(actual)) {
-    if (recorded.length !== actual.length) problems.push(`${at}: ${recorded.length} items recorded, ${actual.length} from the fake`);
+    if (recorded.length !== actual.length)
+      problems.push(`${at}: ${recorded.length} items recorded, ${actual.length} from the fake`);
     recorded.forEach((r, i) => compareShape(r, actual[i], `${at}[${i}]`, problems));
     return;
   }
@@ -561,7 +637,8 @@ function compareShape(recorded: unknown, actual: unknown, at: string, problems: 
   }
   const leaf = at.split('.').at(-1) ?? '';
   const exact = at === '$.value' || at.includes('.tags.') || ['code', 'enabled', 'contentType', 'exp'].includes(leaf);
-  if (exact && recorded !== actual) problems.push(`${at}: ${JSON.stringify(recorded)} recorded, ${JSON.stringify(actual)} from the fake`);
+  if (exact && recorded !== actual)
+    problems.push(`${at}: ${JSON.stringify(recorded)} recorded, ${JSON.stringify(actual)} from the fake`);
 }
 
 const CHECKED_HEADERS = [
@@ -600,9 +677,13 @@ describe('azure-key-vault fake vs recorded Key Vault traffic', () => {
           const parts = u.pathname.split('/').filter(Boolean);
           const supported =
             parts[0] === 'secrets' &&
-            ((e.RequestMethod === 'PUT' && parts.length === 2) || ((e.RequestMethod === 'GET' || e.RequestMethod === 'PATCH') && u.pathname.split('/').length === 4));
+            ((e.RequestMethod === 'PUT' && parts.length === 2) ||
+              ((e.RequestMethod === 'GET' || e.RequestMethod === 'PATCH') && u.pathname.split('/').length === 4));
           if (!supported) break; // delete / recover / purge: not used by the store, not faked
-          let url = `${f.vaultUrl}${u.pathname.split('/').map((p) => ids.get(p) ?? p).join('/')}${u.search}`;
+          let url = `${f.vaultUrl}${u.pathname
+            .split('/')
+            .map((p) => ids.get(p) ?? p)
+            .join('/')}${u.search}`;
           if (u.searchParams.has('$skiptoken')) url = nextLink ?? 'https://127.0.0.1:1/missing-nextLink';
           const headers: Record<string, string> = {};
           // the Python recording's sanitizer dropped Authorization: there, a non-401 answer means a token was sent
@@ -619,7 +700,8 @@ describe('azure-key-vault fake vs recorded Key Vault traffic', () => {
           // learn version ids from set responses
           const rb = e.ResponseBody as { id?: string; nextLink?: string | null } | null;
           const gb = got.body as { id?: string; nextLink?: string | null } | null;
-          if (e.RequestMethod === 'PUT' && rb?.id && gb?.id) ids.set(rb.id.split('/').at(-1)!, gb.id.split('/').at(-1)!);
+          if (e.RequestMethod === 'PUT' && rb?.id && gb?.id)
+            ids.set(rb.id.split('/').at(-1)!, gb.id.split('/').at(-1)!);
           if (gb && 'nextLink' in gb) nextLink = gb.nextLink ?? null;
           if (gb?.id) {
             const re = new RegExp(`^${f.vaultUrl.replace(/[.]/g, '\\.')}/secrets/${parts[1]}/[0-9a-f]{32}$`);
@@ -633,15 +715,23 @@ describe('azure-key-vault fake vs recorded Key Vault traffic', () => {
             if (recorded && got.headers[h] === undefined) problems.push(`${where}: header ${h} missing`);
           }
           const ct = Object.entries(e.ResponseHeaders).find(([k]) => k.toLowerCase() === 'content-type')?.[1];
-          if (ct && got.headers['content-type'] !== ct) problems.push(`${where}: content-type ${String(got.headers['content-type'])}`);
+          if (ct && got.headers['content-type'] !== ct)
+            problems.push(`${where}: content-type ${String(got.headers['content-type'])}`);
           if (e.StatusCode === 401) {
             const wa = String(got.headers['www-authenticate']);
-            if (!/^Bearer authorization="https:\/\/login\.microsoftonline\.com\/[0-9a-f-]+", resource="https:\/\/vault\.azure\.net"$/.test(wa)) {
+            if (
+              !/^Bearer authorization="https:\/\/login\.microsoftonline\.com\/[0-9a-f-]+", resource="https:\/\/vault\.azure\.net"$/.test(
+                wa,
+              )
+            ) {
               problems.push(`${where}: WWW-Authenticate ${wa}`);
             }
-            expect(e.ResponseHeaders['WWW-Authenticate']).toMatch(/^Bearer authorization="https:\/\/login\.microsoftonline\.com\/[0-9a-f-]+", resource="https:\/\/vault\.azure\.net"$/);
+            expect(e.ResponseHeaders['WWW-Authenticate']).toMatch(
+              /^Bearer authorization="https:\/\/login\.microsoftonline\.com\/[0-9a-f-]+", resource="https:\/\/vault\.azure\.net"$/,
+            );
           }
-          const errCode = (e.ResponseBody as { error?: { code?: string; innererror?: { code?: string } } } | null)?.error;
+          const errCode = (e.ResponseBody as { error?: { code?: string; innererror?: { code?: string } } } | null)
+            ?.error;
           covered.add(
             `${e.RequestMethod} ${parts[2] === 'versions' ? 'versions' : u.pathname.split('/').length === 4 ? 'one' : 'name'} ${e.StatusCode}` +
               (errCode ? ` ${errCode.code}${errCode.innererror ? `/${errCode.innererror.code}` : ''}` : '') +

@@ -1,5 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KeyrotorError } from '../../src/core/errors.ts';
@@ -20,7 +30,10 @@ const logLines: string[] = [];
 const testLogger = (bindings: object = {}): Logger => linesLogger(logLines, bindings);
 afterAll(() => capture('file-store-test.log', logLines.join('\n')));
 
-function ctxFor(stateDir: string, opts: { keyName?: string; env?: NodeJS.ProcessEnv; configDir?: string } = {}): ProviderContext {
+function ctxFor(
+  stateDir: string,
+  opts: { keyName?: string; env?: NodeJS.ProcessEnv; configDir?: string } = {},
+): ProviderContext {
   const remembered = new Map<string, string>();
   return {
     keyName: opts.keyName ?? 'app',
@@ -49,15 +62,23 @@ async function bootstrap(s: SecretStore, n = 1) {
   await s.promote(R(n));
 }
 
-describeStoreContract('file (generated key file)', async () => {
-  const dir = tempDir('file-contract-keyfile');
-  return { store: await createFileStore(cfg(), ctxFor(dir)) };
-}, { lock: 'lease' }); // the file lives in the state dir, guarded by the per-key lease
+describeStoreContract(
+  'file (generated key file)',
+  async () => {
+    const dir = tempDir('file-contract-keyfile');
+    return { store: await createFileStore(cfg(), ctxFor(dir)) };
+  },
+  { lock: 'lease' },
+); // the file lives in the state dir, guarded by the per-key lease
 
-describeStoreContract('file (master key from env)', async () => {
-  const dir = tempDir('file-contract-env');
-  return { store: await createFileStore(cfg(), ctxFor(dir, { env: { KEYROTOR_MASTER_KEY: hexKey() } })) };
-}, { lock: 'lease' });
+describeStoreContract(
+  'file (master key from env)',
+  async () => {
+    const dir = tempDir('file-contract-env');
+    return { store: await createFileStore(cfg(), ctxFor(dir, { env: { KEYROTOR_MASTER_KEY: hexKey() } })) };
+  },
+  { lock: 'lease' },
+);
 
 describe('file store: layout and encryption', () => {
   it('writes <stateDir>/secrets/<key>.json with mode 0600 in a 0700 folder, and a 0600 master.key', async () => {
@@ -120,7 +141,10 @@ describe('file store: layout and encryption', () => {
     const dir = tempDir('file-paths');
     const configDir = path.join(dir, 'conf');
     mkdirSync(configDir);
-    const s = await createFileStore(cfg({ path: 'vault/app.secret.json', keyFile: 'keys/mk' }), ctxFor(path.join(dir, 'state'), { configDir }));
+    const s = await createFileStore(
+      cfg({ path: 'vault/app.secret.json', keyFile: 'keys/mk' }),
+      ctxFor(path.join(dir, 'state'), { configDir }),
+    );
     await bootstrap(s);
     expect(existsSync(path.join(configDir, 'vault', 'app.secret.json'))).toBe(true);
     expect(statSync(path.join(configDir, 'keys', 'mk')).mode & 0o777).toBe(0o600);
@@ -192,7 +216,10 @@ describe('file store: master key', () => {
 
   it('uses the env var named by masterKeyEnv', async () => {
     const dir = tempDir('file-envname');
-    const s = await createFileStore(cfg({ masterKeyEnv: 'MY_KEY' }), ctxFor(dir, { env: { MY_KEY: hexKey(), KEYROTOR_MASTER_KEY: 'garbage' } }));
+    const s = await createFileStore(
+      cfg({ masterKeyEnv: 'MY_KEY' }),
+      ctxFor(dir, { env: { MY_KEY: hexKey(), KEYROTOR_MASTER_KEY: 'garbage' } }),
+    );
     await bootstrap(s);
     expect(existsSync(path.join(dir, 'master.key'))).toBe(false);
   });
@@ -220,7 +247,12 @@ describe('file store: master key', () => {
     await bootstrap(s);
     const before = readFileSync(path.join(dir, 'secrets', 'app.json'), 'utf8');
     const other = await createFileStore(cfg(), ctxFor(dir, { env: { KEYROTOR_MASTER_KEY: hexKey() } }));
-    for (const op of [() => other.readCurrent(), () => other.describe(), () => other.check(), () => other.stage({ rotationId: R(2), secret: value(2), meta: meta(R(2), 2) })]) {
+    for (const op of [
+      () => other.readCurrent(),
+      () => other.describe(),
+      () => other.check(),
+      () => other.stage({ rotationId: R(2), secret: value(2), meta: meta(R(2), 2) }),
+    ]) {
       const e = await err(op());
       expect(e.code).toBe('STORE_CORRUPT');
       expect(e.message).toContain(path.join('secrets', 'app.json'));
@@ -244,10 +276,17 @@ describe('file store: master key', () => {
 
   it('two stores generating the master key at once end up with one key (O_EXCL)', async () => {
     const dir = tempDir('file-keyrace');
-    const stores = await Promise.all(['a', 'b', 'c', 'd'].map((k) => createFileStore(cfg(), ctxFor(dir, { keyName: k }))));
-    await Promise.all(stores.map((s, i) => s.stage({ rotationId: R(i + 1), secret: value(i + 1), meta: meta(R(i + 1), i + 1) })));
-    const again = await Promise.all(['a', 'b', 'c', 'd'].map((k) => createFileStore(cfg(), ctxFor(dir, { keyName: k }))));
-    for (const [i, s] of again.entries()) expect((await s.readPending(R(i + 1)))?.secret.reveal()).toBe(value(i + 1).reveal());
+    const stores = await Promise.all(
+      ['a', 'b', 'c', 'd'].map((k) => createFileStore(cfg(), ctxFor(dir, { keyName: k }))),
+    );
+    await Promise.all(
+      stores.map((s, i) => s.stage({ rotationId: R(i + 1), secret: value(i + 1), meta: meta(R(i + 1), i + 1) })),
+    );
+    const again = await Promise.all(
+      ['a', 'b', 'c', 'd'].map((k) => createFileStore(cfg(), ctxFor(dir, { keyName: k }))),
+    );
+    for (const [i, s] of again.entries())
+      expect((await s.readPending(R(i + 1)))?.secret.reveal()).toBe(value(i + 1).reveal());
     expect(readdirSync(dir).filter((f) => f.startsWith('master.key'))).toEqual(['master.key']);
   });
 });
@@ -386,7 +425,9 @@ describe('file store: concurrency in one process', () => {
     const dir = tempDir('file-parallel-same');
     const a = await createFileStore(cfg(), ctxFor(dir));
     const b = await createFileStore(cfg(), ctxFor(dir));
-    const ids = await Promise.all([a, b, a, b].map((s) => s.stage({ rotationId: R(5), secret: value(5), meta: meta(R(5), 5) })));
+    const ids = await Promise.all(
+      [a, b, a, b].map((s) => s.stage({ rotationId: R(5), secret: value(5), meta: meta(R(5), 5) })),
+    );
     expect(new Set(ids.map((x) => x.versionId)).size).toBe(1);
     const doc = JSON.parse(readFileSync(path.join(dir, 'secrets', 'app.json'), 'utf8'));
     expect(doc.versions).toHaveLength(1);

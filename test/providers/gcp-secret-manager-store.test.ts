@@ -55,7 +55,14 @@ async function freshSecret(): Promise<string> {
 }
 
 async function makeStore(secret: string, opts?: GcpStoreOptions) {
-  const cfg = gcpSecretManagerStoreSchema.parse({ type: 'gcp-secret-manager', project: PROJECT, secret, apiEndpoint: '127.0.0.1', port: fake.port, insecure: true });
+  const cfg = gcpSecretManagerStoreSchema.parse({
+    type: 'gcp-secret-manager',
+    project: PROJECT,
+    secret,
+    apiEndpoint: '127.0.0.1',
+    port: fake.port,
+    insecure: true,
+  });
   const store = await createGcpSecretManagerStore(cfg, ctx(), opts);
   open.push(store);
   return store;
@@ -95,7 +102,12 @@ beforeAll(async () => {
   process.env.METADATA_SERVER_DETECTION = 'none';
   stateDir = tempDir('gcp-store');
   fake = await startGcpFake();
-  raw = new SecretManagerServiceClient({ apiEndpoint: '127.0.0.1', port: fake.port, sslCreds: grpc.credentials.createInsecure(), universeDomain: 'googleapis.com' });
+  raw = new SecretManagerServiceClient({
+    apiEndpoint: '127.0.0.1',
+    port: fake.port,
+    sslCreds: grpc.credentials.createInsecure(),
+    universeDomain: 'googleapis.com',
+  });
 });
 
 afterEach(async () => {
@@ -108,7 +120,16 @@ afterAll(async () => {
   capture('gcp-store-log.jsonl', logLines.join('\n'));
   capture('gcp-store-errors.txt', errorsSeen.join('\n'));
   capture('gcp-fake-requests.json', JSON.stringify(fake?.log ?? []));
-  capture('gcp-fake-annotations.json', JSON.stringify([...(fake?.state.secrets.values() ?? [])].map((s) => ({ name: s.name, annotations: s.annotations, aliases: s.aliases }))));
+  capture(
+    'gcp-fake-annotations.json',
+    JSON.stringify(
+      [...(fake?.state.secrets.values() ?? [])].map((s) => ({
+        name: s.name,
+        annotations: s.annotations,
+        aliases: s.aliases,
+      })),
+    ),
+  );
   await raw?.close();
   await fake?.close();
 });
@@ -138,7 +159,13 @@ describe('gcp-secret-manager store', () => {
     const [secret] = await raw.getSecret({ name: nameOf(id) });
     const annotations = secret.annotations ?? {};
     expect(annotations['keyrotor.pending-rotation']).toBeUndefined();
-    expect(JSON.parse(annotations['keyrotor.v2']!)).toMatchObject({ r: R2, k: 'key_2', f: fingerprint(value(2)), o: 1, q: null });
+    expect(JSON.parse(annotations['keyrotor.v2']!)).toMatchObject({
+      r: R2,
+      k: 'key_2',
+      f: fingerprint(value(2)),
+      o: 1,
+      q: null,
+    });
     expect(JSON.stringify(annotations)).not.toContain(CANARY);
     // payloads went up with a CRC32C
     expect(fake.state.secret(nameOf(id)).versions.get(2)?.clientChecksum).toBe(true);
@@ -183,7 +210,9 @@ describe('gcp-secret-manager store', () => {
     const store = await makeStore(id, { listPageSize: 2 });
     await bootstrap(store);
     fake.failNext('AddSecretVersion', { code: grpc.status.DEADLINE_EXCEEDED, afterApply: true });
-    expect((await failure(store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }))).code).toBe('STORE_UNAVAILABLE');
+    expect((await failure(store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }))).code).toBe(
+      'STORE_UNAVAILABLE',
+    );
     // two more copies (e.g. from other lost attempts) and one unrelated version someone else added
     const data = Buffer.from(value(2).reveal());
     await raw.addSecretVersion({ parent: nameOf(id), payload: { data } });
@@ -245,10 +274,16 @@ describe('gcp-secret-manager store', () => {
     const mark = fake.log.length;
     fake.beforeNext('UpdateSecret', async () => {
       const [s] = await raw.getSecret({ name: nameOf(id) });
-      await raw.updateSecret({ secret: { name: nameOf(id), etag: s.etag, versionAliases: { ...s.versionAliases, blue: 1 } }, updateMask: { paths: ['version_aliases'] } });
+      await raw.updateSecret({
+        secret: { name: nameOf(id), etag: s.etag, versionAliases: { ...s.versionAliases, blue: 1 } },
+        updateMask: { paths: ['version_aliases'] },
+      });
     });
     await store.promote(R2);
-    const updates = fake.log.slice(mark).filter((e) => e.method === 'UpdateSecret').map((e) => e.code);
+    const updates = fake.log
+      .slice(mark)
+      .filter((e) => e.method === 'UpdateSecret')
+      .map((e) => e.code);
     expect(updates).toContain('ABORTED');
     expect(updates.at(-1)).toBe('OK');
     expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1', blue: '1' });
@@ -269,7 +304,10 @@ describe('gcp-secret-manager store', () => {
     // another writer drops our pending alias while we promote: re-read shows the plan is void
     fake.beforeNext('UpdateSecret', async () => {
       const [s] = await raw.getSecret({ name: nameOf(id) });
-      await raw.updateSecret({ secret: { name: nameOf(id), etag: s.etag, versionAliases: { current: 1 } }, updateMask: { paths: ['version_aliases'] } });
+      await raw.updateSecret({
+        secret: { name: nameOf(id), etag: s.etag, versionAliases: { current: 1 } },
+        updateMask: { paths: ['version_aliases'] },
+      });
     });
     const moved = await failure(store.promote(R2));
     expect(moved.code).toBe('STORE_CONFLICT');
@@ -321,7 +359,11 @@ describe('gcp-secret-manager store', () => {
 
   it('an unknown secret is STORE_NOT_FOUND with a clear message', async () => {
     const store = await makeStore('nope');
-    for (const p of [store.check(), store.readCurrent(), store.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) })]) {
+    for (const p of [
+      store.check(),
+      store.readCurrent(),
+      store.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }),
+    ]) {
       const err = await failure(p);
       expect(err.code).toBe('STORE_NOT_FOUND');
       expect(err.retryable).toBe(false);
@@ -374,7 +416,13 @@ describe('gcp-secret-manager store', () => {
   });
 
   it('insecure is refused for a non-loopback endpoint', async () => {
-    const cfg = gcpSecretManagerStoreSchema.parse({ type: 'gcp-secret-manager', project: PROJECT, secret: 's', apiEndpoint: 'secretmanager.googleapis.com', insecure: true });
+    const cfg = gcpSecretManagerStoreSchema.parse({
+      type: 'gcp-secret-manager',
+      project: PROJECT,
+      secret: 's',
+      apiEndpoint: 'secretmanager.googleapis.com',
+      insecure: true,
+    });
     const err = await failure(createGcpSecretManagerStore(cfg, ctx()));
     expect(err.code).toBe('CONFIG_INVALID');
   });
@@ -384,13 +432,22 @@ describe('gcp-secret-manager store', () => {
 
 describe('gcp-secret-manager store: OK answers missing fields', () => {
   /** never success with missing data: an honest code, one line, no value anywhere in the error */
-  async function honest(p: Promise<unknown>, stage?: string, codes = ['STORE_UNAVAILABLE', 'STORE_CORRUPT']): Promise<KeyrotorError> {
+  async function honest(
+    p: Promise<unknown>,
+    stage?: string,
+    codes = ['STORE_UNAVAILABLE', 'STORE_CORRUPT'],
+  ): Promise<KeyrotorError> {
     const e = await failure(p);
     expect(codes).toContain(e.code);
     if (e.code === 'STORE_UNAVAILABLE') expect(e.retryable).toBe(true);
     expect(e.message).not.toMatch(/[\r\n]/);
     if (stage) expect(e.stage).toBe(stage);
-    const printed = [e.message, e.hint ?? '', inspect(e, { depth: 10, showHidden: true }), JSON.stringify(e.toRecord())].join('\n');
+    const printed = [
+      e.message,
+      e.hint ?? '',
+      inspect(e, { depth: 10, showHidden: true }),
+      JSON.stringify(e.toRecord()),
+    ].join('\n');
     expect(printed).not.toContain(CANARY.slice(0, 16));
     return e;
   }
@@ -508,17 +565,23 @@ describe('gcp fake (raw client)', () => {
   it('checks data_crc32c, paginates versions, resolves aliases and answers NOT_FOUND as a gRPC status', async () => {
     expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283); // the CRC-32C check value
     const id = await freshSecret();
-    const bad = await raw.addSecretVersion({ parent: nameOf(id), payload: { data: Buffer.from('abc'), dataCrc32c: 1 } }).then(
-      () => null,
-      (e: { code?: number }) => e.code,
-    );
+    const bad = await raw
+      .addSecretVersion({ parent: nameOf(id), payload: { data: Buffer.from('abc'), dataCrc32c: 1 } })
+      .then(
+        () => null,
+        (e: { code?: number }) => e.code,
+      );
     expect(bad).toBe(grpc.status.INVALID_ARGUMENT);
-    for (let i = 0; i < 5; i++) await raw.addSecretVersion({ parent: nameOf(id), payload: { data: Buffer.from(`v${i}`) } });
+    for (let i = 0; i < 5; i++)
+      await raw.addSecretVersion({ parent: nameOf(id), payload: { data: Buffer.from(`v${i}`) } });
     const seen: string[] = [];
     let pageToken = '';
     let pages = 0;
     do {
-      const [versions, , res] = await raw.listSecretVersions({ parent: nameOf(id), pageSize: 2, pageToken }, { autoPaginate: false });
+      const [versions, , res] = await raw.listSecretVersions(
+        { parent: nameOf(id), pageSize: 2, pageToken },
+        { autoPaginate: false },
+      );
       seen.push(...versions.map((v) => v.name?.split('/').pop() ?? '?'));
       pageToken = res?.nextPageToken ?? '';
       pages++;
@@ -526,11 +589,17 @@ describe('gcp fake (raw client)', () => {
     expect(seen).toEqual(['5', '4', '3', '2', '1']); // newest first
     expect(pages).toBe(3);
     const [s] = await raw.getSecret({ name: nameOf(id) });
-    await raw.updateSecret({ secret: { name: nameOf(id), etag: s.etag, versionAliases: { current: 3 } }, updateMask: { paths: ['version_aliases'] } });
+    await raw.updateSecret({
+      secret: { name: nameOf(id), etag: s.etag, versionAliases: { current: 3 } },
+      updateMask: { paths: ['version_aliases'] },
+    });
     expect(await rawRead(id, 'current')).toBe('v2');
     expect(await rawRead(id, 'latest')).toBe('v4');
     const stale = await raw
-      .updateSecret({ secret: { name: nameOf(id), etag: s.etag, annotations: { a: 'b' } }, updateMask: { paths: ['annotations'] } })
+      .updateSecret({
+        secret: { name: nameOf(id), etag: s.etag, annotations: { a: 'b' } },
+        updateMask: { paths: ['annotations'] },
+      })
       .then(
         () => null,
         (e: { code?: number }) => e.code,

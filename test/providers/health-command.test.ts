@@ -20,10 +20,22 @@ function script(dir: string, name: string, body: string, mode = 0o755): string {
   return file;
 }
 
-async function gate(dir: string, cfg: Record<string, unknown>, env: NodeJS.ProcessEnv = { PATH: process.env.PATH }): Promise<HealthGate> {
+async function gate(
+  dir: string,
+  cfg: Record<string, unknown>,
+  env: NodeJS.ProcessEnv = { PATH: process.env.PATH },
+): Promise<HealthGate> {
   return createGate(
     healthConfigSchema.parse({ type: 'command', interval: '50ms', timeout: '3s', runTimeout: '2s', ...cfg }),
-    { keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock, env, providerState: { get: () => undefined, set: async () => {} } },
+    {
+      keyName: 'app',
+      stateDir: path.join(dir, '.keyrotor'),
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env,
+      providerState: { get: () => undefined, set: async () => {} },
+    },
     { issuer: { type: 'none' } as unknown as Issuer, index: 0 },
   );
 }
@@ -41,7 +53,11 @@ describe('command gate', () => {
   it('exit 0 passes; the program gets fingerprints and ids in a minimal environment, never a key', async () => {
     const dir = tempDir('command-env');
     script(dir, 'check.sh', 'env > env.txt\necho "all consumers on $KEYROTOR_NEW_FINGERPRINT"');
-    const g = await gate(dir, { command: ['./check.sh'], passEnv: ['REGION'] }, { PATH: process.env.PATH, OPENAI_ADMIN_KEY: `${CANARY}-admin`, REGION: 'eu', SECRET_THING: 'x' });
+    const g = await gate(
+      dir,
+      { command: ['./check.sh'], passEnv: ['REGION'] },
+      { PATH: process.env.PATH, OPENAI_ADMIN_KEY: `${CANARY}-admin`, REGION: 'eu', SECRET_THING: 'x' },
+    );
     expect(g).toMatchObject({ type: 'command', name: 'command', timeoutMs: 3000, intervalMs: 50 });
     const o = await g.check(gateContext({ promotedAt: '2026-11-23T15:15:00.000Z' }));
     expect(o).toEqual({ pass: true, observation: `./check.sh exited 0: all consumers on ${NEW_FP}` });
@@ -73,7 +89,11 @@ describe('command gate', () => {
 
   it('a failing check is retried until it passes (a consumer that switches late)', async () => {
     const dir = tempDir('command-late');
-    script(dir, 'check.sh', 'if [ -f switched ]; then exit 0; fi\necho "1 of 3 consumers still on $KEYROTOR_OLD_FINGERPRINT" >&2\nexit 3');
+    script(
+      dir,
+      'check.sh',
+      'if [ -f switched ]; then exit 0; fi\necho "1 of 3 consumers still on $KEYROTOR_OLD_FINGERPRINT" >&2\nexit 3',
+    );
     const g = await gate(dir, { command: ['./check.sh'] });
     setTimeout(() => writeFileSync(path.join(dir, 'switched'), ''), 300);
     const r = await pollGate(g, gateContext());
@@ -130,7 +150,11 @@ describe('command gate', () => {
   it('key-shaped output is scrubbed from the observation', async () => {
     const dir = tempDir('command-scrub');
     script(dir, 'leaky.sh', 'echo "got $LEAKED from the app" >&2; exit 1');
-    const g = await gate(dir, { command: ['./leaky.sh'], passEnv: ['LEAKED'] }, { PATH: process.env.PATH, LEAKED: `${CANARY}-oops` });
+    const g = await gate(
+      dir,
+      { command: ['./leaky.sh'], passEnv: ['LEAKED'] },
+      { PATH: process.env.PATH, LEAKED: `${CANARY}-oops` },
+    );
     const o = await g.check(gateContext());
     capture('health-command-scrub.txt', o.observation);
     expect(o.observation).not.toContain(CANARY);
@@ -139,11 +163,21 @@ describe('command gate', () => {
 
   it('a missing or non-executable program fails when the gate is built; one missing from PATH ends the wait', async () => {
     const dir = tempDir('command-bad');
-    await expect(gate(dir, { command: ['./missing.sh'] })).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringContaining('does not exist') });
+    await expect(gate(dir, { command: ['./missing.sh'] })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      message: expect.stringContaining('does not exist'),
+    });
     script(dir, 'noexec.sh', 'exit 0', 0o644);
-    await expect(gate(dir, { command: ['./noexec.sh'] })).rejects.toMatchObject({ code: 'CONFIG_INVALID', hint: expect.stringContaining('chmod +x') });
+    await expect(gate(dir, { command: ['./noexec.sh'] })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      hint: expect.stringContaining('chmod +x'),
+    });
     const g = await gate(dir, { command: ['keyrotor-no-such-program-xyz'] });
-    expect(await g.check(gateContext())).toEqual({ pass: false, final: true, observation: 'cannot run keyrotor-no-such-program-xyz: not found' });
+    expect(await g.check(gateContext())).toEqual({
+      pass: false,
+      final: true,
+      observation: 'cannot run keyrotor-no-such-program-xyz: not found',
+    });
     expect(healthConfigSchema.safeParse({ type: 'command', command: [] }).success).toBe(false);
     expect(healthConfigSchema.safeParse({ type: 'command', command: 'check.sh' }).success).toBe(false);
   });

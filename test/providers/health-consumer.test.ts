@@ -40,7 +40,15 @@ let seq = 0;
 async function fileStore() {
   const dir = tempDir('consumer');
   const stateDir = path.join(dir, '.keyrotor');
-  const ctx: ProviderContext = { keyName: 'app', stateDir, configDir: dir, logger: silentLogger(), clock: systemClock, env, providerState: { get: () => undefined, set: async () => {} } };
+  const ctx: ProviderContext = {
+    keyName: 'app',
+    stateDir,
+    configDir: dir,
+    logger: silentLogger(),
+    clock: systemClock,
+    env,
+    providerState: { get: () => undefined, set: async () => {} },
+  };
   const store: SecretStore = await createStore(storeConfigSchema.parse({ type: 'file' }), ctx);
   const put = async (value: string) => {
     const rotationId = `rot-20261123t1515${String(10 + (seq % 50)).padStart(2, '0')}z-${(++seq).toString(16).padStart(8, '0')}`;
@@ -50,14 +58,28 @@ async function fileStore() {
   return { dir, stateDir, store, put };
 }
 
-async function consumerFor(s: { dir: string; stateDir: string }, over: Partial<Parameters<typeof createConsumer>[0]> = {}): Promise<Consumer> {
-  const c = await createConsumer({ key: 'app', store: { type: 'file' }, stateDir: s.stateDir, configDir: s.dir, env, refreshInterval: false, sighup: false, ...over });
+async function consumerFor(
+  s: { dir: string; stateDir: string },
+  over: Partial<Parameters<typeof createConsumer>[0]> = {},
+): Promise<Consumer> {
+  const c = await createConsumer({
+    key: 'app',
+    store: { type: 'file' },
+    stateDir: s.stateDir,
+    configDir: s.dir,
+    env,
+    refreshInterval: false,
+    sighup: false,
+    ...over,
+  });
   open.push(c);
   return c;
 }
 
 async function serve(c: Consumer): Promise<string> {
-  const server = createServer((req, res) => (req.url === '/keyrotor/fingerprint' ? c.handler(req, res) : (res.writeHead(404), res.end())));
+  const server = createServer((req, res) =>
+    req.url === '/keyrotor/fingerprint' ? c.handler(req, res) : (res.writeHead(404), res.end()),
+  );
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   server.unref();
   open.push(server);
@@ -85,14 +107,28 @@ describe('keyrotor/consumer', () => {
     capture('consumer-served.json', text);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('application/json');
-    expect(JSON.parse(text)).toEqual({ format: 'keyrotor-fingerprint/1', fingerprint: fingerprint(v1), loadedAt: c.loadedAt() });
+    expect(JSON.parse(text)).toEqual({
+      format: 'keyrotor-fingerprint/1',
+      fingerprint: fingerprint(v1),
+      loadedAt: c.loadedAt(),
+    });
     expect(text).not.toContain(CANARY);
     expect((await fetch(url, { method: 'POST' })).status).toBe(405);
     expect((await fetch(url, { method: 'HEAD' })).status).toBe(200);
 
-    const gate = await createGate(healthConfigSchema.parse({ type: 'http', urls: [url], consecutive: 1 }), {
-      keyName: 'app', stateDir: s.stateDir, configDir: s.dir, logger: silentLogger(), clock: systemClock, env: {}, providerState: { get: () => undefined, set: async () => {} },
-    }, { issuer: { type: 'none' } as unknown as Issuer, index: 0 });
+    const gate = await createGate(
+      healthConfigSchema.parse({ type: 'http', urls: [url], consecutive: 1 }),
+      {
+        keyName: 'app',
+        stateDir: s.stateDir,
+        configDir: s.dir,
+        logger: silentLogger(),
+        clock: systemClock,
+        env: {},
+        providerState: { get: () => undefined, set: async () => {} },
+      },
+      { issuer: { type: 'none' } as unknown as Issuer, index: 0 },
+    );
     expect(await gate.check(gateContext({ newFingerprint: fingerprint(v1) }))).toMatchObject({ pass: true });
 
     // a rotation promotes another value: the cache keeps the old one until a refresh
@@ -107,7 +143,10 @@ describe('keyrotor/consumer', () => {
     const s = await fileStore();
     await s.put(`${CANARY}-consumer-a`);
     const changes: string[] = [];
-    const ticking = await consumerFor(s, { refreshInterval: '100ms', onChange: (e) => changes.push(`${e.previous}->${e.fingerprint}`) });
+    const ticking = await consumerFor(s, {
+      refreshInterval: '100ms',
+      onChange: (e) => changes.push(`${e.previous}->${e.fingerprint}`),
+    });
     const hup = await consumerFor(s, { sighup: true });
     await s.put(`${CANARY}-consumer-b`);
     const b = fingerprint(`${CANARY}-consumer-b`);
@@ -164,7 +203,9 @@ describe('keyrotor/consumer', () => {
     await s.put(b.value);
     fake.state.deleteKey(a);
     fake.resetFaults();
-    const res = await c.withKey((apiKey) => fetch(`${fake.baseURL}/models`, { headers: { authorization: `Bearer ${apiKey}` } }));
+    const res = await c.withKey((apiKey) =>
+      fetch(`${fake.baseURL}/models`, { headers: { authorization: `Bearer ${apiKey}` } }),
+    );
     expect(res.status).toBe(200);
     expect(fake.calls('models.list').map((e) => e.status)).toEqual([401, 200]);
     fake.resetFaults();
@@ -180,15 +221,32 @@ describe('keyrotor/consumer', () => {
 
   it('reads the key named in a keyrotor config; refuses an empty store and bad options', async () => {
     const s = await fileStore();
-    writeFileSync(path.join(s.dir, 'rotation.config.yaml'), 'version: 1\nkeys:\n  - name: app\n    issuer: { type: local }\n    stores: [ { type: file } ]\n');
-    await expect(createConsumer({ key: 'app', config: path.join(s.dir, 'rotation.config.yaml'), env, sighup: false })).rejects.toMatchObject({ code: 'SECRET_UNAVAILABLE' });
+    writeFileSync(
+      path.join(s.dir, 'rotation.config.yaml'),
+      'version: 1\nkeys:\n  - name: app\n    issuer: { type: local }\n    stores: [ { type: file } ]\n',
+    );
+    await expect(
+      createConsumer({ key: 'app', config: path.join(s.dir, 'rotation.config.yaml'), env, sighup: false }),
+    ).rejects.toMatchObject({ code: 'SECRET_UNAVAILABLE' });
     await s.put(`${CANARY}-consumer-cfg`);
-    const c = await createConsumer({ key: 'app', config: path.join(s.dir, 'rotation.config.yaml'), env, sighup: false, refreshInterval: 0 });
+    const c = await createConsumer({
+      key: 'app',
+      config: path.join(s.dir, 'rotation.config.yaml'),
+      env,
+      sighup: false,
+      refreshInterval: 0,
+    });
     open.push(c);
     expect(c.fingerprint()).toBe(fingerprint(`${CANARY}-consumer-cfg`));
-    await expect(createConsumer({ key: 'nope', config: path.join(s.dir, 'rotation.config.yaml'), env })).rejects.toMatchObject({ code: 'UNKNOWN_KEY' });
+    await expect(
+      createConsumer({ key: 'nope', config: path.join(s.dir, 'rotation.config.yaml'), env }),
+    ).rejects.toMatchObject({ code: 'UNKNOWN_KEY' });
     await expect(createConsumer({ key: 'app', env })).rejects.toMatchObject({ code: 'USAGE' });
-    await expect(createConsumer({ key: 'app', store: { type: 'file' }, refreshInterval: 'soon', env })).rejects.toMatchObject({ code: 'USAGE' });
-    await expect(createConsumer({ key: 'app', store: { type: 'nope' } as never, env })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+    await expect(
+      createConsumer({ key: 'app', store: { type: 'file' }, refreshInterval: 'soon', env }),
+    ).rejects.toMatchObject({ code: 'USAGE' });
+    await expect(createConsumer({ key: 'app', store: { type: 'nope' } as never, env })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+    });
   });
 });

@@ -49,15 +49,27 @@ function providerCtx(env: NodeJS.ProcessEnv = {}, configDir = tempDir('http-gate
     providerState: { get: () => undefined, set: async () => {} },
   };
 }
-async function gate(cfg: Record<string, unknown>, env: NodeJS.ProcessEnv = {}, configDir?: string): Promise<HealthGate> {
-  const parsed = healthConfigSchema.parse({ type: 'http', interval: '40ms', requestTimeout: '300ms', timeout: '2s', ...cfg });
+async function gate(
+  cfg: Record<string, unknown>,
+  env: NodeJS.ProcessEnv = {},
+  configDir?: string,
+): Promise<HealthGate> {
+  const parsed = healthConfigSchema.parse({
+    type: 'http',
+    interval: '40ms',
+    requestTimeout: '300ms',
+    timeout: '2s',
+    ...cfg,
+  });
   return createGate(parsed, providerCtx(env, configDir), { issuer: noIssuer, index: 0 });
 }
 const keep = (name: string, obs: string[]) => capture(`health-http-${name}.txt`, obs.join('\n'));
 
 describe('http gate: the response format', () => {
   it('accepts the JSON document and plain text; nothing else', () => {
-    expect(parseFingerprintBody(JSON.stringify({ format: 'keyrotor-fingerprint/1', fingerprint: NEW_FP }))).toBe(NEW_FP);
+    expect(parseFingerprintBody(JSON.stringify({ format: 'keyrotor-fingerprint/1', fingerprint: NEW_FP }))).toBe(
+      NEW_FP,
+    );
     expect(parseFingerprintBody(`${NEW_FP}\n`)).toBe(NEW_FP);
     expect(parseFingerprintBody('{"fingerprint":"fp_XYZ"}')).toBeUndefined();
     expect(parseFingerprintBody('{"fingerprint":null}')).toBeUndefined();
@@ -86,14 +98,21 @@ describe('http gate against loopback consumers', () => {
     // the late consumer answers with the old key for its first 3 requests (a count, not a clock, so
     // a loaded machine cannot skip the old-key rounds); generous request timeouts for the same reason
     let servedOld = 0;
-    const late = await consumer(() => (servedOld < 3 ? (servedOld++, { fingerprint: OLD_FP }) : { fingerprint: NEW_FP }));
+    const late = await consumer(() =>
+      servedOld < 3 ? (servedOld++, { fingerprint: OLD_FP }) : { fingerprint: NEW_FP },
+    );
     const onTime = await consumer(stuck(NEW_FP));
     const g = await gate({ urls: [onTime.url, late.url], requestTimeout: '2s', timeout: '20s' });
     const r = await pollGate(g, gateContext());
     keep('late', r.observations);
     expect(r.outcome).toBe('pass');
     expect(servedOld).toBe(3);
-    expect(r.observations.some((o) => o.includes(`1/2 endpoint(s) report the new key`) && o.includes(`${late.url}: still the old key ${OLD_FP}`))).toBe(true);
+    expect(
+      r.observations.some(
+        (o) =>
+          o.includes(`1/2 endpoint(s) report the new key`) && o.includes(`${late.url}: still the old key ${OLD_FP}`),
+      ),
+    ).toBe(true);
     expect(late.firstServed(NEW_FP)).toBeDefined();
   });
 
@@ -128,7 +147,9 @@ describe('http gate against loopback consumers', () => {
     const o = await g.check(gateContext());
     keep('garbage', [o.observation]);
     expect(o.pass).toBe(false);
-    expect(o.observation).toContain(`${junk.url}: answered something that is not a fingerprint (35 bytes, content-type text/html)`);
+    expect(o.observation).toContain(
+      `${junk.url}: answered something that is not a fingerprint (35 bytes, content-type text/html)`,
+    );
     expect(o.observation).toContain(`${empty.url}: HTTP 503`);
     expect(o.observation).toContain(`${redirect.url}: HTTP 302 (redirects are not followed)`);
     expect(o.observation).toContain(`${other.url}: an unknown key fp_0123456789ab`);
@@ -141,7 +162,10 @@ describe('http gate against loopback consumers', () => {
     const t0 = Date.now();
     const o = await g.check(gateContext());
     expect(Date.now() - t0).toBeLessThan(10_000); // the consumer never answers: only the 200 ms timeout ends it
-    expect(o).toEqual({ pass: false, observation: `0/1 endpoint(s) report the new key ${NEW_FP}; ${slow.url}: no answer within 200ms` });
+    expect(o).toEqual({
+      pass: false,
+      observation: `0/1 endpoint(s) report the new key ${NEW_FP}; ${slow.url}: no answer within 200ms`,
+    });
   });
 
   it('an unreachable consumer is reported as such', async () => {
@@ -165,7 +189,10 @@ describe('http gate against loopback consumers', () => {
   it('headers come from env vars named in the config; a missing one fails when the gate is built', async () => {
     const token = 'Bearer health-token-1234';
     const c = await consumer(stuck(NEW_FP), { requireHeaders: { authorization: token } });
-    const g = await gate({ urls: [c.url], headers: { Authorization: 'HEALTH_TOKEN' }, consecutive: 1 }, { HEALTH_TOKEN: token });
+    const g = await gate(
+      { urls: [c.url], headers: { Authorization: 'HEALTH_TOKEN' }, consecutive: 1 },
+      { HEALTH_TOKEN: token },
+    );
     expect((await g.check(gateContext())).pass).toBe(true);
     const without = await gate({ urls: [c.url], consecutive: 1 });
     expect((await without.check(gateContext())).observation).toContain('HTTP 401');
@@ -185,7 +212,9 @@ describe('http gate against loopback consumers', () => {
     writeFileSync(path.join(dir, 'ca.pem'), cert.cert);
     const trusted = await gate({ urls: [c.url], caFile: 'ca.pem', consecutive: 1 }, {}, dir);
     expect((await trusted.check(gateContext())).pass).toBe(true);
-    await expect(gate({ urls: [c.url], caFile: 'missing.pem' }, {}, dir)).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+    await expect(gate({ urls: [c.url], caFile: 'missing.pem' }, {}, dir)).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+    });
   });
 
   it('observations show origin and path only (a query string may carry a token)', async () => {

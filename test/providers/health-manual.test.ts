@@ -46,20 +46,27 @@ async function workspace(active: Record<string, string> = { app: ROT }) {
       snapshot: { status: 'active', value: 'confirm', context: { rotationId, keyName: key } },
     });
   }
-  const gate: HealthGate = await createGate(healthConfigSchema.parse({ type: 'manual', interval: '50ms' }), {
-    keyName: 'app',
-    stateDir,
-    configDir: dir,
-    logger: silentLogger(),
-    clock: systemClock,
-    env: {},
-    providerState: { get: () => undefined, set: async () => {} },
-  }, { issuer: { type: 'none' } as unknown as Issuer, index: 0 });
+  const gate: HealthGate = await createGate(
+    healthConfigSchema.parse({ type: 'manual', interval: '50ms' }),
+    {
+      keyName: 'app',
+      stateDir,
+      configDir: dir,
+      logger: silentLogger(),
+      clock: systemClock,
+      env: {},
+      providerState: { get: () => undefined, set: async () => {} },
+    },
+    { issuer: { type: 'none' } as unknown as Issuer, index: 0 },
+  );
   return { dir, stateDir, gate };
 }
 
 const cli = (dir: string, ...args: string[]) =>
-  cliInProcess(['--config', path.join(dir, 'rotation.config.yaml'), ...args], { env: { KEYROTOR_LOG_LEVEL: 'silent' }, name: `health-manual-${args.join('_')}` });
+  cliInProcess(['--config', path.join(dir, 'rotation.config.yaml'), ...args], {
+    env: { KEYROTOR_LOG_LEVEL: 'silent' },
+    name: `health-manual-${args.join('_')}`,
+  });
 
 const ctx = (rotationId = ROT) => gateContext({ rotationId });
 
@@ -67,7 +74,10 @@ describe('manual gate + keyrotor confirm', () => {
   it('waits until `keyrotor confirm <key>`, then passes; the decision file is private and atomic', async () => {
     const { dir, stateDir, gate } = await workspace();
     expect(gate).toMatchObject({ type: 'manual', name: 'manual', timeoutMs: 24 * 3_600_000, intervalMs: 50 });
-    expect(await gate.check(ctx())).toEqual({ pass: false, observation: `waiting for \`keyrotor confirm app\` (or --reject) for rotation ${ROT}` });
+    expect(await gate.check(ctx())).toEqual({
+      pass: false,
+      observation: `waiting for \`keyrotor confirm app\` (or --reject) for rotation ${ROT}`,
+    });
     const r = await cli(dir, 'confirm', 'app');
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(`app: rotation ${ROT} confirmed: the manual gate passes on its next check`);
@@ -76,7 +86,12 @@ describe('manual gate + keyrotor confirm', () => {
     expect(o.observation).toMatch(/^confirmed by .+@.+ at \d{4}-/);
     const file = decisionFile(stateDir, 'app', ROT);
     expect(statSync(file).mode & 0o777).toBe(0o600);
-    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ format: 'keyrotor-confirm/1', key: 'app', rotationId: ROT, decision: 'confirm' });
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({
+      format: 'keyrotor-confirm/1',
+      key: 'app',
+      rotationId: ROT,
+      decision: 'confirm',
+    });
     // a decision belongs to one rotation only
     expect((await gate.check(ctx(OTHER))).pass).toBe(false);
   });
@@ -85,7 +100,14 @@ describe('manual gate + keyrotor confirm', () => {
     const { dir, gate } = await workspace();
     const r = await cli(dir, 'confirm', ROT, '--reject', '--reason', 'consumers  still\nfailing', '--json');
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ key: 'app', rotationId: ROT, decision: 'reject', reason: 'consumers still failing', alreadyRecorded: false, stage: 'confirm' });
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      key: 'app',
+      rotationId: ROT,
+      decision: 'reject',
+      reason: 'consumers still failing',
+      alreadyRecorded: false,
+      stage: 'confirm',
+    });
     const o = await gate.check(ctx());
     expect(o).toMatchObject({ pass: false, final: true });
     expect(o.observation).toMatch(/^rejected by .+ at .+: consumers still failing$/);
@@ -134,9 +156,25 @@ describe('manual gate + keyrotor confirm', () => {
     const file = decisionFile(stateDir, 'app', ROT);
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, '{"decision":"confirm"');
-    expect(await gate.check(ctx())).toMatchObject({ pass: false, observation: expect.stringContaining('decision unreadable') });
-    writeFileSync(file, JSON.stringify({ format: 'keyrotor-confirm/1', key: 'app', rotationId: OTHER, decision: 'confirm', at: 'x', by: 'y' }));
-    expect(await gate.check(ctx())).toMatchObject({ pass: false, observation: expect.stringContaining('names another rotation') });
+    expect(await gate.check(ctx())).toMatchObject({
+      pass: false,
+      observation: expect.stringContaining('decision unreadable'),
+    });
+    writeFileSync(
+      file,
+      JSON.stringify({
+        format: 'keyrotor-confirm/1',
+        key: 'app',
+        rotationId: OTHER,
+        decision: 'confirm',
+        at: 'x',
+        by: 'y',
+      }),
+    );
+    expect(await gate.check(ctx())).toMatchObject({
+      pass: false,
+      observation: expect.stringContaining('names another rotation'),
+    });
     const r = await cli(dir, 'confirm', 'app');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('STATE_UNREADABLE');

@@ -26,19 +26,45 @@ afterAll(async () => {
 
 function providerCtx(): ProviderContext {
   const dir = tempDir('smoke');
-  return { keyName: 'app', stateDir: path.join(dir, '.keyrotor'), configDir: dir, logger: silentLogger(), clock: systemClock, env: { OPENAI_ADMIN_KEY: fake.adminKey }, providerState: { get: () => undefined, set: async () => {} } };
+  return {
+    keyName: 'app',
+    stateDir: path.join(dir, '.keyrotor'),
+    configDir: dir,
+    logger: silentLogger(),
+    clock: systemClock,
+    env: { OPENAI_ADMIN_KEY: fake.adminKey },
+    providerState: { get: () => undefined, set: async () => {} },
+  };
 }
 
 async function setup(gateCfg: Record<string, unknown>): Promise<{ gate: HealthGate; key: FakeKey; issuer: Issuer }> {
   const ctx = providerCtx();
   const sa = fake.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`);
   const key = fake.state.plantKey({ owner: { type: 'service_account', serviceAccountId: sa.id } });
-  const issuer = await createIssuer(issuerConfigSchema.parse({ type: 'openai', project: fake.project, serviceAccount: sa.id, baseURL: fake.baseURL, timeout: '5s' }), ctx);
-  const gate = await createGate(healthConfigSchema.parse({ type: 'issuer-smoke-test', interval: '50ms', timeout: '2s', ...gateCfg }), ctx, { issuer, index: 0 });
+  const issuer = await createIssuer(
+    issuerConfigSchema.parse({
+      type: 'openai',
+      project: fake.project,
+      serviceAccount: sa.id,
+      baseURL: fake.baseURL,
+      timeout: '5s',
+    }),
+    ctx,
+  );
+  const gate = await createGate(
+    healthConfigSchema.parse({ type: 'issuer-smoke-test', interval: '50ms', timeout: '2s', ...gateCfg }),
+    ctx,
+    { issuer, index: 0 },
+  );
   return { gate, key, issuer };
 }
 
-const ctxFor = (key: FakeKey) => gateContext({ newKeyId: key.id, newFingerprint: fingerprint(key.value), readNewSecret: async () => Secret.of(key.value) });
+const ctxFor = (key: FakeKey) =>
+  gateContext({
+    newKeyId: key.id,
+    newFingerprint: fingerprint(key.value),
+    readNewSecret: async () => Secret.of(key.value),
+  });
 
 describe('issuer-smoke-test gate with a declared model', () => {
   it('retrieves the declared model with the new key', async () => {
@@ -61,7 +87,11 @@ describe('issuer-smoke-test gate with a declared model', () => {
   it('missing scopes end the wait at once; a key still propagating is retried until it works', async () => {
     const scoped = await setup({ model: 'gpt-app-model' });
     fake.lackScopes(scoped.key.id);
-    expect(await scoped.gate.check(ctxFor(scoped.key))).toMatchObject({ pass: false, final: true, observation: expect.stringContaining('missing_scopes') });
+    expect(await scoped.gate.check(ctxFor(scoped.key))).toMatchObject({
+      pass: false,
+      final: true,
+      observation: expect.stringContaining('missing_scopes'),
+    });
     const slow = await setup({ model: 'gpt-app-model' });
     fake.delayPropagation(slow.key.id, 3);
     const r = await pollGate(slow.gate, ctxFor(slow.key));
@@ -78,7 +108,9 @@ describe('issuer-smoke-test gate with a declared model', () => {
     expect(fake.log.map((e) => e.route)).toEqual(['models.list']);
     const ctx = providerCtx();
     const local = await createIssuer(issuerConfigSchema.parse({ type: 'local' }), ctx);
-    await expect(createGate(healthConfigSchema.parse({ type: 'issuer-smoke-test', model: 'x' }), ctx, { issuer: local, index: 0 })).rejects.toMatchObject({
+    await expect(
+      createGate(healthConfigSchema.parse({ type: 'issuer-smoke-test', model: 'x' }), ctx, { issuer: local, index: 0 }),
+    ).rejects.toMatchObject({
       code: 'CONFIG_INVALID',
       message: expect.stringContaining('the local issuer cannot check a model'),
     });

@@ -45,10 +45,29 @@ async function setup(f: OpenAIFake = fake, gateCfg: Record<string, unknown> = {}
   const old = f.state.plantKey({ owner, name: 'keyrotor.app.rot-20261101t000000z-00000001' });
   const neu = f.state.plantKey({ owner, name: 'keyrotor.app.rot-20261123t151500z-0a1b2c3d' });
   const ctx = providerCtx({ OPENAI_ADMIN_KEY: f.adminKey });
-  const issuer: Issuer = await createIssuer(issuerConfigSchema.parse({ type: 'openai', project: f.project, serviceAccount: sa.id, baseURL: f.baseURL, timeout: '5s' }), ctx);
-  const cfg = healthConfigSchema.parse({ type: 'usage-drain', quiet: '1500ms', interval: '100ms', timeout: '6s', ...gateCfg });
+  const issuer: Issuer = await createIssuer(
+    issuerConfigSchema.parse({
+      type: 'openai',
+      project: f.project,
+      serviceAccount: sa.id,
+      baseURL: f.baseURL,
+      timeout: '5s',
+    }),
+    ctx,
+  );
+  const cfg = healthConfigSchema.parse({
+    type: 'usage-drain',
+    quiet: '1500ms',
+    interval: '100ms',
+    timeout: '6s',
+    ...gateCfg,
+  });
   const gate: HealthGate = await createGate(cfg, ctx, { issuer, index: 0 });
-  const gctx = gateContext({ newKeyId: neu.id, oldKeyId: old.id, promotedAt: new Date(Date.now() - 5_000).toISOString() });
+  const gctx = gateContext({
+    newKeyId: neu.id,
+    oldKeyId: old.id,
+    promotedAt: new Date(Date.now() - 5_000).toISOString(),
+  });
   return { f, old, neu, gate, gctx };
 }
 
@@ -85,14 +104,20 @@ describe('usage-drain gate (OpenAI last_used_at)', () => {
     const { f, neu, gate, gctx } = await setup();
     neu.lastUsedAt = Math.floor(Date.now() / 1000) - 60; // used before promotion (e.g. keyrotor's own verify)
     const o = await gate.check(gctx);
-    expect(o).toEqual({ pass: false, observation: 'the new key was not used since promotion; the old key was never used' });
+    expect(o).toEqual({
+      pass: false,
+      observation: 'the new key was not used since promotion; the old key was never used',
+    });
     use(f, neu);
     await sleep(1100); // the next second
     use(f, neu);
     expect(await gate.check(gctx)).toMatchObject({ pass: true });
 
     const lax = await setup(fake, { requireNewKeyUse: false });
-    expect(await lax.gate.check(lax.gctx)).toEqual({ pass: true, observation: 'new key use not required; the old key was never used' });
+    expect(await lax.gate.check(lax.gctx)).toEqual({
+      pass: true,
+      observation: 'new key use not required; the old key was never used',
+    });
   });
 
   it('an old key that is gone from the list, or no old key at all (bootstrap), is quiet', async () => {
@@ -101,16 +126,25 @@ describe('usage-drain gate (OpenAI last_used_at)', () => {
     use(f, old);
     expect((await gate.check(gctx)).pass).toBe(false);
     f.state.deleteKey(old);
-    expect(await gate.check(gctx)).toMatchObject({ pass: true, observation: expect.stringContaining(`the old key ${old.id} is no longer listed`) });
+    expect(await gate.check(gctx)).toMatchObject({
+      pass: true,
+      observation: expect.stringContaining(`the old key ${old.id} is no longer listed`),
+    });
     const boot = await setup();
     use(boot.f, boot.neu);
-    expect(await boot.gate.check({ ...boot.gctx, oldKeyId: undefined, oldFingerprint: undefined })).toMatchObject({ pass: true, observation: expect.stringContaining('no old key') });
+    expect(await boot.gate.check({ ...boot.gctx, oldKeyId: undefined, oldFingerprint: undefined })).toMatchObject({
+      pass: true,
+      observation: expect.stringContaining('no old key'),
+    });
   });
 
   it('the new key missing from the list is not a pass', async () => {
     const { gate, gctx } = await setup();
     const o = await gate.check({ ...gctx, newKeyId: 'key_unknown' });
-    expect(o).toMatchObject({ pass: false, observation: expect.stringContaining('the new key key_unknown is not in the issuer') });
+    expect(o).toMatchObject({
+      pass: false,
+      observation: expect.stringContaining('the new key key_unknown is not in the issuer'),
+    });
   });
 
   it('with an issuer clock far behind ours, an advancing last_used_at still blocks for `quiet` on our clock', async () => {
@@ -139,11 +173,18 @@ describe('usage-drain gate (OpenAI last_used_at)', () => {
   it('is refused for an issuer that does not report key usage, and needs timeout > quiet', async () => {
     const ctx = providerCtx({});
     const local = await createIssuer(issuerConfigSchema.parse({ type: 'local' }), ctx);
-    await expect(createGate(healthConfigSchema.parse({ type: 'usage-drain' }), ctx, { issuer: local, index: 0 })).rejects.toMatchObject({
+    await expect(
+      createGate(healthConfigSchema.parse({ type: 'usage-drain' }), ctx, { issuer: local, index: 0 }),
+    ).rejects.toMatchObject({
       code: 'CONFIG_INVALID',
       message: expect.stringContaining('the local issuer does not report when keys were last used'),
     });
     expect(healthConfigSchema.safeParse({ type: 'usage-drain', quiet: '10m', timeout: '5m' }).success).toBe(false);
-    expect(healthConfigSchema.parse({ type: 'usage-drain' })).toMatchObject({ quiet: 900_000, timeout: 7_200_000, interval: 60_000, requireNewKeyUse: true });
+    expect(healthConfigSchema.parse({ type: 'usage-drain' })).toMatchObject({
+      quiet: 900_000,
+      timeout: 7_200_000,
+      interval: 60_000,
+      requireNewKeyUse: true,
+    });
   });
 });

@@ -13,7 +13,12 @@ import { tempDir } from '../helpers/artifacts.ts';
 async function make() {
   const dir = tempDir('local-issuer');
   const issuer = await createLocalIssuer(localIssuerSchema.parse({ type: 'local' }), {
-    keyName: 'demo', stateDir: dir, configDir: dir, logger: silentLogger(), clock: systemClock, env: {},
+    keyName: 'demo',
+    stateDir: dir,
+    configDir: dir,
+    logger: silentLogger(),
+    clock: systemClock,
+    env: {},
     providerState: { get: () => undefined, set: async () => {} },
   });
   return { issuer, registry: path.join(dir, 'local-issuer', 'demo.json') };

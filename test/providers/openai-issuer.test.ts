@@ -40,7 +40,10 @@ let fake: OpenAIFake;
 let sa: FakeServiceAccount;
 let n = 0;
 
-async function make(over: Record<string, unknown> = {}, opts: { env?: NodeJS.ProcessEnv; state?: ReturnType<typeof memoryState>; keyName?: string } = {}): Promise<Made> {
+async function make(
+  over: Record<string, unknown> = {},
+  opts: { env?: NodeJS.ProcessEnv; state?: ReturnType<typeof memoryState>; keyName?: string } = {},
+): Promise<Made> {
   const state = opts.state ?? memoryState();
   const ctx: ProviderContext = {
     keyName: opts.keyName ?? 'app',
@@ -92,7 +95,9 @@ afterAll(async () => {
   capture('openai-issuer.log.jsonl', logLines.join('\n'));
   capture(
     'openai-issuer.errors.txt',
-    seenErrors.map((e) => `${inspect(e, { depth: 6 })}\n${JSON.stringify((e as KeyrotorError).toRecord?.())}`).join('\n---\n'),
+    seenErrors
+      .map((e) => `${inspect(e, { depth: 6 })}\n${JSON.stringify((e as KeyrotorError).toRecord?.())}`)
+      .join('\n---\n'),
   );
   capture('openai-issuer.fake-log.json', JSON.stringify(fake?.log ?? []));
 });
@@ -149,7 +154,12 @@ describe('openai issuer: create, verify, revoke, list', () => {
   it('lists every page (limit 100, after cursor) and maps user owners', async () => {
     const { issuer } = await make();
     const before = fake.state.liveKeys(fake.project).length;
-    for (let i = 0; i < 230; i++) fake.state.plantKey({ name: `bulk-${i}`, createdAt: 1_760_000_000 + i, lastUsedAt: i % 2 ? 1_760_000_500 : null });
+    for (let i = 0; i < 230; i++)
+      fake.state.plantKey({
+        name: `bulk-${i}`,
+        createdAt: 1_760_000_000 + i,
+        lastUsedAt: i % 2 ? 1_760_000_500 : null,
+      });
     fake.resetFaults();
     const all = await issuer.list();
     expect(all).toHaveLength(before + 230);
@@ -179,7 +189,11 @@ describe('openai issuer: create, verify, revoke, list', () => {
     const { issuer } = await make({ scopes: ['api.model.read', 'api.responses.write'] });
     const r = req();
     const k = await issuer.create({ ...r, expiresInSeconds: 86_400 });
-    expect(posts()[0]!.body).toEqual({ name: r.name, scopes: ['api.model.read', 'api.responses.write'], expires_in_seconds: 86_400 });
+    expect(posts()[0]!.body).toEqual({
+      name: r.name,
+      scopes: ['api.model.read', 'api.responses.write'],
+      expires_in_seconds: 86_400,
+    });
     const stored = fake.state.keyById(k.keyId)!;
     expect(stored.scopes).toEqual(['api.model.read', 'api.responses.write']);
     expect(k.expiresAt).toBe(new Date(stored.expiresAt! * 1000).toISOString());
@@ -261,7 +275,8 @@ describe('openai issuer: create never mints a key nobody holds', () => {
     fake.loseResponse('serviceAccounts.apiKeys.create');
     // once the POST is in, every cleanup list fails (the SDK retries a GET twice: 3 answers)
     const off = fake.onRequest((en) => {
-      if (en.route === 'serviceAccounts.apiKeys.create') fake.failNext('projects.apiKeys.list', { status: 503, times: 3 });
+      if (en.route === 'serviceAccounts.apiKeys.create')
+        fake.failNext('projects.apiKeys.list', { status: 503, times: 3 });
     });
     const e = await failure(issuer.create(r));
     off();
@@ -278,7 +293,11 @@ describe('openai issuer: create never mints a key nobody holds', () => {
   it('429 on create is not retried: exactly one POST, ISSUER_RATE_LIMITED retryable, no key', async () => {
     const { issuer } = await make();
     const r = req();
-    fake.failNext('serviceAccounts.apiKeys.create', { status: 429, headers: { 'retry-after': '1' }, code: 'rate_limit_exceeded' });
+    fake.failNext('serviceAccounts.apiKeys.create', {
+      status: 429,
+      headers: { 'retry-after': '1' },
+      code: 'rate_limit_exceeded',
+    });
     const e = await failure(issuer.create(r));
     expect(e).toMatchObject({ code: 'ISSUER_RATE_LIMITED', retryable: true, stage: 'issue' });
     expect(e.message).toMatch(/retry after 1s/);
@@ -295,7 +314,11 @@ describe('openai issuer: create never mints a key nobody holds', () => {
     expect(e400.message).toContain('exceeds the maximum of 3600 seconds');
     fake.state.policy = {};
 
-    fake.failNext('serviceAccounts.apiKeys.create', { status: 403, code: null, message: 'You are not allowed to create keys in this project.' });
+    fake.failNext('serviceAccounts.apiKeys.create', {
+      status: 403,
+      code: null,
+      message: 'You are not allowed to create keys in this project.',
+    });
     const e403 = await failure(issuer.create(req()));
     expect(e403).toMatchObject({ code: 'ISSUER_PERMISSION', retryable: false });
 
@@ -387,10 +410,17 @@ describe('openai issuer: service account', () => {
     expect(account.name).toBe(`keyrotor-${keyName}`);
     expect(fake.state.keyById(k.keyId)!.owner).toEqual({ type: 'service_account', serviceAccountId: id });
     // the initial key came back with the account and is gone at once
-    const initial = fake.state.keys.filter((x) => x.initial && x.owner.type === 'service_account' && x.owner.serviceAccountId === id);
+    const initial = fake.state.keys.filter(
+      (x) => x.initial && x.owner.type === 'service_account' && x.owner.serviceAccountId === id,
+    );
     expect(initial).toHaveLength(1);
     expect(initial[0]!.deleted).toBe(true);
-    expect(fake.state.liveKeys().filter((x) => x.owner.type === 'service_account' && x.owner.serviceAccountId === id).map((x) => x.id)).toEqual([k.keyId]);
+    expect(
+      fake.state
+        .liveKeys()
+        .filter((x) => x.owner.type === 'service_account' && x.owner.serviceAccountId === id)
+        .map((x) => x.id),
+    ).toEqual([k.keyId]);
 
     // a second run (new issuer, same remembered state) reuses it
     const { issuer: again } = await make({ serviceAccount: undefined }, { state, keyName });
@@ -416,7 +446,9 @@ describe('openai issuer: service account', () => {
     expect(fake.calls('serviceAccounts.create')).toHaveLength(1);
     const id = state.data[SERVICE_ACCOUNT_STATE_KEY]!;
     expect(fake.state.serviceAccount(id)!.name).toBe(`keyrotor-${keyName}`);
-    const owned = fake.state.liveKeys().filter((x) => x.owner.type === 'service_account' && x.owner.serviceAccountId === id);
+    const owned = fake.state
+      .liveKeys()
+      .filter((x) => x.owner.type === 'service_account' && x.owner.serviceAccountId === id);
     expect(owned.map((x) => x.id)).toEqual([k.keyId]);
   });
 
@@ -435,14 +467,23 @@ describe('openai issuer: service account', () => {
 describe('openai issuer: identify', () => {
   it('finds the one key whose redacted head and tail fit, scoped to the service account', async () => {
     const { issuer } = await make();
-    const mine = fake.state.plantKey({ name: 'made by hand', owner: { type: 'service_account', serviceAccountId: sa.id } });
+    const mine = fake.state.plantKey({
+      name: 'made by hand',
+      owner: { type: 'service_account', serviceAccountId: sa.id },
+    });
     fake.state.plantKey({ name: 'other', owner: { type: 'service_account', serviceAccountId: sa.id } });
     expect(await issuer.identify(Secret.of(mine.value))).toEqual({ kind: 'found', keyId: mine.id });
     expect(await issuer.identify(Secret.of(`${CANARY}-not-a-key-zzzz`))).toEqual({ kind: 'not_found' });
 
     // same visible head and tail on two keys of the account: ambiguous
-    const twinA = fake.state.plantKey({ value: `${CANARY}-twin-aaaa-9x9y`, owner: { type: 'service_account', serviceAccountId: sa.id } });
-    const twinB = fake.state.plantKey({ value: `${CANARY}-twin-bbbb-9x9y`, owner: { type: 'service_account', serviceAccountId: sa.id } });
+    const twinA = fake.state.plantKey({
+      value: `${CANARY}-twin-aaaa-9x9y`,
+      owner: { type: 'service_account', serviceAccountId: sa.id },
+    });
+    const twinB = fake.state.plantKey({
+      value: `${CANARY}-twin-bbbb-9x9y`,
+      owner: { type: 'service_account', serviceAccountId: sa.id },
+    });
     const amb = await issuer.identify(Secret.of(twinA.value));
     expect(amb.kind).toBe('ambiguous');
     if (amb.kind === 'ambiguous') expect(amb.candidates.sort()).toEqual([twinA.id, twinB.id].sort());
@@ -517,35 +558,44 @@ describe('openai issuer: malformed answers (a 200 the SDK cannot use)', () => {
 
   // a create whose answer cannot be used may have minted a key nobody holds: ambiguous (unparseable)
   // or a bad answer (parsed, fields missing); either way retryable, and the key is removed by name
-  it.each(KINDS)('create answered with %s after the key was minted: a retryable error, the key is removed by name, nothing leaks', async (kind) => {
-    const { issuer } = await make();
-    const r = req();
-    fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: true });
-    const e = await failure(issuer.create(r));
-    expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
-    expect(e).toMatchObject({ retryable: true, stage: 'issue' });
-    expect(posts()).toHaveLength(1); // never re-sent
-    expect(posts()[0]!.fault).toBe('malformed');
-    expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(1);
-    expect(fake.state.keysNamed(r.name)).toHaveLength(0); // minted, then deleted by name
-    expect(e.message).not.toContain(CANARY);
-    // the same rotation's next attempt gets a working key
-    const again = await issuer.create(r);
-    expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([again.keyId]);
-  });
+  it.each(KINDS)(
+    'create answered with %s after the key was minted: a retryable error, the key is removed by name, nothing leaks',
+    async (kind) => {
+      const { issuer } = await make();
+      const r = req();
+      fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: true });
+      const e = await failure(issuer.create(r));
+      expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
+      expect(e).toMatchObject({ retryable: true, stage: 'issue' });
+      expect(posts()).toHaveLength(1); // never re-sent
+      expect(posts()[0]!.fault).toBe('malformed');
+      expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(1);
+      expect(fake.state.keysNamed(r.name)).toHaveLength(0); // minted, then deleted by name
+      expect(e.message).not.toContain(CANARY);
+      // the same rotation's next attempt gets a working key
+      const again = await issuer.create(r);
+      expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([again.keyId]);
+    },
+  );
 
-  it.each(KINDS)('create answered with %s before anything was minted: a retryable error, nothing to remove', async (kind) => {
-    const { issuer } = await make();
-    const r = req();
-    fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: false });
-    const e = await failure(issuer.create(r));
-    expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
-    expect(e.retryable).toBe(true);
-    expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(0);
-  });
+  it.each(KINDS)(
+    'create answered with %s before anything was minted: a retryable error, nothing to remove',
+    async (kind) => {
+      const { issuer } = await make();
+      const r = req();
+      fake.malformedResponse('serviceAccounts.apiKeys.create', { kind, applied: false });
+      const e = await failure(issuer.create(r));
+      expect(['CREATE_AMBIGUOUS', 'ISSUER_BAD_RESPONSE']).toContain(e.code);
+      expect(e.retryable).toBe(true);
+      expect(fake.state.keys.filter((k) => k.name === r.name)).toHaveLength(0);
+    },
+  );
 
   it('a JSON parse error quoting the body (it may hold the new key) is mapped without its text', () => {
-    const e = mapOpenAIError(new SyntaxError(`Unexpected token 's', "${CANARY}-sk-proj-cut"... is not valid JSON`), { action: 'create key x', stage: 'issue' });
+    const e = mapOpenAIError(new SyntaxError(`Unexpected token 's', "${CANARY}-sk-proj-cut"... is not valid JSON`), {
+      action: 'create key x',
+      stage: 'issue',
+    });
     seenErrors.push(e);
     expect(e).toMatchObject({ code: 'ISSUER_BAD_RESPONSE', retryable: true, stage: 'issue' });
     expect(e.message).toBe('openai: create key x: malformed answer (not valid JSON)');
@@ -564,7 +614,8 @@ describe('openai issuer: malformed answers (a 200 the SDK cannot use)', () => {
     fake.resetFaults();
     fake.loseResponse('serviceAccounts.apiKeys.create');
     const off = fake.onRequest((en) => {
-      if (en.route === 'serviceAccounts.apiKeys.create') fake.malformedResponse('projects.apiKeys.list', { kind, times: 5 });
+      if (en.route === 'serviceAccounts.apiKeys.create')
+        fake.malformedResponse('projects.apiKeys.list', { kind, times: 5 });
     });
     const e2 = await failure(issuer.create(r));
     off();
@@ -585,21 +636,24 @@ describe('openai issuer: malformed answers (a 200 the SDK cannot use)', () => {
     expect(await issuer.verify(made.secret)).toEqual({ ok: true });
   });
 
-  it.each(KINDS)('a %s answer to an applied revoke: the key is gone, and the issuer says so or asks for a re-check', async (kind) => {
-    const { issuer } = await make();
-    const old = await issuer.create(req());
-    fake.malformedResponse('projects.apiKeys.delete', { kind, applied: true });
-    const rv = await issuer.revoke(old.keyId).then(
-      () => 'ok',
-      (e: unknown) => {
-        seenErrors.push(e);
-        return `${(e as KeyrotorError).code}/${String((e as KeyrotorError).retryable)}`;
-      },
-    );
-    expect(['ok', 'ISSUER_BAD_RESPONSE/true']).toContain(rv);
-    expect(fake.state.keysNamed(old.name)).toHaveLength(0);
-    expect(await issuer.revoke(old.keyId)).toMatchObject({ alreadyGone: true });
-  });
+  it.each(KINDS)(
+    'a %s answer to an applied revoke: the key is gone, and the issuer says so or asks for a re-check',
+    async (kind) => {
+      const { issuer } = await make();
+      const old = await issuer.create(req());
+      fake.malformedResponse('projects.apiKeys.delete', { kind, applied: true });
+      const rv = await issuer.revoke(old.keyId).then(
+        () => 'ok',
+        (e: unknown) => {
+          seenErrors.push(e);
+          return `${(e as KeyrotorError).code}/${String((e as KeyrotorError).retryable)}`;
+        },
+      );
+      expect(['ok', 'ISSUER_BAD_RESPONSE/true']).toContain(rv);
+      expect(fake.state.keysNamed(old.name)).toHaveLength(0);
+      expect(await issuer.revoke(old.keyId)).toMatchObject({ alreadyGone: true });
+    },
+  );
 });
 
 describe('openai issuer: no secret in any error or log', () => {
@@ -607,7 +661,13 @@ describe('openai issuer: no secret in any error or log', () => {
     expect(seenErrors.length).toBeGreaterThan(10);
     for (const e of seenErrors) {
       const ke = e as KeyrotorError;
-      const text = [ke.message, ke.hint ?? '', ke.stack ?? '', JSON.stringify(ke.toRecord()), inspect(ke, { depth: 8 })].join('\n');
+      const text = [
+        ke.message,
+        ke.hint ?? '',
+        ke.stack ?? '',
+        JSON.stringify(ke.toRecord()),
+        inspect(ke, { depth: 8 }),
+      ].join('\n');
       expect(text).not.toContain(CANARY);
       expect(text).not.toContain(fake.adminKey);
     }

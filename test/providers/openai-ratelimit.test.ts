@@ -205,9 +205,18 @@ describe('openai issuer config: rateLimit and maxConcurrentRequests', () => {
   const base = { type: 'openai', project: 'proj_1' };
   it('defaults to 20 requests/s and 16 in flight, accepts other values, rejects nonsense', () => {
     expect(openaiIssuerSchema.parse(base)).toMatchObject({ rateLimit: 20, maxConcurrentRequests: 16 });
-    expect(openaiIssuerSchema.parse({ ...base, rateLimit: 50, maxConcurrentRequests: 4 })).toMatchObject({ rateLimit: 50, maxConcurrentRequests: 4 });
+    expect(openaiIssuerSchema.parse({ ...base, rateLimit: 50, maxConcurrentRequests: 4 })).toMatchObject({
+      rateLimit: 50,
+      maxConcurrentRequests: 4,
+    });
     expect(openaiIssuerSchema.parse({ ...base, rateLimit: 0.5 }).rateLimit).toBe(0.5);
-    for (const bad of [{ rateLimit: 0 }, { rateLimit: -1 }, { rateLimit: '50' }, { maxConcurrentRequests: 0 }, { maxConcurrentRequests: 1.5 }]) {
+    for (const bad of [
+      { rateLimit: 0 },
+      { rateLimit: -1 },
+      { rateLimit: '50' },
+      { maxConcurrentRequests: 0 },
+      { maxConcurrentRequests: 1.5 },
+    ]) {
       expect(openaiIssuerSchema.safeParse({ ...base, ...bad }).success).toBe(false);
     }
   });
@@ -222,7 +231,12 @@ describe('openai issuer: the shared limiter over the wire', () => {
     const answers = [];
     for (let i = 0; i < 3; i++) {
       const r = await fetch(url, { headers: { authorization: `Bearer ${fake.adminKey}` } });
-      answers.push({ status: r.status, retryAfter: r.headers.get('retry-after'), retryAfterMs: r.headers.get('retry-after-ms'), body: (await r.json()) as { error?: { code?: string } } });
+      answers.push({
+        status: r.status,
+        retryAfter: r.headers.get('retry-after'),
+        retryAfterMs: r.headers.get('retry-after-ms'),
+        body: (await r.json()) as { error?: { code?: string } },
+      });
     }
     expect(answers.map((a) => a.status)).toEqual([200, 200, 429]);
     expect(answers[2]).toMatchObject({ retryAfter: '1', body: { error: { code: 'rate_limit_exceeded' } } });
@@ -255,7 +269,11 @@ describe('openai issuer: the shared limiter over the wire', () => {
     const k = await a.create(req('app-a'));
     fake.resetFaults();
     const seenAt = arrivals();
-    fake.failNext('projects.apiKeys.list', { status: 429, code: 'rate_limit_exceeded', headers: { 'retry-after-ms': '400' } });
+    fake.failNext('projects.apiKeys.list', {
+      status: 429,
+      code: 'rate_limit_exceeded',
+      headers: { 'retry-after-ms': '400' },
+    });
     const listing = a.list();
     while (seenAt.length === 0) await sleep(5);
     await sleep(60); // the 429 is back by now
@@ -272,7 +290,11 @@ describe('openai issuer: the shared limiter over the wire', () => {
   it('create is never re-sent after a 429 (one POST, retryable error), but the next create waits out retry-after', async () => {
     const issuer = await make();
     const seenAt = arrivals();
-    fake.failNext('serviceAccounts.apiKeys.create', { status: 429, code: 'rate_limit_exceeded', headers: { 'retry-after-ms': '300' } });
+    fake.failNext('serviceAccounts.apiKeys.create', {
+      status: 429,
+      code: 'rate_limit_exceeded',
+      headers: { 'retry-after-ms': '300' },
+    });
     const r = req();
     const e = await issuer.create(r).catch((x: unknown) => x);
     seen.push(e);
@@ -308,11 +330,15 @@ describe('openai issuer: the shared limiter over the wire', () => {
   });
 
   it('maxConcurrentRequests bounds what is in flight at once across issuers', async () => {
-    const issuers = await Promise.all(Array.from({ length: 3 }, (_, i) => make({ maxConcurrentRequests: 2, rateLimit: 1000 }, `app${i}`)));
+    const issuers = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => make({ maxConcurrentRequests: 2, rateLimit: 1000 }, `app${i}`)),
+    );
     const keys = await Promise.all(issuers.map((iss, i) => iss.create(req(`app${i}`))));
     const seenAt = arrivals();
     fake.slowResponse('models.list', 150, 6);
-    const results = await Promise.all(issuers.flatMap((iss, i) => [iss.verify(keys[i]!.secret), iss.verify(keys[i]!.secret)]));
+    const results = await Promise.all(
+      issuers.flatMap((iss, i) => [iss.verify(keys[i]!.secret), iss.verify(keys[i]!.secret)]),
+    );
     expect(results.every((r) => r.ok)).toBe(true);
     const at = seenAt.filter((x) => x.route === 'models.list').map((x) => x.at);
     expect(at).toHaveLength(6);
@@ -322,7 +348,8 @@ describe('openai issuer: the shared limiter over the wire', () => {
   });
 
   it('nothing the limiter produced holds a secret', () => {
-    const text = JSON.stringify(sharedLimiterStats()) + logLines.join('\n') + seen.map((e) => inspect(e, { depth: 6 })).join('\n');
+    const text =
+      JSON.stringify(sharedLimiterStats()) + logLines.join('\n') + seen.map((e) => inspect(e, { depth: 6 })).join('\n');
     expect(text).not.toContain(CANARY);
     expect(text).not.toContain(fake.adminKey);
   });

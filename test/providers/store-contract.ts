@@ -24,7 +24,12 @@ export function value(n: number): Secret {
   return Secret.of(`${CANARY}-store-value-${n}`);
 }
 export function meta(rotationId: string, n: number): VersionMeta {
-  return { rotationId, issuerKeyId: `key_${n}`, fingerprint: fingerprint(value(n)), createdAt: new Date(Date.UTC(2026, 10, n)).toISOString() };
+  return {
+    rotationId,
+    issuerKeyId: `key_${n}`,
+    fingerprint: fingerprint(value(n)),
+    createdAt: new Date(Date.UTC(2026, 10, n)).toISOString(),
+  };
 }
 
 export interface ContractOptions {
@@ -36,7 +41,11 @@ export interface ContractOptions {
   lock: 'store' | 'lease';
 }
 
-export function describeStoreContract(name: string, make: () => Promise<StoreHarness>, opts: ContractOptions = { lock: 'store' }): void {
+export function describeStoreContract(
+  name: string,
+  make: () => Promise<StoreHarness>,
+  opts: ContractOptions = { lock: 'store' },
+): void {
   describe(`SecretStore contract: ${name}`, () => {
     let h: StoreHarness | undefined;
     const fresh = async () => (h = await make()).store;
@@ -160,33 +169,47 @@ export function describeStoreContract(name: string, make: () => Promise<StoreHar
     it('promote of a rotation that staged nothing is a clear non-retryable error', async () => {
       const s = await fresh();
       await bootstrap(s);
-      const err = await s.promote(R2).then(() => null, (e: unknown) => e);
+      const err = await s.promote(R2).then(
+        () => null,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(KeyrotorError);
       expect((err as KeyrotorError).retryable).toBe(false);
       expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
     });
 
-    it.runIf(opts.lock === 'store')('lock contention: another rotation pending blocks staging with LOCKED until it is unstaged', async () => {
-      const s = await fresh();
-      await bootstrap(s);
-      await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-      const err = await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }).then(() => null, (e: unknown) => e);
-      expect(err).toBeInstanceOf(KeyrotorError);
-      expect((err as KeyrotorError).code).toBe('LOCKED');
-      expect((err as KeyrotorError).message).toContain(R2);
-      expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
-      expect((await s.readPending(R2))?.secret.reveal()).toBe(value(2).reveal());
-      await s.unstage(R2);
-      await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
-      await s.promote(R3);
-      expect((await s.readCurrent())?.secret.reveal()).toBe(value(3).reveal());
-    });
+    it.runIf(opts.lock === 'store')(
+      'lock contention: another rotation pending blocks staging with LOCKED until it is unstaged',
+      async () => {
+        const s = await fresh();
+        await bootstrap(s);
+        await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        const err = await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) }).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(KeyrotorError);
+        expect((err as KeyrotorError).code).toBe('LOCKED');
+        expect((err as KeyrotorError).message).toContain(R2);
+        expect((await s.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+        expect((await s.readPending(R2))?.secret.reveal()).toBe(value(2).reveal());
+        await s.unstage(R2);
+        await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+        await s.promote(R3);
+        expect((await s.readCurrent())?.secret.reveal()).toBe(value(3).reveal());
+      },
+    );
 
     it('never exposes the value in describe(), label, or printed versions', async () => {
       const s = await fresh();
       await bootstrap(s);
       await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-      const printed = [JSON.stringify(await s.describe()), s.label, inspect(await s.readPending(R2), { depth: 5 }), JSON.stringify(await s.readCurrent())].join('\n');
+      const printed = [
+        JSON.stringify(await s.describe()),
+        s.label,
+        inspect(await s.readPending(R2), { depth: 5 }),
+        JSON.stringify(await s.readCurrent()),
+      ].join('\n');
       expect(printed).not.toContain(CANARY);
     });
   });

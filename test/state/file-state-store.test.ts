@@ -6,7 +6,13 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/core/clock.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
-import { isLease, type Lease, type LeaseHolder, type PersistedRotation, type RotationResult } from '../../src/core/ports.ts';
+import {
+  isLease,
+  type Lease,
+  type LeaseHolder,
+  type PersistedRotation,
+  type RotationResult,
+} from '../../src/core/ports.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 
@@ -31,7 +37,11 @@ function rotation(rotationId: string, over: Partial<PersistedRotation> = {}): Pe
     machineVersion: 3,
     keyrotorVersion: '0.1.0',
     updatedAt: '2026-11-01T00:00:05.000Z',
-    snapshot: { status: 'active', value: { stage: 'verify' }, context: { rotationId, newKeyId: 'key_2', oldKeyId: 'key_1' } },
+    snapshot: {
+      status: 'active',
+      value: { stage: 'verify' },
+      context: { rotationId, newKeyId: 'key_2', oldKeyId: 'key_1' },
+    },
     ...over,
   };
 }
@@ -145,7 +155,10 @@ describe('file state store: records', () => {
     expect(r.currentKeyId).toBe('key_2');
 
     // without currentKeyId, the known one is kept
-    await s.finish('app', result('skipped', { rotationId: null, newKeyId: null, finishedAt: '2026-11-03T00:00:00.000Z' }));
+    await s.finish(
+      'app',
+      result('skipped', { rotationId: null, newKeyId: null, finishedAt: '2026-11-03T00:00:00.000Z' }),
+    );
     r = (await s.read('app'))!;
     expect(r.currentKeyId).toBe('key_2');
     expect(r.lastRotatedAt).toBe('2026-11-01T00:05:00.000Z');
@@ -346,7 +359,9 @@ describe('file state store: lease', () => {
   it('concurrent acquires in one process: exactly one lease', async () => {
     const dir = tempDir('lease-inproc');
     const stores = [createFileStateStore(dir), createFileStateStore(dir)];
-    const got = await Promise.all(Array.from({ length: 10 }, (_, i) => stores[i % 2]!.acquire('app', `owner-${i}`, 60_000)));
+    const got = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => stores[i % 2]!.acquire('app', `owner-${i}`, 60_000)),
+    );
     expect(got.filter(isLease)).toHaveLength(1);
   });
 
@@ -362,7 +377,13 @@ describe('file state store: lease', () => {
     for (const k of stale) {
       writeFileSync(
         path.join(locks, `${k}.lock`),
-        JSON.stringify({ owner: 'ghost', pid: 1, host: 'gone', acquiredAt: old.toISOString(), expiresAt: new Date(old.getTime() + 1_000).toISOString() }),
+        JSON.stringify({
+          owner: 'ghost',
+          pid: 1,
+          host: 'gone',
+          acquiredAt: old.toISOString(),
+          expiresAt: new Date(old.getTime() + 1_000).toISOString(),
+        }),
         { mode: 0o600 },
       );
     }
@@ -373,12 +394,18 @@ describe('file state store: lease', () => {
     const keys = [...fresh, ...stale, ...garbled];
     const startAt = Date.now() + 2_000;
     const child = (owner: string) =>
-      run(process.execPath, ['--disable-warning=ExperimentalWarning', script, dir, owner, String(startAt), keys.join(','), '60000'], {
-        timeout: 20_000,
-      });
+      run(
+        process.execPath,
+        ['--disable-warning=ExperimentalWarning', script, dir, owner, String(startAt), keys.join(','), '60000'],
+        {
+          timeout: 20_000,
+        },
+      );
     const outs = await Promise.all([child('proc-a'), child('proc-b')]);
     outs.forEach((o, i) => capture(`lease-race-${i}.txt`, o.stdout + o.stderr));
-    const [a, b] = outs.map((o) => JSON.parse(o.stdout) as { owner: string; won: string[]; held: Record<string, string> });
+    const [a, b] = outs.map(
+      (o) => JSON.parse(o.stdout) as { owner: string; won: string[]; held: Record<string, string> },
+    );
     for (const k of keys) {
       const winners = [a!, b!].filter((x) => x.won.includes(k));
       expect(winners, `key ${k}`).toHaveLength(1);

@@ -42,8 +42,16 @@ describe('config', () => {
   it.each([
     ['missing version', ok().replace('version: 1\n', ''), /^rotation\.config\.yaml:1:1 version: /],
     ['wrong version', ok().replace('version: 1', 'version: 2'), /rotation\.config\.yaml:1:1 version: /],
-    ['unknown store type', ok().replace('type: file', 'type: s3'), /rotation\.config\.yaml:5:17 keys\[0\]\.stores\[0\]\.type: /],
-    ['aws store without secretId', ok().replace('{ type: file }', '{ type: aws-secrets-manager, region: eu-west-1 }'), /keys\[0\]\.stores\[0\]\.secretId: required/],
+    [
+      'unknown store type',
+      ok().replace('type: file', 'type: s3'),
+      /rotation\.config\.yaml:5:17 keys\[0\]\.stores\[0\]\.type: /,
+    ],
+    [
+      'aws store without secretId',
+      ok().replace('{ type: file }', '{ type: aws-secrets-manager, region: eu-west-1 }'),
+      /keys\[0\]\.stores\[0\]\.secretId: required/,
+    ],
     ['bad duration', ok('    schedule: { every: soon }'), /keys\[0\]\.schedule\.every: invalid duration "soon"/],
     ['bad key name', ok().replace('name: app', 'name: "App Key"'), /keys\[0\]\.name: key names are/],
     ['unknown field', ok('    colour: red'), /keys\[0\]: .*colour/],
@@ -67,7 +75,10 @@ keys:
   });
 
   it('interpolates ${ENV} and ${ENV:-default}; a missing variable is CONFIG_ENV_MISSING with its position', () => {
-    const text = ok().replace('{ type: file }', '{ type: aws-secrets-manager, secretId: "${SECRET_ID}", region: "${REGION:-eu-west-1}" }');
+    const text = ok().replace(
+      '{ type: file }',
+      '{ type: aws-secrets-manager, secretId: "${SECRET_ID}", region: "${REGION:-eu-west-1}" }',
+    );
     const cfg = parseConfig(text, 'c.yaml', { SECRET_ID: 'prod/openai' });
     expect(cfg.keys[0]!.stores[0]).toMatchObject({ secretId: 'prod/openai', region: 'eu-west-1' });
     const e = errorOf(text, {});
@@ -76,7 +87,9 @@ keys:
   });
 
   it('computes the expiry safety net from schedule + grace, or off', () => {
-    const text = ok().replace('{ type: local }', '{ type: openai, project: proj_1 }') + '    schedule: { every: 1d }\n    grace: 1h\n';
+    const text =
+      ok().replace('{ type: local }', '{ type: openai, project: proj_1 }') +
+      '    schedule: { every: 1d }\n    grace: 1h\n';
     expect(expiresInSecondsFor(parseConfig(text, 'c.yaml', {}).keys[0]!)).toBe(90_000);
     const off = text.replace('project: proj_1', 'project: proj_1, expiresAfter: "off"');
     expect(expiresInSecondsFor(parseConfig(off, 'c.yaml', {}).keys[0]!)).toBeNull();
@@ -85,6 +98,15 @@ keys:
 
   it('exports a JSON Schema that names every provider type', () => {
     const text = JSON.stringify(configJsonSchema());
-    for (const t of ['local', 'openai', 'file', 'aws-secrets-manager', 'gcp-secret-manager', 'azure-key-vault', 'issuer-smoke-test']) expect(text).toContain(`"${t}"`);
+    for (const t of [
+      'local',
+      'openai',
+      'file',
+      'aws-secrets-manager',
+      'gcp-secret-manager',
+      'azure-key-vault',
+      'issuer-smoke-test',
+    ])
+      expect(text).toContain(`"${t}"`);
   });
 });

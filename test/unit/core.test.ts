@@ -20,7 +20,13 @@ describe('core', () => {
 
   it('a Secret never prints its value', () => {
     const s = Secret.of(CANARY);
-    const printed = [String(s), `${s}`, JSON.stringify({ s }), inspect(s), inspect({ nested: { s } }, { depth: 9 })].join(' ');
+    const printed = [
+      String(s),
+      `${s}`,
+      JSON.stringify({ s }),
+      inspect(s),
+      inspect({ nested: { s } }, { depth: 9 }),
+    ].join(' ');
     expect(printed).not.toContain(CANARY);
     expect(s.reveal()).toBe(CANARY);
   });

@@ -9,10 +9,14 @@ import { describe, expect, it } from 'vitest';
 import { graphOf, violations, type Graph } from '../helpers/layers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const PRODUCT = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '--', 'src', 'providers', 'workflows'], {
-  cwd: ROOT,
-  encoding: 'utf8',
-})
+const PRODUCT = execFileSync(
+  'git',
+  ['ls-files', '--cached', '--others', '--exclude-standard', '--', 'src', 'providers', 'workflows'],
+  {
+    cwd: ROOT,
+    encoding: 'utf8',
+  },
+)
   .split('\n')
   .filter((f) => f.endsWith('.ts'));
 
@@ -34,15 +38,25 @@ describe('layers', () => {
     ]);
     const v = violations(g);
     expect(v).toContain('src/core/ports.ts: imports src/app/run.ts (core -> app: upward)');
-    expect(v).toContain("src/app/run.ts: imports providers/stores/file/file.store.ts (a provider's internals; go through the registry providers/index.ts)");
-    expect(v).toContain('workflows/rotation/rotation.machine.ts: imports providers/index.ts (workflows -> providers: workflows and providers do not import each other)');
-    expect(v).toContain('providers/health/http/index.ts: imports providers/index.ts (a provider does not import the registry)');
+    expect(v).toContain(
+      "src/app/run.ts: imports providers/stores/file/file.store.ts (a provider's internals; go through the registry providers/index.ts)",
+    );
+    expect(v).toContain(
+      'workflows/rotation/rotation.machine.ts: imports providers/index.ts (workflows -> providers: workflows and providers do not import each other)',
+    );
+    expect(v).toContain(
+      'providers/health/http/index.ts: imports providers/index.ts (a provider does not import the registry)',
+    );
     expect(v).toContain(
       'providers/health/http/index.ts: imports providers/stores/file/file.crypto.ts (a provider imports only its own folder, providers/shared and core)',
     );
-    expect(v).toContain('src/entrypoints/cli.ts: imports test/fakes/memory.ts, which is outside every layer (tests, bench and deploy are not product code)');
+    expect(v).toContain(
+      'src/entrypoints/cli.ts: imports test/fakes/memory.ts, which is outside every layer (tests, bench and deploy are not product code)',
+    );
     expect(v.some((l) => l.startsWith('src/odd.ts: not in a layer'))).toBe(true);
-    expect(v).toContain('import cycle: providers/health/http/index.ts -> providers/index.ts -> providers/health/http/index.ts');
+    expect(v).toContain(
+      'import cycle: providers/health/http/index.ts -> providers/index.ts -> providers/health/http/index.ts',
+    );
     expect(v).toContain('import cycle: src/app/run.ts -> src/core/ports.ts -> src/app/run.ts');
   });
 });

@@ -7,7 +7,11 @@ import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { HealthGate } from '../../src/core/ports.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import { type FinalState, type RotationContext, type RotationInput } from '../../workflows/rotation/rotation.machine.ts';
+import {
+  type FinalState,
+  type RotationContext,
+  type RotationInput,
+} from '../../workflows/rotation/rotation.machine.ts';
 import { provideRotation, SecretVault, type RotationDeps } from '../../workflows/rotation/stages/index.ts';
 import { MemoryIssuer, MemoryStore } from '../fakes/memory.ts';
 import { Secret } from '../../src/core/secret.ts';
@@ -24,7 +28,9 @@ export class ScriptGate implements HealthGate {
     this.name = name;
   }
   async check() {
-    return this.pass ? { pass: true, observation: 'ok' } : { pass: false, observation: 'consumer rejected the key', final: true };
+    return this.pass
+      ? { pass: true, observation: 'ok' }
+      : { pass: false, observation: 'consumer rejected the key', final: true };
   }
 }
 
@@ -64,7 +70,13 @@ export function makeWorld(opts: { stores?: number; gates?: number; leaked?: bool
     leaked: opts.leaked ?? false,
     storeLabels: stores.map((s) => s.label),
     gateNames: gates.map((g) => g.name),
-    timing: { verifyTimeoutMs: 5_000, gateTimeoutsMs: gates.map((g) => g.timeoutMs), revokeAttempts: 3, revokeBackoffMs: 1, verifyRevokedTimeoutMs: 5_000 },
+    timing: {
+      verifyTimeoutMs: 5_000,
+      gateTimeoutsMs: gates.map((g) => g.timeoutMs),
+      revokeAttempts: 3,
+      revokeBackoffMs: 1,
+      verifyRevokedTimeoutMs: 5_000,
+    },
     expiresInSeconds: 3600,
     startedAt: Date.now(),
   };
@@ -108,7 +120,10 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
   if (o.wrap) deps = o.wrap(deps);
   const machine = provideRotation(deps);
   const actor = o.snapshot
-    ? createActor(machine, { snapshot: o.snapshot as SnapshotFrom<typeof machine>, input: undefined as unknown as RotationInput })
+    ? createActor(machine, {
+        snapshot: o.snapshot as SnapshotFrom<typeof machine>,
+        input: undefined as unknown as RotationInput,
+      })
     : createActor(machine, { input: w.input });
   const states: string[] = [];
   const result = await new Promise<RunResult>((resolve, reject) => {
@@ -149,11 +164,14 @@ export function invariantViolations(w: World, ctx: RotationContext, final: Final
   // every key keyrotor created is current somewhere or deleted
   for (const k of w.issuer.keys) {
     if (k.name !== ctx.newKeyName) continue;
-    const reported = (final === 'needsAttention' || final === 'rollbackFailed') && ctx.leftovers.some((l) => l.includes(k.id) || l.includes(k.name));
+    const reported =
+      (final === 'needsAttention' || final === 'rollbackFailed') &&
+      ctx.leftovers.some((l) => l.includes(k.id) || l.includes(k.name));
     if (!currents.includes(k.value) && !reported) v.push(`orphan key ${k.id} at the issuer`);
   }
   // a store that was switched to the new key never serves the leaked key again
-  if (ctx.leaked && w.oldKey && currents.slice(0, ctx.promoted).includes(w.oldKey.value)) v.push('the leaked key is current again');
+  if (ctx.leaked && w.oldKey && currents.slice(0, ctx.promoted).includes(w.oldKey.value))
+    v.push('the leaked key is current again');
   if (final === 'rotated') {
     if (!currents.every((c) => c !== null && c === currents[0])) v.push('stores disagree after rotation');
     if (w.oldKey && w.issuer.alive(w.oldKey.id)) v.push('old key still alive after rotation');

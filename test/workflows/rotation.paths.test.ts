@@ -15,7 +15,10 @@ import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 
 const done = (id: string, output?: unknown): AnyEventObject => ({ type: `xstate.done.actor.${id}`, output });
-const fail = (id: string, code = 'ISSUER_UNAVAILABLE'): AnyEventObject => ({ type: `xstate.error.actor.${id}`, error: new KeyrotorError(code as 'INTERNAL', 'synthetic') });
+const fail = (id: string, code = 'ISSUER_UNAVAILABLE'): AnyEventObject => ({
+  type: `xstate.error.actor.${id}`,
+  error: new KeyrotorError(code as 'INTERNAL', 'synthetic'),
+});
 
 const PREFLIGHT_OUT: Record<Setup, unknown> = {
   rotate: { oldKeyId: 'key_1', oldFingerprint: 'fp_old', bootstrap: false, oldKeyUnidentified: false },
@@ -31,7 +34,11 @@ function enumerate(leaked: boolean) {
       const v = String(s.value);
       if (v === 'preflight') {
         const setups: Setup[] = leaked ? ['rotate', 'bootstrap', 'unidentified'] : ['rotate', 'bootstrap'];
-        return [...setups.map((k) => done('preflight', PREFLIGHT_OUT[k])), fail('preflight'), fail('preflight', 'ADOPT_REQUIRED')];
+        return [
+          ...setups.map((k) => done('preflight', PREFLIGHT_OUT[k])),
+          fail('preflight'),
+          fail('preflight', 'ADOPT_REQUIRED'),
+        ];
       }
       if (v === 'issue') return [done('issue', { newKeyId: 'key_new', newFingerprint: 'fp_new' }), fail('issue')];
       if (v === 'revokeRetry') return [done('sleep')];
@@ -39,7 +46,15 @@ function enumerate(leaked: boolean) {
     },
     serializeState: (s) => {
       const c = s.context as RotationContext;
-      return JSON.stringify([s.value, c.staged, c.promoted, c.cursor, c.revokeAttempts, c.bootstrap, c.oldKeyId === null]);
+      return JSON.stringify([
+        s.value,
+        c.staged,
+        c.promoted,
+        c.cursor,
+        c.revokeAttempts,
+        c.bootstrap,
+        c.oldKeyId === null,
+      ]);
     },
   });
 }
@@ -115,29 +130,41 @@ for (const leaked of [false, true]) {
     it('enumerates a non-trivial set of paths ending in every final state', () => {
       const finals = new Set(paths.map((p) => String(p.state.value)));
       expect(paths.length).toBeGreaterThan(20);
-      for (const f of leaked ? ['rotated', 'failed', 'needsAttention', 'rollbackFailed'] : ['rotated', 'rolledBack', 'failed', 'needsAttention', 'rollbackFailed']) {
+      for (const f of leaked
+        ? ['rotated', 'failed', 'needsAttention', 'rollbackFailed']
+        : ['rotated', 'rolledBack', 'failed', 'needsAttention', 'rollbackFailed']) {
         expect(finals).toContain(f);
       }
     });
 
     const finalPaths = paths.filter((p) => p.state.status === 'done');
-    it.each(finalPaths.map((p, n) => [n, p.steps.map((s) => `${String(s.state.value)}${s.event.type.startsWith('xstate.error') ? '!' : ''}`).join('>') + ` => ${String(p.state.value)}`, p] as const))(
-      'path %i: %s',
-      async (_n, _label, path) => {
-        const steps = path.steps.slice(1).map((s, k) => ({ state: String(path.steps[k]!.state.value), event: s.event })) as PathStep[];
-        // steps[k].event is the event taken from the state before it
-        const world = makeWorld({ leaked, setup: setupOf(steps) });
-        const r = await runWorld(world, { wrap: scripted(world, steps) });
-        expect(r.final).toBe(String(path.state.value));
-        expect(invariantViolations(world, r.context, r.final!)).toEqual([]);
-        if (r.final === 'needsAttention' || r.final === 'rollbackFailed') {
-          // a human is told what is left (except when preflight refused before changing anything)
-          if (r.context.error?.code !== 'ADOPT_REQUIRED') expect(r.context.leftovers.length).toBeGreaterThan(0);
-        }
-        const dump = JSON.stringify(r.snapshots);
-        capture('path-snapshots.json', dump);
-        expect(dump).not.toContain(CANARY);
-      },
-    );
+    it.each(
+      finalPaths.map(
+        (p, n) =>
+          [
+            n,
+            p.steps
+              .map((s) => `${String(s.state.value)}${s.event.type.startsWith('xstate.error') ? '!' : ''}`)
+              .join('>') + ` => ${String(p.state.value)}`,
+            p,
+          ] as const,
+      ),
+    )('path %i: %s', async (_n, _label, path) => {
+      const steps = path.steps
+        .slice(1)
+        .map((s, k) => ({ state: String(path.steps[k]!.state.value), event: s.event })) as PathStep[];
+      // steps[k].event is the event taken from the state before it
+      const world = makeWorld({ leaked, setup: setupOf(steps) });
+      const r = await runWorld(world, { wrap: scripted(world, steps) });
+      expect(r.final).toBe(String(path.state.value));
+      expect(invariantViolations(world, r.context, r.final!)).toEqual([]);
+      if (r.final === 'needsAttention' || r.final === 'rollbackFailed') {
+        // a human is told what is left (except when preflight refused before changing anything)
+        if (r.context.error?.code !== 'ADOPT_REQUIRED') expect(r.context.leftovers.length).toBeGreaterThan(0);
+      }
+      const dump = JSON.stringify(r.snapshots);
+      capture('path-snapshots.json', dump);
+      expect(dump).not.toContain(CANARY);
+    });
   });
 }

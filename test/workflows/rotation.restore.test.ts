@@ -15,8 +15,16 @@ async function countSnapshots(make: () => World): Promise<number> {
 }
 
 const scenarios: Array<{ name: string; make: () => World; expectFinal: string[] }> = [
-  { name: 'rotation over two stores with a gate', make: () => makeWorld({ stores: 2, gates: 1 }), expectFinal: ['rotated', 'rolledBack'] },
-  { name: 'bootstrap into empty stores', make: () => makeWorld({ stores: 2, gates: 0, setup: 'bootstrap' }), expectFinal: ['rotated', 'rolledBack'] },
+  {
+    name: 'rotation over two stores with a gate',
+    make: () => makeWorld({ stores: 2, gates: 1 }),
+    expectFinal: ['rotated', 'rolledBack'],
+  },
+  {
+    name: 'bootstrap into empty stores',
+    make: () => makeWorld({ stores: 2, gates: 0, setup: 'bootstrap' }),
+    expectFinal: ['rotated', 'rolledBack'],
+  },
   {
     name: 'rollback after a consumer gate rejects',
     make: () => {
@@ -26,7 +34,11 @@ const scenarios: Array<{ name: string; make: () => World; expectFinal: string[] 
     },
     expectFinal: ['rolledBack'],
   },
-  { name: 'leak mode', make: () => makeWorld({ stores: 2, gates: 1, leaked: true }), expectFinal: ['rotated', 'needsAttention'] },
+  {
+    name: 'leak mode',
+    make: () => makeWorld({ stores: 2, gates: 1, leaked: true }),
+    expectFinal: ['rotated', 'needsAttention'],
+  },
 ];
 
 describe('restore after a crash at every state', () => {
@@ -44,7 +56,9 @@ describe('restore after a crash at every state', () => {
         expect(text).not.toContain(CANARY);
         const resumed = await runWorld(w, { snapshot: JSON.parse(text) });
         expect(resumed.final, `crash after snapshot ${n} (${crashed.states.at(-1)})`).not.toBeNull();
-        expect(sc.expectFinal, `crash after snapshot ${n} (${crashed.states.at(-1)}) ended ${resumed.final}`).toContain(resumed.final);
+        expect(sc.expectFinal, `crash after snapshot ${n} (${crashed.states.at(-1)}) ended ${resumed.final}`).toContain(
+          resumed.final,
+        );
         expect(invariantViolations(w, resumed.context, resumed.final!), `crash after snapshot ${n}`).toEqual([]);
         finals.set(resumed.final!, (finals.get(resumed.final!) ?? 0) + 1);
         capture('restore-snapshots.json', JSON.stringify(resumed.snapshots));

@@ -66,7 +66,12 @@ export interface RotationContext extends RotationInput {
   /** compensation cursor: index of the store the running compensation works on */
   cursor: number;
   promotedAt: number | null;
-  deadlines: { verify: number | null; confirm: number[] | null; verifyRevoked: number | null; revokeRetryAt: number | null };
+  deadlines: {
+    verify: number | null;
+    confirm: number[] | null;
+    verifyRevoked: number | null;
+    revokeRetryAt: number | null;
+  };
   revokeAttempts: number;
   /** the failure that started a compensation (or ended the rotation) */
   error: ErrorRecord | null;
@@ -98,10 +103,9 @@ export interface SleepInput {
   until: number;
 }
 
-const notProvided = (name: string) =>
-  async (): Promise<never> => {
-    throw new Error(`rotation actor "${name}" was not provided (use provideRotation)`);
-  };
+const notProvided = (name: string) => async (): Promise<never> => {
+  throw new Error(`rotation actor "${name}" was not provided (use provideRotation)`);
+};
 
 export const rotationSetup = setup({
   types: {
@@ -136,7 +140,8 @@ export const rotationSetup = setup({
   },
   actions: {
     recordError: assign({
-      error: ({ event }, params: { stage: Stage }) => toKeyrotorError((event as { error?: unknown }).error, params.stage).toRecord(),
+      error: ({ event }, params: { stage: Stage }) =>
+        toKeyrotorError((event as { error?: unknown }).error, params.stage).toRecord(),
     }),
     recordCompensationError: assign({
       compensationError: ({ event }, params: { stage: Stage }) =>
@@ -146,10 +151,12 @@ export const rotationSetup = setup({
 });
 
 const input = ({ context }: { context: RotationContext }): StepInput => ({ ctx: context, index: 0 });
-const inputAt = (field: 'staged' | 'promoted' | 'cursor') => ({ context }: { context: RotationContext }): StepInput => ({
-  ctx: context,
-  index: context[field],
-});
+const inputAt =
+  (field: 'staged' | 'promoted' | 'cursor') =>
+  ({ context }: { context: RotationContext }): StepInput => ({
+    ctx: context,
+    index: context[field],
+  });
 
 /** The stages in order, for progress rendering and docs. */
 export const rotationMachine = rotationSetup.createMachine({
@@ -210,13 +217,21 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'stage',
         input: inputAt('staged'),
         onDone: [
-          { guard: 'moreToStage', target: 'stage', reenter: true, actions: assign({ staged: ({ context }) => context.staged + 1 }) },
+          {
+            guard: 'moreToStage',
+            target: 'stage',
+            reenter: true,
+            actions: assign({ staged: ({ context }) => context.staged + 1 }),
+          },
           { target: 'verify', actions: assign({ staged: ({ context }) => context.staged + 1 }) },
         ],
         // the failing store may hold a partial write: unstage it too (unstage is idempotent)
         onError: {
           target: 'unstage',
-          actions: [{ type: 'recordError', params: { stage: 'stage' } }, assign({ cursor: ({ context }) => context.staged })],
+          actions: [
+            { type: 'recordError', params: { stage: 'stage' } },
+            assign({ cursor: ({ context }) => context.staged }),
+          ],
         },
       },
     },
@@ -234,7 +249,10 @@ export const rotationMachine = rotationSetup.createMachine({
         onDone: { target: 'promote' },
         onError: {
           target: 'unstage',
-          actions: [{ type: 'recordError', params: { stage: 'verify' } }, assign({ cursor: ({ context }) => context.storeLabels.length - 1 })],
+          actions: [
+            { type: 'recordError', params: { stage: 'verify' } },
+            assign({ cursor: ({ context }) => context.storeLabels.length - 1 }),
+          ],
         },
       },
     },
@@ -244,13 +262,21 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'promote',
         input: inputAt('promoted'),
         onDone: [
-          { guard: 'moreToPromote', target: 'promote', reenter: true, actions: assign({ promoted: ({ context }) => context.promoted + 1 }) },
+          {
+            guard: 'moreToPromote',
+            target: 'promote',
+            reenter: true,
+            actions: assign({ promoted: ({ context }) => context.promoted + 1 }),
+          },
           {
             guard: 'skipConfirm',
             target: 'decideRevoke',
             actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
           },
-          { target: 'confirm', actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }) },
+          {
+            target: 'confirm',
+            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+          },
         ],
         onError: [
           {
@@ -263,15 +289,24 @@ export const rotationMachine = rotationSetup.createMachine({
                 leftovers: ({ context }) => [
                   `promote failed at ${context.storeLabels[context.promoted]}: ${context.storeLabels
                     .slice(context.promoted)
-                    .join(', ')} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
-                  ...(context.oldKeyId ? [`the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`] : []),
+                    .join(
+                      ', ',
+                    )} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
+                  ...(context.oldKeyId
+                    ? [
+                        `the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`,
+                      ]
+                    : []),
                 ],
               }),
             ],
           },
           {
             target: 'demote',
-            actions: [{ type: 'recordError', params: { stage: 'promote' } }, assign({ cursor: ({ context }) => context.promoted })],
+            actions: [
+              { type: 'recordError', params: { stage: 'promote' } },
+              assign({ cursor: ({ context }) => context.promoted }),
+            ],
           },
         ],
       },
@@ -290,7 +325,10 @@ export const rotationMachine = rotationSetup.createMachine({
         onDone: { target: 'decideRevoke' },
         onError: {
           target: 'demote',
-          actions: [{ type: 'recordError', params: { stage: 'confirm' } }, assign({ cursor: ({ context }) => context.storeLabels.length - 1 })],
+          actions: [
+            { type: 'recordError', params: { stage: 'confirm' } },
+            assign({ cursor: ({ context }) => context.storeLabels.length - 1 }),
+          ],
         },
       },
     },
@@ -388,7 +426,12 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'demote',
         input: inputAt('cursor'),
         onDone: [
-          { guard: 'moreToCompensate', target: 'demote', reenter: true, actions: assign({ cursor: ({ context }) => context.cursor - 1 }) },
+          {
+            guard: 'moreToCompensate',
+            target: 'demote',
+            reenter: true,
+            actions: assign({ cursor: ({ context }) => context.cursor - 1 }),
+          },
           { target: 'unstage', actions: assign({ cursor: ({ context }) => context.storeLabels.length - 1 }) },
         ],
         onError: {
@@ -411,7 +454,12 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'unstage',
         input: inputAt('cursor'),
         onDone: [
-          { guard: 'moreToCompensate', target: 'unstage', reenter: true, actions: assign({ cursor: ({ context }) => context.cursor - 1 }) },
+          {
+            guard: 'moreToCompensate',
+            target: 'unstage',
+            reenter: true,
+            actions: assign({ cursor: ({ context }) => context.cursor - 1 }),
+          },
           { target: 'discard' },
         ],
         onError: {
@@ -471,4 +519,10 @@ export const rotationMachine = rotationSetup.createMachine({
 
 export type RotationMachine = typeof rotationMachine;
 export type FinalState = 'rotated' | 'rolledBack' | 'failed' | 'needsAttention' | 'rollbackFailed';
-export const FINAL_STATES: readonly FinalState[] = ['rotated', 'rolledBack', 'failed', 'needsAttention', 'rollbackFailed'];
+export const FINAL_STATES: readonly FinalState[] = [
+  'rotated',
+  'rolledBack',
+  'failed',
+  'needsAttention',
+  'rollbackFailed',
+];

@@ -42,7 +42,10 @@ export interface RunOutcome {
 }
 
 function lastLine(buf: string): string {
-  const lines = buf.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  const lines = buf
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter(Boolean);
   const l = lines[lines.length - 1] ?? '';
   const clean = scrubText(l).replace(/[\u0000-\u001f\u007f]/g, ' ');
   return clean.length > 160 ? `${clean.slice(0, 157)}...` : clean;
@@ -62,7 +65,10 @@ function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
 }
 
 /** Run once; never rejects. */
-export function runOnce(argv: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number; signal: AbortSignal }): Promise<RunOutcome> {
+export function runOnce(
+  argv: string[],
+  opts: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number; signal: AbortSignal },
+): Promise<RunOutcome> {
   return new Promise<RunOutcome>((resolve) => {
     let out = '';
     let err = '';
@@ -163,7 +169,10 @@ export function createCommandGateImpl(o: CommandGateOptions): HealthGate {
           return { pass: false, observation: `${program} was stopped (the wait ended)` };
         case 'exit':
           if (r.code === 0) return { pass: true, observation: `${program} exited 0${said}` };
-          return { pass: false, observation: `${program} ${r.code === null ? `was killed by ${r.signal}` : `exited ${r.code}`}${said}` };
+          return {
+            pass: false,
+            observation: `${program} ${r.code === null ? `was killed by ${r.signal}` : `exited ${r.code}`}${said}`,
+          };
       }
     },
   };

@@ -28,8 +28,7 @@ export interface HttpGateOptions {
 
 /** What one endpoint answered in one round. */
 export type EndpointProbe =
-  | { url: string; kind: 'fingerprint'; fingerprint: string }
-  | { url: string; kind: 'problem'; detail: string };
+  { url: string; kind: 'fingerprint'; fingerprint: string } | { url: string; kind: 'problem'; detail: string };
 
 /** `https://host:port/path` without credentials, query or fragment. */
 export function displayUrl(raw: string): string {
@@ -118,7 +117,9 @@ export function probeEndpoint(
         if (status === 503 && fp === undefined) return problem('HTTP 503 (no key loaded yet?)');
         if (status !== 200) return problem(`HTTP ${status}`);
         if (fp === undefined) {
-          const type = String(res.headers['content-type'] ?? 'none').split(';')[0]!.slice(0, 40);
+          const type = String(res.headers['content-type'] ?? 'none')
+            .split(';')[0]!
+            .slice(0, 40);
           return problem(`answered something that is not a fingerprint (${size} bytes, content-type ${type})`);
         }
         done({ url: shown, kind: 'fingerprint', fingerprint: fp });
@@ -150,19 +151,29 @@ export function createHttpGateImpl(o: HttpGateOptions): HealthGate {
       const headers: Record<string, string> = {};
       for (const [h, v] of Object.entries(o.headers)) headers[h] = v.reveal();
       const probes = await Promise.all(
-        cfg.urls.map((url) => probeEndpoint(url, { headers, timeoutMs: cfg.requestTimeout, ca: o.ca, signal: ctx.signal })),
+        cfg.urls.map((url) =>
+          probeEndpoint(url, { headers, timeoutMs: cfg.requestTimeout, ca: o.ca, signal: ctx.signal }),
+        ),
       );
       const onNew = probes.filter((p) => p.kind === 'fingerprint' && p.fingerprint === ctx.newFingerprint).length;
       const all = onNew === probes.length;
       const streak = all ? (streaks.get(ctx.rotationId) ?? 0) + 1 : 0;
       streaks.set(ctx.rotationId, streak);
       if (all && streak >= cfg.consecutive) {
-        return { pass: true, observation: `all ${probes.length} endpoint(s) report the new key ${ctx.newFingerprint} (${streak} round(s) in a row)` };
+        return {
+          pass: true,
+          observation: `all ${probes.length} endpoint(s) report the new key ${ctx.newFingerprint} (${streak} round(s) in a row)`,
+        };
       }
       if (all) {
-        return { pass: false, observation: `all ${probes.length} endpoint(s) report the new key ${ctx.newFingerprint}: ${streak}/${cfg.consecutive} rounds in a row` };
+        return {
+          pass: false,
+          observation: `all ${probes.length} endpoint(s) report the new key ${ctx.newFingerprint}: ${streak}/${cfg.consecutive} rounds in a row`,
+        };
       }
-      const lagging = probes.filter((p) => !(p.kind === 'fingerprint' && p.fingerprint === ctx.newFingerprint)).map((p) => describe(p, ctx));
+      const lagging = probes
+        .filter((p) => !(p.kind === 'fingerprint' && p.fingerprint === ctx.newFingerprint))
+        .map((p) => describe(p, ctx));
       const text = `${onNew}/${probes.length} endpoint(s) report the new key ${ctx.newFingerprint}; ${lagging.join('; ')}`;
       return { pass: false, observation: text.length > 600 ? `${text.slice(0, 597)}...` : text };
     },

@@ -16,9 +16,13 @@ export async function createHttpGate(cfg: HttpGateConfig, ctx: ProviderContext, 
   for (const [header, envName] of Object.entries(cfg.headers)) {
     const v = ctx.env[envName];
     if (v === undefined || v === '') {
-      throw new KeyrotorError('CONFIG_ENV_MISSING', `http gate "${name}" of ${ctx.keyName}: environment variable ${envName} (value of header ${header}) is not set`, {
-        hint: `export ${envName}=... before running keyrotor`,
-      });
+      throw new KeyrotorError(
+        'CONFIG_ENV_MISSING',
+        `http gate "${name}" of ${ctx.keyName}: environment variable ${envName} (value of header ${header}) is not set`,
+        {
+          hint: `export ${envName}=... before running keyrotor`,
+        },
+      );
     }
     headers[header] = Secret.of(v);
   }
@@ -28,12 +32,19 @@ export async function createHttpGate(cfg: HttpGateConfig, ctx: ProviderContext, 
     try {
       ca = await readFile(file, 'utf8');
     } catch (e) {
-      throw new KeyrotorError('CONFIG_INVALID', `http gate "${name}" of ${ctx.keyName}: cannot read caFile ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`, {
-        cause: e,
-      });
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `http gate "${name}" of ${ctx.keyName}: cannot read caFile ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+        {
+          cause: e,
+        },
+      );
     }
     if (!ca.includes('-----BEGIN CERTIFICATE-----')) {
-      throw new KeyrotorError('CONFIG_INVALID', `http gate "${name}" of ${ctx.keyName}: caFile ${file} holds no PEM certificate`);
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `http gate "${name}" of ${ctx.keyName}: caFile ${file} holds no PEM certificate`,
+      );
     }
   }
   return createHttpGateImpl({ cfg, name, headers, ca });

@@ -3,6 +3,10 @@ import { createManualGateImpl } from './manual.gate.ts';
 import type { ManualGateConfig } from './manual.schema.ts';
 
 /** Waits for `keyrotor confirm` (decision files in `<stateDir>/confirm/`). */
-export async function createManualGate(cfg: ManualGateConfig, ctx: ProviderContext, _deps: GateDeps): Promise<HealthGate> {
+export async function createManualGate(
+  cfg: ManualGateConfig,
+  ctx: ProviderContext,
+  _deps: GateDeps,
+): Promise<HealthGate> {
   return createManualGateImpl(cfg, cfg.name ?? cfg.type, ctx.stateDir);
 }

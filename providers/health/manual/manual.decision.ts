@@ -32,7 +32,8 @@ export function decisionFile(stateDir: string, key: string, rotationId: string):
   return path.join(stateDir, 'confirm', `${key}.${rotationId}.json`);
 }
 
-export type ReadDecision = { kind: 'none' } | { kind: 'decision'; decision: Decision } | { kind: 'unreadable'; detail: string };
+export type ReadDecision =
+  { kind: 'none' } | { kind: 'decision'; decision: Decision } | { kind: 'unreadable'; detail: string };
 
 /** The decision recorded for this rotation, if any. Never throws. */
 export async function readDecision(stateDir: string, key: string, rotationId: string): Promise<ReadDecision> {
@@ -52,7 +53,12 @@ export async function readDecision(stateDir: string, key: string, rotationId: st
     return { kind: 'unreadable', detail: `${file} is not JSON` };
   }
   const p = decisionSchema.safeParse(doc);
-  if (!p.success) return { kind: 'unreadable', detail: `${file} is not a keyrotor decision (${p.error.issues[0]?.path.join('.') || 'root'}: ${p.error.issues[0]?.message})` };
-  if (p.data.key !== key || p.data.rotationId !== rotationId) return { kind: 'unreadable', detail: `${file} names another rotation (${p.data.key} ${p.data.rotationId})` };
+  if (!p.success)
+    return {
+      kind: 'unreadable',
+      detail: `${file} is not a keyrotor decision (${p.error.issues[0]?.path.join('.') || 'root'}: ${p.error.issues[0]?.message})`,
+    };
+  if (p.data.key !== key || p.data.rotationId !== rotationId)
+    return { kind: 'unreadable', detail: `${file} names another rotation (${p.data.key} ${p.data.rotationId})` };
   return { kind: 'decision', decision: p.data };
 }

@@ -15,7 +15,10 @@ export function createManualGateImpl(cfg: ManualGateConfig, name: string, stateD
     async check(ctx: GateContext): Promise<GateObservation> {
       const r = await readDecision(stateDir, ctx.keyName, ctx.rotationId);
       if (r.kind === 'none') {
-        return { pass: false, observation: `waiting for \`keyrotor confirm ${ctx.keyName}\` (or --reject) for rotation ${ctx.rotationId}` };
+        return {
+          pass: false,
+          observation: `waiting for \`keyrotor confirm ${ctx.keyName}\` (or --reject) for rotation ${ctx.rotationId}`,
+        };
       }
       if (r.kind === 'unreadable') return { pass: false, observation: `decision unreadable: ${r.detail}` };
       const d = r.decision;

@@ -27,7 +27,12 @@ const ms = (iso: string | null | undefined): number | null => {
 
 const ago = (now: number, t: number) => `${formatDuration(Math.max(0, now - t))} ago`;
 
-export function createUsageDrainGateImpl(cfg: UsageDrainGateConfig, name: string, issuer: Issuer, clock: Clock): HealthGate {
+export function createUsageDrainGateImpl(
+  cfg: UsageDrainGateConfig,
+  name: string,
+  issuer: Issuer,
+  clock: Clock,
+): HealthGate {
   /** per rotation: the old key's last seen lastUsedAt, and when (our clock) we saw it move */
   const watch = new Map<string, { oldLast: number | null; movedAt: number | null }>();
 
@@ -49,13 +54,24 @@ export function createUsageDrainGateImpl(cfg: UsageDrainGateConfig, name: string
         newOk = false;
         parts.push(`the new key ${ctx.newKeyId} is not in the issuer's list yet`);
       } else if (neu.lastUsedAt === undefined) {
-        return { pass: false, final: true, observation: `the ${issuer.type} issuer does not report when keys were last used` };
+        return {
+          pass: false,
+          final: true,
+          observation: `the ${issuer.type} issuer does not report when keys were last used`,
+        };
       } else {
         const used = ms(neu.lastUsedAt);
         const promoted = ms(ctx.promotedAt) ?? now;
         newOk = !cfg.requireNewKeyUse || (used !== null && used > promoted);
         if (!cfg.requireNewKeyUse) parts.push('new key use not required');
-        else parts.push(used === null ? 'the new key was never used' : used > promoted ? `the new key was used ${ago(now, used)}` : 'the new key was not used since promotion');
+        else
+          parts.push(
+            used === null
+              ? 'the new key was never used'
+              : used > promoted
+                ? `the new key was used ${ago(now, used)}`
+                : 'the new key was not used since promotion',
+          );
       }
 
       // the old key: quiet for `quiet`?
@@ -77,7 +93,10 @@ export function createUsageDrainGateImpl(cfg: UsageDrainGateConfig, name: string
           watch.set(ctx.rotationId, { oldLast: last, movedAt });
           // last_used_at arrives in whole seconds: a use stamped S may have happened up to S+999 ms,
           // so the quiet window starts at the end of that second (stricter, never looser)
-          const quietSince = Math.max(last === null || last === undefined ? Number.NEGATIVE_INFINITY : last + 1000, movedAt ?? Number.NEGATIVE_INFINITY);
+          const quietSince = Math.max(
+            last === null || last === undefined ? Number.NEGATIVE_INFINITY : last + 1000,
+            movedAt ?? Number.NEGATIVE_INFINITY,
+          );
           if (quietSince === Number.NEGATIVE_INFINITY) {
             oldOk = true;
             parts.push('the old key was never used');

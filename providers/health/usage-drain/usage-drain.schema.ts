@@ -17,5 +17,8 @@ export const usageDrainGateSchema = z
     interval: duration.default(60_000),
   })
   .strict()
-  .refine((g) => g.timeout > g.quiet, { message: 'timeout must be longer than quiet (the old key must stay quiet for `quiet` before the deadline)', path: ['timeout'] });
+  .refine((g) => g.timeout > g.quiet, {
+    message: 'timeout must be longer than quiet (the old key must stay quiet for `quiet` before the deadline)',
+    path: ['timeout'],
+  });
 export type UsageDrainGateConfig = z.output<typeof usageDrainGateSchema>;

@@ -41,7 +41,9 @@ export async function createLocalIssuer(cfg: LocalIssuerConfig, ctx: ProviderCon
       if (r.format !== 'keyrotor-local-issuer/1' || !Array.isArray(r.keys)) throw new Error('unknown format');
       return r;
     } catch (e) {
-      throw new KeyrotorError('ISSUER_BAD_RESPONSE', `local issuer: ${file} is corrupt (${(e as Error).message})`, { cause: e });
+      throw new KeyrotorError('ISSUER_BAD_RESPONSE', `local issuer: ${file} is corrupt (${(e as Error).message})`, {
+        cause: e,
+      });
     }
   }
 
@@ -84,7 +86,10 @@ export async function createLocalIssuer(cfg: LocalIssuerConfig, ctx: ProviderCon
       // create): its value was returned once and is gone, so delete it and create a fresh one
       const leftovers = r.keys.filter((k) => k.name === req.name);
       if (leftovers.length) {
-        ctx.logger.warn({ stage: 'issue', keyIds: leftovers.map((k) => k.id) }, 'deleting keys left by an earlier attempt of this rotation');
+        ctx.logger.warn(
+          { stage: 'issue', keyIds: leftovers.map((k) => k.id) },
+          'deleting keys left by an earlier attempt of this rotation',
+        );
         r.keys = r.keys.filter((k) => k.name !== req.name);
       }
       const raw = `${cfg.prefix}${randomBytes(cfg.bytes).toString('base64url')}`;
@@ -101,7 +106,9 @@ export async function createLocalIssuer(cfg: LocalIssuerConfig, ctx: ProviderCon
     },
     async verify(secret) {
       const r = await load();
-      return find(r, secret) ? { ok: true } : { ok: false, reason: 'invalid', detail: 'unknown or revoked key', retryable: false };
+      return find(r, secret)
+        ? { ok: true }
+        : { ok: false, reason: 'invalid', detail: 'unknown or revoked key', retryable: false };
     },
     async revoke(keyId) {
       const r = await load();

@@ -5,7 +5,10 @@ export const localIssuerSchema = z
   .object({
     type: z.literal('local'),
     /** prefix of generated values */
-    prefix: z.string().regex(/^[a-z0-9-]{0,16}$/).default('kr-local-'),
+    prefix: z
+      .string()
+      .regex(/^[a-z0-9-]{0,16}$/)
+      .default('kr-local-'),
     /** random bytes per value (base64url encoded) */
     bytes: z.number().int().min(16).max(128).default(32),
   })

@@ -11,9 +11,13 @@ import { createOpenAIIssuerImpl } from './openai.issuer.ts';
  */
 export async function createOpenAIIssuer(cfg: OpenAIIssuerConfig, ctx: ProviderContext): Promise<Issuer> {
   if (!ctx.env[cfg.adminKeyEnv]?.trim()) {
-    throw new KeyrotorError('CONFIG_ENV_MISSING', `openai issuer of ${ctx.keyName}: environment variable ${cfg.adminKeyEnv} (admin key) is not set`, {
-      hint: `export ${cfg.adminKeyEnv}=<an OpenAI admin key> (or point adminKeyEnv at the variable that holds it)`,
-    });
+    throw new KeyrotorError(
+      'CONFIG_ENV_MISSING',
+      `openai issuer of ${ctx.keyName}: environment variable ${cfg.adminKeyEnv} (admin key) is not set`,
+      {
+        hint: `export ${cfg.adminKeyEnv}=<an OpenAI admin key> (or point adminKeyEnv at the variable that holds it)`,
+      },
+    );
   }
   return createOpenAIIssuerImpl(cfg, ctx);
 }

@@ -109,7 +109,11 @@ export function isMissingScopes(e: unknown): boolean {
 
 function retryAfter(e: APIError): string {
   const h = e.headers as Headers | undefined;
-  const ra = h?.get?.('retry-after-ms') ? `${h.get('retry-after-ms')}ms` : h?.get?.('retry-after') ? `${h.get('retry-after')}s` : undefined;
+  const ra = h?.get?.('retry-after-ms')
+    ? `${h.get('retry-after-ms')}ms`
+    : h?.get?.('retry-after')
+      ? `${h.get('retry-after')}s`
+      : undefined;
   return ra ? ` (retry after ${ra})` : '';
 }
 
@@ -144,19 +148,48 @@ export function mapOpenAIError(e: unknown, c: MapContext): KeyrotorError {
   const tag = code ? `${status} ${code}` : `${status}`;
   switch (true) {
     case status === 400 || status === 422:
-      return make('ISSUER_POLICY', `rejected by the API (${tag}): ${msg}`, false, 'the request breaks an organization or project policy (key lifetime, scopes, who may create keys); see the message');
+      return make(
+        'ISSUER_POLICY',
+        `rejected by the API (${tag}): ${msg}`,
+        false,
+        'the request breaks an organization or project policy (key lifetime, scopes, who may create keys); see the message',
+      );
     case status === 401 && isMissingScopes(e):
-      return make('ISSUER_PERMISSION', `admin key lacks a required scope (${tag}): ${msg}`, false, `give the admin key in ${envHint} write access to project API keys and service accounts`);
+      return make(
+        'ISSUER_PERMISSION',
+        `admin key lacks a required scope (${tag}): ${msg}`,
+        false,
+        `give the admin key in ${envHint} write access to project API keys and service accounts`,
+      );
     case status === 401:
-      return make('ISSUER_AUTH', `admin key rejected (${tag}): ${msg}`, false, `set ${envHint} to a valid OpenAI admin key (sk-admin-...); project keys cannot use the Admin API`);
+      return make(
+        'ISSUER_AUTH',
+        `admin key rejected (${tag}): ${msg}`,
+        false,
+        `set ${envHint} to a valid OpenAI admin key (sk-admin-...); project keys cannot use the Admin API`,
+      );
     case status === 403:
-      return make('ISSUER_PERMISSION', `permission denied (${tag}): ${msg}`, false, `the admin key in ${envHint} may not manage this project's keys`);
+      return make(
+        'ISSUER_PERMISSION',
+        `permission denied (${tag}): ${msg}`,
+        false,
+        `the admin key in ${envHint} may not manage this project's keys`,
+      );
     case status === 404:
-      return make('ISSUER_NOT_FOUND', `${c.notFound ?? 'resource'} not found (${tag}): ${msg}`, false, 'check `project` and `serviceAccount` in the issuer config');
+      return make(
+        'ISSUER_NOT_FOUND',
+        `${c.notFound ?? 'resource'} not found (${tag}): ${msg}`,
+        false,
+        'check `project` and `serviceAccount` in the issuer config',
+      );
     case status === 409:
       return make('ISSUER_UNAVAILABLE', `conflict (${tag}): ${msg}`, true);
     case status === 429:
-      return make('ISSUER_RATE_LIMITED', `rate limited (${tag})${retryAfter(e)}: ${msg}`, code !== 'insufficient_quota');
+      return make(
+        'ISSUER_RATE_LIMITED',
+        `rate limited (${tag})${retryAfter(e)}: ${msg}`,
+        code !== 'insufficient_quota',
+      );
     case status === 408 || status >= 500:
       return make('ISSUER_UNAVAILABLE', `server error (${tag}): ${msg}`, true);
     default:

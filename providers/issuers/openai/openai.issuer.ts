@@ -14,7 +14,16 @@ import OpenAI from 'openai';
 import type { APIKeyCreateResponse } from 'openai/resources/admin/organization/projects/service-accounts/api-keys';
 import type { ProjectAPIKey } from 'openai/resources/admin/organization/projects/api-keys';
 import { KeyrotorError } from '../../../src/core/errors.ts';
-import type { CreateKeyRequest, IdentifyResult, IssuedKey, Issuer, IssuerKeyInfo, IssuerProbe, ProviderContext, VerifyResult } from '../../../src/core/ports.ts';
+import type {
+  CreateKeyRequest,
+  IdentifyResult,
+  IssuedKey,
+  Issuer,
+  IssuerKeyInfo,
+  IssuerProbe,
+  ProviderContext,
+  VerifyResult,
+} from '../../../src/core/ports.ts';
 import { Secret, scrubText } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { OpenAIIssuerConfig } from './openai.schema.ts';
@@ -29,7 +38,10 @@ const PAGE_LIMIT = 100;
 
 /** A 200 whose body is not what the API answers: retryable (a proxy page, a cut answer). */
 function malformed(action: string, what: string, stage?: Stage): KeyrotorError {
-  return new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: ${action}: malformed answer (${what})`, { retryable: true, ...(stage ? { stage } : {}) });
+  return new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: ${action}: malformed answer (${what})`, {
+    retryable: true,
+    ...(stage ? { stage } : {}),
+  });
 }
 
 /**
@@ -42,7 +54,8 @@ function checkedItems<T>(page: { data: T[] }, action: string, stage?: Stage): T[
   const body = (page as unknown as { body?: unknown }).body;
   const data = body && typeof body === 'object' ? (body as { data?: unknown }).data : undefined;
   if (!Array.isArray(data)) throw malformed(action, typeof body === 'string' ? 'not JSON' : 'no list in it', stage);
-  if (data.some((x) => !x || typeof x !== 'object' || typeof (x as { id?: unknown }).id !== 'string')) throw malformed(action, 'an item without an id', stage);
+  if (data.some((x) => !x || typeof x !== 'object' || typeof (x as { id?: unknown }).id !== 'string'))
+    throw malformed(action, 'an item without an id', stage);
   return page.data;
 }
 
@@ -51,7 +64,11 @@ export function serviceAccountName(keyName: string): string {
 }
 
 const iso = (unixSeconds: number | null | undefined): string | null | undefined =>
-  unixSeconds === null ? null : typeof unixSeconds === 'number' ? new Date(unixSeconds * 1000).toISOString() : undefined;
+  unixSeconds === null
+    ? null
+    : typeof unixSeconds === 'number'
+      ? new Date(unixSeconds * 1000).toISOString()
+      : undefined;
 
 /**
  * Does a masked value (`sk-abc...wxyz`, `sk-svcacct-****wxyz`, `sk-…wxyz`) fit this secret?
@@ -99,10 +116,14 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     const raw = ctx.env[cfg.adminKeyEnv];
     const key = typeof raw === 'string' ? raw.trim() : '';
     if (!key) {
-      throw new KeyrotorError('CONFIG_ENV_MISSING', `openai issuer: environment variable ${cfg.adminKeyEnv} (admin key) is not set`, {
-        stage,
-        hint: `export ${cfg.adminKeyEnv}=<an OpenAI admin key, sk-admin-...> (or point adminKeyEnv at the variable that holds it)`,
-      });
+      throw new KeyrotorError(
+        'CONFIG_ENV_MISSING',
+        `openai issuer: environment variable ${cfg.adminKeyEnv} (admin key) is not set`,
+        {
+          stage,
+          hint: `export ${cfg.adminKeyEnv}=<an OpenAI admin key, sk-admin-...> (or point adminKeyEnv at the variable that holds it)`,
+        },
+      );
     }
     adminKey = key;
     adminClient = new OpenAI({
@@ -128,8 +149,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     const client = admin(stage);
     const out: ProjectAPIKey[] = [];
     try {
-      const first = await client.admin.organization.projects.apiKeys.list(project, { limit: PAGE_LIMIT, owner_project_access: 'any' });
-      for await (const page of first.iterPages()) out.push(...checkedItems<ProjectAPIKey>(page, `list keys of project ${project}`, stage));
+      const first = await client.admin.organization.projects.apiKeys.list(project, {
+        limit: PAGE_LIMIT,
+        owner_project_access: 'any',
+      });
+      for await (const page of first.iterPages())
+        out.push(...checkedItems<ProjectAPIKey>(page, `list keys of project ${project}`, stage));
     } catch (e) {
       throw fail(e, `list keys of project ${project}`, stage, `project ${project}`);
     }
@@ -165,7 +190,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     try {
       const first = await client.admin.organization.projects.serviceAccounts.list(project, { limit: PAGE_LIMIT });
       for await (const page of first.iterPages()) {
-        for (const sa of checkedItems<{ id: string; name: string }>(page, `list service accounts of project ${project}`, stage)) out.push({ id: sa.id, name: sa.name });
+        for (const sa of checkedItems<{ id: string; name: string }>(
+          page,
+          `list service accounts of project ${project}`,
+          stage,
+        ))
+          out.push({ id: sa.id, name: sa.name });
       }
     } catch (e) {
       throw fail(e, `list service accounts of project ${project}`, stage, `project ${project}`);
@@ -181,7 +211,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       return true;
     } catch (e) {
       if (statusOf(e) === 404) return false;
-      throw fail(e, `read service account ${id} in project ${project}`, stage, `service account ${id} or project ${project}`);
+      throw fail(
+        e,
+        `read service account ${id} in project ${project}`,
+        stage,
+        `service account ${id} or project ${project}`,
+      );
     }
   }
 
@@ -201,11 +236,19 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     const client = admin(stage);
     let res: Awaited<ReturnType<typeof client.admin.organization.projects.serviceAccounts.create>>;
     try {
-      res = await client.admin.organization.projects.serviceAccounts.create(project, { name: saName }, { maxRetries: 0 });
+      res = await client.admin.organization.projects.serviceAccounts.create(
+        project,
+        { name: saName },
+        { maxRetries: 0 },
+      );
     } catch (e) {
-      if (!isAmbiguous(e)) throw fail(e, `create service account ${saName} in project ${project}`, stage, `project ${project}`);
+      if (!isAmbiguous(e))
+        throw fail(e, `create service account ${saName} in project ${project}`, stage, `project ${project}`);
       // It may exist now, with an initial key whose value we never saw: adopt it and delete its keys.
-      log.warn({ serviceAccount: saName, error: apiMessage(e, secrets()) }, 'service account create had no clear answer; looking it up');
+      log.warn(
+        { serviceAccount: saName, error: apiMessage(e, secrets()) },
+        'service account create had no clear answer; looking it up',
+      );
       const found = (await listServiceAccounts(stage)).filter((s) => s.name === saName);
       if (found.length !== 1) {
         throw new KeyrotorError(
@@ -216,12 +259,17 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       }
       const id = found[0]!.id;
       await ctx.providerState.set(SERVICE_ACCOUNT_STATE_KEY, id);
-      for (const k of (await listKeys(stage)).filter((k) => k.owner?.service_account?.id === id)) await deleteKey(k.id, stage);
+      for (const k of (await listKeys(stage)).filter((k) => k.owner?.service_account?.id === id))
+        await deleteKey(k.id, stage);
       log.info({ serviceAccountId: id }, 'adopted the service account created by the unanswered request');
       return id;
     }
     if (!res || typeof res.id !== 'string' || !res.id) {
-      throw new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: create service account ${saName} in project ${project}: answer has no id`, { stage });
+      throw new KeyrotorError(
+        'ISSUER_BAD_RESPONSE',
+        `openai: create service account ${saName} in project ${project}: answer has no id`,
+        { stage },
+      );
     }
     const id = res.id;
     await ctx.providerState.set(SERVICE_ACCOUNT_STATE_KEY, id);
@@ -247,10 +295,14 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
     const found = (await listServiceAccounts(stage)).filter((s) => s.name === saName);
     if (found.length > 1) {
-      throw new KeyrotorError('ISSUER_POLICY', `openai: project ${project} has ${found.length} service accounts named ${saName}`, {
-        stage,
-        hint: `set serviceAccount in the issuer config to the id of the one to use (${found.map((s) => s.id).join(', ')})`,
-      });
+      throw new KeyrotorError(
+        'ISSUER_POLICY',
+        `openai: project ${project} has ${found.length} service accounts named ${saName}`,
+        {
+          stage,
+          hint: `set serviceAccount in the issuer config to the id of the one to use (${found.map((s) => s.id).join(', ')})`,
+        },
+      );
     }
     if (found[0]) {
       await ctx.providerState.set(SERVICE_ACCOUNT_STATE_KEY, found[0].id);
@@ -271,9 +323,11 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
   function toInfo(k: ProjectAPIKey): IssuerKeyInfo {
     const o = k.owner;
     let owner: IssuerKeyInfo['owner'];
-    if (o?.type === 'service_account' && o.service_account) owner = { type: 'service_account', id: o.service_account.id, name: o.service_account.name };
+    if (o?.type === 'service_account' && o.service_account)
+      owner = { type: 'service_account', id: o.service_account.id, name: o.service_account.name };
     else if (o?.type === 'user' && o.user) owner = { type: 'user', id: o.user.id, name: o.user.name };
-    else if (o?.service_account) owner = { type: 'service_account', id: o.service_account.id, name: o.service_account.name };
+    else if (o?.service_account)
+      owner = { type: 'service_account', id: o.service_account.id, name: o.service_account.name };
     else if (o?.user) owner = { type: 'user', id: o.user.id, name: o.user.name };
     return {
       keyId: k.id,
@@ -286,14 +340,23 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     };
   }
 
-  function ambiguousCreate(req: CreateKeyRequest, reason: string, removed: string[] | undefined, cause: unknown): KeyrotorError {
+  function ambiguousCreate(
+    req: CreateKeyRequest,
+    reason: string,
+    removed: string[] | undefined,
+    cause: unknown,
+  ): KeyrotorError {
     const what = `openai: create key ${req.name} in project ${project} had no clear answer (${reason})`;
     if (removed) {
-      return new KeyrotorError('CREATE_AMBIGUOUS', `${what}; removed ${removed.length} key(s) it may have made${removed.length ? ` (${removed.join(', ')})` : ''}`, {
-        stage: 'issue',
-        retryable: true,
-        cause,
-      });
+      return new KeyrotorError(
+        'CREATE_AMBIGUOUS',
+        `${what}; removed ${removed.length} key(s) it may have made${removed.length ? ` (${removed.join(', ')})` : ''}`,
+        {
+          stage: 'issue',
+          retryable: true,
+          cause,
+        },
+      );
     }
     return new KeyrotorError('CREATE_AMBIGUOUS', `${what}; cleanup failed too, a key named ${req.name} may exist`, {
       stage: 'issue',
@@ -303,7 +366,12 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     });
   }
 
-  async function reconcile(req: CreateKeyRequest, reason: string, cause: unknown, extraIds: string[] = []): Promise<KeyrotorError> {
+  async function reconcile(
+    req: CreateKeyRequest,
+    reason: string,
+    cause: unknown,
+    extraIds: string[] = [],
+  ): Promise<KeyrotorError> {
     log.warn({ name: req.name, reason }, 'key create had no clear answer; deleting any key it may have made');
     try {
       const removed: string[] = [];
@@ -312,7 +380,10 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       if (removed.length) log.warn({ name: req.name, deleted: removed }, 'deleted keys left by the unanswered create');
       return ambiguousCreate(req, reason, removed, cause);
     } catch (e) {
-      log.error({ name: req.name, error: e instanceof Error ? scrubText(e.message, secrets()) : 'unknown' }, 'cleanup after unanswered create failed');
+      log.error(
+        { name: req.name, error: e instanceof Error ? scrubText(e.message, secrets()) : 'unknown' },
+        'cleanup after unanswered create failed',
+      );
       return ambiguousCreate(req, reason, undefined, cause);
     }
   }
@@ -344,8 +415,10 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       }
       const status = statusOf(e);
       const detail = `${status ?? 'no answer'}${e && typeof e === 'object' && 'code' in e && e.code ? ` ${String(e.code)}` : ''}: ${apiMessage(e, [value, ...secrets()])}`;
-      if (status === 401 && !isMissingScopes(e)) return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
-      if (isMissingScopes(e)) return { ok: false, reason: 'missing_scopes', detail: scrubText(detail, [value]), retryable: false };
+      if (status === 401 && !isMissingScopes(e))
+        return { ok: false, reason: 'invalid', detail: scrubText(detail, [value]), retryable: false };
+      if (isMissingScopes(e))
+        return { ok: false, reason: 'missing_scopes', detail: scrubText(detail, [value]), retryable: false };
       const retryable = status === undefined || status === 408 || status === 409 || status === 429 || status >= 500;
       return { ok: false, reason: 'error', detail: scrubText(detail, [value]), retryable };
     }
@@ -372,7 +445,10 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
             hint: `fix serviceAccount in the issuer config, or remove it to let keyrotor create ${saName}`,
           });
         }
-        log.warn({ serviceAccountId: sa }, 'remembered service account is gone; the next create looks it up by name or creates it');
+        log.warn(
+          { serviceAccountId: sa },
+          'remembered service account is gone; the next create looks it up by name or creates it',
+        );
       }
     },
 
@@ -384,7 +460,8 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       // Skipped only when the caller says this rotation cannot have tried before (`firstAttempt`).
       if (req.firstAttempt !== true) {
         const leftovers = await deleteByName(req.name, 'issue');
-        if (leftovers.length) log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
+        if (leftovers.length)
+          log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
       }
 
       const body = {
@@ -397,24 +474,39 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       try {
         res = await client.admin.organization.projects.serviceAccounts.apiKeys.create(sa, body, { maxRetries: 0 });
       } catch (e) {
-        if (isAmbiguous(e)) throw await reconcile(req, apiMessage(e, secrets()), fail(e, `create key ${req.name}`, 'issue'));
-        throw fail(e, `create key ${req.name} in project ${project} for service account ${sa}`, 'issue', `project ${project} or service account ${sa}`);
+        if (isAmbiguous(e))
+          throw await reconcile(req, apiMessage(e, secrets()), fail(e, `create key ${req.name}`, 'issue'));
+        throw fail(
+          e,
+          `create key ${req.name} in project ${project} for service account ${sa}`,
+          'issue',
+          `project ${project} or service account ${sa}`,
+        );
       }
       const r = res as Partial<APIKeyCreateResponse> | null | undefined;
       if (!r || typeof r.value !== 'string' || !r.value || typeof r.id !== 'string' || !r.id) {
         // created, but we cannot use it: delete what exists and report a bad answer
         const id = r && typeof r.id === 'string' && r.id ? [r.id] : [];
         const err = await reconcile(req, 'answer lacks the key id or value', undefined, id);
-        throw new KeyrotorError('ISSUER_BAD_RESPONSE', `openai: create key ${req.name} in project ${project}: answer lacks the key id or value`, {
-          stage: 'issue',
-          retryable: true,
-          cause: err,
-        });
+        throw new KeyrotorError(
+          'ISSUER_BAD_RESPONSE',
+          `openai: create key ${req.name} in project ${project}: answer lacks the key id or value`,
+          {
+            stage: 'issue',
+            retryable: true,
+            cause: err,
+          },
+        );
       }
       const createdAt = iso(r.created_at) ?? new Date(ctx.clock.now()).toISOString();
       const expiresAt = iso(r.expires_at) ?? undefined;
       log.info({ keyId: r.id, name: req.name, serviceAccountId: sa, expiresAt }, 'created key');
-      const issued: IssuedKey = { keyId: r.id, name: typeof r.name === 'string' && r.name ? r.name : req.name, secret: Secret.of(r.value), createdAt };
+      const issued: IssuedKey = {
+        keyId: r.id,
+        name: typeof r.name === 'string' && r.name ? r.name : req.name,
+        secret: Secret.of(r.value),
+        createdAt,
+      };
       if (expiresAt) issued.expiresAt = expiresAt;
       return issued;
     },
@@ -422,14 +514,17 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     async verify(secret): Promise<VerifyResult> {
       // a 200 is proof only with the API's own answer in it: an HTML page from a proxy, or JSON
       // without the model list, is a bad answer (retryable), never a verified key
-      return withProjectKey(secret, async (client) => checkedItems(await client.models.list({ maxRetries: 0 }), 'verify (list models)'));
+      return withProjectKey(secret, async (client) =>
+        checkedItems(await client.models.list({ maxRetries: 0 }), 'verify (list models)'),
+      );
     },
 
     /** a declared cheap call with the key: retrieve one model (scopes and project access of that model) */
     async probe(secret: Secret, call: IssuerProbe): Promise<VerifyResult> {
       return withProjectKey(secret, async (client) => {
         const m: unknown = await client.models.retrieve(call.model, { maxRetries: 0 });
-        if (!m || typeof m !== 'object' || typeof (m as { id?: unknown }).id !== 'string') throw malformed(`probe (retrieve model ${call.model})`, 'no model in it');
+        if (!m || typeof m !== 'object' || typeof (m as { id?: unknown }).id !== 'string')
+          throw malformed(`probe (retrieve model ${call.model})`, 'no model in it');
       });
     },
 

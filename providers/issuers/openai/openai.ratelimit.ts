@@ -115,7 +115,8 @@ export class RateLimiter {
       this.#burst = burst;
       this.#tokens = Math.min(this.#tokens, burst);
     }
-    if (o.maxInFlight !== undefined && o.maxInFlight < this.#maxInFlight) this.#maxInFlight = Math.max(1, o.maxInFlight);
+    if (o.maxInFlight !== undefined && o.maxInFlight < this.#maxInFlight)
+      this.#maxInFlight = Math.max(1, o.maxInFlight);
   }
 
   /** Wait for a token and a free slot; resolves with the function that frees the slot (call it once). */
@@ -218,10 +219,13 @@ export class RateLimiter {
     if (this.#timer && Math.abs(this.#timerAt - at) < 1) return;
     this.#clearTimer();
     this.#timerAt = at;
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.#pump();
-    }, Math.max(1, Math.ceil(ms)));
+    this.#timer = setTimeout(
+      () => {
+        this.#timer = undefined;
+        this.#pump();
+      },
+      Math.max(1, Math.ceil(ms)),
+    );
   }
 
   #clearTimer(): void {
@@ -257,7 +261,9 @@ const limiters = new Map<string, RateLimiter>();
 
 /** The bucket key: base URL plus a digest of the admin key (never the key itself). */
 export function limiterKey(baseURL: string, adminKey: string | undefined): string {
-  const who = adminKey ? createHash('sha256').update(`keyrotor/openai-ratelimit/${adminKey}`).digest('hex').slice(0, 24) : 'no-admin-key';
+  const who = adminKey
+    ? createHash('sha256').update(`keyrotor/openai-ratelimit/${adminKey}`).digest('hex').slice(0, 24)
+    : 'no-admin-key';
   return `${baseURL.replace(/\/+$/, '')}#${who}`;
 }
 
@@ -282,6 +288,18 @@ export function resetSharedLimiters(): void {
 }
 
 /** Every shared limiter and its counters (benchmarks, diagnostics); keys carry no secret. */
-export function sharedLimiterStats(): Array<{ key: string; requestsPerSecond: number; burst: number; maxInFlight: number; stats: RateLimiterStats }> {
-  return [...limiters].map(([key, l]) => ({ key, requestsPerSecond: l.requestsPerSecond, burst: l.burst, maxInFlight: l.maxInFlight, stats: { ...l.stats } }));
+export function sharedLimiterStats(): Array<{
+  key: string;
+  requestsPerSecond: number;
+  burst: number;
+  maxInFlight: number;
+  stats: RateLimiterStats;
+}> {
+  return [...limiters].map(([key, l]) => ({
+    key,
+    requestsPerSecond: l.requestsPerSecond,
+    burst: l.burst,
+    maxInFlight: l.maxInFlight,
+    stats: { ...l.stats },
+  }));
 }

@@ -180,7 +180,14 @@ function toState(out: DescribeSecretCommandOutput): State {
         if (r) prevOf.push(r);
       }
     }
-    versions.push({ id, labels, meta, placeholder: labels.includes(PLACEHOLDER_LABEL), prevOf, has: (x) => labels.includes(x) });
+    versions.push({
+      id,
+      labels,
+      meta,
+      placeholder: labels.includes(PLACEHOLDER_LABEL),
+      prevOf,
+      has: (x) => labels.includes(x),
+    });
   }
   const withLabel = (label: string) => versions.find((v) => v.has(label));
   const current = withLabel(CURRENT);
@@ -213,13 +220,24 @@ function modelOf(out: DescribeSecretCommandOutput): Model {
 }
 
 function stateOfModel(m: Model): State {
-  return toState({ VersionIdsToStages: m.stages, DeletedDate: m.deletedDate, RotationEnabled: m.rotationEnabled, $metadata: {} });
+  return toState({
+    VersionIdsToStages: m.stages,
+    DeletedDate: m.deletedDate,
+    RotationEnabled: m.rotationEnabled,
+    $metadata: {},
+  });
 }
 
-const cloneModel = (m: Model): Model => ({ ...m, stages: Object.fromEntries(Object.entries(m.stages).map(([k, v]) => [k, [...v]])) });
+const cloneModel = (m: Model): Model => ({
+  ...m,
+  stages: Object.fromEntries(Object.entries(m.stages).map(([k, v]) => [k, [...v]])),
+});
 
 /** Apply a successful UpdateSecretVersionStage the way Secrets Manager does (a label is on one version at most). */
-function applyRelabel(m: Model, input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string }): void {
+function applyRelabel(
+  m: Model,
+  input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string },
+): void {
   const take = (label: string) => {
     for (const id of Object.keys(m.stages)) m.stages[id] = m.stages[id]!.filter((l) => l !== label);
   };
@@ -231,7 +249,8 @@ function applyRelabel(m: Model, input: { VersionStage: string; MoveToVersionId?:
   if (from && m.stages[from]) m.stages[from] = m.stages[from]!.filter((l) => l !== input.VersionStage);
   if (input.MoveToVersionId) give(input.VersionStage, input.MoveToVersionId);
   // moving AWSCURRENT puts AWSPREVIOUS on the version it left (documented Secrets Manager behaviour)
-  if (input.VersionStage === CURRENT && input.MoveToVersionId && from && from !== input.MoveToVersionId) give(PREVIOUS, from);
+  if (input.VersionStage === CURRENT && input.MoveToVersionId && from && from !== input.MoveToVersionId)
+    give(PREVIOUS, from);
 }
 
 /** Apply a successful PutSecretValue whose answer carried exactly `labels` on `versionId`. */
@@ -262,7 +281,13 @@ function buildClient(cfg: AwsSecretsManagerStoreConfig, env: NodeJS.ProcessEnv):
     ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
     // credentials from the injected environment when it has them; otherwise the SDK's default chain
     ...(accessKeyId && secretAccessKey
-      ? { credentials: { accessKeyId, secretAccessKey, ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}) } }
+      ? {
+          credentials: {
+            accessKeyId,
+            secretAccessKey,
+            ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
+          },
+        }
       : {}),
   });
 }
@@ -297,7 +322,11 @@ export interface NativeRotationView {
 }
 
 /** Read the secret's labels for the native rotation handler (one DescribeSecret; never a value). */
-export async function inspectNativeRotation(cfg: AwsSecretsManagerStoreConfig, env: NodeJS.ProcessEnv, token: string): Promise<NativeRotationView> {
+export async function inspectNativeRotation(
+  cfg: AwsSecretsManagerStoreConfig,
+  env: NodeJS.ProcessEnv,
+  token: string,
+): Promise<NativeRotationView> {
   const client = buildClient(cfg, env);
   try {
     const region = await regionOf(client, cfg);
@@ -366,11 +395,23 @@ class AwsSecretsManagerStore implements SecretStore {
 
   // ---------------------------------------------------------------- SDK calls (all errors mapped here)
 
-  private async call<T>(op: AwsSmOperation, stage: Stage | undefined, fn: () => Promise<T>, extra: { versionId?: string; scrub?: string[] } = {}): Promise<T> {
+  private async call<T>(
+    op: AwsSmOperation,
+    stage: Stage | undefined,
+    fn: () => Promise<T>,
+    extra: { versionId?: string; scrub?: string[] } = {},
+  ): Promise<T> {
     try {
       return await fn();
     } catch (e) {
-      throw mapAwsError(e, { op, secretId: this.secretId, region: this.region, stage, versionId: extra.versionId, scrub: extra.scrub });
+      throw mapAwsError(e, {
+        op,
+        secretId: this.secretId,
+        region: this.region,
+        stage,
+        versionId: extra.versionId,
+        scrub: extra.scrub,
+      });
     }
   }
 
@@ -384,10 +425,15 @@ class AwsSecretsManagerStore implements SecretStore {
    * must never read as "a secret with no versions" (that would bootstrap over the real current value).
    */
   private async describeSecret(stage: Stage | undefined): Promise<DescribeSecretCommandOutput> {
-    const out = await this.call('DescribeSecret', stage, () => this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })));
+    const out = await this.call('DescribeSecret', stage, () =>
+      this.client.send(new DescribeSecretCommand({ SecretId: this.secretId })),
+    );
     const stages: unknown = out.VersionIdsToStages;
     if (typeof out.ARN !== 'string' || !out.ARN) throw this.malformed('DescribeSecret', 'no ARN', stage);
-    if (stages !== undefined && (stages === null || typeof stages !== 'object' || Object.values(stages).some((l) => !Array.isArray(l)))) {
+    if (
+      stages !== undefined &&
+      (stages === null || typeof stages !== 'object' || Object.values(stages).some((l) => !Array.isArray(l)))
+    ) {
       throw this.malformed('DescribeSecret', 'VersionIdsToStages is not a map of label lists', stage);
     }
     return out;
@@ -397,11 +443,15 @@ class AwsSecretsManagerStore implements SecretStore {
     const out = answer ?? (await this.describeSecret(stage));
     const st = toState(out);
     if (st.deletedDate) {
-      throw new KeyrotorError('STORE_NOT_FOUND', `secret ${this.secretId} in region ${this.region} is scheduled for deletion`, {
-        stage,
-        retryable: false,
-        hint: `aws secretsmanager restore-secret --secret-id ${this.secretId} --region ${this.region}`,
-      });
+      throw new KeyrotorError(
+        'STORE_NOT_FOUND',
+        `secret ${this.secretId} in region ${this.region} is scheduled for deletion`,
+        {
+          stage,
+          retryable: false,
+          hint: `aws secretsmanager restore-secret --secret-id ${this.secretId} --region ${this.region}`,
+        },
+      );
     }
     return st;
   }
@@ -418,8 +468,15 @@ class AwsSecretsManagerStore implements SecretStore {
       () => this.client.send(new GetSecretValueCommand({ SecretId: this.secretId, VersionId: versionId })),
       { versionId },
     );
-    if (out.VersionId !== versionId) throw this.malformed('GetSecretValue', `asked for version ${versionId}, the answer names ${out.VersionId ? 'another' : 'none'}`, stage, versionId);
-    if (out.SecretString === undefined && out.SecretBinary === undefined) throw this.malformed('GetSecretValue', 'neither SecretString nor SecretBinary', stage, versionId);
+    if (out.VersionId !== versionId)
+      throw this.malformed(
+        'GetSecretValue',
+        `asked for version ${versionId}, the answer names ${out.VersionId ? 'another' : 'none'}`,
+        stage,
+        versionId,
+      );
+    if (out.SecretString === undefined && out.SecretBinary === undefined)
+      throw this.malformed('GetSecretValue', 'neither SecretString nor SecretBinary', stage, versionId);
     if (typeof out.SecretString !== 'string') {
       throw this.corrupt(versionId, 'holds binary data or no string; keyrotor stores the key as SecretString', stage);
     }
@@ -440,16 +497,26 @@ class AwsSecretsManagerStore implements SecretStore {
     try {
       const out = await this.client.send(new UpdateSecretVersionStageCommand({ SecretId: this.secretId, ...input }));
       // an answer without the secret's ARN proves nothing: the caught error forgets the model, the retry re-reads
-      if (typeof out.ARN !== 'string' || !out.ARN) throw this.malformed('UpdateSecretVersionStage', 'no ARN', stage, versionId);
+      if (typeof out.ARN !== 'string' || !out.ARN)
+        throw this.malformed('UpdateSecretVersionStage', 'no ARN', stage, versionId);
       if (this.model) applyRelabel(this.model, input);
     } catch (e) {
       this.model = undefined; // whatever happened, the next step reads the labels
       const name = (e as { name?: unknown } | null)?.name;
       if (name === 'InvalidParameterException' && done(await this.state(stage))) {
-        this.log.debug({ stage, op: 'UpdateSecretVersionStage', label: input.VersionStage, versionId }, 'labels already as wanted');
+        this.log.debug(
+          { stage, op: 'UpdateSecretVersionStage', label: input.VersionStage, versionId },
+          'labels already as wanted',
+        );
         return;
       }
-      throw mapAwsError(e, { op: 'UpdateSecretVersionStage', secretId: this.secretId, region: this.region, stage, versionId });
+      throw mapAwsError(e, {
+        op: 'UpdateSecretVersionStage',
+        secretId: this.secretId,
+        region: this.region,
+        stage,
+        versionId,
+      });
     }
   }
 
@@ -457,7 +524,10 @@ class AwsSecretsManagerStore implements SecretStore {
   private async attach(st: State, label: string, versionId: string, stage: Stage): Promise<void> {
     const holder = st.withLabel(label);
     if (holder?.id === versionId) return;
-    this.log.debug({ stage, op: 'UpdateSecretVersionStage', label, moveTo: versionId, removeFrom: holder?.id }, 'attach staging label');
+    this.log.debug(
+      { stage, op: 'UpdateSecretVersionStage', label, moveTo: versionId, removeFrom: holder?.id },
+      'attach staging label',
+    );
     await this.relabel(
       { VersionStage: label, MoveToVersionId: versionId, ...(holder ? { RemoveFromVersionId: holder.id } : {}) },
       (now) => now.withLabel(label)?.id === versionId,
@@ -480,7 +550,10 @@ class AwsSecretsManagerStore implements SecretStore {
   private async moveCurrent(st: State, to: string, stage: Stage): Promise<void> {
     const from = st.current;
     if (from?.id === to) return;
-    this.log.info({ stage, op: 'UpdateSecretVersionStage', label: CURRENT, moveTo: to, removeFrom: from?.id }, 'move AWSCURRENT');
+    this.log.info(
+      { stage, op: 'UpdateSecretVersionStage', label: CURRENT, moveTo: to, removeFrom: from?.id },
+      'move AWSCURRENT',
+    );
     await this.relabel(
       { VersionStage: CURRENT, MoveToVersionId: to, ...(from ? { RemoveFromVersionId: from.id } : {}) },
       (now) => now.current?.id === to,
@@ -499,11 +572,25 @@ class AwsSecretsManagerStore implements SecretStore {
     const out = await this.call(
       'PutSecretValue',
       stage,
-      () => this.client.send(new PutSecretValueCommand({ SecretId: this.secretId, SecretString: value, ClientRequestToken: token, VersionStages: labels })),
+      () =>
+        this.client.send(
+          new PutSecretValueCommand({
+            SecretId: this.secretId,
+            SecretString: value,
+            ClientRequestToken: token,
+            VersionStages: labels,
+          }),
+        ),
       { versionId: token, scrub: [value, ...alsoScrub] },
     );
     // the write may have happened: a retry with the same token is a no-op that answers properly
-    if (out.VersionId !== token) throw this.malformed('PutSecretValue', out.VersionId ? 'another version id than the token' : 'no version id', stage, token);
+    if (out.VersionId !== token)
+      throw this.malformed(
+        'PutSecretValue',
+        out.VersionId ? 'another version id than the token' : 'no version id',
+        stage,
+        token,
+      );
     if (!Array.isArray(out.VersionStages)) throw this.malformed('PutSecretValue', 'no staging labels', stage, token);
     return { versionId: out.VersionId, labels: out.VersionStages };
   }
@@ -511,13 +598,17 @@ class AwsSecretsManagerStore implements SecretStore {
   // ---------------------------------------------------------------- values
 
   private corrupt(versionId: string, what: string, stage: Stage | undefined): KeyrotorError {
-    return new KeyrotorError('STORE_CORRUPT', `version ${versionId} of secret ${this.secretId} in region ${this.region} ${what}`, {
-      stage,
-      retryable: false,
-      hint: this.jsonKey
-        ? `the secret must hold a JSON object; keyrotor keeps the key in its "${this.jsonKey}" field`
-        : 'fix or remove that version in Secrets Manager',
-    });
+    return new KeyrotorError(
+      'STORE_CORRUPT',
+      `version ${versionId} of secret ${this.secretId} in region ${this.region} ${what}`,
+      {
+        stage,
+        retryable: false,
+        hint: this.jsonKey
+          ? `the secret must hold a JSON object; keyrotor keeps the key in its "${this.jsonKey}" field`
+          : 'fix or remove that version in Secrets Manager',
+      },
+    );
   }
 
   private parseObject(raw: string, versionId: string, stage: Stage | undefined): Record<string, unknown> {
@@ -583,14 +674,21 @@ class AwsSecretsManagerStore implements SecretStore {
     const model = modelOf(out);
     const st = await this.state('preflight', out);
     if (st.rotationEnabled && !parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)))) {
-      this.log.warn({ stage: 'preflight' }, 'Secrets Manager rotation is enabled on this secret; it will compete with keyrotor for AWSPENDING/AWSCURRENT');
+      this.log.warn(
+        { stage: 'preflight' },
+        'Secrets Manager rotation is enabled on this secret; it will compete with keyrotor for AWSPENDING/AWSCURRENT',
+      );
     }
     // proves read access (and KMS decrypt) and that the current value has the expected shape
     let current: { id: string; version: StoredVersion | null; raw: Secret } | undefined;
     if (st.current && !st.current.placeholder) {
       const raw = await this.getString(st.current.id, 'preflight');
       const secret = this.extract(raw, st.current.id, st.current.meta !== undefined, 'preflight');
-      current = { id: st.current.id, version: secret ? { versionId: st.current.id, secret, meta: publicMeta(st.current.meta) } : null, raw: Secret.of(raw) };
+      current = {
+        id: st.current.id,
+        version: secret ? { versionId: st.current.id, secret, meta: publicMeta(st.current.meta) } : null,
+        raw: Secret.of(raw),
+      };
     }
     // a rotation's preflight reads the current value next and stages after that: keep what was read
     this.known = { model, current, readCurrent: true, stage: true };
@@ -631,7 +729,8 @@ class AwsSecretsManagerStore implements SecretStore {
       // the version this instance just wrote as AWSPENDING (PutSecretValue's answer said so)
       k.pending = undefined;
       const v = stateOfModel(k.model).byRotation(rotationId);
-      if (v?.id === p.versionId && v.has(PENDING) && !v.has(CURRENT)) return { versionId: p.versionId, secret: p.secret, meta: p.meta };
+      if (v?.id === p.versionId && v.has(PENDING) && !v.has(CURRENT))
+        return { versionId: p.versionId, secret: p.secret, meta: p.meta };
     }
     this.known = undefined;
     const st = await this.state(undefined);
@@ -652,7 +751,12 @@ class AwsSecretsManagerStore implements SecretStore {
           model: this.model,
           readCurrent: false,
           stage: false,
-          pending: { rotationId: req.rotationId, versionId: out.versionId, secret: req.secret, meta: publicMeta(parseMetaLabel(metaLabel(req.rotationId, req.meta))) },
+          pending: {
+            rotationId: req.rotationId,
+            versionId: out.versionId,
+            secret: req.secret,
+            meta: publicMeta(parseMetaLabel(metaLabel(req.rotationId, req.meta))),
+          },
           promote: req.rotationId,
         };
       }
@@ -662,7 +766,10 @@ class AwsSecretsManagerStore implements SecretStore {
     }
   }
 
-  private async stageIn(req: StageRequest, known: { id: string; version: StoredVersion | null; raw: Secret } | undefined): Promise<{ versionId: string; fresh: boolean }> {
+  private async stageIn(
+    req: StageRequest,
+    known: { id: string; version: StoredVersion | null; raw: Secret } | undefined,
+  ): Promise<{ versionId: string; fresh: boolean }> {
     const stage: Stage = 'stage';
     const { rotationId } = req;
     const label = metaLabel(rotationId, req.meta);
@@ -703,14 +810,19 @@ class AwsSecretsManagerStore implements SecretStore {
       }
       st = await this.state(stage);
       if (!st.current) {
-        throw new KeyrotorError('STORE_CONFLICT', `${this.label}: could not establish a placeholder AWSCURRENT before staging`, { stage, retryable: true });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `${this.label}: could not establish a placeholder AWSCURRENT before staging`,
+          { stage, retryable: true },
+        );
       }
     }
 
     let value: string;
     if (this.jsonKey) {
       // the current version's content as check() just read it, else read it
-      const raw = known && known.id === st.current!.id ? known.raw.reveal() : await this.getString(st.current!.id, stage);
+      const raw =
+        known && known.id === st.current!.id ? known.raw.reveal() : await this.getString(st.current!.id, stage);
       let base: Record<string, unknown>;
       if (st.current!.placeholder) {
         try {
@@ -730,8 +842,12 @@ class AwsSecretsManagerStore implements SecretStore {
     if (native) {
       // bind AWS's token to this rotation before writing (write-ahead): no other rotation may use it
       const key = nativeTokenKey(this.secretId);
-      if (!parseNativeToken(this.providerState.get(key))?.rotationId) await this.providerState.set(key, formatNativeToken({ token: native, rotationId }));
-      this.log.info({ stage, versionId: native }, 'staging into the version Secrets Manager rotation asked for (its ClientRequestToken)');
+      if (!parseNativeToken(this.providerState.get(key))?.rotationId)
+        await this.providerState.set(key, formatNativeToken({ token: native, rotationId }));
+      this.log.info(
+        { stage, versionId: native },
+        'staging into the version Secrets Manager rotation asked for (its ClientRequestToken)',
+      );
       token = native;
     }
     const res = await this.put(value, token, [PENDING, label], stage, [req.secret.reveal()]);
@@ -806,10 +922,14 @@ class AwsSecretsManagerStore implements SecretStore {
     let st = await this.view(stage);
     let ours = st.byRotation(rotationId);
     if (!ours) {
-      throw new KeyrotorError('STORE_CONFLICT', `${this.label} holds no version staged by rotation ${rotationId}; nothing to promote`, {
-        stage,
-        retryable: false,
-      });
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `${this.label} holds no version staged by rotation ${rotationId}; nothing to promote`,
+        {
+          stage,
+          retryable: false,
+        },
+      );
     }
     if (!ours.has(CURRENT)) {
       // remember which version was AWSPREVIOUS, so demote can put it back (P2 extra: one label call)
@@ -823,7 +943,11 @@ class AwsSecretsManagerStore implements SecretStore {
       st = await this.view(stage);
       ours = st.byRotation(rotationId);
       if (!ours?.has(CURRENT)) {
-        throw new KeyrotorError('STORE_CONFLICT', `${this.label}: AWSCURRENT did not move to version of rotation ${rotationId}`, { stage, retryable: true });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `${this.label}: AWSCURRENT did not move to version of rotation ${rotationId}`,
+          { stage, retryable: true },
+        );
       }
     }
     await this.detach(ours, PENDING, stage);
@@ -850,7 +974,11 @@ class AwsSecretsManagerStore implements SecretStore {
           target = st.versions.find((v) => v.id === p.versionId);
         }
       }
-      if (!target) throw new KeyrotorError('STORE_CONFLICT', `${this.label}: no version to move AWSCURRENT back to`, { stage, retryable: true });
+      if (!target)
+        throw new KeyrotorError('STORE_CONFLICT', `${this.label}: no version to move AWSCURRENT back to`, {
+          stage,
+          retryable: true,
+        });
       await this.moveCurrent(st, target.id, stage);
       st = await this.state(stage);
       ours = st.byRotation(rotationId);
@@ -885,10 +1013,14 @@ class AwsSecretsManagerStore implements SecretStore {
     const ours = st.byRotation(rotationId);
     if (!ours) return;
     if (ours.has(CURRENT)) {
-      throw new KeyrotorError('STORE_CONFLICT', `${this.label}: the version of rotation ${rotationId} is current; demote it before unstage`, {
-        stage,
-        retryable: false,
-      });
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `${this.label}: the version of rotation ${rotationId} is current; demote it before unstage`,
+        {
+          stage,
+          retryable: false,
+        },
+      );
     }
     // AWSPENDING first: if we stop between the two calls, the version is not pending (no lock left
     // behind) and the next unstage still finds it by its rotation label.
@@ -916,7 +1048,10 @@ class AwsSecretsManagerStore implements SecretStore {
         }
       }
     } catch (e) {
-      this.log.warn({ stage: 'promote', err: e instanceof KeyrotorError ? e.toRecord() : { message: 'sweep failed' } }, 'could not remove stale keyrotor labels');
+      this.log.warn(
+        { stage: 'promote', err: e instanceof KeyrotorError ? e.toRecord() : { message: 'sweep failed' } },
+        'could not remove stale keyrotor labels',
+      );
     }
   }
 }

@@ -89,11 +89,15 @@ export function isMalformed(e: unknown): boolean {
  */
 export function malformedAnswer(ctx: AzureErrorContext, what: string): KeyrotorError {
   const writes = ctx.op === 'setSecret' || ctx.op === 'updateProperties';
-  return new KeyrotorError('STORE_UNAVAILABLE', `the vault sent a malformed answer while ${VERB[ctx.op]} ${ctx.target} (${what})${writes ? '; the change may or may not have taken effect' : ''}`, {
-    stage: ctx.stage,
-    retryable: true,
-    hint: 'usually a proxy or gateway between keyrotor and the vault garbling answers; retry the rotation (it re-reads the vault first)',
-  });
+  return new KeyrotorError(
+    'STORE_UNAVAILABLE',
+    `the vault sent a malformed answer while ${VERB[ctx.op]} ${ctx.target} (${what})${writes ? '; the change may or may not have taken effect' : ''}`,
+    {
+      stage: ctx.stage,
+      retryable: true,
+      hint: 'usually a proxy or gateway between keyrotor and the vault garbling answers; retry the rotation (it re-reads the vault first)',
+    },
+  );
 }
 
 export interface AzureErrorContext {
@@ -123,11 +127,17 @@ export function mapAzureError(e: unknown, ctx: AzureErrorContext): KeyrotorError
   }
   if (f.name === 'AuthenticationError') {
     const transient = status === undefined || status === 429 || status >= 500;
-    return new KeyrotorError(transient ? 'STORE_UNAVAILABLE' : 'STORE_ACCESS_DENIED', `Microsoft Entra ID refused a token for ${what} (${tag})`, {
-      ...base,
-      retryable: transient,
-      ...(transient ? {} : { hint: 'check the tenant, client id and secret/certificate of the identity keyrotor runs as' }),
-    });
+    return new KeyrotorError(
+      transient ? 'STORE_UNAVAILABLE' : 'STORE_ACCESS_DENIED',
+      `Microsoft Entra ID refused a token for ${what} (${tag})`,
+      {
+        ...base,
+        retryable: transient,
+        ...(transient
+          ? {}
+          : { hint: 'check the tenant, client id and secret/certificate of the identity keyrotor runs as' }),
+      },
+    );
   }
   if (f.name === 'AbortError') {
     return new KeyrotorError('STORE_UNAVAILABLE', `${what} was aborted`, { ...base, retryable: true });
@@ -139,12 +149,21 @@ export function mapAzureError(e: unknown, ctx: AzureErrorContext): KeyrotorError
 
   if (status === undefined) {
     // RestError REQUEST_SEND_ERROR / PARSE_ERROR, socket errors: the vault was not reached or answered garbage
-    const looksNetwork = f.name === 'RestError' || (f.code !== undefined && /^(E[A-Z]+|REQUEST_SEND_ERROR|PARSE_ERROR|UND_ERR\w*)$/.test(f.code));
+    const looksNetwork =
+      f.name === 'RestError' ||
+      (f.code !== undefined && /^(E[A-Z]+|REQUEST_SEND_ERROR|PARSE_ERROR|UND_ERR\w*)$/.test(f.code));
     if (looksNetwork) {
-      return new KeyrotorError('STORE_UNAVAILABLE', `the vault could not be reached while ${what} (${f.code ?? 'network error'})`, { ...base, retryable: true });
+      return new KeyrotorError(
+        'STORE_UNAVAILABLE',
+        `the vault could not be reached while ${what} (${f.code ?? 'network error'})`,
+        { ...base, retryable: true },
+      );
     }
     const message = e instanceof Error ? e.message : String(e);
-    return new KeyrotorError('INTERNAL', `unexpected error while ${what}: ${scrubText(message)}`, { ...base, retryable: false });
+    return new KeyrotorError('INTERNAL', `unexpected error while ${what}: ${scrubText(message)}`, {
+      ...base,
+      retryable: false,
+    });
   }
 
   if (status === 401) {
@@ -162,11 +181,15 @@ export function mapAzureError(e: unknown, ctx: AzureErrorContext): KeyrotorError
     });
   }
   if (status === 403) {
-    return new KeyrotorError('STORE_ACCESS_DENIED', `access denied ${what}: the caller lacks the data action ${DATA_ACTIONS[ctx.op]} (${tag})`, {
-      ...base,
-      retryable: false,
-      hint: `assign the built-in role "${SECRETS_ROLE}" on the vault to the identity keyrotor runs as (or, with access policies, grant secret permissions get, list, set; this call needs "${ACCESS_POLICY_PERMISSION[ctx.op]}"); also check the vault firewall`,
-    });
+    return new KeyrotorError(
+      'STORE_ACCESS_DENIED',
+      `access denied ${what}: the caller lacks the data action ${DATA_ACTIONS[ctx.op]} (${tag})`,
+      {
+        ...base,
+        retryable: false,
+        hint: `assign the built-in role "${SECRETS_ROLE}" on the vault to the identity keyrotor runs as (or, with access policies, grant secret permissions get, list, set; this call needs "${ACCESS_POLICY_PERMISSION[ctx.op]}"); also check the vault firewall`,
+      },
+    );
   }
   if (status === 404) {
     return new KeyrotorError('STORE_NOT_FOUND', `${what} failed: not found (${tag})`, {
@@ -183,7 +206,10 @@ export function mapAzureError(e: unknown, ctx: AzureErrorContext): KeyrotorError
     });
   }
   if (status === 408 || status === 429 || status >= 500) {
-    return new KeyrotorError('STORE_UNAVAILABLE', `the vault is unavailable or throttling while ${what} (${tag})`, { ...base, retryable: true });
+    return new KeyrotorError('STORE_UNAVAILABLE', `the vault is unavailable or throttling while ${what} (${tag})`, {
+      ...base,
+      retryable: true,
+    });
   }
   return new KeyrotorError('STORE_CONFLICT', `the vault refused ${what} (${tag})`, { ...base, retryable: false });
 }

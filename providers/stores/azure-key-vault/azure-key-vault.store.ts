@@ -31,7 +31,12 @@
  * `readPending`, and `readCurrent` after promote (or after a rollback to it) all report the same id.
  * Versions keyrotor did not write report their own Key Vault version id.
  */
-import { SecretClient, type KeyVaultSecret, type SecretClientOptions, type SecretProperties } from '@azure/keyvault-secrets';
+import {
+  SecretClient,
+  type KeyVaultSecret,
+  type SecretClientOptions,
+  type SecretProperties,
+} from '@azure/keyvault-secrets';
 import { KeyrotorError } from '../../../src/core/errors.ts';
 import { Secret } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
@@ -84,7 +89,12 @@ type KnownLatest = { kind: 'none' | 'disabled' } | { kind: 'ok'; info: VersionIn
 type Latest = { kind: 'none' } | { kind: 'disabled' } | { kind: 'ok'; info: VersionInfo; secret: KeyVaultSecret };
 
 function toInfo(p: SecretProperties): VersionInfo {
-  return { version: p.version ?? '', enabled: p.enabled !== false, tags: { ...(p.tags ?? {}) }, createdMs: p.createdOn?.getTime() ?? 0 };
+  return {
+    version: p.version ?? '',
+    enabled: p.enabled !== false,
+    tags: { ...(p.tags ?? {}) },
+    createdMs: p.createdOn?.getTime() ?? 0,
+  };
 }
 
 function seqOf(v: VersionInfo): number | undefined {
@@ -187,14 +197,22 @@ export class AzureKeyVaultStore implements SecretStore {
     this.side = `${cfg.name}${PENDING_SUFFIX}`;
     this.label = `azure-key-vault:${this.vaultUrl}/secrets/${this.name}`;
     if (!this.vaultUrl.startsWith('https://')) {
-      throw new KeyrotorError('CONFIG_INVALID', `${this.label}: vaultUrl must be https (the Key Vault SDK refuses to send tokens over plain http)`, {
-        hint: 'use the vault URI shown in the portal, e.g. https://<vault-name>.vault.azure.net',
-      });
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `${this.label}: vaultUrl must be https (the Key Vault SDK refuses to send tokens over plain http)`,
+        {
+          hint: 'use the vault URI shown in the portal, e.g. https://<vault-name>.vault.azure.net',
+        },
+      );
     }
     if (this.side.length > 127) {
-      throw new KeyrotorError('CONFIG_INVALID', `${this.label}: the secret name is too long to add the "${PENDING_SUFFIX}" side secret (max ${127 - PENDING_SUFFIX.length} characters)`, {
-        hint: 'use a shorter Key Vault secret name',
-      });
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `${this.label}: the secret name is too long to add the "${PENDING_SUFFIX}" side secret (max ${127 - PENDING_SUFFIX.length} characters)`,
+        {
+          hint: 'use a shorter Key Vault secret name',
+        },
+      );
     }
     this.client = new SecretClient(this.vaultUrl, deps.credential, deps.clientOptions ?? {});
     this.log = ctx.logger.child({ store: this.label });
@@ -257,7 +275,8 @@ export class AzureKeyVaultStore implements SecretStore {
     try {
       const s = await this.client.getSecret(secretName, { version });
       this.checkedRead(secretName, s, stage);
-      if (s.properties.version !== version) throw this.malformed('getSecret', secretName, `asked for version ${version}, got another`, stage);
+      if (s.properties.version !== version)
+        throw this.malformed('getSecret', secretName, `asked for version ${version}, got another`, stage);
       return this.wrap(secretName, s);
     } catch (e) {
       if (isNotFound(e) || isDisabled(e)) return null;
@@ -267,13 +286,18 @@ export class AzureKeyVaultStore implements SecretStore {
 
   private wrap(secretName: string, s: KeyVaultSecret): Secret {
     if (typeof s.value !== 'string' || s.value.length === 0) {
-      throw new KeyrotorError('STORE_CORRUPT', `${this.target(secretName)} version ${s.properties.version ?? '?'} holds an empty value`);
+      throw new KeyrotorError(
+        'STORE_CORRUPT',
+        `${this.target(secretName)} version ${s.properties.version ?? '?'} holds an empty value`,
+      );
     }
     return Secret.of(s.value);
   }
 
   private async write(secretName: string, secret: Secret, tags: Tags, stage: Stage): Promise<string> {
-    const s = await this.call('setSecret', secretName, stage, () => this.client.setSecret(secretName, secret.reveal(), { tags }));
+    const s = await this.call('setSecret', secretName, stage, () =>
+      this.client.setSecret(secretName, secret.reveal(), { tags }),
+    );
     const version = s.properties.version;
     // the write may have happened: the retry finds it by its tags (stage/promote/demote look first)
     if (!version) throw this.malformed('setSecret', secretName, 'no version id', stage);
@@ -286,7 +310,8 @@ export class AzureKeyVaultStore implements SecretStore {
       this.client.updateSecretProperties(secretName, v.version, { enabled: false, tags: v.tags }),
     );
     // an answer that does not show this version disabled proves nothing: the retry re-lists and disables what is still enabled
-    if (p?.version !== v.version || p.enabled !== false) throw this.malformed('updateProperties', secretName, 'the answer does not show the version disabled', stage);
+    if (p?.version !== v.version || p.enabled !== false)
+      throw this.malformed('updateProperties', secretName, 'the answer does not show the version disabled', stage);
   }
 
   // ------------------------------------------------------------ SecretStore
@@ -302,7 +327,11 @@ export class AzureKeyVaultStore implements SecretStore {
     let latest: KnownLatest | undefined;
     if (l.kind !== 'ok') latest = { kind: l.kind };
     else if (typeof l.secret.value === 'string' && l.secret.value.length > 0) {
-      latest = { kind: 'ok', info: l.info, current: { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) } };
+      latest = {
+        kind: 'ok',
+        info: l.info,
+        current: { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) },
+      };
     }
     if (latest) this.known = { name, latest, side, readCurrent: true, stage: true };
   }
@@ -377,7 +406,10 @@ export class AzureKeyVaultStore implements SecretStore {
     if (req.meta.fingerprint) tags[TAG.fingerprint] = req.meta.fingerprint;
     if (req.meta.createdAt) tags[TAG.created] = req.meta.createdAt;
     const version = await this.write(this.side, req.secret, tags, 'stage');
-    this.log.info({ stage: 'stage', secretName: this.side, version, rotationId: r }, 'staged in the pending side secret');
+    this.log.info(
+      { stage: 'stage', secretName: this.side, version, rotationId: r },
+      'staged in the pending side secret',
+    );
 
     // two stagers racing past the check above both back off (the state store's lease is the main lock);
     // (P2 extra, kept on the fresh path: the store-level lock against an orchestrator with another lease)
@@ -390,7 +422,15 @@ export class AzureKeyVaultStore implements SecretStore {
     }
     // verify reads this version next and promote copies it: remember (only after check's reads)
     if (k && !other && after.some((v) => v.version === version && v.enabled)) {
-      this.known = { ...k, side: after, readCurrent: false, stage: false, pending: { rotationId: r, version, secret: req.secret, meta: metaOf(tags) }, staged: { version, secret: req.secret }, promote: r };
+      this.known = {
+        ...k,
+        side: after,
+        readCurrent: false,
+        stage: false,
+        pending: { rotationId: r, version, secret: req.secret, meta: metaOf(tags) },
+        staged: { version, secret: req.secret },
+        promote: r,
+      };
     }
     return { versionId: version };
   }
@@ -405,18 +445,29 @@ export class AzureKeyVaultStore implements SecretStore {
     }
     // fresh path: the side list stage read after its write, and the value it wrote
     const pending = this.pendingOf(k?.side ?? (await this.versions(this.side, 'promote')), rotationId);
-    const secret = pending ? (k?.staged && k.staged.version === pending.version ? k.staged.secret : await this.valueOf(this.side, pending.version, 'promote')) : null;
+    const secret = pending
+      ? k?.staged && k.staged.version === pending.version
+        ? k.staged.secret
+        : await this.valueOf(this.side, pending.version, 'promote')
+      : null;
     if (!pending || !secret) {
-      throw new KeyrotorError('STORE_NOT_FOUND', `nothing is staged for rotation ${rotationId} in ${this.target(this.side)}`, {
-        stage: 'promote',
-        retryable: false,
-        hint: 'stage must run before promote; start a new rotation',
-      });
+      throw new KeyrotorError(
+        'STORE_NOT_FOUND',
+        `nothing is staged for rotation ${rotationId} in ${this.target(this.side)}`,
+        {
+          stage: 'promote',
+          retryable: false,
+          hint: 'stage must run before promote; start a new rotation',
+        },
+      );
     }
     const seq = maxSeq(k?.name ?? (await this.versions(this.name, 'promote'))) + 1;
     const tags: Tags = { ...pending.tags, [TAG.seq]: String(seq), [TAG.stagedVersion]: pending.version };
     const version = await this.write(this.name, secret, tags, 'promote');
-    this.log.info({ stage: 'promote', secretName: this.name, version, seq, rotationId }, 'promoted: new latest version');
+    this.log.info(
+      { stage: 'promote', secretName: this.name, version, seq, rotationId },
+      'promoted: new latest version',
+    );
     await this.clearPending(rotationId, 'promote', k?.side);
   }
 
@@ -438,22 +489,42 @@ export class AzureKeyVaultStore implements SecretStore {
     }
     // latest is now the restored copy, or nothing can be current (bootstrap): disable the bad version(s)
     for (const v of bad) await this.disable(this.name, v, 'demote');
-    this.log.info({ stage: 'demote', secretName: this.name, disabled: bad.map((v) => v.version), rotationId }, 'rotation version(s) disabled');
+    this.log.info(
+      { stage: 'demote', secretName: this.name, disabled: bad.map((v) => v.version), rotationId },
+      'rotation version(s) disabled',
+    );
   }
 
-  private async restorePrevious(all: VersionInfo[], cur: VersionInfo, rotationId: string, bad: VersionInfo[]): Promise<void> {
+  private async restorePrevious(
+    all: VersionInfo[],
+    cur: VersionInfo,
+    rotationId: string,
+    bad: VersionInfo[],
+  ): Promise<void> {
     const prev = pickPrevious(all, cur, rotationId);
     if (!prev) return; // bootstrap: nothing to restore
     const secret = await this.valueOf(this.name, prev.version, 'demote');
     if (!secret) {
-      throw new KeyrotorError('ROLLBACK_FAILED', `${this.label}: the previous version ${prev.version} can no longer be read, so it cannot be restored`, {
-        stage: 'demote',
-        hint: `set the old value by hand (az keyvault secret set), then disable version(s) ${bad.map((b) => b.version).join(', ')}`,
-      });
+      throw new KeyrotorError(
+        'ROLLBACK_FAILED',
+        `${this.label}: the previous version ${prev.version} can no longer be read, so it cannot be restored`,
+        {
+          stage: 'demote',
+          hint: `set the old value by hand (az keyvault secret set), then disable version(s) ${bad.map((b) => b.version).join(', ')}`,
+        },
+      );
     }
-    const tags: Tags = { ...prev.tags, [TAG.seq]: String(maxSeq(all) + 1), [TAG.restoredFrom]: prev.version, [TAG.rollbackOf]: rotationId };
+    const tags: Tags = {
+      ...prev.tags,
+      [TAG.seq]: String(maxSeq(all) + 1),
+      [TAG.restoredFrom]: prev.version,
+      [TAG.rollbackOf]: rotationId,
+    };
     const version = await this.write(this.name, secret, tags, 'demote');
-    this.log.info({ stage: 'demote', secretName: this.name, version, restoredFrom: prev.version, rotationId }, 'previous value restored as a new version');
+    this.log.info(
+      { stage: 'demote', secretName: this.name, version, restoredFrom: prev.version, rotationId },
+      'previous value restored as a new version',
+    );
   }
 
   async unstage(rotationId: string): Promise<void> {
@@ -471,22 +542,36 @@ export class AzureKeyVaultStore implements SecretStore {
     const other = newest(sideVersions.filter((v) => v.enabled && v.tags[TAG.rotation] !== rotationId));
     if (!other) return;
     const owner = other.tags[TAG.rotation] ?? 'an unknown writer (no keyrotor-rotation tag)';
-    throw new KeyrotorError('LOCKED', `${this.target(this.side)} holds a pending value of rotation ${owner} (version ${other.version}); only one rotation may stage at a time`, {
-      stage: 'stage',
-      retryable: false,
-      hint:
-        `let rotation ${owner} finish or roll back; if it was abandoned, disable that version: ` +
-        `az keyvault secret set-attributes --vault-name ${vaultNameOf(this.vaultUrl)} --name ${this.side} --version ${other.version} --enabled false`,
-    });
+    throw new KeyrotorError(
+      'LOCKED',
+      `${this.target(this.side)} holds a pending value of rotation ${owner} (version ${other.version}); only one rotation may stage at a time`,
+      {
+        stage: 'stage',
+        retryable: false,
+        hint:
+          `let rotation ${owner} finish or roll back; if it was abandoned, disable that version: ` +
+          `az keyvault secret set-attributes --vault-name ${vaultNameOf(this.vaultUrl)} --name ${this.side} --version ${other.version} --enabled false`,
+      },
+    );
   }
 
   private async clearPending(rotationId: string, stage: Stage, known?: VersionInfo[]): Promise<void> {
-    const mine = (known ?? (await this.versions(this.side, stage))).filter((v) => v.enabled && v.tags[TAG.rotation] === rotationId);
+    const mine = (known ?? (await this.versions(this.side, stage))).filter(
+      (v) => v.enabled && v.tags[TAG.rotation] === rotationId,
+    );
     for (const v of mine) await this.disable(this.side, v, stage);
-    if (mine.length) this.log.info({ stage, secretName: this.side, disabled: mine.map((v) => v.version), rotationId }, 'pending side version cleared');
+    if (mine.length)
+      this.log.info(
+        { stage, secretName: this.side, disabled: mine.map((v) => v.version), rotationId },
+        'pending side version cleared',
+      );
   }
 }
 
-export async function createAzureKeyVaultStoreWith(cfg: AzureKeyVaultStoreConfig, ctx: ProviderContext, deps: AzureKeyVaultStoreDeps): Promise<SecretStore> {
+export async function createAzureKeyVaultStoreWith(
+  cfg: AzureKeyVaultStoreConfig,
+  ctx: ProviderContext,
+  deps: AzureKeyVaultStoreDeps,
+): Promise<SecretStore> {
   return new AzureKeyVaultStore(cfg, ctx, deps);
 }

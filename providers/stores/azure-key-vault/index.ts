@@ -11,7 +11,10 @@ export type { AzureKeyVaultStoreDeps } from './azure-key-vault.store.ts';
  * Tests and embedders that bring their own credential or pipeline options use
  * `createAzureKeyVaultStoreWith(cfg, ctx, { credential, clientOptions })`.
  */
-export async function createAzureKeyVaultStore(cfg: AzureKeyVaultStoreConfig, ctx: ProviderContext): Promise<SecretStore> {
+export async function createAzureKeyVaultStore(
+  cfg: AzureKeyVaultStoreConfig,
+  ctx: ProviderContext,
+): Promise<SecretStore> {
   const { DefaultAzureCredential } = await import('@azure/identity');
   return createAzureKeyVaultStoreWith(cfg, ctx, { credential: new DefaultAzureCredential() });
 }

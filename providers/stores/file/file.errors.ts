@@ -18,5 +18,8 @@ export function fsError(e: unknown, what: string, file: string): KeyrotorError {
       hint: 'check the owner and permissions of the file and its folder',
     });
   }
-  return new KeyrotorError('STORE_UNAVAILABLE', `file store: ${what} ${file} (${code})`, { cause: e, retryable: TRANSIENT.has(code) });
+  return new KeyrotorError('STORE_UNAVAILABLE', `file store: ${what} ${file} (${code})`, {
+    cause: e,
+    retryable: TRANSIENT.has(code),
+  });
 }

@@ -77,9 +77,13 @@ async function readKeyFile(file: string): Promise<MasterKey | undefined> {
     }
     const key = parseMasterKey(text);
     if (!key) {
-      throw new KeyrotorError('CONFIG_INVALID', `master key file ${file} does not hold a valid master key (${KEY_FORMAT})`, {
-        hint: 'restore the key file from a backup, or set the master key env var',
-      });
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `master key file ${file} does not hold a valid master key (${KEY_FORMAT})`,
+        {
+          hint: 'restore the key file from a backup, or set the master key env var',
+        },
+      );
     }
     return { ...deriveKeys(key), source: `key file ${file}` };
   }
@@ -112,7 +116,10 @@ async function createKeyFile(src: MasterKeySource): Promise<MasterKey> {
     await fh.close();
   }
   await fsyncDir(path.dirname(file)).catch(() => undefined);
-  src.logger.info({ keyFile: file }, 'generated a new master key file for the file store; back it up: without it the stored secrets cannot be read');
+  src.logger.info(
+    { keyFile: file },
+    'generated a new master key file for the file store; back it up: without it the stored secrets cannot be read',
+  );
   const key = parseMasterKey(text);
   if (!key) throw new KeyrotorError('INTERNAL', 'generated master key did not parse');
   return { ...deriveKeys(key), source: `key file ${file}` };
@@ -139,7 +146,8 @@ export async function checkMasterKey(src: MasterKeySource): Promise<void> {
   for (;;) {
     try {
       const st = await stat(dir);
-      if (!st.isDirectory()) throw new KeyrotorError('CONFIG_INVALID', `master key file ${src.keyFile}: ${dir} is not a folder`);
+      if (!st.isDirectory())
+        throw new KeyrotorError('CONFIG_INVALID', `master key file ${src.keyFile}: ${dir} is not a folder`);
       return;
     } catch (e) {
       if (e instanceof KeyrotorError) throw e;

@@ -98,7 +98,10 @@ const docSchema = z
       .object({
         current: z.string().optional(),
         previous: z.string().optional(),
-        pending: z.object({ versionId: z.string(), rotationId: z.string().min(1) }).strict().optional(),
+        pending: z
+          .object({ versionId: z.string(), rotationId: z.string().min(1) })
+          .strict()
+          .optional(),
       })
       .strict(),
     versions: z.array(versionSchema),
@@ -123,7 +126,10 @@ function canonical(d: Doc): Doc {
     slots: {
       ...opt('current', d.slots.current),
       ...opt('previous', d.slots.previous),
-      ...opt('pending', d.slots.pending && { versionId: d.slots.pending.versionId, rotationId: d.slots.pending.rotationId }),
+      ...opt(
+        'pending',
+        d.slots.pending && { versionId: d.slots.pending.versionId, rotationId: d.slots.pending.rotationId },
+      ),
     },
     versions: d.versions.map((v) => ({
       id: v.id,
@@ -177,9 +183,14 @@ function prune(d: Doc): void {
 
 export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderContext): Promise<SecretStore> {
   if (!SAFE_KEY_NAME.test(ctx.keyName)) {
-    throw new KeyrotorError('CONFIG_INVALID', `file store: key name ${JSON.stringify(ctx.keyName)} cannot be used as a file name`);
+    throw new KeyrotorError(
+      'CONFIG_INVALID',
+      `file store: key name ${JSON.stringify(ctx.keyName)} cannot be used as a file name`,
+    );
   }
-  const file = cfg.path ? path.resolve(ctx.configDir, cfg.path) : path.join(ctx.stateDir, 'secrets', `${ctx.keyName}.json`);
+  const file = cfg.path
+    ? path.resolve(ctx.configDir, cfg.path)
+    : path.join(ctx.stateDir, 'secrets', `${ctx.keyName}.json`);
   const keyFile = cfg.keyFile ? path.resolve(ctx.configDir, cfg.keyFile) : path.join(ctx.stateDir, 'master.key');
   const rel = path.relative(process.cwd(), file);
   const shown = rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
@@ -189,7 +200,15 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
   const self = {};
   const remember = (doc: Doc, allow: Partial<Pick<Memo, 'readCurrent' | 'stage' | 'pending' | 'promote'>>) => {
     const text = JSON.stringify(canonical(doc));
-    memos.set(file, { owner: self, text, readCurrent: false, stage: false, pending: undefined, promote: undefined, ...allow });
+    memos.set(file, {
+      owner: self,
+      text,
+      readCurrent: false,
+      stage: false,
+      pending: undefined,
+      promote: undefined,
+      ...allow,
+    });
   };
   /** this instance's remembered document if `may` allows the step (consumed: one use per step) */
   const recall = (may: (m: Memo) => boolean, consume: (m: Memo) => void): Doc | undefined => {
@@ -234,25 +253,37 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     const { mac: fileMac, ...rest } = obj as Record<string, unknown>;
     const fmt = FORMAT_RE.exec(typeof rest.format === 'string' ? rest.format : '');
     if (fmt && Number(fmt[1]) > 1) {
-      throw corrupt(`was written by a newer keyrotor (format ${fmt[0]}; this version reads ${FILE_STORE_FORMAT})`, 'upgrade keyrotor');
+      throw corrupt(
+        `was written by a newer keyrotor (format ${fmt[0]}; this version reads ${FILE_STORE_FORMAT})`,
+        'upgrade keyrotor',
+      );
     }
     if (!fmt) throw corrupt(`is not a keyrotor secrets file (expected format ${FILE_STORE_FORMAT})`);
     const parsed = docSchema.safeParse(rest);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
-      throw corrupt(`has an invalid structure (${issue ? issue.path.join('.') || '(root)' : '?'}: ${issue?.message ?? 'invalid'})`);
+      throw corrupt(
+        `has an invalid structure (${issue ? issue.path.join('.') || '(root)' : '?'}: ${issue?.message ?? 'invalid'})`,
+      );
     }
     if (typeof fileMac !== 'string') throw corrupt('has no integrity code (mac)');
     const doc = parsed.data;
     if (doc.keyName !== ctx.keyName) throw corrupt(`belongs to key "${doc.keyName}", not "${ctx.keyName}"`);
     const key = await masterKey(false);
     if (!key) {
-      throw corrupt(`cannot be decrypted: no master key (${cfg.masterKeyEnv} is unset and ${keyFile} does not exist)`, `set ${cfg.masterKeyEnv} or restore ${keyFile}: the file was written with master key ${doc.masterKeyId}`);
+      throw corrupt(
+        `cannot be decrypted: no master key (${cfg.masterKeyEnv} is unset and ${keyFile} does not exist)`,
+        `set ${cfg.masterKeyEnv} or restore ${keyFile}: the file was written with master key ${doc.masterKeyId}`,
+      );
     }
     if (doc.masterKeyId !== key.kid) {
-      throw corrupt(`was encrypted with master key ${doc.masterKeyId}, but ${key.source} holds ${key.kid} (wrong master key)`, `use the master key this file was written with`);
+      throw corrupt(
+        `was encrypted with master key ${doc.masterKeyId}, but ${key.source} holds ${key.kid} (wrong master key)`,
+        `use the master key this file was written with`,
+      );
     }
-    if (!macEquals(mac(key.mac, JSON.stringify(rest)), fileMac)) throw corrupt('failed its integrity check: it was modified or damaged');
+    if (!macEquals(mac(key.mac, JSON.stringify(rest)), fileMac))
+      throw corrupt('failed its integrity check: it was modified or damaged');
     // authenticated; still check internal consistency (defence against our own bugs)
     const ids = new Set(doc.versions.map((v) => v.id));
     const rots = new Set(doc.versions.map((v) => v.rotationId));
@@ -285,7 +316,11 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     key(): Promise<MasterKey>;
   }
   /** Read-modify-write under the per-file queue; writes only when the document changed. */
-  function mutate<T>(fn: (tx: Tx) => Promise<T> | T, known?: () => Doc | undefined, after?: (doc: Doc) => void): Promise<T> {
+  function mutate<T>(
+    fn: (tx: Tx) => Promise<T> | T,
+    known?: () => Doc | undefined,
+    after?: (doc: Doc) => void,
+  ): Promise<T> {
     return serialized(file, async () => {
       // the fresh path: the document this instance just read or wrote (see Memo); else read the file
       const recalled = known?.();
@@ -313,7 +348,8 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
 
   function decrypt(doc: Doc, key: MasterKey, v: VersionRec): Secret {
     const plain = unseal(key.enc, v, versionAad(doc.keyName, v.id));
-    if (plain === undefined || plain.length === 0) throw corrupt(`version ${v.id} could not be decrypted (tampered, moved or wrong master key)`);
+    if (plain === undefined || plain.length === 0)
+      throw corrupt(`version ${v.id} could not be decrypted (tampered, moved or wrong master key)`);
     return Secret.of(plain);
   }
 
@@ -329,7 +365,8 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
 
   const byRotation = (d: Doc, rotationId: string) => d.versions.find((v) => v.rotationId === rotationId);
   const requireRotationId = (rotationId: string) => {
-    if (typeof rotationId !== 'string' || rotationId.length === 0) throw new KeyrotorError('INTERNAL', 'file store: empty rotation id');
+    if (typeof rotationId !== 'string' || rotationId.length === 0)
+      throw new KeyrotorError('INTERNAL', 'file store: empty rotation id');
   };
 
   return {
@@ -370,82 +407,119 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     readCurrent: () =>
       readSlot(
         (d) => d.slots.current,
-        recall((m) => m.readCurrent, (m) => (m.readCurrent = false)),
+        recall(
+          (m) => m.readCurrent,
+          (m) => (m.readCurrent = false),
+        ),
       ),
     readPrevious: () => readSlot((d) => d.slots.previous),
     readPending: (rotationId) =>
       readSlot(
         (d) => (d.slots.pending?.rotationId === rotationId ? d.slots.pending.versionId : undefined),
-        recall((m) => m.pending === rotationId, (m) => (m.pending = undefined)),
+        recall(
+          (m) => m.pending === rotationId,
+          (m) => (m.pending = undefined),
+        ),
       ),
 
     async stage(req: StageRequest) {
       requireRotationId(req.rotationId);
-      return mutate(async ({ doc, key }) => {
-        const { slots } = doc;
-        const existing = byRotation(doc, req.rotationId);
-        if (existing) {
-          if (!sameValue(decrypt(doc, await key(), existing).reveal(), req.secret.reveal())) {
-            throw new KeyrotorError(
-              'STORE_CONFLICT',
-              `file store ${shown}: rotation ${req.rotationId} already staged a different value (version ${existing.id})`,
-              { stage: 'stage', retryable: false, hint: `unstage rotation ${req.rotationId} first` },
+      return mutate(
+        async ({ doc, key }) => {
+          const { slots } = doc;
+          const existing = byRotation(doc, req.rotationId);
+          if (existing) {
+            if (!sameValue(decrypt(doc, await key(), existing).reveal(), req.secret.reveal())) {
+              throw new KeyrotorError(
+                'STORE_CONFLICT',
+                `file store ${shown}: rotation ${req.rotationId} already staged a different value (version ${existing.id})`,
+                { stage: 'stage', retryable: false, hint: `unstage rotation ${req.rotationId} first` },
+              );
+            }
+            const slotted =
+              slots.current === existing.id ||
+              slots.previous === existing.id ||
+              slots.pending?.versionId === existing.id;
+            if (!slotted) {
+              // demoted earlier while another version was pending: make it pending again
+              if (slots.pending)
+                log.warn(
+                  { rotationId: req.rotationId, replacedRotationId: slots.pending.rotationId },
+                  'stage replaces a pending version left by another rotation',
+                );
+              slots.pending = { versionId: existing.id, rotationId: req.rotationId };
+            }
+            return { versionId: existing.id };
+          }
+          const k = await key();
+          const id = `v${doc.nextSeq}-${randomBytes(4).toString('hex')}`;
+          doc.nextSeq++;
+          const sealed = seal(k.enc, req.secret.reveal(), versionAad(doc.keyName, id));
+          doc.versions.push({
+            id,
+            rotationId: req.rotationId,
+            createdAt: new Date(ctx.clock.now()).toISOString(),
+            meta: { ...req.meta },
+            cipher: 'aes-256-gcm',
+            ...sealed,
+          });
+          if (slots.pending)
+            log.warn(
+              { rotationId: req.rotationId, replacedRotationId: slots.pending.rotationId },
+              'stage replaces a pending version left by another rotation',
             );
-          }
-          const slotted = slots.current === existing.id || slots.previous === existing.id || slots.pending?.versionId === existing.id;
-          if (!slotted) {
-            // demoted earlier while another version was pending: make it pending again
-            if (slots.pending) log.warn({ rotationId: req.rotationId, replacedRotationId: slots.pending.rotationId }, 'stage replaces a pending version left by another rotation');
-            slots.pending = { versionId: existing.id, rotationId: req.rotationId };
-          }
-          return { versionId: existing.id };
-        }
-        const k = await key();
-        const id = `v${doc.nextSeq}-${randomBytes(4).toString('hex')}`;
-        doc.nextSeq++;
-        const sealed = seal(k.enc, req.secret.reveal(), versionAad(doc.keyName, id));
-        doc.versions.push({
-          id,
-          rotationId: req.rotationId,
-          createdAt: new Date(ctx.clock.now()).toISOString(),
-          meta: { ...req.meta },
-          cipher: 'aes-256-gcm',
-          ...sealed,
-        });
-        if (slots.pending) log.warn({ rotationId: req.rotationId, replacedRotationId: slots.pending.rotationId }, 'stage replaces a pending version left by another rotation');
-        slots.pending = { versionId: id, rotationId: req.rotationId };
-        return { versionId: id };
-      },
-      () => recall((m) => m.stage, (m) => (m.stage = false)),
-      // verify reads this rotation's pending version next, then promote moves it
-      (doc) => remember(doc, { pending: req.rotationId, promote: req.rotationId }),
+          slots.pending = { versionId: id, rotationId: req.rotationId };
+          return { versionId: id };
+        },
+        () =>
+          recall(
+            (m) => m.stage,
+            (m) => (m.stage = false),
+          ),
+        // verify reads this rotation's pending version next, then promote moves it
+        (doc) => remember(doc, { pending: req.rotationId, promote: req.rotationId }),
       );
     },
 
     async promote(rotationId) {
       requireRotationId(rotationId);
-      await mutate(({ doc }) => {
-        const { slots } = doc;
-        const v = byRotation(doc, rotationId);
-        if (!v) {
-          throw new KeyrotorError('STORE_CONFLICT', `file store ${shown}: rotation ${rotationId} staged no version; nothing to promote`, {
-            stage: 'promote',
-            retryable: false,
-          });
-        }
-        if (slots.current === v.id) return; // already promoted
-        if (slots.pending?.versionId !== v.id) {
-          throw new KeyrotorError(
-            'STORE_CONFLICT',
-            `file store ${shown}: version ${v.id} of rotation ${rotationId} is no longer pending (${slots.previous === v.id ? 'it is previous' : 'another rotation replaced it'})`,
-            { stage: 'promote', retryable: false },
-          );
-        }
-        v.promotion = { at: new Date(ctx.clock.now()).toISOString(), replacedCurrent: slots.current, replacedPrevious: slots.previous };
-        if (slots.current) slots.previous = slots.current;
-        slots.current = v.id;
-        slots.pending = undefined;
-      }, () => recall((m) => m.promote === rotationId, (m) => (m.promote = undefined)));
+      await mutate(
+        ({ doc }) => {
+          const { slots } = doc;
+          const v = byRotation(doc, rotationId);
+          if (!v) {
+            throw new KeyrotorError(
+              'STORE_CONFLICT',
+              `file store ${shown}: rotation ${rotationId} staged no version; nothing to promote`,
+              {
+                stage: 'promote',
+                retryable: false,
+              },
+            );
+          }
+          if (slots.current === v.id) return; // already promoted
+          if (slots.pending?.versionId !== v.id) {
+            throw new KeyrotorError(
+              'STORE_CONFLICT',
+              `file store ${shown}: version ${v.id} of rotation ${rotationId} is no longer pending (${slots.previous === v.id ? 'it is previous' : 'another rotation replaced it'})`,
+              { stage: 'promote', retryable: false },
+            );
+          }
+          v.promotion = {
+            at: new Date(ctx.clock.now()).toISOString(),
+            replacedCurrent: slots.current,
+            replacedPrevious: slots.previous,
+          };
+          if (slots.current) slots.previous = slots.current;
+          slots.current = v.id;
+          slots.pending = undefined;
+        },
+        () =>
+          recall(
+            (m) => m.promote === rotationId,
+            (m) => (m.promote = undefined),
+          ),
+      );
     },
 
     async demote(rotationId) {
@@ -457,10 +531,14 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
         const has = (id: string | undefined) => id !== undefined && doc.versions.some((x) => x.id === id);
         const p = v.promotion ?? { at: '', replacedCurrent: slots.previous, replacedPrevious: undefined };
         if (p.replacedCurrent !== undefined && !has(p.replacedCurrent)) {
-          throw new KeyrotorError('STORE_CONFLICT', `file store ${shown}: cannot demote rotation ${rotationId}: the version it replaced (${p.replacedCurrent}) is gone`, {
-            stage: 'demote',
-            retryable: false,
-          });
+          throw new KeyrotorError(
+            'STORE_CONFLICT',
+            `file store ${shown}: cannot demote rotation ${rotationId}: the version it replaced (${p.replacedCurrent}) is gone`,
+            {
+              stage: 'demote',
+              retryable: false,
+            },
+          );
         }
         slots.current = p.replacedCurrent;
         slots.previous = has(p.replacedPrevious) ? p.replacedPrevious : undefined;

@@ -82,10 +82,17 @@ export function serverDetail(e: unknown): string {
  */
 function safeCause(e: unknown): Error {
   const code = grpcCode(e);
-  return Object.assign(new Error(`${code === undefined ? 'error' : (CODE_NAMES[code] ?? code)}: ${serverDetail(e)}`), { code });
+  return Object.assign(new Error(`${code === undefined ? 'error' : (CODE_NAMES[code] ?? code)}: ${serverDetail(e)}`), {
+    code,
+  });
 }
 
-const WRITES: ReadonlySet<GcpOperation> = new Set(['updateSecret', 'addSecretVersion', 'disableSecretVersion', 'destroySecretVersion']);
+const WRITES: ReadonlySet<GcpOperation> = new Set([
+  'updateSecret',
+  'addSecretVersion',
+  'disableSecretVersion',
+  'destroySecretVersion',
+]);
 
 /**
  * An OK answer without the fields the call answers with (no etag, an empty or foreign name, a version
@@ -95,11 +102,15 @@ const WRITES: ReadonlySet<GcpOperation> = new Set(['updateSecret', 'addSecretVer
 export function malformedAnswer(c: GcpErrorContext, what: string): KeyrotorError {
   const target = c.version === undefined ? `secret ${c.secretName}` : `version ${c.version} of secret ${c.secretName}`;
   const maybe = WRITES.has(c.op) ? '; the change may or may not have taken effect' : '';
-  return new KeyrotorError('STORE_UNAVAILABLE', `Secret Manager sent a malformed answer to ${c.op} on ${target} (${what})${maybe}`, {
-    stage: c.stage,
-    retryable: true,
-    hint: 'usually a proxy or gateway between keyrotor and Secret Manager; retry the rotation (it re-reads the secret first)',
-  });
+  return new KeyrotorError(
+    'STORE_UNAVAILABLE',
+    `Secret Manager sent a malformed answer to ${c.op} on ${target} (${what})${maybe}`,
+    {
+      stage: c.stage,
+      retryable: true,
+      hint: 'usually a proxy or gateway between keyrotor and Secret Manager; retry the rotation (it re-reads the secret first)',
+    },
+  );
 }
 
 export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
@@ -113,7 +124,13 @@ export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
 
   switch (code) {
     case GRPC.NOT_FOUND:
-      if (c.version === undefined || c.op === 'getSecret' || c.op === 'updateSecret' || c.op === 'addSecretVersion' || c.op === 'listSecretVersions') {
+      if (
+        c.version === undefined ||
+        c.op === 'getSecret' ||
+        c.op === 'updateSecret' ||
+        c.op === 'addSecretVersion' ||
+        c.op === 'listSecretVersions'
+      ) {
         const [, project, secret] = /^projects\/([^/]+)\/secrets\/(.+)$/.exec(c.secretName) ?? [];
         return new KeyrotorError('STORE_NOT_FOUND', `secret ${c.secretName} does not exist; create it first`, {
           ...base,
@@ -123,41 +140,69 @@ export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
       }
       return new KeyrotorError('STORE_NOT_FOUND', `${target} does not exist`, { ...base, retryable: false });
     case GRPC.PERMISSION_DENIED:
-      return new KeyrotorError('STORE_ACCESS_DENIED', `permission ${permission} denied on secret ${c.secretName} (${c.op})`, {
-        ...base,
-        retryable: false,
-        hint: `grant the identity keyrotor runs as a role with ${permission} on the secret (e.g. roles/secretmanager.admin on that secret only)`,
-      });
+      return new KeyrotorError(
+        'STORE_ACCESS_DENIED',
+        `permission ${permission} denied on secret ${c.secretName} (${c.op})`,
+        {
+          ...base,
+          retryable: false,
+          hint: `grant the identity keyrotor runs as a role with ${permission} on the secret (e.g. roles/secretmanager.admin on that secret only)`,
+        },
+      );
     case GRPC.UNAUTHENTICATED:
-      return new KeyrotorError('STORE_ACCESS_DENIED', `GCP rejected the credentials for ${c.op} on secret ${c.secretName}`, {
-        ...base,
-        retryable: false,
-        hint: 'check Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, gcloud auth application-default login)',
-      });
+      return new KeyrotorError(
+        'STORE_ACCESS_DENIED',
+        `GCP rejected the credentials for ${c.op} on secret ${c.secretName}`,
+        {
+          ...base,
+          retryable: false,
+          hint: 'check Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, gcloud auth application-default login)',
+        },
+      );
     case GRPC.UNAVAILABLE:
       // grpc-js reports a failing credentials plugin (no ADC found) as UNAVAILABLE: not transient
       if (/Getting metadata from plugin failed/i.test(detail)) {
-        return new KeyrotorError('STORE_ACCESS_DENIED', `could not get GCP credentials for ${c.op} on secret ${c.secretName}: ${detail}`, {
-          ...base,
-          retryable: false,
-          hint: 'configure Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or workload identity)',
-        });
+        return new KeyrotorError(
+          'STORE_ACCESS_DENIED',
+          `could not get GCP credentials for ${c.op} on secret ${c.secretName}: ${detail}`,
+          {
+            ...base,
+            retryable: false,
+            hint: 'configure Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or workload identity)',
+          },
+        );
       }
-      return new KeyrotorError('STORE_UNAVAILABLE', `GCP Secret Manager unavailable for ${c.op} on ${target} (${codeName}): ${detail}`, { ...base, retryable: true });
+      return new KeyrotorError(
+        'STORE_UNAVAILABLE',
+        `GCP Secret Manager unavailable for ${c.op} on ${target} (${codeName}): ${detail}`,
+        { ...base, retryable: true },
+      );
     case GRPC.DEADLINE_EXCEEDED:
     case GRPC.RESOURCE_EXHAUSTED:
     case GRPC.INTERNAL:
     case GRPC.UNKNOWN:
     case GRPC.CANCELLED:
-      return new KeyrotorError('STORE_UNAVAILABLE', `GCP Secret Manager failed ${c.op} on ${target} (${codeName}): ${detail}`, { ...base, retryable: true });
+      return new KeyrotorError(
+        'STORE_UNAVAILABLE',
+        `GCP Secret Manager failed ${c.op} on ${target} (${codeName}): ${detail}`,
+        { ...base, retryable: true },
+      );
     case GRPC.ABORTED:
-      return new KeyrotorError('STORE_CONFLICT', `concurrent change to secret ${c.secretName} during ${c.op} (${codeName})`, {
-        ...base,
-        retryable: true,
-        hint: 'another writer changed the secret at the same time; retry',
-      });
+      return new KeyrotorError(
+        'STORE_CONFLICT',
+        `concurrent change to secret ${c.secretName} during ${c.op} (${codeName})`,
+        {
+          ...base,
+          retryable: true,
+          hint: 'another writer changed the secret at the same time; retry',
+        },
+      );
     case GRPC.ALREADY_EXISTS:
-      return new KeyrotorError('STORE_CONFLICT', `${target}: ${c.op} conflicts with existing state (${codeName}): ${detail}`, { ...base, retryable: false });
+      return new KeyrotorError(
+        'STORE_CONFLICT',
+        `${target}: ${c.op} conflicts with existing state (${codeName}): ${detail}`,
+        { ...base, retryable: false },
+      );
     case GRPC.FAILED_PRECONDITION:
       return new KeyrotorError('STORE_CORRUPT', `${target} cannot be used for ${c.op} (${codeName}): ${detail}`, {
         ...base,
@@ -166,6 +211,10 @@ export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
       });
     default:
       // INVALID_ARGUMENT, OUT_OF_RANGE, UNIMPLEMENTED, DATA_LOSS, or no gRPC status at all
-      return new KeyrotorError('INTERNAL', `GCP Secret Manager rejected ${c.op} on ${target} (${codeName}): ${detail}`, { ...base, retryable: false });
+      return new KeyrotorError(
+        'INTERNAL',
+        `GCP Secret Manager rejected ${c.op} on ${target} (${codeName}): ${detail}`,
+        { ...base, retryable: false },
+      );
   }
 }

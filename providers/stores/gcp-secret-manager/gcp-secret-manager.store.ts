@@ -107,9 +107,13 @@ const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
 export async function createGcpClient(cfg: GcpSecretManagerStoreConfig): Promise<SecretManagerServiceClient> {
   if (cfg.insecure) {
     if (!cfg.apiEndpoint || !LOOPBACK.has(cfg.apiEndpoint)) {
-      throw new KeyrotorError('CONFIG_INVALID', `gcp-secret-manager store: insecure is only allowed with a loopback apiEndpoint (got ${cfg.apiEndpoint ?? 'none'})`, {
-        hint: 'remove insecure: true, or set apiEndpoint: 127.0.0.1 for a local test server',
-      });
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `gcp-secret-manager store: insecure is only allowed with a loopback apiEndpoint (got ${cfg.apiEndpoint ?? 'none'})`,
+        {
+          hint: 'remove insecure: true, or set apiEndpoint: 127.0.0.1 for a local test server',
+        },
+      );
     }
     // the grpc module google-gax itself uses, so the credentials object is one it recognises
     const gax = await import('google-gax');
@@ -147,7 +151,8 @@ function parseJson(text: string): Record<string, unknown> | undefined {
 }
 
 const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
-const numOrNull = (v: unknown) => (v === null ? null : typeof v === 'number' && Number.isSafeInteger(v) ? v : undefined);
+const numOrNull = (v: unknown) =>
+  v === null ? null : typeof v === 'number' && Number.isSafeInteger(v) ? v : undefined;
 
 function parseMark(text: string): VersionMark | undefined {
   const j = parseJson(text);
@@ -249,7 +254,12 @@ export class GcpSecretManagerStore implements SecretStore {
       }
     | undefined;
 
-  constructor(cfg: GcpSecretManagerStoreConfig, ctx: ProviderContext, client: SecretManagerServiceClient, opts: GcpStoreOptions = {}) {
+  constructor(
+    cfg: GcpSecretManagerStoreConfig,
+    ctx: ProviderContext,
+    client: SecretManagerServiceClient,
+    opts: GcpStoreOptions = {},
+  ) {
     this.secretName = `projects/${cfg.project}/secrets/${cfg.secret}`;
     this.label = `gcp-secret-manager:${this.secretName}`;
     this.#client = client;
@@ -352,7 +362,12 @@ export class GcpSecretManagerStore implements SecretStore {
       if (pm?.r === rid && pm.f === fp) return null;
       if (pm?.r === rid && pm.f) previousFp = pm.f;
       freshLock = pm === undefined;
-      const next: PendingMark = { r: rid, a: pm?.r === rid ? pm.a : baseline, f: fp, t: new Date(this.#clock.now()).toISOString() };
+      const next: PendingMark = {
+        r: rid,
+        a: pm?.r === rid ? pm.a : baseline,
+        f: fp,
+        t: new Date(this.#clock.now()).toISOString(),
+      };
       return { annotations: { ...x.annotations, [ANNOTATION_PENDING]: JSON.stringify(next) } };
     });
     const raced = this.#ownVersion(s, rid);
@@ -362,13 +377,19 @@ export class GcpSecretManagerStore implements SecretStore {
     // 3. a version added by an earlier attempt whose response was lost? adopt it instead of adding
     // (the marker is written before any add, so a lock taken just now has no orphans: skip the listing)
     const orphans = freshLock ? [] : await this.#orphans(s, pm, stage);
-    const mine = orphans.filter((o) => o.fp === fp).map((o) => o.n).sort((a, b) => a - b);
+    const mine = orphans
+      .filter((o) => o.fp === fp)
+      .map((o) => o.n)
+      .sort((a, b) => a - b);
     const stale = orphans.filter((o) => o.fp !== fp && previousFp !== undefined && o.fp === previousFp).map((o) => o.n);
     let n: number;
     let added = false;
     if (mine.length) {
       n = mine[0]!;
-      this.#log.warn({ stage, rotationId: rid, version: n }, 'adopting the version a previous stage attempt added (its response was lost)');
+      this.#log.warn(
+        { stage, rotationId: rid, version: n },
+        'adopting the version a previous stage attempt added (its response was lost)',
+      );
     } else {
       n = await this.#add(req.secret, stage);
       added = true;
@@ -378,22 +399,44 @@ export class GcpSecretManagerStore implements SecretStore {
 
     // 4. record the metadata and point `pending` at it (P2 extra: the alias verify, describe and a
     //    resumed rotation find the staged version by)
-    const out = await this.#finishStage(s, rid, n, markFp, stage, { r: rid, k: req.meta.issuerKeyId, f: markFp, c: req.meta.createdAt });
+    const out = await this.#finishStage(s, rid, n, markFp, stage, {
+      r: rid,
+      k: req.meta.issuerKeyId,
+      f: markFp,
+      c: req.meta.createdAt,
+    });
     // verify reads this version next and promote moves it: remember the answer (not on a retry path)
     if (added && out.view.aliases[ALIAS_PENDING] === n && out.view.marks.get(n)?.r === rid) {
-      this.#known = { view: out.view, readCurrent: false, stage: false, pending: { rid, n, secret: req.secret }, promote: { rid, n } };
+      this.#known = {
+        view: out.view,
+        readCurrent: false,
+        stage: false,
+        pending: { rid, n, secret: req.secret },
+        promote: { rid, n },
+      };
     }
     return { versionId: out.versionId };
   }
 
-  async #finishStage(s: SecretView, rid: string, n: number, markFp: string, stage: Stage, newMark?: VersionMark): Promise<{ versionId: string; view: SecretView }> {
+  async #finishStage(
+    s: SecretView,
+    rid: string,
+    n: number,
+    markFp: string,
+    stage: Stage,
+    newMark?: VersionMark,
+  ): Promise<{ versionId: string; view: SecretView }> {
     const existing = s.marks.get(n);
     if (existing?.r === rid && existing.f && existing.f !== markFp) {
-      throw new KeyrotorError('STORE_CONFLICT', `rotation ${rid} already staged a different value as version ${n} of ${this.label}`, {
-        stage,
-        retryable: false,
-        hint: `unstage rotation ${rid} first`,
-      });
+      throw new KeyrotorError(
+        'STORE_CONFLICT',
+        `rotation ${rid} already staged a different value as version ${n} of ${this.label}`,
+        {
+          stage,
+          retryable: false,
+          hint: `unstage rotation ${rid} first`,
+        },
+      );
     }
     const view = await this.#cas(stage, s, (x) => {
       const mark = x.marks.get(n);
@@ -403,10 +446,16 @@ export class GcpSecretManagerStore implements SecretStore {
       this.#assertNotLocked(x, rid);
       if (!ours && x.pending?.r !== rid) {
         // someone removed our marker between the add and now (a concurrent unstage): start over
-        throw new KeyrotorError('STORE_CONFLICT', `the stage marker of rotation ${rid} on ${this.label} disappeared while staging`, { stage, retryable: true });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `the stage marker of rotation ${rid} on ${this.label} disappeared while staging`,
+          { stage, retryable: true },
+        );
       }
       const aliases: Record<string, number> = { ...x.aliases, [ALIAS_PENDING]: n };
-      const annotations = ours ? { ...x.annotations } : { ...x.annotations, [versionAnnotation(n)]: JSON.stringify(newMark ?? { r: rid, f: markFp }) };
+      const annotations = ours
+        ? { ...x.annotations }
+        : { ...x.annotations, [versionAnnotation(n)]: JSON.stringify(newMark ?? { r: rid, f: markFp }) };
       return { aliases, annotations };
     });
     return { versionId: String(n), view };
@@ -416,7 +465,8 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async promote(rotationId: string): Promise<void> {
     const stage: Stage = 'promote';
-    const known = this.#known?.promote?.rid === rotationId ? { view: this.#known.view, n: this.#known.promote.n } : undefined;
+    const known =
+      this.#known?.promote?.rid === rotationId ? { view: this.#known.view, n: this.#known.promote.n } : undefined;
     this.#known = undefined;
     const s = known?.view ?? (await this.#read(stage));
     const n = this.#stagedOrCurrent(s, rotationId);
@@ -432,16 +482,24 @@ export class GcpSecretManagerStore implements SecretStore {
     if (s.aliases[ALIAS_CURRENT] !== n && known?.n !== n) {
       const st = await this.#versionState(n, stage);
       if (st !== 'ENABLED') {
-        throw new KeyrotorError('STORE_CORRUPT', `version ${n} of ${this.label} staged by rotation ${rotationId} is ${st ?? 'missing'}; refusing to make it current`, {
-          stage,
-          retryable: false,
-        });
+        throw new KeyrotorError(
+          'STORE_CORRUPT',
+          `version ${n} of ${this.label} staged by rotation ${rotationId} is ${st ?? 'missing'}; refusing to make it current`,
+          {
+            stage,
+            retryable: false,
+          },
+        );
       }
     }
     await this.#cas(stage, s, (x) => {
       const mark = x.marks.get(n);
       if (mark?.r !== rotationId) {
-        throw new KeyrotorError('STORE_CONFLICT', `the metadata of version ${n} (rotation ${rotationId}) vanished from ${this.label} during promote`, { stage, retryable: false });
+        throw new KeyrotorError(
+          'STORE_CONFLICT',
+          `the metadata of version ${n} (rotation ${rotationId}) vanished from ${this.label} during promote`,
+          { stage, retryable: false },
+        );
       }
       const ownsLock = x.pending?.r === rotationId;
       if (x.aliases[ALIAS_CURRENT] === n) {
@@ -465,7 +523,10 @@ export class GcpSecretManagerStore implements SecretStore {
       const aliases: Record<string, number> = { ...x.aliases, [ALIAS_CURRENT]: n };
       delete aliases[ALIAS_PENDING];
       if (oldCurrent !== undefined) aliases[ALIAS_PREVIOUS] = oldCurrent;
-      const annotations = { ...x.annotations, [versionAnnotation(n)]: JSON.stringify({ ...mark, o: oldCurrent ?? null, q: oldPrevious ?? null }) };
+      const annotations = {
+        ...x.annotations,
+        [versionAnnotation(n)]: JSON.stringify({ ...mark, o: oldCurrent ?? null, q: oldPrevious ?? null }),
+      };
       if (ownsLock) delete annotations[ANNOTATION_PENDING];
       return { aliases, annotations };
     });
@@ -479,21 +540,29 @@ export class GcpSecretManagerStore implements SecretStore {
     const mark = cur === undefined ? undefined : s.marks.get(cur);
     if (cur === undefined || mark?.r !== rotationId) return; // never promoted, or demoted already
     if (mark.o === undefined) {
-      throw new KeyrotorError('STORE_CORRUPT', `cannot demote rotation ${rotationId} in ${this.label}: it is not recorded which version was current before it`, {
-        stage,
-        retryable: false,
-        hint: `point the alias "current" of ${this.secretName} at the right version by hand`,
-      });
+      throw new KeyrotorError(
+        'STORE_CORRUPT',
+        `cannot demote rotation ${rotationId} in ${this.label}: it is not recorded which version was current before it`,
+        {
+          stage,
+          retryable: false,
+          hint: `point the alias "current" of ${this.secretName} at the right version by hand`,
+        },
+      );
     }
     // moving `current` back must land on a version consumers can read
     if (mark.o !== null) {
       const st = await this.#versionState(mark.o, stage);
       if (st !== 'ENABLED') {
-        throw new KeyrotorError('STORE_CORRUPT', `cannot demote rotation ${rotationId}: version ${mark.o} of ${this.label} (current before it) is ${st ?? 'missing'}`, {
-          stage,
-          retryable: false,
-          hint: `enable version ${mark.o} (gcloud secrets versions enable) and retry`,
-        });
+        throw new KeyrotorError(
+          'STORE_CORRUPT',
+          `cannot demote rotation ${rotationId}: version ${mark.o} of ${this.label} (current before it) is ${st ?? 'missing'}`,
+          {
+            stage,
+            retryable: false,
+            hint: `enable version ${mark.o} (gcloud secrets versions enable) and retry`,
+          },
+        );
       }
     }
     let restorePrevious = mark.q ?? null;
@@ -522,11 +591,17 @@ export class GcpSecretManagerStore implements SecretStore {
     const ownsLock = s.pending?.r === rotationId;
     const targets = new Set<number>();
     for (const [n, m] of s.marks) if (m.r === rotationId) targets.add(n);
-    if (ownsLock) for (const o of await this.#orphans(s, s.pending!, stage)) if (o.fp === s.pending!.f) targets.add(o.n);
+    if (ownsLock)
+      for (const o of await this.#orphans(s, s.pending!, stage)) if (o.fp === s.pending!.f) targets.add(o.n);
     if (!targets.size && !ownsLock) return;
 
     // disable first (a retry still finds the annotations); never what current/previous/other aliases read
-    const held = (v: SecretView) => new Set(Object.entries(v.aliases).filter(([k]) => k !== ALIAS_PENDING).map(([, n]) => n));
+    const held = (v: SecretView) =>
+      new Set(
+        Object.entries(v.aliases)
+          .filter(([k]) => k !== ALIAS_PENDING)
+          .map(([, n]) => n),
+      );
     const heldNow = held(s);
     const retired = new Set<number>();
     for (const n of targets) {
@@ -562,21 +637,31 @@ export class GcpSecretManagerStore implements SecretStore {
 
   #assertNotLocked(s: SecretView, rid: string): void {
     if (s.pending && s.pending.r !== rid) {
-      throw new KeyrotorError('LOCKED', `${this.label} is locked by rotation ${s.pending.r} (annotation ${ANNOTATION_PENDING})`, {
-        stage: 'stage',
-        retryable: false,
-        hint: `let rotation ${s.pending.r} finish or roll it back; if it is dead, remove the annotation ${ANNOTATION_PENDING} (and the "pending" alias) from ${this.secretName}`,
-      });
+      throw new KeyrotorError(
+        'LOCKED',
+        `${this.label} is locked by rotation ${s.pending.r} (annotation ${ANNOTATION_PENDING})`,
+        {
+          stage: 'stage',
+          retryable: false,
+          hint: `let rotation ${s.pending.r} finish or roll it back; if it is dead, remove the annotation ${ANNOTATION_PENDING} (and the "pending" alias) from ${this.secretName}`,
+        },
+      );
     }
     const p = s.aliases[ALIAS_PENDING];
     if (p !== undefined) {
       const owner = s.marks.get(p)?.r;
       if (owner !== rid) {
-        throw new KeyrotorError('LOCKED', `${this.label} already has a pending version ${p}${owner ? ` staged by rotation ${owner}` : ' not staged by keyrotor'}`, {
-          stage: 'stage',
-          retryable: false,
-          hint: owner ? `let rotation ${owner} finish or roll it back` : `remove the "pending" alias from ${this.secretName}`,
-        });
+        throw new KeyrotorError(
+          'LOCKED',
+          `${this.label} already has a pending version ${p}${owner ? ` staged by rotation ${owner}` : ' not staged by keyrotor'}`,
+          {
+            stage: 'stage',
+            retryable: false,
+            hint: owner
+              ? `let rotation ${owner} finish or roll it back`
+              : `remove the "pending" alias from ${this.secretName}`,
+          },
+        );
       }
     }
   }
@@ -613,11 +698,19 @@ export class GcpSecretManagerStore implements SecretStore {
   // ---------------------------------------------------------------- helpers: calls
 
   #err(e: unknown, op: GcpOperation, stage?: Stage, version?: number | string): KeyrotorError {
-    return mapGcpError(e, { op, secretName: this.secretName, stage, version: version === undefined ? undefined : String(version) });
+    return mapGcpError(e, {
+      op,
+      secretName: this.secretName,
+      stage,
+      version: version === undefined ? undefined : String(version),
+    });
   }
 
   #malformed(op: GcpOperation, what: string, stage?: Stage, version?: number | string): KeyrotorError {
-    return malformedAnswer({ op, secretName: this.secretName, stage, version: version === undefined ? undefined : String(version) }, what);
+    return malformedAnswer(
+      { op, secretName: this.secretName, stage, version: version === undefined ? undefined : String(version) },
+      what,
+    );
   }
 
   /**
@@ -627,7 +720,8 @@ export class GcpSecretManagerStore implements SecretStore {
    */
   #checkedView(secret: ISecret, op: GcpOperation, stage?: Stage): SecretView {
     const tail = this.secretName.slice(this.secretName.indexOf('/secrets/'));
-    if (!secret.name || !secret.name.endsWith(tail)) throw this.#malformed(op, secret.name ? 'it names another secret' : 'no name', stage);
+    if (!secret.name || !secret.name.endsWith(tail))
+      throw this.#malformed(op, secret.name ? 'it names another secret' : 'no name', stage);
     if (!secret.etag) throw this.#malformed(op, 'no etag', stage);
     return viewOf(secret);
   }
@@ -669,11 +763,15 @@ export class GcpSecretManagerStore implements SecretStore {
       } catch (e) {
         if (grpcCode(e) !== GRPC.ABORTED) throw this.#err(e, 'updateSecret', stage);
         if (attempt >= CAS_ATTEMPTS) {
-          throw new KeyrotorError('STORE_CONFLICT', `${this.label} kept changing under us (stale etag ${attempt} times in a row) during ${stage}`, {
-            stage,
-            retryable: true,
-            hint: 'another writer is editing the aliases or annotations of this secret; retry later',
-          });
+          throw new KeyrotorError(
+            'STORE_CONFLICT',
+            `${this.label} kept changing under us (stale etag ${attempt} times in a row) during ${stage}`,
+            {
+              stage,
+              retryable: true,
+              hint: 'another writer is editing the aliases or annotations of this secret; retry later',
+            },
+          );
         }
         this.#log.debug({ stage, attempt }, 'stale etag; re-reading the secret and retrying');
         await this.#clock.sleep(20 * 2 ** (attempt - 1) + Math.floor(Math.random() * 20));
@@ -686,7 +784,10 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async #highestVersion(stage: Stage): Promise<number> {
     try {
-      const [versions] = await this.#client.listSecretVersions({ parent: this.secretName, pageSize: 1 }, { autoPaginate: false, timeout: CALL_TIMEOUT_MS });
+      const [versions] = await this.#client.listSecretVersions(
+        { parent: this.secretName, pageSize: 1 },
+        { autoPaginate: false, timeout: CALL_TIMEOUT_MS },
+      );
       return versionNumberOf(versions[0]?.name) ?? 0;
     } catch (e) {
       throw this.#err(e, 'listSecretVersions', stage);
@@ -719,7 +820,10 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async #versionState(n: number, stage: Stage): Promise<string | undefined> {
     try {
-      const [v] = await this.#client.getSecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
+      const [v] = await this.#client.getSecretVersion(
+        { name: `${this.secretName}/versions/${n}` },
+        { timeout: CALL_TIMEOUT_MS },
+      );
       return String(v.state ?? '');
     } catch (e) {
       if (grpcCode(e) === GRPC.NOT_FOUND) return undefined;
@@ -750,7 +854,10 @@ export class GcpSecretManagerStore implements SecretStore {
     let payload: protos.google.cloud.secretmanager.v1.ISecretPayload | null | undefined;
     let name: string | null | undefined;
     try {
-      [{ payload, name }] = await this.#client.accessSecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
+      [{ payload, name }] = await this.#client.accessSecretVersion(
+        { name: `${this.secretName}/versions/${n}` },
+        { timeout: CALL_TIMEOUT_MS },
+      );
     } catch (e) {
       if (grpcCode(e) === GRPC.NOT_FOUND) {
         // versions are never deleted one by one: an alias or marker naming a missing version is damage
@@ -763,13 +870,18 @@ export class GcpSecretManagerStore implements SecretStore {
       throw this.#err(e, 'accessSecretVersion', stage, n);
     }
     // an answer for another (or no) version, or without a payload, is not an empty value
-    if (versionNumberOf(name) !== n) throw this.#malformed('accessSecretVersion', name ? 'it names another version' : 'no name', stage, n);
-    if (!payload || payload.data === null || payload.data === undefined) throw this.#malformed('accessSecretVersion', 'no payload', stage, n);
+    if (versionNumberOf(name) !== n)
+      throw this.#malformed('accessSecretVersion', name ? 'it names another version' : 'no name', stage, n);
+    if (!payload || payload.data === null || payload.data === undefined)
+      throw this.#malformed('accessSecretVersion', 'no payload', stage, n);
     const data = Buffer.from(payload?.data ?? new Uint8Array());
     const sent = payload?.dataCrc32c;
     if (sent !== null && sent !== undefined && Number(String(sent)) !== crc32c(data)) {
       data.fill(0);
-      throw new KeyrotorError('STORE_CORRUPT', `version ${n} of ${this.label} failed its CRC32C check`, { stage, retryable: true });
+      throw new KeyrotorError('STORE_CORRUPT', `version ${n} of ${this.label} failed its CRC32C check`, {
+        stage,
+        retryable: true,
+      });
     }
     return data;
   }
@@ -786,7 +898,10 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async #disable(n: number, stage: Stage): Promise<void> {
     try {
-      await this.#client.disableSecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
+      await this.#client.disableSecretVersion(
+        { name: `${this.secretName}/versions/${n}` },
+        { timeout: CALL_TIMEOUT_MS },
+      );
     } catch (e) {
       const code = grpcCode(e);
       // destroyed (FAILED_PRECONDITION) or gone: it cannot be used either way
@@ -799,7 +914,10 @@ export class GcpSecretManagerStore implements SecretStore {
   async #retire(n: number, stage: Stage): Promise<void> {
     this.#log.warn({ stage, version: n }, 'destroying an extra version left by a retried add');
     try {
-      await this.#client.destroySecretVersion({ name: `${this.secretName}/versions/${n}` }, { timeout: CALL_TIMEOUT_MS });
+      await this.#client.destroySecretVersion(
+        { name: `${this.secretName}/versions/${n}` },
+        { timeout: CALL_TIMEOUT_MS },
+      );
     } catch (e) {
       const code = grpcCode(e);
       if (code === GRPC.NOT_FOUND || code === GRPC.FAILED_PRECONDITION) return;

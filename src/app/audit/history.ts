@@ -34,7 +34,10 @@ export interface RotationHistory {
   oldKeyLastUsedAt?: string | null;
 }
 
-export function buildHistory(records: AuditRecord[], opts: { key?: string | undefined; limit?: number | undefined } = {}): RotationHistory[] {
+export function buildHistory(
+  records: AuditRecord[],
+  opts: { key?: string | undefined; limit?: number | undefined } = {},
+): RotationHistory[] {
   const byId = new Map<string, RotationHistory>();
   const out: RotationHistory[] = [];
   for (const r of records) {

@@ -12,8 +12,24 @@ export { auditConfigSchema, type AuditConfig } from './schema.ts';
 export { createJsonlAuditLog, AUDIT_HEAD_FORMAT, type JsonlAuditOptions } from './jsonl.ts';
 export { auditObserver, type AuditObserverOptions } from './observer.ts';
 export { buildHistory, type RotationHistory, type HistoryStage } from './history.ts';
-export { logAuditSink, teeAuditSink, type AuditSink, type AuditLog, type VerifyReport, type VerifyProblem, type AuditReadResult } from './sink.ts';
-export { canonicalJson, chainRecord, recordHash, recordLine, GENESIS, type AuditEntry, type AuditRecord } from './record.ts';
+export {
+  logAuditSink,
+  teeAuditSink,
+  type AuditSink,
+  type AuditLog,
+  type VerifyReport,
+  type VerifyProblem,
+  type AuditReadResult,
+} from './sink.ts';
+export {
+  canonicalJson,
+  chainRecord,
+  recordHash,
+  recordLine,
+  GENESIS,
+  type AuditEntry,
+  type AuditRecord,
+} from './record.ts';
 
 /** The `audit` settings of a loaded config (defaults when the config has none). */
 export function auditSettings(cfg: LoadedConfig): AuditConfig {

@@ -25,8 +25,24 @@ import { link, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
-import { displayPath, ensureDir, errnoOf, fsyncDir, serialized, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
-import { chainRecord, isAuditRecord, recordHash, recordLine, sha256Hex, type AuditEntry, type AuditRecord } from './record.ts';
+import {
+  displayPath,
+  ensureDir,
+  errnoOf,
+  fsyncDir,
+  serialized,
+  uniqueSibling,
+  writeFileAtomic,
+} from '../../core/fs.ts';
+import {
+  chainRecord,
+  isAuditRecord,
+  recordHash,
+  recordLine,
+  sha256Hex,
+  type AuditEntry,
+  type AuditRecord,
+} from './record.ts';
 import type { AuditLog, AuditReadResult, VerifyProblem, VerifyReport } from './sink.ts';
 
 export const AUDIT_HEAD_FORMAT = 'keyrotor-audit-head/1';
@@ -74,7 +90,11 @@ async function readTail(fh: FileHandle, size: number): Promise<Tail> {
       window *= 2;
       continue;
     }
-    return { completeEnd: start + nl + 1, lastLine: buf.subarray(prevNl + 1, nl).toString('utf8'), fragment: buf.subarray(nl + 1) };
+    return {
+      completeEnd: start + nl + 1,
+      lastLine: buf.subarray(prevNl + 1, nl).toString('utf8'),
+      fragment: buf.subarray(nl + 1),
+    };
   }
 }
 
@@ -130,7 +150,10 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
    */
   async function createLock(): Promise<void> {
     const tmp = uniqueSibling(lockFile, 'tmp');
-    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() }), { mode: 0o600, flag: 'wx' });
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() }), {
+      mode: 0o600,
+      flag: 'wx',
+    });
     try {
       await link(tmp, lockFile);
     } catch (e) {
@@ -179,7 +202,11 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
   }
 
   function unavailable(what: string, e: unknown): KeyrotorError {
-    return new KeyrotorError('STATE_UNREADABLE', `audit log ${shown}: ${what} (${errnoOf(e) ?? (e instanceof Error ? e.message : 'error')})`, { cause: e, retryable: true });
+    return new KeyrotorError(
+      'STATE_UNREADABLE',
+      `audit log ${shown}: ${what} (${errnoOf(e) ?? (e instanceof Error ? e.message : 'error')})`,
+      { cause: e, retryable: true },
+    );
   }
 
   async function appendLocked(entry: AuditEntry): Promise<AuditRecord> {
@@ -196,9 +223,13 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       if (tail.lastLine !== null) {
         last = parseLine(tail.lastLine);
         if (!last || !hashOk(last)) {
-          throw new KeyrotorError('STATE_UNREADABLE', `audit log ${shown}: its last record is damaged; new records are not chained onto it`, {
-            hint: 'run `keyrotor audit verify`, keep the log as evidence and move it aside to start a new one',
-          });
+          throw new KeyrotorError(
+            'STATE_UNREADABLE',
+            `audit log ${shown}: its last record is damaged; new records are not chained onto it`,
+            {
+              hint: 'run `keyrotor audit verify`, keep the log as evidence and move it aside to start a new one',
+            },
+          );
         }
       }
       let prefix = '';
@@ -211,7 +242,12 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         } else {
           await fh.truncate(tail.completeEnd);
           const repair = chainRecord(
-            { type: 'repair', time: new Date(now()).toISOString(), droppedBytes: tail.fragment.length, droppedSha256: sha256Hex(tail.fragment) },
+            {
+              type: 'repair',
+              time: new Date(now()).toISOString(),
+              droppedBytes: tail.fragment.length,
+              droppedSha256: sha256Hex(tail.fragment),
+            },
             last,
           );
           out.push(repair);
@@ -286,7 +322,11 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       if (text === null) {
         if (head && head !== 'bad') {
           report.ok = false;
-          report.broken = { line: 1, seq: head.seq, reason: `the log is missing but its head names record #${head.seq}: the log was deleted` };
+          report.broken = {
+            line: 1,
+            seq: head.seq,
+            reason: `the log is missing but its head names record #${head.seq}: the log was deleted`,
+          };
         }
         return report;
       }
@@ -316,7 +356,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
             : `has seq ${r.seq} where ${expected} was expected: records were inserted, duplicated or reordered`;
         }
         if (r.prev !== (prev?.hash ?? r.prev) || (prev === null && !/^0{64}$/.test(r.prev))) {
-          return line === 1 ? 'does not start the chain: records before it were deleted' : 'does not chain to the record before it: that record was replaced';
+          return line === 1
+            ? 'does not start the chain: records before it were deleted'
+            : 'does not chain to the record before it: that record was replaced';
         }
         void line;
         return null;
@@ -334,7 +376,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         if (r && check(r, lines.length + 1) === null) {
           bySeq.set(r.seq, r);
           prev = r;
-          report.warnings.push(`the last record (#${r.seq}) lacks its newline (a crash right after writing it); the next append completes it`);
+          report.warnings.push(
+            `the last record (#${r.seq}) lacks its newline (a crash right after writing it); the next append completes it`,
+          );
         } else {
           tornNote = `torn last line ${lines.length + 1} (${Buffer.byteLength(fragment)} bytes, a crash in the middle of an append) ignored; the next append cuts it off and records a repair`;
         }
@@ -344,7 +388,10 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       report.headHash = prev?.hash ?? null;
       // the head: every record it names must still be there, unchanged
       if (head === null) {
-        if (report.records > 0) report.warnings.push(`no head file ${displayPath(headFile)}: records deleted from the end could not be detected`);
+        if (report.records > 0)
+          report.warnings.push(
+            `no head file ${displayPath(headFile)}: records deleted from the end could not be detected`,
+          );
       } else if (head === 'bad') {
         return fail({ line: lines.length, seq: null, reason: `the head file ${displayPath(headFile)} is damaged` });
       } else {
@@ -359,7 +406,10 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
             });
           }
         } else if (named.hash !== head.hash) {
-          return fail({ ...where(named, lines.findIndex((l) => parseLine(l)?.seq === named.seq) + 1), reason: `record does not match the head file: the log was rewritten` });
+          return fail({
+            ...where(named, lines.findIndex((l) => parseLine(l)?.seq === named.seq) + 1),
+            reason: `record does not match the head file: the log was rewritten`,
+          });
         }
       }
       if (tornNote) report.warnings.push(tornNote);

@@ -31,7 +31,12 @@ export function osUser(): string | undefined {
 
 function errorOf(e: TransitionEvent['error'] | KeyResult['error']): AuditEntry['error'] {
   if (!e) return undefined;
-  return { code: e.code, message: e.message, ...(e.stage ? { stage: e.stage } : {}), ...(e.hint ? { hint: e.hint } : {}) };
+  return {
+    code: e.code,
+    message: e.message,
+    ...(e.stage ? { stage: e.stage } : {}),
+    ...(e.hint ? { hint: e.hint } : {}),
+  };
 }
 
 export function auditObserver(o: AuditObserverOptions): RotationObserver {

@@ -45,7 +45,8 @@ export interface AuditEntry {
   newKeyId?: string | null | undefined;
   oldFingerprint?: string | null | undefined;
   newFingerprint?: string | null | undefined;
-  error?: Pick<ErrorRecord, 'code' | 'message'> & { stage?: string | undefined; hint?: string | undefined } | undefined;
+  error?:
+    (Pick<ErrorRecord, 'code' | 'message'> & { stage?: string | undefined; hint?: string | undefined }) | undefined;
   leftovers?: string[] | undefined;
   bootstrap?: boolean | undefined;
   oldKeyLastUsedAt?: string | null | undefined;
@@ -94,7 +95,12 @@ export function recordHash(r: Omit<AuditRecord, 'hash'> & { hash?: string }): st
 
 /** Build the next record of a chain. */
 export function chainRecord(entry: AuditEntry, prev: { seq: number; hash: string } | null): AuditRecord {
-  const body = { ...stripUndefined(entry), v: AUDIT_RECORD_VERSION, seq: (prev?.seq ?? 0) + 1, prev: prev?.hash ?? GENESIS };
+  const body = {
+    ...stripUndefined(entry),
+    v: AUDIT_RECORD_VERSION,
+    seq: (prev?.seq ?? 0) + 1,
+    prev: prev?.hash ?? GENESIS,
+  };
   return { ...body, hash: recordHash(body) } as AuditRecord;
 }
 

@@ -54,7 +54,10 @@ export function logAuditSink(logger: Logger): AuditSink {
   return {
     label: 'log',
     append(entry) {
-      logger.info({ audit: entry }, `audit ${entry.type}${entry.state ? ` ${entry.state}` : ''}${entry.outcome ? ` ${entry.outcome}` : ''}`);
+      logger.info(
+        { audit: entry },
+        `audit ${entry.type}${entry.state ? ` ${entry.state}` : ''}${entry.outcome ? ` ${entry.outcome}` : ''}`,
+      );
       return Promise.resolve();
     },
   };

@@ -26,10 +26,14 @@ export async function loadConfig(file: string, env: NodeJS.ProcessEnv = process.
     text = await readFile(abs, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new KeyrotorError(code === 'ENOENT' ? 'CONFIG_NOT_FOUND' : 'CONFIG_INVALID', `${file}: cannot read config (${code ?? 'error'})`, {
-      cause: e,
-      hint: code === 'ENOENT' ? 'pass --config <file> or create rotation.config.yaml' : undefined,
-    });
+    throw new KeyrotorError(
+      code === 'ENOENT' ? 'CONFIG_NOT_FOUND' : 'CONFIG_INVALID',
+      `${file}: cannot read config (${code ?? 'error'})`,
+      {
+        cause: e,
+        hint: code === 'ENOENT' ? 'pass --config <file> or create rotation.config.yaml' : undefined,
+      },
+    );
   }
   return parseConfig(text, file, env);
 }
@@ -79,9 +83,13 @@ function interpolate(node: YamlNode | null, env: NodeJS.ProcessEnv, where: (o: n
       const v = env[name];
       if (v !== undefined && v !== '') return v;
       if (fallback !== undefined) return fallback;
-      throw new KeyrotorError('CONFIG_ENV_MISSING', `${where(node.range?.[0])} environment variable ${name} is not set`, {
-        hint: `export ${name}=... or write \${${name}:-default}`,
-      });
+      throw new KeyrotorError(
+        'CONFIG_ENV_MISSING',
+        `${where(node.range?.[0])} environment variable ${name} is not set`,
+        {
+          hint: `export ${name}=... or write \${${name}:-default}`,
+        },
+      );
     });
   }
 }
@@ -107,7 +115,10 @@ function formatZodError(err: ZodError, root: YamlNode | null, where: (o: number 
     if (next === undefined) break;
     node = next;
   }
-  const pathText = p.reduce<string>((acc, seg) => (typeof seg === 'number' ? `${acc}[${seg}]` : acc ? `${acc}.${seg}` : seg), '');
+  const pathText = p.reduce<string>(
+    (acc, seg) => (typeof seg === 'number' ? `${acc}[${seg}]` : acc ? `${acc}.${seg}` : seg),
+    '',
+  );
   let message = issue.message;
   if (issue.code === 'invalid_type' && /received undefined/.test(message)) message = 'required';
   const more = err.issues.length > 1 ? ` (+${err.issues.length - 1} more)` : '';

@@ -16,7 +16,10 @@ const defaults = z
     schedule: schedule.default({ every: 30 * 86_400_000 }),
     /** extra lifetime past the schedule (expiry safety net = every + grace) */
     grace: duration.default(15 * 60_000),
-    verify: z.object({ timeout: duration.default(120_000), interval: duration.default(2_000) }).strict().default({ timeout: 120_000, interval: 2_000 }),
+    verify: z
+      .object({ timeout: duration.default(120_000), interval: duration.default(2_000) })
+      .strict()
+      .default({ timeout: 120_000, interval: 2_000 }),
     revoke: z
       .object({ attempts: z.number().int().min(1).max(20).default(5), backoff: duration.default(2_000) })
       .strict()
@@ -26,7 +29,10 @@ const defaults = z
       .strict()
       .default({ timeout: 120_000, interval: 5_000 }),
     /** per-key lease: how long a crashed run blocks others */
-    lease: z.object({ ttl: duration.default(15 * 60_000) }).strict().default({ ttl: 15 * 60_000 }),
+    lease: z
+      .object({ ttl: duration.default(15 * 60_000) })
+      .strict()
+      .default({ ttl: 15 * 60_000 }),
   })
   .strict();
 
@@ -63,18 +69,28 @@ export const configSchema = z
     const seen = new Map<string, number>();
     cfg.keys.forEach((k, i) => {
       if (seen.has(k.name)) {
-        ctx.addIssue({ code: 'custom', path: ['keys', i, 'name'], message: `duplicate key name "${k.name}" (also keys[${seen.get(k.name)}])` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['keys', i, 'name'],
+          message: `duplicate key name "${k.name}" (also keys[${seen.get(k.name)}])`,
+        });
       } else seen.set(k.name, i);
       const names = new Set<string>();
       k.health.forEach((g, j) => {
         const n = g.name ?? g.type;
-        if (names.has(n)) ctx.addIssue({ code: 'custom', path: ['keys', i, 'health', j, 'name'], message: `duplicate gate name "${n}"; set a distinct name` });
+        if (names.has(n))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['keys', i, 'health', j, 'name'],
+            message: `duplicate gate name "${n}"; set a distinct name`,
+          });
         names.add(n);
       });
     });
     cfg.notifications.forEach((w, i) => {
       (w.keys ?? []).forEach((k, j) => {
-        if (!seen.has(k)) ctx.addIssue({ code: 'custom', path: ['notifications', i, 'keys', j], message: `unknown key "${k}"` });
+        if (!seen.has(k))
+          ctx.addIssue({ code: 'custom', path: ['notifications', i, 'keys', j], message: `unknown key "${k}"` });
       });
     });
   });

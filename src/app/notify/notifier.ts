@@ -62,7 +62,11 @@ export function resolveTargets(webhooks: WebhookConfig[], env: NodeJS.ProcessEnv
     const where = `notifications[${i}]`;
     const url = w.url ?? env[w.urlEnv ?? ''];
     if (!url) {
-      throw new KeyrotorError('CONFIG_ENV_MISSING', `${where}: environment variable ${w.urlEnv} (webhook URL) is not set`, { hint: `export ${w.urlEnv}=https://...` });
+      throw new KeyrotorError(
+        'CONFIG_ENV_MISSING',
+        `${where}: environment variable ${w.urlEnv} (webhook URL) is not set`,
+        { hint: `export ${w.urlEnv}=https://...` },
+      );
     }
     let host: string;
     try {
@@ -70,12 +74,20 @@ export function resolveTargets(webhooks: WebhookConfig[], env: NodeJS.ProcessEnv
       if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new Error('protocol');
       host = u.host;
     } catch {
-      throw new KeyrotorError('CONFIG_INVALID', `${where}: the webhook URL${w.urlEnv ? ` in ${w.urlEnv}` : ''} is not an http(s) URL`);
+      throw new KeyrotorError(
+        'CONFIG_INVALID',
+        `${where}: the webhook URL${w.urlEnv ? ` in ${w.urlEnv}` : ''} is not an http(s) URL`,
+      );
     }
     const headers: Record<string, string> = {};
     for (const [h, envName] of Object.entries(w.headersFromEnv ?? {})) {
       const v = env[envName];
-      if (!v) throw new KeyrotorError('CONFIG_ENV_MISSING', `${where}: environment variable ${envName} (header ${h}) is not set`, { hint: `export ${envName}=...` });
+      if (!v)
+        throw new KeyrotorError(
+          'CONFIG_ENV_MISSING',
+          `${where}: environment variable ${envName} (header ${h}) is not set`,
+          { hint: `export ${envName}=...` },
+        );
       headers[h] = v;
     }
     return {
@@ -151,13 +163,19 @@ export function createNotifier(o: NotifierOptions): Notifier {
         why = `answered ${res.status}`;
         if (!retryableStatus(res.status)) {
           stats.failed += 1;
-          log.warn({ ...fields, attempt, status: res.status }, `notification not delivered: the webhook ${why}${res.status >= 300 && res.status < 400 ? ' (redirects are not followed)' : ''}; not retried`);
+          log.warn(
+            { ...fields, attempt, status: res.status },
+            `notification not delivered: the webhook ${why}${res.status >= 300 && res.status < 400 ? ' (redirects are not followed)' : ''}; not retried`,
+          );
           return;
         }
         wait = retryAfterMs(res.headers.get('retry-after'));
       } catch (e) {
         if (ctl.signal.aborted) return;
-        why = e instanceof Error && e.name === 'TimeoutError' ? `timed out after ${t.timeoutMs} ms` : 'could not be reached';
+        why =
+          e instanceof Error && e.name === 'TimeoutError'
+            ? `timed out after ${t.timeoutMs} ms`
+            : 'could not be reached';
       }
       if (attempt >= t.attempts) {
         stats.failed += 1;
@@ -215,7 +233,10 @@ export function createNotifier(o: NotifierOptions): Notifier {
         if (r === 'timeout' && inflight.size) {
           const left = [...inflight.entries()];
           stats.abandoned += left.length;
-          log.warn({ pending: left.length, timeoutMs }, `${left.length} notification(s) not delivered within ${timeoutMs} ms; giving up on them`);
+          log.warn(
+            { pending: left.length, timeoutMs },
+            `${left.length} notification(s) not delivered within ${timeoutMs} ms; giving up on them`,
+          );
           for (const [, ctl] of left) ctl.abort(new Error('drain timeout'));
           await Promise.allSettled(left.map(([p]) => p));
         }

@@ -71,7 +71,12 @@ export function genericPayload(r: KeyResult, meta: { host: string; actor: string
     newKeyId: r.newKeyId,
     stage: r.stage ?? r.error?.stage ?? null,
     error: r.error
-      ? { code: r.error.code, message: r.error.message, ...(r.error.stage ? { stage: r.error.stage } : {}), ...(r.error.hint ? { hint: r.error.hint } : {}) }
+      ? {
+          code: r.error.code,
+          message: r.error.message,
+          ...(r.error.stage ? { stage: r.error.stage } : {}),
+          ...(r.error.hint ? { hint: r.error.hint } : {}),
+        }
       : null,
     leftovers: r.leftovers ?? [],
     ...(r.leaked ? { oldKeyLastUsedAt: r.oldKeyLastUsedAt ?? null } : {}),
@@ -92,7 +97,10 @@ const EMOJI: Record<string, string> = {
 };
 
 /** Slack incoming-webhook body (also accepted by Mattermost and Rocket.Chat). */
-export function slackPayload(r: KeyResult, meta: { host: string; actor: string | null }): { text: string; blocks: unknown[] } {
+export function slackPayload(
+  r: KeyResult,
+  meta: { host: string; actor: string | null },
+): { text: string; blocks: unknown[] } {
   const text = `${r.leaked ? ':rotating_light: ' : ''}${EMOJI[r.outcome] ?? ''} ${summary(r)}`.trim();
   const lines = [`*${escape(text)}*`];
   for (const l of r.leftovers ?? []) lines.push(`• ${escape(l)}`);
@@ -104,7 +112,14 @@ export function slackPayload(r: KeyResult, meta: { host: string; actor: string |
       { type: 'section', text: { type: 'mrkdwn', text: lines.join('\n') } },
       {
         type: 'context',
-        elements: [{ type: 'mrkdwn', text: escape(`${r.rotationId ?? 'no rotation'} · ${meta.actor ?? 'keyrotor'} on ${meta.host}${r.finishedAt ? ` · ${r.finishedAt}` : ''}`) }],
+        elements: [
+          {
+            type: 'mrkdwn',
+            text: escape(
+              `${r.rotationId ?? 'no rotation'} · ${meta.actor ?? 'keyrotor'} on ${meta.host}${r.finishedAt ? ` · ${r.finishedAt}` : ''}`,
+            ),
+          },
+        ],
       },
     ],
   };

@@ -21,7 +21,16 @@ import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Lease, LeaseHolder } from '../../core/ports.ts';
-import { FILE_MODE, displayPath, ensureDir, errnoOf, fsyncDir, isTransient, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
+import {
+  FILE_MODE,
+  displayPath,
+  ensureDir,
+  errnoOf,
+  fsyncDir,
+  isTransient,
+  uniqueSibling,
+  writeFileAtomic,
+} from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
 
 const MAX_ATTEMPTS = 8;
@@ -181,7 +190,14 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
       expiresAt: new Date(expiresAt).toISOString(),
     } satisfies LockContent) + '\n';
 
-  function makeLease(keyName: string, file: string, owner: string, ttlMs: number, acquiredAt: number, expiresAt: number): Lease {
+  function makeLease(
+    keyName: string,
+    file: string,
+    owner: string,
+    ttlMs: number,
+    acquiredAt: number,
+    expiresAt: number,
+  ): Lease {
     let exp = expiresAt;
     const lost = (o: Observed | undefined) =>
       new KeyrotorError(
@@ -227,7 +243,8 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
 
   return {
     async acquire(keyName, owner, ttlMs) {
-      if (!Number.isFinite(ttlMs) || ttlMs <= 0) throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
+      if (!Number.isFinite(ttlMs) || ttlMs <= 0)
+        throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
       if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
       const file = path.join(locksDir, `${keyName}.lock`);
       try {
@@ -238,7 +255,8 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
       let last: Observed | undefined;
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         const now = clock.now();
-        if (await createExclusive(file, body(owner, now, now + ttlMs))) return makeLease(keyName, file, owner, ttlMs, now, now + ttlMs);
+        if (await createExclusive(file, body(owner, now, now + ttlMs)))
+          return makeLease(keyName, file, owner, ttlMs, now, now + ttlMs);
         const o = await observe(file);
         if (!o) continue; // released in between: try to create again
         last = o;

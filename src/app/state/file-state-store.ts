@@ -32,7 +32,10 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
 
   function fileOf(keyName: string): string {
     if (!SAFE_KEY_NAME.test(keyName) || keyName.includes('..')) {
-      throw new KeyrotorError('UNKNOWN_KEY', `invalid key name ${JSON.stringify(keyName)}: it cannot be used as a file name`);
+      throw new KeyrotorError(
+        'UNKNOWN_KEY',
+        `invalid key name ${JSON.stringify(keyName)}: it cannot be used as a file name`,
+      );
     }
     return path.join(stateFolder, `${keyName}.json`);
   }
@@ -40,12 +43,15 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
   const unreadable = (file: string, why: string, rotationId?: string, cause?: unknown) =>
     new KeyrotorError(
       'STATE_UNREADABLE',
-      `state file ${displayPath(file)} is unreadable: ${why}` + (rotationId ? ` (rotation ${rotationId} was in progress)` : ''),
+      `state file ${displayPath(file)} is unreadable: ${why}` +
+        (rotationId ? ` (rotation ${rotationId} was in progress)` : ''),
       {
         cause,
         hint:
           'keyrotor never resets state by itself: restore the file from a backup, or move it aside after checking ' +
-          (rotationId ? `what rotation ${rotationId} left behind (new keys at the issuer, pending store versions)` : 'that no rotation is half done'),
+          (rotationId
+            ? `what rotation ${rotationId} left behind (new keys at the issuer, pending store versions)`
+            : 'that no rotation is half done'),
       },
     );
 
@@ -62,10 +68,14 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       text = await readFile(file, 'utf8');
     } catch (e) {
       if (errnoOf(e) === 'ENOENT') return null;
-      throw new KeyrotorError('STATE_UNREADABLE', `cannot read state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`, {
-        cause: e,
-        retryable: isTransient(e),
-      });
+      throw new KeyrotorError(
+        'STATE_UNREADABLE',
+        `cannot read state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
+        {
+          cause: e,
+          retryable: isTransient(e),
+        },
+      );
     }
     let obj: unknown;
     try {
@@ -74,7 +84,8 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       throw unreadable(file, 'not valid JSON (a torn or damaged write?)', undefined, e);
     }
     const rotationId = salvageRotationId(obj);
-    if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw unreadable(file, 'not a keyrotor state file');
+    if (typeof obj !== 'object' || obj === null || Array.isArray(obj))
+      throw unreadable(file, 'not a keyrotor state file');
     const format = (obj as { format?: unknown }).format;
     const m = STATE_FORMAT_RE.exec(typeof format === 'string' ? format : '');
     if (m && Number(m[1]) > 1) {
@@ -92,7 +103,8 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       const where = issue ? ['record', ...issue.path.map(String)].join('.') : 'record';
       throw unreadable(file, `invalid record (${where}: ${issue?.message ?? 'invalid'})`, rotationId);
     }
-    if (parsed.data.keyName !== keyName) throw unreadable(file, `it holds key "${parsed.data.keyName}", not "${keyName}"`, rotationId);
+    if (parsed.data.keyName !== keyName)
+      throw unreadable(file, `it holds key "${parsed.data.keyName}", not "${keyName}"`, rotationId);
     return parsed.data;
   }
 
@@ -102,15 +114,22 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     const check = keyRecordSchema.safeParse(JSON.parse(JSON.stringify(record)));
     if (!check.success) {
       const issue = check.error.issues[0];
-      throw new KeyrotorError('INTERNAL', `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`);
+      throw new KeyrotorError(
+        'INTERNAL',
+        `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
+      );
     }
     try {
       await writeFileAtomic(file, JSON.stringify({ format: STATE_FORMAT, record }, null, 2) + '\n');
     } catch (e) {
-      throw new KeyrotorError('INTERNAL', `cannot write state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`, {
-        cause: e,
-        retryable: isTransient(e),
-      });
+      throw new KeyrotorError(
+        'INTERNAL',
+        `cannot write state file ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
+        {
+          cause: e,
+          retryable: isTransient(e),
+        },
+      );
     }
   }
 
@@ -142,7 +161,12 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       });
     },
 
-    finish(keyName: string, result: RotationResult, currentKeyId?: string | null, keepActive?: PersistedRotation | null) {
+    finish(
+      keyName: string,
+      result: RotationResult,
+      currentKeyId?: string | null,
+      keepActive?: PersistedRotation | null,
+    ) {
       return update(keyName, (r) => {
         r.active = keepActive ?? null;
         r.last = result;
@@ -170,7 +194,11 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
         names = await readdir(stateFolder);
       } catch (e) {
         if (errnoOf(e) === 'ENOENT') return [];
-        throw new KeyrotorError('STATE_UNREADABLE', `cannot list ${displayPath(stateFolder)} (${errnoOf(e) ?? 'unknown error'})`, { cause: e });
+        throw new KeyrotorError(
+          'STATE_UNREADABLE',
+          `cannot list ${displayPath(stateFolder)} (${errnoOf(e) ?? 'unknown error'})`,
+          { cause: e },
+        );
       }
       return names
         .filter((n) => n.endsWith('.json') && !n.startsWith('.'))

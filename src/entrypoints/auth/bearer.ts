@@ -21,9 +21,13 @@ export function bearerTokenFromEnv(env: NodeJS.ProcessEnv, name: string): Secret
   const v = env[name];
   if (v === undefined || v === '') return undefined;
   if (v.length < MIN_BEARER_TOKEN_LENGTH) {
-    throw new KeyrotorError('CONFIG_INVALID', `the bearer token in ${name} is shorter than ${MIN_BEARER_TOKEN_LENGTH} characters`, {
-      hint: `generate one: openssl rand -hex 32, and keep it in ${name}`,
-    });
+    throw new KeyrotorError(
+      'CONFIG_INVALID',
+      `the bearer token in ${name} is shorter than ${MIN_BEARER_TOKEN_LENGTH} characters`,
+      {
+        hint: `generate one: openssl rand -hex 32, and keep it in ${name}`,
+      },
+    );
   }
   return Secret.of(v);
 }

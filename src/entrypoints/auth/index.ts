@@ -27,9 +27,13 @@ export interface Authenticator {
 export function createAuthenticator(o: AuthOptions): Authenticator {
   const oidc = o.oidc ? createOidcVerifier(o.oidc) : undefined;
   if (!oidc && !o.bearer) {
-    throw new KeyrotorError('USAGE', 'no authentication configured: every request except /healthz must be authenticated', {
-      hint: 'set --audience (Google OIDC ID tokens) and/or put a bearer token in the env var named by --token-env',
-    });
+    throw new KeyrotorError(
+      'USAGE',
+      'no authentication configured: every request except /healthz must be authenticated',
+      {
+        hint: 'set --audience (Google OIDC ID tokens) and/or put a bearer token in the env var named by --token-env',
+      },
+    );
   }
   if (o.oidc && o.oidc.audiences.length === 0) throw new KeyrotorError('USAGE', 'OIDC needs at least one audience');
   const methods = [...(oidc ? ['oidc'] : []), ...(o.bearer ? ['bearer'] : [])];

@@ -32,7 +32,11 @@ export interface OidcVerifier {
 
 export function createOidcVerifier(o: OidcOptions): OidcVerifier {
   const url = new URL(o.jwksUrl ?? GOOGLE_JWKS_URL);
-  const jwks: JWTVerifyGetKey = createRemoteJWKSet(url, { timeoutDuration: 5_000, cooldownDuration: 30_000, cacheMaxAge: 3_600_000 });
+  const jwks: JWTVerifyGetKey = createRemoteJWKSet(url, {
+    timeoutDuration: 5_000,
+    cooldownDuration: 30_000,
+    cacheMaxAge: 3_600_000,
+  });
   const emails = new Set(o.emails.map((e) => e.toLowerCase()));
   return {
     async verify(token) {

@@ -15,7 +15,8 @@ export async function runAdopt(ctx: CommandContext, name: string, opts: { keyId:
     if (!isLease(lease)) throw new KeyrotorError('LOCKED', `${key.name} is being rotated by ${lease.owner}`);
     try {
       const current = await p.stores[0]!.readCurrent();
-      if (!current) throw new KeyrotorError('USAGE', `${p.stores[0]!.label} holds no value for ${key.name}: nothing to adopt`);
+      if (!current)
+        throw new KeyrotorError('USAGE', `${p.stores[0]!.label} holds no value for ${key.name}: nothing to adopt`);
       const known = await p.issuer.list();
       if (!known.some((k) => k.keyId === opts.keyId)) {
         throw new KeyrotorError('USAGE', `the issuer has no key with id ${opts.keyId} (${known.length} keys listed)`);

@@ -17,16 +17,25 @@ export async function runAuditVerify(ctx: CommandContext, opts: { json?: boolean
 }
 
 /** `keyrotor history` (declared in index.ts) */
-export async function runHistory(ctx: CommandContext, key: string | undefined, opts: { json?: boolean; limit?: number }): Promise<void> {
+export async function runHistory(
+  ctx: CommandContext,
+  key: string | undefined,
+  opts: { json?: boolean; limit?: number },
+): Promise<void> {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
-  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([import('../../app/audit/index.ts'), import('../../app/preflight.ts')]);
+  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([
+    import('../../app/audit/index.ts'),
+    import('../../app/preflight.ts'),
+  ]);
   const log = openAuditLog(cfg);
   const { records, warnings } = await log.read();
   for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
   const rotations = buildHistory(records, { key, limit: opts.limit });
-  ctx.io.stdout(opts.json ? JSON.stringify({ rotations }, null, 2) + '\n' : renderHistory(rotations, colorEnabled(ctx.io.env)));
+  ctx.io.stdout(
+    opts.json ? JSON.stringify({ rotations }, null, 2) + '\n' : renderHistory(rotations, colorEnabled(ctx.io.env)),
+  );
 }
 
 export function renderVerify(r: VerifyReport): string {
@@ -40,14 +49,27 @@ export function renderVerify(r: VerifyReport): string {
     );
   } else {
     const b = r.broken!;
-    const ctxt = [`line ${b.line}`, b.key ? `key ${b.key}` : '', b.rotationId ? `rotation ${b.rotationId}` : '', b.state ? `state ${b.state}` : ''].filter(Boolean).join(', ');
+    const ctxt = [
+      `line ${b.line}`,
+      b.key ? `key ${b.key}` : '',
+      b.rotationId ? `rotation ${b.rotationId}` : '',
+      b.state ? `state ${b.state}` : '',
+    ]
+      .filter(Boolean)
+      .join(', ');
     lines.push(`audit log ${where}: BROKEN at record #${b.seq ?? '?'} (${ctxt}): ${b.reason}`);
   }
   for (const w of r.warnings) lines.push(`warning: ${w}`);
   return lines.join('\n') + '\n';
 }
 
-const OUTCOME_COLOR: Record<string, string> = { rotated: '32', rolled_back: '33', needs_attention: '31', locked: '33', in_progress: '36' };
+const OUTCOME_COLOR: Record<string, string> = {
+  rotated: '32',
+  rolled_back: '33',
+  needs_attention: '31',
+  locked: '33',
+  in_progress: '36',
+};
 
 export function renderHistory(rs: RotationHistory[], color = false): string {
   if (rs.length === 0) return 'no rotation recorded in the audit log yet\n';
@@ -60,7 +82,10 @@ export function renderHistory(rs: RotationHistory[], color = false): string {
       `${r.startedAt}  ${r.key}  ${paint(outcome, outcome.toUpperCase())}${r.leaked ? ' (LEAKED)' : ''}  ${r.rotationId ?? '(no rotation started)'}${who ? `  by ${who}` : ''}`,
     );
     if (r.oldKeyId || r.newKeyId) out.push(`    keys: ${r.oldKeyId ?? '(none)'} → ${r.newKeyId ?? '(none)'}`);
-    if (r.stages.length) out.push(`    stages: ${r.stages.map((s) => `${s.state}${s.error ? ` ✗ ${s.error.code}` : ''}${s.resumed ? ' (resumed)' : ''}`).join(' → ')}`);
+    if (r.stages.length)
+      out.push(
+        `    stages: ${r.stages.map((s) => `${s.state}${s.error ? ` ✗ ${s.error.code}` : ''}${s.resumed ? ' (resumed)' : ''}`).join(' → ')}`,
+      );
     if (r.error) out.push(`    error: ${r.error.code}: ${r.error.message}`);
     for (const l of r.leftovers ?? []) out.push(`    ! ${l}`);
   }

@@ -90,12 +90,19 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
         break;
       }
       if (rec?.last?.rotationId === target) {
-        throw new KeyrotorError('USAGE', `rotation ${target} of ${k.name} already ended (${rec.last.outcome}): nothing to confirm`);
+        throw new KeyrotorError(
+          'USAGE',
+          `rotation ${target} of ${k.name} already ended (${rec.last.outcome}): nothing to confirm`,
+        );
       }
     }
-    if (!key || !rotationId) throw new KeyrotorError('USAGE', `no rotation ${target} is in progress in ${displayPath(cfg.stateDir)}`);
+    if (!key || !rotationId)
+      throw new KeyrotorError('USAGE', `no rotation ${target} is in progress in ${displayPath(cfg.stateDir)}`);
   } else {
-    throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${target}" (configured: ${cfg.keys.map((x) => x.name).join(', ')}); or pass a rotation id (rot-...)`);
+    throw new KeyrotorError(
+      'UNKNOWN_KEY',
+      `unknown key "${target}" (configured: ${cfg.keys.map((x) => x.name).join(', ')}); or pass a rotation id (rot-...)`,
+    );
   }
   if (!key.health.some((g) => g.type === 'manual')) {
     throw new KeyrotorError('USAGE', `${key.name} has no manual gate: nothing waits for a confirmation`, {
@@ -119,9 +126,13 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
   if (!created) {
     const existing = await readDecision(cfg.stateDir, key.name, rotationId);
     if (existing.kind !== 'decision') {
-      throw new KeyrotorError('STATE_UNREADABLE', `a decision file for rotation ${rotationId} exists but is unreadable: ${existing.kind === 'unreadable' ? existing.detail : 'vanished'}`, {
-        hint: `check ${displayPath(file)}, remove it, and run keyrotor confirm again`,
-      });
+      throw new KeyrotorError(
+        'STATE_UNREADABLE',
+        `a decision file for rotation ${rotationId} exists but is unreadable: ${existing.kind === 'unreadable' ? existing.detail : 'vanished'}`,
+        {
+          hint: `check ${displayPath(file)}, remove it, and run keyrotor confirm again`,
+        },
+      );
     }
     if (existing.decision.decision !== decision.decision) {
       throw new KeyrotorError(

@@ -49,14 +49,21 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
       if (names.length === 0) return cfg.keys;
       return names.map((n) => {
         const k = cfg.keys.find((x) => x.name === n);
-        if (!k) throw new KeyrotorError('UNKNOWN_KEY', `unknown key "${n}" (configured: ${cfg.keys.map((x) => x.name).join(', ')})`);
+        if (!k)
+          throw new KeyrotorError(
+            'UNKNOWN_KEY',
+            `unknown key "${n}" (configured: ${cfg.keys.map((x) => x.name).join(', ')})`,
+          );
         return k;
       });
     },
     async logger() {
       const level = program.opts<{ logLevel?: string }>().logLevel;
       const { createLogger } = await import('../../app/log.ts');
-      logger ??= await createLogger({ ...(level ? { level } : {}), ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}) });
+      logger ??= await createLogger({
+        ...(level ? { level } : {}),
+        ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}),
+      });
       return logger;
     },
     async stateStore(cfg) {
@@ -75,6 +82,10 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
 /** A plain aligned table. */
 export function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   return [line(head), ...rows.map(line)].join('\n') + '\n';
 }

@@ -4,10 +4,14 @@ import type { CommandContext } from './context.ts';
 import { renderResults } from './rotate.ts';
 
 /** `keyrotor daemon` (declared in index.ts) */
-export async function runDaemon(ctx: CommandContext, opts: { tick: string; jitter: string; timezone?: string; runAtStart: boolean; concurrency?: number; json?: boolean }): Promise<void> {
+export async function runDaemon(
+  ctx: CommandContext,
+  opts: { tick: string; jitter: string; timezone?: string; runAtStart: boolean; concurrency?: number; json?: boolean },
+): Promise<void> {
   ctx.setJson(opts.json === true);
   const jitterMs = opts.jitter === '0' ? 0 : parseDuration(opts.jitter);
-  if (jitterMs === undefined) throw new KeyrotorError('USAGE', `--jitter must be a duration like 30s (got ${JSON.stringify(opts.jitter)})`);
+  if (jitterMs === undefined)
+    throw new KeyrotorError('USAGE', `--jitter must be a duration like 30s (got ${JSON.stringify(opts.jitter)})`);
   const { startDaemon, validateTick } = await import('../daemon.ts');
   validateTick(opts.tick, opts.timezone);
   const cfg = await ctx.config();
@@ -23,8 +27,16 @@ export async function runDaemon(ctx: CommandContext, opts: { tick: string; jitte
     ...(opts.timezone ? { timezone: opts.timezone } : {}),
     ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
     onRun: (run) => {
-      if (opts.json) ctx.io.stdout(JSON.stringify({ startedAt: run.startedAt, results: run.results, ...(run.error ? { error: run.error } : {}) }) + '\n');
-      else if (run.results.some((r) => r.outcome !== 'skipped')) ctx.io.stdout(renderResults(run.results.filter((r) => r.outcome !== 'skipped')));
+      if (opts.json)
+        ctx.io.stdout(
+          JSON.stringify({
+            startedAt: run.startedAt,
+            results: run.results,
+            ...(run.error ? { error: run.error } : {}),
+          }) + '\n',
+        );
+      else if (run.results.some((r) => r.outcome !== 'skipped'))
+        ctx.io.stdout(renderResults(run.results.filter((r) => r.outcome !== 'skipped')));
     },
   });
   const onSignal = (s: string) => () => void daemon.stop(s);

@@ -18,7 +18,10 @@ import type { CommandContext, RegisterCommand } from './context.ts';
 import { durationOpt, intOpt, list } from './options.ts';
 
 /** an action that loads its implementation when the command runs; commander's arguments are passed on */
-function lazy<A extends unknown[]>(ctx: CommandContext, load: () => Promise<(ctx: CommandContext, ...args: A) => Promise<void>>) {
+function lazy<A extends unknown[]>(
+  ctx: CommandContext,
+  load: () => Promise<(ctx: CommandContext, ...args: A) => Promise<void>>,
+) {
   return async (...args: A): Promise<void> => {
     const run = await load();
     await run(ctx, ...args);
@@ -31,13 +34,17 @@ export const registerRotate: RegisterCommand = (ctx) => {
     .description('rotate every key that is due, or the named keys with --now')
     .argument('[keys...]', 'key names from the config (default: all keys)')
     .option('--now', 'rotate now even if not due')
-    .option('--leaked', 'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)')
+    .option(
+      '--leaked',
+      'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)',
+    )
     .option('--dry-run', 'print the plan and change nothing')
     .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
     .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
     .option('--concurrency <n>', 'keys rotated at the same time', (v) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
+      if (!Number.isInteger(n) || n < 1 || n > 256)
+        throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
       return n;
     })
     .action(lazy(ctx, async () => (await import('./rotate.ts')).runRotate));
@@ -48,7 +55,10 @@ export const registerResume: RegisterCommand = (ctx) => {
     .command('resume')
     .description('finish or roll back unfinished rotations (after a crash); never starts a new one')
     .argument('[keys...]', 'key names from the config (default: all keys)')
-    .option('--json', 'print exactly one JSON document on stdout: { "results": [...] } (outcome "skipped" = nothing to resume)')
+    .option(
+      '--json',
+      'print exactly one JSON document on stdout: { "results": [...] } (outcome "skipped" = nothing to resume)',
+    )
     .addHelpText(
       'after',
       `
@@ -64,7 +74,9 @@ taken over once its lease expires (defaults.lease.ttl); until then resume exits 
 export const registerConfirm: RegisterCommand = (ctx) => {
   ctx.program
     .command('confirm')
-    .description('answer a manual health gate: confirm that consumers moved to the new key (the old key may be revoked), or --reject to roll back')
+    .description(
+      'answer a manual health gate: confirm that consumers moved to the new key (the old key may be revoked), or --reject to roll back',
+    )
     .argument('<target>', 'key name (its running rotation) or rotation id (rot-...)')
     .option('--reject', 'reject: the rotation rolls back and the old key stays current')
     .option('--reason <text>', 'why, kept with the decision and shown in the gate observation')
@@ -85,9 +97,14 @@ decision was already recorded.`,
 export const registerStatus: RegisterCommand = (ctx) => {
   ctx.program
     .command('status')
-    .description('show per key: current key id, age vs schedule, next due, last outcome, any unfinished rotation and what it waits for')
+    .description(
+      'show per key: current key id, age vs schedule, next due, last outcome, any unfinished rotation and what it waits for',
+    )
     .argument('[keys...]', 'key names from the config (default: all keys)')
-    .option('--json', 'print { "keys": [ { "name", "currentKeyId", "lastRotatedAt", "nextDueAt", "lastOutcome", ... } ] } on stdout')
+    .option(
+      '--json',
+      'print { "keys": [ { "name", "currentKeyId", "lastRotatedAt", "nextDueAt", "lastOutcome", ... } ] } on stdout',
+    )
     .action(lazy(ctx, async () => (await import('./status.ts')).runStatus));
 };
 
@@ -96,7 +113,10 @@ export const registerAudit: RegisterCommand = (ctx) => {
     .command('audit')
     .description('the audit trail of every rotation (hash-chained JSONL in the state dir): `audit verify`')
     .action(() => {
-      throw new KeyrotorError('USAGE', 'keyrotor audit needs a subcommand: `keyrotor audit verify` (past rotations: `keyrotor history`)');
+      throw new KeyrotorError(
+        'USAGE',
+        'keyrotor audit needs a subcommand: `keyrotor audit verify` (past rotations: `keyrotor history`)',
+      );
     });
 
   audit
@@ -121,7 +141,8 @@ Exit codes: 0 intact, 1 broken (the first broken record is named), 2 usage/confi
     .option('--json', 'print { "rotations": [ { "rotationId", "key", "outcome", "stages": [...] } ] } on stdout')
     .option('--limit <n>', 'only the last n rotations', (v) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) throw new KeyrotorError('USAGE', `--limit must be a positive integer (got ${JSON.stringify(v)})`);
+      if (!Number.isInteger(n) || n < 1)
+        throw new KeyrotorError('USAGE', `--limit must be a positive integer (got ${JSON.stringify(v)})`);
       return n;
     })
     .action(lazy(ctx, async () => (await import('./audit.ts')).runHistory));
@@ -132,10 +153,14 @@ export const registerInventory: RegisterCommand = (ctx) => {
     .command('inventory')
     .description('list every key of the configured OpenAI projects and flag the risky ones (read-only)')
     .argument('[keys...]', 'only the projects of these configured keys (default: all)')
-    .option('--json', 'print { "projects": [...], "keys": [ { "keyId", "owner", "ageDays", "lastUsedAt", "expiresAt", "managedBy", "flags" } ], "flagged" } on stdout')
+    .option(
+      '--json',
+      'print { "projects": [...], "keys": [ { "keyId", "owner", "ageDays", "lastUsedAt", "expiresAt", "managedBy", "flags" } ], "flagged" } on stdout',
+    )
     .option('--unused-days <n>', 'a key unused for this many days is stale (default 30)', (v) => {
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 3650) throw new KeyrotorError('USAGE', `--unused-days must be an integer from 1 to 3650 (got ${JSON.stringify(v)})`);
+      if (!Number.isInteger(n) || n < 1 || n > 3650)
+        throw new KeyrotorError('USAGE', `--unused-days must be an integer from 1 to 3650 (got ${JSON.stringify(v)})`);
       return n;
     })
     .addHelpText(
@@ -152,7 +177,9 @@ Exit codes: 0 nothing flagged, 1 a key is flagged (or a project could not be lis
 export const registerCheck: RegisterCommand = (ctx) => {
   ctx.program
     .command('check')
-    .description('preflight: the issuer can list (and create), the service account exists, every store is reachable and writable, the gates answer')
+    .description(
+      'preflight: the issuer can list (and create), the service account exists, every store is reachable and writable, the gates answer',
+    )
     .argument('[keys...]', 'key names from the config (default: all keys)')
     .option('--json', 'print { "ok", "checks": [ { "key", "check", "status", "detail", "fix"? } ] } on stdout')
     .addHelpText(
@@ -168,10 +195,15 @@ Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 usage/c
 export const registerSweep: RegisterCommand = (ctx) => {
   ctx.program
     .command('sweep')
-    .description("delete orphan keys: issuer keys named keyrotor.<key>.<rotationId> that no rotation owns and no store serves")
+    .description(
+      'delete orphan keys: issuer keys named keyrotor.<key>.<rotationId> that no rotation owns and no store serves',
+    )
     .argument('[keys...]', 'key names from the config (default: all keys)')
     .option('--dry-run', 'list what would be deleted; change nothing (an unfinished rotation is not resumed either)')
-    .option('--json', 'print exactly one JSON document on stdout: { "keys": [ { "key", "outcome", "entries": [...] } ] }')
+    .option(
+      '--json',
+      'print exactly one JSON document on stdout: { "keys": [ { "key", "outcome", "entries": [...] } ] }',
+    )
     .addHelpText(
       'after',
       `
@@ -202,26 +234,45 @@ export const registerServe: RegisterCommand = (ctx) => {
   const env = ctx.io.env;
   ctx.program
     .command('serve')
-    .description('HTTP server for Cloud Run: POST /rotate (Cloud Scheduler), POST /pubsub (Secret Manager SECRET_ROTATE), GET /healthz')
-    .addOption(new Option('--port <port>', 'port to listen on (0 = any free port)').default(env.PORT ?? '8080').argParser(intOpt('--port', 0, 65535)))
+    .description(
+      'HTTP server for Cloud Run: POST /rotate (Cloud Scheduler), POST /pubsub (Secret Manager SECRET_ROTATE), GET /healthz',
+    )
+    .addOption(
+      new Option('--port <port>', 'port to listen on (0 = any free port)')
+        .default(env.PORT ?? '8080')
+        .argParser(intOpt('--port', 0, 65535)),
+    )
     .option('--host <address>', 'address to bind', env.KEYROTOR_SERVE_HOST ?? '0.0.0.0')
     .option('--audience <aud...>', 'accepted OIDC audience(s), e.g. the service URL', list(env.KEYROTOR_OIDC_AUDIENCE))
-    .option('--allowed-email <email...>', 'service account(s) allowed to call (the token\'s verified email)', list(env.KEYROTOR_OIDC_EMAILS))
-    .option('--allow-any-google-identity', 'accept any Google identity holding a token for the audience (not recommended)')
-    .option('--jwks-url <url>', 'OIDC signing keys (default Google\'s)', env.KEYROTOR_OIDC_JWKS_URL)
-    .option('--token-env <name>', 'env var holding the shared bearer token', env.KEYROTOR_SERVE_TOKEN_ENV ?? 'KEYROTOR_SERVE_TOKEN')
+    .option(
+      '--allowed-email <email...>',
+      "service account(s) allowed to call (the token's verified email)",
+      list(env.KEYROTOR_OIDC_EMAILS),
+    )
+    .option(
+      '--allow-any-google-identity',
+      'accept any Google identity holding a token for the audience (not recommended)',
+    )
+    .option('--jwks-url <url>', "OIDC signing keys (default Google's)", env.KEYROTOR_OIDC_JWKS_URL)
+    .option(
+      '--token-env <name>',
+      'env var holding the shared bearer token',
+      env.KEYROTOR_SERVE_TOKEN_ENV ?? 'KEYROTOR_SERVE_TOKEN',
+    )
     .addOption(
       new Option('--max-body <bytes>', 'largest accepted request body')
         .default(env.KEYROTOR_SERVE_MAX_BODY ?? String(DEFAULT_MAX_BODY_BYTES))
         .argParser(intOpt('--max-body', 256, 10 * 1024 * 1024)),
     )
     .addOption(
-      new Option('--request-timeout <duration>', 'the platform\'s request timeout: rotations pause before it')
+      new Option('--request-timeout <duration>', "the platform's request timeout: rotations pause before it")
         .default(env.KEYROTOR_SERVE_REQUEST_TIMEOUT ?? `${DEFAULT_REQUEST_TIMEOUT_MS / 1000}s`)
         .argParser(durationOpt('--request-timeout')),
     )
     .addOption(
-      new Option('--safety-margin <duration>', 'stop this long before the request timeout').default(`${DEFAULT_SAFETY_MARGIN_MS / 1000}s`).argParser(durationOpt('--safety-margin')),
+      new Option('--safety-margin <duration>', 'stop this long before the request timeout')
+        .default(`${DEFAULT_SAFETY_MARGIN_MS / 1000}s`)
+        .argParser(durationOpt('--safety-margin')),
     )
     .addHelpText('after', SERVE_HELP)
     .action(lazy(ctx, async () => (await import('./serve.ts')).runServe));
@@ -231,16 +282,25 @@ export const registerDaemon: RegisterCommand = (ctx) => {
   const env = ctx.io.env;
   ctx.program
     .command('daemon')
-    .description('run as a scheduler: rotate due keys on a cron tick with jitter, never overlapping; SIGTERM pauses safely')
+    .description(
+      'run as a scheduler: rotate due keys on a cron tick with jitter, never overlapping; SIGTERM pauses safely',
+    )
     .option('--tick <cron>', 'cron pattern of the tick', env.KEYROTOR_DAEMON_TICK ?? DEFAULT_TICK)
-    .option('--jitter <duration>', 'random delay before each run (0 = none)', env.KEYROTOR_DAEMON_JITTER ?? `${DEFAULT_JITTER_MS / 1000}s`)
+    .option(
+      '--jitter <duration>',
+      'random delay before each run (0 = none)',
+      env.KEYROTOR_DAEMON_JITTER ?? `${DEFAULT_JITTER_MS / 1000}s`,
+    )
     .option('--timezone <tz>', 'IANA time zone of the tick pattern', env.KEYROTOR_DAEMON_TIMEZONE)
     .option('--no-run-at-start', 'wait for the first tick instead of running at once')
-    .addOption(new Option('--concurrency <n>', 'keys rotated at the same time').argParser((v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 256) throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
-      return n;
-    }))
+    .addOption(
+      new Option('--concurrency <n>', 'keys rotated at the same time').argParser((v) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 1 || n > 256)
+          throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
+        return n;
+      }),
+    )
     .option('--json', 'print each run as one JSON line on stdout: { "results": [...] }')
     .addHelpText('after', DAEMON_HELP)
     .action(lazy(ctx, async () => (await import('./daemon.ts')).runDaemon));

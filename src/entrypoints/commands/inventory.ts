@@ -2,11 +2,18 @@ import type { InventoryKey, InventoryReport } from '../../app/inventory.ts';
 import { table, type CommandContext } from './context.ts';
 
 /** `keyrotor inventory [<key>...] [--json] [--unused-days N]`: every key of the configured OpenAI projects. */
-export async function runInventory(ctx: CommandContext, names: string[], opts: { json?: boolean; unusedDays?: number }): Promise<void> {
+export async function runInventory(
+  ctx: CommandContext,
+  names: string[],
+  opts: { json?: boolean; unusedDays?: number },
+): Promise<void> {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
-  const [{ runInventory }, { colorEnabled }] = await Promise.all([import('../../app/inventory.ts'), import('../../app/preflight.ts')]);
+  const [{ runInventory }, { colorEnabled }] = await Promise.all([
+    import('../../app/inventory.ts'),
+    import('../../app/preflight.ts'),
+  ]);
   const report = await runInventory({
     config: cfg,
     keys,
@@ -17,7 +24,9 @@ export async function runInventory(ctx: CommandContext, names: string[], opts: {
   });
   for (const p of report.projects) {
     if (p.error) {
-      ctx.io.stderr(`keyrotor: ${p.error.code}: cannot list ${p.project}: ${p.error.message}${p.error.hint ? ` (${p.error.hint})` : ''}\n`);
+      ctx.io.stderr(
+        `keyrotor: ${p.error.code}: cannot list ${p.project}: ${p.error.message}${p.error.hint ? ` (${p.error.hint})` : ''}\n`,
+      );
       ctx.exit(Math.max(1, errorExit(p.error.code)));
     }
   }
@@ -45,7 +54,11 @@ function human(days: number): string {
 function owner(k: InventoryKey): string {
   if (!k.owner) return '?';
   const who = k.owner.name ?? k.owner.id;
-  return k.owner.type === 'service_account' ? `sa:${who}` : k.owner.type === 'user' ? `user:${who}` : `${k.owner.type}:${who}`;
+  return k.owner.type === 'service_account'
+    ? `sa:${who}`
+    : k.owner.type === 'user'
+      ? `user:${who}`
+      : `${k.owner.type}:${who}`;
 }
 
 export function renderInventory(r: InventoryReport, color = false): string {
@@ -59,7 +72,11 @@ export function renderInventory(r: InventoryReport, color = false): string {
     owner(k),
     k.ageDays === null ? '?' : `${k.ageDays}d`,
     ago(k.lastUsedAt, now),
-    k.expiresAt ? (Date.parse(k.expiresAt) > now ? `in ${human((Date.parse(k.expiresAt) - now) / 86_400_000)}` : 'expired') : 'never',
+    k.expiresAt
+      ? Date.parse(k.expiresAt) > now
+        ? `in ${human((Date.parse(k.expiresAt) - now) / 86_400_000)}`
+        : 'expired'
+      : 'never',
     k.managedBy ? `${k.managedBy}${k.role ? ` (${k.role})` : ''}` : '-',
     k.flags.length ? red(k.flags.map((f) => f.flag).join(',')) : '-',
   ]);

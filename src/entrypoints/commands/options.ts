@@ -11,7 +11,8 @@ export const list = (v: string | undefined) =>
 export function durationOpt(name: string) {
   return (v: string) => {
     const ms = parseDuration(v);
-    if (ms === undefined) throw new KeyrotorError('USAGE', `${name} must be a duration like 300s or 5m (got ${JSON.stringify(v)})`);
+    if (ms === undefined)
+      throw new KeyrotorError('USAGE', `${name} must be a duration like 300s or 5m (got ${JSON.stringify(v)})`);
     return ms;
   };
 }
@@ -19,7 +20,8 @@ export function durationOpt(name: string) {
 export function intOpt(name: string, min: number, max: number) {
   return (v: string) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min || n > max) throw new KeyrotorError('USAGE', `${name} must be an integer from ${min} to ${max} (got ${JSON.stringify(v)})`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new KeyrotorError('USAGE', `${name} must be an integer from ${min} to ${max} (got ${JSON.stringify(v)})`);
     return n;
   };
 }

@@ -12,7 +12,10 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ rotateKeys }, { defaultObservers }] = await Promise.all([import('../../app/run.ts'), import('../../app/observers.ts')]);
+  const [{ rotateKeys }, { defaultObservers }] = await Promise.all([
+    import('../../app/run.ts'),
+    import('../../app/observers.ts'),
+  ]);
   const results = await rotateKeys(keys, {
     config: cfg,
     stateStore: await ctx.stateStore(cfg),

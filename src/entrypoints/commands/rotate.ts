@@ -3,14 +3,22 @@ import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
 import type { CommandContext } from './context.ts';
 
-export async function runRotate(ctx: CommandContext, names: string[], opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number }): Promise<void> {
+export async function runRotate(
+  ctx: CommandContext,
+  names: string[],
+  opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number },
+): Promise<void> {
   ctx.setJson(opts.json === true);
-  if (opts.leaked && !opts.now) throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
+  if (opts.leaked && !opts.now)
+    throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
   if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([import('../../app/run.ts'), import('../../app/observers.ts')]);
+  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([
+    import('../../app/run.ts'),
+    import('../../app/observers.ts'),
+  ]);
   const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
   const base = {
     config: cfg,
@@ -30,7 +38,11 @@ export async function runRotate(ctx: CommandContext, names: string[], opts: { no
     const { colorEnabled, renderPreflight, runPreflight } = await import('../../app/preflight.ts');
     const preflight = await runPreflight({ config: cfg, keys, stateStore: base.stateStore, logger, env: ctx.io.env });
     ctx.exit(preflight.ok ? 0 : 1);
-    ctx.io.stdout(opts.json ? JSON.stringify({ results, preflight }, null, 2) + '\n' : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }));
+    ctx.io.stdout(
+      opts.json
+        ? JSON.stringify({ results, preflight }, null, 2) + '\n'
+        : renderResults(results) + renderPreflight(preflight, { color: colorEnabled(ctx.io.env) }),
+    );
     return;
   }
   if (opts.full) {
@@ -47,11 +59,15 @@ export function renderResults(results: KeyResult[]): string {
     let what: string;
     if (r.dryRun)
       what = `${r.plan?.due ? 'would rotate' : 'not due'}: ${r.plan?.reason}; issuer ${r.plan?.issuer}, stores ${r.plan?.stores.join('+')}, gates ${r.plan?.gates.join('+') || 'none'}${r.plan?.resume ? `; would resume ${r.plan.resume}` : ''}${r.plan?.leaked ? '; LEAK MODE (gates skipped, the old key revoked at once, never restored)' : ''}`;
-    else if (r.outcome === 'rotated') what = r.bootstrap ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke` : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
+    else if (r.outcome === 'rotated')
+      what = r.bootstrap
+        ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke`
+        : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
     else if (r.outcome === 'skipped') what = 'not due';
     else if (r.outcome === 'in_progress') what = `paused at ${r.stage}; the next run continues it`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;
-    if (r.leaked && !r.dryRun) what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;
+    if (r.leaked && !r.dryRun)
+      what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;
     const lines = [`${r.key}  ${r.outcome.toUpperCase()}  ${what}${r.rotationId ? `  [${r.rotationId}]` : ''}`];
     for (const l of r.leftovers ?? []) lines.push(`    ! ${l}`);
     return lines.join('\n');

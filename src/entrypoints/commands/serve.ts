@@ -20,19 +20,35 @@ export async function runServe(ctx: CommandContext, opts: ServeOptions): Promise
   const env = ctx.io.env;
   // defaults given as strings are not run through the parsers by commander
   const port = typeof opts.port === 'number' ? opts.port : intOpt('PORT', 0, 65535)(opts.port);
-  const maxBody = typeof opts.maxBody === 'number' ? opts.maxBody : intOpt('KEYROTOR_SERVE_MAX_BODY', 256, 10 * 1024 * 1024)(opts.maxBody);
-  const requestTimeout = typeof opts.requestTimeout === 'number' ? opts.requestTimeout : durationOpt('KEYROTOR_SERVE_REQUEST_TIMEOUT')(opts.requestTimeout);
-  const safetyMargin = typeof opts.safetyMargin === 'number' ? opts.safetyMargin : durationOpt('--safety-margin')(opts.safetyMargin);
+  const maxBody =
+    typeof opts.maxBody === 'number'
+      ? opts.maxBody
+      : intOpt('KEYROTOR_SERVE_MAX_BODY', 256, 10 * 1024 * 1024)(opts.maxBody);
+  const requestTimeout =
+    typeof opts.requestTimeout === 'number'
+      ? opts.requestTimeout
+      : durationOpt('KEYROTOR_SERVE_REQUEST_TIMEOUT')(opts.requestTimeout);
+  const safetyMargin =
+    typeof opts.safetyMargin === 'number' ? opts.safetyMargin : durationOpt('--safety-margin')(opts.safetyMargin);
   const audiences = opts.audience.flatMap((a) => list(a));
   const emails = opts.allowedEmail.flatMap((a) => list(a));
   if (audiences.length > 0 && emails.length === 0 && !opts.allowAnyGoogleIdentity) {
-    throw new KeyrotorError('USAGE', 'OIDC needs --allowed-email: any Google identity can get a token for any audience', {
-      hint: 'pass the Cloud Scheduler / Pub/Sub push service account(s) with --allowed-email, or --allow-any-google-identity',
-    });
+    throw new KeyrotorError(
+      'USAGE',
+      'OIDC needs --allowed-email: any Google identity can get a token for any audience',
+      {
+        hint: 'pass the Cloud Scheduler / Pub/Sub push service account(s) with --allowed-email, or --allow-any-google-identity',
+      },
+    );
   }
   if (emails.length > 0 && audiences.length === 0) throw new KeyrotorError('USAGE', '--allowed-email needs --audience');
-  if (requestTimeout <= safetyMargin) throw new KeyrotorError('USAGE', '--request-timeout must be longer than --safety-margin');
-  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(opts.tokenEnv)) throw new KeyrotorError('USAGE', `--token-env must be an environment variable name (got ${JSON.stringify(opts.tokenEnv)})`);
+  if (requestTimeout <= safetyMargin)
+    throw new KeyrotorError('USAGE', '--request-timeout must be longer than --safety-margin');
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(opts.tokenEnv))
+    throw new KeyrotorError(
+      'USAGE',
+      `--token-env must be an environment variable name (got ${JSON.stringify(opts.tokenEnv)})`,
+    );
   const { bearerTokenFromEnv, createAuthenticator } = await import('../auth/index.ts');
   const auth = createAuthenticator({
     oidc: audiences.length ? { audiences, emails, ...(opts.jwksUrl ? { jwksUrl: opts.jwksUrl } : {}) } : undefined,

@@ -49,7 +49,9 @@ export function keyStatus(k: ResolvedKey, rec: KeyRecord | null, now: number): K
     overdueMs: due.nextDueAt ? Math.max(0, now - Date.parse(due.nextDueAt)) : 0,
     lastRotationId: last?.rotationId ?? null,
     lastFinishedAt: last?.finishedAt ?? null,
-    lastError: last?.error ? { code: last.error.code, message: last.error.message, ...(last.error.stage ? { stage: last.error.stage } : {}) } : null,
+    lastError: last?.error
+      ? { code: last.error.code, message: last.error.message, ...(last.error.stage ? { stage: last.error.stage } : {}) }
+      : null,
     leftovers: last?.leftovers ?? [],
     active: rec?.active ? activeOf(rec.active.rotationId, rec.active.updatedAt, rec.active.snapshot) : null,
   };
@@ -59,7 +61,12 @@ function activeOf(rotationId: string, updatedAt: string, snapshot: unknown): Non
   const s = (snapshot ?? {}) as { value?: unknown; context?: Record<string, unknown> };
   const stage = typeof s.value === 'string' ? s.value : null;
   const c = s.context ?? {};
-  const deadlines = (c.deadlines ?? {}) as { verify?: unknown; confirm?: unknown; verifyRevoked?: unknown; revokeRetryAt?: unknown };
+  const deadlines = (c.deadlines ?? {}) as {
+    verify?: unknown;
+    confirm?: unknown;
+    verifyRevoked?: unknown;
+    revokeRetryAt?: unknown;
+  };
   const iso = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? new Date(v).toISOString() : null);
   const waiting: Waiting[] = [];
   if (stage === 'verify') waiting.push({ what: 'verify', deadline: iso(deadlines.verify) });
@@ -82,7 +89,9 @@ export async function runStatus(ctx: CommandContext, names: string[], opts: { js
   const now = Date.now();
   const keys: KeyStatus[] = [];
   for (const k of ctx.pickKeys(cfg, names)) keys.push(keyStatus(k, await stateStore.read(k.name), now));
-  ctx.io.stdout(opts.json ? JSON.stringify({ keys }, null, 2) + '\n' : renderStatus(keys, now, colorEnabled(ctx.io.env)));
+  ctx.io.stdout(
+    opts.json ? JSON.stringify({ keys }, null, 2) + '\n' : renderStatus(keys, now, colorEnabled(ctx.io.env)),
+  );
 }
 
 // ---------------------------------------------------------------- rendering
@@ -100,19 +109,43 @@ const visible = (s: string) => s.replace(ANSI, '').length;
 
 function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => visible(r[i] ?? ''))));
-  const line = (cells: string[]) => cells.map((c, i) => c + ' '.repeat(Math.max(0, widths[i]! - visible(c)))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c + ' '.repeat(Math.max(0, widths[i]! - visible(c))))
+      .join('  ')
+      .trimEnd();
   return [line(head), ...rows.map(line)].join('\n') + '\n';
 }
 
-const OUTCOME_COLOR: Record<string, string> = { rotated: '32', rolled_back: '33', needs_attention: '31', locked: '33', in_progress: '36' };
+const OUTCOME_COLOR: Record<string, string> = {
+  rotated: '32',
+  rolled_back: '33',
+  needs_attention: '31',
+  locked: '33',
+  in_progress: '36',
+};
 
 export function renderStatus(keys: KeyStatus[], now: number, color = false): string {
   const c = (code: string | undefined, s: string) => (color && code ? `\u001b[${code}m${s}\u001b[0m` : s);
   const rows = keys.map((k) => {
     const age = k.ageMs === null ? `- / ${span(k.scheduleEveryMs)}` : `${span(k.ageMs)} / ${span(k.scheduleEveryMs)}`;
-    const ageColor = k.ageMs === null ? undefined : k.ageMs > k.scheduleEveryMs ? '31' : k.ageMs > k.scheduleEveryMs * 0.8 ? '33' : '32';
-    const next = k.due ? c('31', k.lastRotatedAt ? `now (overdue ${span(k.overdueMs)})` : 'now (never rotated)') : k.nextDueAt ? `in ${span(Date.parse(k.nextDueAt) - now)} (${k.nextDueAt.slice(0, 16)}Z)` : '-';
-    const last = k.lastOutcome ? c(OUTCOME_COLOR[k.lastOutcome], k.lastOutcome) + (k.lastFinishedAt ? ` ${span(now - Date.parse(k.lastFinishedAt))} ago` : '') : '-';
+    const ageColor =
+      k.ageMs === null
+        ? undefined
+        : k.ageMs > k.scheduleEveryMs
+          ? '31'
+          : k.ageMs > k.scheduleEveryMs * 0.8
+            ? '33'
+            : '32';
+    const next = k.due
+      ? c('31', k.lastRotatedAt ? `now (overdue ${span(k.overdueMs)})` : 'now (never rotated)')
+      : k.nextDueAt
+        ? `in ${span(Date.parse(k.nextDueAt) - now)} (${k.nextDueAt.slice(0, 16)}Z)`
+        : '-';
+    const last = k.lastOutcome
+      ? c(OUTCOME_COLOR[k.lastOutcome], k.lastOutcome) +
+        (k.lastFinishedAt ? ` ${span(now - Date.parse(k.lastFinishedAt))} ago` : '')
+      : '-';
     const active = k.active ? c('36', `${k.active.stage ?? 'unfinished'} (${k.active.rotationId})`) : '-';
     return [
       k.name,
@@ -124,7 +157,10 @@ export function renderStatus(keys: KeyStatus[], now: number, color = false): str
       active,
     ];
   });
-  let out = table(['KEY', 'CURRENT KEY ID', 'LAST ROTATED', 'NEXT DUE', 'LAST OUTCOME', 'AGE / SCHEDULE', 'UNFINISHED'], rows);
+  let out = table(
+    ['KEY', 'CURRENT KEY ID', 'LAST ROTATED', 'NEXT DUE', 'LAST OUTCOME', 'AGE / SCHEDULE', 'UNFINISHED'],
+    rows,
+  );
   const notes: string[] = [];
   for (const k of keys) {
     if (k.active) {
@@ -139,7 +175,8 @@ export function renderStatus(keys: KeyStatus[], now: number, color = false): str
         `${k.name}: rotation ${k.active.rotationId}${k.active.leaked ? ' (LEAKED key)' : ''} is at ${k.active.stage ?? '?'} (saved ${k.active.updatedAt})${waits.length ? `; ${waits.join('; ')}` : ''}; \`keyrotor resume ${k.name}\` continues it`,
       );
     }
-    if (k.lastOutcome && k.lastOutcome !== 'rotated' && k.lastError) notes.push(`${k.name}: last rotation ${k.lastOutcome}: ${k.lastError.code}: ${k.lastError.message}`);
+    if (k.lastOutcome && k.lastOutcome !== 'rotated' && k.lastError)
+      notes.push(`${k.name}: last rotation ${k.lastOutcome}: ${k.lastError.code}: ${k.lastError.message}`);
     for (const l of k.lastOutcome === 'needs_attention' ? k.leftovers : []) notes.push(`${k.name}: ! ${l}`);
   }
   if (notes.length) out += '\n' + notes.join('\n') + '\n';

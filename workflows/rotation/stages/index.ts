@@ -123,7 +123,12 @@ async function withRetries<T>(
 }
 
 /** The new key's value: from memory if this process issued it, else read back from a store. */
-async function newSecret(deps: RotationDeps, ctx: RotationContext, stage: Stage, upTo = deps.stores.length): Promise<Secret> {
+async function newSecret(
+  deps: RotationDeps,
+  ctx: RotationContext,
+  stage: Stage,
+  upTo = deps.stores.length,
+): Promise<Secret> {
   const inMemory = deps.vault.get(newRef(ctx));
   if (inMemory) return inMemory;
   for (const store of deps.stores.slice(0, upTo)) {
@@ -133,9 +138,13 @@ async function newSecret(deps: RotationDeps, ctx: RotationContext, stage: Stage,
       return v.secret;
     }
   }
-  throw new KeyrotorError('SECRET_UNAVAILABLE', `the new key ${ctx.newKeyId} is not held by any store (the process stopped before staging it); it will be discarded`, {
-    stage,
-  });
+  throw new KeyrotorError(
+    'SECRET_UNAVAILABLE',
+    `the new key ${ctx.newKeyId} is not held by any store (the process stopped before staging it); it will be discarded`,
+    {
+      stage,
+    },
+  );
 }
 
 async function currentIfOurs(store: SecretStore, ctx: RotationContext) {
@@ -173,7 +182,13 @@ function actorsFor(depsOf: (system: AnyActorSystem) => RotationDeps) {
         return out;
       } catch (e) {
         const err = toKeyrotorError(e, stage);
-        deps.onStage?.({ stage, phase: 'error', ms: clock.now() - t0, error: err, ...(index !== undefined ? { index } : {}) });
+        deps.onStage?.({
+          stage,
+          phase: 'error',
+          ms: clock.now() - t0,
+          error: err,
+          ...(index !== undefined ? { index } : {}),
+        });
         throw err;
       }
     });
@@ -217,13 +232,18 @@ function stageBodies(deps: RotationDeps) {
       // What is current now? Every store must agree on one key (or all be empty).
       const currents = await Promise.all(stores.map((s) => s.readCurrent()));
       const present = currents.filter((c) => c !== null);
-      if (present.length === 0) return { oldKeyId: null, oldFingerprint: null, bootstrap: true, oldKeyUnidentified: false };
+      if (present.length === 0)
+        return { oldKeyId: null, oldFingerprint: null, bootstrap: true, oldKeyUnidentified: false };
       const fps = new Set(present.map((c) => fingerprint(c.secret)));
       if (fps.size > 1 || present.length !== stores.length) {
-        throw new KeyrotorError('ADOPT_REQUIRED', `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i]!.secret) : 'empty'}`).join(', ')})`, {
-          stage: 'preflight',
-          hint: 'make every store serve the same key, then rotate again',
-        });
+        throw new KeyrotorError(
+          'ADOPT_REQUIRED',
+          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i]!.secret) : 'empty'}`).join(', ')})`,
+          {
+            stage: 'preflight',
+            hint: 'make every store serve the same key, then rotate again',
+          },
+        );
       }
       const cur = present[0]!;
       const oldFingerprint = fingerprint(cur.secret);
@@ -239,7 +259,10 @@ function stageBodies(deps: RotationDeps) {
             id.kind === 'ambiguous'
               ? `the current value of ${ctx.keyName} matches several issuer keys (${id.candidates.join(', ')})`
               : `the current value of ${ctx.keyName} (${oldFingerprint}) matches no key at the issuer`,
-            { stage: 'preflight', hint: `run \`keyrotor adopt ${ctx.keyName} --key-id <id>\` with the issuer key id it belongs to` },
+            {
+              stage: 'preflight',
+              hint: `run \`keyrotor adopt ${ctx.keyName} --key-id <id>\` with the issuer key id it belongs to`,
+            },
           );
         }
       }
@@ -274,8 +297,15 @@ function stageBodies(deps: RotationDeps) {
 
     stage: step<void>('stage', async ({ ctx, index }) => {
       const secret = await newSecret(deps, ctx, 'stage', index);
-      const meta = { rotationId: ctx.rotationId, issuerKeyId: ctx.newKeyId ?? undefined, fingerprint: ctx.newFingerprint ?? undefined, createdAt: new Date(clock.now()).toISOString() };
-      await withRetries(clock, deps.retryAttempts, () => store(index).stage({ rotationId: ctx.rotationId, secret, meta }));
+      const meta = {
+        rotationId: ctx.rotationId,
+        issuerKeyId: ctx.newKeyId ?? undefined,
+        fingerprint: ctx.newFingerprint ?? undefined,
+        createdAt: new Date(clock.now()).toISOString(),
+      };
+      await withRetries(clock, deps.retryAttempts, () =>
+        store(index).stage({ rotationId: ctx.rotationId, secret, meta }),
+      );
     }),
 
     verify: step<void>('verify', async ({ ctx }, signal) => {
@@ -283,7 +313,11 @@ function stageBodies(deps: RotationDeps) {
       for (const s of stores) {
         const p = await s.readPending(ctx.rotationId);
         if (!p || fingerprint(p.secret) !== ctx.newFingerprint) {
-          throw new KeyrotorError('STORE_CORRUPT', `${s.label} does not hold the staged key ${ctx.newFingerprint} for ${ctx.rotationId}`, { stage: 'verify' });
+          throw new KeyrotorError(
+            'STORE_CORRUPT',
+            `${s.label} does not hold the staged key ${ctx.newFingerprint} for ${ctx.rotationId}`,
+            { stage: 'verify' },
+          );
         }
       }
       const secret = await newSecret(deps, ctx, 'verify');
@@ -299,9 +333,13 @@ function stageBodies(deps: RotationDeps) {
           return { done: false, observation: `${r.reason}: ${r.detail}`, final: r.reason === 'missing_scopes' };
         },
         (last) =>
-          new KeyrotorError(last.startsWith('missing_scopes') ? 'KEY_MISSING_SCOPES' : 'KEY_INVALID', `the new key ${ctx.newKeyId} does not work at the issuer (${last})`, {
-            stage: 'verify',
-          }),
+          new KeyrotorError(
+            last.startsWith('missing_scopes') ? 'KEY_MISSING_SCOPES' : 'KEY_INVALID',
+            `the new key ${ctx.newKeyId} does not work at the issuer (${last})`,
+            {
+              stage: 'verify',
+            },
+          ),
       );
     }),
 
@@ -344,12 +382,26 @@ function stageBodies(deps: RotationDeps) {
             // what the rotation is waiting for, once per change (not on every poll)
             if (!o.pass && o.observation !== shown) {
               shown = o.observation;
-              deps.logger.info({ stage: 'confirm', gate: gate.name, deadline: new Date(deadline).toISOString(), observation: o.observation }, 'waiting for health gate');
+              deps.logger.info(
+                {
+                  stage: 'confirm',
+                  gate: gate.name,
+                  deadline: new Date(deadline).toISOString(),
+                  observation: o.observation,
+                },
+                'waiting for health gate',
+              );
             }
-            return o.pass ? { done: true, value: undefined } : { done: false, observation: o.observation, ...(o.final ? { final: true } : {}) };
+            return o.pass
+              ? { done: true, value: undefined }
+              : { done: false, observation: o.observation, ...(o.final ? { final: true } : {}) };
           },
           (last) =>
-            new KeyrotorError(clock.now() >= deadline ? 'GATE_TIMEOUT' : 'GATE_REJECTED', `health gate "${gate.name}" did not pass: ${last}`, { stage: 'confirm' }),
+            new KeyrotorError(
+              clock.now() >= deadline ? 'GATE_TIMEOUT' : 'GATE_REJECTED',
+              `health gate "${gate.name}" did not pass: ${last}`,
+              { stage: 'confirm' },
+            ),
         );
         deps.logger.info({ stage: 'confirm', gate: gate.name }, 'health gate passed');
       });
@@ -358,7 +410,11 @@ function stageBodies(deps: RotationDeps) {
           await Promise.any(waits).catch((e: unknown) => {
             const errs = (e instanceof AggregateError ? e.errors : [e]).map((x) => toKeyrotorError(x, 'confirm'));
             const code = errs.every((x) => x.code === 'GATE_REJECTED') ? 'GATE_REJECTED' : 'GATE_TIMEOUT';
-            throw new KeyrotorError(code, `no health gate passed (require: any): ${errs.map((x) => x.message).join('; ')}`, { stage: 'confirm' });
+            throw new KeyrotorError(
+              code,
+              `no health gate passed (require: any): ${errs.map((x) => x.message).join('; ')}`,
+              { stage: 'confirm' },
+            );
           });
         } else {
           await Promise.all(waits);
@@ -370,7 +426,8 @@ function stageBodies(deps: RotationDeps) {
     }),
 
     revoke: step<void>('revoke', async ({ ctx }) => {
-      if (!ctx.oldKeyId) throw new KeyrotorError('INTERNAL', 'revoke without an identified old key', { stage: 'revoke' });
+      if (!ctx.oldKeyId)
+        throw new KeyrotorError('INTERNAL', 'revoke without an identified old key', { stage: 'revoke' });
       const r = await issuer.revoke(ctx.oldKeyId);
       deps.logger.info({ stage: 'revoke', keyId: ctx.oldKeyId, alreadyGone: r.alreadyGone }, 'old key revoked');
     }),
@@ -404,7 +461,10 @@ function stageBodies(deps: RotationDeps) {
             ? { done: false, observation: 'the old key is still listed at the issuer' }
             : { done: true, value: undefined };
         },
-        (last) => new KeyrotorError('REVOKE_UNCONFIRMED', `the old key ${ctx.oldKeyId} is not dead yet: ${last}`, { stage: 'verifyRevoked' }),
+        (last) =>
+          new KeyrotorError('REVOKE_UNCONFIRMED', `the old key ${ctx.oldKeyId} is not dead yet: ${last}`, {
+            stage: 'verifyRevoked',
+          }),
       );
       deps.vault.delete(oldRef(ctx));
       deps.vault.delete(newRef(ctx));
@@ -446,7 +506,11 @@ export function sharedRotationMachine(): ReturnType<typeof provideRotation> {
   sharedMachine ??= rotationMachine.provide({
     actors: actorsFor((system) => {
       const deps = depsBySystem.get(system);
-      if (!deps) throw new KeyrotorError('INTERNAL', 'rotation actor started outside createRotationActor (no deps for its actor system)');
+      if (!deps)
+        throw new KeyrotorError(
+          'INTERNAL',
+          'rotation actor started outside createRotationActor (no deps for its actor system)',
+        );
       return deps;
     }),
   });
