@@ -33,7 +33,7 @@ function scan(from: NodeJS.ReadableStream, to: NodeJS.WriteStream): Promise<numb
   return new Promise((resolve) => from.on('end', () => resolve(hits)));
 }
 
-const done = Promise.all([scan(child.stdout!, process.stdout), scan(child.stderr!, process.stderr)]);
+const done = Promise.all([scan(child.stdout, process.stdout), scan(child.stderr, process.stderr)]);
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
 
 const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>

@@ -42,7 +42,7 @@ export async function createLogger(opts: LogOptions = {}): Promise<PinoLogger> {
   if (pretty) {
     const { default: pinoPretty } = await import('pino-pretty');
     const stream = pinoPretty({
-      destination: (opts.destination as NodeJS.WritableStream | undefined) ?? 2,
+      destination: opts.destination ?? 2,
       colorize: !process.env.NO_COLOR && process.stderr.isTTY === true,
       translateTime: 'HH:MM:ss',
       ignore: 'pid,hostname,rotationId',
@@ -51,7 +51,7 @@ export async function createLogger(opts: LogOptions = {}): Promise<PinoLogger> {
     });
     return pino(common, stream);
   }
-  return pino(common, (opts.destination as DestinationStream | undefined) ?? pino.destination({ fd: 2, sync: true }));
+  return pino(common, opts.destination ?? pino.destination({ fd: 2, sync: true }));
 }
 
 /** A logger that drops everything (library use, tests). */

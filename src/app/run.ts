@@ -340,7 +340,7 @@ async function runRotation(
       await chain;
       // never pause between `issue` and the first `stage`: the new value exists only in memory there
       const snap = actor.getSnapshot();
-      const holdsOnlyInMemory = snap.value === 'stage' && (snap.context as RotationContext).staged === 0;
+      const holdsOnlyInMemory = snap.value === 'stage' && snap.context.staged === 0;
       if (pauseRequested() && !holdsOnlyInMemory) {
         pauseNow();
         await new Promise<never>(() => {}); // the actor is stopped: this stage never starts
@@ -438,9 +438,9 @@ async function runRotation(
         const v = JSON.stringify(s.value);
         if (v !== lastValue && typeof s.value === 'string') rlog.info({ stage: s.value }, s.value);
         lastValue = v;
-        if (s.status === 'active') save(String(s.value), s.context as RotationContext);
+        if (s.status === 'active') save(String(s.value), s.context);
         if (s.status === 'done') {
-          save(String(s.value), s.context as RotationContext, false);
+          save(String(s.value), s.context, false);
           resolve(s);
         }
       },
@@ -472,7 +472,7 @@ async function runRotation(
   if (pauseTimer) clearTimeout(pauseTimer);
   await chain;
   if (first === 'paused') {
-    const ctx = actor.getSnapshot().context as RotationContext;
+    const ctx = actor.getSnapshot().context;
     rlog.warn({ stage: String(actor.getSnapshot().value) }, 'paused: the rotation continues on the next run');
     return {
       key: key.name,
@@ -485,7 +485,7 @@ async function runRotation(
     };
   }
   const final = first;
-  const ctx = final.context as RotationContext;
+  const ctx = final.context;
   const state = final.value as FinalState;
   const result = resultFrom(key.name, state, ctx, clock);
   // the key the stores serve now: the new one once every store was promoted and not demoted

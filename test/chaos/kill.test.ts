@@ -49,7 +49,7 @@ import {
   writeWorkspace,
   type Backends,
 } from './world.ts';
-import { main } from '../../src/entrypoints/cli.ts';
+import { main as _main } from '../../src/entrypoints/cli.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import type { KeyResult } from '../../src/app/run.ts';
 import type { SweepKeyResult } from '../../src/app/sweep.ts';

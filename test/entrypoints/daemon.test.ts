@@ -239,8 +239,8 @@ describe('keyrotor daemon as a process: a real SIGTERM in the middle of a rotati
     children.push(child);
     let stdout = '';
     let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
       child.on('close', (code) => {
         capture(`daemon-${name}.stdout`, stdout);

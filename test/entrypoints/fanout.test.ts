@@ -23,7 +23,7 @@ import { startGcpFake, type GcpFake } from '../fakes/gcp-secret-manager.ts';
 import { startAzureFake, type AzureFake } from '../fakes/azure-key-vault.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
-import { main } from '../../src/entrypoints/cli.ts';
+import { main as _main } from '../../src/entrypoints/cli.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { silentLogger } from '../../src/app/log.ts';

@@ -53,10 +53,10 @@ async function startApp(
   children.push(child);
   let out = '';
   let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   child.on('close', () => capture(`consumer-app-${name}.txt`, out + err));
   const first = await new Promise<{ port: number; fingerprint: string }>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       const line = out.split('\n')[0];
       if (out.includes('\n') && line) resolve(JSON.parse(line));

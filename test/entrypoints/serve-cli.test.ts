@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { capture } from '../helpers/artifacts.ts';
 import path from 'node:path';
-import { main } from '../../src/entrypoints/cli.ts';
+import { main as _main } from '../../src/entrypoints/cli.ts';
 import { CLI, LOCAL_CONFIG, workspace, cliInProcess } from './cli-helpers.ts';
 
 const TOKEN = 'serve-cli-test-token-0123456789abcdef';
@@ -81,10 +81,10 @@ describe('keyrotor serve (process)', () => {
     children.push(child);
     let stderr = '';
     let stdout = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     const url = await new Promise<string>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 20_000);
-      child.stderr!.on('data', (d: Buffer) => {
+      child.stderr.on('data', (d: Buffer) => {
         stderr += d.toString();
         const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
         if (m) {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { runCli, treeSnapshot, workspace, cliInProcess } from './cli-helpers.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
-import { main } from '../../src/entrypoints/cli.ts';
+import { main as _main } from '../../src/entrypoints/cli.ts';
 import { parseConfig } from '../../src/app/config/load.ts';
 import { rotateKey, type TransitionEvent } from '../../src/app/run.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';

@@ -149,7 +149,7 @@ export async function startFakeConsumer(behaviour: Behaviour, opts: FakeConsumer
         for (const s of sockets) s.destroy();
         server.close(() => resolve());
       }),
-  } as FakeConsumer;
+  };
 }
 
 /** A loopback URL on a port that was just free and is closed again: connection refused. */

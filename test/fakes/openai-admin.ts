@@ -633,7 +633,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
         checkPolicy(expiry);
         const k = state.plantKey({
           projectId: project,
-          name: (b.name as string | undefined) ?? 'Secret Key',
+          name: b.name ?? 'Secret Key',
           owner: { type: 'service_account', serviceAccountId: sa.id },
           expiresAt: expiry === undefined ? null : state.now() + expiry,
         });
@@ -751,7 +751,7 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
     entry.status = 200;
     // never echo a real answer's text (a create's answer holds the key's value): cut the JSON of its
     // keys only, or answer with the right envelope but none of the fields
-    const keys = json && typeof json === 'object' ? Object.keys(json as object) : [];
+    const keys = json && typeof json === 'object' ? Object.keys(json) : [];
     const text =
       o.kind === 'truncated'
         ? `{"${keys[0] ?? 'object'}": "`

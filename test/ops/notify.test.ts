@@ -118,7 +118,7 @@ describe('webhook notifications', () => {
       actor: 'cli',
       host: 'runner-1',
     });
-    n.onResult!(rolledBack);
+    void n.onResult!(rolledBack);
     expect(n.pending).toBe(1);
     expect(await n.drain(10_000)).toEqual({ delivered: 1, failed: 0, abandoned: 0 });
     expect(rx.received).toHaveLength(3);
@@ -154,9 +154,9 @@ describe('webhook notifications', () => {
       logger: silentLogger(),
       host: 'h',
     });
-    n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined, leaked: true, oldKeyLastUsedAt: null }); // leaked: sent
-    n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined }); // plain success: not asked for
-    n.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> by hand'] }); // not asked for either
+    void n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined, leaked: true, oldKeyLastUsedAt: null }); // leaked: sent
+    void n.onResult!({ ...rolledBack, outcome: 'rotated', error: undefined }); // plain success: not asked for
+    void n.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> by hand'] }); // not asked for either
     await n.drain(5000);
     expect(rx.received).toHaveLength(1);
     const b = JSON.parse(rx.received[0]!.body) as {
@@ -173,7 +173,7 @@ describe('webhook notifications', () => {
       logger: silentLogger(),
       host: 'h',
     });
-    n2.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> & check'] });
+    void n2.onResult!({ ...rolledBack, outcome: 'needs_attention', leftovers: ['delete <key_old> & check'] });
     await n2.drain(5000);
     const b2 = JSON.parse(rx2.received[0]!.body) as { blocks: Array<{ text?: { text: string } }> };
     expect(b2.blocks[0]!.text!.text).toContain('• delete &lt;key_old&gt; &amp; check');
@@ -182,7 +182,7 @@ describe('webhook notifications', () => {
   it('a 4xx answer is not retried; attempts are bounded; Retry-After is honoured', async () => {
     const rx = await startReceiver([404]);
     const n = createNotifier({ webhooks: [hook({ url: rx.url, backoff: '10ms' })], logger: silentLogger() });
-    n.onResult!(rolledBack);
+    void n.onResult!(rolledBack);
     expect(await n.drain(5000)).toMatchObject({ delivered: 0, failed: 1 });
     expect(rx.received).toHaveLength(1);
 
@@ -191,13 +191,13 @@ describe('webhook notifications', () => {
       webhooks: [hook({ url: rx2.url, backoff: '10ms', attempts: 3 })],
       logger: silentLogger(),
     });
-    n2.onResult!(rolledBack);
+    void n2.onResult!(rolledBack);
     expect(await n2.drain(5000)).toMatchObject({ delivered: 0, failed: 1 });
     expect(rx2.received).toHaveLength(3);
 
     const rx3 = await startReceiver([{ status: 429, headers: { 'retry-after': '0' } }]);
     const n3 = createNotifier({ webhooks: [hook({ url: rx3.url, backoff: '10ms' })], logger: silentLogger() });
-    n3.onResult!(rolledBack);
+    void n3.onResult!(rolledBack);
     expect(await n3.drain(5000)).toMatchObject({ delivered: 1 });
     expect(rx3.received).toHaveLength(2);
   });
@@ -208,12 +208,12 @@ describe('webhook notifications', () => {
     await rx.close();
     receivers.length = 0;
     const n = createNotifier({ webhooks: [hook({ url: dead, backoff: '10ms', attempts: 2 })], logger: silentLogger() });
-    n.onResult!(rolledBack);
+    void n.onResult!(rolledBack);
     expect(await n.drain(5000)).toMatchObject({ delivered: 0, failed: 1 });
 
     const hold = await startReceiver(['hold']);
     const n2 = createNotifier({ webhooks: [hook({ url: hold.url, timeout: '1m' })], logger: silentLogger() });
-    n2.onResult!(rolledBack);
+    void n2.onResult!(rolledBack);
     const report = await n2.drain(100);
     expect(report).toMatchObject({ delivered: 0, abandoned: 1 });
     expect(n2.pending).toBe(0);

@@ -57,7 +57,7 @@ describe.skipIf(!MOTO)('aws-secrets-manager store: malformed 200 answers (moto b
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all(opened.map((s) => s.close?.()));
+    await Promise.all(opened.map(async (s) => s.close?.()));
     raw?.destroy();
     await proxy?.close();
     await moto?.close();

@@ -66,7 +66,7 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all(opened.map((s) => s.close?.()));
+    await Promise.all(opened.map(async (s) => s.close?.()));
     raw?.destroy();
     await moto?.close();
     capture('aws-secrets-manager-store.log', logLines.join('\n'));

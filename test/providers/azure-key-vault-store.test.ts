@@ -418,7 +418,6 @@ describe('azure-key-vault store: Key Vault specifics', () => {
 
 describe('azure-key-vault store: malformed 200 answers', () => {
   const KINDS = ['truncated', 'html', 'shape'] as const;
-  type Kind = (typeof KINDS)[number];
   const seen: KeyrotorError[] = [];
 
   /** a garbled 200 is never success: an honest code, one line, no value anywhere in the error */

@@ -122,7 +122,7 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
   const actor = o.snapshot
     ? createActor(machine, {
         snapshot: o.snapshot as SnapshotFrom<typeof machine>,
-        input: undefined as unknown as RotationInput,
+        input: undefined,
       })
     : createActor(machine, { input: w.input });
   const states: string[] = [];

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { getSimplePaths } from 'xstate/graph';
 import type { AnyEventObject } from 'xstate';
 import { KeyrotorError } from '../../src/core/errors.ts';
-import { rotationMachine, type RotationContext } from '../../workflows/rotation/rotation.machine.ts';
+import { rotationMachine } from '../../workflows/rotation/rotation.machine.ts';
 import { invariantViolations, makeWorld, runWorld, type Setup, type World } from './harness.ts';
 import type { RotationDeps } from '../../workflows/rotation/stages/index.ts';
 import { capture } from '../helpers/artifacts.ts';
@@ -45,7 +45,7 @@ function enumerate(leaked: boolean) {
       return [done(v), fail(v)];
     },
     serializeState: (s) => {
-      const c = s.context as RotationContext;
+      const c = s.context;
       return JSON.stringify([
         s.value,
         c.staged,
@@ -119,7 +119,7 @@ function scripted(w: World, steps: PathStep[]) {
           break;
       }
     };
-    return { ...deps, onStage: onStage as RotationDeps['onStage'] };
+    return { ...deps, onStage: onStage };
   };
 }
 

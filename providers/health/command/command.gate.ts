@@ -47,6 +47,7 @@ function lastLine(buf: string): string {
     .map((l) => l.trim())
     .filter(Boolean);
   const l = lines[lines.length - 1] ?? '';
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what is replaced
   const clean = scrubText(l).replace(/[\u0000-\u001f\u007f]/g, ' ');
   return clean.length > 160 ? `${clean.slice(0, 157)}...` : clean;
 }

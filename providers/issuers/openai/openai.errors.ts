@@ -108,7 +108,7 @@ export function isMissingScopes(e: unknown): boolean {
 }
 
 function retryAfter(e: APIError): string {
-  const h = e.headers as Headers | undefined;
+  const h = e.headers;
   const ra = h?.get?.('retry-after-ms')
     ? `${h.get('retry-after-ms')}ms`
     : h?.get?.('retry-after')

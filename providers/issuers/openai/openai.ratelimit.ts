@@ -161,7 +161,7 @@ export class RateLimiter {
 
   /** A `fetch` for the SDK: waits for the limiter, then sends, then reports the status. */
   wrap(inner?: FetchFn): FetchFn {
-    return (async (input: Parameters<FetchFn>[0], init?: Parameters<FetchFn>[1]) => {
+    return async (input: Parameters<FetchFn>[0], init?: Parameters<FetchFn>[1]) => {
       const release = await this.acquire(init?.signal ?? undefined);
       try {
         const res = await (inner ?? globalThis.fetch)(input, init);
@@ -170,7 +170,7 @@ export class RateLimiter {
       } finally {
         release();
       }
-    }) as FetchFn;
+    };
   }
 
   #refill(): void {

@@ -246,7 +246,7 @@ function applyRelabel(
     m.stages[id] = [...(m.stages[id] ?? []), label];
   };
   const from = input.RemoveFromVersionId;
-  if (from && m.stages[from]) m.stages[from] = m.stages[from]!.filter((l) => l !== input.VersionStage);
+  if (from && m.stages[from]) m.stages[from] = m.stages[from].filter((l) => l !== input.VersionStage);
   if (input.MoveToVersionId) give(input.VersionStage, input.MoveToVersionId);
   // moving AWSCURRENT puts AWSPREVIOUS on the version it left (documented Secrets Manager behaviour)
   if (input.VersionStage === CURRENT && input.MoveToVersionId && from && from !== input.MoveToVersionId)
@@ -821,17 +821,16 @@ class AwsSecretsManagerStore implements SecretStore {
     let value: string;
     if (this.jsonKey) {
       // the current version's content as check() just read it, else read it
-      const raw =
-        known && known.id === st.current!.id ? known.raw.reveal() : await this.getString(st.current!.id, stage);
+      const raw = known && known.id === st.current.id ? known.raw.reveal() : await this.getString(st.current.id, stage);
       let base: Record<string, unknown>;
-      if (st.current!.placeholder) {
+      if (st.current.placeholder) {
         try {
-          base = this.parseObject(raw, st.current!.id, stage);
+          base = this.parseObject(raw, st.current.id, stage);
         } catch {
           base = {}; // a plain-text placeholder (jsonKey added later): start from an empty object
         }
       } else {
-        base = this.parseObject(raw, st.current!.id, stage);
+        base = this.parseObject(raw, st.current.id, stage);
       }
       value = JSON.stringify({ ...base, [this.jsonKey]: req.secret.reveal() });
     } else {

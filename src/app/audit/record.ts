@@ -101,7 +101,7 @@ export function chainRecord(entry: AuditEntry, prev: { seq: number; hash: string
     seq: (prev?.seq ?? 0) + 1,
     prev: prev?.hash ?? GENESIS,
   };
-  return { ...body, hash: recordHash(body) } as AuditRecord;
+  return { ...body, hash: recordHash(body) };
 }
 
 /** The line written to the log (canonical JSON plus newline). */

@@ -100,7 +100,7 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
   } catch (e) {
     const code = errnoOf(e);
     if (code === 'EEXIST') return false;
-    if (code && NO_LINKS.has(code)) return createExclusiveNoLinks(file, text);
+    if (code && NO_LINKS.has(code)) return await createExclusiveNoLinks(file, text);
     throw ioError(e, 'cannot create', file);
   } finally {
     await rm(temp, { force: true }).catch(() => undefined);

@@ -104,6 +104,7 @@ function span(ms: number): string {
   return `${Math.floor(h / 24)}d`;
 }
 
+// eslint-disable-next-line no-control-regex -- matches ANSI colour escapes
 const ANSI = /\u001b\[[0-9;]*m/g;
 const visible = (s: string) => s.replace(ANSI, '').length;
 

@@ -238,7 +238,7 @@ function stageBodies(deps: RotationDeps) {
       if (fps.size > 1 || present.length !== stores.length) {
         throw new KeyrotorError(
           'ADOPT_REQUIRED',
-          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i]!.secret) : 'empty'}`).join(', ')})`,
+          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i].secret) : 'empty'}`).join(', ')})`,
           {
             stage: 'preflight',
             hint: 'make every store serve the same key, then rotate again',
@@ -530,7 +530,7 @@ export function createRotationActor(
   const machine = sharedRotationMachine();
   const actor =
     'snapshot' in options
-      ? createActor(machine, { snapshot: options.snapshot, input: undefined as unknown as RotationInput })
+      ? createActor(machine, { snapshot: options.snapshot, input: undefined })
       : createActor(machine, { input: options.input });
   // before start(): the invoked children (also those restored from the snapshot) start with the root
   depsBySystem.set(actor.system, deps);
