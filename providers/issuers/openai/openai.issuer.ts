@@ -1,7 +1,7 @@
 /**
  * OpenAI project API keys through the Admin API (`openai` v7, `client.admin.organization.projects.*`).
  *
- * Keys are minted for one service account of one project. Facts this relies on (PROVIDER-NOTES.md):
+ * Keys are minted for one service account of one project. Facts this relies on (docs/provider-notes.md):
  * - the SDK retries POST and sends no idempotency key, so every create goes out with `maxRetries: 0`;
  *   after an ambiguous failure (no answer, timeout, 5xx) the keys named like the request are deleted;
  * - names carry the rotation id, so a create that runs again for the same rotation (after a crash or an
