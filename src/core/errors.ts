@@ -1,7 +1,7 @@
 import { scrubText } from './secret.ts';
 import type { Stage } from './stages.ts';
 
-/** Stable error codes. Never rename one; add new ones. Documented in README "Error codes". */
+/** Stable error codes. Never rename one; add new ones. Documented in docs/operations.md "Error codes". */
 export const ERROR_CODES = {
   // usage and configuration (exit 2)
   USAGE: 2,
