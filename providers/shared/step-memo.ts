@@ -16,7 +16,8 @@
  * caller read the store as before. In memory only, never persisted; values only inside a `Secret`.
  *
  * `scope` (optional): stores whose instances may share one backing object (the file store: one file per
- * key) name it, so that a remember or forget by one instance drops what another instance remembers.
+ * key) name it; then at most one memo of the scope remembers anything (the last to `remember`), and
+ * `changed()` (the caller is about to write the object) drops what any memo of the scope remembers.
  */
 
 /** The steps that may use what the previous step of the same rotation saw. */
@@ -62,14 +63,18 @@ export class StepMemo<T> {
     this.#entry = { value, permits: { ...permits } };
   }
 
-  /** Forget what this memo (and, with a scope, any other memo of the same scope) remembers. */
+  /** Forget what this memo remembers. */
   forget(): void {
     this.#entry = undefined;
-    if (this.#scope !== undefined) {
-      const owner = owners.get(this.#scope);
-      if (owner) owner.#entry = undefined;
-      owners.delete(this.#scope);
-    }
+    if (this.#scope !== undefined && owners.get(this.#scope) === this) owners.delete(this.#scope);
+  }
+
+  /** The backing object is about to change: forget what this memo and any other memo of its scope remember. */
+  changed(): void {
+    this.forget();
+    if (this.#scope === undefined) return;
+    const owner = owners.get(this.#scope);
+    if (owner) owner.forget();
   }
 
   /**

@@ -307,7 +307,7 @@ export async function createFileStore(
       // the fresh path: the document this instance just read or wrote (see `memo`); else read the file
       const recalled = known?.();
       const memoKey = recalled ? await masterKey(false) : undefined;
-      forget();
+      memo.changed(); // this write (or read-only no-op) invalidates what any instance remembers of the file
       const loaded = recalled && memoKey ? { doc: recalled, key: memoKey } : await load();
       const doc = loaded?.doc ?? emptyDoc(ctx.keyName);
       const getKey = async () => {
