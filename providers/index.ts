@@ -89,7 +89,7 @@ export {
 export type { AwsSecretsManagerStoreConfig } from './stores/aws-secrets-manager/aws-secrets-manager.schema.ts';
 /** Secrets Manager native rotation: what the secret's versions say about one token (loads the AWS SDK). */
 export const loadAwsNativeRotation = async () =>
-  (await import('./stores/aws-secrets-manager/aws-secrets-manager.store.ts')).inspectNativeRotation;
+  (await import('./stores/aws-secrets-manager/aws-secrets-manager.client.ts')).inspectNativeRotation;
 export type { Decision } from './health/manual/manual.decision.ts';
 /** The manual gate's decision files, written by `keyrotor confirm`. */
 export const loadManualDecisions = () => import('./health/manual/manual.decision.ts');

@@ -7,14 +7,12 @@
 import type { ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import type { AzureKeyVaultStoreConfig } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
 import {
-  createAzureKeyVaultStoreWith,
+  createAzureKeyVaultStore as createReal,
   type AzureKeyVaultStoreDeps,
 } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
 
-export { createAzureKeyVaultStoreWith } from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
-
 export interface BenchAzure {
-  credential: AzureKeyVaultStoreDeps['credential'];
+  credential: NonNullable<AzureKeyVaultStoreDeps['credential']>;
   clientOptions: NonNullable<AzureKeyVaultStoreDeps['clientOptions']>;
 }
 
@@ -28,5 +26,5 @@ export async function createAzureKeyVaultStore(
 ): Promise<SecretStore> {
   const b = (globalThis as { __keyrotorBenchAzure?: BenchAzure }).__keyrotorBenchAzure;
   if (!b) throw new Error('bench: the Azure fake is not set up');
-  return createAzureKeyVaultStoreWith(cfg, ctx, { credential: b.credential, clientOptions: b.clientOptions });
+  return createReal(cfg, ctx, { credential: b.credential, clientOptions: b.clientOptions });
 }

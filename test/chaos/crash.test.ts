@@ -73,7 +73,7 @@ vi.mock('../../providers/index.ts', async (importOriginal) => {
     createStore: async (cfg: Parameters<typeof mod.createStore>[0], ctx: Parameters<typeof mod.createStore>[1]) => {
       if (cfg.type === 'azure-key-vault') {
         const az = await import('../../providers/stores/azure-key-vault/index.ts');
-        const s = await az.createAzureKeyVaultStoreWith(cfg, ctx, {
+        const s = await az.createAzureKeyVaultStore(cfg, ctx, {
           credential: {
             getToken: async () => ({ token: 'loopback-chaos-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
           },

@@ -17,7 +17,7 @@ import { startAzureFake, type AzureFake } from '../fakes/azure-key-vault.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import { PLACEHOLDER_TEXT } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.store.ts';
+import { PLACEHOLDER_TEXT } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.labels.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { parseIssuedKeyName } from '../../src/core/ids.ts';

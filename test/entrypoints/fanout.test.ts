@@ -39,7 +39,7 @@ vi.mock('../../providers/stores/azure-key-vault/index.ts', async (importOriginal
       cfg: Parameters<typeof mod.createAzureKeyVaultStore>[0],
       ctx: Parameters<typeof mod.createAzureKeyVaultStore>[1],
     ) =>
-      mod.createAzureKeyVaultStoreWith(cfg, ctx, {
+      mod.createAzureKeyVaultStore(cfg, ctx, {
         credential: {
           getToken: async () => ({ token: 'loopback-test-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
         },

@@ -29,7 +29,7 @@ import {
   metaLabel,
   parseMetaLabel,
   requestToken,
-} from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.store.ts';
+} from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.labels.ts';
 import { mapAwsError } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.errors.ts';
 import { describeStoreContract, meta, value } from './store-contract.ts';
 import { CANARY } from '../canary.ts';

@@ -18,11 +18,7 @@ import { KeyrotorError } from '../../src/core/errors.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import {
-  createAzureKeyVaultStoreWith,
-  type TokenCredential,
-} from '../../providers/stores/azure-key-vault/azure-key-vault.store.ts';
-import { createAzureKeyVaultStore } from '../../providers/stores/azure-key-vault/index.ts';
+import { createAzureKeyVaultStore, type TokenCredential } from '../../providers/stores/azure-key-vault/index.ts';
 import { azureKeyVaultStoreSchema } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
 import { linesLogger } from '../helpers/logger.ts';
 
@@ -69,7 +65,7 @@ function clientOptions(extra: SecretClientOptions = {}): SecretClientOptions {
 
 async function makeStore(name = freshName(), extra: SecretClientOptions = {}): Promise<SecretStore> {
   const cfg = azureKeyVaultStoreSchema.parse({ type: 'azure-key-vault', vaultUrl: fake.vaultUrl, name });
-  return createAzureKeyVaultStoreWith(cfg, ctx(name), { credential, clientOptions: clientOptions(extra) });
+  return createAzureKeyVaultStore(cfg, ctx(name), { credential, clientOptions: clientOptions(extra) });
 }
 /** fails fast: one quick retry instead of the SDK's default backoff */
 const FAST_FAIL: SecretClientOptions = { retryOptions: { maxRetries: 1, retryDelayInMs: 5, maxRetryDelayInMs: 10 } };
@@ -398,7 +394,7 @@ describe('azure-key-vault store: Key Vault specifics', () => {
       vaultUrl: fake.vaultUrl,
       name: 'a'.repeat(120),
     });
-    const e = await createAzureKeyVaultStoreWith(long, ctx('k'), { credential }).then(
+    const e = await createAzureKeyVaultStore(long, ctx('k'), { credential }).then(
       () => null,
       (err: unknown) => err,
     );
@@ -408,7 +404,7 @@ describe('azure-key-vault store: Key Vault specifics', () => {
       vaultUrl: 'http://127.0.0.1:1',
       name: 'openai-key',
     });
-    await expect(createAzureKeyVaultStoreWith(plain, ctx('k'), { credential })).rejects.toMatchObject({
+    await expect(createAzureKeyVaultStore(plain, ctx('k'), { credential })).rejects.toMatchObject({
       code: 'CONFIG_INVALID',
     });
   });

@@ -9,7 +9,7 @@ import { SecretManagerServiceClient } from '@google-cloud/secret-manager';
 import { crc32c, startGcpFake, type GcpFake } from '../fakes/gcp-secret-manager.ts';
 import { describeStoreContract, meta, value } from './store-contract.ts';
 import { createGcpSecretManagerStore } from '../../providers/stores/gcp-secret-manager/index.ts';
-import type { GcpStoreOptions } from '../../providers/stores/gcp-secret-manager/index.ts';
+import type { GcpSecretManagerStoreDeps } from '../../providers/stores/gcp-secret-manager/index.ts';
 import { gcpSecretManagerStoreSchema } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
@@ -54,7 +54,7 @@ async function freshSecret(): Promise<string> {
   return id;
 }
 
-async function makeStore(secret: string, opts?: GcpStoreOptions) {
+async function makeStore(secret: string, opts?: GcpSecretManagerStoreDeps) {
   const cfg = gcpSecretManagerStoreSchema.parse({
     type: 'gcp-secret-manager',
     project: PROJECT,

@@ -2,13 +2,8 @@
  * SecretStore on AWS Secrets Manager, driven by staging labels.
  *
  * Slots: AWSCURRENT = current (what consumers read), AWSPREVIOUS = previous, AWSPENDING = pending.
- * Per-version metadata lives in custom staging labels (tags are per secret only):
- *
- *   kr:<rotationId>;k=<issuerKeyId>;f=<fingerprint>;t=<createdAt>   one label per version keyrotor wrote
- *                                                                    (values URI-encoded, max 256 chars)
- *   kr-empty                                                         the placeholder version (see below)
- *   kr-prev:<rotationId>                                             the version that was AWSPREVIOUS when
- *                                                                    that rotation promoted (for demote)
+ * Per-version metadata lives in custom staging labels (`kr:`, `kr-empty`, `kr-prev:`; tags are per secret
+ * only): their codec and view are in aws-secrets-manager.labels.ts.
  *
  * One packed label per version, not one label per field: a staging label is unique within a secret
  * (attaching it to one version removes it from any other), so only a label that carries the rotation
@@ -36,8 +31,11 @@
  * finishSecret): AWS picks the new version's id. The handler puts that token in the key's provider
  * state (aws-secrets-manager.native.ts); `stage` then writes into that version instead of a derived
  * one, binding the token to its rotation id first, so the token is never reused for another value.
+ *
+ * Files: aws-secrets-manager.labels.ts (label codec and view, pure), aws-secrets-manager.simulate.ts
+ * (local copy of the labels for the straight path, pure), aws-secrets-manager.client.ts (client setup,
+ * native-rotation inspection), this file (the store).
  */
-import { createHash } from 'node:crypto';
 import {
   DescribeSecretCommand,
   GetSecretValueCommand,
@@ -59,290 +57,64 @@ import type {
   StoredVersion,
   VersionMeta,
 } from '../../../src/core/ports.ts';
+import { StepMemo } from '../../shared/step-memo.ts';
 import type { AwsSecretsManagerStoreConfig } from './aws-secrets-manager.schema.ts';
 import { malformedAnswer, mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
 import { formatNativeToken, nativeTokenKey, parseNativeToken } from './aws-secrets-manager.native.ts';
+import { buildClient, regionOf } from './aws-secrets-manager.client.ts';
+import {
+  CURRENT,
+  META_PREFIX,
+  PENDING,
+  PLACEHOLDER_LABEL,
+  PLACEHOLDER_TEXT,
+  PREVIOUS,
+  PREV_OF_PREFIX,
+  isOurLabel,
+  metaLabel,
+  parseMetaLabel,
+  prevOfLabel,
+  publicMeta,
+  requestToken,
+  toLabelState,
+  type LabelState,
+  type VersionView,
+} from './aws-secrets-manager.labels.ts';
+import {
+  applyPut,
+  applyRelabel,
+  cloneModel,
+  modelOf,
+  stateOfModel,
+  type LabelModel,
+} from './aws-secrets-manager.simulate.ts';
 
-export const CURRENT = 'AWSCURRENT';
-export const PREVIOUS = 'AWSPREVIOUS';
-export const PENDING = 'AWSPENDING';
-export const META_PREFIX = 'kr:';
-export const PLACEHOLDER_LABEL = 'kr-empty';
-export const PREV_OF_PREFIX = 'kr-prev:';
-/** Secrets Manager limit on one staging label */
-export const MAX_LABEL_LENGTH = 256;
-/** What consumers read from AWSCURRENT before the first promote (plain mode). Not a key. */
-export const PLACEHOLDER_TEXT = 'keyrotor placeholder: no key has been promoted into this secret yet';
+export { inspectNativeRotation, type NativeRotationView } from './aws-secrets-manager.client.ts';
 
-// ------------------------------------------------------------------ labels
-
-export interface ParsedMeta extends VersionMeta {
-  rotationId: string;
+/** What tests and embedders may inject (the seam every store offers as its factory's third argument). */
+export interface AwsSecretsManagerStoreDeps {
+  /** an already configured client (the caller destroys it); default: built from cfg + ctx.env */
+  client?: SecretsManagerClient | undefined;
 }
 
-function enc(s: string): string {
-  return encodeURIComponent(s);
-}
-function dec(s: string): string | undefined {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    return undefined;
-  }
+/** What one step remembers for the next (see `memo`). */
+interface Known {
+  model: LabelModel;
+  /** after check: the current version as read, with its raw content (JSON mode stages on top of it) */
+  current?: { id: string; version: StoredVersion | null; raw: Secret } | undefined;
+  /** after stage: the version it wrote as AWSPENDING */
+  pending?: { rotationId: string; versionId: string; secret: Secret; meta: VersionMeta } | undefined;
 }
 
-/** `kr:<rotationId>;k=..;f=..;t=..` (createdAt is dropped first if the label would exceed 256 chars) */
-export function metaLabel(rotationId: string, meta: VersionMeta): string {
-  const base = `${META_PREFIX}${enc(rotationId)}`;
-  const k = meta.issuerKeyId ? `;k=${enc(meta.issuerKeyId)}` : '';
-  const f = meta.fingerprint ? `;f=${enc(meta.fingerprint)}` : '';
-  const t = meta.createdAt ? `;t=${enc(meta.createdAt)}` : '';
-  const full = base + k + f + t;
-  if (full.length <= MAX_LABEL_LENGTH) return full;
-  const short = base + k + f;
-  if (short.length <= MAX_LABEL_LENGTH) return short;
-  throw new KeyrotorError(
-    'STORE_CONFLICT',
-    `version metadata for rotation ${rotationId} does not fit in one Secrets Manager staging label (${short.length} > ${MAX_LABEL_LENGTH} chars)`,
-    { stage: 'stage', retryable: false },
-  );
-}
-
-export function parseMetaLabel(label: string): ParsedMeta | undefined {
-  if (!label.startsWith(META_PREFIX)) return undefined;
-  const [head, ...fields] = label.slice(META_PREFIX.length).split(';');
-  const rotationId = head ? dec(head) : undefined;
-  if (!rotationId) return undefined;
-  const meta: ParsedMeta = { rotationId };
-  for (const f of fields) {
-    const i = f.indexOf('=');
-    if (i < 0) continue;
-    const v = dec(f.slice(i + 1));
-    if (!v) continue;
-    const key = f.slice(0, i);
-    if (key === 'k') meta.issuerKeyId = v;
-    else if (key === 'f') meta.fingerprint = v;
-    else if (key === 't') meta.createdAt = v;
-  }
-  return meta;
-}
-
-function prevOfLabel(rotationId: string): string {
-  return `${PREV_OF_PREFIX}${enc(rotationId)}`;
-}
-
-function isOurLabel(label: string): boolean {
-  return label.startsWith(META_PREFIX) || label === PLACEHOLDER_LABEL || label.startsWith(PREV_OF_PREFIX);
-}
-
-/** Deterministic ClientRequestToken (UUID-shaped, 36 chars) for one rotation and purpose. */
-export function requestToken(purpose: 'stage' | 'empty', rotationId: string): string {
-  const h = createHash('sha256').update(`keyrotor/aws-secrets-manager/${purpose}/${rotationId}`).digest('hex');
-  const variant = ((parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
-}
-
-// ------------------------------------------------------------------ state (labels only, no values)
-
-interface VersionView {
-  id: string;
-  labels: string[];
-  meta: ParsedMeta | undefined;
-  placeholder: boolean;
-  /** rotation ids this version is the pre-promote AWSPREVIOUS of */
-  prevOf: string[];
-  has(label: string): boolean;
-}
-
-interface State {
-  versions: VersionView[];
-  current: VersionView | undefined;
-  previous: VersionView | undefined;
-  /** the version holding AWSPENDING, unless that is the current one */
-  pending: VersionView | undefined;
-  deletedDate: Date | undefined;
-  rotationEnabled: boolean;
-  byRotation(rotationId: string): VersionView | undefined;
-  withLabel(label: string): VersionView | undefined;
-}
-
-function toState(out: DescribeSecretCommandOutput): State {
-  const versions: VersionView[] = [];
-  for (const [id, raw] of Object.entries(out.VersionIdsToStages ?? {})) {
-    const labels = [...new Set(raw ?? [])];
-    if (labels.length === 0) continue; // deprecated (moto lists these; AWS does not)
-    let meta: ParsedMeta | undefined;
-    const prevOf: string[] = [];
-    for (const l of labels) {
-      meta ??= parseMetaLabel(l);
-      if (l.startsWith(PREV_OF_PREFIX)) {
-        const r = dec(l.slice(PREV_OF_PREFIX.length));
-        if (r) prevOf.push(r);
-      }
-    }
-    versions.push({
-      id,
-      labels,
-      meta,
-      placeholder: labels.includes(PLACEHOLDER_LABEL),
-      prevOf,
-      has: (x) => labels.includes(x),
-    });
-  }
-  const withLabel = (label: string) => versions.find((v) => v.has(label));
-  const current = withLabel(CURRENT);
-  const pendingHolder = withLabel(PENDING);
-  return {
-    versions,
-    current,
-    previous: withLabel(PREVIOUS),
-    pending: pendingHolder && pendingHolder !== current ? pendingHolder : undefined,
-    deletedDate: out.DeletedDate,
-    rotationEnabled: out.RotationEnabled === true,
-    byRotation: (rotationId) => versions.find((v) => v.meta?.rotationId === rotationId),
-    withLabel,
-  };
-}
-
-// ------------------------------------------------------------------ fresh-path model (P2)
-
-/** The label map of a DescribeSecret answer, as this store last read it and then changed it itself. */
-interface Model {
-  stages: Record<string, string[]>;
-  deletedDate: Date | undefined;
-  rotationEnabled: boolean;
-}
-
-function modelOf(out: DescribeSecretCommandOutput): Model {
-  const stages: Record<string, string[]> = {};
-  for (const [id, raw] of Object.entries(out.VersionIdsToStages ?? {})) stages[id] = [...new Set(raw ?? [])];
-  return { stages, deletedDate: out.DeletedDate, rotationEnabled: out.RotationEnabled === true };
-}
-
-function stateOfModel(m: Model): State {
-  return toState({
-    VersionIdsToStages: m.stages,
-    DeletedDate: m.deletedDate,
-    RotationEnabled: m.rotationEnabled,
-    $metadata: {},
-  });
-}
-
-const cloneModel = (m: Model): Model => ({
-  ...m,
-  stages: Object.fromEntries(Object.entries(m.stages).map(([k, v]) => [k, [...v]])),
-});
-
-/** Apply a successful UpdateSecretVersionStage the way Secrets Manager does (a label is on one version at most). */
-function applyRelabel(
-  m: Model,
-  input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string },
-): void {
-  const take = (label: string) => {
-    for (const id of Object.keys(m.stages)) m.stages[id] = m.stages[id]!.filter((l) => l !== label);
-  };
-  const give = (label: string, id: string) => {
-    take(label);
-    m.stages[id] = [...(m.stages[id] ?? []), label];
-  };
-  const from = input.RemoveFromVersionId;
-  if (from && m.stages[from]) m.stages[from] = m.stages[from].filter((l) => l !== input.VersionStage);
-  if (input.MoveToVersionId) give(input.VersionStage, input.MoveToVersionId);
-  // moving AWSCURRENT puts AWSPREVIOUS on the version it left (documented Secrets Manager behaviour)
-  if (input.VersionStage === CURRENT && input.MoveToVersionId && from && from !== input.MoveToVersionId)
-    give(PREVIOUS, from);
-}
-
-/** Apply a successful PutSecretValue whose answer carried exactly `labels` on `versionId`. */
-function applyPut(m: Model, versionId: string, labels: string[]): void {
-  for (const id of Object.keys(m.stages)) m.stages[id] = m.stages[id]!.filter((l) => !labels.includes(l));
-  m.stages[versionId] = [...new Set([...(m.stages[versionId] ?? []), ...labels])];
-}
-
-// ------------------------------------------------------------------ the store
-
-export interface AwsSecretsManagerStoreOptions {
-  /** an already configured client (tests, or callers that share one); default: built from cfg + ctx.env */
-  client?: SecretsManagerClient;
-}
-
-function regionFromArn(secretId: string): string | undefined {
-  // arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
-  const parts = secretId.split(':');
-  return parts[0] === 'arn' && parts[2] === 'secretsmanager' && parts[3] ? parts[3] : undefined;
-}
-
-function buildClient(cfg: AwsSecretsManagerStoreConfig, env: NodeJS.ProcessEnv): SecretsManagerClient {
-  const region = cfg.region ?? regionFromArn(cfg.secretId) ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
-  const accessKeyId = env.AWS_ACCESS_KEY_ID;
-  const secretAccessKey = env.AWS_SECRET_ACCESS_KEY;
-  return new SecretsManagerClient({
-    ...(region ? { region } : {}),
-    ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}),
-    // credentials from the injected environment when it has them; otherwise the SDK's default chain
-    ...(accessKeyId && secretAccessKey
-      ? {
-          credentials: {
-            accessKeyId,
-            secretAccessKey,
-            ...(env.AWS_SESSION_TOKEN ? { sessionToken: env.AWS_SESSION_TOKEN } : {}),
-          },
-        }
-      : {}),
-  });
-}
-
-async function regionOf(client: SecretsManagerClient, cfg: AwsSecretsManagerStoreConfig): Promise<string> {
-  try {
-    return await client.config.region();
-  } catch {
-    throw new KeyrotorError('CONFIG_INVALID', `aws-secrets-manager store ${cfg.secretId}: no AWS region configured`, {
-      hint: 'set `region` on the store, use a full secret ARN, or set AWS_REGION',
-    });
-  }
-}
-
+/** The store's factory. */
 export async function createAwsSecretsManagerStore(
   cfg: AwsSecretsManagerStoreConfig,
   ctx: ProviderContext,
-  opts: AwsSecretsManagerStoreOptions = {},
+  deps: AwsSecretsManagerStoreDeps = {},
 ): Promise<SecretStore> {
-  const client = opts.client ?? buildClient(cfg, ctx.env);
+  const client = deps.client ?? buildClient(cfg, ctx.env);
   const region = await regionOf(client, cfg);
-  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger, !opts.client, ctx.providerState);
-}
-
-/** What the native-rotation handler needs to know about the secret and the event's version (labels only). */
-export interface NativeRotationView {
-  /** labels on the version with id = token; null when no such version is listed */
-  tokenStages: string[] | null;
-  /** the keyrotor rotation that wrote the token's version (from its `kr:` label) */
-  tokenRotationId: string | undefined;
-  rotationEnabled: boolean;
-}
-
-/** Read the secret's labels for the native rotation handler (one DescribeSecret; never a value). */
-export async function inspectNativeRotation(
-  cfg: AwsSecretsManagerStoreConfig,
-  env: NodeJS.ProcessEnv,
-  token: string,
-): Promise<NativeRotationView> {
-  const client = buildClient(cfg, env);
-  try {
-    const region = await regionOf(client, cfg);
-    let out: DescribeSecretCommandOutput;
-    try {
-      out = await client.send(new DescribeSecretCommand({ SecretId: cfg.secretId }));
-    } catch (e) {
-      throw mapAwsError(e, { op: 'DescribeSecret', secretId: cfg.secretId, region });
-    }
-    const raw = out.VersionIdsToStages?.[token];
-    const labels = raw && raw.length > 0 ? [...new Set(raw)] : null;
-    const meta = labels?.map(parseMetaLabel).find((m) => m !== undefined);
-    return { tokenStages: labels, tokenRotationId: meta?.rotationId, rotationEnabled: out.RotationEnabled === true };
-  } finally {
-    client.destroy();
-  }
+  return new AwsSecretsManagerStore(cfg, client, region, ctx.logger, !deps.client, ctx.providerState);
 }
 
 class AwsSecretsManagerStore implements SecretStore {
@@ -356,24 +128,13 @@ class AwsSecretsManagerStore implements SecretStore {
   private readonly ownsClient: boolean;
   private readonly providerState: ProviderContext['providerState'];
   /**
-   * Fresh-path memory (P2): the labels (and, after check, the current value inside a Secret) as this
-   * instance last read them and changed them itself, for exactly the next step of a rotation in this
-   * process (check -> readCurrent, stage; stage(r) -> readPending(r), promote(r)). Each use is consumed;
-   * any other call, and any error, forgets it. A resumed rotation (new process, new instance) has none
-   * and re-reads before every change, as before. Never persisted.
+   * What the last step read and then changed itself, for the next step of the same rotation in this
+   * process (see providers/shared/step-memo.ts): the labels, after check the current value, after stage
+   * the version it wrote. Values only inside a Secret; never persisted.
    */
-  private known:
-    | {
-        model: Model;
-        current?: { id: string; version: StoredVersion | null; raw: Secret } | undefined;
-        readCurrent: boolean;
-        stage: boolean;
-        pending?: { rotationId: string; versionId: string; secret: Secret; meta: VersionMeta } | undefined;
-        promote?: string | undefined;
-      }
-    | undefined;
+  private readonly memo = new StepMemo<Known>();
   /** while a fresh-path stage/promote runs: the labels as changed by its own successful calls */
-  private model: Model | undefined;
+  private model: LabelModel | undefined;
 
   constructor(
     cfg: AwsSecretsManagerStoreConfig,
@@ -439,9 +200,9 @@ class AwsSecretsManagerStore implements SecretStore {
     return out;
   }
 
-  private async state(stage: Stage | undefined, answer?: DescribeSecretCommandOutput): Promise<State> {
+  private async state(stage: Stage | undefined, answer?: DescribeSecretCommandOutput): Promise<LabelState> {
     const out = answer ?? (await this.describeSecret(stage));
-    const st = toState(out);
+    const st = toLabelState(out);
     if (st.deletedDate) {
       throw new KeyrotorError(
         'STORE_NOT_FOUND',
@@ -457,7 +218,7 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   /** The labels: from this call's own model on the fresh path, else read (DescribeSecret). */
-  private async view(stage: Stage | undefined): Promise<State> {
+  private async view(stage: Stage | undefined): Promise<LabelState> {
     return this.model ? stateOfModel(this.model) : this.state(stage);
   }
 
@@ -490,7 +251,7 @@ class AwsSecretsManagerStore implements SecretStore {
    */
   private async relabel(
     input: { VersionStage: string; MoveToVersionId?: string; RemoveFromVersionId?: string },
-    done: (st: State) => boolean,
+    done: (st: LabelState) => boolean,
     stage: Stage,
   ): Promise<void> {
     const versionId = input.MoveToVersionId ?? input.RemoveFromVersionId;
@@ -521,7 +282,7 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   /** Add `label` to `versionId`, moving it from wherever it is now. No-op if already there. */
-  private async attach(st: State, label: string, versionId: string, stage: Stage): Promise<void> {
+  private async attach(st: LabelState, label: string, versionId: string, stage: Stage): Promise<void> {
     const holder = st.withLabel(label);
     if (holder?.id === versionId) return;
     this.log.debug(
@@ -547,7 +308,7 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   /** Move AWSCURRENT to `to` (Secrets Manager moves AWSPREVIOUS to the old current by itself). */
-  private async moveCurrent(st: State, to: string, stage: Stage): Promise<void> {
+  private async moveCurrent(st: LabelState, to: string, stage: Stage): Promise<void> {
     const from = st.current;
     if (from?.id === to) return;
     this.log.info(
@@ -667,9 +428,9 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async check(): Promise<void> {
-    this.known = undefined;
-    // P2 extra (beyond the floor's GetSecretValue): the labels of every version: a foreign AWSPENDING
-    // locks, AWSPREVIOUS must be known for demote, and a deleted or natively rotated secret shows here
+    this.memo.forget();
+    // DescribeSecret besides GetSecretValue: the labels of every version (a foreign AWSPENDING locks,
+    // AWSPREVIOUS must be known for demote, and a deleted or natively rotated secret shows here)
     const out = await this.describeSecret('preflight');
     const model = modelOf(out);
     const st = await this.state('preflight', out);
@@ -691,11 +452,11 @@ class AwsSecretsManagerStore implements SecretStore {
       };
     }
     // a rotation's preflight reads the current value next and stages after that: keep what was read
-    this.known = { model, current, readCurrent: true, stage: true };
+    this.memo.remember({ model, current }, { readCurrent: true, stage: true });
   }
 
   async describe(): Promise<StoreSlots> {
-    this.known = undefined;
+    this.memo.forget();
     const st = await this.state(undefined);
     const [current, previous] = await Promise.all([this.slot(st.current), this.slot(st.previous)]);
     const pending = st.pending ? { versionId: st.pending.id, meta: publicMeta(st.pending.meta) } : undefined;
@@ -703,36 +464,34 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
-    const k = this.known;
-    if (k?.readCurrent) {
+    const k = this.memo.take({ step: 'readCurrent' });
+    if (k) {
       // what check() just read (labels and value)
-      k.readCurrent = false;
       const st = stateOfModel(k.model);
       if (!st.current || st.current.placeholder) return null;
       if (k.current?.id === st.current.id) return k.current.version;
     }
-    this.known = undefined;
+    this.memo.forget();
     const st = await this.state(undefined);
     return this.readVersion(st.current, undefined);
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
-    this.known = undefined;
+    this.memo.forget();
     const st = await this.state(undefined);
     return this.readVersion(st.previous, undefined);
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
-    const k = this.known;
+    const k = this.memo.take({ step: 'readPending', rotationId });
     const p = k?.pending;
     if (k && p?.rotationId === rotationId) {
       // the version this instance just wrote as AWSPENDING (PutSecretValue's answer said so)
-      k.pending = undefined;
       const v = stateOfModel(k.model).byRotation(rotationId);
       if (v?.id === p.versionId && v.has(PENDING) && !v.has(CURRENT))
         return { versionId: p.versionId, secret: p.secret, meta: p.meta };
     }
-    this.known = undefined;
+    this.memo.forget();
     const st = await this.state(undefined);
     const v = st.byRotation(rotationId);
     if (!v || !v.has(PENDING) || v.has(CURRENT)) return null;
@@ -740,25 +499,19 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async stage(req: StageRequest): Promise<{ versionId: string }> {
-    const k = this.known?.stage ? this.known : undefined;
-    this.known = undefined;
+    const k = this.memo.take({ step: 'stage' });
     this.model = k ? cloneModel(k.model) : undefined;
     try {
       const out = await this.stageIn(req, k?.current);
       // verify reads this version next and promote moves it: remember (only on the straight path)
       if (this.model && out.fresh) {
-        this.known = {
-          model: this.model,
-          readCurrent: false,
-          stage: false,
-          pending: {
-            rotationId: req.rotationId,
-            versionId: out.versionId,
-            secret: req.secret,
-            meta: publicMeta(parseMetaLabel(metaLabel(req.rotationId, req.meta))),
-          },
-          promote: req.rotationId,
+        const pending = {
+          rotationId: req.rotationId,
+          versionId: out.versionId,
+          secret: req.secret,
+          meta: publicMeta(parseMetaLabel(metaLabel(req.rotationId, req.meta))),
         };
+        this.memo.remember({ model: this.model, pending }, { readPending: req.rotationId, promote: req.rotationId });
       }
       return { versionId: out.versionId };
     } finally {
@@ -872,7 +625,7 @@ class AwsSecretsManagerStore implements SecretStore {
    * may write into it: not bound to another rotation, and its version (when AWS lists it) is pending and
    * either empty of keyrotor labels or already this rotation's. Otherwise undefined (derived token).
    */
-  private nativeToken(st: State, rotationId: string): string | undefined {
+  private nativeToken(st: LabelState, rotationId: string): string | undefined {
     const n = parseNativeToken(this.providerState.get(nativeTokenKey(this.secretId)));
     if (!n || (n.rotationId && n.rotationId !== rotationId)) return undefined;
     const v = st.versions.find((x) => x.id === n.token);
@@ -882,7 +635,7 @@ class AwsSecretsManagerStore implements SecretStore {
     return v.has(PENDING) ? n.token : undefined;
   }
 
-  private assertNotLocked(st: State, rotationId: string, nativeToken?: string): void {
+  private assertNotLocked(st: LabelState, rotationId: string, nativeToken?: string): void {
     const p = st.pending;
     if (!p || p.meta?.rotationId === rotationId) return;
     if (nativeToken && p.id === nativeToken && !p.meta) return; // the version AWS created for this rotation
@@ -905,8 +658,7 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   async promote(rotationId: string): Promise<void> {
-    const k = this.known?.promote === rotationId ? this.known : undefined;
-    this.known = undefined;
+    const k = this.memo.take({ step: 'promote', rotationId });
     // fresh path: the labels as stage left them, then as each successful update changes them
     this.model = k ? cloneModel(k.model) : undefined;
     try {
@@ -931,7 +683,7 @@ class AwsSecretsManagerStore implements SecretStore {
       );
     }
     if (!ours.has(CURRENT)) {
-      // remember which version was AWSPREVIOUS, so demote can put it back (P2 extra: one label call)
+      // remember which version was AWSPREVIOUS, so demote can put it back (one more label call)
       const prev = st.previous;
       const mark = prevOfLabel(rotationId);
       if (prev && prev.id !== ours.id && !st.withLabel(mark)) {
@@ -955,7 +707,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
   async demote(rotationId: string): Promise<void> {
     const stage: Stage = 'demote';
-    this.known = undefined;
+    this.memo.forget();
     let st = await this.state(stage);
     let ours = st.byRotation(rotationId);
     if (!ours) return; // never staged, or unstaged already
@@ -1007,7 +759,7 @@ class AwsSecretsManagerStore implements SecretStore {
 
   async unstage(rotationId: string): Promise<void> {
     const stage: Stage = 'unstage';
-    this.known = undefined;
+    this.memo.forget();
     const st = await this.state(stage);
     const ours = st.byRotation(rotationId);
     if (!ours) return;
@@ -1028,7 +780,7 @@ class AwsSecretsManagerStore implements SecretStore {
   }
 
   /**
-   * P2 extra (usually 2 label calls): each rotation adds a `kr:` and a `kr-prev:` label; removing the
+   * Usually 2 label calls per rotation: each rotation adds a `kr:` and a `kr-prev:` label; removing the
    * pair two rotations old keeps the secret under the Secrets Manager cap on staging labels.
    * Keep the label count bounded after a promote: versions that are no longer current, previous,
    * pending or needed by this rotation's demote lose keyrotor's labels (and become deprecated if they
@@ -1053,14 +805,4 @@ class AwsSecretsManagerStore implements SecretStore {
       );
     }
   }
-}
-
-function publicMeta(m: ParsedMeta | undefined): VersionMeta {
-  if (!m) return {};
-  return {
-    rotationId: m.rotationId,
-    ...(m.issuerKeyId ? { issuerKeyId: m.issuerKeyId } : {}),
-    ...(m.fingerprint ? { fingerprint: m.fingerprint } : {}),
-    ...(m.createdAt ? { createdAt: m.createdAt } : {}),
-  };
 }

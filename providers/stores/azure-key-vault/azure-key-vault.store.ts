@@ -51,12 +51,15 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { AzureKeyVaultStoreConfig } from './azure-key-vault.schema.ts';
+import { StepMemo } from '../../shared/step-memo.ts';
 import { isDisabled, isNotFound, malformedAnswer, mapAzureError, type AzureOp } from './azure-key-vault.errors.ts';
 
 export type TokenCredential = ConstructorParameters<typeof SecretClient>[1];
 
+/** What tests and embedders may inject (the seam every store offers as its factory's third argument). */
 export interface AzureKeyVaultStoreDeps {
-  credential: TokenCredential;
+  /** default: DefaultAzureCredential */
+  credential?: TokenCredential | undefined;
   /** SDK pipeline options (tests: `tlsOptions`, `disableChallengeResourceVerification`, `retryOptions`) */
   clientOptions?: SecretClientOptions | undefined;
 }
@@ -81,6 +84,17 @@ interface VersionInfo {
   enabled: boolean;
   tags: Tags;
   createdMs: number;
+}
+
+/** what one step remembers for the next (see `memo`) */
+interface Known {
+  name: VersionInfo[];
+  /** the latest version of <name> (what consumers read), as check() saw it */
+  latest: KnownLatest;
+  side: VersionInfo[];
+  pending?: { rotationId: string; version: string; secret: Secret; meta: VersionMeta } | undefined;
+  /** what stage wrote, for promote (readPending uses `pending`, not this) */
+  staged?: { version: string; secret: Secret } | undefined;
 }
 
 /** the latest version as check() saw it, with its value inside a Secret */
@@ -161,7 +175,7 @@ function vaultNameOf(vaultUrl: string): string {
   }
 }
 
-export class AzureKeyVaultStore implements SecretStore {
+class AzureKeyVaultStore implements SecretStore {
   readonly type = 'azure-key-vault';
   readonly label: string;
   private readonly client: SecretClient;
@@ -170,28 +184,17 @@ export class AzureKeyVaultStore implements SecretStore {
   private readonly vaultUrl: string;
   private readonly log: Logger;
   /**
-   * Fresh-path memory (P2): the version lists and latest version as this instance just read or
-   * wrote them, for exactly the next step of a rotation in this process (check -> readCurrent, stage;
-   * stage(r) -> readPending(r), promote(r)). Each use is consumed; any other call, and any error,
-   * forgets it. A resumed rotation (new process, new instance) has none and reads, as before.
-   * Values only inside a Secret; never persisted.
+   * What the last step read or wrote, for the next step of the same rotation in this process (see
+   * providers/shared/step-memo.ts): the version lists and the latest version after check; after stage
+   * also the side version it wrote. Values only inside a Secret; never persisted.
    */
-  private known:
-    | {
-        name: VersionInfo[];
-        /** the latest version of <name> (what consumers read), as check() saw it */
-        latest: KnownLatest;
-        side: VersionInfo[];
-        readCurrent: boolean;
-        stage: boolean;
-        pending?: { rotationId: string; version: string; secret: Secret; meta: VersionMeta } | undefined;
-        /** what stage wrote, for promote (readPending consumes `pending`, not this) */
-        staged?: { version: string; secret: Secret } | undefined;
-        promote?: string | undefined;
-      }
-    | undefined;
+  private readonly memo = new StepMemo<Known>();
 
-  constructor(cfg: AzureKeyVaultStoreConfig, ctx: ProviderContext, deps: AzureKeyVaultStoreDeps) {
+  constructor(
+    cfg: AzureKeyVaultStoreConfig,
+    ctx: ProviderContext,
+    deps: AzureKeyVaultStoreDeps & { credential: TokenCredential },
+  ) {
     this.vaultUrl = cfg.vaultUrl.replace(/\/+$/, '');
     this.name = cfg.name;
     this.side = `${cfg.name}${PENDING_SUFFIX}`;
@@ -317,9 +320,9 @@ export class AzureKeyVaultStore implements SecretStore {
   // ------------------------------------------------------------ SecretStore
 
   async check(): Promise<void> {
-    this.known = undefined;
-    // P2 extras beyond the floor's GetSecret: the versions of <name> (keyrotor-seq order and previous:
-    // list order is not chronological) and of the side secret (another rotation's pending value = LOCKED)
+    this.memo.forget();
+    // Besides GetSecret, two listings: the versions of <name> (keyrotor-seq order and previous: list
+    // order is not chronological) and of the side secret (another rotation's pending value = LOCKED)
     const name = await this.versions(this.name, 'preflight');
     const l = await this.latest(this.name, 'preflight');
     const side = await this.versions(this.side, 'preflight');
@@ -333,23 +336,19 @@ export class AzureKeyVaultStore implements SecretStore {
         current: { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) },
       };
     }
-    if (latest) this.known = { name, latest, side, readCurrent: true, stage: true };
+    if (latest) this.memo.remember({ name, latest, side }, { readCurrent: true, stage: true });
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
-    const k = this.known;
-    if (k?.readCurrent) {
-      k.readCurrent = false;
-      return k.latest.kind === 'ok' ? k.latest.current : null;
-    }
-    this.known = undefined;
+    const k = this.memo.take({ step: 'readCurrent' });
+    if (k) return k.latest.kind === 'ok' ? k.latest.current : null;
     const l = await this.latest(this.name);
     if (l.kind !== 'ok') return null;
     return { versionId: logicalId(l.info), secret: this.wrap(this.name, l.secret), meta: metaOf(l.info.tags) };
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
-    this.known = undefined;
+    this.memo.forget();
     const l = await this.latest(this.name);
     if (l.kind !== 'ok') return null;
     const prev = pickPrevious(await this.versions(this.name), l.info);
@@ -359,14 +358,10 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
-    const k = this.known;
-    const mem = k?.pending;
-    if (k && mem?.rotationId === rotationId) {
-      // the side version this instance just wrote (setSecret's answer named it)
-      k.pending = undefined;
-      return { versionId: mem.version, secret: mem.secret, meta: mem.meta };
-    }
-    this.known = undefined;
+    const mem = this.memo.take({ step: 'readPending', rotationId })?.pending;
+    // the side version this instance just wrote (setSecret's answer named it)
+    if (mem?.rotationId === rotationId) return { versionId: mem.version, secret: mem.secret, meta: mem.meta };
+    this.memo.forget();
     const p = this.pendingOf(await this.versions(this.side), rotationId);
     if (!p) return null;
     const secret = await this.valueOf(this.side, p.version);
@@ -374,7 +369,7 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async describe(): Promise<StoreSlots> {
-    this.known = undefined;
+    this.memo.forget();
     const slots: StoreSlots = {};
     const l = await this.latest(this.name);
     if (l.kind === 'ok') {
@@ -389,8 +384,7 @@ export class AzureKeyVaultStore implements SecretStore {
 
   async stage(req: StageRequest): Promise<{ versionId: string }> {
     const r = req.rotationId;
-    const k = this.known?.stage ? this.known : undefined;
-    this.known = undefined;
+    const k = this.memo.take({ step: 'stage' });
     // already promoted (a retry after promote): nothing to do
     const nameVersions = k?.name ?? (await this.versions(this.name, 'stage'));
     const promoted = newest(nameVersions.filter((v) => v.tags[TAG.rotation] === r));
@@ -412,7 +406,8 @@ export class AzureKeyVaultStore implements SecretStore {
     );
 
     // two stagers racing past the check above both back off (the state store's lease is the main lock);
-    // (P2 extra, kept on the fresh path: the store-level lock against an orchestrator with another lease)
+    // (this listing is kept on the fresh path too: it is the store-level lock against an orchestrator
+    // holding another lease)
     const after = await this.versions(this.side, 'stage');
     const other = after.find((v) => v.enabled && v.tags[TAG.rotation] !== r);
     if (other) {
@@ -422,22 +417,22 @@ export class AzureKeyVaultStore implements SecretStore {
     }
     // verify reads this version next and promote copies it: remember (only after check's reads)
     if (k && !other && after.some((v) => v.version === version && v.enabled)) {
-      this.known = {
-        ...k,
-        side: after,
-        readCurrent: false,
-        stage: false,
-        pending: { rotationId: r, version, secret: req.secret, meta: metaOf(tags) },
-        staged: { version, secret: req.secret },
-        promote: r,
-      };
+      this.memo.remember(
+        {
+          name: k.name,
+          latest: k.latest,
+          side: after,
+          pending: { rotationId: r, version, secret: req.secret, meta: metaOf(tags) },
+          staged: { version, secret: req.secret },
+        },
+        { readPending: r, promote: r },
+      );
     }
     return { versionId: version };
   }
 
   async promote(rotationId: string): Promise<void> {
-    const k = this.known?.promote === rotationId ? this.known : undefined;
-    this.known = undefined;
+    const k = this.memo.take({ step: 'promote', rotationId });
     const l = k ? k.latest : await this.latest(this.name, 'promote');
     if (l.kind === 'ok' && l.info.tags[TAG.rotation] === rotationId) {
       await this.clearPending(rotationId, 'promote'); // finish a promote that crashed before clearing
@@ -472,7 +467,7 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async demote(rotationId: string): Promise<void> {
-    this.known = undefined;
+    this.memo.forget();
     const all = await this.versions(this.name, 'demote');
     const bad = all.filter((v) => v.enabled && v.tags[TAG.rotation] === rotationId && !v.tags[TAG.restoredFrom]);
     if (bad.length === 0) return; // never promoted, or already demoted
@@ -528,7 +523,7 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 
   async unstage(rotationId: string): Promise<void> {
-    this.known = undefined;
+    this.memo.forget();
     await this.clearPending(rotationId, 'unstage');
   }
 
@@ -568,10 +563,16 @@ export class AzureKeyVaultStore implements SecretStore {
   }
 }
 
-export async function createAzureKeyVaultStoreWith(
+/**
+ * The store's factory. `deps` is the seam for tests and embedders (a credential, SDK pipeline options).
+ * Without a credential it authenticates with DefaultAzureCredential (environment, workload identity,
+ * managed identity, Azure CLI, ...); `@azure/identity` is loaded only then.
+ */
+export async function createAzureKeyVaultStore(
   cfg: AzureKeyVaultStoreConfig,
   ctx: ProviderContext,
-  deps: AzureKeyVaultStoreDeps,
+  deps: AzureKeyVaultStoreDeps = {},
 ): Promise<SecretStore> {
-  return new AzureKeyVaultStore(cfg, ctx, deps);
+  const credential = deps.credential ?? new (await import('@azure/identity')).DefaultAzureCredential();
+  return new AzureKeyVaultStore(cfg, ctx, { ...deps, credential });
 }

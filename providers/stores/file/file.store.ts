@@ -35,6 +35,7 @@ import { errnoOf, fsError } from './file.errors.ts';
 import { nearestExistingDir, serialized, writeFileAtomic } from '../../../src/core/fs.ts';
 import { checkMasterKey, resolveMasterKey, type MasterKey, type MasterKeySource } from './file.master-key.ts';
 import type { FileStoreConfig } from './file.schema.ts';
+import { StepMemo, type MemoPermits, type MemoStep } from '../../shared/step-memo.ts';
 
 export const FILE_STORE_FORMAT = 'keyrotor-file-store/1';
 const FORMAT_RE = /^keyrotor-file-store\/(\d+)$/;
@@ -42,25 +43,13 @@ const FORMAT_RE = /^keyrotor-file-store\/(\d+)$/;
 export const EXTRA_VERSIONS_KEPT = 3;
 const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
-/**
- * Fresh-path memory (P2: fewer file reads per rotation). Within one process a rotation reads the file
- * at `check` and then reads it again before `readCurrent`, `stage`, `readPending` and `promote`. The
- * store instance that last read or wrote the file remembers that document (ciphertexts only, never a
- * plain value) for exactly the next step of a rotation: check -> readCurrent and stage; stage(r) ->
- * readPending(r) and promote(r). Anything else (another instance writing the file, an error, promote)
- * forgets it, so a resumed rotation (new process, new instance) and every other caller re-read the
- * file. Other processes are kept out by the per-key lease. In memory only, never persisted.
+/*
+ * Fewer file reads per rotation: within one process a rotation reads the file at `check` and then again
+ * before `readCurrent`, `stage`, `readPending` and `promote`. The instance that last read or wrote the
+ * file remembers that document (its canonical JSON: ciphertexts only, never a plain value) for exactly
+ * the next step (providers/shared/step-memo.ts). The memo is scoped to the file, so another instance
+ * writing it in this process forgets it; other processes are kept out by the per-key lease.
  */
-interface Memo {
-  owner: object;
-  /** the doc's canonical JSON when remembered (each use parses its own copy) */
-  text: string;
-  readCurrent: boolean;
-  stage: boolean;
-  pending: string | undefined;
-  promote: string | undefined;
-}
-const memos = new Map<string, Memo>();
 
 const metaSchema = z
   .object({
@@ -181,7 +170,15 @@ function prune(d: Doc): void {
   d.versions = kept.reverse();
 }
 
-export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderContext): Promise<SecretStore> {
+/** What tests and embedders may inject into the file store: nothing yet (the clock and env come with `ctx`). */
+export type FileStoreDeps = Record<never, never>;
+
+/** The embedded default store: one AES-256-GCM encrypted file per key. */
+export async function createFileStore(
+  cfg: FileStoreConfig,
+  ctx: ProviderContext,
+  _deps: FileStoreDeps = {},
+): Promise<SecretStore> {
   if (!SAFE_KEY_NAME.test(ctx.keyName)) {
     throw new KeyrotorError(
       'CONFIG_INVALID',
@@ -197,29 +194,14 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
   const label = `file:${shown}`;
   const keySource: MasterKeySource = { envName: cfg.masterKeyEnv, env: ctx.env, keyFile, logger: ctx.logger };
   const log = ctx.logger.child({ store: label });
-  const self = {};
-  const remember = (doc: Doc, allow: Partial<Pick<Memo, 'readCurrent' | 'stage' | 'pending' | 'promote'>>) => {
-    const text = JSON.stringify(canonical(doc));
-    memos.set(file, {
-      owner: self,
-      text,
-      readCurrent: false,
-      stage: false,
-      pending: undefined,
-      promote: undefined,
-      ...allow,
-    });
+  const memo = new StepMemo<string>({ scope: `file-store:${file}` });
+  const remember = (doc: Doc, permits: MemoPermits) => memo.remember(JSON.stringify(canonical(doc)), permits);
+  /** the document remembered for step `s` (consumed), each use parsing its own copy; else forgets */
+  const recall = (s: MemoStep): Doc | undefined => {
+    const text = memo.take(s);
+    return text === undefined ? undefined : (JSON.parse(text) as Doc);
   };
-  /** this instance's remembered document if `may` allows the step (consumed: one use per step) */
-  const recall = (may: (m: Memo) => boolean, consume: (m: Memo) => void): Doc | undefined => {
-    const m = memos.get(file);
-    if (!m || m.owner !== self || !may(m)) return undefined;
-    consume(m);
-    return JSON.parse(m.text) as Doc;
-  };
-  const forget = () => {
-    memos.delete(file);
-  };
+  const forget = () => memo.forget();
 
   const corrupt = (what: string, hint?: string, cause?: unknown) =>
     new KeyrotorError('STORE_CORRUPT', `file store ${shown} ${what}`, {
@@ -322,10 +304,10 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     after?: (doc: Doc) => void,
   ): Promise<T> {
     return serialized(file, async () => {
-      // the fresh path: the document this instance just read or wrote (see Memo); else read the file
+      // the fresh path: the document this instance just read or wrote (see `memo`); else read the file
       const recalled = known?.();
       const memoKey = recalled ? await masterKey(false) : undefined;
-      forget();
+      memo.changed(); // this write (or read-only no-op) invalidates what any instance remembers of the file
       const loaded = recalled && memoKey ? { doc: recalled, key: memoKey } : await load();
       const doc = loaded?.doc ?? emptyDoc(ctx.keyName);
       const getKey = async () => {
@@ -390,6 +372,7 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
     },
 
     async describe() {
+      forget();
       const loaded = await load();
       const out: StoreSlots = {};
       if (!loaded) return out;
@@ -404,22 +387,15 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
       return out;
     },
 
-    readCurrent: () =>
-      readSlot(
-        (d) => d.slots.current,
-        recall(
-          (m) => m.readCurrent,
-          (m) => (m.readCurrent = false),
-        ),
-      ),
-    readPrevious: () => readSlot((d) => d.slots.previous),
+    readCurrent: () => readSlot((d) => d.slots.current, recall({ step: 'readCurrent' })),
+    readPrevious: () => {
+      forget();
+      return readSlot((d) => d.slots.previous);
+    },
     readPending: (rotationId) =>
       readSlot(
         (d) => (d.slots.pending?.rotationId === rotationId ? d.slots.pending.versionId : undefined),
-        recall(
-          (m) => m.pending === rotationId,
-          (m) => (m.pending = undefined),
-        ),
+        recall({ step: 'readPending', rotationId }),
       ),
 
     async stage(req: StageRequest) {
@@ -471,13 +447,9 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
           slots.pending = { versionId: id, rotationId: req.rotationId };
           return { versionId: id };
         },
-        () =>
-          recall(
-            (m) => m.stage,
-            (m) => (m.stage = false),
-          ),
+        () => recall({ step: 'stage' }),
         // verify reads this rotation's pending version next, then promote moves it
-        (doc) => remember(doc, { pending: req.rotationId, promote: req.rotationId }),
+        (doc) => remember(doc, { readPending: req.rotationId, promote: req.rotationId }),
       );
     },
 
@@ -514,11 +486,7 @@ export async function createFileStoreImpl(cfg: FileStoreConfig, ctx: ProviderCon
           slots.current = v.id;
           slots.pending = undefined;
         },
-        () =>
-          recall(
-            (m) => m.promote === rotationId,
-            (m) => (m.promote = undefined),
-          ),
+        () => recall({ step: 'promote', rotationId }),
       );
     },
 

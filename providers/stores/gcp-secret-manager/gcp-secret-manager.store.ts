@@ -40,6 +40,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { GcpSecretManagerStoreConfig } from './gcp-secret-manager.schema.ts';
+import { StepMemo } from '../../shared/step-memo.ts';
 import { GRPC, grpcCode, malformedAnswer, mapGcpError, type GcpOperation } from './gcp-secret-manager.errors.ts';
 
 type ISecret = protos.google.cloud.secretmanager.v1.ISecret;
@@ -96,7 +97,10 @@ interface VersionInfo {
   state: string;
 }
 
-export interface GcpStoreOptions {
+/** What tests and embedders may inject (the seam every store offers as its factory's third argument). */
+export interface GcpSecretManagerStoreDeps {
+  /** an already configured client (the caller closes it); default: built from cfg (Application Default Credentials) */
+  client?: SecretManagerServiceClient | undefined;
   /** ListSecretVersions page size (tests use a tiny one to cross pages) */
   listPageSize?: number | undefined;
 }
@@ -228,7 +232,20 @@ export function crc32c(buf: Uint8Array): number {
 
 // ------------------------------------------------------------------ store
 
-export class GcpSecretManagerStore implements SecretStore {
+/**
+ * The store's factory. The secret must exist (the store never creates it). `close()` releases the gRPC
+ * channel of a client the store built.
+ */
+export async function createGcpSecretManagerStore(
+  cfg: GcpSecretManagerStoreConfig,
+  ctx: ProviderContext,
+  deps: GcpSecretManagerStoreDeps = {},
+): Promise<SecretStore & { close(): Promise<void> }> {
+  const client = deps.client ?? (await createGcpClient(cfg));
+  return new GcpSecretManagerStore(cfg, ctx, client, !deps.client, deps);
+}
+
+class GcpSecretManagerStore implements SecretStore {
   readonly type = 'gcp-secret-manager';
   readonly label: string;
   /** `projects/<p>/secrets/<s>` */
@@ -238,28 +255,22 @@ export class GcpSecretManagerStore implements SecretStore {
   readonly #clock: Clock;
   readonly #pageSize: number;
   /**
-   * Fresh-path memory (P2): the secret as this instance last read or updated it, for exactly the next
-   * step of a rotation in this process (check -> readCurrent, stage; stage(r) -> readPending(r),
-   * promote(r)); each use is consumed, any other call forgets it. Mutations stay safe on a stale view:
-   * every update carries the etag, and a stale one is re-read and re-planned (#cas). A resumed
-   * rotation (new process, new instance) remembers nothing and reads. Values only inside a Secret.
+   * What the last step read or updated, for the next step of the same rotation in this process (see
+   * providers/shared/step-memo.ts): the secret (aliases, annotations, etag), and after stage the version
+   * it added. Mutations stay safe on a stale view: every update carries the etag, and a stale one is
+   * re-read and re-planned (#cas). Values only inside a Secret.
    */
-  #known:
-    | {
-        view: SecretView;
-        readCurrent: boolean;
-        stage: boolean;
-        pending?: { rid: string; n: number; secret: Secret } | undefined;
-        promote?: { rid: string; n: number } | undefined;
-      }
-    | undefined;
+  readonly #memo = new StepMemo<{ view: SecretView; added?: { rid: string; n: number; secret: Secret } }>();
+  readonly #ownsClient: boolean;
 
   constructor(
     cfg: GcpSecretManagerStoreConfig,
     ctx: ProviderContext,
     client: SecretManagerServiceClient,
-    opts: GcpStoreOptions = {},
+    ownsClient: boolean,
+    opts: Pick<GcpSecretManagerStoreDeps, 'listPageSize'> = {},
   ) {
+    this.#ownsClient = ownsClient;
     this.secretName = `projects/${cfg.project}/secrets/${cfg.secret}`;
     this.label = `gcp-secret-manager:${this.secretName}`;
     this.#client = client;
@@ -268,22 +279,22 @@ export class GcpSecretManagerStore implements SecretStore {
     this.#pageSize = opts.listPageSize ?? 100;
   }
 
-  /** Close the gRPC channel (not part of SecretStore; tests and long-lived hosts call it). */
+  /** Close the gRPC channel of a client this store built (an injected client is the caller's). */
   async close(): Promise<void> {
-    await this.#client.close();
+    if (this.#ownsClient) await this.#client.close();
   }
 
   // ---------------------------------------------------------------- reads
 
   async check(): Promise<void> {
-    this.#known = undefined;
+    this.#memo.forget();
     const view = await this.#read('preflight');
     // a rotation's preflight reads the current value next and stages after that
-    this.#known = { view, readCurrent: true, stage: true };
+    this.#memo.remember({ view }, { readCurrent: true, stage: true });
   }
 
   async describe(): Promise<StoreSlots> {
-    this.#known = undefined;
+    this.#memo.forget();
     const s = await this.#read();
     const slot = (alias: string): SlotInfo | undefined => {
       const n = s.aliases[alias];
@@ -293,30 +304,25 @@ export class GcpSecretManagerStore implements SecretStore {
   }
 
   async readCurrent(): Promise<StoredVersion | null> {
-    const k = this.#known;
-    if (k?.readCurrent) {
-      // the aliases check() just read (the value is still read: it is not remembered)
-      k.readCurrent = false;
-      return this.#readAlias(ALIAS_CURRENT, k.view);
-    }
-    this.#known = undefined;
+    // the aliases check() just read (the value is still read: it is not remembered)
+    const k = this.#memo.take({ step: 'readCurrent' });
+    if (k) return this.#readAlias(ALIAS_CURRENT, k.view);
     return this.#readAlias(ALIAS_CURRENT);
   }
 
   async readPrevious(): Promise<StoredVersion | null> {
-    this.#known = undefined;
+    this.#memo.forget();
     return this.#readAlias(ALIAS_PREVIOUS);
   }
 
   async readPending(rotationId: string): Promise<StoredVersion | null> {
-    const k = this.#known;
-    const p = k?.pending;
+    const k = this.#memo.take({ step: 'readPending', rotationId });
+    const p = k?.added;
     if (k && p?.rid === rotationId && k.view.aliases[ALIAS_PENDING] === p.n) {
       // the version this instance just added and pointed `pending` at (stage's answer said so)
-      k.pending = undefined;
       return { versionId: String(p.n), secret: p.secret, meta: metaOf(k.view.marks.get(p.n)) };
     }
-    this.#known = undefined;
+    this.#memo.forget();
     const s = await this.#read();
     const n = s.aliases[ALIAS_PENDING];
     if (n === undefined || s.marks.get(n)?.r !== rotationId) return null;
@@ -338,8 +344,7 @@ export class GcpSecretManagerStore implements SecretStore {
     const rid = req.rotationId;
     const fp = fingerprint(req.secret);
     const markFp = req.meta.fingerprint ?? fp;
-    const known = this.#known?.stage ? this.#known.view : undefined;
-    this.#known = undefined;
+    const known = this.#memo.take({ step: 'stage' })?.view;
     let s = known ?? (await this.#read(stage));
 
     // 1. already staged by this rotation (a retry; maybe promoted since): converge, never add again
@@ -347,8 +352,8 @@ export class GcpSecretManagerStore implements SecretStore {
     if (done !== undefined) return { versionId: (await this.#finishStage(s, rid, done, markFp, stage)).versionId };
     this.#assertNotLocked(s, rid);
 
-    // 2. take the lock and record what we are about to add, BEFORE adding (P2 extras: the listing gives
-    //    the baseline a retry after a lost AddSecretVersion answer searches above; the update is the
+    // 2. take the lock and record what we are about to add, BEFORE adding: one listing (the baseline
+    //    above which a retry after a lost AddSecretVersion answer searches) and one update (the
     //    write-ahead marker itself)
     const baseline = await this.#highestVersion(stage);
     let previousFp: string | undefined;
@@ -397,8 +402,8 @@ export class GcpSecretManagerStore implements SecretStore {
     // duplicates of this value, or values an earlier attempt of this rotation abandoned: never usable
     for (const extra of [...mine.slice(1), ...stale]) await this.#retire(extra, stage);
 
-    // 4. record the metadata and point `pending` at it (P2 extra: the alias verify, describe and a
-    //    resumed rotation find the staged version by)
+    // 4. record the metadata and point `pending` at it (one more update: the alias verify, describe and
+    //    a resumed rotation find the staged version by)
     const out = await this.#finishStage(s, rid, n, markFp, stage, {
       r: rid,
       k: req.meta.issuerKeyId,
@@ -407,13 +412,10 @@ export class GcpSecretManagerStore implements SecretStore {
     });
     // verify reads this version next and promote moves it: remember the answer (not on a retry path)
     if (added && out.view.aliases[ALIAS_PENDING] === n && out.view.marks.get(n)?.r === rid) {
-      this.#known = {
-        view: out.view,
-        readCurrent: false,
-        stage: false,
-        pending: { rid, n, secret: req.secret },
-        promote: { rid, n },
-      };
+      this.#memo.remember(
+        { view: out.view, added: { rid, n, secret: req.secret } },
+        { readPending: rid, promote: rid },
+      );
     }
     return { versionId: out.versionId };
   }
@@ -465,9 +467,8 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async promote(rotationId: string): Promise<void> {
     const stage: Stage = 'promote';
-    const known =
-      this.#known?.promote?.rid === rotationId ? { view: this.#known.view, n: this.#known.promote.n } : undefined;
-    this.#known = undefined;
+    const k = this.#memo.take({ step: 'promote', rotationId });
+    const known = k?.added ? { view: k.view, n: k.added.n } : undefined;
     const s = known?.view ?? (await this.#read(stage));
     const n = this.#stagedOrCurrent(s, rotationId);
     if (n === undefined) {
@@ -534,7 +535,7 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async demote(rotationId: string): Promise<void> {
     const stage: Stage = 'demote';
-    this.#known = undefined;
+    this.#memo.forget();
     const s = await this.#read(stage);
     const cur = s.aliases[ALIAS_CURRENT];
     const mark = cur === undefined ? undefined : s.marks.get(cur);
@@ -586,7 +587,7 @@ export class GcpSecretManagerStore implements SecretStore {
 
   async unstage(rotationId: string): Promise<void> {
     const stage: Stage = 'unstage';
-    this.#known = undefined;
+    this.#memo.forget();
     const s = await this.#read(stage);
     const ownsLock = s.pending?.r === rotationId;
     const targets = new Set<number>();
