@@ -9,10 +9,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, type Tags } from 'yaml';
+import { missingOptional, OPTIONAL_BUNDLED } from '../../deploy/build.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -259,5 +260,19 @@ describe('Cloud Run Terraform (static)', () => {
     capture('terraform-fmt.out', `${r.stdout}${r.stderr}`);
     expect(r.stdout).toBe('');
     expect(r.status).toBe(0);
+  });
+});
+
+// ------------------------------------------------------------------ the Lambda bundle and the state backends
+
+describe('build: state backend clients', () => {
+  it('bundles the DynamoDB client when installed, and reports (not fails on) an absent one', () => {
+    expect(OPTIONAL_BUNDLED).toContain('@aws-sdk/client-dynamodb');
+    const root = tempDir('optional-root');
+    expect(missingOptional(root)).toEqual(OPTIONAL_BUNDLED);
+    const installed = path.join(root, 'node_modules', '@aws-sdk', 'client-dynamodb');
+    mkdirSync(installed, { recursive: true });
+    writeFileSync(path.join(installed, 'package.json'), '{"name":"@aws-sdk/client-dynamodb"}');
+    expect(missingOptional(root)).toEqual(OPTIONAL_BUNDLED.filter((p) => p !== '@aws-sdk/client-dynamodb'));
   });
 });
