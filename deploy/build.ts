@@ -17,6 +17,13 @@
  * installs the production dependencies next to dist/ for them; the Lambda zip does not carry them
  * (use Lambda for AWS Secrets Manager / Azure / file stores; GCP stores run on Cloud Run).
  *
+ * State backends load their clients lazily too (`state: dynamodb` -> @aws-sdk/client-dynamodb,
+ * `state: postgres` -> its driver). Installed, they are bundled like any SDK: their chunks are reached
+ * by dynamic import from lambda.js, so the zip carries them (the Lambda recipe keeps state in
+ * DynamoDB). OPTIONAL_BUNDLED lists them: one that is not installed is marked external instead of
+ * failing the build, and the build prints which (that backend then cannot load from the zip).
+ * pg-native (node-postgres' optional native binding) is always external: pg falls back to pure JS.
+ *
  *   node deploy/build.ts [--outdir dist] [--config rotation.config.yaml] [--no-minify]
  */
 import { build, type Metafile } from 'esbuild';
@@ -28,6 +35,15 @@ import { createZip, type ZipEntry } from './zip.ts';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const EXTERNAL = ['@google-cloud/secret-manager', 'google-gax'];
+/** bundled when installed; external (and reported) when not, so the build never fails on them */
+export const OPTIONAL_BUNDLED = ['@aws-sdk/client-dynamodb', 'pg'];
+/** optional native add-ons that are never bundled */
+const ALWAYS_EXTERNAL = ['pg-native'];
+
+/** OPTIONAL_BUNDLED packages that are not installed (looked up from the repository root) */
+export function missingOptional(root: string = ROOT): string[] {
+  return OPTIONAL_BUNDLED.filter((p) => !existsSync(path.join(root, 'node_modules', p, 'package.json')));
+}
 export const ENTRIES = { lambda: 'src/entrypoints/lambda.ts', keyrotor: 'src/entrypoints/cli.ts' } as const;
 export type EntryName = keyof typeof ENTRIES;
 
@@ -64,6 +80,8 @@ export interface EntryReport {
 
 export interface BuildReport {
   outdir: string;
+  /** OPTIONAL_BUNDLED packages that were not installed, hence not bundled */
+  notBundled: string[];
   entries: EntryReport[];
   zip: { file: string; bytes: number; files: string[] };
   metafile: Metafile;
@@ -80,8 +98,10 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   // chunks instead of a few. Chunk names carry a content hash, so a chunk both runs emit is the
   // same file (the runs go one after the other, so no file is written by two at once).
   const metafile: Metafile = { inputs: {}, outputs: {} };
+  const notBundled = missingOptional();
+  const external = [...EXTERNAL, ...ALWAYS_EXTERNAL, ...notBundled];
   for (const name of Object.keys(ENTRIES) as EntryName[]) {
-    const m = await buildEntry(name, outdir, minify);
+    const m = await buildEntry(name, outdir, minify, external);
     Object.assign(metafile.inputs, m.inputs);
     Object.assign(metafile.outputs, m.outputs);
   }
@@ -140,6 +160,7 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
 
   const report: BuildReport = {
     outdir,
+    notBundled,
     entries,
     zip: { file: zipFile, bytes: statSync(zipFile).size, files: zipEntries.map((e) => e.name) },
     metafile,
@@ -152,7 +173,7 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   return report;
 }
 
-async function buildEntry(name: EntryName, outdir: string, minify: boolean): Promise<Metafile> {
+async function buildEntry(name: EntryName, outdir: string, minify: boolean, external: string[]): Promise<Metafile> {
   const result = await build({
     absWorkingDir: ROOT,
     entryPoints: { [name]: path.join(ROOT, ENTRIES[name]) },
@@ -164,7 +185,7 @@ async function buildEntry(name: EntryName, outdir: string, minify: boolean): Pro
     splitting: true,
     entryNames: '[name]',
     chunkNames: 'chunks/[name]-[hash]',
-    external: EXTERNAL,
+    external,
     banner: { js: BANNER },
     minify,
     // function and class names survive minification, so stack traces stay readable; the .map files
@@ -200,6 +221,9 @@ function printReport(r: BuildReport): void {
     ),
     `  ${path.basename(r.zip.file)}  ${kb(r.zip.bytes)} (${r.zip.files.length} files)`,
     `  external (from node_modules): ${EXTERNAL.join(', ')}`,
+    ...(r.notBundled.length
+      ? [`  not installed, so not bundled: ${r.notBundled.join(', ')} (the state backend using it cannot load)`]
+      : []),
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }

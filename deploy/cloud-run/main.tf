@@ -1,11 +1,15 @@
 # keyrotor on Cloud Run: `keyrotor serve` behind Cloud Run IAM, called by Cloud Scheduler (POST /rotate)
 # and by a Pub/Sub push subscription carrying Secret Manager rotation notifications (POST /pubsub).
+# Rotation state lives in Cloud SQL for PostgreSQL, reached through Cloud Run's built-in Cloud SQL
+# connection (a unix socket under /cloudsql): no Filestore, no VPC, no Direct VPC egress.
 # Every permission is listed in README.md with the reason for it.
 
 terraform {
+  required_version = ">= 1.5"
   required_providers {
     google      = { source = "hashicorp/google", version = ">= 6.0" }
     google-beta = { source = "hashicorp/google-beta", version = ">= 6.0" }
+    random      = { source = "hashicorp/random", version = ">= 3.5" }
   }
 }
 
@@ -35,19 +39,34 @@ variable "config_secret_id" {
   description = "secret holding rotation.config.yaml (mounted at /etc/keyrotor)"
   default     = "keyrotor-config"
 }
-variable "nfs_server" {
+variable "sql_instance_name" {
   type        = string
-  description = "Filestore (NFS) IP for the state dir: rotation state must outlive instances"
+  description = "the Cloud SQL for PostgreSQL instance holding rotation state"
+  default     = "keyrotor-state"
 }
-variable "nfs_path" {
-  type    = string
-  default = "/keyrotor"
+variable "sql_tier" {
+  type        = string
+  description = "machine tier: state is a few kilobytes, the smallest shared-core tier is plenty"
+  default     = "db-f1-micro"
 }
-variable "network" { type = string }
-variable "subnetwork" { type = string }
+variable "database_url_secret_id" {
+  type        = string
+  description = "secret Terraform writes the database URL into (exposed as KEYROTOR_DATABASE_URL)"
+  default     = "keyrotor-database-url"
+}
 
 locals {
   audience = "keyrotor-rotate" # custom audience: checked by Cloud Run IAM and again by keyrotor
+  # the config says state: { type: postgres, urlEnv: KEYROTOR_DATABASE_URL }
+  database_env = "KEYROTOR_DATABASE_URL"
+  # node-postgres: an empty host plus ?host=<dir> connects over the unix socket Cloud Run mounts
+  database_url = format(
+    "postgresql://%s:%s@/%s?host=/cloudsql/%s",
+    google_sql_user.keyrotor.name,
+    random_password.database.result,
+    google_sql_database.keyrotor.name,
+    google_sql_database_instance.state.connection_name,
+  )
 }
 
 data "google_project" "this" { project_id = var.project }
@@ -111,18 +130,18 @@ resource "google_secret_manager_secret" "rotated" {
 
 # exactly what the gcp-secret-manager store calls, on this secret only
 resource "google_project_iam_custom_role" "rotator" {
-  project     = var.project
-  role_id     = "keyrotorSecretRotator"
-  title       = "keyrotor secret rotator"
+  project = var.project
+  role_id = "keyrotorSecretRotator"
+  title   = "keyrotor secret rotator"
   permissions = [
-    "secretmanager.secrets.get",       # read aliases (current/previous/pending), etag, annotations
-    "secretmanager.secrets.update",    # move aliases with the etag as compare-and-swap
-    "secretmanager.versions.add",      # stage the new value as a new version
-    "secretmanager.versions.access",   # read values (preflight, verify)
-    "secretmanager.versions.get",      # version state
-    "secretmanager.versions.list",     # find this rotation's version after a crash
-    "secretmanager.versions.disable",  # retire a rolled-back version
-    "secretmanager.versions.destroy",  # destroy a rolled-back version that never served
+    "secretmanager.secrets.get",      # read aliases (current/previous/pending), etag, annotations
+    "secretmanager.secrets.update",   # move aliases with the etag as compare-and-swap
+    "secretmanager.versions.add",     # stage the new value as a new version
+    "secretmanager.versions.access",  # read values (preflight, verify)
+    "secretmanager.versions.get",     # version state
+    "secretmanager.versions.list",    # find this rotation's version after a crash
+    "secretmanager.versions.disable", # retire a rolled-back version
+    "secretmanager.versions.destroy", # destroy a rolled-back version that never served
   ]
 }
 resource "google_secret_manager_secret_iam_member" "runtime_rotates" {
@@ -146,6 +165,91 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_config" {
   member    = "serviceAccount:${google_service_account.runtime.email}"
 }
 
+# ------------------------------------------------------------------ state: Cloud SQL for PostgreSQL
+
+resource "google_project_service" "sqladmin" {
+  project            = var.project
+  service            = "sqladmin.googleapis.com" # the Cloud SQL connector calls the Admin API
+  disable_on_destroy = false
+}
+
+resource "google_sql_database_instance" "state" {
+  project             = var.project
+  name                = var.sql_instance_name
+  region              = var.region
+  database_version    = "POSTGRES_17"
+  deletion_protection = true # holds which rotations are unfinished
+  settings {
+    edition           = "ENTERPRISE" # shared-core tiers exist in this edition only
+    tier              = var.sql_tier
+    availability_type = "ZONAL"
+    disk_size         = 10
+    ip_configuration {
+      # public IP without authorized networks: only IAM-authorized connectors (Cloud Run's, the
+      # Cloud SQL Auth Proxy) can connect, each with a client certificate
+      ipv4_enabled = true
+      ssl_mode     = "TRUSTED_CLIENT_CERTIFICATE_REQUIRED"
+    }
+    backup_configuration {
+      enabled                        = true
+      point_in_time_recovery_enabled = true
+    }
+  }
+  depends_on = [google_project_service.sqladmin]
+}
+
+resource "google_sql_database" "keyrotor" {
+  project  = var.project
+  instance = google_sql_database_instance.state.name
+  name     = "keyrotor"
+}
+
+# URL-safe (letters and digits), so the password needs no escaping in the database URL
+resource "random_password" "database" {
+  length  = 32
+  special = false
+}
+
+resource "google_sql_user" "keyrotor" {
+  project  = var.project
+  instance = google_sql_database_instance.state.name
+  name     = "keyrotor"
+  password = random_password.database.result
+}
+
+resource "google_secret_manager_secret" "database_url" {
+  project   = var.project
+  secret_id = var.database_url_secret_id
+  replication {
+    auto {}
+  }
+}
+resource "google_secret_manager_secret_version" "database_url" {
+  secret      = google_secret_manager_secret.database_url.id
+  secret_data = local.database_url
+}
+
+# Cloud SQL has no per-instance IAM policy: the role is granted on the project, limited to this
+# instance by an IAM condition
+resource "google_project_iam_member" "runtime_connects_to_state" {
+  project = var.project
+  role    = "roles/cloudsql.client"
+  member  = "serviceAccount:${google_service_account.runtime.email}"
+  condition {
+    title = "keyrotor state instance only"
+    expression = join(" && ", [
+      "resource.type == \"sqladmin.googleapis.com/Instance\"",
+      "resource.name == \"projects/${var.project}/instances/${google_sql_database_instance.state.name}\"",
+    ])
+  }
+}
+resource "google_secret_manager_secret_iam_member" "runtime_reads_database_url" {
+  project   = var.project
+  secret_id = google_secret_manager_secret.database_url.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+
 # ------------------------------------------------------------------ the service
 
 resource "google_cloud_run_v2_service" "keyrotor" {
@@ -164,13 +268,6 @@ resource "google_cloud_run_v2_service" "keyrotor" {
       min_instance_count = 0
       max_instance_count = 1 # leases serialize per key anyway; one instance keeps it simple
     }
-    vpc_access {
-      egress = "PRIVATE_RANGES_ONLY"
-      network_interfaces {
-        network    = var.network
-        subnetwork = var.subnetwork
-      }
-    }
     containers {
       image = var.image
       args = [
@@ -180,8 +277,13 @@ resource "google_cloud_run_v2_service" "keyrotor" {
         "--request-timeout", "300s",
       ]
       env {
-        name  = "KEYROTOR_STATE_DIR"
-        value = "/var/lib/keyrotor"
+        name = local.database_env
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.database_url.secret_id
+            version = "latest"
+          }
+        }
       }
       env {
         name = "OPENAI_ADMIN_KEY"
@@ -197,8 +299,8 @@ resource "google_cloud_run_v2_service" "keyrotor" {
         mount_path = "/etc/keyrotor"
       }
       volume_mounts {
-        name       = "state"
-        mount_path = "/var/lib/keyrotor"
+        name       = "cloudsql"
+        mount_path = "/cloudsql"
       }
       startup_probe {
         http_get { path = "/healthz" }
@@ -218,13 +320,76 @@ resource "google_cloud_run_v2_service" "keyrotor" {
       }
     }
     volumes {
-      name = "state"
-      nfs {
-        server = var.nfs_server
-        path   = var.nfs_path
+      name = "cloudsql"
+      cloud_sql_instance {
+        instances = [google_sql_database_instance.state.connection_name]
       }
     }
   }
+  depends_on = [
+    google_project_iam_member.runtime_connects_to_state,
+    google_secret_manager_secret_iam_member.runtime_reads_database_url,
+    google_secret_manager_secret_version.database_url,
+  ]
+}
+
+# `keyrotor state init` (versioned schema migrations, idempotent): run once after apply and after
+# each upgrade of the image: gcloud run jobs execute keyrotor-state-init --region $REGION --wait
+resource "google_cloud_run_v2_job" "state_init" {
+  project             = var.project
+  name                = "keyrotor-state-init"
+  location            = var.region
+  deletion_protection = false
+  template {
+    task_count = 1
+    template {
+      service_account = google_service_account.runtime.email
+      timeout         = "300s"
+      max_retries     = 1
+      containers {
+        image = var.image
+        args  = ["state", "init"]
+        env {
+          name = local.database_env
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.database_url.secret_id
+              version = "latest"
+            }
+          }
+        }
+        volume_mounts {
+          name       = "config"
+          mount_path = "/etc/keyrotor"
+        }
+        volume_mounts {
+          name       = "cloudsql"
+          mount_path = "/cloudsql"
+        }
+      }
+      volumes {
+        name = "config"
+        secret {
+          secret = var.config_secret_id
+          items {
+            version = "latest"
+            path    = "rotation.config.yaml"
+          }
+        }
+      }
+      volumes {
+        name = "cloudsql"
+        cloud_sql_instance {
+          instances = [google_sql_database_instance.state.connection_name]
+        }
+      }
+    }
+  }
+  depends_on = [
+    google_project_iam_member.runtime_connects_to_state,
+    google_secret_manager_secret_iam_member.runtime_reads_database_url,
+    google_secret_manager_secret_version.database_url,
+  ]
 }
 
 # only the two callers may invoke (Cloud Run checks the token before keyrotor checks it again)
@@ -317,3 +482,8 @@ resource "google_pubsub_subscription_iam_member" "pubsub_acks_dead_letters" {
 }
 
 output "url" { value = google_cloud_run_v2_service.keyrotor.uri }
+output "sql_connection_name" {
+  description = "for the Cloud SQL Auth Proxy: cloud-sql-proxy <this> --unix-socket /tmp/cloudsql"
+  value       = google_sql_database_instance.state.connection_name
+}
+output "state_init_job" { value = google_cloud_run_v2_job.state_init.name }
