@@ -8,7 +8,6 @@ import type { SecretStore } from '../../../src/core/ports.ts';
 import type { Secret } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { RotationContext } from '../rotation.machine.ts';
-import type { RotationDeps } from './deps.ts';
 
 /** Secret values live here between `issue` and `stage`, in memory only, never in a snapshot. */
 export class SecretVault {
@@ -30,7 +29,7 @@ export const oldRef = (ctx: RotationContext) => `old:${ctx.rotationId}`;
 
 /** The new key's value: from memory if this process issued it, else read back from a store. */
 export async function newSecret(
-  deps: RotationDeps,
+  deps: { vault: SecretVault; stores: SecretStore[] },
   ctx: RotationContext,
   stage: Stage,
   upTo = deps.stores.length,
