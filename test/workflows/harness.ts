@@ -1,7 +1,8 @@
 /**
- * Drives the real rotation machine with the real stage implementations over in-memory fakes.
+ * Drives the real rotation machine with the real stage implementations over in-memory fakes, wired
+ * the way production wires it (`createRotationActor`).
  */
-import { createActor, type SnapshotFrom } from 'xstate';
+import type { SnapshotFrom } from 'xstate';
 import { issuedKeyName, newRotationId } from '../../src/core/ids.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { HealthGate } from '../../src/core/ports.ts';
@@ -11,8 +12,9 @@ import {
   type FinalState,
   type RotationContext,
   type RotationInput,
+  type RotationMachine,
 } from '../../workflows/rotation/rotation.machine.ts';
-import { provideRotation, SecretVault, type RotationDeps } from '../../workflows/rotation/stages/index.ts';
+import { createRotationActor, SecretVault, type RotationDeps } from '../../workflows/rotation/stages/index.ts';
 import { MemoryIssuer, MemoryStore } from '../fakes/memory.ts';
 import { Secret } from '../../src/core/secret.ts';
 
@@ -118,19 +120,17 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
     },
   };
   if (o.wrap) deps = o.wrap(deps);
-  const machine = provideRotation(deps);
-  const actor = o.snapshot
-    ? createActor(machine, {
-        snapshot: o.snapshot as SnapshotFrom<typeof machine>,
-        input: undefined,
-      })
-    : createActor(machine, { input: w.input });
+  // the production wiring (src/app/run): one shared machine, this rotation's deps by actor system
+  const actor = createRotationActor(
+    deps,
+    o.snapshot ? { snapshot: o.snapshot as SnapshotFrom<RotationMachine> } : { input: w.input },
+  );
   const states: string[] = [];
   const result = await new Promise<RunResult>((resolve, reject) => {
     actor.subscribe({
       next: (s) => {
         const v = String(s.value);
-        if (states[states.length - 1] !== v || ['stage', 'promote', 'demote', 'unstage'].includes(v)) states.push(v);
+        if (states[states.length - 1] !== v || s.hasTag('perStore')) states.push(v);
         const persisted = JSON.parse(JSON.stringify(actor.getPersistedSnapshot()));
         snapshots.push(persisted);
         if (s.status === 'done') resolve({ final: s.value as FinalState, context: s.context, states, snapshots });

@@ -15,9 +15,16 @@
  * Context holds references only (key ids, fingerprints, counters, deadlines); never a secret value.
  * Every wait is an invoked actor with an absolute deadline kept in context (an `after` timer is not
  * re-armed when a persisted snapshot is restored; an in-flight invoke is re-run, so every actor is
- * idempotent). Side effects are declared here by name and supplied by `provideRotation` (stages/).
+ * idempotent). Side effects are declared here by name and supplied by `createRotationActor` (stages/).
+ *
+ * State tags are the machine's vocabulary for callers (run loop, Lambda adapter, stage actors), so no
+ * caller keeps its own list of state names:
+ *   forward       the way to `rotated`, in declaration order (`FORWARD_ORDER`)
+ *   compensation  the rollback states (demote, unstage, discard)
+ *   wait          polls until an absolute deadline in context: safe to cut short and resume
+ *   perStore      runs once per store (`index`), re-entered for the next store
  */
-import { assign, fromPromise, setup } from 'xstate';
+import { assign, fromPromise, setup, type SnapshotFrom } from 'xstate';
 import type { ErrorRecord } from '../../src/core/errors.ts';
 import { toKeyrotorError } from '../../src/core/errors.ts';
 import type { Stage } from '../../src/core/stages.ts';
@@ -103,8 +110,11 @@ export interface SleepInput {
   until: number;
 }
 
+/** The tags states carry (see the header). */
+export type RotationTag = 'forward' | 'compensation' | 'wait' | 'perStore';
+
 const notProvided = (name: string) => async (): Promise<never> => {
-  throw new Error(`rotation actor "${name}" was not provided (use provideRotation)`);
+  throw new Error(`rotation actor "${name}" was not provided (use createRotationActor)`);
 };
 
 export const rotationSetup = setup({
@@ -112,6 +122,7 @@ export const rotationSetup = setup({
     context: {} as RotationContext,
     input: {} as RotationInput,
     output: {} as RotationContext,
+    tags: {} as RotationTag,
   },
   actors: {
     preflight: fromPromise<PreflightOutput, StepInput>(notProvided('preflight')),
@@ -158,7 +169,6 @@ const inputAt =
     index: context[field],
   });
 
-/** The stages in order, for progress rendering and docs. */
 export const rotationMachine = rotationSetup.createMachine({
   id: 'rotation',
   initial: 'preflight',
@@ -184,6 +194,7 @@ export const rotationMachine = rotationSetup.createMachine({
   output: ({ context }) => context,
   states: {
     preflight: {
+      tags: ['forward'],
       invoke: {
         id: 'preflight',
         src: 'preflight',
@@ -203,6 +214,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     issue: {
+      tags: ['forward'],
       invoke: {
         id: 'issue',
         src: 'issue',
@@ -212,6 +224,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     stage: {
+      tags: ['forward', 'perStore'],
       invoke: {
         id: 'stage',
         src: 'stage',
@@ -236,6 +249,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     verify: {
+      tags: ['forward', 'wait'],
       entry: assign({
         deadlines: ({ context }) => ({
           ...context.deadlines,
@@ -257,6 +271,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     promote: {
+      tags: ['forward', 'perStore'],
       invoke: {
         id: 'promote',
         src: 'promote',
@@ -312,6 +327,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     confirm: {
+      tags: ['forward', 'wait'],
       entry: assign({
         deadlines: ({ context }) => ({
           ...context.deadlines,
@@ -334,6 +350,7 @@ export const rotationMachine = rotationSetup.createMachine({
     },
     /** transient: is there an old key we positively identified? */
     decideRevoke: {
+      tags: ['forward'],
       always: [
         { guard: 'nothingToRevoke', target: 'rotated' },
         {
@@ -349,6 +366,7 @@ export const rotationMachine = rotationSetup.createMachine({
       ],
     },
     revoke: {
+      tags: ['forward'],
       invoke: {
         id: 'revoke',
         src: 'revoke',
@@ -385,6 +403,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     revokeRetry: {
+      tags: ['forward', 'wait'],
       invoke: {
         id: 'sleep',
         src: 'sleep',
@@ -394,6 +413,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     verifyRevoked: {
+      tags: ['forward', 'wait'],
       entry: assign({
         deadlines: ({ context }) => ({
           ...context.deadlines,
@@ -421,6 +441,7 @@ export const rotationMachine = rotationSetup.createMachine({
 
     // ------------------------------------------------------------ compensations
     demote: {
+      tags: ['compensation', 'perStore'],
       invoke: {
         id: 'demote',
         src: 'demote',
@@ -449,6 +470,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     unstage: {
+      tags: ['compensation', 'perStore'],
       invoke: {
         id: 'unstage',
         src: 'unstage',
@@ -477,6 +499,7 @@ export const rotationMachine = rotationSetup.createMachine({
       },
     },
     discard: {
+      tags: ['compensation'],
       invoke: {
         id: 'discard',
         src: 'discard',
@@ -518,6 +541,33 @@ export const rotationMachine = rotationSetup.createMachine({
 });
 
 export type RotationMachine = typeof rotationMachine;
+/** A state of the machine (stage, compensation, transient or final). */
+export type RotationState = SnapshotFrom<RotationMachine>['value'];
+type RotationSnapshot = SnapshotFrom<RotationMachine>;
+
+/** The states carrying `tag`, in declaration order. */
+export function statesTagged(tag: RotationTag): RotationState[] {
+  return Object.values(rotationMachine.states)
+    .filter((n) => n.tags.includes(tag))
+    .map((n) => n.key as RotationState);
+}
+
+/** The forward states in the order a rotation goes through them (compensations are not in it). */
+export const FORWARD_ORDER: readonly RotationState[] = statesTagged('forward');
+
+/** Position of `state` in `FORWARD_ORDER`; -1 for compensation, final and unknown states. */
+export function forwardRank(state: string): number {
+  return (FORWARD_ORDER as readonly string[]).indexOf(state);
+}
+
+/**
+ * Between `issue` and the first `stage` the new key's value exists only in this process's memory:
+ * stopping there (pause, not crash) would lose it for nothing.
+ */
+export function holdsNewKeyOnlyInMemory(s: RotationSnapshot): boolean {
+  return s.matches('stage') && s.context.staged === 0;
+}
+
 export type FinalState = 'rotated' | 'rolledBack' | 'failed' | 'needsAttention' | 'rollbackFailed';
 export const FINAL_STATES: readonly FinalState[] = [
   'rotated',

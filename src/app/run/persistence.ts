@@ -1,0 +1,99 @@
+/**
+ * Write-ahead persistence of one rotation and the fan-out to its observers.
+ *
+ * Every snapshot of the actor goes through `record`: while the rotation is active it is queued for
+ * the state store (one write queue, in order); observers hear of each state entered after the write
+ * that entered it. Stages wait for `flushed()` before they touch the world, so the snapshot that says
+ * "we are in this stage" is durable first.
+ */
+import type { SnapshotFrom } from 'xstate';
+import type { Clock } from '../../core/clock.ts';
+import { toKeyrotorError } from '../../core/errors.ts';
+import type { Logger, PersistedRotation, StateStore } from '../../core/ports.ts';
+import { MACHINE_VERSION, type RotationMachine } from '../../../workflows/rotation/rotation.machine.ts';
+import { KEYROTOR_VERSION, type RotationObserver, type TransitionEvent } from './types.ts';
+
+/** Call an observer; its failure is logged and never reaches the rotation. */
+export async function notify(log: Logger, what: string, fn: () => void | Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    log.warn({ err: toKeyrotorError(e).toRecord() }, `observer failed on ${what} (the rotation is not affected)`);
+  }
+}
+
+export interface Journal {
+  /**
+   * One snapshot of the actor: queue `persistedSnapshot` for the state store (null: do not persist,
+   * e.g. the final snapshot, whose result `finish` records) and tell observers of a state entered.
+   */
+  record(s: SnapshotFrom<RotationMachine>, persistedSnapshot: unknown): void;
+  /** resolves once every write (and transition observer) queued so far is done; never rejects */
+  flushed(): Promise<void>;
+  /** the first failed write, if any (the rotation must not go on without its state) */
+  failure(): unknown;
+  /** the last snapshot written while the rotation was active */
+  lastActive(): PersistedRotation | null;
+}
+
+export function createJournal(o: {
+  keyName: string;
+  rotationId: string;
+  stateStore: StateStore;
+  observers: RotationObserver[] | undefined;
+  /** who runs this (audit) */
+  actor: string | undefined;
+  clock: Clock;
+  log: Logger;
+}): Journal {
+  let chain: Promise<void> = Promise.resolve();
+  let persistError: unknown = null;
+  let lastState = '';
+  let lastActive: PersistedRotation | null = null;
+
+  return {
+    record(s, persistedSnapshot) {
+      const state = String(s.value);
+      // a per-store state is entered again for every store
+      const entered = state !== lastState || s.hasTag('perStore');
+      lastState = state;
+      if (persistedSnapshot !== null) {
+        const persisted: PersistedRotation = {
+          rotationId: o.rotationId,
+          keyName: o.keyName,
+          machineVersion: MACHINE_VERSION,
+          keyrotorVersion: KEYROTOR_VERSION,
+          updatedAt: new Date(o.clock.now()).toISOString(),
+          snapshot: persistedSnapshot,
+        };
+        lastActive = persisted;
+        chain = chain
+          .then(() => o.stateStore.saveActive(o.keyName, persisted))
+          .catch((e: unknown) => {
+            persistError = e;
+          });
+      }
+      if (entered && o.observers?.some((x) => x.onTransition)) {
+        const ctx = s.context;
+        const ev: TransitionEvent = {
+          key: o.keyName,
+          rotationId: o.rotationId,
+          state,
+          at: new Date(o.clock.now()).toISOString(),
+          actor: o.actor ?? 'library',
+          leaked: ctx.leaked,
+          oldKeyId: ctx.oldKeyId,
+          newKeyId: ctx.newKeyId,
+          oldFingerprint: ctx.oldFingerprint,
+          newFingerprint: ctx.newFingerprint,
+          error: ctx.error,
+        };
+        for (const obs of o.observers)
+          if (obs.onTransition) chain = chain.then(() => notify(o.log, 'transition', () => obs.onTransition!(ev)));
+      }
+    },
+    flushed: () => chain,
+    failure: () => persistError,
+    lastActive: () => lastActive,
+  };
+}

@@ -1,0 +1,38 @@
+/** What the stages of one rotation run against: the ports, the clock, the vault and the run loop's hooks. */
+import type { Clock } from '../../../src/core/clock.ts';
+import type { KeyrotorError } from '../../../src/core/errors.ts';
+import type { HealthGate, Issuer, Logger, SecretStore } from '../../../src/core/ports.ts';
+import type { Stage } from '../../../src/core/stages.ts';
+import type { SecretVault } from './vault.ts';
+
+export interface RotationDeps {
+  issuer: Issuer;
+  stores: SecretStore[];
+  gates: HealthGate[];
+  /** `all` (default): every gate must pass; `any`: one passing gate confirms */
+  gateRequire?: 'all' | 'any';
+  clock: Clock;
+  logger: Logger;
+  vault: SecretVault;
+  /** resolves once the snapshot of the state being entered is durable */
+  persisted(): Promise<void>;
+  /** key ids recorded by `keyrotor adopt`, by fingerprint of the value */
+  adopted(fingerprint: string): string | undefined;
+  verifyIntervalMs: number;
+  verifyRevokedIntervalMs: number;
+  /** attempts for each store/issuer write (stage, promote and every compensation) on retryable errors */
+  retryAttempts: number;
+  /** called on every stage start/finish, for progress rendering, audit and metrics */
+  onStage?(e: StageEvent): void;
+  /** the state a restored rotation resumed in (absent for a rotation started in this process) */
+  resumedIn?: string | undefined;
+}
+
+export interface StageEvent {
+  stage: Stage;
+  phase: 'start' | 'done' | 'error';
+  index?: number;
+  ms?: number;
+  detail?: string;
+  error?: KeyrotorError;
+}

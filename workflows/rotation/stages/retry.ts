@@ -1,0 +1,51 @@
+/** Retry and poll helpers of the stages: backoff with jitter for writes, deadline polling for waits. */
+import type { Clock } from '../../../src/core/clock.ts';
+import { toKeyrotorError, type KeyrotorError } from '../../../src/core/errors.ts';
+
+/**
+ * Calls `attempt` until it is done, says its observation is final, or `deadline` (ms since epoch)
+ * passes; the interval grows from `intervalMs` up to 4x (at least 1s). Throws `onTimeout(last)`.
+ */
+export async function pollUntil<T>(
+  clock: Clock,
+  deadline: number,
+  intervalMs: number,
+  signal: AbortSignal,
+  attempt: () => Promise<{ done: true; value: T } | { done: false; observation: string; final?: boolean }>,
+  onTimeout: (last: string) => KeyrotorError,
+): Promise<T> {
+  let last = 'not checked yet';
+  let delay = Math.max(50, intervalMs);
+  for (;;) {
+    const r = await attempt();
+    if (r.done) return r.value;
+    last = r.observation;
+    if (r.final) throw onTimeout(last);
+    const left = deadline - clock.now();
+    if (left <= 0) throw onTimeout(last);
+    await clock.sleep(Math.min(delay, left), signal);
+    delay = Math.min(delay * 1.5, Math.max(intervalMs * 4, 1000));
+  }
+}
+
+/** `fn` up to `attempts` times while `retryOn` says the error is worth retrying. */
+export async function withRetries<T>(
+  clock: Clock,
+  attempts: number,
+  fn: (attempt: number) => Promise<T>,
+  retryOn: (e: KeyrotorError) => boolean = (e) => e.retryable,
+): Promise<T> {
+  let lastErr: unknown;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await fn(i);
+    } catch (e) {
+      lastErr = e;
+      const ke = toKeyrotorError(e);
+      if (!retryOn(ke) || i === attempts - 1) throw e;
+      // exponential backoff with full jitter (throttling: many keys must not retry in lockstep)
+      await clock.sleep(Math.random() * Math.min(250 * 2 ** (i + 1), 5000));
+    }
+  }
+  throw lastErr;
+}
