@@ -2,6 +2,7 @@ import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
 import type { CommandContext } from './context.ts';
+import { handleInterrupts } from './interrupt.ts';
 
 export async function runRotate(
   ctx: CommandContext,
@@ -32,7 +33,19 @@ export async function runRotate(
     dryRun: opts.dryRun === true,
     ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   };
-  const results = await rotateKeys(keys, base);
+  // Ctrl-C / SIGTERM: pause at the next safe point (not for --dry-run, which changes nothing)
+  const interrupts = opts.dryRun ? null : handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
+  const run = interrupts ? { ...base, signal: interrupts.signal } : base;
+  let results: KeyResult[];
+  try {
+    results = await rotateKeys(keys, run);
+    if (opts.full && !opts.dryRun && !interrupts?.received) {
+      const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
+      if (again.length) results.push(...(await rotateKeys(again, { ...run, now: true })));
+    }
+  } finally {
+    interrupts?.dispose();
+  }
   if (opts.dryRun) {
     // the plan, then the preflight checks (read-only): exit 1 when one fails
     const { colorEnabled, renderPreflight, runPreflight } = await import('../../app/preflight.ts');
@@ -45,13 +58,14 @@ export async function runRotate(
     );
     return;
   }
-  if (opts.full) {
-    const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
-    if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
-  }
   ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
   await flushObservers(observers, 10_000); // pending webhook deliveries, bounded
   ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
+  const paused = interrupts?.report(results);
+  if (paused) {
+    ctx.io.stderr(paused.message);
+    ctx.exit(paused.exitCode);
+  }
 }
 
 export function renderResults(results: KeyResult[]): string {
