@@ -27,6 +27,7 @@ export const rotationResultSchema: z.ZodType<RotationResult> = z.object({
   error: errorRecord.optional(),
   leftovers: z.array(z.string()).optional(),
   bootstrap: z.boolean().optional(),
+  placeholder: z.boolean().optional(),
   leaked: z.boolean().optional(),
   oldKeyLastUsedAt: z.string().nullable().optional(),
   stage: stage.optional(),

@@ -74,9 +74,11 @@ export function renderResults(results: KeyResult[]): string {
     if (r.dryRun)
       what = `${r.plan?.due ? 'would rotate' : 'not due'}: ${r.plan?.reason}; issuer ${r.plan?.issuer}, stores ${r.plan?.stores.join('+')}, gates ${r.plan?.gates.join('+') || 'none'}${r.plan?.resume ? `; would resume ${r.plan.resume}` : ''}${r.plan?.leaked ? '; LEAK MODE (gates skipped, the old key revoked at once, never restored)' : ''}`;
     else if (r.outcome === 'rotated')
-      what = r.bootstrap
-        ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke`
-        : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
+      what = r.placeholder
+        ? `bootstrapped over the placeholder: new key ${r.newKeyId} stored; the placeholder was not revoked (it is no key)`
+        : r.bootstrap
+          ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke`
+          : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
     else if (r.outcome === 'skipped') what = 'not due';
     else if (r.outcome === 'in_progress') what = `paused at ${r.stage}; the next run continues it`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;

@@ -17,6 +17,7 @@ import { fingerprint } from '../../../src/core/fingerprint.ts';
 import type { HealthGate, Issuer, Logger, SecretStore } from '../../../src/core/ports.ts';
 import type { Secret } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
+import { ADOPT_WAYS, withoutPlaceholders } from './placeholder.ts';
 import {
   rotationMachine,
   type IssueOutput,
@@ -54,6 +55,8 @@ export interface RotationDeps {
   persisted(): Promise<void>;
   /** key ids recorded by `keyrotor adopt`, by fingerprint of the value */
   adopted(fingerprint: string): string | undefined;
+  /** values declared not to be keys (`keyrotor adopt --placeholder`), by fingerprint: see placeholder.ts */
+  placeholder?(fingerprint: string): boolean;
   verifyIntervalMs: number;
   verifyRevokedIntervalMs: number;
   /** attempts for each store/issuer write (stage, promote and every compensation) on retryable errors */
@@ -230,18 +233,26 @@ function stageBodies(deps: RotationDeps) {
       await issuer.check();
       for (const s of stores) await s.check();
       // What is current now? Every store must agree on one key (or all be empty).
-      const currents = await Promise.all(stores.map((s) => s.readCurrent()));
+      const read = await Promise.all(stores.map((s) => s.readCurrent()));
+      // a declared placeholder counts as empty: the rotation bootstraps over it and revokes nothing
+      const { currents, placeholder } = withoutPlaceholders(read, deps.placeholder);
       const present = currents.filter((c) => c !== null);
       if (present.length === 0)
-        return { oldKeyId: null, oldFingerprint: null, bootstrap: true, oldKeyUnidentified: false };
+        return {
+          oldKeyId: null,
+          oldFingerprint: placeholder,
+          bootstrap: true,
+          oldKeyUnidentified: false,
+          ...(placeholder ? { placeholder: true } : {}),
+        };
       const fps = new Set(present.map((c) => fingerprint(c.secret)));
       if (fps.size > 1 || present.length !== stores.length) {
         throw new KeyrotorError(
           'ADOPT_REQUIRED',
-          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i].secret) : 'empty'}`).join(', ')})`,
+          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${read[i] ? fingerprint(read[i].secret) : 'empty'}`).join(', ')})`,
           {
             stage: 'preflight',
-            hint: 'make every store serve the same key, then rotate again',
+            hint: `make every store serve the same key, then rotate again (${ADOPT_WAYS(ctx.keyName)})`,
           },
         );
       }
@@ -261,7 +272,7 @@ function stageBodies(deps: RotationDeps) {
               : `the current value of ${ctx.keyName} (${oldFingerprint}) matches no key at the issuer`,
             {
               stage: 'preflight',
-              hint: `run \`keyrotor adopt ${ctx.keyName} --key-id <id>\` with the issuer key id it belongs to`,
+              hint: ADOPT_WAYS(ctx.keyName),
             },
           );
         }
