@@ -366,7 +366,7 @@ async function runRotation(
         ...(e.ms !== undefined ? { ms: e.ms } : {}),
       };
       if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
-      else rlog.debug(fields, `${e.stage} ${e.phase}`);
+      else if (e.phase !== 'wait') rlog.debug(fields, `${e.stage} ${e.phase}`); // waits: see app/progress.ts
     },
   };
 

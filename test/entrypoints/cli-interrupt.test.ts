@@ -166,3 +166,43 @@ describe('CLI: interrupts', () => {
     expect(live(old.id)).toBe(false);
   });
 });
+
+describe('CLI: progress of a long wait', () => {
+  it('off a TTY: a "waiting at confirm" log line per rotation at a bounded rate (KEYROTOR_PROGRESS_INTERVAL)', async () => {
+    const { dir } = await bootstrap('progress', `\n      - { type: manual, name: ops, timeout: 60s, interval: 50ms }`);
+    const run = spawnCli(['rotate', '--now', 'app', '--json'], dir, 'progress', {
+      KEYROTOR_PROGRESS_INTERVAL: '400ms',
+    });
+    await atStage(dir, 'confirm');
+    await new Promise((r) => setTimeout(r, 2_500)); // ~50 polls of the gate
+    run.child.kill('SIGINT');
+    const r = await run.done;
+    expect(r.code, r.stderr).toBe(5);
+    const lines = r.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { time: string; msg: string; stage?: string; waits?: unknown[] })
+      .filter((l) => l.msg.startsWith('waiting at confirm'));
+    expect(lines.length).toBeGreaterThanOrEqual(3);
+    expect(lines.length).toBeLessThanOrEqual(9); // 2.5 s / 400 ms + the first, with slack: not one per poll
+    const times = lines.map((l) => Date.parse(l.time));
+    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(400);
+    expect(lines[0]!.msg).toMatch(
+      /^waiting at confirm: ops: waiting for `keyrotor confirm app`.* \((\d+[dhms])+ left\)$/,
+    );
+    expect(lines[0]!.waits).toEqual([
+      expect.objectContaining({ gate: 'ops', observation: expect.any(String), leftMs: expect.any(Number) }),
+    ]);
+  });
+
+  it('a bad KEYROTOR_PROGRESS_INTERVAL is a usage error (exit 2)', async () => {
+    const { dir } = await bootstrap('progress-bad', ' []');
+    const r = await runCli(['rotate', '--now', 'app'], {
+      cwd: dir,
+      env: { ...env(), KEYROTOR_PROGRESS_INTERVAL: 'soon' },
+      name: 'progress-bad',
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('keyrotor: USAGE: KEYROTOR_PROGRESS_INTERVAL must be a duration like 30s (got "soon")');
+  });
+});

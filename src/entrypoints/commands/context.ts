@@ -17,6 +17,10 @@ export interface CliIO {
   stdout: (s: string) => void;
   stderr: (s: string) => void;
   env: NodeJS.ProcessEnv;
+  /** stderr is a terminal: live progress lines instead of rate-limited progress log lines */
+  stderrIsTTY?: boolean;
+  /** its width */
+  columns?: number;
 }
 
 export interface CommandContext {

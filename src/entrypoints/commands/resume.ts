@@ -17,6 +17,14 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
+  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
+  const progress = progressObserver({
+    tty: ctx.io.stderrIsTTY === true,
+    write: ctx.io.stderr,
+    logger,
+    intervalMs: progressIntervalFrom(ctx.io.env),
+    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
+  });
   const stateStore = await ctx.stateStore(cfg);
   // Ctrl-C / SIGTERM: pause again at the next safe point
   const interrupts = handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
@@ -24,7 +32,7 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
     config: cfg,
     stateStore,
     logger,
-    observers: defaultObservers({ config: cfg, logger, actor: 'cli' }),
+    observers: [...defaultObservers({ config: cfg, logger, actor: 'cli' }), progress],
     env: ctx.io.env,
     actor: 'cli',
     resumeOnly: true,

@@ -20,7 +20,15 @@ export async function runRotate(
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
-  const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
+  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
+  const progress = progressObserver({
+    tty: ctx.io.stderrIsTTY === true,
+    write: ctx.io.stderr,
+    logger,
+    intervalMs: progressIntervalFrom(ctx.io.env),
+    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
+  });
+  const observers = [...defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env }), progress];
   const base = {
     config: cfg,
     stateStore: await ctx.stateStore(cfg),

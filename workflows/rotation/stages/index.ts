@@ -69,11 +69,18 @@ export interface RotationDeps {
 
 export interface StageEvent {
   stage: Stage;
-  phase: 'start' | 'done' | 'error';
+  /** `wait`: a wait (verify, confirm, verifyRevoked) polled and is not done yet, see `observation` */
+  phase: 'start' | 'done' | 'error' | 'wait';
   index?: number;
   ms?: number;
   detail?: string;
   error?: KeyrotorError;
+  /** wait events: the health gate polled (confirm) */
+  gate?: string;
+  /** wait events: what the poll saw (secret-free), e.g. "2/3 consumers on the new key" */
+  observation?: string;
+  /** wait events: the absolute deadline of the wait (ms since epoch) */
+  deadline?: number;
 }
 
 /** the actor system of one rotation actor (shared by the actors it invokes) */
@@ -341,6 +348,8 @@ function stageBodies(deps: RotationDeps) {
         async () => {
           const r = await issuer.verify(secret);
           if (r.ok) return { done: true, value: undefined };
+          const observation = `the new key does not work yet (${r.reason}: ${r.detail})`;
+          deps.onStage?.({ stage: 'verify', phase: 'wait', observation, deadline });
           return { done: false, observation: `${r.reason}: ${r.detail}`, final: r.reason === 'missing_scopes' };
         },
         (last) =>
@@ -390,6 +399,8 @@ function stageBodies(deps: RotationDeps) {
             } catch (e) {
               o = { pass: false, observation: `error: ${toKeyrotorError(e).message}` };
             }
+            if (!o.pass)
+              deps.onStage?.({ stage: 'confirm', phase: 'wait', gate: gate.name, observation: o.observation, deadline });
             // what the rotation is waiting for, once per change (not on every poll)
             if (!o.pass && o.observation !== shown) {
               shown = o.observation;
@@ -455,22 +466,27 @@ function stageBodies(deps: RotationDeps) {
         }
       }
       const deadline = ctx.deadlines.verifyRevoked ?? clock.now();
+      const revokedYet = async (): Promise<{ done: true; value: undefined } | { done: false; observation: string }> => {
+        if (old) {
+          const r = await issuer.verify(old);
+          if (!r.ok && r.reason === 'invalid') return { done: true, value: undefined };
+          return { done: false, observation: r.ok ? 'the old key still works' : `${r.reason}: ${r.detail}` };
+        }
+        // no value to test with: the key must be gone from the issuer's list
+        const keys = await issuer.list();
+        return keys.some((k) => k.keyId === ctx.oldKeyId)
+          ? { done: false, observation: 'the old key is still listed at the issuer' }
+          : { done: true, value: undefined };
+      };
       await pollUntil(
         clock,
         deadline,
         deps.verifyRevokedIntervalMs,
         signal,
         async () => {
-          if (old) {
-            const r = await issuer.verify(old);
-            if (!r.ok && r.reason === 'invalid') return { done: true, value: undefined };
-            return { done: false, observation: r.ok ? 'the old key still works' : `${r.reason}: ${r.detail}` };
-          }
-          // no value to test with: the key must be gone from the issuer's list
-          const keys = await issuer.list();
-          return keys.some((k) => k.keyId === ctx.oldKeyId)
-            ? { done: false, observation: 'the old key is still listed at the issuer' }
-            : { done: true, value: undefined };
+          const r = await revokedYet();
+          if (!r.done) deps.onStage?.({ stage: 'verifyRevoked', phase: 'wait', observation: r.observation, deadline });
+          return r;
         },
         (last) =>
           new KeyrotorError('REVOKE_UNCONFIRMED', `the old key ${ctx.oldKeyId} is not dead yet: ${last}`, {
