@@ -400,7 +400,13 @@ function stageBodies(deps: RotationDeps) {
               o = { pass: false, observation: `error: ${toKeyrotorError(e).message}` };
             }
             if (!o.pass)
-              deps.onStage?.({ stage: 'confirm', phase: 'wait', gate: gate.name, observation: o.observation, deadline });
+              deps.onStage?.({
+                stage: 'confirm',
+                phase: 'wait',
+                gate: gate.name,
+                observation: o.observation,
+                deadline,
+              });
             // what the rotation is waiting for, once per change (not on every poll)
             if (!o.pass && o.observation !== shown) {
               shown = o.observation;
