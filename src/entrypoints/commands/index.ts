@@ -66,7 +66,8 @@ An unfinished rotation is one whose snapshot is still in the state store (the pr
 killed, or paused). resume picks it up at the stage it was in: every stage is idempotent, so the
 stage that was in flight is simply run again. A crash between creating the new key and storing it
 loses the value: that rotation rolls back and deletes the key. A lock held by a dead process is
-taken over once its lease expires (defaults.lease.ttl); until then resume exits 3.`,
+taken over at once when that process ran on this host (same boot; pid gone or reused), else once
+its lease expires (defaults.lease.ttl); until then resume exits 3. Ctrl-C pauses again (exit 5).`,
     )
     .action(lazy(ctx, async () => (await import('./resume.ts')).runResume));
 };
