@@ -3,9 +3,9 @@
  *
  * The stages report every poll of a wait as a `wait` stage event with what they observed (the gate's
  * GateObservation text, e.g. "2/3 consumers on the new key") and the wait's absolute deadline.
- *   - On a TTY: one live line per waiting rotation on stderr, redrawn at most 4 times a second and
- *     once a second for the time left. (Log lines written at the same moment can scroll the live
- *     lines; the next redraw puts them back below.)
+ *   - On a TTY: one live line per waiting rotation at the bottom of stderr, redrawn at most 4 times a
+ *     second and once a second for the time left. Everything else the CLI writes to stderr (log
+ *     lines, messages) goes through the same `LiveArea`, which prints it above the live lines.
  *   - Off a TTY (CI, cron, containers): one `waiting` log line per rotation at most every
  *     `intervalMs` (default 30 s; KEYROTOR_PROGRESS_INTERVAL), the first one at once.
  * References and observations only, never a secret value (observations are secret-free by contract).
@@ -18,11 +18,40 @@ import type { RotationObserver } from './run.ts';
 
 export const DEFAULT_PROGRESS_INTERVAL_MS = 30_000;
 
+/**
+ * The bottom of a terminal: `render` replaces the live lines in place; `print` writes other output
+ * above them (erase the live lines, write the text, draw the live lines again, in one write).
+ */
+export interface LiveArea {
+  print(text: string): void;
+  render(lines: string[]): void;
+}
+
+export function liveArea(write: (s: string) => void): LiveArea {
+  let shown: string[] = [];
+  // back to the first live line, clear to the end of the screen
+  const erase = () => (shown.length > 0 ? `\x1b[${shown.length}F\x1b[J` : '');
+  const body = (lines: string[]) => lines.map((l) => l + '\n').join('');
+  return {
+    print(text) {
+      if (shown.length === 0) return write(text);
+      write(erase() + text + (text.endsWith('\n') ? '' : '\n') + body(shown));
+    },
+    render(lines) {
+      const out = erase() + body(lines);
+      shown = lines;
+      if (out) write(out);
+    },
+  };
+}
+
 export interface ProgressOptions {
   /** live lines (true) or rate-limited log lines (false) */
   tty: boolean;
   /** where live lines go (stderr) */
   write: (s: string) => void;
+  /** on a TTY: the live area shared with the rest of stderr (default: one over `write`) */
+  area?: LiveArea;
   /** where log lines go */
   logger: Logger;
   /** off a TTY: at most one line per rotation per this many ms */
@@ -58,16 +87,20 @@ export function progressObserver(o: ProgressOptions): RotationObserver {
   const clock = o.clock ?? systemClock;
   const interval = o.intervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
   const waiting = new Map<string, Waiting>();
-  let drawn = 0;
+  const area = o.tty ? (o.area ?? liveArea(o.write)) : undefined;
   let lastDraw = 0;
   let pending: ReturnType<typeof setTimeout> | undefined;
   let ticker: ReturnType<typeof setInterval> | undefined;
 
+  // time left first: a narrow terminal cuts the end of the line, i.e. the (long) observation
   const left = (deadline: number | undefined) =>
-    deadline === undefined ? '' : ` (${formatDuration(Math.max(0, deadline - clock.now()))} left)`;
+    deadline === undefined ? '' : `${formatDuration(Math.max(0, deadline - clock.now()))} left`;
   const describe = (w: Waiting) =>
     [...w.waits.entries()]
-      .map(([gate, x]) => `${gate ? `${gate}: ` : ''}${x.observation}${left(x.deadline)}`)
+      .map(([gate, x]) => {
+        const head = [gate, left(x.deadline)].filter(Boolean).join(', ');
+        return `${head ? `[${head}] ` : ''}${x.observation}`;
+      })
       .join('; ');
 
   function draw() {
@@ -75,14 +108,10 @@ export function progressObserver(o: ProgressOptions): RotationObserver {
     lastDraw = clock.now();
     const width = Math.max(40, o.columns ?? 120);
     const lines = [...waiting.values()].map((w) => {
-      const line = `… ${w.key} waiting at ${w.stage}: ${describe(w)}`;
+      const line = `… ${w.key} waiting at ${w.stage} ${describe(w)}`;
       return line.length > width - 1 ? line.slice(0, width - 2) + '…' : line;
     });
-    // back to the first live line, clear to the end of the screen, write the lines again
-    let out = drawn > 0 ? `\x1b[${drawn}F\x1b[J` : '';
-    for (const l of lines) out += l + '\n';
-    drawn = lines.length;
-    if (out) o.write(out);
+    area?.render(lines);
     if (waiting.size === 0 && ticker) {
       clearInterval(ticker);
       ticker = undefined;
@@ -138,7 +167,7 @@ export function progressObserver(o: ProgressOptions): RotationObserver {
               : {}),
           })),
         },
-        `waiting at ${e.stage}: ${describe(w)}`,
+        `waiting at ${e.stage} ${describe(w)}`,
       );
     },
     onResult(r) {

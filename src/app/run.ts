@@ -358,6 +358,7 @@ async function runRotation(
         );
     },
     onStage: (e) => {
+      if (paused) return; // a wait cut short by the pause is no stage failure
       for (const obs of o.observers ?? [])
         if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
       const fields = {

@@ -187,9 +187,7 @@ describe('CLI: progress of a long wait', () => {
     expect(lines.length).toBeLessThanOrEqual(9); // 2.5 s / 400 ms + the first, with slack: not one per poll
     const times = lines.map((l) => Date.parse(l.time));
     for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(400);
-    expect(lines[0]!.msg).toMatch(
-      /^waiting at confirm: ops: waiting for `keyrotor confirm app`.* \((\d+[dhms])+ left\)$/,
-    );
+    expect(lines[0]!.msg).toMatch(/^waiting at confirm \[ops, (\d+[dhms])+ left\] waiting for `keyrotor confirm app`/);
     expect(lines[0]!.waits).toEqual([
       expect.objectContaining({ gate: 'ops', observation: expect.any(String), leftMs: expect.any(Number) }),
     ]);

@@ -21,6 +21,7 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
   const progress = progressObserver({
     tty: ctx.io.stderrIsTTY === true,
     write: ctx.io.stderr,
+    ...(ctx.live ? { area: ctx.live } : {}),
     logger,
     intervalMs: progressIntervalFrom(ctx.io.env),
     ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),

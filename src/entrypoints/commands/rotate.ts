@@ -24,6 +24,7 @@ export async function runRotate(
   const progress = progressObserver({
     tty: ctx.io.stderrIsTTY === true,
     write: ctx.io.stderr,
+    ...(ctx.live ? { area: ctx.live } : {}),
     logger,
     intervalMs: progressIntervalFrom(ctx.io.env),
     ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
