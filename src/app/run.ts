@@ -75,6 +75,10 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
       return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
     }
     if (!resume && o.resumeOnly) return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
+    if (!resume && o.signal?.aborted) {
+      log.warn({}, 'not started: stopping (interrupted)');
+      return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
+    }
     if (!resume && !o.now && !due.due) {
       log.info({ reason: due.reason }, 'not due');
       return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };

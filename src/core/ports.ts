@@ -199,6 +199,8 @@ export interface RotationResult {
   /** what a human must still do (rollbackFailed, needs_attention) */
   leftovers?: string[] | undefined;
   bootstrap?: boolean | undefined;
+  /** the bootstrap replaced a value declared a placeholder (`adopt --placeholder`); nothing was revoked */
+  placeholder?: boolean | undefined;
   leaked?: boolean | undefined;
   /** leak mode: when the issuer last saw the old (compromised) key used, ISO or null if never */
   oldKeyLastUsedAt?: string | null | undefined;

@@ -22,10 +22,15 @@ Exit codes:
   2  bad usage, config or state file (nothing was changed)
   3  locked: another rotation of the same key is running
   4  a human must act (needs_attention: see "leftovers" in the result)
+  5  paused by Ctrl-C / SIGTERM: state saved, lock released; \`keyrotor resume <key>\` continues
+  130, 143  a second Ctrl-C / SIGTERM: exited at once, the lock stays (a run on this host takes it
+     over at once since its holder is gone; elsewhere after defaults.lease.ttl)
 
 Environment:
   KEYROTOR_CONFIG        config file (default ${DEFAULT_CONFIG_FILE})
   KEYROTOR_LOG_LEVEL     debug | info | warn | error (default info)
+  KEYROTOR_PROGRESS_INTERVAL  off a TTY: at most one "waiting at <stage>" log line per rotation
+                         this often (default 30s); on a TTY a live line per waiting rotation
   KEYROTOR_MASTER_KEY    32-byte key for the file store (default: generated key file in the state dir)
   OPENAI_ADMIN_KEY       admin key for the openai issuer (name configurable with adminKeyEnv)
   NO_COLOR               no colours on a TTY
@@ -69,7 +74,13 @@ function reportError(e: unknown, io: CliIO, json: boolean): number {
 }
 
 function defaultIO(): CliIO {
-  return { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s), env: process.env };
+  return {
+    stdout: (s) => void process.stdout.write(s),
+    stderr: (s) => void process.stderr.write(s),
+    env: process.env,
+    stderrIsTTY: process.stderr.isTTY === true,
+    ...(process.stderr.columns ? { columns: process.stderr.columns } : {}),
+  };
 }
 
 if (import.meta.main) {

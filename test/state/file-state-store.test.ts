@@ -14,6 +14,7 @@ import {
   type RotationResult,
 } from '../../src/core/ports.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
+import { holderLiveness, selfIdentity, type HolderIdentity } from '../../src/app/state/holder.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 
 const run = promisify(execFile);
@@ -416,5 +417,80 @@ describe('file state store: lease', () => {
     }
     // nothing left behind besides the locks themselves
     expect(readdirSync(locks).filter((n) => !n.endsWith('.lock'))).toEqual([]);
+  });
+});
+
+describe('file state store: a lease whose holder on this host is gone', () => {
+  const locksOf = (dir: string) => path.join(dir, 'locks');
+  /** a lock as a holder with this identity would have written it, unexpired for an hour */
+  function plantLock(dir: string, key: string, who: Partial<HolderIdentity>) {
+    mkdirSync(locksOf(dir), { recursive: true, mode: 0o700 });
+    const now = Date.now();
+    writeFileSync(
+      path.join(locksOf(dir), `${key}.lock`),
+      JSON.stringify({
+        owner: 'planted',
+        ...who,
+        acquiredAt: new Date(now).toISOString(),
+        expiresAt: new Date(now + 3_600_000).toISOString(),
+      }),
+      { mode: 0o600 },
+    );
+  }
+  const me = selfIdentity();
+  const linux = me.bootId !== undefined && me.pidStart !== undefined;
+
+  it('records host, boot id, pid and its start time in the lock', async () => {
+    const dir = tempDir('lease-identity');
+    const l = lease(await createFileStateStore(dir).acquire('app', 'owner-a', 60_000));
+    const content = JSON.parse(readFileSync(path.join(locksOf(dir), 'app.lock'), 'utf8'));
+    expect(content).toMatchObject({ host: me.host, pid: process.pid });
+    if (linux) {
+      expect(content.bootId).toBe(me.bootId);
+      expect(content.pidStart).toMatch(/^\d+$/);
+    }
+    await l.release();
+  });
+
+  it.runIf(linux)('a holder process that exited is taken over at once, long before its ttl', async () => {
+    const dir = tempDir('lease-dead-holder');
+    const script = fileURLToPath(new URL('./fixtures/lease-race.ts', import.meta.url));
+    const out = await run(process.execPath, [
+      '--disable-warning=ExperimentalWarning',
+      script,
+      dir,
+      'proc-gone',
+      String(Date.now()),
+      'app',
+      '3600000',
+    ]);
+    expect(JSON.parse(out.stdout)).toMatchObject({ won: ['app'] });
+    // the child has exited; its lock (1 h ttl) is still there
+    const left = JSON.parse(readFileSync(path.join(locksOf(dir), 'app.lock'), 'utf8'));
+    expect(left.owner).toBe('proc-gone');
+    expect(Date.parse(left.expiresAt)).toBeGreaterThan(Date.now() + 3_000_000);
+    expect(holderLiveness(left)).toBe('dead');
+    const l = lease(await createFileStateStore(dir).acquire('app', 'owner-next', 60_000));
+    expect(l.owner).toBe('owner-next');
+    await l.release();
+  });
+
+  it.runIf(linux)('a live pid with another start time (pid reused) is taken over', async () => {
+    const dir = tempDir('lease-pid-reused');
+    plantLock(dir, 'app', { ...me, pidStart: String(Number(me.pidStart) + 1) });
+    const l = lease(await createFileStateStore(dir).acquire('app', 'owner-next', 60_000));
+    await l.release();
+  });
+
+  it('a live holder, a holder of another boot or host, or one without identity still holds the lease', async () => {
+    const dir = tempDir('lease-live-holder');
+    const store = createFileStateStore(dir);
+    plantLock(dir, 'live', { ...me }); // this very process, same start time: alive
+    plantLock(dir, 'reboot', { ...me, pid: 2 ** 22 + 7, bootId: 'another-boot' });
+    plantLock(dir, 'elsewhere', { ...me, pid: 2 ** 22 + 7, host: `${me.host}-other` });
+    plantLock(dir, 'otherns', { ...me, pid: 2 ** 22 + 7, pidNs: 'pid:[1]' });
+    plantLock(dir, 'legacy', { pid: 2 ** 22 + 7, host: me.host }); // written before identities
+    for (const k of ['live', 'reboot', 'elsewhere', 'otherns', 'legacy'])
+      expect(holder(await store.acquire(k, 'owner-next', 60_000)).owner, k).toBe('planted');
   });
 });

@@ -62,6 +62,8 @@ export interface RotationContext extends RotationInput {
   bootstrap: boolean;
   /** leak mode went ahead although the old key could not be identified at the issuer */
   oldKeyUnidentified: boolean;
+  /** bootstrap over a value declared a placeholder (`adopt --placeholder`): nothing is revoked for it */
+  placeholder?: boolean;
   /** leak mode: when the issuer last saw the old key used (ISO), read before it is revoked */
   oldKeyLastUsedAt: string | null;
   newKeyId: string | null;
@@ -96,6 +98,7 @@ export interface PreflightOutput {
   bootstrap: boolean;
   oldKeyUnidentified: boolean;
   oldKeyLastUsedAt?: string | null;
+  placeholder?: boolean;
 }
 export interface IssueOutput {
   newKeyId: string;

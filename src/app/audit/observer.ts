@@ -93,6 +93,7 @@ export function auditObserver(o: AuditObserverOptions): RotationObserver {
         ...(r.error ? { error: errorOf(r.error) } : {}),
         ...(r.leftovers?.length ? { leftovers: r.leftovers } : {}),
         ...(r.bootstrap ? { bootstrap: true } : {}),
+        ...(r.placeholder ? { placeholder: true } : {}),
         ...(r.leaked ? { oldKeyLastUsedAt: r.oldKeyLastUsedAt ?? null } : {}),
         ...(r.startedAt ? { startedAt: r.startedAt } : {}),
         ...(r.finishedAt ? { finishedAt: r.finishedAt } : {}),

@@ -18,7 +18,7 @@ export const AUDIT_RECORD_VERSION = 1;
 export const GENESIS = '0'.repeat(64);
 const HASH_LABEL = 'keyrotor-audit/1\n';
 
-export type AuditRecordType = 'transition' | 'result' | 'repair';
+export type AuditRecordType = 'transition' | 'result' | 'repair' | 'adopt';
 
 /** What an observer hands to a sink; the sink adds `v`, `seq`, `prev` and `hash`. */
 export interface AuditEntry {
@@ -49,6 +49,10 @@ export interface AuditEntry {
     (Pick<ErrorRecord, 'code' | 'message'> & { stage?: string | undefined; hint?: string | undefined }) | undefined;
   leftovers?: string[] | undefined;
   bootstrap?: boolean | undefined;
+  /** adopt records: the current value was declared a placeholder (no key); result records: bootstrapped over one */
+  placeholder?: boolean | undefined;
+  /** adopt records: why, as the operator said (--reason) */
+  reason?: string | undefined;
   oldKeyLastUsedAt?: string | null | undefined;
   startedAt?: string | undefined;
   finishedAt?: string | undefined;

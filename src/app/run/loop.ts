@@ -86,6 +86,7 @@ export async function runRotation(
     logger: rlog,
     vault: new SecretVault(),
     adopted,
+    placeholder: (fp) => record?.providerState[`placeholder.${fp}`] !== undefined,
     verifyIntervalMs: key.defaults.verify.interval,
     verifyRevokedIntervalMs: key.defaults.verifyRevoked.interval,
     retryAttempts: 3,
@@ -103,6 +104,7 @@ export async function runRotation(
         );
     },
     onStage: (e) => {
+      if (pause.isPaused()) return; // a wait cut short by the pause is no stage failure
       for (const obs of o.observers ?? [])
         if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
       const fields = {
@@ -111,7 +113,7 @@ export async function runRotation(
         ...(e.ms !== undefined ? { ms: e.ms } : {}),
       };
       if (e.phase === 'error') rlog.warn({ ...fields, err: e.error?.toRecord() }, `${e.stage} failed`);
-      else rlog.debug(fields, `${e.stage} ${e.phase}`);
+      else if (e.phase !== 'wait') rlog.debug(fields, `${e.stage} ${e.phase}`); // waits: see app/progress.ts
     },
   };
 

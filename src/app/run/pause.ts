@@ -9,6 +9,8 @@ import { holdsNewKeyOnlyInMemory, type RotationMachine } from '../../../workflow
 export interface PauseControl {
   /** resolves once the actor was stopped for a pause */
   readonly paused: Promise<'paused'>;
+  /** true once the actor was stopped for a pause */
+  isPaused(): boolean;
   /**
    * At the write-ahead barrier, before a stage touches the world: when a pause was asked for, stop
    * the actor and never resolve (this stage never starts). Never pauses while the new key's value
@@ -40,6 +42,7 @@ export function pauseControl(
   };
   return {
     paused,
+    isPaused: () => stopped,
     async atBarrier() {
       if (requested() && !holdsNewKeyOnlyInMemory(actor.getSnapshot())) {
         pauseNow();

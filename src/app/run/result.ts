@@ -36,6 +36,7 @@ export function resultFrom(keyName: string, state: FinalState, ctx: RotationCont
     ...(error && state !== 'rotated' ? { error } : {}),
     ...(ctx.leftovers.length ? { leftovers: ctx.leftovers } : {}),
     ...(ctx.bootstrap ? { bootstrap: true } : {}),
+    ...(ctx.placeholder ? { placeholder: true } : {}),
     ...(ctx.leaked ? { leaked: true, oldKeyLastUsedAt: ctx.oldKeyLastUsedAt } : {}),
     ...(stage ? { stage } : {}),
     startedAt: new Date(ctx.startedAt).toISOString(),

@@ -1,7 +1,7 @@
 /**
  * Per-key lease on a lock file `<stateDir>/locks/<key>.lock`, created exclusively (a complete temp
  * file hard-linked to the name; link(2) fails if it exists, like O_EXCL) and holding
- * `{ owner, pid, host, acquiredAt, expiresAt }`.
+ * `{ owner, pid, host, bootId, pidStart, pidNs, acquiredAt, expiresAt }`.
  *
  * Rules that keep two processes from both believing they hold a lease:
  * - A lock is only ever *created* with O_EXCL (never written over) by someone who does not hold it.
@@ -11,11 +11,12 @@
  *   checking that what was moved is exactly the file that was judged (same inode, same bytes). If a
  *   racer's fresh lock was moved instead, the same inode is linked back (never over an existing
  *   lock). Then the lock is created exclusively: of several racers only one can succeed.
+ * - An unexpired lock whose holder is provably dead (a process of this host and boot that no longer
+ *   exists, or whose pid now belongs to another process: see holder.ts) counts as expired.
  * - A lock file that cannot be parsed (e.g. written by hand, or created on a file system without hard
  *   links by a writer that died between create and write) counts as held by
  *   'unknown' until its mtime + ttl has passed.
  */
-import { hostname } from 'node:os';
 import { link, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -32,6 +33,7 @@ import {
   writeFileAtomic,
 } from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
+import { holderLiveness, selfIdentity } from './holder.ts';
 
 const MAX_ATTEMPTS = 8;
 /** rewrite our own lock in place only while this much time is left (clock skew + I/O latency) */
@@ -180,12 +182,15 @@ export interface LeaseManager {
 }
 
 export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager {
-  const host = hostname();
+  const me = selfIdentity();
   const body = (owner: string, acquiredAt: number, expiresAt: number) =>
     JSON.stringify({
       owner,
-      pid: process.pid,
-      host,
+      pid: me.pid,
+      host: me.host,
+      ...(me.bootId ? { bootId: me.bootId } : {}),
+      ...(me.pidStart ? { pidStart: me.pidStart } : {}),
+      ...(me.pidNs ? { pidNs: me.pidNs } : {}),
       acquiredAt: new Date(acquiredAt).toISOString(),
       expiresAt: new Date(expiresAt).toISOString(),
     } satisfies LockContent) + '\n';
@@ -261,7 +266,9 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         if (!o) continue; // released in between: try to create again
         last = o;
         const holder = holderOf(o, ttlMs);
-        const expired = holder.expiresAt <= now;
+        // a holder on this host that provably died (killed, crashed) does not make anyone wait for its ttl
+        const expired =
+          holder.expiresAt <= now || (o.content !== undefined && holderLiveness(o.content, me) === 'dead');
         if (!expired && o.content && holder.owner === owner) {
           // re-acquire by the same owner: extend in place while safely unexpired
           if (holder.expiresAt - now > safetyMs(ttlMs)) {

@@ -27,6 +27,7 @@ export const rotationResultSchema: z.ZodType<RotationResult> = z.object({
   error: errorRecord.optional(),
   leftovers: z.array(z.string()).optional(),
   bootstrap: z.boolean().optional(),
+  placeholder: z.boolean().optional(),
   leaked: z.boolean().optional(),
   oldKeyLastUsedAt: z.string().nullable().optional(),
   stage: stage.optional(),
@@ -56,6 +57,10 @@ export const lockContentSchema = z.object({
   owner: z.string().min(1),
   pid: z.number().int(),
   host: z.string(),
+  /** holder identity (see holder.ts): a holder on this host that provably died is taken over at once */
+  bootId: z.string().optional(),
+  pidStart: z.string().optional(),
+  pidNs: z.string().optional(),
   acquiredAt: z.string(),
   expiresAt: z.string().refine((s) => Number.isFinite(Date.parse(s)), 'must be an ISO time'),
 });

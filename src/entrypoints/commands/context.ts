@@ -12,15 +12,23 @@ import type { LoadedConfig } from '../../app/config/load.ts';
 import type { ResolvedKey } from '../../app/config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, StateStore } from '../../core/ports.ts';
+import { liveArea, type LiveArea } from '../../app/progress.ts';
 
 export interface CliIO {
   stdout: (s: string) => void;
   stderr: (s: string) => void;
   env: NodeJS.ProcessEnv;
+  /** stderr is a terminal: live progress lines instead of rate-limited progress log lines */
+  stderrIsTTY?: boolean;
+  /** its width */
+  columns?: number;
 }
 
 export interface CommandContext {
+  /** on a TTY, `io.stderr` prints above the live progress lines (see `live`) */
   io: CliIO;
+  /** on a TTY: the live progress lines at the bottom of stderr */
+  live?: LiveArea;
   program: Command;
   /** load and validate the config named by --config */
   config(): Promise<LoadedConfig>;
@@ -36,10 +44,18 @@ export interface CommandContext {
 
 export type RegisterCommand = (ctx: CommandContext) => void;
 
-export function makeContext(program: Command, io: CliIO, state: { exitCode: number; json: boolean }): CommandContext {
+export function makeContext(
+  program: Command,
+  rawIO: CliIO,
+  state: { exitCode: number; json: boolean },
+): CommandContext {
   let logger: Logger | undefined;
+  // on a TTY every stderr write (messages, log lines) goes above the live progress lines
+  const live = rawIO.stderrIsTTY ? liveArea(rawIO.stderr) : undefined;
+  const io: CliIO = live ? { ...rawIO, stderr: (s) => live.print(s) } : rawIO;
   return {
     io,
+    ...(live ? { live } : {}),
     program,
     config: async () => {
       const { loadConfig } = await import('../../app/config/load.ts');
@@ -63,6 +79,7 @@ export function makeContext(program: Command, io: CliIO, state: { exitCode: numb
       logger ??= await createLogger({
         ...(level ? { level } : {}),
         ...(io.env.KEYROTOR_LOG_PRETTY === '0' ? { pretty: false } : {}),
+        ...(live ? { destination: await liveStream(live) } : {}),
       });
       return logger;
     },
@@ -88,4 +105,15 @@ export function table(head: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(head), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** A stream over the live area (pino and pino-pretty write log lines to it). */
+async function liveStream(live: LiveArea): Promise<NodeJS.WritableStream> {
+  const { Writable } = await import('node:stream');
+  return new Writable({
+    write(chunk: Buffer | string, _enc, done) {
+      live.print(chunk.toString());
+      done();
+    },
+  });
 }

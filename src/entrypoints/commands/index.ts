@@ -66,7 +66,8 @@ An unfinished rotation is one whose snapshot is still in the state store (the pr
 killed, or paused). resume picks it up at the stage it was in: every stage is idempotent, so the
 stage that was in flight is simply run again. A crash between creating the new key and storing it
 loses the value: that rotation rolls back and deletes the key. A lock held by a dead process is
-taken over once its lease expires (defaults.lease.ttl); until then resume exits 3.`,
+taken over at once when that process ran on this host (same boot; pid gone or reused), else once
+its lease expires (defaults.lease.ttl); until then resume exits 3. Ctrl-C pauses again (exit 5).`,
     )
     .action(lazy(ctx, async () => (await import('./resume.ts')).runResume));
 };
@@ -224,9 +225,25 @@ Exit codes: 0 clean/swept, 1 incomplete (or a resumed rotation rolled back), 2 u
 export const registerAdopt: RegisterCommand = (ctx) => {
   ctx.program
     .command('adopt')
-    .description('tell keyrotor which issuer key the value in the store is (for keys a person created by hand)')
+    .description(
+      'tell keyrotor what the value in the store is: an issuer key made by hand (--key-id), or a placeholder that is no key (--placeholder)',
+    )
     .argument('<key>', 'key name from the config')
-    .requiredOption('--key-id <id>', 'issuer key id of the value that is current in the store')
+    .option('--key-id <id>', 'issuer key id of the value that is current in the store')
+    .option(
+      '--placeholder',
+      'the current value is a dummy (e.g. CHANGE_ME written by Terraform), not a key: the next rotation bootstraps over it',
+    )
+    .option('--reason <text>', 'why, kept in the audit trail')
+    .addHelpText(
+      'after',
+      `
+Exactly one of --key-id or --placeholder. Both are recorded in the key's state record and the audit
+trail. --placeholder refuses a value that keyrotor stored, that was adopted as a key, or that the
+issuer recognises as one of its keys. After it, the first rotation bootstraps over the placeholder:
+nothing is ever revoked for it (it has no issuer key id), and a rollback puts back exactly what the
+store held before (the placeholder), as before the rotation.`,
+    )
     .action(lazy(ctx, async () => (await import('./adopt.ts')).runAdopt));
 };
 

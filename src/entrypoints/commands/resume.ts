@@ -2,6 +2,7 @@ import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
 import { renderResults } from './rotate.ts';
 import type { CommandContext } from './context.ts';
+import { handleInterrupts } from './interrupt.ts';
 
 /**
  * `keyrotor resume [<key>...]`: finish or compensate unfinished rotations (after a crash, a timeout,
@@ -16,17 +17,35 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
+  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
+  const progress = progressObserver({
+    tty: ctx.io.stderrIsTTY === true,
+    write: ctx.io.stderr,
+    ...(ctx.live ? { area: ctx.live } : {}),
+    logger,
+    intervalMs: progressIntervalFrom(ctx.io.env),
+    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
+  });
+  const stateStore = await ctx.stateStore(cfg);
+  // Ctrl-C / SIGTERM: pause again at the next safe point
+  const interrupts = handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
   const results = await rotateKeys(keys, {
     config: cfg,
-    stateStore: await ctx.stateStore(cfg),
+    stateStore,
     logger,
-    observers: defaultObservers({ config: cfg, logger, actor: 'cli' }),
+    observers: [...defaultObservers({ config: cfg, logger, actor: 'cli' }), progress],
     env: ctx.io.env,
     actor: 'cli',
     resumeOnly: true,
-  });
+    signal: interrupts.signal,
+  }).finally(() => interrupts.dispose());
   ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
   ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResume(results));
+  const paused = interrupts.report(results);
+  if (paused) {
+    ctx.io.stderr(paused.message);
+    ctx.exit(paused.exitCode);
+  }
 }
 
 function renderResume(results: KeyResult[]): string {

@@ -2,6 +2,7 @@ import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
 import type { CommandContext } from './context.ts';
+import { handleInterrupts } from './interrupt.ts';
 
 export async function runRotate(
   ctx: CommandContext,
@@ -19,7 +20,16 @@ export async function runRotate(
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
-  const observers = defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env });
+  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
+  const progress = progressObserver({
+    tty: ctx.io.stderrIsTTY === true,
+    write: ctx.io.stderr,
+    ...(ctx.live ? { area: ctx.live } : {}),
+    logger,
+    intervalMs: progressIntervalFrom(ctx.io.env),
+    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
+  });
+  const observers = [...defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env }), progress];
   const base = {
     config: cfg,
     stateStore: await ctx.stateStore(cfg),
@@ -32,7 +42,19 @@ export async function runRotate(
     dryRun: opts.dryRun === true,
     ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   };
-  const results = await rotateKeys(keys, base);
+  // Ctrl-C / SIGTERM: pause at the next safe point (not for --dry-run, which changes nothing)
+  const interrupts = opts.dryRun ? null : handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
+  const run = interrupts ? { ...base, signal: interrupts.signal } : base;
+  let results: KeyResult[];
+  try {
+    results = await rotateKeys(keys, run);
+    if (opts.full && !opts.dryRun && !interrupts?.received) {
+      const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
+      if (again.length) results.push(...(await rotateKeys(again, { ...run, now: true })));
+    }
+  } finally {
+    interrupts?.dispose();
+  }
   if (opts.dryRun) {
     // the plan, then the preflight checks (read-only): exit 1 when one fails
     const { colorEnabled, renderPreflight, runPreflight } = await import('../../app/preflight.ts');
@@ -45,13 +67,14 @@ export async function runRotate(
     );
     return;
   }
-  if (opts.full) {
-    const again = keys.filter((k) => results.some((r) => r.key === k.name && r.bootstrap && r.outcome === 'rotated'));
-    if (again.length) results.push(...(await rotateKeys(again, { ...base, now: true })));
-  }
   ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
   await flushObservers(observers, 10_000); // pending webhook deliveries, bounded
   ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResults(results));
+  const paused = interrupts?.report(results);
+  if (paused) {
+    ctx.io.stderr(paused.message);
+    ctx.exit(paused.exitCode);
+  }
 }
 
 export function renderResults(results: KeyResult[]): string {
@@ -60,9 +83,11 @@ export function renderResults(results: KeyResult[]): string {
     if (r.dryRun)
       what = `${r.plan?.due ? 'would rotate' : 'not due'}: ${r.plan?.reason}; issuer ${r.plan?.issuer}, stores ${r.plan?.stores.join('+')}, gates ${r.plan?.gates.join('+') || 'none'}${r.plan?.resume ? `; would resume ${r.plan.resume}` : ''}${r.plan?.leaked ? '; LEAK MODE (gates skipped, the old key revoked at once, never restored)' : ''}`;
     else if (r.outcome === 'rotated')
-      what = r.bootstrap
-        ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke`
-        : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
+      what = r.placeholder
+        ? `bootstrapped over the placeholder: new key ${r.newKeyId} stored; the placeholder was not revoked (it is no key)`
+        : r.bootstrap
+          ? `bootstrapped: new key ${r.newKeyId} stored, nothing to revoke`
+          : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
     else if (r.outcome === 'skipped') what = 'not due';
     else if (r.outcome === 'in_progress') what = `paused at ${r.stage}; the next run continues it`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;

@@ -12,6 +12,7 @@ import { fingerprint } from '../../../src/core/fingerprint.ts';
 import type { SecretStore } from '../../../src/core/ports.ts';
 import type { IssueOutput, PreflightOutput, StepInput } from '../rotation.machine.ts';
 import type { RotationDeps } from './deps.ts';
+import { ADOPT_WAYS, withoutPlaceholders } from './placeholder.ts';
 import { pollUntil, withRetries } from './retry.ts';
 import { newRef, newSecret, oldRef } from './vault.ts';
 
@@ -50,18 +51,26 @@ export function stageBodies(deps: RotationDeps): StageBodies {
       await issuer.check();
       for (const s of stores) await s.check();
       // What is current now? Every store must agree on one key (or all be empty).
-      const currents = await Promise.all(stores.map((s) => s.readCurrent()));
+      const read = await Promise.all(stores.map((s) => s.readCurrent()));
+      // a declared placeholder counts as empty: the rotation bootstraps over it and revokes nothing
+      const { currents, placeholder } = withoutPlaceholders(read, deps.placeholder);
       const present = currents.filter((c) => c !== null);
       if (present.length === 0)
-        return { oldKeyId: null, oldFingerprint: null, bootstrap: true, oldKeyUnidentified: false };
+        return {
+          oldKeyId: null,
+          oldFingerprint: placeholder,
+          bootstrap: true,
+          oldKeyUnidentified: false,
+          ...(placeholder ? { placeholder: true } : {}),
+        };
       const fps = new Set(present.map((c) => fingerprint(c.secret)));
       if (fps.size > 1 || present.length !== stores.length) {
         throw new KeyrotorError(
           'ADOPT_REQUIRED',
-          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${currents[i] ? fingerprint(currents[i].secret) : 'empty'}`).join(', ')})`,
+          `the stores of ${ctx.keyName} do not hold the same current key (${stores.map((s, i) => `${s.label}=${read[i] ? fingerprint(read[i].secret) : 'empty'}`).join(', ')})`,
           {
             stage: 'preflight',
-            hint: 'make every store serve the same key, then rotate again',
+            hint: `make every store serve the same key, then rotate again (${ADOPT_WAYS(ctx.keyName)})`,
           },
         );
       }
@@ -81,7 +90,7 @@ export function stageBodies(deps: RotationDeps): StageBodies {
               : `the current value of ${ctx.keyName} (${oldFingerprint}) matches no key at the issuer`,
             {
               stage: 'preflight',
-              hint: `run \`keyrotor adopt ${ctx.keyName} --key-id <id>\` with the issuer key id it belongs to`,
+              hint: ADOPT_WAYS(ctx.keyName),
             },
           );
         }
@@ -150,6 +159,8 @@ export function stageBodies(deps: RotationDeps): StageBodies {
         async () => {
           const r = await issuer.verify(secret);
           if (r.ok) return { done: true, value: undefined };
+          const observation = `the new key does not work yet (${r.reason}: ${r.detail})`;
+          deps.onStage?.({ stage: 'verify', phase: 'wait', observation, deadline });
           return { done: false, observation: `${r.reason}: ${r.detail}`, final: r.reason === 'missing_scopes' };
         },
         (last) =>
@@ -199,6 +210,14 @@ export function stageBodies(deps: RotationDeps): StageBodies {
             } catch (e) {
               o = { pass: false, observation: `error: ${toKeyrotorError(e).message}` };
             }
+            if (!o.pass)
+              deps.onStage?.({
+                stage: 'confirm',
+                phase: 'wait',
+                gate: gate.name,
+                observation: o.observation,
+                deadline,
+              });
             // what the rotation is waiting for, once per change (not on every poll)
             if (!o.pass && o.observation !== shown) {
               shown = o.observation;
@@ -264,22 +283,27 @@ export function stageBodies(deps: RotationDeps): StageBodies {
         }
       }
       const deadline = ctx.deadlines.verifyRevoked ?? clock.now();
+      const revokedYet = async (): Promise<{ done: true; value: undefined } | { done: false; observation: string }> => {
+        if (old) {
+          const r = await issuer.verify(old);
+          if (!r.ok && r.reason === 'invalid') return { done: true, value: undefined };
+          return { done: false, observation: r.ok ? 'the old key still works' : `${r.reason}: ${r.detail}` };
+        }
+        // no value to test with: the key must be gone from the issuer's list
+        const keys = await issuer.list();
+        return keys.some((k) => k.keyId === ctx.oldKeyId)
+          ? { done: false, observation: 'the old key is still listed at the issuer' }
+          : { done: true, value: undefined };
+      };
       await pollUntil(
         clock,
         deadline,
         deps.verifyRevokedIntervalMs,
         signal,
         async () => {
-          if (old) {
-            const r = await issuer.verify(old);
-            if (!r.ok && r.reason === 'invalid') return { done: true, value: undefined };
-            return { done: false, observation: r.ok ? 'the old key still works' : `${r.reason}: ${r.detail}` };
-          }
-          // no value to test with: the key must be gone from the issuer's list
-          const keys = await issuer.list();
-          return keys.some((k) => k.keyId === ctx.oldKeyId)
-            ? { done: false, observation: 'the old key is still listed at the issuer' }
-            : { done: true, value: undefined };
+          const r = await revokedYet();
+          if (!r.done) deps.onStage?.({ stage: 'verifyRevoked', phase: 'wait', observation: r.observation, deadline });
+          return r;
         },
         (last) =>
           new KeyrotorError('REVOKE_UNCONFIRMED', `the old key ${ctx.oldKeyId} is not dead yet: ${last}`, {

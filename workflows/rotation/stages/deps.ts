@@ -18,6 +18,8 @@ export interface RotationDeps {
   persisted(): Promise<void>;
   /** key ids recorded by `keyrotor adopt`, by fingerprint of the value */
   adopted(fingerprint: string): string | undefined;
+  /** values declared not to be keys (`keyrotor adopt --placeholder`), by fingerprint: see placeholder.ts */
+  placeholder?(fingerprint: string): boolean;
   verifyIntervalMs: number;
   verifyRevokedIntervalMs: number;
   /** attempts for each store/issuer write (stage, promote and every compensation) on retryable errors */
@@ -30,9 +32,16 @@ export interface RotationDeps {
 
 export interface StageEvent {
   stage: Stage;
-  phase: 'start' | 'done' | 'error';
+  /** `wait`: a wait (verify, confirm, verifyRevoked) polled and is not done yet, see `observation` */
+  phase: 'start' | 'done' | 'error' | 'wait';
   index?: number;
   ms?: number;
   detail?: string;
   error?: KeyrotorError;
+  /** wait events: the health gate polled (confirm) */
+  gate?: string;
+  /** wait events: what the poll saw (secret-free), e.g. "2/3 consumers on the new key" */
+  observation?: string;
+  /** wait events: the absolute deadline of the wait (ms since epoch) */
+  deadline?: number;
 }
