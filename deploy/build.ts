@@ -7,6 +7,8 @@
  *   dist/package.json     `"type": "module"` + the external packages (below)
  *   dist/keyrotor-lambda.zip   lambda.js + every chunk it can load + package.json (+ --config file)
  *
+ * (dist/pkg/ is the npm package's compiled code, built by deploy/build-pkg.ts; this build leaves it alone.)
+ *
  * ESM with code splitting: the provider registry imports each provider with import(), so each SDK
  * lands in its own chunks and a run loads only what its config uses (the AWS SDK is never read by a
  * config without an AWS store). Each entry file is one file; chunks are loaded on demand.
@@ -20,7 +22,7 @@
  *   node deploy/build.ts [--outdir dist] [--config rotation.config.yaml] [--no-minify]
  */
 import { build, type Metafile } from 'esbuild';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -71,8 +73,9 @@ export interface BuildReport {
 
 export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   const outdir = path.resolve(o.outdir ?? path.join(ROOT, 'dist'));
-  rmSync(outdir, { recursive: true, force: true });
+  // emptied first, except pkg/: the npm package's compiled files (`npm run build:pkg`, deploy/build-pkg.ts)
   mkdirSync(outdir, { recursive: true });
+  for (const e of readdirSync(outdir)) if (e !== 'pkg') rmSync(path.join(outdir, e), { recursive: true, force: true });
   const minify = o.minify !== false;
   // One esbuild run per entry point, into the same outdir: with a shared run, esbuild splits the code
   // both entries use into chunks along *every* entry's dynamic imports, and the CLI loads each
@@ -88,13 +91,16 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
 
   const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
     version: string;
+    engines: Record<string, string>;
     dependencies: Record<string, string>;
   };
+  // name, version and engines are read at run time by src/app/version.ts (`--version`, the Node check)
   const distPkg = {
     name: 'keyrotor-dist',
     version: pkg.version,
     private: true,
     type: 'module',
+    engines: pkg.engines,
     // what the bundles load from node_modules at run time (GCP stores only)
     dependencies: Object.fromEntries(EXTERNAL.map((d) => [d, pkg.dependencies[d] ?? '*'])),
   };
@@ -132,7 +138,15 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   const zipEntries: ZipEntry[] = zipFiles.map((f) => ({ name: f, data: readFileSync(path.join(outdir, f)) }));
   zipEntries.push({
     name: 'package.json',
-    data: Buffer.from(JSON.stringify({ type: 'module', private: true }) + '\n'),
+    data: Buffer.from(
+      JSON.stringify({
+        name: distPkg.name,
+        version: distPkg.version,
+        private: true,
+        type: 'module',
+        engines: distPkg.engines,
+      }) + '\n',
+    ),
   });
   if (o.config) zipEntries.push({ name: 'rotation.config.yaml', data: readFileSync(path.resolve(o.config)) });
   const zipFile = path.join(outdir, 'keyrotor-lambda.zip');

@@ -35,7 +35,8 @@ import {
   type StageEvent,
 } from '../../workflows/rotation/stages/index.ts';
 
-export const KEYROTOR_VERSION = '0.1.0';
+export { KEYROTOR_VERSION } from './version.ts';
+import { KEYROTOR_VERSION } from './version.ts';
 
 export interface RotateOptions {
   config: LoadedConfig;
