@@ -309,7 +309,9 @@ export const registerDaemon: RegisterCommand = (ctx) => {
 export const registerValidate: RegisterCommand = (ctx) => {
   ctx.program
     .command('validate')
-    .description('check the config file; exit 0 when valid, 2 otherwise')
+    .description(
+      'check the config file (every problem at once, each with file:line:col, and that every environment variable it names is set); exit 0 when valid, 2 otherwise',
+    )
     .action(lazy(ctx, async () => (await import('./validate.ts')).runValidate));
 
   ctx.program
