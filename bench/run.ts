@@ -316,7 +316,7 @@ if (p4) {
       const target = r.id === 'lambda' ? TARGETS.p4Lambda : r.id === 'helpBin' ? TARGETS.p4Help : undefined;
       const short: Record<string, string> = {
         helpBin: 'keyrotor --help, installed bin (dist/pkg)',
-        helpBinCache: '  installed bin + NODE_COMPILE_CACHE',
+        helpBinNoCache: '  installed bin, no compile cache (first run)',
         help: 'keyrotor --help from source (cli.ts)',
         lambda: `Lambda handler ready (${p4.value.lambdaMeasured.startsWith('bundle') ? 'dist bundle' : 'source, no bundle'})`,
         helpBundle: `keyrotor --help, ${p4.value.cliBundle ?? 'bundle'}`,
