@@ -29,4 +29,13 @@ export default tseslint.config(
       'no-empty': ['error', { allowEmptyCatch: true }],
     },
   },
+  // the package's bin shim: plain JavaScript outside the TypeScript project (no type information)
+  {
+    files: ['bin/**/*.js'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      parserOptions: { projectService: false },
+      globals: { process: 'readonly', URL: 'readonly' },
+    },
+  },
 );

@@ -7,6 +7,8 @@
  *   dist/package.json     `"type": "module"` + the external packages (below)
  *   dist/keyrotor-lambda.zip   lambda.js + every chunk it can load + package.json (+ --config file)
  *
+ * (dist/pkg/ is the npm package's compiled code, built by deploy/build-pkg.ts; this build leaves it alone.)
+ *
  * ESM with code splitting: the provider registry imports each provider with import(), so each SDK
  * lands in its own chunks and a run loads only what its config uses (the AWS SDK is never read by a
  * config without an AWS store). Each entry file is one file; chunks are loaded on demand.
@@ -26,8 +28,8 @@
  *
  *   node deploy/build.ts [--outdir dist] [--config rotation.config.yaml] [--no-minify]
  */
-import { build, type Metafile } from 'esbuild';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { build, type Metafile, type Plugin } from 'esbuild';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -89,8 +91,9 @@ export interface BuildReport {
 
 export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   const outdir = path.resolve(o.outdir ?? path.join(ROOT, 'dist'));
-  rmSync(outdir, { recursive: true, force: true });
+  // emptied first, except pkg/: the npm package's compiled files (`npm run build:pkg`, deploy/build-pkg.ts)
   mkdirSync(outdir, { recursive: true });
+  for (const e of readdirSync(outdir)) if (e !== 'pkg') rmSync(path.join(outdir, e), { recursive: true, force: true });
   const minify = o.minify !== false;
   // One esbuild run per entry point, into the same outdir: with a shared run, esbuild splits the code
   // both entries use into chunks along *every* entry's dynamic imports, and the CLI loads each
@@ -108,13 +111,16 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
 
   const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
     version: string;
+    engines: Record<string, string>;
     dependencies: Record<string, string>;
   };
+  // name, version and engines are read at run time by src/app/version.ts (`--version`, the Node check)
   const distPkg = {
     name: 'keyrotor-dist',
     version: pkg.version,
     private: true,
     type: 'module',
+    engines: pkg.engines,
     // what the bundles load from node_modules at run time (GCP stores only)
     dependencies: Object.fromEntries(EXTERNAL.map((d) => [d, pkg.dependencies[d] ?? '*'])),
   };
@@ -152,7 +158,15 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   const zipEntries: ZipEntry[] = zipFiles.map((f) => ({ name: f, data: readFileSync(path.join(outdir, f)) }));
   zipEntries.push({
     name: 'package.json',
-    data: Buffer.from(JSON.stringify({ type: 'module', private: true }) + '\n'),
+    data: Buffer.from(
+      JSON.stringify({
+        name: distPkg.name,
+        version: distPkg.version,
+        private: true,
+        type: 'module',
+        engines: distPkg.engines,
+      }) + '\n',
+    ),
   });
   if (o.config) zipEntries.push({ name: 'rotation.config.yaml', data: readFileSync(path.resolve(o.config)) });
   const zipFile = path.join(outdir, 'keyrotor-lambda.zip');
@@ -173,6 +187,28 @@ export async function buildBundles(o: BuildOptions = {}): Promise<BuildReport> {
   return report;
 }
 
+/**
+ * zod's namespace (`z`) re-exports every message locale (`z.locales`, ~50 languages, about a third of
+ * the Lambda's start-up bytes), and a namespace object cannot be tree-shaken. keyrotor uses the English
+ * messages zod configures by default and no other locale, so the bundles get a locales index with `en`
+ * only (zod's own `config(en())` keeps working; `z.locales.<other>` would be undefined).
+ */
+const zodEnglishOnly: Plugin = {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]node_modules[\\/]zod[\\/]v4[\\/](classic|core)$/.test(args.resolveDir)
+        ? { path: path.join(args.resolveDir, '..', 'locales', 'index.js'), namespace: 'zod-locales' }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: `export { default as en } from ${JSON.stringify(path.join(path.dirname(args.path), 'en.js'))};\n`,
+      resolveDir: path.dirname(args.path),
+      loader: 'js',
+    }));
+  },
+};
+
 async function buildEntry(name: EntryName, outdir: string, minify: boolean, external: string[]): Promise<Metafile> {
   const result = await build({
     absWorkingDir: ROOT,
@@ -186,11 +222,15 @@ async function buildEntry(name: EntryName, outdir: string, minify: boolean, exte
     entryNames: '[name]',
     chunkNames: 'chunks/[name]-[hash]',
     external,
+    plugins: [zodEnglishOnly],
     banner: { js: BANNER },
-    minify,
-    // function and class names survive minification, so stack traces stay readable; the .map files
+    // whitespace and syntax are minified, identifiers are not: function and class names stay as
+    // written, so stack traces stay readable without esbuild's keepNames, whose __name() call per
+    // function and class ran at start-up (about 10% of the Lambda's start-up CPU); the .map files
     // stay in dist/ (not in the zip) for `node --enable-source-maps`
-    keepNames: true,
+    minifyWhitespace: minify,
+    minifySyntax: minify,
+    minifyIdentifiers: false,
     sourcemap: 'linked',
     legalComments: 'none',
     metafile: true,

@@ -8,8 +8,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { CANARY } from './canary.ts';
+import { checkMotoOnce } from './fakes/moto.ts';
 
 export default function setup(project: TestProject) {
+  // moto (Python) runs the AWS tests: asked once here, so a machine without it gets one line, not one per suite
+  const motoMissing = checkMotoOnce();
+  if (motoMissing) console.warn(`\nSKIPPING the AWS Secrets Manager tests: ${motoMissing}\n`);
   const dir = mkdtempSync(path.join(tmpdir(), 'keyrotor-test-'));
   process.env.KEYROTOR_TEST_ARTIFACTS = dir;
   project.provide('artifactsDir', dir);

@@ -3,8 +3,14 @@
  * against `node -e 0` on the same machine in the same loop (round robin, so load changes hit every
  * command alike).
  *
- * - `keyrotor --help`: `node src/entrypoints/cli.ts --help` (what `npx keyrotor --help` runs after
- *   npm's own start-up), and the bundled CLI when `npm run build` produced one.
+ * - `keyrotor --help` through the installed bin: `node bin/keyrotor.js --help`, the package's bin
+ *   loading the compiled CLI in dist/pkg/ (what `npx keyrotor --help` runs after npm's own start-up in
+ *   a project that installed the package; the same files, the dependencies from node_modules).
+ *   dist/pkg/ is built first when it is missing (`npm run build:pkg`). The bin turns on Node's
+ *   compile cache (as tsc and npm do), so this is a run after the first; the row "no compile cache"
+ *   (NODE_DISABLE_COMPILE_CACHE=1) is a first run's cost. Also from source
+ *   (`node src/entrypoints/cli.ts --help`, type stripping) and the esbuild bundle when `npm run build`
+ *   produced one.
  * - Lambda: time to first handler call = process start until the module is evaluated and `handler`
  *   can be called (what the Lambda runtime waits for before it invokes), measured by importing the
  *   bundle (`dist/lambda.*`) in `node -e`. Without a bundle, the in-repo `src/entrypoints/lambda.ts`.
@@ -112,9 +118,24 @@ export async function runP4(o: P4Options) {
   const cliBundle = findCliBundle(o.root);
   const benchBundle = cliBundle ? undefined : await bundleCli(o.root, o.tmp);
   const cli = path.join(o.root, 'src/entrypoints/cli.ts');
+  const bin = path.join(o.root, 'bin/keyrotor.js');
+  if (!existsSync(path.join(o.root, 'dist/pkg/src/entrypoints/cli.js'))) {
+    progress('P4: building the package (dist/pkg) for the installed-bin measurement');
+    const { buildPackage } = await import('../../deploy/build-pkg.ts');
+    buildPackage();
+  }
 
   const commands: ColdCommand[] = [
     { id: 'node', label: 'node -e 0', args: ['-e', '0'], main: true },
+    {
+      id: 'helpBin',
+      label: 'keyrotor --help, installed bin (bin/keyrotor.js -> dist/pkg)',
+      args: [bin, '--help'],
+      main: true,
+      // where the bin's compile cache goes (default: the OS temp dir); filled by the warm-up run
+      env: { NODE_COMPILE_CACHE: path.join(o.tmp, 'bin-compile-cache') },
+      prime: true,
+    },
     { id: 'help', label: 'keyrotor --help (node src/entrypoints/cli.ts)', args: [cli, '--help'], main: true },
   ];
   if (lambda) {
@@ -150,6 +171,12 @@ export async function runP4(o: P4Options) {
       env: { NODE_COMPILE_CACHE: cache },
       prime: true,
     });
+  commands.push({
+    id: 'helpBinNoCache',
+    label: 'keyrotor --help, installed bin, no compile cache (a first run)',
+    args: [bin, '--help'],
+    env: { NODE_DISABLE_COMPILE_CACHE: '1' },
+  });
   if (lambda)
     commands.push({
       id: 'lambdaCache',

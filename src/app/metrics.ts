@@ -65,7 +65,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
 
   function instruments(p: PromClient) {
     const registry = new p.Registry();
-    if (opts.processMetrics) p.collectDefaultMetrics({ register: registry, prefix: 'keyrotor_process_' });
+    if (opts.processMetrics) p.collectDefaultMetrics({ register: registry, prefix: 'keyrotor_' });
     const registers = [registry];
     const rotations = new p.Counter({
       name: 'keyrotor_rotations_total',
@@ -214,9 +214,28 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
 }
 
 let processWide: Metrics | undefined;
+let processCollecting: Promise<void> | undefined;
 
 /** The process-wide metrics (what `defaultObservers` feeds and `GET /metrics` should serve). */
 export function processMetrics(): Metrics {
   processWide ??= createMetrics();
   return processWide;
+}
+
+/**
+ * Add prom-client's default process metrics (CPU, resident memory, heap, event-loop lag, GC, open
+ * file descriptors: `keyrotor_process_*`, `keyrotor_nodejs_*`) to `processMetrics()`. For long-running processes
+ * (`keyrotor serve`, `keyrotor daemon`); a CLI run or a Lambda invocation does not need them. Safe to
+ * call more than once.
+ */
+export function enableProcessMetrics(): Promise<void> {
+  processCollecting ??= (async () => {
+    const registry = await processMetrics().registry();
+    const mod = await import('prom-client');
+    const p = (mod as PromClient).collectDefaultMetrics
+      ? (mod as PromClient)
+      : (mod as unknown as { default: PromClient }).default;
+    p.collectDefaultMetrics({ register: registry, prefix: 'keyrotor_' });
+  })();
+  return processCollecting;
 }

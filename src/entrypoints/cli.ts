@@ -8,8 +8,11 @@
  * so `keyrotor --help` and usage errors stay close to bare Node start-up (see commands/context.ts).
  */
 import { Command, CommanderError, Option } from 'commander';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { toKeyrotorError } from '../core/errors.ts';
-import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE, CLI_VERSION as KEYROTOR_VERSION } from './cli-defaults.ts';
+import { KEYROTOR_VERSION, unsupportedNode } from '../app/version.ts';
+import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE } from './cli-defaults.ts';
 import { COMMANDS } from './commands/index.ts';
 import { makeContext, type CliIO } from './commands/context.ts';
 
@@ -19,7 +22,7 @@ const EXIT_HELP = `
 Exit codes:
   0  done (rotated, or nothing was due)
   1  not done, but safe: rolled back, the old key still serves
-  2  bad usage, config or state file (nothing was changed)
+  2  bad usage, config or state file, or an unsupported Node version (nothing was changed)
   3  locked: another rotation of the same key is running
   4  a human must act (needs_attention: see "leftovers" in the result)
   5  paused by Ctrl-C / SIGTERM: state saved, lock released; \`keyrotor resume <key>\` continues
@@ -83,14 +86,39 @@ function defaultIO(): CliIO {
   };
 }
 
-if (import.meta.main) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (e: unknown) => {
-      process.stderr.write(`keyrotor: INTERNAL: ${toKeyrotorError(e).message}\n`);
-      process.exitCode = 4;
-    },
-  );
+/**
+ * Run the CLI as a program: arguments from the process, the exit code into process.exitCode. The
+ * package's bin (bin/keyrotor.js) calls this; so does this file when it is the program itself.
+ */
+export async function runCli(argv: string[] = process.argv.slice(2)): Promise<void> {
+  const tooOld = unsupportedNode();
+  if (tooOld) {
+    process.stderr.write(`keyrotor: ${tooOld}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  try {
+    process.exitCode = await main(argv);
+  } catch (e) {
+    process.stderr.write(`keyrotor: INTERNAL: ${toKeyrotorError(e).message}\n`);
+    process.exitCode = 4;
+  }
 }
+
+/**
+ * Is this module the program (`node cli.ts`, `node dist/keyrotor.js`)? `import.meta.main` exists from
+ * Node 22.18 / 24.2 only; before that, compare the script Node was started with to this file.
+ */
+function isProgram(): boolean {
+  const meta: { main?: unknown } = import.meta;
+  if (typeof meta.main === 'boolean') return meta.main;
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isProgram()) await runCli();

@@ -7,11 +7,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
 import { CreateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { buildBundles, packagesIn, type BuildReport } from '../../deploy/build.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+
+const PKG = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const MOTO = motoSupportOrSkip('bundle probe (AWS on moto)');
 const SDKS = [
@@ -201,5 +203,27 @@ describe('bundles (npm run build)', () => {
     });
     expect(rot.code, rot.stderr).toBe(0);
     expect(JSON.parse(rot.stdout).results[0]).toMatchObject({ key: 'local-app', outcome: 'rotated' });
+    const version = await run([path.join(dir, 'keyrotor.js'), '--version'], { cwd: work, name: 'cli-version' });
+    expect(version.stdout.trim()).toBe(PKG.version); // from dist/package.json, which carries package.json's
+  });
+
+  // `import.meta.main` does not exist before Node 22.18 / 24.2: the bundle must still start (and say
+  // which Node it needs) instead of printing nothing and exiting 0
+  const old = olderNode();
+  it.skipIf(!old)(`the CLI bundle on an older Node (${old?.version ?? 'none here'}): one line, exit 2`, () => {
+    const r = spawnSync(old!.path, [path.join(dir, 'keyrotor.js'), 'rotate', '--now'], { cwd: work, encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^keyrotor: needs Node >= \d+\.\d+ \(this is Node \d+\.\d+\.\d+\)\n$/);
   });
 });
+
+/** a Node older than 22 on this machine (the host's /usr/bin/node), if any */
+function olderNode(): { path: string; version: string } | undefined {
+  const which = spawnSync('which', ['-a', 'node'], { encoding: 'utf8' });
+  for (const p of new Set((which.stdout ?? '').split('\n').filter(Boolean))) {
+    const v = spawnSync(p, ['--version'], { encoding: 'utf8' }).stdout?.trim();
+    if (v && Number(/^v(\d+)/.exec(v)?.[1]) < 22) return { path: p, version: v.slice(1) };
+  }
+  return undefined;
+}

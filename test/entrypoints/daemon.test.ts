@@ -224,8 +224,8 @@ describe('keyrotor daemon as a process: a real SIGTERM in the middle of a rotati
     await openai?.close();
   });
 
-  function spawnDaemon(dir: string, name: string) {
-    const child = spawn(process.execPath, [CLI, 'daemon', '--json', '--jitter', '0', '--tick', '0 0 1 1 *'], {
+  function spawnDaemon(dir: string, name: string, extra: string[] = []) {
+    const child = spawn(process.execPath, [CLI, 'daemon', '--json', '--jitter', '0', '--tick', '0 0 1 1 *', ...extra], {
       cwd: dir,
       env: {
         PATH: process.env.PATH,
@@ -248,7 +248,7 @@ describe('keyrotor daemon as a process: a real SIGTERM in the middle of a rotati
         resolve({ code, stdout, stderr });
       }),
     );
-    return { child, exited };
+    return { child, exited, stderr: () => stderr };
   }
 
   async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
@@ -314,4 +314,51 @@ keys:
     });
     for (const t of [r1.stdout, r1.stderr, r2.stdout, r2.stderr]) expect(t).not.toContain(CANARY);
   }, 60_000);
+
+  it('--metrics-port serves /metrics (rotations, key age, process metrics) and /healthz on 127.0.0.1', async () => {
+    const sa = openai.state.addServiceAccount('daemon-metrics');
+    const dir = tempDir('daemon-metrics');
+    writeFileSync(
+      path.join(dir, 'rotation.config.yaml'),
+      `version: 1
+keys:
+  - name: app
+    issuer: { type: openai, project: ${openai.project}, serviceAccount: ${sa.id}, baseURL: "${openai.baseURL}", timeout: 5s }
+    stores: [ { type: file } ]
+`,
+    );
+    const state = createFileStateStore(path.join(dir, '.keyrotor'));
+    const d = spawnDaemon(dir, 'metrics', ['--metrics-port', '0']);
+    const base = await until('the metrics endpoint', async () => {
+      const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)\/metrics"/.exec(d.stderr());
+      return m?.[1];
+    });
+    await until('the bootstrap rotation', async () => ((await state.read('app'))?.currentKeyId ? true : undefined));
+    const health = await fetch(`${base}/healthz`);
+    expect(health.status).toBe(200);
+    expect(await health.json()).toEqual({ status: 'ok' });
+    const text = await until('the rotation in the metrics', async () => {
+      const t = await (await fetch(`${base}/metrics`)).text();
+      return /keyrotor_rotations_total\{key="app",outcome="rotated"/.test(t) ? t : undefined;
+    });
+    expect(text).toMatch(/^keyrotor_key_age_seconds\{key="app"\} \d/m);
+    expect(text).toMatch(/^keyrotor_process_resident_memory_bytes \d+/m);
+    expect(text).toMatch(/^keyrotor_nodejs_eventloop_lag_seconds /m);
+    expect(text).not.toContain(CANARY);
+    expect((await fetch(`${base}/rotate`, { method: 'POST' })).status).toBe(404);
+    expect((await fetch(`${base}/metrics`, { method: 'POST' })).status).toBe(405);
+    d.child.kill('SIGTERM');
+    const r = await d.exited;
+    expect(r.code, r.stderr).toBe(0);
+    await expect(fetch(`${base}/healthz`)).rejects.toThrow(); // closed with the daemon
+  }, 60_000);
+
+  it('--metrics-port that is not a port: one line, exit 2', async () => {
+    const dir = tempDir('daemon-metrics-bad');
+    writeFileSync(path.join(dir, 'rotation.config.yaml'), CONFIG);
+    const r = await spawnDaemon(dir, 'metrics-bad', ['--metrics-port', 'http']).exited;
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/--metrics-port must be an integer from 0 to 65535/);
+  });
 });

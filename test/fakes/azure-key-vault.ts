@@ -1,6 +1,6 @@
 /**
  * A loopback fake of the Azure Key Vault secrets data plane, speaking the wire protocol recorded in
- * /work/shared/recordings/azure-keyvault-secrets/ (checked by test/providers/azure-key-vault-store.test.ts):
+ * test/fixtures/recordings/azure-keyvault-secrets/ (checked by test/providers/azure-key-vault-store.test.ts):
  *
  * - HTTPS on 127.0.0.1:<random port> with a self-signed certificate made at start (node:crypto only, see
  *   self-signed-cert.ts). Trust it with the client option `tlsOptions: { ca }`.

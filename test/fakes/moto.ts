@@ -10,9 +10,10 @@
  * The server stops by itself: close() kills it, a process 'exit' hook kills it, and the child also
  * watches its stdin pipe, so it exits on its own when this process dies in any way (even SIGKILL).
  *
- * Availability: `motoSupport()` says whether python3 + moto can run here. Suites call
- * `motoSupportOrSkip(suite)`: in CI (`CI=true`) a missing moto throws (fail loudly); elsewhere it
- * prints a loud console.warn and the suite is skipped.
+ * Availability: `motoSupport()` says whether python3 + moto can run here. test/global-setup.ts asks
+ * once per run (`checkMotoOnce`): in CI (`CI=true`) a missing moto fails the run; elsewhere it prints
+ * one line with the install command, and every suite that needs moto is skipped
+ * (`motoSupportOrSkip(suite)`, which also throws in CI when called without the global setup).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -56,11 +57,20 @@ export interface MotoSupport {
   reason?: string;
 }
 
+/** set by checkMotoOnce for the test workers: `available`, or why moto cannot run */
+const MOTO_ENV = 'KEYROTOR_TEST_MOTO';
+
 let supportCache: MotoSupport | undefined;
 
 /** Can `python3 -m moto.server` run on this machine? (cached; one short spawn) */
 export function motoSupport(python = PYTHON): MotoSupport {
   if (supportCache) return supportCache;
+  // the global setup already asked (and said so once): no second spawn per test file
+  const known = process.env[MOTO_ENV];
+  if (known !== undefined && python === PYTHON) {
+    supportCache = known === 'available' ? { available: true } : { available: false, reason: known };
+    return supportCache;
+  }
   const r = spawnSync(python, ['-c', 'import moto, moto.server, werkzeug; print(moto.__version__)'], {
     encoding: 'utf8',
     timeout: 20_000,
@@ -84,14 +94,32 @@ export function motoSupport(python = PYTHON): MotoSupport {
  * CI (CI=true) so the gap is never silent there; otherwise warns loudly and returns false.
  */
 export function motoSupportOrSkip(suite: string): boolean {
+  const warnedOnce = process.env[MOTO_ENV] !== undefined;
   const s = motoSupport();
   if (s.available) return true;
-  const msg = `moto unavailable: ${s.reason}. Install it with \`pip install 'moto[server]'\`.`;
+  const msg = motoMissingLine(s.reason);
   if (process.env.CI === 'true') {
     throw new Error(`${suite}: ${msg} (CI=true, so this is a failure, not a skip)`);
   }
-  console.warn(`\n!!!!!!!!!! SKIPPING ${suite}: ${msg} !!!!!!!!!!\n`);
+  if (!warnedOnce) console.warn(`SKIPPING ${suite}: ${msg}`);
   return false;
+}
+
+/** the one line a run without moto prints */
+export function motoMissingLine(reason: string | undefined): string {
+  return `moto (the AWS emulator) is not available (${reason ?? 'unknown'}). Install it with: pip install 'moto[server]'`;
+}
+
+/**
+ * For the global setup: ask once whether moto can run and tell the test workers (an env var they
+ * inherit). Missing moto in CI (`CI=true`) throws; elsewhere it returns the one line to print.
+ */
+export function checkMotoOnce(): string | undefined {
+  const s = motoSupport();
+  process.env[MOTO_ENV] = s.available ? 'available' : (s.reason ?? 'unavailable');
+  if (s.available) return undefined;
+  if (process.env.CI === 'true') throw new Error(`${motoMissingLine(s.reason)} (CI=true, so this fails the run)`);
+  return motoMissingLine(s.reason);
 }
 
 /** A port that was free a moment ago on 127.0.0.1. */

@@ -1,7 +1,7 @@
 /**
  * Azure Key Vault store over the real @azure/keyvault-secrets SDK (challenge auth, TLS, paging) against
  * the loopback HTTPS fake in test/fakes/azure-key-vault.ts, plus a replay of the real recorded traffic
- * in /work/shared/recordings/azure-keyvault-secrets/ against that fake to keep it honest.
+ * in test/fixtures/recordings/azure-keyvault-secrets/ against that fake to keep it honest.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import https from 'node:https';
@@ -22,8 +22,8 @@ import { createAzureKeyVaultStore, type TokenCredential } from '../../providers/
 import { azureKeyVaultStoreSchema } from '../../providers/stores/azure-key-vault/azure-key-vault.schema.ts';
 import { linesLogger } from '../helpers/logger.ts';
 
-// the shared recordings sit beside the repository (CI clones it with ../shared next to it)
-const RECORDINGS = fileURLToPath(new URL('../../../shared/recordings/azure-keyvault-secrets', import.meta.url));
+// real recorded Azure Key Vault traffic, kept in the repository (see that folder's README.md)
+const RECORDINGS = fileURLToPath(new URL('../fixtures/recordings/azure-keyvault-secrets', import.meta.url));
 const R1 = 'rot-20261101t000000z-00000001';
 const R2 = 'rot-20261102t000000z-00000002';
 const R3 = 'rot-20261103t000000z-00000003';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { parseConfig } from '../../src/app/config/load.ts';
+import { checkConfig, ConfigError, parseConfig, problemLine } from '../../src/app/config/load.ts';
 import { configJsonSchema } from '../../src/app/config/schema.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import { expiresInSecondsFor } from '../../src/app/compose.ts';
@@ -108,5 +108,62 @@ keys:
       'issuer-smoke-test',
     ])
       expect(text).toContain(`"${t}"`);
+  });
+});
+
+describe('config: every problem at once (keyrotor validate)', () => {
+  const bad = `version: 1
+keys:
+  - name: app
+    issuer: { type: openai, project: proj_1 }
+    stores: [ { type: file, masterKeyEnv: MY_MASTER } ]
+    schedule: { evry: 7d }
+    colour: red
+  - name: b
+    issuer: { type: local }
+    stores: [ { type: aws-secrets-manager, region: "\${REGION}" } ]
+notifications:
+  - { urlEnv: HOOK_URL, on: [rotated], headersFromEnv: { X-Token: HOOK_TOKEN } }
+`;
+
+  it('lists every problem, in document order, each with file:line:col and path', () => {
+    const { config, problems } = checkConfig(bad, 'c.yaml', {}, { namedEnv: true });
+    expect(config).toBeUndefined();
+    expect(problems.map(problemLine)).toEqual([
+      'c.yaml:5:29 keys[0].stores[0].masterKeyEnv: environment variable MY_MASTER (masterKeyEnv) is not set',
+      'c.yaml:6:5 keys[0].schedule.every: required (is the unknown key "evry" a typo of it?)',
+      'c.yaml:6:17 keys[0].schedule: unknown key "evry" (did you mean "every"?)',
+      'c.yaml:7:5 keys[0]: unknown key "colour"',
+      'c.yaml:10:15 keys[1].stores[0].secretId: required',
+      'c.yaml:10:52 environment variable REGION is not set',
+      'c.yaml:12:7 notifications[0].urlEnv: environment variable HOOK_URL (urlEnv) is not set',
+      'c.yaml:12:58 notifications[0].headersFromEnv.X-Token: environment variable HOOK_TOKEN (headersFromEnv X-Token) is not set',
+    ]);
+  });
+
+  it('the one-line error of other commands names the typo and counts the rest', () => {
+    const e = errorOf(bad.replace('"${REGION}"', 'eu-west-1'));
+    expect(e).toBeInstanceOf(ConfigError);
+    expect(e.code).toBe('CONFIG_INVALID');
+    expect(e.message).toBe(
+      'rotation.config.yaml:6:5 keys[0].schedule.every: required (is the unknown key "evry" a typo of it?) (+3 more; keyrotor validate lists them all)',
+    );
+    expect((e as ConfigError).problems).toHaveLength(4);
+  });
+
+  it('an unset variable named by a *Env field is a problem for validate only; a defaulted masterKeyEnv is not', () => {
+    const text = ok().replace('{ type: local }', '{ type: openai, project: proj_1 }');
+    // the defaulted adminKeyEnv counts; the defaulted masterKeyEnv of the file store does not
+    expect(checkConfig(text, 'c.yaml', {}, { namedEnv: true }).problems.map(problemLine)).toEqual([
+      'c.yaml:4:5 keys[0].issuer.adminKeyEnv: environment variable OPENAI_ADMIN_KEY (adminKeyEnv) is not set',
+    ]);
+    expect(checkConfig(text, 'c.yaml', { OPENAI_ADMIN_KEY: 'x' }, { namedEnv: true }).problems).toEqual([]);
+    expect(checkConfig(text, 'c.yaml', { OPENAI_ADMIN_KEY: '  ' }, { namedEnv: true }).problems).toHaveLength(1);
+    // other commands load it (status, audit, ... need no admin key)
+    expect(parseConfig(text, 'c.yaml', {}).keys[0]!.name).toBe('app');
+    const passEnv = ok('    health: [ { type: command, command: [ "true" ], passEnv: [ GATE_TOKEN ] } ]');
+    expect(checkConfig(passEnv, 'c.yaml', {}, { namedEnv: true }).problems.map(problemLine)).toEqual([
+      expect.stringMatching(/^c\.yaml:6:\d+ keys\[0\]\.health\[0\]\.passEnv\[0\]: environment variable GATE_TOKEN/),
+    ]);
   });
 });

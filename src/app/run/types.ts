@@ -5,7 +5,7 @@ import type { Logger, RotationResult, StateStore } from '../../core/ports.ts';
 import type { RotationContext } from '../../../workflows/rotation/rotation.machine.ts';
 import type { StageEvent } from '../../../workflows/rotation/stages/index.ts';
 
-export const KEYROTOR_VERSION = '0.1.0';
+export { KEYROTOR_VERSION } from '../version.ts';
 
 export interface RotateOptions {
   config: LoadedConfig;

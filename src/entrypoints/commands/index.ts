@@ -9,6 +9,7 @@ import { Option } from 'commander';
 import { KeyrotorError } from '../../core/errors.ts';
 import {
   CLI_DAEMON_JITTER_MS as DEFAULT_JITTER_MS,
+  CLI_DAEMON_METRICS_HOST as DEFAULT_METRICS_HOST,
   CLI_DAEMON_TICK as DEFAULT_TICK,
   CLI_SERVE_MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES,
   CLI_SERVE_REQUEST_TIMEOUT_MS as DEFAULT_REQUEST_TIMEOUT_MS,
@@ -319,6 +320,16 @@ export const registerDaemon: RegisterCommand = (ctx) => {
       }),
     )
     .option('--json', 'print each run as one JSON line on stdout: { "results": [...] }')
+    .addOption(
+      new Option('--metrics-port <port>', 'serve GET /metrics and GET /healthz on this port (off by default)')
+        .argParser(intOpt('--metrics-port', 0, 65535))
+        .default(env.KEYROTOR_DAEMON_METRICS_PORT),
+    )
+    .option(
+      '--metrics-host <host>',
+      'address the metrics port binds',
+      env.KEYROTOR_DAEMON_METRICS_HOST ?? DEFAULT_METRICS_HOST,
+    )
     .addHelpText('after', DAEMON_HELP)
     .action(lazy(ctx, async () => (await import('./daemon.ts')).runDaemon));
 };
@@ -326,7 +337,9 @@ export const registerDaemon: RegisterCommand = (ctx) => {
 export const registerValidate: RegisterCommand = (ctx) => {
   ctx.program
     .command('validate')
-    .description('check the config file; exit 0 when valid, 2 otherwise')
+    .description(
+      'check the config file (every problem at once, each with file:line:col, and that every environment variable it names is set); exit 0 when valid, 2 otherwise',
+    )
     .action(lazy(ctx, async () => (await import('./validate.ts')).runValidate));
 
   ctx.program
@@ -343,10 +356,17 @@ skipped. One run starts right away unless --no-run-at-start.
 SIGTERM / SIGINT: no new run starts; running rotations stop at the next safe point and stay
 in_progress in the state store; the next start resumes them. Exits 0.
 
+Metrics (opt-in, --metrics-port): GET /metrics is Prometheus text (rotations, stage timings and
+failures, key age and schedule, process CPU/memory/event loop); GET /healthz answers 200 while the
+daemon runs and 503 once it stops. No authentication: it binds ${DEFAULT_METRICS_HOST} unless
+--metrics-host says otherwise (the metrics hold key names and ids, never a secret value).
+
 Environment (flags win):
-  KEYROTOR_DAEMON_TICK      cron pattern of the tick (default "${DEFAULT_TICK}")
-  KEYROTOR_DAEMON_JITTER    jitter before each run (default ${DEFAULT_JITTER_MS / 1000}s)
-  KEYROTOR_DAEMON_TIMEZONE  time zone of the pattern (default the host's)
+  KEYROTOR_DAEMON_TICK          cron pattern of the tick (default "${DEFAULT_TICK}")
+  KEYROTOR_DAEMON_JITTER        jitter before each run (default ${DEFAULT_JITTER_MS / 1000}s)
+  KEYROTOR_DAEMON_TIMEZONE      time zone of the pattern (default the host's)
+  KEYROTOR_DAEMON_METRICS_PORT  --metrics-port
+  KEYROTOR_DAEMON_METRICS_HOST  --metrics-host (default ${DEFAULT_METRICS_HOST})
 `;
 
 const SERVE_HELP = `

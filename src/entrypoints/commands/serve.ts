@@ -56,7 +56,11 @@ export async function runServe(ctx: CommandContext, opts: ServeOptions): Promise
   });
   const cfg = await ctx.config();
   const logger = await ctx.logger();
-  const { startServer } = await import('../cloud-run.ts');
+  const [{ startServer }, { enableProcessMetrics }] = await Promise.all([
+    import('../cloud-run.ts'),
+    import('../../app/metrics.ts'),
+  ]);
+  await enableProcessMetrics(); // CPU, memory, event loop on GET /metrics
   const srv = await startServer({
     config: cfg,
     auth,
