@@ -139,9 +139,14 @@ afterAll(async () => {
   await fake?.close();
 });
 
-describeStoreContract('gcp-secret-manager (grpc fake)', async () => {
-  const store = await makeStore(await freshSecret());
-  return { store };
+describeStoreContract('gcp-secret-manager (grpc fake), default reader `latest`', async () => {
+  const id = await freshSecret();
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'latest') };
+});
+
+describeStoreContract('gcp-secret-manager (grpc fake), alias reader `current`', async () => {
+  const id = await freshSecret();
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'current') };
 });
 
 describe('gcp-secret-manager store', () => {
