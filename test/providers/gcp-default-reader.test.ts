@@ -19,7 +19,7 @@ import { meta, value } from './store-contract.ts';
 import { createGcpSecretManagerStore } from '../../providers/stores/gcp-secret-manager/index.ts';
 import { gcpSecretManagerStoreSchema } from '../../providers/stores/gcp-secret-manager/gcp-secret-manager.schema.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
+import type { ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { linesLogger } from '../helpers/logger.ts';
 
@@ -33,7 +33,7 @@ let fake: GcpFake;
 let raw: SecretManagerServiceClient;
 let stateDir: string;
 const logLines: string[] = [];
-const open: SecretStore[] = [];
+const open: Array<SecretStore & { close(): Promise<void> }> = [];
 let seq = 0;
 
 function ctx(): ProviderContext {
@@ -41,7 +41,7 @@ function ctx(): ProviderContext {
     keyName: 'reader',
     stateDir,
     configDir: stateDir,
-    logger: linesLogger(logLines, {}) as Logger,
+    logger: linesLogger(logLines, {}),
     clock: systemClock,
     env: {},
     providerState: { get: () => undefined, set: async () => {} },
@@ -210,7 +210,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   capture('gcp-reader-log.jsonl', logLines.join('\n'));
-  await Promise.all(open.splice(0).map((s) => s.close?.()));
+  await Promise.all(open.splice(0).map((s) => s.close()));
   await raw?.close();
   await fake?.close();
 });
