@@ -59,8 +59,9 @@ async function freshSecret(): Promise<string> {
   return id;
 }
 
-async function makeStore(secret: string, opts?: GcpSecretManagerStoreDeps) {
+async function makeStore(secret: string, opts?: GcpSecretManagerStoreDeps, extra: Record<string, unknown> = {}) {
   const cfg = gcpSecretManagerStoreSchema.parse({
+    ...extra,
     type: 'gcp-secret-manager',
     project: PROJECT,
     secret,
@@ -395,6 +396,65 @@ describe('gcp-secret-manager store', () => {
     expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
     expect(await aliasesOf(sideId(id))).toEqual({ pending: '3' });
     expect((await store.readPending(R3))?.secret.reveal()).toBe(value(3).reveal());
+  });
+
+  it('the side secret: created once (a race is fine), or pre-created with createPendingSecret: false; a denied create names both ways', async () => {
+    // createPendingSecret: false and no side secret: preflight says what to create, and nothing is written
+    const id = await freshSecret();
+    const strict = await makeStore(id, undefined, { createPendingSecret: false });
+    const mark = fake.log.length;
+    const missing = await failure(strict.check());
+    expect(missing.code).toBe('STORE_NOT_FOUND');
+    expect(missing.message).toContain(sideOf(id));
+    expect(missing.hint).toContain(`gcloud secrets create ${sideId(id)}`);
+    expect(await failure(strict.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }))).toMatchObject({
+      code: 'STORE_NOT_FOUND',
+    });
+    expect(count('CreateSecret', mark) + count('AddSecretVersion', mark)).toBe(0);
+    // pre-created under a custom name: used as is
+    await raw.createSecret({
+      parent: `projects/${PROJECT}`,
+      secretId: `${id}-staging`,
+      secret: { replication: { automatic: {} } },
+    });
+    const custom = await makeStore(id, undefined, { createPendingSecret: false, pendingSecret: `${id}-staging` });
+    await custom.check();
+    await bootstrap(custom);
+    expect(fake.state.secret(nameOf(`${id}-staging`)).versions.size).toBe(1);
+    expect(fake.state.secrets.has(sideOf(id))).toBe(false);
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+    expect(() =>
+      gcpSecretManagerStoreSchema.parse({
+        type: 'gcp-secret-manager',
+        project: 'p',
+        secret: 's',
+        pendingSecret: 'a/b',
+      }),
+    ).toThrow(/secret id/);
+
+    // create denied: STORE_ACCESS_DENIED naming the permission and the way around it
+    const id2 = await freshSecret();
+    const s2 = await makeStore(id2);
+    fake.deny('secretmanager.secrets.create');
+    const denied = await failure(s2.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }));
+    expect(denied.code).toBe('STORE_ACCESS_DENIED');
+    expect(denied.message).toContain('secretmanager.secrets.create');
+    expect(denied.hint).toContain('createPendingSecret: false');
+    fake.allow('secretmanager.secrets.create');
+
+    // two instances creating it at the same moment: one creates, the other uses it
+    const a = await makeStore(id2);
+    const b = await makeStore(id2);
+    fake.setLatency('GetSecret', 30);
+    const results = await Promise.allSettled([
+      a.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }),
+      b.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }),
+    ]);
+    expect(
+      fake.log.filter((e) => e.method === 'CreateSecret' && e.code === 'ALREADY_EXISTS').length,
+    ).toBeLessThanOrEqual(1);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1); // the other is LOCKED
+    expect(fake.state.secret(sideOf(id2)).annotations['keyrotor.pending-of']).toBe(nameOf(id2));
   });
 
   it('an unknown secret is STORE_NOT_FOUND with a clear message', async () => {
