@@ -457,6 +457,35 @@ describe('gcp-secret-manager store', () => {
     expect(fake.state.secret(sideOf(id2)).annotations['keyrotor.pending-of']).toBe(nameOf(id2));
   });
 
+  it('a promote that reached the main secret but failed to release the side lock (and a failed rollback) does not block the next stage', async () => {
+    const id = await freshSecret();
+    const store = await makeStore(id);
+    await bootstrap(store);
+    await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+    // every UpdateSecret after promote's update of the main secret fails (the side release, then demote's)
+    const stop = fake.observe((e) => {
+      if (e.method === 'UpdateSecret' && e.resource === nameOf(id) && e.code === 'OK')
+        fake.failNext('UpdateSecret', { code: grpc.status.INTERNAL, count: 50 });
+    });
+    expect((await failure(store.promote(R2))).code).toBe('STORE_UNAVAILABLE');
+    stop();
+    expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toContain(R2);
+    await failure(store.demote(R2)); // still failing: needs_attention in the workflow
+    fake.resetKnobs();
+    // the failed rollback got as far as re-adding the old key as the newest version; nothing was disabled
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+    // the operator's repair (or the next rotation) stages: R2's stale lock is released, not LOCKED
+    const next = await makeStore(id);
+    await next.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toContain(R3);
+    await next.promote(R3);
+    expect(await rawRead(id, 'latest')).toBe(value(3).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(3).reveal());
+  });
+
   it('an unknown secret is STORE_NOT_FOUND with a clear message', async () => {
     const store = await makeStore('nope');
     for (const p of [

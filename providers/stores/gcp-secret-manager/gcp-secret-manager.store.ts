@@ -435,6 +435,7 @@ class GcpSecretManagerStore implements SecretStore {
     const markFp = req.meta.fingerprint ?? fp;
     const known = this.#memo.take({ step: 'stage' })?.side;
     let s = known ?? (await this.#ensureSide(stage));
+    s = await this.#releaseStaleLock(s, rid, stage);
 
     // 1. already staged by this rotation (a retry; maybe promoted since): converge, never add again
     const done = this.#ownVersion(s, rid);
@@ -570,14 +571,17 @@ class GcpSecretManagerStore implements SecretStore {
         });
       }
       const pmark = side.marks.get(p)!;
-      const secret =
-        k?.added?.n === p && k.added.rid === rotationId ? k.added.secret : await this.#accessSecret('side', p, stage);
+      /** this instance staged it just now (stage's answer): no earlier promote attempt can have added a copy */
+      const justStaged = k?.added?.n === p && k.added.rid === rotationId ? k.added.secret : undefined;
+      const secret = justStaged ?? (await this.#accessSecret('side', p, stage));
       const fp = fingerprint(secret);
       // 1. a copy an earlier attempt added whose answer was lost? adopt it; else add (the value was verified)
-      const copies = (await this.#orphans('main', main, pmark.m ?? main.aliases[ALIAS_CURRENT] ?? 0, stage))
-        .filter((o) => o.fp === fp)
-        .map((o) => o.n)
-        .sort((a, b) => a - b);
+      const copies = justStaged
+        ? []
+        : (await this.#orphans('main', main, pmark.m ?? main.aliases[ALIAS_CURRENT] ?? 0, stage))
+            .filter((o) => o.fp === fp)
+            .map((o) => o.n)
+            .sort((a, b) => a - b);
       if (copies.length) {
         n = copies[0]!;
         this.#log.warn({ stage, rotationId, version: n }, 'adopting the copy a previous promote attempt added');
@@ -624,7 +628,7 @@ class GcpSecretManagerStore implements SecretStore {
     );
   }
 
-  async #releaseSide(side: SecretView, rotationId: string, stage: Stage): Promise<void> {
+  async #releaseSide(side: SecretView, rotationId: string, stage: Stage): Promise<SecretView> {
     const staged = new Set<number>();
     const after = await this.#cas('side', stage, side, (x) => {
       staged.clear();
@@ -650,6 +654,27 @@ class GcpSecretManagerStore implements SecretStore {
       return changed ? { aliases, annotations } : null;
     });
     for (const n of staged) if (after.aliases[ALIAS_PENDING] !== n) await this.#disable('side', n, stage);
+    return after;
+  }
+
+  /**
+   * The side lock of ANOTHER rotation whose promote already reached the main secret (its copy is marked
+   * there) is stale: that rotation never needs the side secret again (a retried promote only releases
+   * it, a rollback works on the main secret). Release it, so that a promote that failed between its main
+   * update and the release (then maybe a failed rollback: needs_attention) does not block every later
+   * stage, the operator's repair included. A lock whose holder never promoted stays.
+   */
+  async #releaseStaleLock(s: SecretView, rid: string, stage: Stage): Promise<SecretView> {
+    const p = s.aliases[ALIAS_PENDING];
+    const holder = s.pending && s.pending.r !== rid ? s.pending.r : p === undefined ? undefined : s.marks.get(p)?.r;
+    if (!holder || holder === rid) return s;
+    const main = await this.#read('main', stage);
+    if (this.#promotedIn(main, holder) === undefined) return s;
+    this.#log.warn(
+      { stage, rotationId: rid, holder },
+      'releasing the side-secret lock of a rotation that was already promoted',
+    );
+    return this.#releaseSide(s, holder, stage);
   }
 
   async demote(rotationId: string): Promise<void> {
