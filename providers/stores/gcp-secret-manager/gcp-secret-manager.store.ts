@@ -683,6 +683,8 @@ class GcpSecretManagerStore implements SecretStore {
     const main = await this.#read('main', stage);
     const bad = new Set<number>();
     for (const [n, m] of main.marks) if (m.r === rotationId && !m.rb) bad.add(n);
+    /** promote recorded its copy (and moved `current`): the aliases and marks must be put back */
+    const recorded = bad.size > 0;
     if (!bad.size) {
       // a promote that added its copy but crashed (or failed) before recording it: find it by fingerprint
       const side = await this.#readSide(stage);
@@ -751,35 +753,37 @@ class GcpSecretManagerStore implements SecretStore {
       }
     }
     const serve = restored ?? target;
-    // 2. one CAS: current -> the working version, previous -> what it was, marks
-    await this.#cas('main', stage, main, (x) => {
-      const aliases = { ...x.aliases };
-      const annotations = { ...x.annotations };
-      let changed = false;
-      const c = x.aliases[ALIAS_CURRENT];
-      if (c !== undefined && bad.has(c)) {
-        if (serve === null) delete aliases[ALIAS_CURRENT];
-        else aliases[ALIAS_CURRENT] = serve;
-        if (restorePrevious === null || restorePrevious === undefined) delete aliases[ALIAS_PREVIOUS];
-        else aliases[ALIAS_PREVIOUS] = restorePrevious;
-        changed = true;
-      }
-      if (restored !== undefined && target !== null && x.marks.get(restored)?.rb !== rotationId) {
-        const from = x.marks.get(target);
-        const mark: VersionMark = { ...(from ?? { r: '' }), rb: rotationId, from: target };
-        delete mark.x;
-        annotations[versionAnnotation(restored)] = JSON.stringify(mark);
-        changed = true;
-      }
-      for (const n of bad) {
-        const m = x.marks.get(n);
-        if (m && !m.x) {
-          annotations[versionAnnotation(n)] = JSON.stringify({ ...m, x: 1 });
+    // 2. one CAS: current -> the working version, previous -> what it was, marks. Not for a copy promote
+    //    never recorded: no alias points at it, and a retry finds it (and the restored copy) by fingerprint
+    if (recorded)
+      await this.#cas('main', stage, main, (x) => {
+        const aliases = { ...x.aliases };
+        const annotations = { ...x.annotations };
+        let changed = false;
+        const c = x.aliases[ALIAS_CURRENT];
+        if (c !== undefined && bad.has(c)) {
+          if (serve === null) delete aliases[ALIAS_CURRENT];
+          else aliases[ALIAS_CURRENT] = serve;
+          if (restorePrevious === null || restorePrevious === undefined) delete aliases[ALIAS_PREVIOUS];
+          else aliases[ALIAS_PREVIOUS] = restorePrevious;
           changed = true;
         }
-      }
-      return changed ? { aliases, annotations } : null;
-    });
+        if (restored !== undefined && target !== null && x.marks.get(restored)?.rb !== rotationId) {
+          const from = x.marks.get(target);
+          const mark: VersionMark = { ...(from ?? { r: '' }), rb: rotationId, from: target };
+          delete mark.x;
+          annotations[versionAnnotation(restored)] = JSON.stringify(mark);
+          changed = true;
+        }
+        for (const n of bad) {
+          const m = x.marks.get(n);
+          if (m && !m.x) {
+            annotations[versionAnnotation(n)] = JSON.stringify({ ...m, x: 1 });
+            changed = true;
+          }
+        }
+        return changed ? { aliases, annotations } : null;
+      });
     // 3. only now: the rolled-back copies stop working
     for (const n of bad) await this.#disable('main', n, stage);
   }
