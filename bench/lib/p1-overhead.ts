@@ -242,6 +242,7 @@ ${kinds
               type: 'gcp-secret-manager',
               project: GCP_PROJECT,
               secret: 'p1-floor',
+              createPendingSecret: true,
               apiEndpoint: '127.0.0.1',
               port: gcp.port,
               insecure: true,

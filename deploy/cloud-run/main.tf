@@ -128,25 +128,45 @@ resource "google_secret_manager_secret" "rotated" {
   depends_on = [google_pubsub_topic_iam_member.secretmanager_publishes]
 }
 
-# exactly what the gcp-secret-manager store calls, on this secret only
+# the side secret staged (not yet verified) values wait in; created here so that the runtime needs no
+# project-wide secretmanager.secrets.create (the store config sets createPendingSecret: false)
+resource "google_secret_manager_secret" "pending" {
+  project   = var.project
+  secret_id = "${var.secret_id}-keyrotor-pending"
+  labels    = { keyrotor-role = "pending" }
+  replication {
+    auto {}
+  }
+  lifecycle {
+    ignore_changes = [version_aliases, annotations]
+  }
+}
+
+# exactly what the gcp-secret-manager store calls, on the rotated secret and its side secret only
 resource "google_project_iam_custom_role" "rotator" {
   project = var.project
   role_id = "keyrotorSecretRotator"
   title   = "keyrotor secret rotator"
   permissions = [
-    "secretmanager.secrets.get",      # read aliases (current/previous/pending), etag, annotations
+    "secretmanager.secrets.get",      # read aliases (current/previous, side: pending), etag, annotations
     "secretmanager.secrets.update",   # move aliases with the etag as compare-and-swap
-    "secretmanager.versions.add",     # stage the new value as a new version
+    "secretmanager.versions.add",     # stage in the side secret; add the verified (or restored) value
     "secretmanager.versions.access",  # read values (preflight, verify)
     "secretmanager.versions.get",     # version state
     "secretmanager.versions.list",    # find this rotation's version after a crash
-    "secretmanager.versions.disable", # retire a rolled-back version
+    "secretmanager.versions.disable", # retire a rolled-back or already copied version
     "secretmanager.versions.destroy", # destroy a rolled-back version that never served
   ]
 }
 resource "google_secret_manager_secret_iam_member" "runtime_rotates" {
   project   = var.project
   secret_id = google_secret_manager_secret.rotated.secret_id
+  role      = google_project_iam_custom_role.rotator.id
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
+resource "google_secret_manager_secret_iam_member" "runtime_stages" {
+  project   = var.project
+  secret_id = google_secret_manager_secret.pending.secret_id
   role      = google_project_iam_custom_role.rotator.id
   member    = "serviceAccount:${google_service_account.runtime.email}"
 }

@@ -132,6 +132,13 @@ export interface GcpFake {
   setLatency(method: GcpMethod | '*', ms: number): void;
   /** run `fn` once, right before the next call of `method` is handled */
   beforeNext(method: GcpMethod, fn: () => unknown): void;
+  /**
+   * Fail the n-th call from now (1 = the next one), whatever its method, as `failNext` would: a crash
+   * at any point of a step, before or after the change is applied.
+   */
+  failCall(n: number, opts: FailOptions): void;
+  /** run `fn` after every call (its change applied or not), before the answer is sent; returns a remover */
+  observe(fn: (entry: LogEntry) => void): () => void;
   deny(permission: string): void;
   allow(permission: string): void;
   /** clear faults, latency, hooks, denials and the log (state stays) */
@@ -225,6 +232,11 @@ export async function startGcpFake(): Promise<GcpFake> {
   const latency = new Map<GcpMethod | '*', number>();
   const hooks = new Map<GcpMethod, Array<() => unknown>>();
   const alters = new Map<GcpMethod, Array<{ alter: (answer: any) => unknown; left: number; skipApply: boolean }>>();
+  let nthFault: { left: number; opts: FailOptions } | undefined;
+  const observers = new Set<(entry: LogEntry) => void>();
+  const notify = (entry: LogEntry) => {
+    for (const o of observers) o(entry);
+  };
 
   const state: GcpFakeState = {
     secrets,
@@ -534,10 +546,14 @@ export async function startGcpFake(): Promise<GcpFake> {
         const hook = hooks.get(method)?.shift();
         if (hook) await hook();
         const queue = faults.get(method);
-        const fault = queue?.[0];
+        let fault: FailOptions | undefined = queue?.[0];
         if (fault) {
-          fault.left--;
-          if (fault.left <= 0) queue.shift();
+          queue![0]!.left--;
+          if (queue![0]!.left <= 0) queue!.shift();
+        }
+        if (nthFault && --nthFault.left <= 0) {
+          fault = nthFault.opts;
+          nthFault = undefined;
         }
         if (fault && !fault.afterApply)
           throw new RpcError(fault.code, fault.message ?? `injected ${grpc.status[fault.code]}`);
@@ -560,10 +576,12 @@ export async function startGcpFake(): Promise<GcpFake> {
           throw new RpcError(fault.code, fault.message ?? `injected ${grpc.status[fault.code]} after applying`);
         }
         if (alt) entry.altered = true;
+        notify(entry);
         cb(null, alt ? alt.alter(res) : res);
       } catch (e) {
         const code = e instanceof RpcError ? e.code : grpc.status.INTERNAL;
         entry.code = grpc.status[code] ?? String(code);
+        notify(entry);
         cb({ code, details: e instanceof Error ? e.message : String(e) });
       }
     }) as grpc.handleUnaryCall<Req, unknown>;
@@ -599,6 +617,13 @@ export async function startGcpFake(): Promise<GcpFake> {
       list.push(fn);
       hooks.set(method, list);
     },
+    failCall(n, opts) {
+      nthFault = { left: n, opts };
+    },
+    observe(fn) {
+      observers.add(fn);
+      return () => observers.delete(fn);
+    },
     deny(permission) {
       denied.add(permission);
     },
@@ -608,6 +633,7 @@ export async function startGcpFake(): Promise<GcpFake> {
     resetKnobs() {
       faults.clear();
       alters.clear();
+      nthFault = undefined;
       latency.clear();
       hooks.clear();
       denied.clear();

@@ -185,13 +185,17 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 
   describeStoreContract('aws-secrets-manager (moto, plain value)', async () => {
     const name = await newSecret();
-    return { store: await store(name), cleanup: () => dropSecret(name) };
+    return { store: await store(name), cleanup: () => dropSecret(name), defaultRead: () => consumerRead(name) };
   });
 
   const OTHER = { db_password: 'not-a-key-but-keep-me', region: 'eu', nested: { a: 1 } };
   describeStoreContract('aws-secrets-manager (moto, jsonKey with other fields)', async () => {
     const name = await newSecret(JSON.stringify(OTHER));
-    return { store: await store(name, { jsonKey: 'openai_api_key' }), cleanup: () => dropSecret(name) };
+    return {
+      store: await store(name, { jsonKey: 'openai_api_key' }),
+      cleanup: () => dropSecret(name),
+      defaultRead: async () => (JSON.parse(await consumerRead(name)) as { openai_api_key: string }).openai_api_key,
+    };
   });
 
   // ------------------------------------------------------------------ AWS specifics

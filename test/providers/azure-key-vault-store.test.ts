@@ -102,7 +102,11 @@ afterAll(async () => {
   await fake?.close();
 });
 
-describeStoreContract('azure-key-vault (https fake)', async () => ({ store: await makeStore() }));
+describeStoreContract('azure-key-vault (https fake)', async () => {
+  const name = freshName();
+  // what Key Vault users read by default: the latest version, no version given
+  return { store: await makeStore(name), defaultRead: async () => (await raw().getSecret(name)).value ?? '' };
+});
 
 describe('azure-key-vault store: Key Vault specifics', () => {
   it('speaks the challenge protocol: 401 with WWW-Authenticate first, then a bearer token for the vault resource', async () => {

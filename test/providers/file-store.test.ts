@@ -17,6 +17,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import type { Logger, ProviderContext, SecretStore } from '../../src/core/ports.ts';
 import { fileStoreSchema, type FileStoreConfig } from '../../providers/stores/file/file.schema.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
+import { createConsumer } from '../../src/entrypoints/consumer.ts';
 import { parseMasterKey, seal, unseal, versionAad } from '../../providers/stores/file/file.crypto.ts';
 import { EXTRA_VERSIONS_KEPT } from '../../providers/stores/file/file.store.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
@@ -48,6 +49,24 @@ function ctxFor(
 const cfg = (over: Partial<FileStoreConfig> = {}): FileStoreConfig => fileStoreSchema.parse({ type: 'file', ...over });
 const hexKey = () => randomBytes(32).toString('hex');
 
+/** how applications read the file store: the `keyrotor/consumer` helper, a fresh one per read */
+async function consumerRead(stateDir: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const c = await createConsumer({
+    key: 'app',
+    store: { type: 'file' },
+    stateDir,
+    configDir: stateDir,
+    env,
+    refreshInterval: false,
+    sighup: false,
+  });
+  try {
+    return (await c.current()).reveal();
+  } finally {
+    await c.close();
+  }
+}
+
 async function err(p: Promise<unknown>): Promise<KeyrotorError> {
   const e = await p.then(
     () => null,
@@ -66,7 +85,7 @@ describeStoreContract(
   'file (generated key file)',
   async () => {
     const dir = tempDir('file-contract-keyfile');
-    return { store: await createFileStore(cfg(), ctxFor(dir)) };
+    return { store: await createFileStore(cfg(), ctxFor(dir)), defaultRead: () => consumerRead(dir, {}) };
   },
   { lock: 'lease' },
 ); // the file lives in the state dir, guarded by the per-key lease
@@ -75,7 +94,8 @@ describeStoreContract(
   'file (master key from env)',
   async () => {
     const dir = tempDir('file-contract-env');
-    return { store: await createFileStore(cfg(), ctxFor(dir, { env: { KEYROTOR_MASTER_KEY: hexKey() } })) };
+    const env = { KEYROTOR_MASTER_KEY: hexKey() };
+    return { store: await createFileStore(cfg(), ctxFor(dir, { env })), defaultRead: () => consumerRead(dir, env) };
   },
   { lock: 'lease' },
 );

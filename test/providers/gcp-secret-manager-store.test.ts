@@ -47,6 +47,11 @@ function ctx(): ProviderContext {
 }
 
 const nameOf = (id: string) => `projects/${PROJECT}/secrets/${id}`;
+/** the side secret staged values live in (never read by consumers) */
+const sideId = (id: string) => `${id}-keyrotor-pending`;
+const sideOf = (id: string) => nameOf(sideId(id));
+/** `pending-<n>` -> n (the side version a staged value was added as) */
+const sideVersion = (versionId: string) => Number(/^pending-(\d+)$/.exec(versionId)?.[1] ?? NaN);
 
 async function freshSecret(): Promise<string> {
   const id = `secret-${++seq}`;
@@ -54,8 +59,9 @@ async function freshSecret(): Promise<string> {
   return id;
 }
 
-async function makeStore(secret: string, opts?: GcpSecretManagerStoreDeps) {
+async function makeStore(secret: string, opts?: GcpSecretManagerStoreDeps, extra: Record<string, unknown> = {}) {
   const cfg = gcpSecretManagerStoreSchema.parse({
+    ...extra,
     type: 'gcp-secret-manager',
     project: PROJECT,
     secret,
@@ -134,48 +140,78 @@ afterAll(async () => {
   await fake?.close();
 });
 
-describeStoreContract('gcp-secret-manager (grpc fake)', async () => {
-  const store = await makeStore(await freshSecret());
-  return { store };
+describeStoreContract('gcp-secret-manager (grpc fake), default reader `latest`', async () => {
+  const id = await freshSecret();
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'latest') };
+});
+
+describeStoreContract('gcp-secret-manager (grpc fake), alias reader `current`', async () => {
+  const id = await freshSecret();
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'current') };
 });
 
 describe('gcp-secret-manager store', () => {
-  it('moves the current/previous/pending aliases; consumers read `current`, not `latest`', async () => {
+  it('stages in a side secret: `latest` and `current` serve the old key until promote, the new one after, the old one again after demote', async () => {
     const id = await freshSecret();
     const store = await makeStore(id);
     await bootstrap(store);
+    // the side secret was created on the first stage, with the main secret's replication
+    const [side] = await raw.getSecret({ name: sideOf(id) });
+    expect(side.replication?.automatic).toBeTruthy();
+    expect(side.annotations?.['keyrotor.pending-of']).toBe(nameOf(id));
+
     const { versionId } = await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-    expect(versionId).toBe('2');
+    expect(versionId).toBe('pending-2');
     // int64 alias targets arrive as strings on the client side
-    expect(await aliasesOf(id)).toEqual({ current: '1', pending: '2' });
+    expect(await aliasesOf(id)).toEqual({ current: '1' });
+    expect(await aliasesOf(sideId(id))).toEqual({ pending: '2' });
     expect(await rawRead(id, 'current')).toBe(value(1).reveal());
-    expect(await rawRead(id, 'latest')).toBe(value(2).reveal()); // the staged one: why consumers must not read latest
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal()); // the unverified value is not in the main secret
+    expect(await rawRead(sideId(id), 'pending')).toBe(value(2).reveal());
+    expect(fake.state.secret(nameOf(id)).versions.size).toBe(1);
 
     await store.promote(R2);
     expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
     expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+    expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
     expect(await rawRead(id, 'previous')).toBe(value(1).reveal());
+    expect(await aliasesOf(sideId(id))).toEqual({});
+    expect(fake.state.secret(sideOf(id)).versions.get(2)?.state).toBe('DISABLED'); // the copy lives in main now
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toBeUndefined();
+    expect((await store.readCurrent())?.versionId).toBe(versionId);
 
     const [secret] = await raw.getSecret({ name: nameOf(id) });
     const annotations = secret.annotations ?? {};
-    expect(annotations['keyrotor.pending-rotation']).toBeUndefined();
     expect(JSON.parse(annotations['keyrotor.v2']!)).toMatchObject({
       r: R2,
       k: 'key_2',
       f: fingerprint(value(2)),
       o: 1,
       q: null,
+      s: 2,
     });
     expect(JSON.stringify(annotations)).not.toContain(CANARY);
+    expect(JSON.stringify(fake.state.secret(sideOf(id)).annotations)).not.toContain(CANARY);
     // payloads went up with a CRC32C
     expect(fake.state.secret(nameOf(id)).versions.get(2)?.clientChecksum).toBe(true);
 
+    // rollback: the old value comes back as the NEWEST version, and only then is the bad one disabled
     await store.demote(R2);
-    expect(await aliasesOf(id)).toEqual({ current: '1' });
+    expect(await aliasesOf(id)).toEqual({ current: '3' });
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(1).reveal());
+    const versions = fake.state.secret(nameOf(id)).versions;
+    expect(versions.get(2)?.state).toBe('DISABLED');
+    expect(versions.get(1)?.state).toBe('ENABLED');
+    const restored = JSON.parse((await raw.getSecret({ name: nameOf(id) }))[0].annotations!['keyrotor.v3']!);
+    expect(restored).toMatchObject({ r: R1, k: 'key_1', rb: R2, from: 1 });
+    expect((await store.readCurrent())?.meta.issuerKeyId).toBe('key_1');
+    const mark = fake.log.length;
+    await store.demote(R2);
     await store.unstage(R2);
-    expect(fake.state.secret(nameOf(id)).versions.get(2)?.state).toBe('DISABLED');
-    expect(fake.state.secret(nameOf(id)).versions.get(1)?.state).toBe('ENABLED');
-    expect((await raw.getSecret({ name: nameOf(id) }))[0].annotations?.['keyrotor.v2']).toBeUndefined();
+    expect(count('AddSecretVersion', mark)).toBe(0);
+    expect(await aliasesOf(id)).toEqual({ current: '3' });
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
   });
 
   it('a stage retried after a lost AddSecretVersion response adopts that version instead of adding another', async () => {
@@ -187,8 +223,9 @@ describe('gcp-secret-manager store', () => {
     const err = await failure(store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }));
     expect(err.code).toBe('STORE_UNAVAILABLE');
     expect(err.retryable).toBe(true);
-    expect(fake.state.enabledVersionsWith(nameOf(id), value(2).reveal())).toEqual([2]); // the add happened
+    expect(fake.state.enabledVersionsWith(sideOf(id), value(2).reveal())).toEqual([2]); // the add happened
     expect(await aliasesOf(id)).toEqual({ current: '1' });
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
 
     // the marker was taken before the add: nobody else can stage meanwhile
     const other = await makeStore(id);
@@ -196,13 +233,14 @@ describe('gcp-secret-manager store', () => {
     expect(locked.code).toBe('LOCKED');
 
     const again = await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-    expect(again.versionId).toBe('2');
+    expect(again.versionId).toBe('pending-2');
     expect(count('AddSecretVersion', mark)).toBe(1);
-    expect(fake.state.enabledVersionsWith(nameOf(id), value(2).reveal())).toEqual([2]);
+    expect(fake.state.enabledVersionsWith(sideOf(id), value(2).reveal())).toEqual([2]);
     expect((await store.readPending(R2))?.meta.issuerKeyId).toBe('key_2');
     await store.promote(R2);
     expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
     expect(fake.state.secret(nameOf(id)).versions.size).toBe(2);
+    expect(fake.state.secret(sideOf(id)).versions.size).toBe(2);
   });
 
   it('extra copies of the value from repeated lost adds are destroyed; only one version is usable (paged listing)', async () => {
@@ -215,21 +253,22 @@ describe('gcp-secret-manager store', () => {
     );
     // two more copies (e.g. from other lost attempts) and one unrelated version someone else added
     const data = Buffer.from(value(2).reveal());
-    await raw.addSecretVersion({ parent: nameOf(id), payload: { data } });
-    await raw.addSecretVersion({ parent: nameOf(id), payload: { data } });
-    await raw.addSecretVersion({ parent: nameOf(id), payload: { data: Buffer.from('unrelated-value') } });
+    await raw.addSecretVersion({ parent: sideOf(id), payload: { data } });
+    await raw.addSecretVersion({ parent: sideOf(id), payload: { data } });
+    await raw.addSecretVersion({ parent: sideOf(id), payload: { data: Buffer.from('unrelated-value') } });
 
     const mark = fake.log.length;
     const { versionId } = await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-    expect(versionId).toBe('2'); // the first copy
+    expect(versionId).toBe('pending-2'); // the first copy
     expect(count('AddSecretVersion', mark)).toBe(0);
     expect(count('ListSecretVersions', mark)).toBeGreaterThanOrEqual(2); // crossed pages
-    const versions = fake.state.secret(nameOf(id)).versions;
+    const versions = fake.state.secret(sideOf(id)).versions;
     expect(versions.get(3)?.state).toBe('DESTROYED');
     expect(versions.get(4)?.state).toBe('DESTROYED');
     expect(versions.get(5)?.state).toBe('ENABLED'); // not ours: untouched
-    expect(fake.state.enabledVersionsWith(nameOf(id), value(2).reveal())).toEqual([2]);
-    expect(await aliasesOf(id)).toEqual({ current: '1', pending: '2' });
+    expect(fake.state.enabledVersionsWith(sideOf(id), value(2).reveal())).toEqual([2]);
+    expect(await aliasesOf(sideId(id))).toEqual({ pending: '2' });
+    expect(await aliasesOf(id)).toEqual({ current: '1' });
   });
 
   it('a stage retried with a different value (the key was re-issued) retires the abandoned copy', async () => {
@@ -239,8 +278,8 @@ describe('gcp-secret-manager store', () => {
     fake.failNext('AddSecretVersion', { code: grpc.status.UNAVAILABLE, afterApply: true });
     await failure(store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }));
     const { versionId } = await store.stage({ rotationId: R2, secret: value(22), meta: meta(R2, 22) });
-    expect(versionId).toBe('3');
-    expect(fake.state.secret(nameOf(id)).versions.get(2)?.state).toBe('DESTROYED');
+    expect(versionId).toBe('pending-3');
+    expect(fake.state.secret(sideOf(id)).versions.get(2)?.state).toBe('DESTROYED');
     expect((await store.readPending(R2))?.secret.reveal()).toBe(value(22).reveal());
   });
 
@@ -252,18 +291,15 @@ describe('gcp-secret-manager store', () => {
     await failure(store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }));
     await store.unstage(R2);
     await store.unstage(R2);
-    expect(fake.state.secret(nameOf(id)).versions.get(2)?.state).toBe('DISABLED');
-    expect(fake.state.secret(nameOf(id)).annotations['keyrotor.pending-rotation']).toBeUndefined();
-    // `latest` is the disabled orphan (FAILED_PRECONDITION); `current` still works
-    const latest = await raw.accessSecretVersion({ name: `${nameOf(id)}/versions/latest` }).then(
-      () => null,
-      (e: { code?: number }) => e.code,
-    );
-    expect(latest).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(fake.state.secret(sideOf(id)).versions.get(2)?.state).toBe('DISABLED');
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toBeUndefined();
+    // the disabled orphan is in the side secret: `latest` and `current` of the main secret both work
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
     expect(await rawRead(id, 'current')).toBe(value(1).reveal());
     await store.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
     await store.promote(R3);
-    expect(await aliasesOf(id)).toEqual({ current: '3', previous: '1' });
+    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
+    expect(await rawRead(id, 'latest')).toBe(value(3).reveal());
   });
 
   it('stale etag: a concurrent alias change by another writer is retried and preserved', async () => {
@@ -289,7 +325,7 @@ describe('gcp-secret-manager store', () => {
     expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1', blue: '1' });
   });
 
-  it('a conflict that never clears is a retryable STORE_CONFLICT; a change that invalidates promote is not retried blindly', async () => {
+  it('a conflict that never clears is a retryable STORE_CONFLICT; the retry adopts the copy; a rolled-back promote is not redone', async () => {
     const id = await freshSecret();
     const store = await makeStore(id);
     await bootstrap(store);
@@ -299,20 +335,21 @@ describe('gcp-secret-manager store', () => {
     expect(busy.code).toBe('STORE_CONFLICT');
     expect(busy.retryable).toBe(true);
     fake.resetKnobs();
-    expect(await aliasesOf(id)).toEqual({ current: '1', pending: '2' });
+    expect(await aliasesOf(id)).toEqual({ current: '1' });
+    // the copy was added (the value is verified): `latest` serves the new key, `current` the old one
+    expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(1).reveal());
+    const mark = fake.log.length;
+    await store.promote(R2);
+    expect(count('AddSecretVersion', mark)).toBe(0); // found again by fingerprint
+    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
 
-    // another writer drops our pending alias while we promote: re-read shows the plan is void
-    fake.beforeNext('UpdateSecret', async () => {
-      const [s] = await raw.getSecret({ name: nameOf(id) });
-      await raw.updateSecret({
-        secret: { name: nameOf(id), etag: s.etag, versionAliases: { current: 1 } },
-        updateMask: { paths: ['version_aliases'] },
-      });
-    });
+    await store.demote(R2);
     const moved = await failure(store.promote(R2));
     expect(moved.code).toBe('STORE_CONFLICT');
     expect(moved.retryable).toBe(false);
-    expect(await aliasesOf(id)).toEqual({ current: '1' });
+    expect(await aliasesOf(id)).toEqual({ current: '3' });
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
   });
 
   it("another rotation's pending stage blocks staging with LOCKED naming it, also when both race", async () => {
@@ -349,12 +386,104 @@ describe('gcp-secret-manager store', () => {
     await store.promote(R2);
     await store.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
     const mark = fake.log.length;
-    expect((await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) })).versionId).toBe('2');
+    expect((await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) })).versionId).toBe('pending-2');
     expect(count('UpdateSecret', mark) + count('AddSecretVersion', mark)).toBe(0);
-    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1', pending: '3' });
+    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
+    expect(await aliasesOf(sideId(id))).toEqual({ pending: '3' });
     // and a retried promote of R2 is a no-op that leaves R3's stage alone
     await store.promote(R2);
-    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1', pending: '3' });
+    expect(count('UpdateSecret', mark) + count('AddSecretVersion', mark)).toBe(0);
+    expect(await aliasesOf(id)).toEqual({ current: '2', previous: '1' });
+    expect(await aliasesOf(sideId(id))).toEqual({ pending: '3' });
+    expect((await store.readPending(R3))?.secret.reveal()).toBe(value(3).reveal());
+  });
+
+  it('the side secret: created once (a race is fine), or pre-created with createPendingSecret: false; a denied create names both ways', async () => {
+    // createPendingSecret: false and no side secret: preflight says what to create, and nothing is written
+    const id = await freshSecret();
+    const strict = await makeStore(id, undefined, { createPendingSecret: false });
+    const mark = fake.log.length;
+    const missing = await failure(strict.check());
+    expect(missing.code).toBe('STORE_NOT_FOUND');
+    expect(missing.message).toContain(sideOf(id));
+    expect(missing.hint).toContain(`gcloud secrets create ${sideId(id)}`);
+    expect(await failure(strict.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }))).toMatchObject({
+      code: 'STORE_NOT_FOUND',
+    });
+    expect(count('CreateSecret', mark) + count('AddSecretVersion', mark)).toBe(0);
+    // pre-created under a custom name: used as is
+    await raw.createSecret({
+      parent: `projects/${PROJECT}`,
+      secretId: `${id}-staging`,
+      secret: { replication: { automatic: {} } },
+    });
+    const custom = await makeStore(id, undefined, { createPendingSecret: false, pendingSecret: `${id}-staging` });
+    await custom.check();
+    await bootstrap(custom);
+    expect(fake.state.secret(nameOf(`${id}-staging`)).versions.size).toBe(1);
+    expect(fake.state.secrets.has(sideOf(id))).toBe(false);
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+    expect(() =>
+      gcpSecretManagerStoreSchema.parse({
+        type: 'gcp-secret-manager',
+        project: 'p',
+        secret: 's',
+        pendingSecret: 'a/b',
+      }),
+    ).toThrow(/secret id/);
+
+    // create denied: STORE_ACCESS_DENIED naming the permission and the way around it
+    const id2 = await freshSecret();
+    const s2 = await makeStore(id2);
+    fake.deny('secretmanager.secrets.create');
+    const denied = await failure(s2.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }));
+    expect(denied.code).toBe('STORE_ACCESS_DENIED');
+    expect(denied.message).toContain('secretmanager.secrets.create');
+    expect(denied.hint).toContain('createPendingSecret: false');
+    fake.allow('secretmanager.secrets.create');
+
+    // two instances creating it at the same moment: one creates, the other uses it
+    const a = await makeStore(id2);
+    const b = await makeStore(id2);
+    fake.setLatency('GetSecret', 30);
+    const results = await Promise.allSettled([
+      a.stage({ rotationId: R1, secret: value(1), meta: meta(R1, 1) }),
+      b.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }),
+    ]);
+    expect(
+      fake.log.filter((e) => e.method === 'CreateSecret' && e.code === 'ALREADY_EXISTS').length,
+    ).toBeLessThanOrEqual(1);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1); // the other is LOCKED
+    expect(fake.state.secret(sideOf(id2)).annotations['keyrotor.pending-of']).toBe(nameOf(id2));
+  });
+
+  it('a promote that reached the main secret but failed to release the side lock (and a failed rollback) does not block the next stage', async () => {
+    const id = await freshSecret();
+    const store = await makeStore(id);
+    await bootstrap(store);
+    await store.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+    // every UpdateSecret after promote's update of the main secret fails (the side release, then demote's)
+    const stop = fake.observe((e) => {
+      if (e.method === 'UpdateSecret' && e.resource === nameOf(id) && e.code === 'OK')
+        fake.failNext('UpdateSecret', { code: grpc.status.INTERNAL, count: 50 });
+    });
+    expect((await failure(store.promote(R2))).code).toBe('STORE_UNAVAILABLE');
+    stop();
+    expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toContain(R2);
+    await failure(store.demote(R2)); // still failing: needs_attention in the workflow
+    fake.resetKnobs();
+    // the failed rollback got as far as re-adding the old key as the newest version; nothing was disabled
+    expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(2).reveal());
+    // the operator's repair (or the next rotation) stages: R2's stale lock is released, not LOCKED
+    const next = await makeStore(id);
+    await next.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+    expect(fake.state.secret(sideOf(id)).annotations['keyrotor.pending-rotation']).toContain(R3);
+    await next.promote(R3);
+    expect(await rawRead(id, 'latest')).toBe(value(3).reveal());
+    expect(await rawRead(id, 'current')).toBe(value(3).reveal());
   });
 
   it('an unknown secret is STORE_NOT_FOUND with a clear message', async () => {
@@ -451,7 +580,11 @@ describe('gcp-secret-manager store: OK answers missing fields', () => {
     expect(printed).not.toContain(CANARY.slice(0, 16));
     return e;
   }
-  const enabledWith = (id: string, n: number) => fake.state.enabledVersionsWith(nameOf(id), value(n).reveal());
+  /** enabled copies of value(n) in the side secret */
+  const enabledWith = (id: string, n: number) => fake.state.enabledVersionsWith(sideOf(id), value(n).reveal());
+  /** usable copies of value(n) anywhere (side and main secret) */
+  const usable = (id: string, n: number) =>
+    enabledWith(id, n).length + fake.state.enabledVersionsWith(nameOf(id), value(n).reveal()).length;
 
   const SECRET_ALTERS: Array<[string, (r: any) => unknown]> = [
     ['no etag', (r) => ({ ...r, etag: '' })],
@@ -478,7 +611,8 @@ describe('gcp-secret-manager store: OK answers missing fields', () => {
       await honest(t.promote(R2), 'promote');
       await t.promote(R2);
       expect(await rawRead(id, 'current')).toBe(value(2).reveal());
-      expect(enabledWith(id, 2)).toHaveLength(1);
+      expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
+      expect(usable(id, 2)).toBe(1);
     });
   }
 
@@ -491,17 +625,21 @@ describe('gcp-secret-manager store: OK answers missing fields', () => {
       fake.alterNext('UpdateSecret', alter, { skipApply });
       await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
       const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-      expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+      expect(enabledWith(id, 2)).toEqual([sideVersion(versionId)]);
       const t = await makeStore(id);
       fake.alterNext('UpdateSecret', alter, { skipApply });
       await honest(t.promote(R2), 'promote');
       await t.promote(R2);
       expect(await rawRead(id, 'current')).toBe(value(2).reveal());
-      expect((await aliasesOf(id)).pending).toBeUndefined();
+      expect(await rawRead(id, 'latest')).toBe(value(2).reveal());
+      expect(usable(id, 2)).toBe(1);
+      expect((await aliasesOf(sideId(id))).pending).toBeUndefined();
       fake.alterNext('UpdateSecret', alter, { skipApply });
       await honest(t.demote(R2), 'demote');
       await t.demote(R2);
       expect(await rawRead(id, 'current')).toBe(value(1).reveal());
+      expect(await rawRead(id, 'latest')).toBe(value(1).reveal());
+      expect(usable(id, 2)).toBe(0);
     });
   }
 
@@ -533,7 +671,7 @@ describe('gcp-secret-manager store: OK answers missing fields', () => {
     await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
     const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
     expect(count('AddSecretVersion', mark)).toBe(1);
-    expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+    expect(enabledWith(id, 2)).toEqual([sideVersion(versionId)]);
   });
 
   it('AddSecretVersion answered with an empty name (applied): stage refuses it; the retry adopts that version', async () => {
@@ -544,7 +682,7 @@ describe('gcp-secret-manager store: OK answers missing fields', () => {
     const e = await honest(s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) }), 'stage');
     expect(e).toMatchObject({ code: 'STORE_UNAVAILABLE', retryable: true }); // the add happened: a retry must be allowed
     const { versionId } = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
-    expect(enabledWith(id, 2)).toEqual([Number(versionId)]);
+    expect(enabledWith(id, 2)).toEqual([sideVersion(versionId)]);
     await s.promote(R2);
     expect(await rawRead(id, 'current')).toBe(value(2).reveal());
   });

@@ -2,4 +2,7 @@
 import { describeStoreContract } from './store-contract.ts';
 import { MemoryStore } from '../fakes/memory.ts';
 
-describeStoreContract('memory (workflow test fake)', async () => ({ store: new MemoryStore() }), { lock: 'lease' });
+describeStoreContract('memory (workflow test fake)', async () => ({ store: new MemoryStore() }), {
+  lock: 'lease',
+  defaultRead: false,
+});

@@ -14,11 +14,18 @@ import { CANARY } from '../canary.ts';
 export interface StoreHarness {
   store: SecretStore;
   cleanup?: () => Promise<void>;
+  /**
+   * Read the value the way this store's users read it by default, outside keyrotor (AWS GetSecretValue
+   * of AWSCURRENT, GCP `versions/latest` of the secret, Azure `getSecret(name)`, the `keyrotor/consumer`
+   * helper for the file store). Throws when that read fails. Stores without one skip the check.
+   */
+  defaultRead?: () => Promise<string>;
 }
 
 const R1 = 'rot-20261101t000000z-00000001';
 const R2 = 'rot-20261102t000000z-00000002';
 const R3 = 'rot-20261103t000000z-00000003';
+const R4 = 'rot-20261104t000000z-00000004';
 
 export function value(n: number): Secret {
   return Secret.of(`${CANARY}-store-value-${n}`);
@@ -39,6 +46,8 @@ export interface ContractOptions {
    * beside keyrotor's state dir, whose per-key lease does it (file store).
    */
   lock: 'store' | 'lease';
+  /** false: this store has no default reader outside keyrotor (test fakes) */
+  defaultRead?: false | undefined;
 }
 
 export function describeStoreContract(
@@ -197,6 +206,45 @@ export function describeStoreContract(
         await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
         await s.promote(R3);
         expect((await s.readCurrent())?.secret.reveal()).toBe(value(3).reveal());
+      },
+    );
+
+    it.runIf(opts.defaultRead !== false)(
+      'default reader: the old value until promote, the new one after, the old one again after a rollback, at every step',
+      async () => {
+        const s = await fresh();
+        const read = h!.defaultRead;
+        if (!read) throw new Error(`${name}: the harness supplies no defaultRead (only a test fake may opt out)`);
+        const sees = async (n: number, when: string) =>
+          expect(await read().catch((e: unknown) => `read failed ${when}: ${String(e)}`), when).toBe(value(n).reveal());
+        await bootstrap(s);
+        await sees(1, 'after the bootstrap');
+        // a rotation
+        await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        await sees(1, 'after stage');
+        await s.readPending(R2);
+        await sees(1, 'after verify read the staged value');
+        await s.promote(R2);
+        await sees(2, 'after promote');
+        // rolled back after promote
+        await s.demote(R2);
+        await sees(1, 'after demote');
+        await s.unstage(R2);
+        await sees(1, 'after unstage');
+        await s.demote(R2);
+        await s.unstage(R2);
+        await sees(1, 'after a repeated rollback');
+        // rolled back before promote
+        await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
+        await sees(1, 'after the next stage');
+        await s.demote(R3);
+        await s.unstage(R3);
+        await sees(1, 'after a rollback before promote');
+        // and the next rotation still works for the default reader
+        await s.stage({ rotationId: R4, secret: value(4), meta: meta(R4, 4) });
+        await s.promote(R4);
+        await s.promote(R4);
+        await sees(4, 'after the next promote');
       },
     );
 

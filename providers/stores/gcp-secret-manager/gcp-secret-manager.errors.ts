@@ -33,6 +33,7 @@ const CODE_NAMES = Object.fromEntries(Object.entries(GRPC).map(([k, v]) => [v, k
 
 export type GcpOperation =
   | 'getSecret'
+  | 'createSecret'
   | 'updateSecret'
   | 'addSecretVersion'
   | 'accessSecretVersion'
@@ -44,6 +45,7 @@ export type GcpOperation =
 /** The IAM permission each call needs (named in STORE_ACCESS_DENIED). */
 export const PERMISSION: Record<GcpOperation, string> = {
   getSecret: 'secretmanager.secrets.get',
+  createSecret: 'secretmanager.secrets.create',
   updateSecret: 'secretmanager.secrets.update',
   addSecretVersion: 'secretmanager.versions.add',
   accessSecretVersion: 'secretmanager.versions.access',
@@ -88,6 +90,7 @@ function safeCause(e: unknown): Error {
 }
 
 const WRITES: ReadonlySet<GcpOperation> = new Set([
+  'createSecret',
   'updateSecret',
   'addSecretVersion',
   'disableSecretVersion',
@@ -146,7 +149,10 @@ export function mapGcpError(e: unknown, c: GcpErrorContext): KeyrotorError {
         {
           ...base,
           retryable: false,
-          hint: `grant the identity keyrotor runs as a role with ${permission} on the secret (e.g. roles/secretmanager.admin on that secret only)`,
+          hint:
+            c.op === 'createSecret'
+              ? `grant ${permission} on the project, or create ${c.secretName} yourself (same replication as the secret consumers read) and set createPendingSecret: false`
+              : `grant the identity keyrotor runs as a role with ${permission} on the secret (e.g. roles/secretmanager.admin on that secret only)`,
         },
       );
     case GRPC.UNAUTHENTICATED:
