@@ -54,7 +54,7 @@ export function trackDeletions(openai: OpenAIFake): Map<string, number> {
   const state = openai.state;
   const original = state.deleteKey.bind(state);
   state.deleteKey = (k) => {
-    if (!at.has(k.id)) at.set(k.id, performance.now());
+    at.set(k.id, performance.now());
     original(k);
   };
   return at;
