@@ -92,6 +92,8 @@ const KILLS = SCALE >= 1 ? 2 : 1;
 const TIME_BUDGET_MS = 200_000;
 /** pause between two reads of one path */
 const READ_GAP_MS = 4;
+/** rotation numbers that spawn a CLI to SIGKILL (until KILLS kills happened) */
+const KILL_AT = [0.12, 0.45, 0.7, 0.85].map((f) => Math.max(2, Math.round(f * ROTATIONS)));
 const KILL_STAGES = ['issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'];
 
 type Scenario =
@@ -373,7 +375,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
   function pickScenario(rng: Rng, e: EyeWorld, i: number): Scenario {
     const stores = e.w.spec.stores;
     // a few real SIGKILLs, spread over the run (a child that finishes first is tried again later)
-    if (stores.some((s) => s !== 'azure') && e.kills < KILLS && [25, 90, 140, 170].includes(i)) return 'sigkill+resume';
+    if (stores.some((s) => s !== 'azure') && e.kills < KILLS && KILL_AT.includes(i)) return 'sigkill+resume';
     const x = rng.next();
     if (x < 0.42) return 'plain';
     if (x < 0.52) return 'fault@verify';

@@ -2,7 +2,7 @@
  * The consumer's eye: readers that read a store the way that store's users read it by default, in a
  * tight bounded loop, and a checker that judges every value read against the issuer fake.
  *
- * Read paths (one reader each):
+ * Read paths (one reader each, each client with its SDK's default retry policy):
  *   - aws      `GetSecretValue` with VersionStage AWSCURRENT. The default read (no VersionStage) IS
  *              AWSCURRENT on AWS, but moto 5.2.1 ignores `UpdateSecretVersionStage` for the default
  *              read, so the default reader names AWSCURRENT explicitly here.
@@ -127,7 +127,7 @@ export async function readPaths(
         endpoint: b.moto!.endpoint,
         region: REGION,
         credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
-        maxAttempts: 1,
+        // the SDK's default retry policy, as an application has it (no faults are injected on reads)
       });
       out.push({
         store: 'aws',
@@ -157,7 +157,7 @@ export async function readPaths(
           store: 'gcp',
           path: `gcp versions/${v}`,
           read: async () => {
-            const [r] = await client.accessSecretVersion({ name: `${secret}/versions/${v}` }, { retry: null });
+            const [r] = await client.accessSecretVersion({ name: `${secret}/versions/${v}` });
             const d = r.payload?.data;
             if (d === null || d === undefined) return null;
             return typeof d === 'string' ? d : Buffer.from(d).toString('utf8');
@@ -172,7 +172,6 @@ export async function readPaths(
         {
           tlsOptions: { ca: o.azureCa ?? b.azure!.ca },
           disableChallengeResourceVerification: true,
-          retryOptions: { maxRetries: 0 },
         },
       );
       out.push({
