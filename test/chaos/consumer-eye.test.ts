@@ -51,7 +51,7 @@ vi.mock('../../providers/index.ts', async (importOriginal) => {
       if (ctx.env.KEYROTOR_EYE_READER) return mod.createStore(cfg, ctx);
       if (cfg.type === 'azure-key-vault') {
         const az = await import('../../providers/stores/azure-key-vault/index.ts');
-        const s = await az.createAzureKeyVaultStoreWith(cfg, ctx, {
+        const s = await az.createAzureKeyVaultStore(cfg, ctx, {
           credential: {
             getToken: async () => ({ token: 'loopback-chaos-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
           },
