@@ -23,7 +23,7 @@ import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
 import { createNotifier, notificationSettings, type DeliveryReport, type Notifier } from './notify/index.ts';
 import type { RotationObserver } from './run.ts';
-import { createFileStateStore } from './state/index.ts';
+import { createStateStore } from './state/index.ts';
 
 export interface ObserverOptions {
   config: LoadedConfig;
@@ -51,7 +51,7 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
   }
 
   const metrics = o.metrics ?? processMetrics();
-  metrics.trackKeys(o.config, o.stateStore ?? createFileStateStore(o.config.stateDir));
+  metrics.trackKeys(o.config, o.stateStore ?? createStateStore(o.config, o.env ?? process.env));
   observers.push(metrics.observer());
 
   const webhooks = notificationSettings(o.config);

@@ -14,6 +14,8 @@ import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
 import { issuedKeyName, newRotationId } from '../core/ids.ts';
 import {
   isLease,
+  type Fence,
+  type Lease,
   type KeyRecord,
   type Logger,
   type PersistedRotation,
@@ -201,10 +203,13 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
 
     // build the providers first: configuration problems (e.g. a missing env var) end here, exit 2,
     // before a lease or any state is written
+    // providers remember facts through the state store: under the lease, fenced by its token
+    const held: { lease?: Lease } = {};
     const providers = await composeKey({
       config: o.config,
       key,
       stateStore: o.stateStore,
+      fence: () => held.lease,
       record,
       logger: log,
       clock,
@@ -212,7 +217,7 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
     });
 
     try {
-      return await underLease(key, o, providers, log);
+      return await underLease(key, o, providers, log, held);
     } finally {
       await closeProviders(providers);
     }
@@ -232,6 +237,7 @@ async function underLease(
   o: RotateOptions,
   providers: KeyProviders,
   log: Logger,
+  held: { lease?: Lease },
 ): Promise<KeyResult> {
   const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
@@ -248,6 +254,7 @@ async function underLease(
     };
   }
   const lease = got;
+  held.lease = lease;
   const renew = setInterval(
     () => {
       lease
@@ -262,9 +269,10 @@ async function underLease(
     const fresh = await o.stateStore.read(key.name);
     const active = fresh?.active ?? null;
     if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
-    return await runRotation(key, fresh, active, o, providers, log);
+    return await runRotation(key, fresh, active, o, providers, log, lease);
   } finally {
     clearInterval(renew);
+    delete held.lease;
     await lease
       .release()
       .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
@@ -286,6 +294,7 @@ async function runRotation(
   o: RotateOptions,
   providers: KeyProviders,
   log: Logger,
+  fence: Fence,
 ): Promise<KeyResult> {
   const clock = o.clock ?? systemClock;
 
@@ -345,6 +354,8 @@ async function runRotation(
         pauseNow();
         await new Promise<never>(() => {}); // the actor is stopped: this stage never starts
       }
+      // a successor holds the lease now: stop here, touch nothing more (it owns the rotation)
+      if (persistError && toKeyrotorError(persistError).code === 'LEASE_LOST') throw toKeyrotorError(persistError);
       if (persistError)
         throw new KeyrotorError(
           'STATE_UNREADABLE',
@@ -407,7 +418,7 @@ async function runRotation(
     if (persist) {
       lastActive = persisted;
       chain = chain
-        .then(() => o.stateStore.saveActive(key.name, persisted))
+        .then(() => o.stateStore.saveActive(key.name, persisted, fence))
         .catch((e: unknown) => {
           persistError = e;
         });
@@ -500,7 +511,7 @@ async function runRotation(
   // result, so no crash can lose it): once the store is fixed, `keyrotor resume` (or the next
   // `rotate`) promotes the rest and revokes the leaked key.
   const keepActive = state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' ? lastActive : null;
-  await o.stateStore.finish(key.name, result, serving, keepActive);
+  await o.stateStore.finish(key.name, result, serving, keepActive, fence);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level](
     {

@@ -22,7 +22,7 @@ export async function runAdopt(ctx: CommandContext, name: string, opts: { keyId:
         throw new KeyrotorError('USAGE', `the issuer has no key with id ${opts.keyId} (${known.length} keys listed)`);
       }
       const fp = fingerprint(current.secret);
-      await stateStore.setProviderState(key.name, `adopted.${fp}`, opts.keyId);
+      await stateStore.setProviderState(key.name, `adopted.${fp}`, opts.keyId, lease);
       ctx.io.stdout(`${key.name}: the current value (${fp}) is now known as issuer key ${opts.keyId}\n`);
     } finally {
       await lease.release();

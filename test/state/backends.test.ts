@@ -1,0 +1,292 @@
+/**
+ * The state-backend contract against every backend on a real server: the file backend, PostgreSQL 15
+ * (a throwaway cluster started by test/fakes/postgres.ts) and DynamoDB (moto). Plus what is specific
+ * to each: `init` (idempotent, versioned, refuses a newer schema), a missing schema/table, an
+ * unreachable server, and moving state file -> postgres -> dynamodb -> file.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { createPostgresStateStore, POSTGRES_SCHEMA_VERSION } from '../../src/app/state/postgres-state-store.ts';
+import { createDynamoStateStore } from '../../src/app/state/dynamodb-state-store.ts';
+import { exportState, importState, parseExport } from '../../src/app/state/transfer.ts';
+import type { StateStore } from '../../src/core/ports.ts';
+import { tempDir } from '../helpers/artifacts.ts';
+import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
+import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { describeStateBackendContract, rejection, result, rotation } from './backend-contract.ts';
+
+let n = 0;
+const unique = (p: string) => `${p}${process.pid}x${++n}`;
+
+describeStateBackendContract('file', async () => {
+  const dir = tempDir(unique('state-contract-'));
+  return { open: () => createFileStateStore(dir) };
+});
+
+// ------------------------------------------------------------------ PostgreSQL
+
+const PG = postgresSupportOrSkip('PostgreSQL state backend tests');
+
+describe.skipIf(!PG)('PostgreSQL state backend', () => {
+  let server: Postgres;
+  let url = '';
+  beforeAll(async () => {
+    server = await startPostgres();
+    url = await server.createDatabase('keyrotor');
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  const pgStore = (schema: string, u = url) =>
+    createPostgresStateStore(
+      { type: 'postgres', urlEnv: 'KEYROTOR_DATABASE_URL', schema },
+      { KEYROTOR_DATABASE_URL: u },
+      { version: 'test' },
+    );
+  async function sql(text: string, values: unknown[] = []) {
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    try {
+      return await c.query(text, values);
+    } finally {
+      await c.end();
+    }
+  }
+
+  describeStateBackendContract('postgres', async () => {
+    const schema = unique('c_');
+    const s = pgStore(schema);
+    await s.init!();
+    await s.close!();
+    return { open: () => pgStore(schema), cleanup: async () => void (await sql(`DROP SCHEMA ${schema} CASCADE`)) };
+  });
+
+  it('state init: creates the schema with versioned migrations, is idempotent, refuses a newer schema', async () => {
+    const schema = unique('i_');
+    const s = pgStore(schema);
+    try {
+      const missing = await rejection(s.read('app'));
+      expect(missing.code).toBe('STATE_NOT_INITIALIZED');
+      expect(missing.exitCode).toBe(2);
+      expect(missing.hint).toMatch(/keyrotor state init/);
+
+      const first = await s.init!();
+      expect(first.changed).toBe(true);
+      expect(first.steps).toEqual([`created schema ${schema}`, 'applied migration 1']);
+      const second = await s.init!();
+      expect(second).toEqual({ changed: false, steps: [`schema ${schema} is at version 1: nothing to do`] });
+      const rows = await sql(`SELECT version, keyrotor_version FROM ${schema}.keyrotor_migrations`);
+      expect(rows.rows).toEqual([{ version: POSTGRES_SCHEMA_VERSION, keyrotor_version: 'test' }]);
+      // two inits at once: both succeed, the migration is applied once
+      const other = unique('j_');
+      const [x, y] = await Promise.all([pgStore(other).init!(), pgStore(other).init!()]);
+      expect([x.changed, y.changed].sort()).toEqual([false, true]);
+
+      // a schema migrated by a newer keyrotor: one clear error, exit 2, nothing changed
+      await sql(`INSERT INTO ${schema}.keyrotor_migrations (version, keyrotor_version) VALUES (99, '9.0.0')`);
+      const fresh = pgStore(schema);
+      const newer = await rejection(fresh.read('app'));
+      expect(newer.code).toBe('STATE_VERSION');
+      expect(newer.exitCode).toBe(2);
+      const initNewer = await rejection(fresh.init!());
+      expect(initNewer.code).toBe('STATE_VERSION');
+      expect(initNewer.message).toMatch(/version 99.*nothing was changed/);
+      await fresh.close!();
+    } finally {
+      await s.close!();
+    }
+  });
+
+  it('a damaged row is STATE_UNREADABLE naming the row, never reset', async () => {
+    const schema = unique('d_');
+    const s = pgStore(schema);
+    await s.init!();
+    await s.saveActive('app', rotation('rot-20261101t000000z-00000001'));
+    await sql(`UPDATE ${schema}.key_records SET record = jsonb_set(record, '{currentKeyId}', '5')`);
+    const e = await rejection(s.read('app'));
+    expect(e.code).toBe('STATE_UNREADABLE');
+    expect(e.message).toMatch(
+      /key_records row "app" is unreadable.*currentKeyId.*rotation rot-20261101t000000z-00000001/,
+    );
+    await s.close!();
+  });
+
+  it('unreachable server, bad URL, missing env: one clear line without the password', async () => {
+    const port = await freePort();
+    const down = pgStore('x', `postgres://keyrotor:hunter2secret@127.0.0.1:${port}/keyrotor`);
+    const e = await rejection(down.read('app'));
+    expect(e.code).toBe('STATE_UNAVAILABLE');
+    expect(e.message).toMatch(new RegExp(`PostgreSQL 127.0.0.1:${port}/keyrotor is unreachable`));
+    expect(e.message + (e.hint ?? '')).not.toMatch(/hunter2secret|keyrotor:/);
+    await down.close!();
+
+    const noEnv = await rejection(
+      Promise.resolve().then(() =>
+        createPostgresStateStore({ type: 'postgres', urlEnv: 'KEYROTOR_DATABASE_URL', schema: 'k' }, {}),
+      ),
+    );
+    expect(noEnv.code).toBe('CONFIG_ENV_MISSING');
+    const bad = await rejection(
+      Promise.resolve().then(() =>
+        createPostgresStateStore({ type: 'postgres', urlEnv: 'U', schema: 'k' }, { U: 'mysql://x@y/z' }),
+      ),
+    );
+    expect(bad.code).toBe('CONFIG_INVALID');
+    expect(bad.message).not.toMatch(/mysql/);
+  });
+
+  it('a role without grants gets one line naming the permission to add', async () => {
+    const schema = unique('p_');
+    const s = pgStore(schema);
+    await s.init!();
+    await s.close!();
+    await sql(`CREATE ROLE ${schema}_ro LOGIN`);
+    const u = new URL(url);
+    u.username = `${schema}_ro`;
+    const ro = pgStore(schema, u.toString());
+    const e = await rejection(ro.read('app'));
+    expect(e.code).toBe('STATE_UNAVAILABLE');
+    expect(e.message).toMatch(/permission denied/);
+    expect(e.hint).toMatch(new RegExp(`USAGE on schema ${schema}`));
+    await ro.close!();
+  });
+});
+
+// ------------------------------------------------------------------ DynamoDB (moto)
+
+const MOTO = motoSupportOrSkip('DynamoDB state backend tests');
+
+describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
+  let moto: Moto;
+  const saved = { ...process.env };
+  beforeAll(async () => {
+    Object.assign(process.env, {
+      AWS_ACCESS_KEY_ID: 'testing',
+      AWS_SECRET_ACCESS_KEY: 'testing',
+      AWS_EC2_METADATA_DISABLED: 'true',
+    });
+    moto = await startMoto();
+  });
+  afterAll(async () => {
+    await moto?.close();
+    for (const k of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_EC2_METADATA_DISABLED'])
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+  });
+  const ddbStore = (table: string): StateStore =>
+    createDynamoStateStore({ type: 'dynamodb', table, region: 'us-east-1', endpoint: moto.endpoint }, {});
+
+  describeStateBackendContract('dynamodb', async () => {
+    const table = unique('keyrotor-state-');
+    const s = ddbStore(table);
+    await s.init!();
+    await s.close!();
+    return { open: () => ddbStore(table) };
+  });
+
+  it('state init: creates the table (pk/sk, on demand, TTL attribute ttl), idempotent; missing table is one clear line', async () => {
+    const table = unique('init-');
+    const s = ddbStore(table);
+    const missing = await rejection(s.read('app'));
+    expect(missing.code).toBe('STATE_NOT_INITIALIZED');
+    expect(missing.exitCode).toBe(2);
+    expect(missing.hint).toMatch(/keyrotor state init/);
+    const first = await s.init!();
+    expect(first.changed).toBe(true);
+    expect(first.steps[0]).toBe(`created table ${table} (pk S HASH, sk S RANGE, PAY_PER_REQUEST)`);
+    expect(await s.init!()).toEqual({
+      changed: false,
+      steps: [`table ${table} is at layout version 1: nothing to do`],
+    });
+
+    const { DynamoDBClient, DescribeTableCommand, DescribeTimeToLiveCommand, PutItemCommand, CreateTableCommand } =
+      await import('@aws-sdk/client-dynamodb');
+    const c = new DynamoDBClient({ region: 'us-east-1', endpoint: moto.endpoint });
+    const d = await c.send(new DescribeTableCommand({ TableName: table }));
+    expect(d.Table?.KeySchema).toEqual([
+      { AttributeName: 'pk', KeyType: 'HASH' },
+      { AttributeName: 'sk', KeyType: 'RANGE' },
+    ]);
+    expect(d.Table?.BillingModeSummary?.BillingMode).toBe('PAY_PER_REQUEST');
+    const ttl = await c.send(new DescribeTimeToLiveCommand({ TableName: table }));
+    expect(ttl.TimeToLiveDescription).toMatchObject({ AttributeName: 'ttl', TimeToLiveStatus: 'ENABLED' });
+
+    // a table initialised by a newer keyrotor
+    await c.send(
+      new PutItemCommand({ TableName: table, Item: { pk: { S: 'meta' }, sk: { S: 'schema' }, version: { N: '7' } } }),
+    );
+    const newer = ddbStore(table);
+    expect((await rejection(newer.read('app'))).code).toBe('STATE_VERSION');
+    const initNewer = await rejection(newer.init!());
+    expect(initNewer.code).toBe('STATE_VERSION');
+    expect(initNewer.exitCode).toBe(2);
+
+    // someone else's table under that name
+    const foreign = unique('foreign-');
+    await c.send(
+      new CreateTableCommand({
+        TableName: foreign,
+        AttributeDefinitions: [{ AttributeName: 'id', AttributeType: 'S' }],
+        KeySchema: [{ AttributeName: 'id', KeyType: 'HASH' }],
+        BillingMode: 'PAY_PER_REQUEST',
+      }),
+    );
+    const wrong = await rejection(ddbStore(foreign).init!());
+    expect(wrong.code).toBe('CONFIG_INVALID');
+    expect(wrong.message).toMatch(/another key schema \(id HASH\)/);
+    c.destroy();
+    await s.close!();
+  });
+
+  it('an unreachable endpoint is one line, exit 2', async () => {
+    const port = await freePort();
+    const s = createDynamoStateStore(
+      { type: 'dynamodb', table: 'keyrotor-state', region: 'us-east-1', endpoint: `http://127.0.0.1:${port}` },
+      {},
+    );
+    const e = await rejection(s.read('app'));
+    expect(e.code).toBe('STATE_UNAVAILABLE');
+    expect(e.exitCode).toBe(2);
+    expect(e.message).toMatch(/DynamoDB table keyrotor-state: checking the table failed/);
+    await s.close!();
+  }, 60_000);
+
+  describe.skipIf(!PG)('moving state between backends', () => {
+    let server: Postgres;
+    let url = '';
+    beforeAll(async () => {
+      server = await startPostgres();
+      url = await server.createDatabase('moving');
+    });
+    afterAll(async () => {
+      await server?.close();
+    });
+
+    it('file -> postgres -> dynamodb -> file keeps every record exactly', async () => {
+      const src = createFileStateStore(tempDir('state-move-src'));
+      await src.saveActive('app', rotation('rot-20261101t000000z-00000001', 'confirm'));
+      await src.setProviderState('app', 'serviceAccountId', 'sa_1');
+      await src.finish('db', result('rotated', 'db'), 'key_7');
+      await src.finish('old', result('needs_attention', 'old'), 'key_3');
+      const want = { app: await src.read('app'), db: await src.read('db'), old: await src.read('old') };
+
+      const pgS = createPostgresStateStore({ type: 'postgres', urlEnv: 'U', schema: 'moved' }, { U: url });
+      await pgS.init!();
+      const ddb = ddbStore(unique('moved-'));
+      await ddb.init!();
+      const back = createFileStateStore(tempDir('state-move-back'));
+      let from: StateStore = src;
+      for (const to of [pgS, ddb, back]) {
+        const { lines } = await exportState(from);
+        await importState(to, parseExport(lines.join('\n') + '\n', 'export.jsonl'));
+        expect(await to.keys()).toEqual(['app', 'db', 'old']);
+        for (const k of ['app', 'db', 'old'] as const) expect(await to.read(k)).toEqual(want[k]);
+        from = to;
+      }
+      await pgS.close!();
+      await ddb.close!();
+    });
+  });
+});
