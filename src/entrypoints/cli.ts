@@ -19,8 +19,8 @@ const EXIT_HELP = `
 Exit codes:
   0  done (rotated, or nothing was due)
   1  not done, but safe: rolled back, the old key still serves
-  2  bad usage, config or state file (nothing was changed)
-  3  locked: another rotation of the same key is running
+  2  bad usage, config or state (file, or backend unreachable / not initialised; nothing was changed)
+  3  locked: another rotation of the same key is running (or took over this one's lease)
   4  a human must act (needs_attention: see "leftovers" in the result)
 
 Environment:
@@ -28,6 +28,7 @@ Environment:
   KEYROTOR_LOG_LEVEL     debug | info | warn | error (default info)
   KEYROTOR_MASTER_KEY    32-byte key for the file store (default: generated key file in the state dir)
   OPENAI_ADMIN_KEY       admin key for the openai issuer (name configurable with adminKeyEnv)
+  KEYROTOR_DATABASE_URL  PostgreSQL URL for state: { type: postgres } (name configurable with urlEnv)
   NO_COLOR               no colours on a TTY
 `;
 
