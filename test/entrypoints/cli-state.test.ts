@@ -83,7 +83,7 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     expect(init.code).toBe(0);
     expect(JSON.parse(init.stdout)).toMatchObject({
       changed: true,
-      steps: ['created schema clistate', 'applied migration 1'],
+      steps: ['created schema clistate', 'applied migration 1', 'applied migration 2'],
     });
     expect(JSON.parse(init.stdout).backend).not.toContain('postgres@'); // no user/password in labels
 
@@ -99,6 +99,17 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     const back = await runCli(['-c', 'pg.yaml', 'state', 'export'], { cwd: dir, env });
     const rec = JSON.parse(back.stdout.trim().split('\n')[1]!) as { record: { currentKeyId: string } };
     expect(rec.record.currentKeyId).toBe(r.newKeyId);
+    // the audit trail of the postgres rotation is in postgres, chained and verifiable from any host
+    const verify = await runCli(['-c', 'pg.yaml', 'audit', 'verify', '--json'], { cwd: dir, env });
+    expect(verify.code).toBe(0);
+    const report = JSON.parse(verify.stdout) as { ok: boolean; records: number; file: string };
+    expect(report).toMatchObject({ ok: true, file: expect.stringMatching(/^postgres:.*audit trail$/) });
+    expect(report.records).toBeGreaterThan(5);
+    const hist = await runCli(['-c', 'pg.yaml', 'history', '--json'], { cwd: dir, env });
+    expect(hist.code).toBe(0);
+    const rotations = (JSON.parse(hist.stdout) as { rotations: { outcome: string; newKeyId: string }[] }).rotations;
+    expect(rotations).toHaveLength(1); // only the rotation that ran on postgres
+    expect(rotations[0]).toMatchObject({ outcome: 'rotated' });
     // the file backend still holds the state from before the move
     const files = await runCli(['state', 'export'], { cwd: dir, env });
     expect(JSON.parse(files.stdout.trim().split('\n')[1]!).record.currentKeyId).toBe(r.oldKeyId);

@@ -15,6 +15,7 @@ import { tempDir } from '../helpers/artifacts.ts';
 import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
 import { describeStateBackendContract, rejection, result, rotation } from './backend-contract.ts';
+import { auditBackendCases } from './audit-backend.ts';
 
 let n = 0;
 const unique = (p: string) => `${p}${process.pid}x${++n}`;
@@ -63,6 +64,19 @@ describe.skipIf(!PG)('PostgreSQL state backend', () => {
     return { open: () => pgStore(schema), cleanup: async () => void (await sql(`DROP SCHEMA ${schema} CASCADE`)) };
   });
 
+  auditBackendCases(async () => {
+    const schema = unique('a_');
+    await pgStore(schema).init!();
+    return {
+      open: () => pgStore(schema).auditLog(),
+      editLine: async (seq, edit) => {
+        const r = await sql(`SELECT line FROM ${schema}.audit_records WHERE seq = $1`, [seq]);
+        await sql(`UPDATE ${schema}.audit_records SET line = $2 WHERE seq = $1`, [seq, edit(r.rows[0].line)]);
+      },
+      deleteRecord: async (seq) => void (await sql(`DELETE FROM ${schema}.audit_records WHERE seq = $1`, [seq])),
+    };
+  });
+
   it('state init: creates the schema with versioned migrations, is idempotent, refuses a newer schema', async () => {
     const schema = unique('i_');
     const s = pgStore(schema);
@@ -74,11 +88,31 @@ describe.skipIf(!PG)('PostgreSQL state backend', () => {
 
       const first = await s.init!();
       expect(first.changed).toBe(true);
-      expect(first.steps).toEqual([`created schema ${schema}`, 'applied migration 1']);
+      expect(first.steps).toEqual([`created schema ${schema}`, 'applied migration 1', 'applied migration 2']);
       const second = await s.init!();
-      expect(second).toEqual({ changed: false, steps: [`schema ${schema} is at version 1: nothing to do`] });
-      const rows = await sql(`SELECT version, keyrotor_version FROM ${schema}.keyrotor_migrations`);
-      expect(rows.rows).toEqual([{ version: POSTGRES_SCHEMA_VERSION, keyrotor_version: 'test' }]);
+      expect(second).toEqual({ changed: false, steps: [`schema ${schema} is at version 2: nothing to do`] });
+      const rows = await sql(`SELECT version, keyrotor_version FROM ${schema}.keyrotor_migrations ORDER BY version`);
+      expect(POSTGRES_SCHEMA_VERSION).toBe(2);
+      expect(rows.rows).toEqual([
+        { version: 1, keyrotor_version: 'test' },
+        { version: 2, keyrotor_version: 'test' },
+      ]);
+
+      // a schema left at version 1 by an older keyrotor: the store asks for init, init applies only 2
+      const old = unique('o_');
+      const o = pgStore(old);
+      await o.init!();
+      await sql(`DROP TABLE ${old}.audit_records, ${old}.audit_head`);
+      await sql(`DELETE FROM ${old}.keyrotor_migrations WHERE version = 2`);
+      const o2 = pgStore(old);
+      const behind = await rejection(o2.read('app'));
+      expect(behind.code).toBe('STATE_NOT_INITIALIZED');
+      expect(behind.message).toMatch(/is at version 1; this keyrotor needs 2/);
+      expect(behind.hint).toMatch(/keyrotor state init/);
+      expect(await o2.init!()).toEqual({ changed: true, steps: ['applied migration 2'] });
+      expect(await o2.read('app')).toBeNull();
+      await o.close!();
+      await o2.close!();
       // two inits at once: both succeed, the migration is applied once
       const other = unique('j_');
       const [x, y] = await Promise.all([pgStore(other).init!(), pgStore(other).init!()]);
@@ -184,6 +218,34 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
     await s.init!();
     await s.close!();
     return { open: () => ddbStore(table) };
+  });
+
+  auditBackendCases(async () => {
+    const table = unique('audit-');
+    await ddbStore(table).init!();
+    const { DynamoDBClient, GetItemCommand, UpdateItemCommand, DeleteItemCommand } =
+      await import('@aws-sdk/client-dynamodb');
+    const c = new DynamoDBClient({ region: 'us-east-1', endpoint: moto.endpoint });
+    const key = (seq: number) => ({ pk: { S: 'audit' }, sk: { S: `rec#${String(seq).padStart(12, '0')}` } });
+    return {
+      open: () =>
+        createDynamoStateStore(
+          { type: 'dynamodb', table, region: 'us-east-1', endpoint: moto.endpoint },
+          {},
+        ).auditLog(),
+      editLine: async (seq, edit) => {
+        const r = await c.send(new GetItemCommand({ TableName: table, Key: key(seq) }));
+        await c.send(
+          new UpdateItemCommand({
+            TableName: table,
+            Key: key(seq),
+            UpdateExpression: 'SET line = :l',
+            ExpressionAttributeValues: { ':l': { S: edit(r.Item!.line!.S!) } },
+          }),
+        );
+      },
+      deleteRecord: async (seq) => void (await c.send(new DeleteItemCommand({ TableName: table, Key: key(seq) }))),
+    };
   });
 
   it('state init: creates the table (pk/sk, on demand, TTL attribute ttl), idempotent; missing table is one clear line', async () => {

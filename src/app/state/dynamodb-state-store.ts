@@ -8,6 +8,10 @@
  *   pk `meta`          sk `schema`  version (N)                              written by state init
  *   pk `key#<name>`    sk `record`  format, record (JSON text), rev (N), updatedAt
  *   pk `key#<name>`    sk `lease`   owner, token (N), expiresAt (N, ms), acquiredAt (N, ms)
+ *   pk `audit`         sk `rec#<seq, 12 digits>`  line (canonical JSON), hash    the audit trail
+ *   pk `audit`         sk `head`    seq (N), hash: each append is one TransactWriteItems of the new
+ *                                   record (attribute_not_exists) and the head (seq = the one read),
+ *                                   so two writers can never fork the chain
  *
  * Leases: one conditional UpdateItem grants the lease (`attribute_not_exists(pk) OR expiresAt <= :now`)
  * and adds 1 to `token` (the fencing token) on every grant; the same owner asking again extends its
@@ -34,6 +38,9 @@ import type { DynamoStateConfig } from './config.ts';
 import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import type * as DDB from '@aws-sdk/client-dynamodb';
+import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import type { AuditLog } from '../audit/sink.ts';
+import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
 
 export const DYNAMODB_LAYOUT_VERSION = 1;
 /** a record item is at most 400 KB; stay well below */
@@ -53,7 +60,7 @@ export function createDynamoStateStore(
   cfg: DynamoStateConfig,
   env: NodeJS.ProcessEnv,
   opts: DynamoStateStoreOptions = {},
-): StateStore {
+): StateStore & { auditLog(): AuditLog } {
   const clock = opts.clock ?? systemClock;
   const table = cfg.table;
   const label = `dynamodb:${table}${cfg.region ? ` (${cfg.region})` : ''}`;
@@ -172,7 +179,9 @@ export function createDynamoStateStore(
   async function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
     checkKeyName(keyName);
     await ready();
-    for (let attempt = 0; attempt < 8; attempt++) {
+    for (let attempt = 0; attempt < 30; attempt++) {
+      // optimistic concurrency: after a lost race, back off a little (jittered) and read again
+      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.random() * Math.min(200, 10 * 2 ** attempt)));
       const cur = await readItem(keyName);
       const r = cur ? cur.record : emptyRecord(keyName);
       fn(r);
@@ -306,8 +315,106 @@ export function createDynamoStateStore(
     };
   }
 
+  const seqKey = (n: number) => `rec#${String(n).padStart(12, '0')}`;
+
+  async function loadChain(): Promise<StoredChain> {
+    await ready();
+    // head first: records appended after it are ignored, so the pair is consistent
+    const h = await send('reading the audit head', (m, c) =>
+      c.send(new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true })),
+    );
+    const head = h.Item ? { seq: num(h.Item, 'seq') ?? 0, hash: str(h.Item, 'hash') ?? GENESIS } : null;
+    const lines: string[] = [];
+    let start: Item | undefined;
+    do {
+      const r: DDB.QueryCommandOutput = await send('reading the audit trail', (m, c) =>
+        c.send(
+          new m.QueryCommand({
+            TableName: table,
+            ConsistentRead: true,
+            KeyConditionExpression: 'pk = :a AND begins_with(sk, :r)',
+            ExpressionAttributeValues: { ':a': S('audit'), ':r': S('rec#') },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          }),
+        ),
+      );
+      for (const i of r.Items ?? []) {
+        const seq = Number((str(i, 'sk') ?? '').slice(4));
+        if (!head || seq <= head.seq) lines.push(str(i, 'line') ?? '');
+      }
+      start = r.LastEvaluatedKey;
+    } while (start);
+    return { lines, head };
+  }
+
+  function auditLog(): AuditLog {
+    const where = `${label} audit trail`;
+    return {
+      label: where,
+      file: where,
+      async append(entry): Promise<AuditRecord> {
+        await ready();
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const h = await send('reading the audit head', (m, c) =>
+            c.send(
+              new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true }),
+            ),
+          );
+          const prevSeq = num(h.Item, 'seq') ?? 0;
+          const rec = chainRecord(entry, prevSeq > 0 ? { seq: prevSeq, hash: str(h.Item, 'hash') ?? GENESIS } : null);
+          try {
+            const { sdk: m, client } = await sdk();
+            await client.send(
+              new m.TransactWriteItemsCommand({
+                TransactItems: [
+                  {
+                    Put: {
+                      TableName: table,
+                      Item: {
+                        pk: S('audit'),
+                        sk: S(seqKey(rec.seq)),
+                        line: S(recordLine(rec).trimEnd()),
+                        hash: S(rec.hash),
+                      },
+                      ConditionExpression: 'attribute_not_exists(pk)',
+                    },
+                  },
+                  {
+                    Put: {
+                      TableName: table,
+                      Item: { pk: S('audit'), sk: S('head'), seq: N(rec.seq), hash: S(rec.hash) },
+                      ...(h.Item
+                        ? { ConditionExpression: 'seq = :ps', ExpressionAttributeValues: { ':ps': N(prevSeq) } }
+                        : { ConditionExpression: 'attribute_not_exists(pk)' }),
+                    },
+                  },
+                ],
+              }),
+            );
+            return rec;
+          } catch (e) {
+            const name = nameOf(e);
+            if (name === 'TransactionCanceledException' || name === 'TransactionConflictException') {
+              await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+              continue; // another writer appended first: chain onto its record
+            }
+            throw mapError(e, 'appending to the audit trail');
+          }
+        }
+        throw new KeyrotorError('STATE_UNAVAILABLE', `${where}: too many concurrent appends`, { retryable: true });
+      },
+      async read() {
+        return readChain(await loadChain());
+      },
+      async verify() {
+        return verifyChain(where, await loadChain());
+      },
+    };
+  }
+
   return {
     label,
+    auditLog,
 
     async read(keyName) {
       checkKeyName(keyName);

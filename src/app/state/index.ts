@@ -6,6 +6,7 @@
 import type { Clock } from '../../core/clock.ts';
 import type { StateStore } from '../../core/ports.ts';
 import type { LoadedConfig } from '../config/load.ts';
+import type { AuditLog } from '../audit/sink.ts';
 import { createDynamoStateStore } from './dynamodb-state-store.ts';
 import { createFileStateStore } from './file-state-store.ts';
 import { createPostgresStateStore } from './postgres-state-store.ts';
@@ -33,5 +34,24 @@ export function createStateStore(
       return createPostgresStateStore(s, env, opts);
     case 'dynamodb':
       return createDynamoStateStore(s, env, opts.clock ? { clock: opts.clock } : {});
+  }
+}
+
+/**
+ * The hash-chained audit trail kept in the state backend (postgres, dynamodb); null for the file
+ * backend, whose audit trail is the JSONL file (audit/jsonl.ts).
+ */
+export function createStateAuditLog(
+  config: Pick<LoadedConfig, 'stateDir' | 'raw'>,
+  env: NodeJS.ProcessEnv = process.env,
+): AuditLog | null {
+  const s = config.raw.state;
+  switch (s.type) {
+    case 'file':
+      return null;
+    case 'postgres':
+      return createPostgresStateStore(s, env).auditLog();
+    case 'dynamodb':
+      return createDynamoStateStore(s, env).auditLog();
   }
 }

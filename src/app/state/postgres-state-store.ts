@@ -6,6 +6,9 @@
  *   keyrotor_migrations(version, applied_at, keyrotor_version)   one row per applied migration
  *   key_records(key_name PK, format, record jsonb, updated_at)   the KeyRecord (references only)
  *   leases(key_name PK, owner, token, acquired_at, expires_at)   one row per key, never deleted
+ *   audit_records(seq PK, line, hash), audit_head(id = 1, seq, hash)   the hash-chained audit trail
+ *   (migration 2): an append locks the head row, inserts the next record and moves the head in one
+ *   transaction, so two writers can never fork the chain
  *
  * Leases: one atomic upsert grants the lease when there is none, it expired, or the same owner asks
  * again, and bumps `token` (the fencing token) on every grant to a new owner (the same owner asking
@@ -33,6 +36,9 @@ import type { PostgresStateConfig } from './config.ts';
 import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost, withRetry } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import type * as PG from 'pg';
+import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import type { AuditLog } from '../audit/sink.ts';
+import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
 
 /** The schema version this keyrotor writes and reads; each entry below is one migration. */
 const MIGRATIONS: ((s: string) => string[])[] = [
@@ -48,6 +54,14 @@ const MIGRATIONS: ((s: string) => string[])[] = [
        token bigint NOT NULL,
        acquired_at timestamptz NOT NULL,
        expires_at timestamptz NOT NULL)`,
+  ],
+  (s) => [
+    `CREATE TABLE IF NOT EXISTS ${s}.audit_records (seq bigint PRIMARY KEY, line text NOT NULL, hash text NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS ${s}.audit_head (
+       id int PRIMARY KEY CHECK (id = 1),
+       seq bigint NOT NULL,
+       hash text NOT NULL)`,
+    `INSERT INTO ${s}.audit_head (id, seq, hash) VALUES (1, 0, '${GENESIS}') ON CONFLICT (id) DO NOTHING`,
   ],
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
@@ -75,7 +89,7 @@ export function createPostgresStateStore(
   cfg: PostgresStateConfig,
   env: NodeJS.ProcessEnv,
   opts: PostgresStateStoreOptions = {},
-): StateStore {
+): StateStore & { auditLog(): AuditLog } {
   const clock = opts.clock ?? systemClock;
   const url = env[cfg.urlEnv];
   if (!url)
@@ -284,8 +298,57 @@ export function createPostgresStateStore(
     };
   }
 
+  async function loadChain(): Promise<StoredChain> {
+    await ready();
+    return tx('reading the audit trail', async (c) => {
+      // one snapshot of records and head (REPEATABLE READ would also do; the head lock orders appends)
+      const h = await c.query<{ seq: string; hash: string }>(
+        `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR SHARE`,
+      );
+      const r = await c.query<{ line: string }>(`SELECT line FROM ${S}.audit_records ORDER BY seq`);
+      const head = h.rows[0] ? { seq: Number(h.rows[0].seq), hash: h.rows[0].hash } : null;
+      return { lines: r.rows.map((x) => x.line), head };
+    });
+  }
+
+  function auditLog(): AuditLog {
+    const where = `${label} audit trail`;
+    return {
+      label: where,
+      file: where,
+      async append(entry): Promise<AuditRecord> {
+        await ready();
+        return tx('appending to the audit trail', async (c) => {
+          const h = await c.query<{ seq: string; hash: string }>(
+            `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`,
+          );
+          const head = h.rows[0];
+          if (!head)
+            throw new KeyrotorError('STATE_NOT_INITIALIZED', `${where} has no head row`, {
+              hint: 'run `keyrotor state init`',
+            });
+          const rec = chainRecord(entry, Number(head.seq) > 0 ? { seq: Number(head.seq), hash: head.hash } : null);
+          await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ($1, $2, $3)`, [
+            rec.seq,
+            recordLine(rec).trimEnd(),
+            rec.hash,
+          ]);
+          await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [rec.seq, rec.hash]);
+          return rec;
+        });
+      },
+      async read() {
+        return readChain(await loadChain());
+      },
+      async verify() {
+        return verifyChain(where, await loadChain());
+      },
+    };
+  }
+
   return {
     label,
+    auditLog,
 
     async read(keyName) {
       checkKeyName(keyName);
