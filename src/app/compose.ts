@@ -52,6 +52,7 @@ export async function composeKey(o: ComposeOptions): Promise<KeyProviders> {
         providerState[k] = v;
         await o.stateStore.setProviderState(o.key.name, k, v, o.fence?.());
       },
+      fresh: async (k) => (await o.stateStore.read(o.key.name))?.providerState[k],
     },
   };
   const issuer = await createIssuer(o.key.issuer, ctx);

@@ -281,6 +281,12 @@ export interface StateStore {
     fence?: Fence,
   ): Promise<void>;
   setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void>;
+  /**
+   * Remember `key` only if it is not set yet (atomic create-once, no lease needed: used by
+   * `keyrotor confirm` while a rotation holds the lease). Returns the value stored now. Database
+   * backends implement it; the file backend keeps decisions in files.
+   */
+  setProviderStateIfAbsent?(keyName: string, key: string, value: string): Promise<string>;
   /** replace the whole record (state import); with a fence, only while its token is current */
   put(record: KeyRecord, fence?: Fence): Promise<void>;
   /**
@@ -323,5 +329,7 @@ export interface ProviderContext {
   providerState: {
     get(key: string): string | undefined;
     set(key: string, value: string): Promise<void>;
+    /** read the fact from the state store now (another process may have written it since); optional */
+    fresh?(key: string): Promise<string | undefined>;
   };
 }

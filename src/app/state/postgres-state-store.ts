@@ -384,6 +384,16 @@ export function createPostgresStateStore(
       return update(keyName, edits.setProviderState(key, value), fence);
     },
 
+    async setProviderStateIfAbsent(keyName: string, key: string, value: string) {
+      let stored = value;
+      await update(keyName, (r) => {
+        const cur = r.providerState[key];
+        stored = cur ?? value;
+        if (cur === undefined) r.providerState = { ...r.providerState, [key]: value };
+      });
+      return stored;
+    },
+
     put(record: KeyRecord, fence?: Fence) {
       return update(record.keyName, edits.put(record), fence);
     },

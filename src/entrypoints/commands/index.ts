@@ -86,7 +86,8 @@ export const registerConfirm: RegisterCommand = (ctx) => {
       `
 The decision is written to <stateDir>/confirm/<key>.<rotationId>.json; the manual gate of the running
 rotation picks it up on its next poll (also after a restart). A decision cannot be changed once
-recorded. Run it against the same state dir as the rotation (same machine or shared volume).
+recorded. Run it against the same state dir as the rotation (same machine or shared volume); with a
+postgres or dynamodb state backend the decision is stored there instead (run it from any machine).
 
 Exit codes: 0 recorded (or already recorded), 2 no such key or no rotation in progress, or a different
 decision was already recorded.`,
