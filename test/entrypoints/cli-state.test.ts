@@ -89,7 +89,18 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
 
     const imp = await runCli(['-c', 'pg.yaml', 'state', 'import', 'from-files.jsonl'], { cwd: dir, env });
     expect(imp.code).toBe(0);
-    expect(imp.stdout).toMatch(/imported 1 key\(s\) into postgres:127\.0\.0\.1:\d+\/cli \(schema clistate\): demo/);
+    expect(imp.stdout).toMatch(
+      /imported 1 key\(s\) and \d+ audit record\(s\) into postgres:127\.0\.0\.1:\d+\/cli \(schema clistate\): demo/,
+    );
+    const fileChain = await runCli(['audit', 'verify', '--json'], { cwd: dir, env });
+    const imported = await runCli(['-c', 'pg.yaml', 'audit', 'verify', '--json'], { cwd: dir, env });
+    // the chain moved intact: same length, same head hash
+    const pick = (r: { stdout: string }) => {
+      const j = JSON.parse(r.stdout) as { ok: boolean; records: number; headHash: string };
+      return { ok: j.ok, records: j.records, headHash: j.headHash };
+    };
+    expect(pick(imported)).toEqual(pick(fileChain));
+    expect(pick(imported).records).toBeGreaterThan(5);
 
     const rot = await runCli(['-c', 'pg.yaml', 'rotate', '--now', '--json'], { cwd: dir, env });
     expect(rot.code).toBe(0);
@@ -108,8 +119,10 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     const hist = await runCli(['-c', 'pg.yaml', 'history', '--json'], { cwd: dir, env });
     expect(hist.code).toBe(0);
     const rotations = (JSON.parse(hist.stdout) as { rotations: { outcome: string; newKeyId: string }[] }).rotations;
-    expect(rotations).toHaveLength(1); // only the rotation that ran on postgres
-    expect(rotations[0]).toMatchObject({ outcome: 'rotated' });
+    // the rotation from before the move (its records came with the import) and the one on postgres
+    expect(rotations).toHaveLength(2);
+    expect(rotations.map((x) => x.outcome)).toEqual(['rotated', 'rotated']);
+    expect(report.records).toBeGreaterThan(pick(imported).records);
     // the file backend still holds the state from before the move
     const files = await runCli(['state', 'export'], { cwd: dir, env });
     expect(JSON.parse(files.stdout.trim().split('\n')[1]!).record.currentKeyId).toBe(r.oldKeyId);

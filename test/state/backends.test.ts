@@ -9,7 +9,10 @@ import pg from 'pg';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { createPostgresStateStore, POSTGRES_SCHEMA_VERSION } from '../../src/app/state/postgres-state-store.ts';
 import { createDynamoStateStore } from '../../src/app/state/dynamodb-state-store.ts';
-import { exportState, importState, parseExport } from '../../src/app/state/transfer.ts';
+import { exportState, importState, parseExportFull } from '../../src/app/state/transfer.ts';
+import { createJsonlAuditLog } from '../../src/app/audit/jsonl.ts';
+import type { AuditLog } from '../../src/app/audit/sink.ts';
+import path from 'node:path';
 import type { StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
@@ -201,7 +204,8 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
       AWS_SECRET_ACCESS_KEY: 'testing',
       AWS_EC2_METADATA_DISABLED: 'true',
     });
-    moto = await startMoto();
+    // serial: concurrent conditional writes to one item must be serialised as DynamoDB does (see fakes/moto.ts)
+    moto = await startMoto({ serial: true });
   });
   afterAll(async () => {
     await moto?.close();
@@ -326,8 +330,19 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
       await server?.close();
     });
 
-    it('file -> postgres -> dynamodb -> file keeps every record exactly', async () => {
-      const src = createFileStateStore(tempDir('state-move-src'));
+    it('file -> postgres -> dynamodb -> file keeps every record exactly and the audit chain intact', async () => {
+      const srcDir = tempDir('state-move-src');
+      const src = createFileStateStore(srcDir);
+      const srcAudit = createJsonlAuditLog(path.join(srcDir, 'audit', 'audit.jsonl'));
+      for (let i = 0; i < 4; i++)
+        await srcAudit.append({
+          type: 'transition',
+          time: new Date(Date.UTC(2026, 10, 1, 0, i)).toISOString(),
+          key: 'app',
+          state: 'stage',
+        });
+      const chain = await srcAudit.verify();
+      expect(chain).toMatchObject({ ok: true, records: 4 });
       await src.saveActive('app', rotation('rot-20261101t000000z-00000001', 'confirm'));
       await src.setProviderState('app', 'serviceAccountId', 'sa_1');
       await src.finish('db', result('rotated', 'db'), 'key_7');
@@ -336,17 +351,40 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
 
       const pgS = createPostgresStateStore({ type: 'postgres', urlEnv: 'U', schema: 'moved' }, { U: url });
       await pgS.init!();
-      const ddb = ddbStore(unique('moved-'));
+      const ddb = createDynamoStateStore(
+        { type: 'dynamodb', table: unique('moved-'), region: 'us-east-1', endpoint: moto.endpoint },
+        {},
+      );
       await ddb.init!();
-      const back = createFileStateStore(tempDir('state-move-back'));
-      let from: StateStore = src;
-      for (const to of [pgS, ddb, back]) {
-        const { lines } = await exportState(from);
-        await importState(to, parseExport(lines.join('\n') + '\n', 'export.jsonl'));
-        expect(await to.keys()).toEqual(['app', 'db', 'old']);
-        for (const k of ['app', 'db', 'old'] as const) expect(await to.read(k)).toEqual(want[k]);
+      const backDir = tempDir('state-move-back');
+      const back = createFileStateStore(backDir);
+      const backAudit = createJsonlAuditLog(path.join(backDir, 'audit', 'audit.jsonl'));
+      let from: [StateStore, AuditLog] = [src, srcAudit];
+      for (const to of [
+        [pgS, pgS.auditLog()],
+        [ddb, ddb.auditLog()],
+        [back, backAudit],
+      ] as [StateStore, AuditLog][]) {
+        const { lines, audit } = await exportState(from[0], new Date(), from[1]);
+        expect(audit).toBe(4);
+        const parsed = parseExportFull(lines.join('\n') + '\n', 'export.jsonl');
+        await importState(to[0], parsed.records, { audit: { log: to[1], records: parsed.audit } });
+        expect(await to[0].keys()).toEqual(['app', 'db', 'old']);
+        for (const k of ['app', 'db', 'old'] as const) expect(await to[0].read(k)).toEqual(want[k]);
+        expect(await to[1].verify()).toMatchObject({ ok: true, records: 4, headHash: chain.headHash });
         from = to;
       }
+      // and the chain goes on from there
+      await backAudit.append({ type: 'transition', time: new Date().toISOString(), key: 'app', state: 'verify' });
+      expect(await backAudit.verify()).toMatchObject({ ok: true, records: 5 });
+      await pgS.auditLog().append({ type: 'transition', time: new Date().toISOString(), key: 'app', state: 'verify' });
+      expect(await pgS.auditLog().verify()).toMatchObject({ ok: true, records: 5 });
+      // a non-empty audit trail is never merged into
+      const exported = (await exportState(src, new Date(), srcAudit)).lines.join('\n');
+      const again = await rejection(
+        importState(pgS, [], { audit: { log: pgS.auditLog(), records: parseExportFull(exported, 'x').audit } }),
+      );
+      expect(again.message).toMatch(/already holds 5 audit record\(s\); nothing was imported/);
       await pgS.close!();
       await ddb.close!();
     });

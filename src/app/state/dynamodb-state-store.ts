@@ -406,6 +406,45 @@ export function createDynamoStateStore(
       async read() {
         return readChain(await loadChain());
       },
+      async importChain(records) {
+        if (records.length === 0) return;
+        await ready();
+        const h = await send('reading the audit head', (m, c) =>
+          c.send(
+            new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true }),
+          ),
+        );
+        if (h.Item) throw new KeyrotorError('USAGE', `${where} is not empty; the imported audit chain was not written`);
+        // the records first (invisible until the head names them), then the head, created only once
+        for (const r of records)
+          await send('importing the audit trail', (m, c) =>
+            c.send(
+              new m.PutItemCommand({
+                TableName: table,
+                Item: { pk: S('audit'), sk: S(seqKey(r.seq)), line: S(recordLine(r).trimEnd()), hash: S(r.hash) },
+              }),
+            ),
+          );
+        const last = records[records.length - 1]!;
+        try {
+          await send('importing the audit head', (m, c) =>
+            c.send(
+              new m.PutItemCommand({
+                TableName: table,
+                Item: { pk: S('audit'), sk: S('head'), seq: N(last.seq), hash: S(last.hash) },
+                ConditionExpression: 'attribute_not_exists(pk)',
+              }),
+            ),
+          );
+        } catch (e) {
+          if (nameOf((e as { cause?: unknown }).cause) === 'ConditionalCheckFailedException')
+            throw new KeyrotorError(
+              'USAGE',
+              `${where} was appended to during the import; the imported chain is not used`,
+            );
+          throw e;
+        }
+      },
       async verify() {
         return verifyChain(where, await loadChain());
       },

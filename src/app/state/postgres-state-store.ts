@@ -340,6 +340,26 @@ export function createPostgresStateStore(
       async read() {
         return readChain(await loadChain());
       },
+      async importChain(records) {
+        if (records.length === 0) return;
+        await ready();
+        await tx('importing the audit trail', async (c) => {
+          const h = await c.query<{ seq: string }>(`SELECT seq FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`);
+          if (Number(h.rows[0]?.seq ?? 0) !== 0)
+            throw new KeyrotorError(
+              'USAGE',
+              `${where} is not empty (${h.rows[0]?.seq} records); the imported audit chain was not written`,
+            );
+          for (const r of records)
+            await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ($1, $2, $3)`, [
+              r.seq,
+              recordLine(r).trimEnd(),
+              r.hash,
+            ]);
+          const last = records[records.length - 1]!;
+          await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [last.seq, last.hash]);
+        });
+      },
       async verify() {
         return verifyChain(where, await loadChain());
       },

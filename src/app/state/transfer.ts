@@ -5,6 +5,10 @@
  *
  *   {"format":"keyrotor-state-export/1","exportedAt":"...","source":"file:.keyrotor","keys":2}
  *   {"kind":"key","record":{ ...KeyRecord }}
+ *   {"kind":"audit","record":{ ...AuditRecord }}     the hash-chained audit trail, verbatim, in seq order
+ *
+ * The audit chain travels intact (same seq, prev and hash): import verifies it first and writes it
+ * only into an empty audit trail, so `audit verify` on the new backend checks the same chain.
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -12,21 +16,80 @@ import { KeyrotorError } from '../../core/errors.ts';
 import { isLease, type KeyRecord, type StateStore } from '../../core/ports.ts';
 import { decodeRecord } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
+import { canonicalJson, isAuditRecord, type AuditRecord } from '../audit/record.ts';
+import type { AuditLog } from '../audit/sink.ts';
+import { verifyChain } from '../audit/chain.ts';
 
 export const EXPORT_FORMAT = 'keyrotor-state-export/1';
 
-export async function exportState(store: StateStore, now = new Date()): Promise<{ lines: string[]; keys: number }> {
+export async function exportState(
+  store: StateStore,
+  now = new Date(),
+  audit?: AuditLog,
+): Promise<{ lines: string[]; keys: number; audit: number; warnings: string[] }> {
   const names = await store.keys();
   const records: KeyRecord[] = [];
   for (const k of names) {
     const r = await store.read(k);
     if (r) records.push(r);
   }
-  const head = { format: EXPORT_FORMAT, exportedAt: now.toISOString(), source: store.label, keys: records.length };
-  return {
-    lines: [JSON.stringify(head), ...records.map((record) => JSON.stringify({ kind: 'key', record }))],
+  const chain = audit ? await audit.read() : { records: [], warnings: [] };
+  const head = {
+    format: EXPORT_FORMAT,
+    exportedAt: now.toISOString(),
+    source: store.label,
     keys: records.length,
+    audit: chain.records.length,
   };
+  return {
+    lines: [
+      JSON.stringify(head),
+      ...records.map((record) => JSON.stringify({ kind: 'key', record })),
+      ...chain.records.map((record) => JSON.stringify({ kind: 'audit', record })),
+    ],
+    keys: records.length,
+    audit: chain.records.length,
+    warnings: chain.warnings,
+  };
+}
+
+/** Parse an export: key records and the audit chain (verified); any problem is one line, nothing written. */
+export function parseExportFull(text: string, source: string): { records: KeyRecord[]; audit: AuditRecord[] } {
+  const audit: AuditRecord[] = [];
+  const keyLines: string[] = [];
+  const lines = text.split('\n').filter((l) => l.trim() !== '');
+  lines.forEach((l, i) => {
+    if (i > 0 && l.startsWith('{"kind":"audit"')) {
+      let r: unknown;
+      try {
+        r = (JSON.parse(l) as { record?: unknown }).record;
+      } catch {
+        throw new KeyrotorError('USAGE', `${source}:${i + 1}: not JSON (a truncated file?)`);
+      }
+      if (!isAuditRecord(r)) throw new KeyrotorError('USAGE', `${source}:${i + 1}: not an audit record`);
+      audit.push(r);
+    } else keyLines.push(l);
+  });
+  const records = parseExport(keyLines.join('\n'), source); // the header and the key lines first
+  const head = JSON.parse(lines[0] ?? '{}') as { audit?: unknown };
+  if (typeof head.audit === 'number' && head.audit !== audit.length)
+    throw new KeyrotorError(
+      'USAGE',
+      `${source}: the header announces ${head.audit} audit record(s) but ${audit.length} follow (a truncated file?)`,
+    );
+  if (audit.length) {
+    const last = audit[audit.length - 1]!;
+    const v = verifyChain(source, {
+      lines: audit.map((r) => canonicalJson(r)),
+      head: { seq: last.seq, hash: last.hash },
+    });
+    if (!v.ok)
+      throw new KeyrotorError(
+        'USAGE',
+        `${source}: the audit chain is broken at record #${v.broken?.seq ?? '?'}: ${v.broken?.reason ?? 'invalid'}`,
+      );
+  }
+  return { records, audit };
 }
 
 /** Parse an export; any bad line is one USAGE error naming it, before anything is written. */
@@ -88,7 +151,7 @@ export interface ImportResult {
 export async function importState(
   store: StateStore,
   records: KeyRecord[],
-  opts: { overwrite?: boolean; ttlMs?: number } = {},
+  opts: { overwrite?: boolean; ttlMs?: number; audit?: { log: AuditLog; records: AuditRecord[] } } = {},
 ): Promise<ImportResult> {
   if (!opts.overwrite) {
     const existing = new Set(await store.keys());
@@ -98,6 +161,17 @@ export async function importState(
         'USAGE',
         `${store.label} already holds state for ${clash.map((k) => `"${k}"`).join(', ')}; nothing was imported`,
         { hint: 'pass --overwrite to replace it' },
+      );
+  }
+  if (opts.audit?.records.length) {
+    if (!opts.audit.log.importChain)
+      throw new KeyrotorError('USAGE', `${opts.audit.log.label} cannot import an audit chain; nothing was imported`);
+    const existing = await opts.audit.log.read();
+    if (existing.records.length)
+      throw new KeyrotorError(
+        'USAGE',
+        `${opts.audit.log.label} already holds ${existing.records.length} audit record(s); nothing was imported`,
+        { hint: 'import into a fresh state backend so the audit chain stays one chain' },
       );
   }
   const owner = `import:${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
@@ -118,5 +192,6 @@ export async function importState(
     }
     imported.push(r.keyName);
   }
+  if (opts.audit?.records.length) await opts.audit.log.importChain!(opts.audit.records);
   return { imported, active: records.filter((r) => r.active).map((r) => r.keyName) };
 }

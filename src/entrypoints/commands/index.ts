@@ -383,13 +383,14 @@ Exit codes: 0 done (or nothing to do), 2 config, unreachable backend, missing pe
 
   state
     .command('export')
-    .description('print every key record (references only, never secret values) as JSON lines')
+    .description('print every key record and the audit trail (references only, never secret values) as JSON lines')
     .option('--out <file>', 'write to this new file (mode 0600) instead of stdout')
     .addHelpText(
       'after',
       `
 Moves state between backends: \`keyrotor -c old.yaml state export --out s.jsonl\`, then
-\`keyrotor -c new.yaml state import s.jsonl\`. Leases are not exported.
+\`keyrotor -c new.yaml state import s.jsonl\`. The audit chain goes along intact (import writes it only into an
+empty audit trail). Leases are not exported.
 Exit codes: 0 exported, 2 config/backend problem or --out exists.`,
     )
     .action(lazy(ctx, async () => (await import('./state.ts')).runStateExport));

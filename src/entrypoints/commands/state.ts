@@ -10,11 +10,14 @@ import { errnoOf, displayPath } from '../../core/fs.ts';
 import type { StateStore } from '../../core/ports.ts';
 import type { CommandContext } from './context.ts';
 
-async function withStore<T>(ctx: CommandContext, fn: (s: StateStore) => Promise<T>): Promise<T> {
+async function withStore<T>(
+  ctx: CommandContext,
+  fn: (s: StateStore, cfg: Awaited<ReturnType<CommandContext['config']>>) => Promise<T>,
+): Promise<T> {
   const cfg = await ctx.config();
   const store = await ctx.stateStore(cfg);
   try {
-    return await fn(store);
+    return await fn(store, cfg);
   } finally {
     await store.close?.().catch(() => undefined);
   }
@@ -35,9 +38,13 @@ export async function runStateInit(ctx: CommandContext, opts: { json?: boolean }
 
 /** `keyrotor state export` (declared in index.ts) */
 export async function runStateExport(ctx: CommandContext, opts: { out?: string }): Promise<void> {
-  const { exportState } = await import('../../app/state/transfer.ts');
-  await withStore(ctx, async (store) => {
-    const { lines, keys } = await exportState(store);
+  const [{ exportState }, { openAuditLog }] = await Promise.all([
+    import('../../app/state/transfer.ts'),
+    import('../../app/audit/index.ts'),
+  ]);
+  await withStore(ctx, async (store, cfg) => {
+    const { lines, keys, audit, warnings } = await exportState(store, new Date(), openAuditLog(cfg, {}, ctx.io.env));
+    for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit trail: ${w}\n`);
     const text = lines.join('\n') + '\n';
     if (!opts.out) return ctx.io.stdout(text);
     const file = path.resolve(opts.out);
@@ -52,7 +59,7 @@ export async function runStateExport(ctx: CommandContext, opts: { out?: string }
           : `cannot write --out ${displayPath(file)} (${code ?? 'unknown error'})`,
       );
     }
-    ctx.io.stderr(`exported ${keys} key(s) from ${store.label} to ${displayPath(file)}\n`);
+    ctx.io.stderr(`exported ${keys} key(s) and ${audit} audit record(s) from ${store.label} to ${displayPath(file)}\n`);
   });
 }
 
@@ -63,7 +70,10 @@ export async function runStateImport(
   opts: { overwrite?: boolean; json?: boolean },
 ): Promise<void> {
   ctx.setJson(opts.json === true);
-  const { importState, parseExport } = await import('../../app/state/transfer.ts');
+  const [{ importState, parseExportFull }, { openAuditLog }] = await Promise.all([
+    import('../../app/state/transfer.ts'),
+    import('../../app/audit/index.ts'),
+  ]);
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -73,11 +83,17 @@ export async function runStateImport(
       `cannot read ${displayPath(path.resolve(file))} (${errnoOf(e) ?? 'unknown error'})`,
     );
   }
-  const records = parseExport(text, displayPath(path.resolve(file)));
-  await withStore(ctx, async (store) => {
-    const r = await importState(store, records, { overwrite: opts.overwrite === true });
-    if (opts.json) return ctx.io.stdout(JSON.stringify({ backend: store.label, ...r }, null, 2) + '\n');
-    ctx.io.stdout(`imported ${r.imported.length} key(s) into ${store.label}: ${r.imported.join(', ') || '(none)'}\n`);
+  const { records, audit } = parseExportFull(text, displayPath(path.resolve(file)));
+  await withStore(ctx, async (store, cfg) => {
+    const r = await importState(store, records, {
+      overwrite: opts.overwrite === true,
+      audit: { log: openAuditLog(cfg, {}, ctx.io.env), records: audit },
+    });
+    if (opts.json)
+      return ctx.io.stdout(JSON.stringify({ backend: store.label, ...r, audit: audit.length }, null, 2) + '\n');
+    ctx.io.stdout(
+      `imported ${r.imported.length} key(s) and ${audit.length} audit record(s) into ${store.label}: ${r.imported.join(', ') || '(none)'}\n`,
+    );
     if (r.active.length)
       ctx.io.stdout(`unfinished rotations (run \`keyrotor resume\` against this backend): ${r.active.join(', ')}\n`);
   });
