@@ -15,6 +15,7 @@ import type {
 export function memoryStateStore(): StateStore & { writes: number } {
   const records = new Map<string, KeyRecord>();
   const leases = new Map<string, LeaseHolder>();
+  let grants = 0;
   const empty = (keyName: string): KeyRecord => ({
     keyName,
     active: null,
@@ -61,6 +62,7 @@ export function memoryStateStore(): StateStore & { writes: number } {
       const lease: Lease = {
         owner,
         expiresAt: Date.now() + ttlMs,
+        token: ++grants,
         async renew() {},
         async release() {
           if (leases.get(k)?.owner === owner) leases.delete(k);
@@ -68,6 +70,10 @@ export function memoryStateStore(): StateStore & { writes: number } {
       };
       leases.set(k, { owner, expiresAt: lease.expiresAt });
       return lease;
+    },
+    async put(record: KeyRecord) {
+      store.writes++;
+      records.set(record.keyName, structuredClone(record));
     },
     async keys() {
       return [...records.keys()].sort();

@@ -5,7 +5,16 @@
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
-import type { HealthGate, Issuer, KeyRecord, Logger, ProviderContext, SecretStore, StateStore } from '../core/ports.ts';
+import type {
+  Fence,
+  HealthGate,
+  Issuer,
+  KeyRecord,
+  Logger,
+  ProviderContext,
+  SecretStore,
+  StateStore,
+} from '../core/ports.ts';
 import { createGate, createIssuer, createStore } from '../../providers/index.ts';
 import type { RotationTiming } from '../../workflows/rotation/rotation.machine.ts';
 
@@ -20,6 +29,8 @@ export interface ComposeOptions {
   config: LoadedConfig;
   key: ResolvedKey;
   stateStore: StateStore;
+  /** the lease held when a provider remembers a fact (its writes are fenced by the token), if any */
+  fence?: () => Fence | undefined;
   record: KeyRecord | null;
   logger: Logger;
   clock?: Clock;
@@ -39,8 +50,9 @@ export async function composeKey(o: ComposeOptions): Promise<KeyProviders> {
       get: (k) => providerState[k],
       set: async (k, v) => {
         providerState[k] = v;
-        await o.stateStore.setProviderState(o.key.name, k, v);
+        await o.stateStore.setProviderState(o.key.name, k, v, o.fence?.());
       },
+      fresh: async (k) => (await o.stateStore.read(o.key.name))?.providerState[k],
     },
   };
   const issuer = await createIssuer(o.key.issuer, ctx);

@@ -23,7 +23,7 @@ import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
 import { createNotifier, notificationSettings, type DeliveryReport, type Notifier } from './notify/index.ts';
 import type { RotationObserver } from './run.ts';
-import { createFileStateStore } from './state/index.ts';
+import { createStateAuditLog, createStateStore } from './state/index.ts';
 
 export interface ObserverOptions {
   config: LoadedConfig;
@@ -45,13 +45,15 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
 
   const settings = auditSettings(o.config);
   if (o.audit !== false && (o.audit || settings.enabled)) {
-    let sink: AuditSink = o.audit || createJsonlAuditLog(auditPath(o.config, settings));
+    let sink: AuditSink =
+      o.audit ||
+      (createStateAuditLog(o.config, o.env ?? process.env) ?? createJsonlAuditLog(auditPath(o.config, settings)));
     if (settings.mirrorToLog) sink = teeAuditSink([sink, logAuditSink(o.logger.child({ component: 'audit' }))]);
     observers.push(auditObserver({ sink, actor: o.actor }));
   }
 
   const metrics = o.metrics ?? processMetrics();
-  metrics.trackKeys(o.config, o.stateStore ?? createFileStateStore(o.config.stateDir));
+  metrics.trackKeys(o.config, o.stateStore ?? createStateStore(o.config, o.env ?? process.env));
   observers.push(metrics.observer());
 
   const webhooks = notificationSettings(o.config);

@@ -63,6 +63,7 @@ function readOnly(s: StateStore): StateStore {
     saveActive: async () => {},
     finish: async () => {},
     setProviderState: async () => {},
+    put: async () => {},
     acquire: () => Promise.reject(new Error('preflight takes no lease')),
   };
 }

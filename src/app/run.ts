@@ -15,7 +15,7 @@ import { closeProviders, composeKey, type KeyProviders } from './compose.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
-import { isLease, type Logger } from '../core/ports.ts';
+import { isLease, type Lease, type Logger } from '../core/ports.ts';
 import type { Outcome } from '../core/stages.ts';
 import { isDue, unreplacedLeak } from './run/due.ts';
 import { runRotation } from './run/loop.ts';
@@ -86,10 +86,13 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
 
     // build the providers first: configuration problems (e.g. a missing env var) end here, exit 2,
     // before a lease or any state is written
+    // providers remember facts through the state store: under the lease, fenced by its token
+    const held: { lease?: Lease } = {};
     const providers = await composeKey({
       config: o.config,
       key,
       stateStore: o.stateStore,
+      fence: () => held.lease,
       record,
       logger: log,
       clock,
@@ -97,7 +100,7 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
     });
 
     try {
-      return await underLease(key, o, providers, log);
+      return await underLease(key, o, providers, log, held);
     } finally {
       await closeProviders(providers);
     }
@@ -117,6 +120,7 @@ async function underLease(
   o: RotateOptions,
   providers: KeyProviders,
   log: Logger,
+  held: { lease?: Lease },
 ): Promise<KeyResult> {
   const base = { key: key.name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
@@ -133,6 +137,7 @@ async function underLease(
     };
   }
   const lease = got;
+  held.lease = lease;
   const renew = setInterval(
     () => {
       lease
@@ -147,9 +152,10 @@ async function underLease(
     const fresh = await o.stateStore.read(key.name);
     const active = fresh?.active ?? null;
     if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
-    return await runRotation(key, fresh, active, o, providers, log);
+    return await runRotation(key, fresh, active, o, providers, log, lease);
   } finally {
     clearInterval(renew);
+    delete held.lease;
     await lease
       .release()
       .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));

@@ -11,8 +11,14 @@ export const ERROR_CODES = {
   UNKNOWN_KEY: 2,
   STATE_UNREADABLE: 2,
   STATE_VERSION: 2,
+  /** the state backend's schema/table does not exist (or is older than this keyrotor): `keyrotor state init` */
+  STATE_NOT_INITIALIZED: 2,
+  /** the state backend cannot be reached or refuses us (connection, URL, credentials, permission) */
+  STATE_UNAVAILABLE: 2,
   // concurrency (exit 3)
   LOCKED: 3,
+  /** a write under a lease was refused: the lease was granted to someone else since (fencing token) */
+  LEASE_LOST: 3,
   // rotation failures that were rolled back safely (exit 1)
   ISSUER_AUTH: 1,
   ISSUER_PERMISSION: 1,

@@ -234,6 +234,14 @@ export interface KeyRecord {
 export interface Lease {
   readonly owner: string;
   readonly expiresAt: number;
+  /**
+   * Fencing token: a number that grows with every grant of this key's lease (to anyone). Pass the
+   * lease (or `{ token }`) as the `fence` of a write: the store refuses it with LEASE_LOST once the
+   * lease was granted to someone after this holder (a holder paused past its expiry cannot overwrite
+   * its successor).
+   */
+  readonly token: number;
+  /** extend the lease by its ttl; LEASE_LOST when someone else was granted it meanwhile */
   renew(): Promise<void>;
   release(): Promise<void>;
 }
@@ -243,12 +251,26 @@ export interface LeaseHolder {
   expiresAt: number;
 }
 
+/** Proof of holding a key's lease: writes made with it are conditional on the token still being current. */
+export interface Fence {
+  readonly token: number;
+}
+
+/** What `state init` did. */
+export interface StateInitResult {
+  /** false: everything already existed at the current version */
+  changed: boolean;
+  /** one line per step, secret-free */
+  steps: string[];
+}
+
 export interface StateStore {
+  /** e.g. `file:.keyrotor`, `postgres:db.internal:5432/keyrotor (schema keyrotor)`; never a password */
   readonly label: string;
   /** null when the key was never seen. Corrupt or unknown-format data throws STATE_UNREADABLE. */
   read(keyName: string): Promise<KeyRecord | null>;
-  /** persist the running rotation's snapshot (atomic) */
-  saveActive(keyName: string, rotation: PersistedRotation): Promise<void>;
+  /** persist the running rotation's snapshot (atomic); with a fence, only while its token is current */
+  saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence): Promise<void>;
   /**
    * the rotation ended: record the result and clear `active` — or, in the same atomic write, keep
    * `keepActive` (a rotation that can only go forward and must stay resumable)
@@ -258,11 +280,27 @@ export interface StateStore {
     result: RotationResult,
     currentKeyId?: string | null,
     keepActive?: PersistedRotation | null,
+    fence?: Fence,
   ): Promise<void>;
-  setProviderState(keyName: string, key: string, value: string): Promise<void>;
-  /** exclusive per-key lease; returns the holder when someone else has it and it has not expired */
+  setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void>;
+  /**
+   * Remember `key` only if it is not set yet (atomic create-once, no lease needed: used by
+   * `keyrotor confirm` while a rotation holds the lease). Returns the value stored now. Database
+   * backends implement it; the file backend keeps decisions in files.
+   */
+  setProviderStateIfAbsent?(keyName: string, key: string, value: string): Promise<string>;
+  /** replace the whole record (state import); with a fence, only while its token is current */
+  put(record: KeyRecord, fence?: Fence): Promise<void>;
+  /**
+   * exclusive per-key lease; returns the holder when someone else has it and it has not expired.
+   * Every grant carries a larger fencing token than any earlier grant of the same key.
+   */
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
   keys(): Promise<string[]>;
+  /** create (or migrate) the schema/table; idempotent. Absent: nothing to set up. */
+  init?(): Promise<StateInitResult>;
+  /** release connections so the process can exit. Optional. */
+  close?(): Promise<void>;
 }
 
 export function isLease(x: Lease | LeaseHolder): x is Lease {
@@ -293,5 +331,7 @@ export interface ProviderContext {
   providerState: {
     get(key: string): string | undefined;
     set(key: string, value: string): Promise<void>;
+    /** read the fact from the state store now (another process may have written it since); optional */
+    fresh?(key: string): Promise<string | undefined>;
   };
 }

@@ -22,8 +22,9 @@ const EXIT_HELP = `
 Exit codes:
   0  done (rotated, or nothing was due)
   1  not done, but safe: rolled back, the old key still serves
-  2  bad usage, config or state file, or an unsupported Node version (nothing was changed)
-  3  locked: another rotation of the same key is running
+  2  bad usage, config or state (file, or backend unreachable / not initialised), or an unsupported
+     Node version (nothing was changed)
+  3  locked: another rotation of the same key is running (or took over this one's lease)
   4  a human must act (needs_attention: see "leftovers" in the result)
   5  paused by Ctrl-C / SIGTERM: state saved, lock released; \`keyrotor resume <key>\` continues
   130, 143  a second Ctrl-C / SIGTERM: exited at once, the lock stays (a run on this host takes it
@@ -36,6 +37,7 @@ Environment:
                          this often (default 30s); on a TTY a live line per waiting rotation
   KEYROTOR_MASTER_KEY    32-byte key for the file store (default: generated key file in the state dir)
   OPENAI_ADMIN_KEY       admin key for the openai issuer (name configurable with adminKeyEnv)
+  KEYROTOR_DATABASE_URL  PostgreSQL URL for state: { type: postgres } (name configurable with urlEnv)
   NO_COLOR               no colours on a TTY
 `;
 

@@ -32,7 +32,7 @@ import type { Logger, StateStore } from '../core/ports.ts';
 import { defaultObservers } from '../app/observers.ts';
 import { processMetrics } from '../app/metrics.ts';
 import { rotateKey, rotateKeys, type KeyResult, type RotateOptions } from '../app/run.ts';
-import { createFileStateStore } from '../app/state/index.ts';
+import { createStateStore } from '../app/state/index.ts';
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 300_000;
@@ -129,7 +129,7 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
   const maxBody = o.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const timeoutMs = o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const marginMs = o.safetyMarginMs ?? DEFAULT_SAFETY_MARGIN_MS;
-  const stateStore = o.stateStore ?? createFileStateStore(o.config.stateDir);
+  const stateStore = o.stateStore ?? createStateStore(o.config, env);
   const log = o.logger.child({ entry: 'cloud-run' });
   const shutdown = new AbortController();
   const inflight = new Set<Promise<void>>();

@@ -53,7 +53,7 @@ export interface RotateKeysOptions {
   dryRun?: boolean;
   /** default: a logger that drops everything; pass a pino logger (or anything with the same methods) */
   logger?: Logger;
-  /** default: the file state store in the config's `stateDir` */
+  /** default: the state backend the config names (`state:`; files under `stateDir` by default) */
   stateStore?: StateStore;
   /** where `${VAR}`s and `*Env` names are read (default process.env) */
   env?: NodeJS.ProcessEnv;
@@ -74,10 +74,12 @@ export interface RotateKeysOptions {
 export interface StatusOptions {
   /** names of the keys (default: every key in the config) */
   keys?: string[];
-  /** default: the file state store in the config's `stateDir` */
+  /** default: the state backend the config names (`state:`; files under `stateDir` by default) */
   stateStore?: StateStore;
   /** "now" for due dates and ages, ms since the epoch (default Date.now()) */
   now?: number;
+  /** environment for the state backend's `urlEnv` etc. (default process.env) */
+  env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -97,9 +99,10 @@ export function selectKeys(config: LoadedConfig, names: readonly string[] = []):
   });
 }
 
-async function defaultStateStore(config: LoadedConfig): Promise<StateStore> {
-  const { createFileStateStore } = await import('../app/state/index.ts');
-  return createFileStateStore(config.stateDir);
+/** the state backend the config names (`state:`; files under `stateDir` by default) */
+async function defaultStateStore(config: LoadedConfig, env: NodeJS.ProcessEnv): Promise<StateStore> {
+  const { createStateStore } = await import('../app/state/index.ts');
+  return createStateStore(config, env);
 }
 
 /**
@@ -126,7 +129,7 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
   const env = o.env ?? process.env;
   const logger = o.logger ?? silentLogger();
   const actor = o.actor ?? 'library';
-  const stateStore = o.stateStore ?? (await defaultStateStore(config));
+  const stateStore = o.stateStore ?? (await defaultStateStore(config, o.env ?? process.env));
   const observers = [...defaultObservers({ config, logger, actor, env, stateStore }), ...(o.observers ?? [])];
   try {
     return await rotateKeys(keys, {
@@ -156,7 +159,7 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
 export async function status(config: LoadedConfig, o: StatusOptions = {}): Promise<KeyStatus[]> {
   const keys = selectKeys(config, o.keys);
   const { keyStatus } = await import('./commands/status.ts');
-  const stateStore = o.stateStore ?? (await defaultStateStore(config));
+  const stateStore = o.stateStore ?? (await defaultStateStore(config, o.env ?? process.env));
   const now = o.now ?? Date.now();
   const out: KeyStatus[] = [];
   for (const k of keys) out.push(keyStatus(k, await stateStore.read(k.name), now));

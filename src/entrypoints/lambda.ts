@@ -28,7 +28,7 @@ import { createLogger } from '../app/log.ts';
 import { defaultObservers, flushObservers } from '../app/observers.ts';
 import { processMetrics } from '../app/metrics.ts';
 import { rotateKey, rotateKeys, type KeyResult, type RotateOptions } from '../app/run.ts';
-import { createFileStateStore } from '../app/state/index.ts';
+import { createStateStore } from '../app/state/index.ts';
 import {
   secretsManagerStep,
   smEventSchema,
@@ -143,7 +143,7 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
   const logger = () => (loggerP ??= opts.logger ? Promise.resolve(opts.logger) : createLogger({ pretty: false }));
   const stateStore = (cfg: LoadedConfig) => {
     const s = opts.stateStore;
-    return (store ??= typeof s === 'function' ? s(cfg) : (s ?? createFileStateStore(cfg.stateDir)));
+    return (store ??= typeof s === 'function' ? s(cfg) : (s ?? createStateStore(cfg, env)));
   };
   const marginMs = () => {
     if (opts.safetyMarginMs !== undefined) return opts.safetyMarginMs;

@@ -157,9 +157,10 @@ export class CrashSwitch {
       label: s.label,
       read: (k) => this.#quiet(() => s.read(k)),
       keys: () => this.#quiet(() => s.keys()),
-      saveActive: (k, r) => this.#event('state.saveActive', () => s.saveActive(k, r)),
-      finish: (k, r, c, a) => this.#event('state.finish', () => s.finish(k, r, c, a)),
-      setProviderState: (k, a, b) => this.#event('state.setProviderState', () => s.setProviderState(k, a, b)),
+      saveActive: (k, r, f) => this.#event('state.saveActive', () => s.saveActive(k, r, f)),
+      finish: (k, r, c, a, f) => this.#event('state.finish', () => s.finish(k, r, c, a, f)),
+      setProviderState: (k, a, b, f) => this.#event('state.setProviderState', () => s.setProviderState(k, a, b, f)),
+      put: (r, f) => this.#event('state.put', () => s.put(r, f)),
       acquire: async (k, owner, ttl): Promise<Lease | LeaseHolder> => {
         const got = await this.#quiet(() => s.acquire(k, owner, ttl));
         if (!('release' in got)) return got;
@@ -169,6 +170,7 @@ export class CrashSwitch {
           get expiresAt() {
             return lease.expiresAt;
           },
+          token: lease.token,
           renew: () => this.#quiet(() => lease.renew()),
           release: () => this.#quiet(() => lease.release()),
         };

@@ -94,11 +94,12 @@ async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
     label: real.label,
     read: (k) => (isDead ? dead : real.read(k)),
     keys: () => real.keys(),
-    finish: (k, r, c, a) => (isDead ? dead : real.finish(k, r, c, a)),
-    setProviderState: (k, a, b) => (isDead ? dead : real.setProviderState(k, a, b)),
-    async saveActive(k, rot) {
+    finish: (k, r, c, a, f) => (isDead ? dead : real.finish(k, r, c, a, f)),
+    setProviderState: (k, a, b, f) => (isDead ? dead : real.setProviderState(k, a, b, f)),
+    put: (r, f) => (isDead ? dead : real.put(r, f)),
+    async saveActive(k, rot, f) {
       if (isDead) return dead;
-      await real.saveActive(k, rot);
+      await real.saveActive(k, rot, f);
       const snap = rot.snapshot as { value?: unknown; context?: { staged?: number } };
       if (snap.value === 'stage' && snap.context?.staged === 0) {
         isDead = true;
@@ -112,6 +113,7 @@ async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
       return {
         owner: l.owner,
         expiresAt: l.expiresAt,
+        token: l.token,
         renew: () => (isDead ? dead : l.renew()),
         release: () => (isDead ? dead : l.release()),
       };

@@ -33,6 +33,12 @@ export interface StartMotoOptions {
   python?: string;
   /** how long to wait for the first answer (default 20 s) */
   readyTimeoutMs?: number;
+  /**
+   * one request at a time (moto's server is threaded and its backends take no locks, so concurrent
+   * conditional writes to one item can both pass; real DynamoDB serialises them). For tests of
+   * concurrent conditional writes.
+   */
+  serial?: boolean;
 }
 
 const PYTHON = 'python3';
@@ -48,8 +54,11 @@ const BOOT = [
   '    finally:',
   '        os._exit(0)',
   'threading.Thread(target=_watch, daemon=True).start()',
-  'from moto.server import main',
-  'main(sys.argv[1:])',
+  'import moto.server as _ms',
+  'if os.environ.get("KEYROTOR_MOTO_SERIAL") == "1":',
+  '    _run = _ms.run_simple',
+  '    _ms.run_simple = lambda *a, **k: _run(*a, **dict(k, threaded=False))',
+  '_ms.main(sys.argv[1:])',
 ].join('\n');
 
 export interface MotoSupport {
@@ -154,12 +163,12 @@ function exited(child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null;
 }
 
-async function spawnOnce(python: string, readyTimeoutMs: number): Promise<Moto> {
+async function spawnOnce(python: string, readyTimeoutMs: number, serial = false): Promise<Moto> {
   const port = await freePort();
   const endpoint = `http://127.0.0.1:${port}`;
   const child = spawn(python, ['-c', BOOT, '-H', '127.0.0.1', '-p', String(port)], {
     stdio: ['pipe', 'pipe', 'pipe'],
-    env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    env: { ...process.env, PYTHONUNBUFFERED: '1', KEYROTOR_MOTO_SERIAL: serial ? '1' : '0' },
   });
   // keep only a short tail of moto's output, for the error message if it fails to start
   let tail = '';
@@ -230,7 +239,7 @@ export async function startMoto(opts: StartMotoOptions = {}): Promise<Moto> {
   // a port picked free can be taken before moto binds it: try a few times
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await spawnOnce(python, opts.readyTimeoutMs ?? 20_000);
+      return await spawnOnce(python, opts.readyTimeoutMs ?? 20_000, opts.serial === true);
     } catch (e) {
       lastErr = e;
     }

@@ -186,11 +186,11 @@ describe('SAM template (static)', () => {
     expect([...dynamo[0]!.Action].sort()).toEqual(
       [
         'dynamodb:ConditionCheckItem',
-        'dynamodb:DeleteItem',
         'dynamodb:DescribeTable',
         'dynamodb:GetItem',
         'dynamodb:PutItem',
         'dynamodb:Query',
+        'dynamodb:Scan',
         'dynamodb:UpdateItem',
       ].sort(),
     );

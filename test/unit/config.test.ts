@@ -74,6 +74,37 @@ keys:
     expect(e.message).not.toContain('\n');
   });
 
+  it('state backend: file by default; postgres and dynamodb with their defaults; bad ones are one line', () => {
+    expect(parseConfig(ok(), 'c.yaml', {}).raw.state).toEqual({ type: 'file' });
+    expect(parseConfig(ok('state: { type: postgres }'), 'c.yaml', {}).raw.state).toEqual({
+      type: 'postgres',
+      urlEnv: 'KEYROTOR_DATABASE_URL',
+      schema: 'keyrotor',
+    });
+    expect(
+      parseConfig(ok('state: { type: dynamodb, table: keyrotor-state, region: eu-west-1 }'), 'c.yaml', {}).raw.state,
+    ).toEqual({ type: 'dynamodb', table: 'keyrotor-state', region: 'eu-west-1' });
+    for (const [extra, re] of [
+      ['state: { type: redis }', /^rotation\.config\.yaml:6:10 state\.type: /],
+      ['state: { type: dynamodb }', /state\.table: /],
+      ['state: { type: postgres, schema: "Key Rotor" }', /state\.schema: must be a lower-case SQL identifier/],
+      ['state: { type: postgres, url: "postgres://u:p@h/db" }', /state: .*url/],
+      [
+        'state: { type: postgres, urlEnv: "postgres://u:p@h/db" }',
+        /state\.urlEnv: must be an environment variable name/,
+      ],
+      ['state: { type: dynamodb, table: t, endpoint: "not a url" }', /state\.table: |state\.endpoint: /],
+    ] as const) {
+      const e = errorOf(ok(extra));
+      expect(e.code).toBe('CONFIG_INVALID');
+      expect(e.message).toMatch(re);
+      expect(e.message).not.toContain('\n');
+    }
+    const schema = JSON.stringify(configJsonSchema());
+    expect(schema).toContain('"dynamodb"');
+    expect(schema).toContain('KEYROTOR_DATABASE_URL');
+  });
+
   it('interpolates ${ENV} and ${ENV:-default}; a missing variable is CONFIG_ENV_MISSING with its position', () => {
     const text = ok().replace(
       '{ type: file }',

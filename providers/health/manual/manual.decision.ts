@@ -32,6 +32,15 @@ export function decisionFile(stateDir: string, key: string, rotationId: string):
   return path.join(stateDir, 'confirm', `${key}.${rotationId}.json`);
 }
 
+/**
+ * With a database state backend the decision is a remembered fact of the key instead of a file
+ * (`keyrotor confirm` creates it once; the gate reads it fresh from the store on every poll).
+ */
+export function decisionStateKey(rotationId: string): string {
+  if (!ROTATION_ID_RE.test(rotationId)) throw new Error(`invalid rotation id ${JSON.stringify(rotationId)}`);
+  return `confirm.${rotationId}`;
+}
+
 export type ReadDecision =
   { kind: 'none' } | { kind: 'decision'; decision: Decision } | { kind: 'unreadable'; detail: string };
 
@@ -46,6 +55,12 @@ export async function readDecision(stateDir: string, key: string, rotationId: st
     if (code === 'ENOENT') return { kind: 'none' };
     return { kind: 'unreadable', detail: `cannot read ${file} (${code ?? 'error'})` };
   }
+  return parseDecision(text, file, key, rotationId);
+}
+
+/** Validate a stored decision (`where` names it in messages). Never throws. */
+export function parseDecision(text: string, where: string, key: string, rotationId: string): ReadDecision {
+  const file = where;
   let doc: unknown;
   try {
     doc = JSON.parse(text);

@@ -7,6 +7,7 @@ import type { LoadedConfig } from '../config/load.ts';
 import { auditConfigSchema, type AuditConfig } from './schema.ts';
 import { createJsonlAuditLog, type JsonlAuditOptions } from './jsonl.ts';
 import type { AuditLog } from './sink.ts';
+import { createStateAuditLog } from '../state/index.ts';
 
 export { auditConfigSchema, type AuditConfig } from './schema.ts';
 export { createJsonlAuditLog, AUDIT_HEAD_FORMAT, type JsonlAuditOptions } from './jsonl.ts';
@@ -41,6 +42,11 @@ export function auditPath(cfg: LoadedConfig, settings: AuditConfig = auditSettin
   return settings.path ? path.resolve(cfg.dir, settings.path) : path.join(cfg.stateDir, 'audit', 'audit.jsonl');
 }
 
-export function openAuditLog(cfg: LoadedConfig, opts: JsonlAuditOptions = {}): AuditLog {
-  return createJsonlAuditLog(auditPath(cfg), opts);
+/**
+ * The audit trail of a config: in the state backend when that is a database (postgres, dynamodb: the
+ * chain head moves in the same transaction as each record, so writers on several hosts share one
+ * chain), else the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`).
+ */
+export function openAuditLog(cfg: LoadedConfig, opts: JsonlAuditOptions = {}, env = process.env): AuditLog {
+  return createStateAuditLog(cfg, env) ?? createJsonlAuditLog(auditPath(cfg), opts);
 }

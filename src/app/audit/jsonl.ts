@@ -291,6 +291,31 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     label: shown,
     file: abs,
 
+    async importChain(records) {
+      if (records.length === 0) return;
+      await ensureDir(dir);
+      await serialized(abs, async () => {
+        let size = 0;
+        try {
+          size = (await stat(abs)).size;
+        } catch (e) {
+          if (errnoOf(e) !== 'ENOENT') throw e;
+        }
+        if (size > 0)
+          throw new KeyrotorError(
+            'USAGE',
+            `audit log ${shown} is not empty; the imported audit chain was not written`,
+            {
+              hint: 'import into a fresh state (move the existing audit log aside first)',
+            },
+          );
+        const last = records[records.length - 1]!;
+        await writeFileAtomic(abs, records.map(recordLine).join(''));
+        const head: Head = { format: AUDIT_HEAD_FORMAT, seq: last.seq, hash: last.hash, time: last.time };
+        await writeFileAtomic(headFile, JSON.stringify(head) + '\n');
+      });
+    },
+
     append(entry) {
       return serialized(`audit:${abs}`, () => withLock(() => appendLocked(entry)));
     },

@@ -47,6 +47,11 @@ export interface AuditLog extends AuditSink {
   readonly file: string;
   read(): Promise<AuditReadResult>;
   verify(): Promise<VerifyReport>;
+  /**
+   * `state import`: write a verified chain verbatim (same seq, prev and hash) into this log, which
+   * must be empty (USAGE otherwise; nothing written). Optional.
+   */
+  importChain?(records: AuditRecord[]): Promise<void>;
 }
 
 /** Mirror every entry into the log at info level (references only, like the file). */

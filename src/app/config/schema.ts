@@ -3,6 +3,7 @@ import { duration } from '../../core/config-fields.ts';
 import { healthConfigSchema, issuerConfigSchema, storeConfigSchema } from '../../../providers/index.ts';
 import { auditConfigSchema } from '../audit/schema.ts';
 import { notificationsConfigSchema } from '../notify/schema.ts';
+import { stateConfigSchema } from '../state/config.ts';
 
 const schedule = z
   .object({
@@ -57,6 +58,8 @@ export const configSchema = z
     version: z.literal(1),
     /** where state, locks and the file store live; relative to the config file */
     stateDir: z.string().min(1).default('.keyrotor'),
+    /** where key records, leases and rotation snapshots live (default: files in stateDir); docs/state-backends.md */
+    state: stateConfigSchema.default({ type: 'file' }),
     defaults: defaults.default(defaults.parse({})),
     keys: z.array(keySchema).min(1, 'at least one key is required'),
     /** audit trail of every transition and result (default: on, `<stateDir>/audit/audit.jsonl`) */

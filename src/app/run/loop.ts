@@ -10,7 +10,7 @@ import type { ResolvedKey } from '../config/schema.ts';
 import { systemClock } from '../../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../../core/errors.ts';
 import { issuedKeyName, newRotationId } from '../../core/ids.ts';
-import type { KeyRecord, Logger, PersistedRotation } from '../../core/ports.ts';
+import type { Fence, KeyRecord, Logger, PersistedRotation } from '../../core/ports.ts';
 import {
   MACHINE_VERSION,
   type FinalState,
@@ -58,6 +58,7 @@ export async function runRotation(
   o: RotateOptions,
   providers: KeyProviders,
   log: Logger,
+  fence: Fence,
 ): Promise<KeyResult> {
   const clock = o.clock ?? systemClock;
 
@@ -70,6 +71,7 @@ export async function runRotation(
     keyName: key.name,
     rotationId,
     stateStore: o.stateStore,
+    fence,
     observers: o.observers,
     actor: o.actor,
     clock,
@@ -96,6 +98,8 @@ export async function runRotation(
       // graceful pause: between stages (here, at the write-ahead barrier) or in the middle of a wait
       await pause.atBarrier();
       const persistError = journal.failure();
+      // a successor holds the lease now: stop here, touch nothing more (it owns the rotation)
+      if (persistError && toKeyrotorError(persistError).code === 'LEASE_LOST') throw toKeyrotorError(persistError);
       if (persistError)
         throw new KeyrotorError(
           'STATE_UNREADABLE',
@@ -176,7 +180,7 @@ export async function runRotation(
   const state = first.value as FinalState;
   const result = resultFrom(key.name, state, ctx, clock);
   const { serving, keepActive } = recordAfter(state, ctx, journal.lastActive());
-  await o.stateStore.finish(key.name, result, serving, keepActive);
+  await o.stateStore.finish(key.name, result, serving, keepActive, fence);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level](
     {

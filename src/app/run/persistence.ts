@@ -9,7 +9,7 @@
 import type { SnapshotFrom } from 'xstate';
 import type { Clock } from '../../core/clock.ts';
 import { toKeyrotorError } from '../../core/errors.ts';
-import type { Logger, PersistedRotation, StateStore } from '../../core/ports.ts';
+import type { Fence, Logger, PersistedRotation, StateStore } from '../../core/ports.ts';
 import { MACHINE_VERSION, type RotationMachine } from '../../../workflows/rotation/rotation.machine.ts';
 import { KEYROTOR_VERSION, type RotationObserver, type TransitionEvent } from './types.ts';
 
@@ -40,6 +40,8 @@ export function createJournal(o: {
   keyName: string;
   rotationId: string;
   stateStore: StateStore;
+  /** the lease's fencing token: every write is conditional on it */
+  fence: Fence;
   observers: RotationObserver[] | undefined;
   /** who runs this (audit) */
   actor: string | undefined;
@@ -68,7 +70,7 @@ export function createJournal(o: {
         };
         lastActive = persisted;
         chain = chain
-          .then(() => o.stateStore.saveActive(o.keyName, persisted))
+          .then(() => o.stateStore.saveActive(o.keyName, persisted, o.fence))
           .catch((e: unknown) => {
             persistError = e;
           });

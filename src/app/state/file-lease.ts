@@ -213,6 +213,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
       );
     return {
       owner,
+      token: 0, // the fencing token is the state store's (file-state-store.ts wraps this lease)
       get expiresAt() {
         return exp;
       },

@@ -2,7 +2,11 @@
  * The default StateStore: one JSON file per key, `<stateDir>/state/<key>.json`, holding
  * `{ format: 'keyrotor-state/1', record: KeyRecord }` (references only, never secret values), written
  * atomically (temp + fsync + rename + fsync dir; 0600 files, 0700 folders), plus the per-key lease
- * in `<stateDir>/locks/` (see file-lease.ts).
+ * in `<stateDir>/locks/` (see file-lease.ts). Fencing: every grant to a new owner bumps the key's
+ * counter in `<stateDir>/fences/<key>.json` (written by the new holder only; a re-acquire by the same
+ * owner extends its lease and keeps the token); a write with a fence first checks
+ * that counter still equals its token (under the in-process queue; across processes the window
+ * between that check and the rename is the file backend's limit — use postgres or dynamodb for fleets).
  *
  * Damage is never reset silently: torn JSON, an unknown format or a record that fails validation is
  * STATE_UNREADABLE naming the file (and the rotation that was in progress, when that much is
@@ -12,10 +16,12 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { KeyRecord, PersistedRotation, RotationResult, StateStore } from '../../core/ports.ts';
+import type { Fence, KeyRecord, Lease, PersistedRotation, RotationResult, StateStore } from '../../core/ports.ts';
+import { isLease } from '../../core/ports.ts';
 import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import { createLeaseManager } from './file-lease.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
+import { edits, leaseLost } from './record.ts';
 
 /** Key names become file names: no separators, no dot-dot, no hidden files. */
 const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -133,6 +139,25 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     }
   }
 
+  const fenceFile = (keyName: string) => path.join(root, 'fences', `${keyName}.json`);
+  async function readFence(keyName: string): Promise<{ token: number; owner: string }> {
+    try {
+      const o = JSON.parse(await readFile(fenceFile(keyName), 'utf8')) as { token?: unknown; owner?: unknown };
+      const n = Number(o.token);
+      return { token: Number.isSafeInteger(n) && n >= 0 ? n : 0, owner: typeof o.owner === 'string' ? o.owner : '' };
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT' || e instanceof SyntaxError) return { token: 0, owner: '' };
+      throw new KeyrotorError(
+        'STATE_UNREADABLE',
+        `cannot read ${displayPath(fenceFile(keyName))} (${errnoOf(e) ?? e})`,
+        {
+          cause: e,
+          retryable: isTransient(e),
+        },
+      );
+    }
+  }
+
   const empty = (keyName: string): KeyRecord => ({
     keyName,
     active: null,
@@ -143,8 +168,12 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
   });
 
   /** read-modify-write under the per-file queue (across processes the lease guards) */
-  function update(keyName: string, fn: (r: KeyRecord) => void): Promise<void> {
+  function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
     return serialized(fileOf(keyName), async () => {
+      if (fence) {
+        const current = (await readFence(keyName)).token;
+        if (current !== fence.token) throw leaseLost(keyName, fence, `the lease was granted again (token ${current})`);
+      }
       const r = (await read(keyName)) ?? empty(keyName);
       fn(r);
       await write(keyName, r);
@@ -155,10 +184,8 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     label: `file:${displayPath(root)}`,
     read,
 
-    saveActive(keyName: string, rotation: PersistedRotation) {
-      return update(keyName, (r) => {
-        r.active = rotation;
-      });
+    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence) {
+      return update(keyName, edits.saveActive(rotation), fence);
     },
 
     finish(
@@ -166,26 +193,51 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
       result: RotationResult,
       currentKeyId?: string | null,
       keepActive?: PersistedRotation | null,
+      fence?: Fence,
     ) {
-      return update(keyName, (r) => {
-        r.active = keepActive ?? null;
-        r.last = result;
-        if (result.outcome === 'rotated') r.lastRotatedAt = result.finishedAt ?? new Date(clock.now()).toISOString();
-        // the caller says which key is current now (the new one after a rotation, the old one after
-        // a rollback); when it does not say, keep what we knew
-        if (currentKeyId !== undefined) r.currentKeyId = currentKeyId;
-      });
+      return update(
+        keyName,
+        edits.finish(result, () => new Date(clock.now()).toISOString(), currentKeyId, keepActive),
+        fence,
+      );
     },
 
-    setProviderState(keyName: string, key: string, value: string) {
-      return update(keyName, (r) => {
-        r.providerState = { ...r.providerState, [key]: value };
-      });
+    setProviderState(keyName: string, key: string, value: string, fence?: Fence) {
+      return update(keyName, edits.setProviderState(key, value), fence);
     },
 
-    acquire(keyName: string, owner: string, ttlMs: number) {
+    put(record: KeyRecord, fence?: Fence) {
+      return update(record.keyName, edits.put(record), fence);
+    },
+
+    async acquire(keyName: string, owner: string, ttlMs: number) {
       fileOf(keyName); // validates the name
-      return leases.acquire(keyName, owner, ttlMs);
+      const got = await leases.acquire(keyName, owner, ttlMs);
+      if (!isLease(got)) return got;
+      // a grant to a new owner bumps the fencing counter (only the holder writes it)
+      let token: number;
+      try {
+        token = await serialized(fenceFile(keyName), async () => {
+          const seen = await readFence(keyName);
+          if (seen.owner === owner && seen.token > 0) return seen.token;
+          const next = seen.token + 1;
+          await writeFileAtomic(fenceFile(keyName), JSON.stringify({ token: next, owner }) + '\n');
+          return next;
+        });
+      } catch (e) {
+        await got.release().catch(() => undefined);
+        throw e;
+      }
+      const lease: Lease = {
+        owner: got.owner,
+        get expiresAt() {
+          return got.expiresAt;
+        },
+        token,
+        renew: () => got.renew(),
+        release: () => got.release(),
+      };
+      return lease;
     },
 
     async keys() {

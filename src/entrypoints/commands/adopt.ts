@@ -46,8 +46,8 @@ export async function runAdopt(
           throw new KeyrotorError('USAGE', `the issuer has no key with id ${opts.keyId} (${known.length} keys listed)`);
         }
         const fp = fingerprint(current.secret);
-        await stateStore.setProviderState(key.name, `adopted.${fp}`, opts.keyId);
-        await audit(cfg, { key: key.name, oldFingerprint: fp, oldKeyId: opts.keyId, reason: opts.reason });
+        await stateStore.setProviderState(key.name, `adopted.${fp}`, opts.keyId, lease);
+        await audit(cfg, { key: key.name, oldFingerprint: fp, oldKeyId: opts.keyId, reason: opts.reason }, ctx.io.env);
         ctx.io.stdout(`${key.name}: the current value (${fp}) is now known as issuer key ${opts.keyId}\n`);
         return;
       }
@@ -81,9 +81,9 @@ export async function runAdopt(
           );
       }
       const at = new Date().toISOString();
-      for (const fp of fps) await stateStore.setProviderState(key.name, `placeholder.${fp}`, at);
+      for (const fp of fps) await stateStore.setProviderState(key.name, `placeholder.${fp}`, at, lease);
       for (const fp of fps)
-        await audit(cfg, { key: key.name, oldFingerprint: fp, placeholder: true, reason: opts.reason });
+        await audit(cfg, { key: key.name, oldFingerprint: fp, placeholder: true, reason: opts.reason }, ctx.io.env);
       ctx.io.stdout(
         `${key.name}: the current value (${fps.join(', ')}) is declared a placeholder, not a key: the next rotation bootstraps over it and revokes nothing for it\n`,
       );
@@ -99,11 +99,12 @@ export async function runAdopt(
 async function audit(
   cfg: LoadedConfig,
   e: { key: string; oldFingerprint: string; oldKeyId?: string; placeholder?: boolean; reason?: string | undefined },
+  env: NodeJS.ProcessEnv,
 ): Promise<void> {
   const { auditSettings, openAuditLog } = await import('../../app/audit/index.ts');
   const { osUser } = await import('../../app/audit/observer.ts');
   if (!auditSettings(cfg).enabled) return;
-  await openAuditLog(cfg).append({
+  await openAuditLog(cfg, {}, env).append({
     type: 'adopt',
     time: new Date().toISOString(),
     key: e.key,

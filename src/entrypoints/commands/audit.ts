@@ -11,7 +11,7 @@ export async function runAuditVerify(ctx: CommandContext, opts: { json?: boolean
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const { openAuditLog } = await import('../../app/audit/index.ts');
-  const report = await openAuditLog(cfg).verify();
+  const report = await openAuditLog(cfg, {}, ctx.io.env).verify();
   ctx.exit(report.ok ? 0 : 1);
   ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
 }
@@ -29,7 +29,7 @@ export async function runHistory(
     import('../../app/audit/index.ts'),
     import('../../app/preflight.ts'),
   ]);
-  const log = openAuditLog(cfg);
+  const log = openAuditLog(cfg, {}, ctx.io.env);
   const { records, warnings } = await log.read();
   for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
   const rotations = buildHistory(records, { key, limit: opts.limit });

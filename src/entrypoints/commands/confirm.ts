@@ -5,6 +5,8 @@
  * atomically and exclusively (temp file + fsync + link: a crash leaves no torn file, and of two
  * people deciding at once exactly one wins). The manual gate of the running rotation reads it on its
  * next poll, also after a restart. A recorded decision is never changed; repeating it is a no-op.
+ * With a database state backend (postgres, dynamodb) the decision is created once in the key's
+ * record there instead, so a confirm from a laptop reaches a rotation held by a Lambda.
  */
 import { link, open, rm } from 'node:fs/promises';
 import { hostname, userInfo } from 'node:os';
@@ -97,7 +99,10 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
       }
     }
     if (!key || !rotationId)
-      throw new KeyrotorError('USAGE', `no rotation ${target} is in progress in ${displayPath(cfg.stateDir)}`);
+      throw new KeyrotorError(
+        'USAGE',
+        `no rotation ${target} is in progress in ${cfg.raw.state.type === 'file' ? displayPath(cfg.stateDir) : stateStore.label}`,
+      );
   } else {
     throw new KeyrotorError(
       'UNKNOWN_KEY',
@@ -110,7 +115,7 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     });
   }
 
-  const { DECISION_FORMAT, decisionFile, readDecision } = await loadManualDecisions();
+  const { DECISION_FORMAT, decisionFile, decisionStateKey, parseDecision, readDecision } = await loadManualDecisions();
   const decision: Decision = {
     format: DECISION_FORMAT,
     key: key.name,
@@ -120,10 +125,30 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     by: who(),
     ...(opts.reason?.trim() ? { reason: scrubText(opts.reason.replace(/\s+/g, ' ').trim()).slice(0, 500) } : {}),
   };
-  const file = decisionFile(cfg.stateDir, key.name, rotationId);
-  let created = await createExclusive(file, JSON.stringify(decision, null, 2) + '\n');
+  const inStore = cfg.raw.state.type !== 'file' && stateStore.setProviderStateIfAbsent !== undefined;
+  const file = inStore ? stateStore.label : decisionFile(cfg.stateDir, key.name, rotationId);
+  let created: boolean;
   let recorded = decision;
-  if (!created) {
+  if (inStore) {
+    const text = JSON.stringify(decision);
+    const stored = await stateStore.setProviderStateIfAbsent!(key.name, decisionStateKey(rotationId), text);
+    created = stored === text;
+    if (!created) {
+      const existing = parseDecision(stored, `the decision in ${stateStore.label}`, key.name, rotationId);
+      if (existing.kind !== 'decision')
+        throw new KeyrotorError(
+          'STATE_UNREADABLE',
+          `a decision for rotation ${rotationId} exists in ${stateStore.label} but is unreadable: ${existing.kind === 'unreadable' ? existing.detail : 'vanished'}`,
+        );
+      if (existing.decision.decision !== decision.decision)
+        throw new KeyrotorError(
+          'USAGE',
+          `rotation ${rotationId} of ${key.name} was already ${existing.decision.decision === 'confirm' ? 'confirmed' : 'rejected'} by ${existing.decision.by} at ${existing.decision.at}; a decision cannot be changed`,
+        );
+      recorded = existing.decision;
+    }
+  } else created = await createExclusive(file, JSON.stringify(decision, null, 2) + '\n');
+  if (!created && !inStore) {
     const existing = await readDecision(cfg.stateDir, key.name, rotationId);
     if (existing.kind !== 'decision') {
       throw new KeyrotorError(

@@ -84,8 +84,8 @@ export function makeContext(
       return logger;
     },
     async stateStore(cfg) {
-      const { createFileStateStore } = await import('../../app/state/index.ts');
-      return createFileStateStore(cfg.stateDir);
+      const { createStateStore } = await import('../../app/state/index.ts');
+      return createStateStore(cfg, io.env);
     },
     exit(code) {
       state.exitCode = Math.max(state.exitCode, code);

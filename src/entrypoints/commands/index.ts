@@ -88,7 +88,8 @@ export const registerConfirm: RegisterCommand = (ctx) => {
       `
 The decision is written to <stateDir>/confirm/<key>.<rotationId>.json; the manual gate of the running
 rotation picks it up on its next poll (also after a restart). A decision cannot be changed once
-recorded. Run it against the same state dir as the rotation (same machine or shared volume).
+recorded. Run it against the same state dir as the rotation (same machine or shared volume); with a
+postgres or dynamodb state backend the decision is stored there instead (run it from any machine).
 
 Exit codes: 0 recorded (or already recorded), 2 no such key or no rotation in progress, or a different
 decision was already recorded.`,
@@ -391,6 +392,62 @@ Environment (flags win):
   KEYROTOR_SERVE_REQUEST_TIMEOUT  the platform's request timeout (Cloud Run: the service timeout)
 `;
 
+export const registerState: RegisterCommand = (ctx) => {
+  const state = ctx.program
+    .command('state')
+    .description('the state backend (file, postgres, dynamodb): `state init`, `state export`, `state import`')
+    .action(() => {
+      throw new KeyrotorError(
+        'USAGE',
+        'keyrotor state needs a subcommand: `keyrotor state init`, `keyrotor state export`, `keyrotor state import <file>`',
+      );
+    });
+
+  state
+    .command('init')
+    .description("create (or migrate) the configured state backend's schema or table; idempotent")
+    .option('--json', 'print { "backend", "changed", "steps" } on stdout')
+    .addHelpText(
+      'after',
+      `
+postgres: creates the schema (state.schema) and applies keyrotor's versioned migrations in one
+transaction (a schema written by a newer keyrotor is refused, exit 2). dynamodb: creates the table
+(pk S HASH, sk S RANGE, PAY_PER_REQUEST, TTL attribute ttl), waits until it is active, and writes
+its layout version. file: nothing to do. See docs/state-backends.md.
+Exit codes: 0 done (or nothing to do), 2 config, unreachable backend, missing permission or newer schema.`,
+    )
+    .action(lazy(ctx, async () => (await import('./state.ts')).runStateInit));
+
+  state
+    .command('export')
+    .description('print every key record and the audit trail (references only, never secret values) as JSON lines')
+    .option('--out <file>', 'write to this new file (mode 0600) instead of stdout')
+    .addHelpText(
+      'after',
+      `
+Moves state between backends: \`keyrotor -c old.yaml state export --out s.jsonl\`, then
+\`keyrotor -c new.yaml state import s.jsonl\`. The audit chain goes along intact (import writes it only into an
+empty audit trail). Leases are not exported.
+Exit codes: 0 exported, 2 config/backend problem or --out exists.`,
+    )
+    .action(lazy(ctx, async () => (await import('./state.ts')).runStateExport));
+
+  state
+    .command('import')
+    .description('write the key records of a `state export` file into the configured backend')
+    .argument('<file>', 'a file written by `keyrotor state export`')
+    .option('--overwrite', 'replace keys that already have state in this backend')
+    .option('--json', 'print { "backend", "imported", "active" } on stdout')
+    .addHelpText(
+      'after',
+      `
+The whole file is checked first; a key that already has state is refused (nothing is written)
+unless --overwrite. Each key is written under its lease: a key being rotated right now is LOCKED.
+Exit codes: 0 imported, 2 bad file, config or backend problem, 3 a key's lease is held.`,
+    )
+    .action(lazy(ctx, async () => (await import('./state.ts')).runStateImport));
+};
+
 export const COMMANDS: RegisterCommand[] = [
   registerRotate,
   registerResume,
@@ -404,4 +461,5 @@ export const COMMANDS: RegisterCommand[] = [
   registerServe,
   registerDaemon,
   registerValidate,
+  registerState,
 ];

@@ -1,0 +1,676 @@
+/**
+ * StateStore in DynamoDB (`state: { type: dynamodb, table, region?, endpoint? }`).
+ * `@aws-sdk/client-dynamodb` is imported on first use only.
+ *
+ * Table (fixed; `keyrotor state init` creates it, deploy recipes may too): `pk` (S, HASH), `sk`
+ * (S, RANGE), PAY_PER_REQUEST, optional TTL attribute `ttl` (garbage only, never lease expiry).
+ * Items:
+ *   pk `meta`          sk `schema`  version (N)                              written by state init
+ *   pk `key#<name>`    sk `record`  format, record (JSON text), rev (N), updatedAt
+ *   pk `key#<name>`    sk `lease`   owner, token (N), expiresAt (N, ms), acquiredAt (N, ms)
+ *   pk `audit`         sk `rec#<seq, 12 digits>`  line (canonical JSON), hash    the audit trail
+ *   pk `audit`         sk `head`    seq (N), hash: each append is one TransactWriteItems of the new
+ *                                   record (attribute_not_exists) and the head (seq = the one read),
+ *                                   so two writers can never fork the chain
+ *
+ * Leases: one conditional UpdateItem grants the lease (`attribute_not_exists(pk) OR expiresAt <= :now`)
+ * and adds 1 to `token` (the fencing token) on every grant; the same owner asking again extends its
+ * lease (`owner = :me`) and keeps the token. The item is never deleted, so tokens only grow. DynamoDB has no server clock: `:now` and `expiresAt` are the writers'
+ * clocks, so a worker whose clock runs ahead by d takes over a lease d early (see
+ * docs/state-backends.md for the skew tolerated). Fencing makes that safe for the data: every write
+ * of a holder is a TransactWriteItems of a ConditionCheck `token = :t` on the lease item and a Put of
+ * the record conditional on its revision (optimistic concurrency for read-modify-write).
+ */
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Clock } from '../../core/clock.ts';
+import { systemClock } from '../../core/clock.ts';
+import type {
+  Fence,
+  KeyRecord,
+  Lease,
+  LeaseHolder,
+  PersistedRotation,
+  RotationResult,
+  StateInitResult,
+  StateStore,
+} from '../../core/ports.ts';
+import type { DynamoStateConfig } from './config.ts';
+import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost } from './record.ts';
+import { STATE_FORMAT } from './schema.ts';
+import type * as DDB from '@aws-sdk/client-dynamodb';
+import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import type { AuditLog } from '../audit/sink.ts';
+import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
+
+export const DYNAMODB_LAYOUT_VERSION = 1;
+/** a record item is at most 400 KB; stay well below */
+const MAX_RECORD_BYTES = 350_000;
+
+type Item = Record<string, DDB.AttributeValue>;
+const S = (v: string): DDB.AttributeValue => ({ S: v });
+const N = (v: number): DDB.AttributeValue => ({ N: String(v) });
+const str = (i: Item | undefined, k: string) => i?.[k]?.S;
+const num = (i: Item | undefined, k: string) => (i?.[k]?.N === undefined ? undefined : Number(i[k].N));
+
+export interface DynamoStateStoreOptions {
+  clock?: Clock;
+}
+
+export function createDynamoStateStore(
+  cfg: DynamoStateConfig,
+  env: NodeJS.ProcessEnv,
+  opts: DynamoStateStoreOptions = {},
+): StateStore & { auditLog(): AuditLog } {
+  const clock = opts.clock ?? systemClock;
+  const table = cfg.table;
+  const label = `dynamodb:${table}${cfg.region ? ` (${cfg.region})` : ''}`;
+  const pk = (keyName: string) => `key#${keyName}`;
+
+  let sdkP: Promise<{ sdk: typeof DDB; client: DDB.DynamoDBClient }> | undefined;
+  const sdk = () =>
+    (sdkP ??= import('@aws-sdk/client-dynamodb').then((m) => {
+      const region = cfg.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
+      const endpoint = cfg.endpoint ?? env.AWS_ENDPOINT_URL_DYNAMODB ?? env.AWS_ENDPOINT_URL;
+      const client = new m.DynamoDBClient({
+        ...(region ? { region } : {}),
+        ...(endpoint ? { endpoint } : {}),
+        maxAttempts: 4,
+      });
+      return { sdk: m, client };
+    }));
+
+  const nameOf = (e: unknown) => (e as { name?: string }).name ?? '';
+
+  function mapError(e: unknown, doing: string): KeyrotorError {
+    if (e instanceof KeyrotorError) return e;
+    const name = nameOf(e);
+    const msg = e instanceof Error ? e.message : String(e);
+    const at = `DynamoDB table ${table}`;
+    if (name === 'ResourceNotFoundException')
+      return new KeyrotorError('STATE_NOT_INITIALIZED', `${at} does not exist (${doing})`, {
+        cause: e,
+        hint: 'run `keyrotor state init` once, or create the table from the deploy recipe (pk S HASH, sk S RANGE)',
+      });
+    if (
+      name === 'AccessDeniedException' ||
+      name === 'UnrecognizedClientException' ||
+      name === 'InvalidSignatureException'
+    )
+      return new KeyrotorError('STATE_UNAVAILABLE', `${at}: access denied while ${doing} (${name})`, {
+        cause: e,
+        hint: 'grant the role the DynamoDB actions listed in docs/state-backends.md on this table',
+      });
+    if (/Could not load credentials|Region is missing/i.test(msg))
+      return new KeyrotorError('STATE_UNAVAILABLE', `${at}: ${msg.split('\n')[0]} (${doing})`, {
+        cause: e,
+        hint: 'set state.region (or AWS_REGION) and give the process AWS credentials',
+      });
+    const code = (e as { code?: string }).code ?? '';
+    const throttled = ['ProvisionedThroughputExceededException', 'ThrottlingException', 'RequestLimitExceeded'];
+    const network = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'TimeoutError'];
+    return new KeyrotorError(
+      'STATE_UNAVAILABLE',
+      `${at}: ${doing} failed (${name || code || 'error'}: ${msg.split('\n')[0]})`,
+      {
+        cause: e,
+        retryable:
+          throttled.includes(name) ||
+          network.includes(code) ||
+          network.includes(name) ||
+          name === 'InternalServerError',
+      },
+    );
+  }
+
+  async function send<T>(doing: string, make: (m: typeof DDB, c: DDB.DynamoDBClient) => Promise<T>): Promise<T> {
+    const { sdk: m, client } = await sdk();
+    try {
+      return await make(m, client);
+    } catch (e) {
+      throw mapError(e, doing);
+    }
+  }
+
+  let readyP: Promise<void> | undefined;
+  const ready = () =>
+    (readyP ??= (async () => {
+      const r = await send('checking the table', (m, c) =>
+        c.send(
+          new m.GetItemCommand({ TableName: table, Key: { pk: S('meta'), sk: S('schema') }, ConsistentRead: true }),
+        ),
+      );
+      const v = num(r.Item, 'version');
+      if (v === undefined)
+        throw new KeyrotorError('STATE_NOT_INITIALIZED', `DynamoDB table ${table} is not initialised for keyrotor`, {
+          hint: 'run `keyrotor state init` once',
+        });
+      if (v > DYNAMODB_LAYOUT_VERSION)
+        throw new KeyrotorError(
+          'STATE_VERSION',
+          `DynamoDB table ${table} has layout version ${v}, written by a newer keyrotor (this one knows ${DYNAMODB_LAYOUT_VERSION})`,
+          { hint: 'upgrade keyrotor to the version that initialised the table' },
+        );
+    })().catch((e: unknown) => {
+      readyP = undefined;
+      throw e;
+    }));
+
+  const itemName = (keyName: string) => `DynamoDB table ${table} item "${pk(keyName)}"/record`;
+
+  async function readItem(keyName: string): Promise<{ record: KeyRecord; rev: number } | null> {
+    const r = await send(`reading the state of key "${keyName}"`, (m, c) =>
+      c.send(
+        new m.GetItemCommand({ TableName: table, Key: { pk: S(pk(keyName)), sk: S('record') }, ConsistentRead: true }),
+      ),
+    );
+    if (!r.Item) return null;
+    let obj: unknown;
+    try {
+      obj = JSON.parse(str(r.Item, 'record') ?? '');
+    } catch (e) {
+      throw new KeyrotorError('STATE_UNREADABLE', `${itemName(keyName)} is unreadable: not valid JSON`, { cause: e });
+    }
+    return {
+      record: decodeRecord(keyName, str(r.Item, 'format'), obj, itemName(keyName)),
+      rev: num(r.Item, 'rev') ?? 0,
+    };
+  }
+
+  async function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
+    checkKeyName(keyName);
+    await ready();
+    for (let attempt = 0; attempt < 30; attempt++) {
+      // optimistic concurrency: after a lost race, back off a little (jittered) and read again
+      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.random() * Math.min(200, 10 * 2 ** attempt)));
+      const cur = await readItem(keyName);
+      const r = cur ? cur.record : emptyRecord(keyName);
+      fn(r);
+      const text = encodeRecord(r);
+      if (Buffer.byteLength(text) > MAX_RECORD_BYTES)
+        throw new KeyrotorError('INTERNAL', `the state record of key "${keyName}" is too large for a DynamoDB item`);
+      const put: DDB.Put = {
+        TableName: table,
+        Item: {
+          pk: S(pk(keyName)),
+          sk: S('record'),
+          format: S(STATE_FORMAT),
+          record: S(text),
+          rev: N((cur?.rev ?? 0) + 1),
+          updatedAt: S(new Date(clock.now()).toISOString()),
+        },
+        ...(cur
+          ? { ConditionExpression: 'rev = :rev', ExpressionAttributeValues: { ':rev': N(cur.rev) } }
+          : { ConditionExpression: 'attribute_not_exists(pk)' }),
+      };
+      try {
+        const { sdk: m, client } = await sdk();
+        if (!fence) {
+          await client.send(new m.PutItemCommand(put));
+          return;
+        }
+        await client.send(
+          new m.TransactWriteItemsCommand({
+            TransactItems: [
+              {
+                ConditionCheck: {
+                  TableName: table,
+                  Key: { pk: S(pk(keyName)), sk: S('lease') },
+                  ConditionExpression: '#t = :t',
+                  ExpressionAttributeNames: { '#t': 'token' },
+                  ExpressionAttributeValues: { ':t': N(fence.token) },
+                },
+              },
+              { Put: put },
+            ],
+          }),
+        );
+        return;
+      } catch (e) {
+        const name = nameOf(e);
+        if (name === 'ConditionalCheckFailedException') continue; // the record changed: read again
+        if (name === 'TransactionCanceledException') {
+          const reasons = (e as { CancellationReasons?: { Code?: string }[] }).CancellationReasons ?? [];
+          const leaseFailed = reasons[0]?.Code === 'ConditionalCheckFailed';
+          const recordFailed = reasons[1]?.Code === 'ConditionalCheckFailed';
+          if (leaseFailed || (!recordFailed && !(await tokenIs(keyName, fence!.token))))
+            throw leaseLost(keyName, fence!, 'the lease was granted again');
+          continue; // the record changed (or a transaction conflict): read again
+        }
+        if (name === 'TransactionConflictException') continue;
+        throw mapError(e, `writing the state of key "${keyName}"`);
+      }
+    }
+    throw new KeyrotorError(
+      'STATE_UNAVAILABLE',
+      `DynamoDB table ${table}: the state of key "${keyName}" keeps changing`,
+      {
+        retryable: true,
+      },
+    );
+  }
+
+  async function leaseItem(keyName: string): Promise<Item | undefined> {
+    const r = await send(`reading the lease of key "${keyName}"`, (m, c) =>
+      c.send(
+        new m.GetItemCommand({ TableName: table, Key: { pk: S(pk(keyName)), sk: S('lease') }, ConsistentRead: true }),
+      ),
+    );
+    return r.Item;
+  }
+
+  async function tokenIs(keyName: string, token: number): Promise<boolean> {
+    return num(await leaseItem(keyName), 'token') === token;
+  }
+
+  function makeLease(keyName: string, owner: string, ttlMs: number, token: number, expiresAt: number): Lease {
+    let exp = expiresAt;
+    const key = { pk: S(pk(keyName)), sk: S('lease') };
+    return {
+      owner,
+      token,
+      get expiresAt() {
+        return exp;
+      },
+      async renew() {
+        const next = clock.now() + ttlMs;
+        try {
+          await send(`renewing the lease of key "${keyName}"`, (m, c) =>
+            c.send(
+              new m.UpdateItemCommand({
+                TableName: table,
+                Key: key,
+                UpdateExpression: 'SET expiresAt = :exp',
+                ConditionExpression: '#t = :t',
+                ExpressionAttributeNames: { '#t': 'token' },
+                ExpressionAttributeValues: { ':exp': N(next), ':t': N(token) },
+              }),
+            ),
+          );
+        } catch (e) {
+          if (nameOf((e as { cause?: unknown }).cause) === 'ConditionalCheckFailedException')
+            throw leaseLost(keyName, { token }, 'renewal found a newer grant');
+          throw e;
+        }
+        exp = next;
+      },
+      async release() {
+        try {
+          await send(`releasing the lease of key "${keyName}"`, (m, c) =>
+            c.send(
+              new m.UpdateItemCommand({
+                TableName: table,
+                Key: key,
+                UpdateExpression: 'SET expiresAt = :zero',
+                ConditionExpression: '#t = :t',
+                ExpressionAttributeNames: { '#t': 'token' },
+                ExpressionAttributeValues: { ':zero': N(0), ':t': N(token) },
+              }),
+            ),
+          );
+        } catch (e) {
+          if (nameOf((e as { cause?: unknown }).cause) === 'ConditionalCheckFailedException') return; // not ours any more
+          throw e;
+        }
+      },
+    };
+  }
+
+  const seqKey = (n: number) => `rec#${String(n).padStart(12, '0')}`;
+
+  async function loadChain(): Promise<StoredChain> {
+    await ready();
+    // head first: records appended after it are ignored, so the pair is consistent
+    const h = await send('reading the audit head', (m, c) =>
+      c.send(new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true })),
+    );
+    const head = h.Item ? { seq: num(h.Item, 'seq') ?? 0, hash: str(h.Item, 'hash') ?? GENESIS } : null;
+    const lines: string[] = [];
+    let start: Item | undefined;
+    do {
+      const r: DDB.QueryCommandOutput = await send('reading the audit trail', (m, c) =>
+        c.send(
+          new m.QueryCommand({
+            TableName: table,
+            ConsistentRead: true,
+            KeyConditionExpression: 'pk = :a AND begins_with(sk, :r)',
+            ExpressionAttributeValues: { ':a': S('audit'), ':r': S('rec#') },
+            ...(start ? { ExclusiveStartKey: start } : {}),
+          }),
+        ),
+      );
+      for (const i of r.Items ?? []) {
+        const seq = Number((str(i, 'sk') ?? '').slice(4));
+        if (!head || seq <= head.seq) lines.push(str(i, 'line') ?? '');
+      }
+      start = r.LastEvaluatedKey;
+    } while (start);
+    return { lines, head };
+  }
+
+  function auditLog(): AuditLog {
+    const where = `${label} audit trail`;
+    return {
+      label: where,
+      file: where,
+      async append(entry): Promise<AuditRecord> {
+        await ready();
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const h = await send('reading the audit head', (m, c) =>
+            c.send(
+              new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true }),
+            ),
+          );
+          const prevSeq = num(h.Item, 'seq') ?? 0;
+          const rec = chainRecord(entry, prevSeq > 0 ? { seq: prevSeq, hash: str(h.Item, 'hash') ?? GENESIS } : null);
+          try {
+            const { sdk: m, client } = await sdk();
+            await client.send(
+              new m.TransactWriteItemsCommand({
+                TransactItems: [
+                  {
+                    Put: {
+                      TableName: table,
+                      Item: {
+                        pk: S('audit'),
+                        sk: S(seqKey(rec.seq)),
+                        line: S(recordLine(rec).trimEnd()),
+                        hash: S(rec.hash),
+                      },
+                      ConditionExpression: 'attribute_not_exists(pk)',
+                    },
+                  },
+                  {
+                    Put: {
+                      TableName: table,
+                      Item: { pk: S('audit'), sk: S('head'), seq: N(rec.seq), hash: S(rec.hash) },
+                      ...(h.Item
+                        ? { ConditionExpression: 'seq = :ps', ExpressionAttributeValues: { ':ps': N(prevSeq) } }
+                        : { ConditionExpression: 'attribute_not_exists(pk)' }),
+                    },
+                  },
+                ],
+              }),
+            );
+            return rec;
+          } catch (e) {
+            const name = nameOf(e);
+            if (name === 'TransactionCanceledException' || name === 'TransactionConflictException') {
+              await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+              continue; // another writer appended first: chain onto its record
+            }
+            throw mapError(e, 'appending to the audit trail');
+          }
+        }
+        throw new KeyrotorError('STATE_UNAVAILABLE', `${where}: too many concurrent appends`, { retryable: true });
+      },
+      async read() {
+        return readChain(await loadChain());
+      },
+      async importChain(records) {
+        if (records.length === 0) return;
+        await ready();
+        const h = await send('reading the audit head', (m, c) =>
+          c.send(
+            new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true }),
+          ),
+        );
+        if (h.Item) throw new KeyrotorError('USAGE', `${where} is not empty; the imported audit chain was not written`);
+        // the records first (invisible until the head names them), then the head, created only once
+        for (const r of records)
+          await send('importing the audit trail', (m, c) =>
+            c.send(
+              new m.PutItemCommand({
+                TableName: table,
+                Item: { pk: S('audit'), sk: S(seqKey(r.seq)), line: S(recordLine(r).trimEnd()), hash: S(r.hash) },
+              }),
+            ),
+          );
+        const last = records[records.length - 1]!;
+        try {
+          await send('importing the audit head', (m, c) =>
+            c.send(
+              new m.PutItemCommand({
+                TableName: table,
+                Item: { pk: S('audit'), sk: S('head'), seq: N(last.seq), hash: S(last.hash) },
+                ConditionExpression: 'attribute_not_exists(pk)',
+              }),
+            ),
+          );
+        } catch (e) {
+          if (nameOf((e as { cause?: unknown }).cause) === 'ConditionalCheckFailedException')
+            throw new KeyrotorError(
+              'USAGE',
+              `${where} was appended to during the import; the imported chain is not used`,
+            );
+          throw e;
+        }
+      },
+      async verify() {
+        return verifyChain(where, await loadChain());
+      },
+    };
+  }
+
+  return {
+    label,
+    auditLog,
+
+    async read(keyName) {
+      checkKeyName(keyName);
+      await ready();
+      return (await readItem(keyName))?.record ?? null;
+    },
+
+    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence) {
+      return update(keyName, edits.saveActive(rotation), fence);
+    },
+
+    finish(
+      keyName: string,
+      result: RotationResult,
+      currentKeyId?: string | null,
+      keepActive?: PersistedRotation | null,
+      fence?: Fence,
+    ) {
+      return update(
+        keyName,
+        edits.finish(result, () => new Date(clock.now()).toISOString(), currentKeyId, keepActive),
+        fence,
+      );
+    },
+
+    setProviderState(keyName: string, key: string, value: string, fence?: Fence) {
+      return update(keyName, edits.setProviderState(key, value), fence);
+    },
+
+    async setProviderStateIfAbsent(keyName: string, key: string, value: string) {
+      let stored = value;
+      await update(keyName, (r) => {
+        const cur = r.providerState[key];
+        stored = cur ?? value;
+        if (cur === undefined) r.providerState = { ...r.providerState, [key]: value };
+      });
+      return stored;
+    },
+
+    put(record: KeyRecord, fence?: Fence) {
+      return update(record.keyName, edits.put(record), fence);
+    },
+
+    async acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder> {
+      checkKeyName(keyName);
+      if (!Number.isFinite(ttlMs) || ttlMs <= 0)
+        throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
+      if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
+      await ready();
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const now = clock.now();
+        const grant = async (sameOwner: boolean) => {
+          try {
+            const r = await send(`acquiring the lease of key "${keyName}"`, (m, c) =>
+              c.send(
+                new m.UpdateItemCommand({
+                  TableName: table,
+                  Key: { pk: S(pk(keyName)), sk: S('lease') },
+                  // the same owner asking again extends its lease and keeps its token; a new owner gets token + 1
+                  ...(sameOwner
+                    ? {
+                        UpdateExpression: 'SET expiresAt = :exp',
+                        ConditionExpression: '#o = :o',
+                        ExpressionAttributeNames: { '#o': 'owner' },
+                        ExpressionAttributeValues: { ':o': S(owner), ':exp': N(now + ttlMs) },
+                      }
+                    : {
+                        UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now ADD #t :one',
+                        ConditionExpression: 'attribute_not_exists(pk) OR expiresAt <= :now',
+                        ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
+                        ExpressionAttributeValues: {
+                          ':o': S(owner),
+                          ':exp': N(now + ttlMs),
+                          ':now': N(now),
+                          ':one': N(1),
+                        },
+                      }),
+                  ReturnValues: 'ALL_NEW',
+                }),
+              ),
+            );
+            return makeLease(keyName, owner, ttlMs, num(r.Attributes, 'token') ?? 0, now + ttlMs);
+          } catch (e) {
+            if (nameOf((e as { cause?: unknown }).cause) !== 'ConditionalCheckFailedException') throw e;
+            return undefined;
+          }
+        };
+        const got = (await grant(false)) ?? (await grant(true));
+        if (got) return got;
+        const held = await leaseItem(keyName);
+        const exp = num(held, 'expiresAt') ?? 0;
+        if (held && exp > clock.now()) return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
+      }
+      throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async keys() {
+      await ready();
+      const out: string[] = [];
+      let start: Item | undefined;
+      do {
+        const r: DDB.ScanCommandOutput = await send('listing keys', (m, c) =>
+          c.send(
+            new m.ScanCommand({
+              TableName: table,
+              ConsistentRead: true,
+              FilterExpression: 'sk = :r',
+              ProjectionExpression: 'pk',
+              ExpressionAttributeValues: { ':r': S('record') },
+              ...(start ? { ExclusiveStartKey: start } : {}),
+            }),
+          ),
+        );
+        for (const i of r.Items ?? []) {
+          const p = str(i, 'pk');
+          if (p?.startsWith('key#')) out.push(p.slice(4));
+        }
+        start = r.LastEvaluatedKey;
+      } while (start);
+      return out.sort();
+    },
+
+    async init(): Promise<StateInitResult> {
+      const steps: string[] = [];
+      const desc = await send('describing the table', async (m, c) => {
+        try {
+          return await c.send(new m.DescribeTableCommand({ TableName: table }));
+        } catch (e) {
+          if (nameOf(e) === 'ResourceNotFoundException') return undefined;
+          throw e;
+        }
+      });
+      if (!desc) {
+        await send('creating the table', async (m, c) => {
+          try {
+            await c.send(
+              new m.CreateTableCommand({
+                TableName: table,
+                AttributeDefinitions: [
+                  { AttributeName: 'pk', AttributeType: 'S' },
+                  { AttributeName: 'sk', AttributeType: 'S' },
+                ],
+                KeySchema: [
+                  { AttributeName: 'pk', KeyType: 'HASH' },
+                  { AttributeName: 'sk', KeyType: 'RANGE' },
+                ],
+                BillingMode: 'PAY_PER_REQUEST',
+              }),
+            );
+          } catch (e) {
+            if (nameOf(e) !== 'ResourceInUseException') throw e; // created by a racing init: fine
+          }
+          await m.waitUntilTableExists({ client: c, maxWaitTime: 300 }, { TableName: table });
+        });
+        steps.push(`created table ${table} (pk S HASH, sk S RANGE, PAY_PER_REQUEST)`);
+        await send('enabling TTL on attribute ttl', async (m, c) => {
+          try {
+            await c.send(
+              new m.UpdateTimeToLiveCommand({
+                TableName: table,
+                TimeToLiveSpecification: { Enabled: true, AttributeName: 'ttl' },
+              }),
+            );
+            steps.push('enabled TTL on attribute ttl (garbage collection only)');
+          } catch (e) {
+            if (nameOf(e) !== 'ValidationException') throw e; // already enabled
+          }
+        });
+      } else {
+        const ks = desc.Table?.KeySchema ?? [];
+        const ok =
+          ks.length === 2 &&
+          ks.some((k) => k.AttributeName === 'pk' && k.KeyType === 'HASH') &&
+          ks.some((k) => k.AttributeName === 'sk' && k.KeyType === 'RANGE');
+        if (!ok)
+          throw new KeyrotorError(
+            'CONFIG_INVALID',
+            `DynamoDB table ${table} exists with another key schema (${ks.map((k) => `${k.AttributeName} ${k.KeyType}`).join(', ')}); keyrotor needs pk (S, HASH) and sk (S, RANGE)`,
+            { hint: 'point state.table at a table of its own' },
+          );
+      }
+      const meta = await send('reading the layout version', (m, c) =>
+        c.send(
+          new m.GetItemCommand({ TableName: table, Key: { pk: S('meta'), sk: S('schema') }, ConsistentRead: true }),
+        ),
+      );
+      const v = num(meta.Item, 'version') ?? 0;
+      if (v > DYNAMODB_LAYOUT_VERSION)
+        throw new KeyrotorError(
+          'STATE_VERSION',
+          `DynamoDB table ${table} has layout version ${v}, written by a newer keyrotor (this one knows ${DYNAMODB_LAYOUT_VERSION}); nothing was changed`,
+          { hint: 'upgrade keyrotor to the version that initialised the table' },
+        );
+      if (v < DYNAMODB_LAYOUT_VERSION) {
+        await send('writing the layout version', (m, c) =>
+          c.send(
+            new m.PutItemCommand({
+              TableName: table,
+              Item: { pk: S('meta'), sk: S('schema'), version: N(DYNAMODB_LAYOUT_VERSION) },
+              ConditionExpression: 'attribute_not_exists(pk) OR version <= :v',
+              ExpressionAttributeValues: { ':v': N(DYNAMODB_LAYOUT_VERSION) },
+            }),
+          ),
+        );
+        steps.push(`wrote layout version ${DYNAMODB_LAYOUT_VERSION}`);
+      }
+      readyP = undefined;
+      return {
+        changed: steps.length > 0,
+        steps: steps.length ? steps : [`table ${table} is at layout version ${DYNAMODB_LAYOUT_VERSION}: nothing to do`],
+      };
+    },
+
+    async close() {
+      const p = sdkP;
+      sdkP = undefined;
+      if (p) (await p).client.destroy();
+    },
+  };
+}

@@ -1,0 +1,507 @@
+/**
+ * StateStore in PostgreSQL (`state: { type: postgres, urlEnv, schema }`). `pg` is imported on first
+ * use only, so file-backend users never load it.
+ *
+ * Tables (in the configured schema, created by `keyrotor state init` through versioned migrations):
+ *   keyrotor_migrations(version, applied_at, keyrotor_version)   one row per applied migration
+ *   key_records(key_name PK, format, record jsonb, updated_at)   the KeyRecord (references only)
+ *   leases(key_name PK, owner, token, acquired_at, expires_at)   one row per key, never deleted
+ *   audit_records(seq PK, line, hash), audit_head(id = 1, seq, hash)   the hash-chained audit trail
+ *   (migration 2): an append locks the head row, inserts the next record and moves the head in one
+ *   transaction, so two writers can never fork the chain
+ *
+ * Leases: one atomic upsert grants the lease when there is none, it expired, or the same owner asks
+ * again, and bumps `token` (the fencing token) on every grant to a new owner (the same owner asking
+ * again extends its lease and keeps its token). Expiry is judged by the server's
+ * `now()`, never by a worker's clock. Release sets `expires_at` to now (the row and its token stay,
+ * so tokens only ever grow). A fenced write runs in one transaction that first takes a share lock on
+ * the lease row and checks the token: a concurrent grant waits for the write to commit, and a write
+ * whose token is no longer current is refused (LEASE_LOST) without touching the record.
+ * Deadlocks (40P01), serialization failures (40001) and unique-key races (23505) are retried.
+ */
+import { KeyrotorError } from '../../core/errors.ts';
+import type { Clock } from '../../core/clock.ts';
+import { systemClock } from '../../core/clock.ts';
+import type {
+  Fence,
+  KeyRecord,
+  Lease,
+  LeaseHolder,
+  PersistedRotation,
+  RotationResult,
+  StateInitResult,
+  StateStore,
+} from '../../core/ports.ts';
+import type { PostgresStateConfig } from './config.ts';
+import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost, withRetry } from './record.ts';
+import { STATE_FORMAT } from './schema.ts';
+import type * as PG from 'pg';
+import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import type { AuditLog } from '../audit/sink.ts';
+import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
+
+/** The schema version this keyrotor writes and reads; each entry below is one migration. */
+const MIGRATIONS: ((s: string) => string[])[] = [
+  (s) => [
+    `CREATE TABLE IF NOT EXISTS ${s}.key_records (
+       key_name text PRIMARY KEY,
+       format text NOT NULL,
+       record jsonb NOT NULL,
+       updated_at timestamptz NOT NULL DEFAULT now())`,
+    `CREATE TABLE IF NOT EXISTS ${s}.leases (
+       key_name text PRIMARY KEY,
+       owner text NOT NULL,
+       token bigint NOT NULL,
+       acquired_at timestamptz NOT NULL,
+       expires_at timestamptz NOT NULL)`,
+  ],
+  (s) => [
+    `CREATE TABLE IF NOT EXISTS ${s}.audit_records (seq bigint PRIMARY KEY, line text NOT NULL, hash text NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS ${s}.audit_head (
+       id int PRIMARY KEY CHECK (id = 1),
+       seq bigint NOT NULL,
+       hash text NOT NULL)`,
+    `INSERT INTO ${s}.audit_head (id, seq, hash) VALUES (1, 0, '${GENESIS}') ON CONFLICT (id) DO NOTHING`,
+  ],
+];
+export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
+
+const RETRY_CODES = new Set(['40001', '40P01', '23505']);
+const retryable = (e: unknown) => RETRY_CODES.has((e as { code?: string }).code ?? '');
+
+export interface PostgresStateStoreOptions {
+  clock?: Clock;
+  /** keyrotor version recorded with each migration */
+  version?: string;
+}
+
+/** host:port/db of a URL, for messages (never the user or password) */
+export function describeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname}${u.port ? ':' + u.port : ''}${u.pathname && u.pathname !== '/' ? u.pathname : ''}`;
+  } catch {
+    return '(unparsable URL)';
+  }
+}
+
+export function createPostgresStateStore(
+  cfg: PostgresStateConfig,
+  env: NodeJS.ProcessEnv,
+  opts: PostgresStateStoreOptions = {},
+): StateStore & { auditLog(): AuditLog } {
+  const clock = opts.clock ?? systemClock;
+  const url = env[cfg.urlEnv];
+  if (!url)
+    throw new KeyrotorError(
+      'CONFIG_ENV_MISSING',
+      `state.urlEnv: environment variable ${cfg.urlEnv} is not set (it must hold the PostgreSQL URL, e.g. postgres://keyrotor:...@db:5432/keyrotor)`,
+    );
+  if (!/^postgres(ql)?:\/\//.test(url) || !URL.canParse(url))
+    throw new KeyrotorError(
+      'CONFIG_INVALID',
+      `state.urlEnv: ${cfg.urlEnv} is not a postgres:// URL (expected postgres://user:password@host:5432/database)`,
+    );
+  const where = describeUrl(url);
+  const S = `"${cfg.schema}"`; // validated identifier, quoted
+  const label = `postgres:${where} (schema ${cfg.schema})`;
+
+  let poolP: Promise<PG.Pool> | undefined;
+  const pool = () =>
+    (poolP ??= import('pg').then((m) => {
+      const p = new m.default.Pool({
+        connectionString: url,
+        max: 4,
+        connectionTimeoutMillis: 10_000,
+        idleTimeoutMillis: 10_000,
+        allowExitOnIdle: true,
+        application_name: 'keyrotor',
+      });
+      p.on('error', () => {}); // an idle client's connection dropped: the next query reconnects
+      return p;
+    }));
+
+  /** pg / network errors -> one clear KeyrotorError (never the URL's credentials) */
+  function mapError(e: unknown, doing: string): KeyrotorError {
+    if (e instanceof KeyrotorError) return e;
+    const code = (e as { code?: string }).code ?? '';
+    const msg = e instanceof Error ? e.message : String(e);
+    const at = `PostgreSQL ${where}`;
+    if (code === '3F000' || code === '42P01')
+      return new KeyrotorError('STATE_NOT_INITIALIZED', `${at} has no keyrotor schema "${cfg.schema}" yet (${doing})`, {
+        cause: e,
+        hint: 'run `keyrotor state init` once (as a role allowed to create the schema)',
+      });
+    if (code === '42501')
+      return new KeyrotorError('STATE_UNAVAILABLE', `${at}: permission denied while ${doing}`, {
+        cause: e,
+        hint: `grant the role USAGE on schema ${cfg.schema} and SELECT, INSERT, UPDATE on its tables (docs/state-backends.md)`,
+      });
+    if (code === '28P01' || code === '28000')
+      return new KeyrotorError(
+        'STATE_UNAVAILABLE',
+        `${at}: authentication failed (check the user and password in ${cfg.urlEnv})`,
+        {
+          cause: e,
+        },
+      );
+    if (code === '3D000')
+      return new KeyrotorError('STATE_UNAVAILABLE', `${at}: the database does not exist (check ${cfg.urlEnv})`, {
+        cause: e,
+      });
+    if (
+      ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'ECONNRESET', 'EHOSTUNREACH'].includes(code) ||
+      /timeout|terminated|Connection terminated/i.test(msg)
+    )
+      return new KeyrotorError('STATE_UNAVAILABLE', `${at} is unreachable while ${doing} (${code || msg})`, {
+        cause: e,
+        retryable: true,
+        hint: `check that the server runs and that ${cfg.urlEnv} names the right host and port`,
+      });
+    return new KeyrotorError('STATE_UNAVAILABLE', `${at}: ${doing} failed (${code ? code + ': ' : ''}${msg})`, {
+      cause: e,
+      retryable: retryable(e),
+    });
+  }
+
+  async function query<R extends PG.QueryResultRow>(
+    doing: string,
+    text: string,
+    values: unknown[] = [],
+  ): Promise<PG.QueryResult<R>> {
+    try {
+      return await withRetry(async () => (await pool()).query<R>(text, values), retryable);
+    } catch (e) {
+      throw mapError(e, doing);
+    }
+  }
+
+  async function tx<T>(doing: string, fn: (c: PG.PoolClient) => Promise<T>): Promise<T> {
+    try {
+      return await withRetry(async () => {
+        const c = await (await pool()).connect();
+        let broken = false;
+        try {
+          await c.query('BEGIN');
+          const r = await fn(c);
+          await c.query('COMMIT');
+          return r;
+        } catch (e) {
+          await c.query('ROLLBACK').catch(() => {
+            broken = true;
+          });
+          throw e;
+        } finally {
+          c.release(broken);
+        }
+      }, retryable);
+    } catch (e) {
+      throw mapError(e, doing);
+    }
+  }
+
+  /** the schema exists at this keyrotor's version (checked once per store) */
+  let readyP: Promise<void> | undefined;
+  const ready = () =>
+    (readyP ??= (async () => {
+      const r = await query<{ v: number | null }>(
+        'checking the schema version',
+        `SELECT max(version)::int AS v FROM ${S}.keyrotor_migrations`,
+      );
+      const v = r.rows[0]?.v ?? 0;
+      if (v > POSTGRES_SCHEMA_VERSION)
+        throw new KeyrotorError(
+          'STATE_VERSION',
+          `PostgreSQL ${where} schema ${cfg.schema} is at version ${v}, written by a newer keyrotor (this one knows ${POSTGRES_SCHEMA_VERSION})`,
+          { hint: 'upgrade keyrotor to the version that migrated the schema' },
+        );
+      if (v < POSTGRES_SCHEMA_VERSION)
+        throw new KeyrotorError(
+          'STATE_NOT_INITIALIZED',
+          `PostgreSQL ${where} schema ${cfg.schema} is at version ${v}; this keyrotor needs ${POSTGRES_SCHEMA_VERSION}`,
+          { hint: 'run `keyrotor state init` to migrate it' },
+        );
+    })().catch((e: unknown) => {
+      readyP = undefined;
+      throw e;
+    }));
+
+  const fenceCheck = async (c: PG.PoolClient, keyName: string, fence: Fence) => {
+    const l = await c.query<{ token: string }>(`SELECT token FROM ${S}.leases WHERE key_name = $1 FOR SHARE`, [
+      keyName,
+    ]);
+    const current = l.rows[0] ? Number(l.rows[0].token) : undefined;
+    if (current !== fence.token)
+      throw leaseLost(
+        keyName,
+        fence,
+        current === undefined ? 'no lease row' : `the lease was granted again (token ${current})`,
+      );
+  };
+
+  async function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
+    checkKeyName(keyName);
+    await ready();
+    await tx(`writing the state of key "${keyName}"`, async (c) => {
+      if (fence) await fenceCheck(c, keyName, fence);
+      const got = await c.query<{ format: string; record: unknown }>(
+        `SELECT format, record FROM ${S}.key_records WHERE key_name = $1 FOR UPDATE`,
+        [keyName],
+      );
+      const row = got.rows[0];
+      const r = row ? decodeRecord(keyName, row.format, row.record, rowName(keyName)) : emptyRecord(keyName);
+      fn(r);
+      const text = encodeRecord(r);
+      if (row)
+        await c.query(
+          `UPDATE ${S}.key_records SET format = $2, record = $3::jsonb, updated_at = now() WHERE key_name = $1`,
+          [keyName, STATE_FORMAT, text],
+        );
+      // a racing first insert of the same key fails with 23505 and the whole transaction is retried
+      else
+        await c.query(`INSERT INTO ${S}.key_records (key_name, format, record) VALUES ($1, $2, $3::jsonb)`, [
+          keyName,
+          STATE_FORMAT,
+          text,
+        ]);
+    });
+  }
+
+  const rowName = (keyName: string) => `PostgreSQL ${where} ${cfg.schema}.key_records row "${keyName}"`;
+
+  function makeLease(keyName: string, owner: string, ttlMs: number, token: number, expiresAt: number): Lease {
+    let exp = expiresAt;
+    return {
+      owner,
+      token,
+      get expiresAt() {
+        return exp;
+      },
+      async renew() {
+        const r = await query<{ exp: number }>(
+          `renewing the lease of key "${keyName}"`,
+          `UPDATE ${S}.leases SET expires_at = now() + $3 * interval '1 millisecond'
+             WHERE key_name = $1 AND token = $2
+             RETURNING (extract(epoch FROM expires_at) * 1000)::float8 AS exp`,
+          [keyName, token, ttlMs],
+        );
+        if (!r.rows[0]) throw leaseLost(keyName, { token }, 'renewal found a newer grant');
+        exp = r.rows[0].exp;
+      },
+      async release() {
+        await query(
+          `releasing the lease of key "${keyName}"`,
+          `UPDATE ${S}.leases SET expires_at = now() WHERE key_name = $1 AND token = $2`,
+          [keyName, token],
+        );
+      },
+    };
+  }
+
+  async function loadChain(): Promise<StoredChain> {
+    await ready();
+    return tx('reading the audit trail', async (c) => {
+      // one snapshot of records and head (REPEATABLE READ would also do; the head lock orders appends)
+      const h = await c.query<{ seq: string; hash: string }>(
+        `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR SHARE`,
+      );
+      const r = await c.query<{ line: string }>(`SELECT line FROM ${S}.audit_records ORDER BY seq`);
+      const head = h.rows[0] ? { seq: Number(h.rows[0].seq), hash: h.rows[0].hash } : null;
+      return { lines: r.rows.map((x) => x.line), head };
+    });
+  }
+
+  function auditLog(): AuditLog {
+    const where = `${label} audit trail`;
+    return {
+      label: where,
+      file: where,
+      async append(entry): Promise<AuditRecord> {
+        await ready();
+        return tx('appending to the audit trail', async (c) => {
+          const h = await c.query<{ seq: string; hash: string }>(
+            `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`,
+          );
+          const head = h.rows[0];
+          if (!head)
+            throw new KeyrotorError('STATE_NOT_INITIALIZED', `${where} has no head row`, {
+              hint: 'run `keyrotor state init`',
+            });
+          const rec = chainRecord(entry, Number(head.seq) > 0 ? { seq: Number(head.seq), hash: head.hash } : null);
+          await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ($1, $2, $3)`, [
+            rec.seq,
+            recordLine(rec).trimEnd(),
+            rec.hash,
+          ]);
+          await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [rec.seq, rec.hash]);
+          return rec;
+        });
+      },
+      async read() {
+        return readChain(await loadChain());
+      },
+      async importChain(records) {
+        if (records.length === 0) return;
+        await ready();
+        await tx('importing the audit trail', async (c) => {
+          const h = await c.query<{ seq: string }>(`SELECT seq FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`);
+          if (Number(h.rows[0]?.seq ?? 0) !== 0)
+            throw new KeyrotorError(
+              'USAGE',
+              `${where} is not empty (${h.rows[0]?.seq} records); the imported audit chain was not written`,
+            );
+          for (const r of records)
+            await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ($1, $2, $3)`, [
+              r.seq,
+              recordLine(r).trimEnd(),
+              r.hash,
+            ]);
+          const last = records[records.length - 1]!;
+          await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [last.seq, last.hash]);
+        });
+      },
+      async verify() {
+        return verifyChain(where, await loadChain());
+      },
+    };
+  }
+
+  return {
+    label,
+    auditLog,
+
+    async read(keyName) {
+      checkKeyName(keyName);
+      await ready();
+      const r = await query<{ format: string; record: unknown }>(
+        `reading the state of key "${keyName}"`,
+        `SELECT format, record FROM ${S}.key_records WHERE key_name = $1`,
+        [keyName],
+      );
+      const row = r.rows[0];
+      return row ? decodeRecord(keyName, row.format, row.record, rowName(keyName)) : null;
+    },
+
+    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence) {
+      return update(keyName, edits.saveActive(rotation), fence);
+    },
+
+    finish(
+      keyName: string,
+      result: RotationResult,
+      currentKeyId?: string | null,
+      keepActive?: PersistedRotation | null,
+      fence?: Fence,
+    ) {
+      return update(
+        keyName,
+        edits.finish(result, () => new Date(clock.now()).toISOString(), currentKeyId, keepActive),
+        fence,
+      );
+    },
+
+    setProviderState(keyName: string, key: string, value: string, fence?: Fence) {
+      return update(keyName, edits.setProviderState(key, value), fence);
+    },
+
+    async setProviderStateIfAbsent(keyName: string, key: string, value: string) {
+      let stored = value;
+      await update(keyName, (r) => {
+        const cur = r.providerState[key];
+        stored = cur ?? value;
+        if (cur === undefined) r.providerState = { ...r.providerState, [key]: value };
+      });
+      return stored;
+    },
+
+    put(record: KeyRecord, fence?: Fence) {
+      return update(record.keyName, edits.put(record), fence);
+    },
+
+    async acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder> {
+      checkKeyName(keyName);
+      if (!Number.isFinite(ttlMs) || ttlMs <= 0)
+        throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
+      if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
+      await ready();
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const got = await query<{ token: string; exp: number }>(
+          `acquiring the lease of key "${keyName}"`,
+          `INSERT INTO ${S}.leases AS l (key_name, owner, token, acquired_at, expires_at)
+             VALUES ($1, $2, 1, now(), now() + $3 * interval '1 millisecond')
+           ON CONFLICT (key_name) DO UPDATE
+             SET owner = EXCLUDED.owner, acquired_at = now(), expires_at = EXCLUDED.expires_at,
+                 token = CASE WHEN l.owner = EXCLUDED.owner THEN l.token ELSE l.token + 1 END
+             WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner
+           RETURNING token, (extract(epoch FROM expires_at) * 1000)::float8 AS exp`,
+          [keyName, owner, ttlMs],
+        );
+        const row = got.rows[0];
+        if (row) return makeLease(keyName, owner, ttlMs, Number(row.token), row.exp);
+        const h = await query<{ owner: string; exp: number; live: boolean }>(
+          `reading the lease of key "${keyName}"`,
+          `SELECT owner, (extract(epoch FROM expires_at) * 1000)::float8 AS exp, expires_at > now() AS live
+             FROM ${S}.leases WHERE key_name = $1`,
+          [keyName],
+        );
+        const held = h.rows[0];
+        if (held?.live) return { owner: held.owner, expiresAt: held.exp };
+        // it expired (or was released) in between: try again
+      }
+      throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async keys() {
+      await ready();
+      const r = await query<{ key_name: string }>(
+        'listing keys',
+        `SELECT key_name FROM ${S}.key_records ORDER BY key_name`,
+      );
+      return r.rows.map((x) => x.key_name);
+    },
+
+    async init(): Promise<StateInitResult> {
+      const steps: string[] = [];
+      await tx(`initialising schema ${cfg.schema}`, async (c) => {
+        // one initialiser at a time per schema (the lock ends with the transaction)
+        await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`keyrotor-migrate:${cfg.schema}`]);
+        const has = await c.query('SELECT 1 FROM information_schema.schemata WHERE schema_name = $1', [cfg.schema]);
+        if (!has.rows[0]) {
+          await c.query(`CREATE SCHEMA ${S}`);
+          steps.push(`created schema ${cfg.schema}`);
+        }
+        await c.query(`CREATE TABLE IF NOT EXISTS ${S}.keyrotor_migrations (
+             version int PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now(),
+             keyrotor_version text NOT NULL)`);
+        const r = await c.query<{ v: number | null }>(`SELECT max(version)::int AS v FROM ${S}.keyrotor_migrations`);
+        const v = r.rows[0]?.v ?? 0;
+        if (v > POSTGRES_SCHEMA_VERSION)
+          throw new KeyrotorError(
+            'STATE_VERSION',
+            `PostgreSQL ${where} schema ${cfg.schema} is at version ${v}, written by a newer keyrotor (this one knows ${POSTGRES_SCHEMA_VERSION}); nothing was changed`,
+            { hint: 'upgrade keyrotor to the version that migrated the schema' },
+          );
+        for (let n = v + 1; n <= POSTGRES_SCHEMA_VERSION; n++) {
+          for (const sql of MIGRATIONS[n - 1]!(S)) await c.query(sql);
+          await c.query(`INSERT INTO ${S}.keyrotor_migrations (version, keyrotor_version) VALUES ($1, $2)`, [
+            n,
+            opts.version ?? 'unknown',
+          ]);
+          steps.push(`applied migration ${n}`);
+        }
+      });
+      readyP = undefined;
+      return {
+        changed: steps.length > 0,
+        steps: steps.length ? steps : [`schema ${cfg.schema} is at version ${POSTGRES_SCHEMA_VERSION}: nothing to do`],
+      };
+    },
+
+    async close() {
+      const p = poolP;
+      poolP = undefined;
+      if (p) await (await p).end();
+    },
+  };
+}

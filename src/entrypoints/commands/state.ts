@@ -1,0 +1,100 @@
+/**
+ * `keyrotor state init`: create (or migrate) the configured state backend's schema/table.
+ * `keyrotor state export [--out file]`: every key record as JSON lines.
+ * `keyrotor state import <file> [--overwrite]`: write an export into the configured backend.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { KeyrotorError } from '../../core/errors.ts';
+import { errnoOf, displayPath } from '../../core/fs.ts';
+import type { StateStore } from '../../core/ports.ts';
+import type { CommandContext } from './context.ts';
+
+async function withStore<T>(
+  ctx: CommandContext,
+  fn: (s: StateStore, cfg: Awaited<ReturnType<CommandContext['config']>>) => Promise<T>,
+): Promise<T> {
+  const cfg = await ctx.config();
+  const store = await ctx.stateStore(cfg);
+  try {
+    return await fn(store, cfg);
+  } finally {
+    await store.close?.().catch(() => undefined);
+  }
+}
+
+/** `keyrotor state init` (declared in index.ts) */
+export async function runStateInit(ctx: CommandContext, opts: { json?: boolean }): Promise<void> {
+  ctx.setJson(opts.json === true);
+  await withStore(ctx, async (store) => {
+    const r = store.init ? await store.init() : { changed: false, steps: ['file backend: nothing to set up'] };
+    ctx.io.stdout(
+      opts.json
+        ? JSON.stringify({ backend: store.label, ...r }, null, 2) + '\n'
+        : r.steps.map((s) => `${store.label}: ${s}\n`).join(''),
+    );
+  });
+}
+
+/** `keyrotor state export` (declared in index.ts) */
+export async function runStateExport(ctx: CommandContext, opts: { out?: string }): Promise<void> {
+  const [{ exportState }, { openAuditLog }] = await Promise.all([
+    import('../../app/state/transfer.ts'),
+    import('../../app/audit/index.ts'),
+  ]);
+  await withStore(ctx, async (store, cfg) => {
+    const { lines, keys, audit, warnings } = await exportState(store, new Date(), openAuditLog(cfg, {}, ctx.io.env));
+    for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit trail: ${w}\n`);
+    const text = lines.join('\n') + '\n';
+    if (!opts.out) return ctx.io.stdout(text);
+    const file = path.resolve(opts.out);
+    try {
+      await writeFile(file, text, { mode: 0o600, flag: 'wx' });
+    } catch (e) {
+      const code = errnoOf(e);
+      throw new KeyrotorError(
+        'USAGE',
+        code === 'EEXIST'
+          ? `--out ${displayPath(file)} already exists; choose a new file`
+          : `cannot write --out ${displayPath(file)} (${code ?? 'unknown error'})`,
+      );
+    }
+    ctx.io.stderr(`exported ${keys} key(s) and ${audit} audit record(s) from ${store.label} to ${displayPath(file)}\n`);
+  });
+}
+
+/** `keyrotor state import <file>` (declared in index.ts) */
+export async function runStateImport(
+  ctx: CommandContext,
+  file: string,
+  opts: { overwrite?: boolean; json?: boolean },
+): Promise<void> {
+  ctx.setJson(opts.json === true);
+  const [{ importState, parseExportFull }, { openAuditLog }] = await Promise.all([
+    import('../../app/state/transfer.ts'),
+    import('../../app/audit/index.ts'),
+  ]);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new KeyrotorError(
+      'USAGE',
+      `cannot read ${displayPath(path.resolve(file))} (${errnoOf(e) ?? 'unknown error'})`,
+    );
+  }
+  const { records, audit } = parseExportFull(text, displayPath(path.resolve(file)));
+  await withStore(ctx, async (store, cfg) => {
+    const r = await importState(store, records, {
+      overwrite: opts.overwrite === true,
+      audit: { log: openAuditLog(cfg, {}, ctx.io.env), records: audit },
+    });
+    if (opts.json)
+      return ctx.io.stdout(JSON.stringify({ backend: store.label, ...r, audit: audit.length }, null, 2) + '\n');
+    ctx.io.stdout(
+      `imported ${r.imported.length} key(s) and ${audit.length} audit record(s) into ${store.label}: ${r.imported.join(', ') || '(none)'}\n`,
+    );
+    if (r.active.length)
+      ctx.io.stdout(`unfinished rotations (run \`keyrotor resume\` against this backend): ${r.active.join(', ')}\n`);
+  });
+}

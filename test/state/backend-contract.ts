@@ -1,0 +1,280 @@
+/**
+ * The StateStore contract, run against every state backend over its real server (file, PostgreSQL,
+ * DynamoDB on moto): records, snapshots, leases, fencing, ttl takeover, concurrent acquire, lost-update
+ * freedom, export/import round trip.
+ *
+ * Usage: describeStateBackendContract('postgres', async () => ({ open, cleanup }))
+ * `open()` returns a new store instance (its own connections) over the SAME fresh, initialised
+ * namespace each time it is called within one test: several instances play several workers.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { KeyrotorError } from '../../src/core/errors.ts';
+import {
+  isLease,
+  type KeyRecord,
+  type Lease,
+  type LeaseHolder,
+  type PersistedRotation,
+  type RotationResult,
+  type StateStore,
+} from '../../src/core/ports.ts';
+import { exportState, importState, parseExport } from '../../src/app/state/transfer.ts';
+
+export interface BackendHarness {
+  open(): StateStore;
+  cleanup?: () => Promise<void>;
+}
+
+export const R1 = 'rot-20261101t000000z-00000001';
+export const R2 = 'rot-20261102t000000z-00000002';
+
+export function rotation(rotationId: string, stage = 'verify', keyName = 'app'): PersistedRotation {
+  return {
+    rotationId,
+    keyName,
+    machineVersion: 3,
+    keyrotorVersion: '0.1.0',
+    updatedAt: '2026-11-01T00:00:05.000Z',
+    snapshot: {
+      status: 'active',
+      value: stage,
+      context: { rotationId, keyName, newKeyId: 'key_2', oldKeyId: 'key_1' },
+    },
+  };
+}
+
+export function result(outcome: RotationResult['outcome'], keyName = 'app'): RotationResult {
+  return {
+    key: keyName,
+    rotationId: R1,
+    outcome,
+    oldKeyId: 'key_1',
+    newKeyId: 'key_2',
+    stage: 'revoke',
+    startedAt: '2026-11-01T00:00:00.000Z',
+    finishedAt: '2026-11-01T00:05:00.000Z',
+  };
+}
+
+export function lease(x: Lease | LeaseHolder): Lease {
+  if (!isLease(x)) throw new Error(`expected a lease, got holder ${x.owner}`);
+  return x;
+}
+export function holder(x: Lease | LeaseHolder): LeaseHolder {
+  if (isLease(x)) throw new Error(`expected a holder, got a lease of ${x.owner}`);
+  return x;
+}
+export async function rejection(p: Promise<unknown>): Promise<KeyrotorError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof KeyrotorError) return e;
+    throw e;
+  }
+  throw new Error('expected a rejection');
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function describeStateBackendContract(name: string, make: () => Promise<BackendHarness>): void {
+  describe(`StateStore contract: ${name}`, () => {
+    let h: BackendHarness | undefined;
+    const opened: StateStore[] = [];
+    const setup = async () => {
+      h = await make();
+      return () => {
+        const s = h!.open();
+        opened.push(s);
+        return s;
+      };
+    };
+    afterEach(async () => {
+      for (const s of opened.splice(0)) await s.close?.();
+      await h?.cleanup?.();
+      h = undefined;
+    });
+
+    it('records: unknown is null; saveActive, setProviderState, finish and put round-trip; keys() lists them', async () => {
+      const open = await setup();
+      const s = open();
+      expect(await s.read('app')).toBeNull();
+      expect(await s.keys()).toEqual([]);
+
+      await s.saveActive('app', rotation(R1, 'stage'));
+      await s.saveActive('app', rotation(R1, 'verify'));
+      await s.setProviderState('app', 'serviceAccountId', 'sa_1');
+      const mid = await open().read('app'); // another instance sees it
+      expect(mid).toEqual({
+        keyName: 'app',
+        active: rotation(R1, 'verify'),
+        last: null,
+        lastRotatedAt: null,
+        currentKeyId: null,
+        providerState: { serviceAccountId: 'sa_1' },
+      });
+
+      await s.finish('app', result('rotated'), 'key_2');
+      const done = await s.read('app');
+      expect(done).toMatchObject({
+        active: null,
+        last: result('rotated'),
+        lastRotatedAt: '2026-11-01T00:05:00.000Z',
+        currentKeyId: 'key_2',
+        providerState: { serviceAccountId: 'sa_1' },
+      });
+      // finish without a current key id keeps what was known; keepActive stays in the same write
+      await s.finish('app', result('needs_attention'), undefined, rotation(R2, 'promote'));
+      expect(await s.read('app')).toMatchObject({ currentKeyId: 'key_2', active: rotation(R2, 'promote') });
+
+      const whole: KeyRecord = {
+        keyName: 'db',
+        active: null,
+        last: result('rolled_back', 'db'),
+        lastRotatedAt: null,
+        currentKeyId: 'key_9',
+        providerState: { a: 'b' },
+      };
+      await s.put(whole);
+      expect(await s.read('db')).toEqual(whole);
+      expect(await s.keys()).toEqual(['app', 'db']);
+    });
+
+    it('lease: exclusive per key across instances; the same owner extends and keeps its token; release frees it', async () => {
+      const open = await setup();
+      const a = open();
+      const b = open();
+      const la = lease(await a.acquire('app', 'owner-a', 60_000));
+      expect(la.token).toBeGreaterThan(0);
+      expect(la.expiresAt).toBeGreaterThan(Date.now() + 50_000);
+      expect(holder(await b.acquire('app', 'owner-b', 60_000)).owner).toBe('owner-a');
+      expect(isLease(await b.acquire('other', 'owner-b', 60_000))).toBe(true); // per key
+
+      const again = lease(await b.acquire('app', 'owner-a', 60_000));
+      expect(again.token).toBe(la.token);
+      await la.renew();
+
+      await la.release();
+      const lb = lease(await b.acquire('app', 'owner-b', 60_000));
+      expect(lb.token).toBeGreaterThan(la.token); // tokens only grow, also across a release
+      expect(holder(await a.acquire('app', 'owner-c', 60_000)).owner).toBe('owner-b');
+      await lb.release();
+    });
+
+    it('fencing: after its ttl a lease is taken over; the old holder cannot write, renew or release any more', async () => {
+      const open = await setup();
+      const a = open();
+      const b = open();
+      const la = lease(await a.acquire('app', 'worker-a', 600));
+      await a.saveActive('app', rotation(R1, 'stage'), la); // a fenced write while current
+      expect(holder(await b.acquire('app', 'worker-b', 600)).owner).toBe('worker-a');
+
+      await sleep(900); // worker-a "freezes" past its ttl (GC pause, SIGSTOP, a frozen Lambda)
+      const lb = lease(await b.acquire('app', 'worker-b', 60_000));
+      expect(lb.token).toBeGreaterThan(la.token);
+      await b.saveActive('app', rotation(R1, 'promote'), lb);
+
+      // worker-a wakes up: every write of its rotation is refused, nothing is overwritten
+      const current = (await a.read('app'))!;
+      const stale = [
+        () => a.saveActive('app', rotation(R1, 'unstage'), la),
+        () => a.finish('app', result('rolled_back'), 'key_1', null, la),
+        () => a.setProviderState('app', 'x', 'y', la),
+        () => a.put({ ...current, currentKeyId: 'key_evil' }, la),
+      ];
+      for (const write of stale) {
+        const e = await rejection(write());
+        expect(e.code).toBe('LEASE_LOST');
+        expect(e.exitCode).toBe(3);
+        expect(e.message).toMatch(/app/);
+      }
+      expect(await b.read('app')).toMatchObject({
+        active: rotation(R1, 'promote'),
+        currentKeyId: null,
+        providerState: {},
+      });
+      // renewing fails (the file backend says LOCKED, the databases LEASE_LOST: both exit 3)
+      const r = await rejection(la.renew());
+      expect(['LOCKED', 'LEASE_LOST']).toContain(r.code);
+      expect(r.exitCode).toBe(3);
+      await la.release(); // not ours: must not free worker-b's lease
+      expect(holder(await open().acquire('app', 'worker-c', 60_000)).owner).toBe('worker-b');
+
+      // the new holder keeps writing
+      await b.finish('app', result('rotated'), 'key_2', null, lb);
+      expect(await a.read('app')).toMatchObject({ active: null, currentKeyId: 'key_2' });
+      await lb.release();
+      // a released lease's token is stale too
+      const e = await rejection(b.saveActive('app', rotation(R2), { token: lb.token - 1 }));
+      expect(e.code).toBe('LEASE_LOST');
+    });
+
+    it('a lease that is renewed is not taken over; an expired one is, by exactly one of several', async () => {
+      const open = await setup();
+      const a = open();
+      const la = lease(await a.acquire('app', 'worker-a', 700));
+      for (let i = 0; i < 3; i++) {
+        await sleep(300);
+        await la.renew();
+      }
+      expect(holder(await open().acquire('app', 'worker-x', 700)).owner).toBe('worker-a');
+      await sleep(1_000); // worker-a died
+      const workers = Array.from({ length: 6 }, () => open());
+      const got = await Promise.all(workers.map((w, i) => w.acquire('app', `worker-${i}`, 60_000)));
+      const winners = got.filter(isLease);
+      expect(winners).toHaveLength(1);
+      expect(winners[0]!.token).toBeGreaterThan(la.token);
+      for (const g of got.filter((x) => !isLease(x))) expect(g.owner).toBe(winners[0]!.owner);
+      await winners[0]!.release();
+    });
+
+    it('concurrent acquire of a fresh key: exactly one winner', async () => {
+      const open = await setup();
+      const workers = Array.from({ length: 8 }, () => open());
+      const got = await Promise.all(workers.map((w, i) => w.acquire('fresh', `w${i}`, 60_000)));
+      expect(got.filter(isLease)).toHaveLength(1);
+    });
+
+    it('concurrent writes from several instances lose nothing (read-modify-write is atomic)', async () => {
+      const open = await setup();
+      const writers = Array.from({ length: 4 }, () => open());
+      await Promise.all(
+        writers.flatMap((w, i) => [0, 1, 2].map((j) => w.setProviderState('app', `w${i}.${j}`, `v${i}${j}`))),
+      );
+      const r = await open().read('app');
+      expect(Object.keys(r!.providerState).sort()).toEqual(
+        [0, 1, 2, 3].flatMap((i) => [0, 1, 2].map((j) => `w${i}.${j}`)).sort(),
+      );
+    });
+
+    it('export/import round trip (into a fresh namespace of the same backend); import refuses to overwrite', async () => {
+      const open = await setup();
+      const s = open();
+      await s.saveActive('app', rotation(R1, 'confirm'));
+      await s.setProviderState('app', 'serviceAccountId', 'sa_1');
+      await s.finish('db', result('rotated', 'db'), 'key_7');
+      const { lines, keys } = await exportState(s);
+      expect(keys).toBe(2);
+      const records = parseExport(lines.join('\n'), 'export.jsonl');
+      const first = h!;
+      h = await make(); // a second, fresh namespace
+      const t = h.open();
+      opened.push(t);
+      try {
+        const r = await importState(t, records);
+        expect(r).toEqual({ imported: ['app', 'db'], active: ['app'] });
+        expect(await t.read('app')).toEqual(await s.read('app'));
+        expect(await t.read('db')).toEqual(await s.read('db'));
+        const again = await rejection(importState(t, records));
+        expect(again.code).toBe('USAGE');
+        expect(again.message).toMatch(/already holds state for "app", "db"; nothing was imported/);
+        await importState(t, records, { overwrite: true });
+        // a key being rotated there is not overwritten
+        const busy = lease(await t.acquire('db', 'rotating', 60_000));
+        const locked = await rejection(importState(t, records, { overwrite: true }));
+        expect(locked.code).toBe('LOCKED');
+        await busy.release();
+      } finally {
+        await first.cleanup?.();
+      }
+    });
+  });
+}

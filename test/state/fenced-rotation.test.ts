@@ -1,0 +1,147 @@
+/**
+ * Fencing through the real run loop, on the file backend and on PostgreSQL: worker A freezes in the
+ * middle of a rotation (its renewals stop, like a GC pause, SIGSTOP or a frozen Lambda) until its
+ * lease expired and worker B resumed and finished the rotation. When A wakes, its next state write is
+ * refused (LEASE_LOST), so it stops at the write-ahead barrier: it neither overwrites B's record nor
+ * touches the issuer or the stores again.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseConfig } from '../../src/app/config/load.ts';
+import { rotateKey } from '../../src/app/run.ts';
+import { silentLogger } from '../../src/app/log.ts';
+import { createStateStore } from '../../src/app/state/index.ts';
+import { isLease, type Lease, type StateStore } from '../../src/core/ports.ts';
+import { tempDir } from '../helpers/artifacts.ts';
+import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+
+const MASTER = '5c'.repeat(32);
+
+function configText(state: string): string {
+  return `version: 1
+${state}
+defaults:
+  verify: { timeout: 5s, interval: 50ms }
+  verifyRevoked: { timeout: 5s, interval: 50ms }
+  revoke: { attempts: 2, backoff: 50ms }
+  lease: { ttl: 1s }
+keys:
+  - name: app
+    issuer: { type: local }
+    stores: [ { type: file } ]
+`;
+}
+
+/** Worker A's view of the store: renewals never happen; the write entering `promote` blocks until `wake`. */
+function freezingStore(real: StateStore) {
+  let wake!: () => void;
+  const woken = new Promise<void>((r) => (wake = r));
+  let frozen!: () => void;
+  const isFrozen = new Promise<void>((r) => (frozen = r));
+  let once = false;
+  const store: StateStore = {
+    ...real,
+    label: real.label,
+    read: (k) => real.read(k),
+    keys: () => real.keys(),
+    finish: (...a) => real.finish(...a),
+    setProviderState: (...a) => real.setProviderState(...a),
+    put: (...a) => real.put(...a),
+    async saveActive(k, rot, fence) {
+      if (!once && (rot.snapshot as { value?: unknown }).value === 'promote') {
+        once = true;
+        frozen();
+        await woken;
+      }
+      return real.saveActive(k, rot, fence);
+    },
+    async acquire(k, owner, ttl) {
+      const got = await real.acquire(k, owner, ttl);
+      if (!isLease(got)) return got;
+      const l: Lease = {
+        owner: got.owner,
+        token: got.token,
+        get expiresAt() {
+          return got.expiresAt;
+        },
+        renew: async () => {}, // frozen: the renewal timer fires, nothing reaches the store
+        release: () => got.release(),
+      };
+      return l;
+    },
+  };
+  return { store, isFrozen, wake };
+}
+
+async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
+  const file = path.join(dir, 'rotation.config.yaml');
+  writeFileSync(file, configText(state));
+  const cfg = parseConfig(configText(state), file, env);
+  const key = cfg.keys[0]!;
+  const setup = createStateStore(cfg, env);
+  await setup.init?.();
+  // a first rotation bootstraps the store (it was empty)
+  const boot = await rotateKey(key, { config: cfg, stateStore: setup, logger: silentLogger(), env, now: true });
+  expect(boot.outcome).toBe('rotated');
+
+  const a = freezingStore(createStateStore(cfg, env));
+  const b = createStateStore(cfg, env);
+  const runA = rotateKey(key, { config: cfg, stateStore: a.store, logger: silentLogger(), env, now: true });
+  await a.isFrozen;
+  const during = await b.read('app');
+  expect(during?.active).not.toBeNull();
+  const rotationId = during!.active!.rotationId;
+
+  // B cannot take over while A's lease is still valid ...
+  const early = await rotateKey(key, { config: cfg, stateStore: b, logger: silentLogger(), env, resumeOnly: true });
+  expect(early.outcome).toBe('locked');
+  // ... but after its ttl it resumes A's rotation and finishes it
+  await new Promise((r) => setTimeout(r, 1_300));
+  const resumed = await rotateKey(key, { config: cfg, stateStore: b, logger: silentLogger(), env, resumeOnly: true });
+  expect(resumed).toMatchObject({ outcome: 'rotated', rotationId });
+  const after = await b.read('app');
+
+  a.wake();
+  const stale = await runA;
+  expect(stale.outcome).toBe('locked');
+  expect(stale.error?.code).toBe('LEASE_LOST');
+  // nothing of A's landed after B's finish
+  expect(await b.read('app')).toEqual(after);
+  expect(after).toMatchObject({
+    active: null,
+    currentKeyId: resumed.newKeyId,
+    last: { outcome: 'rotated', rotationId },
+  });
+
+  // and the next rotation works normally
+  const next = await rotateKey(key, { config: cfg, stateStore: b, logger: silentLogger(), env, now: true });
+  expect(next.outcome).toBe('rotated');
+  expect(next.oldKeyId).toBe(resumed.newKeyId);
+  for (const s of [setup, a.store, b]) await s.close?.();
+}
+
+describe('fenced leases in the run loop', () => {
+  it('file backend: a frozen worker that lost its lease cannot write after its successor', async () => {
+    await scenario(tempDir('fenced-file'), '', { KEYROTOR_MASTER_KEY: MASTER });
+  }, 30_000);
+
+  const PG = postgresSupportOrSkip('fenced rotation on PostgreSQL');
+  describe.skipIf(!PG)('postgres', () => {
+    let server: Postgres;
+    let url = '';
+    beforeAll(async () => {
+      server = await startPostgres();
+      url = await server.createDatabase('fenced');
+    });
+    afterAll(async () => {
+      await server?.close();
+    });
+    it('postgres backend: a frozen worker that lost its lease cannot write after its successor', async () => {
+      await scenario(tempDir('fenced-pg'), 'state: { type: postgres }', {
+        KEYROTOR_MASTER_KEY: MASTER,
+        KEYROTOR_DATABASE_URL: url,
+      });
+    }, 30_000);
+  });
+});
