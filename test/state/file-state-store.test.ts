@@ -397,7 +397,7 @@ describe('file state store: lease', () => {
     const child = (owner: string) =>
       run(
         process.execPath,
-        ['--disable-warning=ExperimentalWarning', script, dir, owner, String(startAt), keys.join(','), '60000'],
+        ['--disable-warning=ExperimentalWarning', script, dir, owner, String(startAt), keys.join(','), '60000', '2'],
         {
           timeout: 20_000,
         },
