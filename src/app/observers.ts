@@ -6,8 +6,10 @@
  *   const results = await rotateKeys(keys, { ..., observers });
  *   await flushObservers(observers, 10_000);   // before the process exits: pending webhooks
  *
- * Building the observers does no I/O; a missing env var named by a webhook is CONFIG_ENV_MISSING
- * (exit 2) here, before anything rotates.
+ * A missing env var named by a webhook is CONFIG_ENV_MISSING (exit 2) here, before anything rotates.
+ * The only I/O it starts is in the background: with webhooks configured, the notifier delivers what
+ * earlier runs left in the state backend's outbox (see notify/notifier.ts); `flushObservers` waits
+ * for that too.
  */
 import {
   auditObserver,
@@ -32,10 +34,12 @@ export interface ObserverOptions {
   actor: string;
   /** where webhook URLs / headers named by env come from (default process.env) */
   env?: NodeJS.ProcessEnv;
-  /** for the key-age gauges (default: the file state store of the config's state dir) */
+  /** for the key-age gauges and the webhook outbox (default: the config's state backend) */
   stateStore?: StateStore;
   /** default: the process-wide `processMetrics()` */
   metrics?: Metrics;
+  /** keep webhook deliveries in the state backend's outbox and deliver what it holds (default true) */
+  outbox?: boolean;
   /** replace the audit sink (default: the JSONL log from the config); false = no audit */
   audit?: AuditSink | false;
 }
@@ -53,12 +57,21 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
   }
 
   const metrics = o.metrics ?? processMetrics();
-  metrics.trackKeys(o.config, o.stateStore ?? createStateStore(o.config, o.env ?? process.env));
+  const stateStore = o.stateStore ?? createStateStore(o.config, o.env ?? process.env);
+  metrics.trackKeys(o.config, stateStore);
   observers.push(metrics.observer());
 
   const webhooks = notificationSettings(o.config);
   if (webhooks.length)
-    observers.push(createNotifier({ webhooks, logger: o.logger, actor: o.actor, ...(o.env ? { env: o.env } : {}) }));
+    observers.push(
+      createNotifier({
+        webhooks,
+        logger: o.logger,
+        actor: o.actor,
+        ...(o.outbox !== false ? { outbox: stateStore } : {}),
+        ...(o.env ? { env: o.env } : {}),
+      }),
+    );
 
   return observers;
 }

@@ -264,6 +264,28 @@ export interface StateInitResult {
   steps: string[];
 }
 
+/**
+ * One webhook notification waiting in the durable outbox (references only: the body is the rendered
+ * payload, which never holds a secret value; the webhook is named by its index in `notifications:`
+ * and its name, never by its URL, which may carry a token).
+ */
+export interface OutboxEntry {
+  /** unique; also sent as the `Idempotency-Key` header. [A-Za-z0-9._-], at most 200 chars, no `..` */
+  id: string;
+  /** index of the webhook in the config's `notifications:` list */
+  webhook: number;
+  /** the webhook's `name` (or host) when the entry was written: a config change is detected by it */
+  webhookName: string;
+  /** the JSON body to POST */
+  body: string;
+  /** ISO time the entry was written */
+  createdAt: string;
+  /** delivery attempts made so far, over all runs */
+  attempts: number;
+}
+
+export const OUTBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+
 export interface StateStore {
   /** e.g. `file:.keyrotor`, `postgres:db.internal:5432/keyrotor (schema keyrotor)`; never a password */
   readonly label: string;
@@ -297,6 +319,16 @@ export interface StateStore {
    */
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
   keys(): Promise<string[]>;
+  /**
+   * Durable outbox of webhook notifications (at-least-once delivery; see docs/operations.md).
+   * `outboxAdd` writes (or, for an existing id, replaces) an entry; `outboxPending` lists entries not
+   * done, oldest first; `outboxDone` marks one delivered or given up (it is no longer pending; an
+   * unknown id is not an error); `outboxAttempted` adds `n` to an entry's attempt count.
+   */
+  outboxAdd?(entry: OutboxEntry): Promise<void>;
+  outboxPending?(limit?: number): Promise<OutboxEntry[]>;
+  outboxDone?(id: string): Promise<void>;
+  outboxAttempted?(id: string, n: number): Promise<void>;
   /** create (or migrate) the schema/table; idempotent. Absent: nothing to set up. */
   init?(): Promise<StateInitResult>;
   /** release connections so the process can exit. Optional. */

@@ -218,7 +218,7 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
     env,
     clock,
     actor: 'cloud-run',
-    observers: defaultObservers({ config: o.config, logger: log, actor: 'cloud-run' }),
+    observers: defaultObservers({ config: o.config, logger: log, actor: 'cloud-run', stateStore }),
     signal: shutdown.signal,
     pauseAt: deadline,
   });

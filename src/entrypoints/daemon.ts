@@ -112,7 +112,10 @@ export function startDaemon(o: DaemonOptions): Daemon {
         clock,
         actor: 'daemon',
         signal: stopping.signal,
-        observers: [...defaultObservers({ config: o.config, logger: log, actor: 'daemon' }), ...(o.observers ?? [])],
+        observers: [
+          ...defaultObservers({ config: o.config, logger: log, actor: 'daemon', stateStore: o.stateStore }),
+          ...(o.observers ?? []),
+        ],
         ...(o.env ? { env: o.env } : {}),
         ...(o.concurrency ? { concurrency: o.concurrency } : {}),
       });

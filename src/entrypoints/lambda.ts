@@ -170,14 +170,15 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
     const remaining =
       typeof context?.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : undefined;
     const pauseAt = remaining !== undefined ? clock.now() + remaining - marginMs() : undefined;
+    const store = stateStore(cfg);
     const common: RotateOptions = {
       config: cfg,
-      stateStore: stateStore(cfg),
+      stateStore: store,
       logger: log,
       env,
       clock,
       actor: 'lambda',
-      observers: defaultObservers({ config: cfg, logger: log, actor: 'lambda' }),
+      observers: defaultObservers({ config: cfg, logger: log, actor: 'lambda', stateStore: store }),
       ...(pauseAt !== undefined ? { pauseAt } : {}),
     };
 

@@ -1,7 +1,7 @@
 /**
  * The StateStore contract, run against every state backend over its real server (file, PostgreSQL,
  * DynamoDB on moto): records, snapshots, leases, fencing, ttl takeover, concurrent acquire, lost-update
- * freedom, export/import round trip.
+ * freedom, export/import round trip, the webhook outbox.
  *
  * Usage: describeStateBackendContract('postgres', async () => ({ open, cleanup }))
  * `open()` returns a new store instance (its own connections) over the SAME fresh, initialised
@@ -14,6 +14,7 @@ import {
   type KeyRecord,
   type Lease,
   type LeaseHolder,
+  type OutboxEntry,
   type PersistedRotation,
   type RotationResult,
   type StateStore,
@@ -91,6 +92,59 @@ export function describeStateBackendContract(name: string, make: () => Promise<B
       for (const s of opened.splice(0)) await s.close?.();
       await h?.cleanup?.();
       h = undefined;
+    });
+
+    it('outbox: add, pending oldest first across instances, attempts counted, done removes; ids are checked', async () => {
+      const open = await setup();
+      const s = open();
+      expect(await s.outboxPending!()).toEqual([]);
+      const entry = (id: string, createdAt: string, webhook = 0): OutboxEntry => ({
+        id,
+        webhook,
+        webhookName: `hook-${webhook}`,
+        body: JSON.stringify({ key: 'app', rotationId: R1, idempotencyKey: id }),
+        createdAt,
+        attempts: 0,
+      });
+      const a = entry(`${R1}.rotated.w0.0000000a`, '2026-11-01T00:00:02.000Z');
+      const b = entry(`${R1}.rotated.w1.0000000b`, '2026-11-01T00:00:01.000Z', 1);
+      const c = entry(`${R2}.rolled_back.w0.0000000c`, '2026-11-01T00:00:03.000Z');
+      await s.outboxAdd!(a);
+      await open().outboxAdd!(b);
+      await s.outboxAdd!(c);
+      // keys() lists state records only, never outbox entries
+      expect(await s.keys()).toEqual([]);
+      expect(await open().outboxPending!()).toEqual([b, a, c]);
+      expect(await s.outboxPending!(2)).toEqual([b, a]);
+
+      await s.outboxAttempted!(a.id, 3);
+      await open().outboxAttempted!(a.id, 2);
+      expect((await s.outboxPending!()).find((e) => e.id === a.id)?.attempts).toBe(5);
+
+      await open().outboxDone!(b.id);
+      await s.outboxDone!(b.id); // again: not an error
+      await s.outboxAttempted!(b.id, 1); // a done entry stays done
+      await s.outboxDone!('never-written');
+      expect(await open().outboxPending!()).toEqual([{ ...a, attempts: 5 }, c]);
+
+      // the same id again replaces the entry (at most one pending entry per id)
+      await s.outboxAdd!({ ...c, attempts: 1 });
+      expect(await s.outboxPending!()).toEqual([
+        { ...a, attempts: 5 },
+        { ...c, attempts: 1 },
+      ]);
+
+      await s.outboxDone!(a.id);
+      await s.outboxDone!(c.id);
+      expect(await open().outboxPending!()).toEqual([]);
+
+      for (const bad of ['../x', 'a/b', '', '.hidden', 'x'.repeat(201)]) {
+        expect((await rejection(s.outboxAdd!(entry(bad, '2026-11-01T00:00:00.000Z')))).code).toBe('INTERNAL');
+      }
+      expect(
+        (await rejection(s.outboxAdd!({ ...entry('ok-id', '2026-11-01T00:00:00.000Z'), createdAt: 'yesterday' }))).code,
+      ).toBe('INTERNAL');
+      expect(await s.outboxPending!()).toEqual([]);
     });
 
     it('records: unknown is null; saveActive, setProviderState, finish and put round-trip; keys() lists them', async () => {

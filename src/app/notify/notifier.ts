@@ -6,15 +6,32 @@
  * that bound, then abandons the rest (logged).
  *
  * Logs name a webhook by its `name` or its host only: webhook URLs often carry a token.
+ *
+ * Durable outbox (`outbox`: the state store): `onResult` first writes each delivery to the store's
+ * outbox (the rendered body and the webhook's index and name, never its URL), then delivers it; a 2xx
+ * or a permanent rejection (4xx other than 408/429) removes the entry. A delivery that ran out of
+ * attempts, was abandoned by `drain`, or whose process crashed stays pending, and the next notifier
+ * built over the same store (the next run of any entry point) delivers pending entries first, until
+ * the entry is older than `outboxMaxAgeMs` or has had `outboxMaxAttempts` attempts (then it is
+ * dropped with a warning). At least once: every request carries the entry id as `Idempotency-Key`
+ * (and, in the generic body, as `idempotencyKey`).
  */
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { Logger } from '../../core/ports.ts';
+import type { Logger, OutboxEntry, StateStore } from '../../core/ports.ts';
 import type { KeyResult, RotationObserver } from '../run.ts';
 import { eventsOf, genericPayload, slackPayload } from './payload.ts';
 import type { NotifyEvent, WebhookConfig } from './schema.ts';
 
 const MAX_BACKOFF_MS = 60_000;
+/** an outbox entry older than this is dropped (with a warning) instead of delivered */
+export const DEFAULT_OUTBOX_MAX_AGE_MS = 24 * 3600_000;
+/** an outbox entry that had this many attempts, over all runs, is dropped (with a warning) */
+export const DEFAULT_OUTBOX_MAX_ATTEMPTS = 25;
+
+/** outbox entries being delivered by some notifier of this process (a replay skips them) */
+const claimed = new Set<string>();
 
 export interface WebhookTarget {
   name: string;
@@ -38,6 +55,12 @@ export interface NotifierOptions {
   fetch?: typeof fetch;
   /** 0..1, for jitter (tests) */
   random?: () => number;
+  /** the state store whose outbox makes deliveries durable (absent, or without outbox methods: memory only) */
+  outbox?: StateStore;
+  outboxMaxAgeMs?: number;
+  outboxMaxAttempts?: number;
+  /** for entry times and ages (default Date.now) */
+  now?: () => number;
 }
 
 export interface DeliveryReport {
@@ -48,6 +71,13 @@ export interface DeliveryReport {
   /** deliveries still running when `drain` returned (they were abandoned) */
   abandoned: number;
 }
+
+type Outbox = Required<Pick<StateStore, 'outboxAdd' | 'outboxPending' | 'outboxDone' | 'outboxAttempted'>>;
+function outboxOf(s: StateStore | undefined): Outbox | undefined {
+  return s?.outboxAdd && s.outboxPending && s.outboxDone && s.outboxAttempted ? (s as Outbox) : undefined;
+}
+
+type Ending = 'delivered' | 'rejected' | 'exhausted' | 'aborted';
 
 export interface Notifier extends RotationObserver {
   /** deliveries queued or in flight */
@@ -136,20 +166,34 @@ export function createNotifier(o: NotifierOptions): Notifier {
   const log = o.logger.child({ component: 'notify' });
   const doFetch = o.fetch ?? fetch;
   const random = o.random ?? Math.random;
+  const now = o.now ?? Date.now;
   const meta = { host: o.host ?? hostname(), actor: o.actor ?? null };
   const inflight = new Map<Promise<void>, AbortController>();
   const stats: DeliveryReport = { delivered: 0, failed: 0, abandoned: 0 };
+  const outbox = targets.length ? outboxOf(o.outbox) : undefined;
+  const maxAgeMs = o.outboxMaxAgeMs ?? DEFAULT_OUTBOX_MAX_AGE_MS;
+  const maxAttempts = o.outboxMaxAttempts ?? DEFAULT_OUTBOX_MAX_ATTEMPTS;
+  const errName = (e: unknown) => (e instanceof Error ? ((e as { code?: string }).code ?? e.name) : 'error');
 
-  async function deliver(t: WebhookTarget, r: KeyResult, ctl: AbortController): Promise<void> {
-    const body = JSON.stringify(t.format === 'slack' ? slackPayload(r, meta) : genericPayload(r, meta));
-    const fields = { webhook: t.name, key: r.key, rotationId: r.rotationId, outcome: r.outcome };
+  async function deliver(
+    t: WebhookTarget,
+    body: string,
+    id: string,
+    fields: Record<string, unknown>,
+    ctl: AbortController,
+  ): Promise<{ ending: Ending; attempts: number }> {
     for (let attempt = 1; ; attempt++) {
       let why: string;
       let wait: number | undefined;
       try {
         const res = await doFetch(t.url, {
           method: 'POST',
-          headers: { 'content-type': 'application/json', 'user-agent': 'keyrotor', ...t.headers },
+          headers: {
+            'content-type': 'application/json',
+            'user-agent': 'keyrotor',
+            'idempotency-key': id,
+            ...t.headers,
+          },
           body,
           redirect: 'manual',
           signal: AbortSignal.any([ctl.signal, AbortSignal.timeout(t.timeoutMs)]),
@@ -158,7 +202,7 @@ export function createNotifier(o: NotifierOptions): Notifier {
         if (res.status >= 200 && res.status < 300) {
           stats.delivered += 1;
           log.info({ ...fields, attempt }, 'notification delivered');
-          return;
+          return { ending: 'delivered', attempts: attempt };
         }
         why = `answered ${res.status}`;
         if (!retryableStatus(res.status)) {
@@ -167,11 +211,11 @@ export function createNotifier(o: NotifierOptions): Notifier {
             { ...fields, attempt, status: res.status },
             `notification not delivered: the webhook ${why}${res.status >= 300 && res.status < 400 ? ' (redirects are not followed)' : ''}; not retried`,
           );
-          return;
+          return { ending: 'rejected', attempts: attempt };
         }
         wait = retryAfterMs(res.headers.get('retry-after'));
       } catch (e) {
-        if (ctl.signal.aborted) return;
+        if (ctl.signal.aborted) return { ending: 'aborted', attempts: attempt };
         why =
           e instanceof Error && e.name === 'TimeoutError'
             ? `timed out after ${t.timeoutMs} ms`
@@ -179,8 +223,11 @@ export function createNotifier(o: NotifierOptions): Notifier {
       }
       if (attempt >= t.attempts) {
         stats.failed += 1;
-        log.warn({ ...fields, attempt }, `notification not delivered after ${attempt} attempt(s): the webhook ${why}`);
-        return;
+        log.warn(
+          { ...fields, attempt },
+          `notification not delivered after ${attempt} attempt(s): the webhook ${why}${outbox ? '; it stays in the outbox for the next run' : ''}`,
+        );
+        return { ending: 'exhausted', attempts: attempt };
       }
       const base = Math.min(MAX_BACKOFF_MS, wait ?? t.backoffMs * 2 ** (attempt - 1));
       const delay = wait !== undefined ? base : Math.round(base / 2 + (random() * base) / 2);
@@ -188,20 +235,93 @@ export function createNotifier(o: NotifierOptions): Notifier {
       try {
         await sleep(delay, ctl.signal);
       } catch {
-        return;
+        return { ending: 'aborted', attempts: attempt };
       }
     }
   }
 
-  function enqueue(t: WebhookTarget, r: KeyResult): void {
+  /** after a delivery: remove the entry, or count its attempts (and drop it past the limits) */
+  async function settle(e: OutboxEntry, ending: Ending, attempts: number, fields: Record<string, unknown>) {
+    if (!outbox) return;
+    try {
+      if (ending === 'delivered' || ending === 'rejected') return await outbox.outboxDone(e.id);
+      const total = e.attempts + attempts;
+      if (ending === 'exhausted' && total >= maxAttempts) {
+        log.warn({ ...fields, attempts: total }, `notification dropped from the outbox after ${total} attempt(s)`);
+        return await outbox.outboxDone(e.id);
+      }
+      await outbox.outboxAttempted(e.id, attempts);
+    } catch (err) {
+      log.warn({ ...fields, err: errName(err) }, 'could not update the notification outbox');
+    }
+  }
+
+  function track(p: Promise<void>, ctl: AbortController): void {
+    const q: Promise<void> = p.finally(() => inflight.delete(q));
+    inflight.set(q, ctl);
+  }
+
+  function enqueue(t: WebhookTarget, e: OutboxEntry, fields: Record<string, unknown>): void {
     const ctl = new AbortController();
-    const p: Promise<void> = deliver(t, r, ctl)
-      .catch((e: unknown) => {
-        stats.failed += 1;
-        log.warn({ webhook: t.name, err: e instanceof Error ? e.name : 'error' }, 'notification failed');
-      })
-      .finally(() => inflight.delete(p));
-    inflight.set(p, ctl);
+    claimed.add(e.id);
+    track(
+      deliver(t, e.body, e.id, fields, ctl)
+        .then(({ ending, attempts }) => settle(e, ending, attempts, fields))
+        .catch((err: unknown) => {
+          stats.failed += 1;
+          log.warn({ webhook: t.name, err: errName(err) }, 'notification failed');
+        })
+        .finally(() => claimed.delete(e.id)),
+      ctl,
+    );
+  }
+
+  /** deliver what earlier runs left in the outbox */
+  async function replay(ctl: AbortController): Promise<void> {
+    let pending: OutboxEntry[];
+    try {
+      pending = await outbox!.outboxPending(500);
+    } catch (err) {
+      log.warn(
+        { err: errName(err) },
+        'could not read the notification outbox; pending notifications wait for the next run',
+      );
+      return;
+    }
+    for (const e of pending) {
+      if (ctl.signal.aborted) return;
+      if (claimed.has(e.id)) continue;
+      const t = targets[e.webhook];
+      const fields = { webhook: t?.name ?? e.webhookName, outboxId: e.id };
+      const age = now() - Date.parse(e.createdAt);
+      const drop =
+        !t || t.name !== e.webhookName
+          ? 'its webhook is no longer configured'
+          : age > maxAgeMs
+            ? `it is older than ${Math.round(maxAgeMs / 60_000)} min`
+            : e.attempts >= maxAttempts
+              ? `it had ${e.attempts} attempt(s)`
+              : undefined;
+      if (drop || !t) {
+        log.warn({ ...fields, attempts: e.attempts }, `notification dropped from the outbox: ${drop}`);
+        await outbox!
+          .outboxDone(e.id)
+          .catch((err: unknown) =>
+            log.warn({ ...fields, err: errName(err) }, 'could not update the notification outbox'),
+          );
+        continue;
+      }
+      log.info({ ...fields, attempts: e.attempts }, 'delivering a notification left pending by an earlier run');
+      enqueue(t, e, fields);
+    }
+  }
+
+  if (outbox) {
+    const ctl = new AbortController();
+    track(
+      Promise.resolve().then(() => replay(ctl)),
+      ctl,
+    );
   }
 
   return {
@@ -209,12 +329,36 @@ export function createNotifier(o: NotifierOptions): Notifier {
       return inflight.size;
     },
 
-    onResult(r) {
+    async onResult(r) {
       if (r.dryRun || r.outcome === 'skipped') return;
       const events = eventsOf(r);
-      for (const t of targets) {
+      for (const [i, t] of targets.entries()) {
         if (t.keys && !t.keys.has(r.key)) continue;
-        if (events.some((e) => t.on.has(e))) enqueue(t, r);
+        if (!events.some((e) => t.on.has(e))) continue;
+        const id = `${r.rotationId ?? 'none'}.${r.outcome}.w${i}.${randomBytes(4).toString('hex')}`;
+        const body = JSON.stringify(
+          t.format === 'slack' ? slackPayload(r, meta) : { ...genericPayload(r, meta), idempotencyKey: id },
+        );
+        const e: OutboxEntry = {
+          id,
+          webhook: i,
+          webhookName: t.name,
+          body,
+          createdAt: new Date(now()).toISOString(),
+          attempts: 0,
+        };
+        const fields = { webhook: t.name, key: r.key, rotationId: r.rotationId, outcome: r.outcome };
+        if (outbox) {
+          try {
+            await outbox.outboxAdd(e);
+          } catch (err) {
+            log.warn(
+              { ...fields, err: errName(err) },
+              'could not write the notification outbox; delivering from memory only',
+            );
+          }
+        }
+        enqueue(t, e, fields);
       }
     },
 
@@ -235,7 +379,7 @@ export function createNotifier(o: NotifierOptions): Notifier {
           stats.abandoned += left.length;
           log.warn(
             { pending: left.length, timeoutMs },
-            `${left.length} notification(s) not delivered within ${timeoutMs} ms; giving up on them`,
+            `${left.length} notification(s) not delivered within ${timeoutMs} ms; giving up on them${outbox ? ' for now (they stay in the outbox for the next run)' : ''}`,
           );
           for (const [, ctl] of left) ctl.abort(new Error('drain timeout'));
           await Promise.allSettled(left.map(([p]) => p));

@@ -12,6 +12,9 @@
  *   pk `audit`         sk `head`    seq (N), hash: each append is one TransactWriteItems of the new
  *                                   record (attribute_not_exists) and the head (seq = the one read),
  *                                   so two writers can never fork the chain
+ *   pk `outbox`        sk `e#<id>`  webhook (N), webhookName, body, createdAt, attempts (N): a pending
+ *                                   webhook notification; delivered or given up: `done` is set, the
+ *                                   body removed and `ttl` set 7 days ahead (no DeleteItem needed)
  *
  * Leases: one conditional UpdateItem grants the lease (`attribute_not_exists(pk) OR expiresAt <= :now`)
  * and adds 1 to `token` (the fencing token) on every grant; the same owner asking again extends its
@@ -29,11 +32,13 @@ import type {
   KeyRecord,
   Lease,
   LeaseHolder,
+  OutboxEntry,
   PersistedRotation,
   RotationResult,
   StateInitResult,
   StateStore,
 } from '../../core/ports.ts';
+import { byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
 import type { DynamoStateConfig } from './config.ts';
 import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
@@ -548,6 +553,105 @@ export function createDynamoStateStore(
         if (held && exp > clock.now()) return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async outboxAdd(e: OutboxEntry) {
+      checkOutboxEntry(e);
+      await ready();
+      await send(`writing outbox entry ${e.id}`, (m, c) =>
+        c.send(
+          new m.PutItemCommand({
+            TableName: table,
+            Item: {
+              pk: S('outbox'),
+              sk: S(`e#${e.id}`),
+              webhook: N(e.webhook),
+              webhookName: S(e.webhookName),
+              body: S(e.body),
+              createdAt: S(e.createdAt),
+              attempts: N(e.attempts),
+            },
+          }),
+        ),
+      );
+    },
+
+    async outboxPending(limit?: number) {
+      await ready();
+      const out: OutboxEntry[] = [];
+      let start: Item | undefined;
+      do {
+        const r: DDB.QueryCommandOutput = await send('listing the outbox', (m, c) =>
+          c.send(
+            new m.QueryCommand({
+              TableName: table,
+              ConsistentRead: true,
+              KeyConditionExpression: 'pk = :o',
+              FilterExpression: 'attribute_not_exists(done)',
+              ExpressionAttributeValues: { ':o': S('outbox') },
+              ...(start ? { ExclusiveStartKey: start } : {}),
+            }),
+          ),
+        );
+        for (const i of r.Items ?? []) {
+          const e = parseOutboxEntry({
+            id: str(i, 'sk')?.slice(2),
+            webhook: num(i, 'webhook'),
+            webhookName: str(i, 'webhookName'),
+            body: str(i, 'body'),
+            createdAt: str(i, 'createdAt'),
+            attempts: num(i, 'attempts'),
+          });
+          if (e) out.push(e);
+        }
+        start = r.LastEvaluatedKey;
+      } while (start);
+      out.sort(byAge);
+      return limit === undefined ? out : out.slice(0, limit);
+    },
+
+    async outboxDone(id: string) {
+      checkOutboxId(id);
+      await ready();
+      await send(`marking outbox entry ${id} done`, async (m, c) => {
+        try {
+          await c.send(
+            new m.UpdateItemCommand({
+              TableName: table,
+              Key: { pk: S('outbox'), sk: S(`e#${id}`) },
+              UpdateExpression: 'SET done = :t, #ttl = :ttl REMOVE body',
+              ConditionExpression: 'attribute_exists(pk)',
+              ExpressionAttributeNames: { '#ttl': 'ttl' },
+              ExpressionAttributeValues: {
+                ':t': N(clock.now()),
+                ':ttl': N(Math.floor(clock.now() / 1000) + 7 * 24 * 3600),
+              },
+            }),
+          );
+        } catch (e) {
+          if (nameOf(e) !== 'ConditionalCheckFailedException') throw e;
+        }
+      });
+    },
+
+    async outboxAttempted(id: string, n: number) {
+      checkOutboxId(id);
+      await ready();
+      await send(`counting attempts of outbox entry ${id}`, async (m, c) => {
+        try {
+          await c.send(
+            new m.UpdateItemCommand({
+              TableName: table,
+              Key: { pk: S('outbox'), sk: S(`e#${id}`) },
+              UpdateExpression: 'ADD attempts :n',
+              ConditionExpression: 'attribute_exists(pk) AND attribute_not_exists(done)',
+              ExpressionAttributeValues: { ':n': N(n) },
+            }),
+          );
+        } catch (e) {
+          if (nameOf(e) !== 'ConditionalCheckFailedException') throw e;
+        }
+      });
     },
 
     async keys() {

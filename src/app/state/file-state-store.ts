@@ -11,20 +11,34 @@
  * Damage is never reset silently: torn JSON, an unknown format or a record that fails validation is
  * STATE_UNREADABLE naming the file (and the rotation that was in progress, when that much is
  * readable); a newer format is STATE_VERSION.
+ *
+ * Webhook outbox: one small file per pending notification, `<stateDir>/outbox/<id>.json`
+ * (`{ format: 'keyrotor-outbox/1', entry }`, atomic writes); delivered or given-up entries are deleted.
+ * A damaged entry file is skipped, never deleted.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { Fence, KeyRecord, Lease, PersistedRotation, RotationResult, StateStore } from '../../core/ports.ts';
+import type {
+  Fence,
+  KeyRecord,
+  Lease,
+  OutboxEntry,
+  PersistedRotation,
+  RotationResult,
+  StateStore,
+} from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
 import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import { createLeaseManager } from './file-lease.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 import { edits, leaseLost } from './record.ts';
+import { OUTBOX_FORMAT, byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
 
 /** Key names become file names: no separators, no dot-dot, no hidden files. */
 const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const OUTBOX_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
 export interface FileStateStoreOptions {
   clock?: Clock;
@@ -180,6 +194,38 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     });
   }
 
+  const outboxFolder = path.join(root, 'outbox');
+  const outboxFile = (id: string) => {
+    checkOutboxId(id);
+    return path.join(outboxFolder, `${id}.json`);
+  };
+  const outboxError = (doing: string, e: unknown) =>
+    new KeyrotorError(
+      'INTERNAL',
+      `cannot ${doing} in ${displayPath(outboxFolder)} (${errnoOf(e) ?? 'unknown error'})`,
+      {
+        cause: e,
+        retryable: isTransient(e),
+      },
+    );
+  async function readOutbox(id: string): Promise<OutboxEntry | undefined> {
+    try {
+      const o = JSON.parse(await readFile(outboxFile(id), 'utf8')) as { format?: unknown; entry?: unknown };
+      return o.format === OUTBOX_FORMAT ? parseOutboxEntry(o.entry) : undefined;
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT' || e instanceof SyntaxError) return undefined;
+      throw outboxError(`read outbox entry ${id}`, e);
+    }
+  }
+  const writeOutbox = async (e: OutboxEntry) => {
+    checkOutboxEntry(e);
+    try {
+      await writeFileAtomic(outboxFile(e.id), JSON.stringify({ format: OUTBOX_FORMAT, entry: e }) + '\n');
+    } catch (err) {
+      throw outboxError(`write outbox entry ${e.id}`, err);
+    }
+  };
+
   return {
     label: `file:${displayPath(root)}`,
     read,
@@ -238,6 +284,46 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
         release: () => got.release(),
       };
       return lease;
+    },
+
+    async outboxAdd(entry: OutboxEntry) {
+      return await serialized(outboxFile(entry.id), () => writeOutbox(entry));
+    },
+
+    async outboxPending(limit?: number) {
+      let names: string[];
+      try {
+        names = await readdir(outboxFolder);
+      } catch (e) {
+        if (errnoOf(e) === 'ENOENT') return [];
+        throw outboxError('list the outbox', e);
+      }
+      const ids = names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -'.json'.length));
+      const out: OutboxEntry[] = [];
+      for (const id of ids) {
+        if (!OUTBOX_NAME.test(id)) continue;
+        const e = await readOutbox(id);
+        if (e && e.id === id) out.push(e);
+      }
+      out.sort(byAge);
+      return limit === undefined ? out : out.slice(0, limit);
+    },
+
+    async outboxDone(id: string) {
+      return await serialized(outboxFile(id), async () => {
+        try {
+          await unlink(outboxFile(id));
+        } catch (e) {
+          if (errnoOf(e) !== 'ENOENT') throw outboxError(`remove outbox entry ${id}`, e);
+        }
+      });
+    },
+
+    async outboxAttempted(id: string, n: number) {
+      return await serialized(outboxFile(id), async () => {
+        const e = await readOutbox(id);
+        if (e) await writeOutbox({ ...e, attempts: e.attempts + n });
+      });
     },
 
     async keys() {

@@ -9,6 +9,8 @@
  *   audit_records(seq PK, line, hash), audit_head(id = 1, seq, hash)   the hash-chained audit trail
  *   (migration 2): an append locks the head row, inserts the next record and moves the head in one
  *   transaction, so two writers can never fork the chain
+ *   outbox(id PK, webhook, webhook_name, body, created_at, attempts)   (migration 3) pending webhook
+ *   notifications; a delivered or given-up row is deleted
  *
  * Leases: one atomic upsert grants the lease when there is none, it expired, or the same owner asks
  * again, and bumps `token` (the fencing token) on every grant to a new owner (the same owner asking
@@ -27,11 +29,13 @@ import type {
   KeyRecord,
   Lease,
   LeaseHolder,
+  OutboxEntry,
   PersistedRotation,
   RotationResult,
   StateInitResult,
   StateStore,
 } from '../../core/ports.ts';
+import { byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
 import type { PostgresStateConfig } from './config.ts';
 import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost, withRetry } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
@@ -62,6 +66,16 @@ const MIGRATIONS: ((s: string) => string[])[] = [
        seq bigint NOT NULL,
        hash text NOT NULL)`,
     `INSERT INTO ${s}.audit_head (id, seq, hash) VALUES (1, 0, '${GENESIS}') ON CONFLICT (id) DO NOTHING`,
+  ],
+  (s) => [
+    `CREATE TABLE IF NOT EXISTS ${s}.outbox (
+       id text PRIMARY KEY,
+       webhook int NOT NULL,
+       webhook_name text NOT NULL,
+       body text NOT NULL,
+       created_at timestamptz NOT NULL,
+       attempts int NOT NULL DEFAULT 0)`,
+    `CREATE INDEX IF NOT EXISTS outbox_created_at ON ${s}.outbox (created_at)`,
   ],
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
@@ -449,6 +463,65 @@ export function createPostgresStateStore(
         // it expired (or was released) in between: try again
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async outboxAdd(e: OutboxEntry) {
+      checkOutboxEntry(e);
+      await ready();
+      await query(
+        `writing outbox entry ${e.id}`,
+        `INSERT INTO ${S}.outbox (id, webhook, webhook_name, body, created_at, attempts)
+           VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET webhook = EXCLUDED.webhook, webhook_name = EXCLUDED.webhook_name,
+           body = EXCLUDED.body, created_at = EXCLUDED.created_at, attempts = EXCLUDED.attempts`,
+        [e.id, e.webhook, e.webhookName, e.body, e.createdAt, e.attempts],
+      );
+    },
+
+    async outboxPending(limit?: number) {
+      await ready();
+      const r = await query<{
+        id: string;
+        webhook: number;
+        webhook_name: string;
+        body: string;
+        created_at: Date;
+        attempts: number;
+      }>(
+        'listing the outbox',
+        `SELECT id, webhook, webhook_name, body, created_at, attempts FROM ${S}.outbox
+           ORDER BY created_at, id ${limit === undefined ? '' : 'LIMIT $1'}`,
+        limit === undefined ? [] : [limit],
+      );
+      const out: OutboxEntry[] = [];
+      for (const x of r.rows) {
+        const e = parseOutboxEntry({
+          id: x.id,
+          webhook: x.webhook,
+          webhookName: x.webhook_name,
+          body: x.body,
+          createdAt: new Date(x.created_at).toISOString(),
+          attempts: x.attempts,
+        });
+        if (e) out.push(e);
+      }
+      return out.sort(byAge);
+    },
+
+    async outboxDone(id: string) {
+      checkOutboxId(id);
+      await ready();
+      await query(`removing outbox entry ${id}`, `DELETE FROM ${S}.outbox WHERE id = $1`, [id]);
+    },
+
+    async outboxAttempted(id: string, n: number) {
+      checkOutboxId(id);
+      await ready();
+      await query(
+        `counting attempts of outbox entry ${id}`,
+        `UPDATE ${S}.outbox SET attempts = attempts + $2 WHERE id = $1`,
+        [id, n],
+      );
     },
 
     async keys() {

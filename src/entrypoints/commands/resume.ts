@@ -13,7 +13,7 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
   const logger = await ctx.logger();
-  const [{ rotateKeys }, { defaultObservers }] = await Promise.all([
+  const [{ rotateKeys }, { defaultObservers, flushObservers }] = await Promise.all([
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
@@ -29,16 +29,18 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
   const stateStore = await ctx.stateStore(cfg);
   // Ctrl-C / SIGTERM: pause again at the next safe point
   const interrupts = handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
+  const observers = [...defaultObservers({ config: cfg, logger, actor: 'cli', stateStore }), progress];
   const results = await rotateKeys(keys, {
     config: cfg,
     stateStore,
     logger,
-    observers: [...defaultObservers({ config: cfg, logger, actor: 'cli' }), progress],
+    observers,
     env: ctx.io.env,
     actor: 'cli',
     resumeOnly: true,
     signal: interrupts.signal,
   }).finally(() => interrupts.dispose());
+  await flushObservers(observers, 10_000); // pending webhook deliveries (and what the outbox held), bounded
   ctx.exit(Math.max(0, ...results.map((r) => OUTCOME_EXIT[r.outcome])));
   ctx.io.stdout(opts.json ? JSON.stringify({ results }, null, 2) + '\n' : renderResume(results));
   const paused = interrupts.report(results);

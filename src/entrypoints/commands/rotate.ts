@@ -29,10 +29,21 @@ export async function runRotate(
     intervalMs: progressIntervalFrom(ctx.io.env),
     ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
   });
-  const observers = [...defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env }), progress];
+  const stateStore = await ctx.stateStore(cfg);
+  const observers = [
+    ...defaultObservers({
+      config: cfg,
+      logger,
+      actor: 'cli',
+      env: ctx.io.env,
+      stateStore,
+      outbox: opts.dryRun !== true, // a dry run sends nothing
+    }),
+    progress,
+  ];
   const base = {
     config: cfg,
-    stateStore: await ctx.stateStore(cfg),
+    stateStore,
     logger,
     observers,
     env: ctx.io.env,
