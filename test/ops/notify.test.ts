@@ -1,9 +1,12 @@
 /**
  * Webhook notifications against a loopback receiver (real fetch over HTTP): retry with backoff,
  * give-up rules, Slack body, headers from env, bounded drain, and a slow receiver that must not delay
- * a real rotation's result.
+ * a real rotation's result. The durable outbox: a CLI killed (SIGKILL) while a delivery is pending and
+ * a receiver that was down are delivered by the next run, once, with the same Idempotency-Key.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -16,7 +19,7 @@ import { silentLogger } from '../../src/app/log.ts';
 import { flushObservers } from '../../src/app/observers.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
-import { LOCAL_CONFIG } from '../entrypoints/cli-helpers.ts';
+import { CLI, LOCAL_CONFIG, runCli, workspace } from '../entrypoints/cli-helpers.ts';
 
 interface Received {
   headers: IncomingMessage['headers'];
@@ -262,5 +265,146 @@ describe('webhook notifications', () => {
       newKeyId: r.newKeyId,
     });
     expect(body).not.toContain(CANARY);
+  });
+});
+
+const until = (cond: () => boolean, ms = 30_000) =>
+  new Promise<void>((resolve, reject) => {
+    const end = Date.now() + ms;
+    const t = setInterval(() => {
+      if (cond()) {
+        clearInterval(t);
+        resolve();
+      } else if (Date.now() > end) {
+        clearInterval(t);
+        reject(new Error('timed out waiting'));
+      }
+    }, 10);
+  });
+
+describe('durable webhook outbox', () => {
+  it('the CLI is killed (SIGKILL) while a delivery is pending: the next run delivers it exactly once, same body and Idempotency-Key', async () => {
+    const rx = await startReceiver(['hold']); // the first request is never answered
+    const cfg = `${LOCAL_CONFIG}notifications:\n  - { name: ops, urlEnv: HOOK_URL, on: [rotated], timeout: 1m }\n`;
+    const dir = workspace(cfg, 'ops-notify-outbox-kill');
+    const outboxDir = path.join(dir, '.keyrotor', 'outbox');
+    const entries = () => readdirSync(outboxDir).filter((n) => n.endsWith('.json'));
+    const child = spawn(process.execPath, [CLI, 'rotate', '--now', 'demo'], {
+      cwd: dir,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', HOOK_URL: rx.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_c, sig) => resolve(sig)));
+    await until(() => rx.received.length === 1); // the delivery is at the receiver, unanswered
+    expect(entries()).toHaveLength(1); // written before it was sent
+    child.kill('SIGKILL');
+    expect(await exited).toBe('SIGKILL');
+    capture('outbox-kill-rotate.out', out);
+    const stored = readFileSync(path.join(outboxDir, entries()[0]!), 'utf8');
+    capture('outbox-entry.json', stored);
+    expect(stored).not.toContain('SECRETPATH'); // the URL is resolved from the config at delivery time
+    expect(stored).not.toContain(CANARY);
+    expect(JSON.parse(stored)).toMatchObject({
+      format: 'keyrotor-outbox/1',
+      entry: { webhook: 0, webhookName: 'ops' },
+    });
+
+    // the next run of the CLI (here `resume`, which has nothing to resume) delivers the pending entry
+    const next = await runCli(['resume'], { cwd: dir, env: { HOOK_URL: rx.url }, name: 'outbox-resume' });
+    expect(next.code, next.stderr).toBe(0);
+    expect(rx.received).toHaveLength(2);
+    const [first, second] = rx.received as [Received, Received];
+    expect(second.body).toBe(first.body);
+    const key = second.headers['idempotency-key'];
+    expect(key).toMatch(/^rot-\d{8}t\d{6}z-[0-9a-f]{8}\.rotated\.w0\.[0-9a-f]{8}$/);
+    expect(first.headers['idempotency-key']).toBe(key);
+    expect(JSON.parse(second.body)).toMatchObject({ key: 'demo', outcome: 'rotated', idempotencyKey: key });
+    expect(next.stderr).toMatch(/delivering a notification left pending by an earlier run/);
+    expect(next.stderr).toMatch(/notification delivered/);
+    expect(next.stderr).not.toContain('SECRETPATH');
+    expect(entries()).toEqual([]);
+
+    // and never again
+    const again = await runCli(['resume'], { cwd: dir, env: { HOOK_URL: rx.url }, name: 'outbox-resume-2' });
+    expect(again.code, again.stderr).toBe(0);
+    expect(rx.received).toHaveLength(2);
+    for (const r of rx.received) expect(r.body).not.toContain(CANARY);
+    expect(out + next.stderr + next.stdout).not.toContain(CANARY);
+  });
+
+  it('a receiver that is down keeps the entry pending; the next notifier delivers it to the URL the config names now; limits drop entries with a warning', async () => {
+    const dir = tempDir('ops-notify-outbox-down');
+    const store = createFileStateStore(dir);
+    const down = await startReceiver();
+    const deadUrl = down.url;
+    await down.close();
+    receivers.length = 0;
+    const { logger, lines } = logSink();
+    const n1 = createNotifier({
+      webhooks: [hook({ name: 'ops', url: deadUrl, backoff: '10ms', attempts: 2 })],
+      logger,
+      outbox: store,
+    });
+    await n1.onResult!(rolledBack);
+    expect(await n1.drain(5000)).toMatchObject({ delivered: 0, failed: 1 });
+    const pending = await store.outboxPending!();
+    expect(pending).toEqual([expect.objectContaining({ webhook: 0, webhookName: 'ops', attempts: 2 })]);
+    expect(pending[0]!.body).not.toContain('SECRETPATH');
+    expect(lines.join('\n')).toMatch(/stays in the outbox for the next run/);
+
+    const rx = await startReceiver();
+    const n2 = createNotifier({ webhooks: [hook({ name: 'ops', url: rx.url })], logger, outbox: store });
+    expect(await n2.drain(5000)).toMatchObject({ delivered: 1, failed: 0 });
+    expect(rx.received).toHaveLength(1);
+    expect(rx.received[0]!.headers['idempotency-key']).toBe(pending[0]!.id);
+    expect(JSON.parse(rx.received[0]!.body)).toMatchObject({
+      rotationId: rolledBack.rotationId,
+      outcome: 'rolled_back',
+    });
+    expect(await store.outboxPending!()).toEqual([]);
+    const n3 = createNotifier({ webhooks: [hook({ name: 'ops', url: rx.url })], logger, outbox: store });
+    expect(await n3.drain(5000)).toMatchObject({ delivered: 0 });
+    expect(rx.received).toHaveLength(1);
+
+    // limits: too many attempts, too old, a webhook no longer configured: dropped, never sent
+    const base = { webhookName: 'ops', body: '{}', createdAt: new Date().toISOString(), attempts: 0, webhook: 0 };
+    await store.outboxAdd!({ ...base, id: 'tired', attempts: 3 });
+    await store.outboxAdd!({ ...base, id: 'old', createdAt: new Date(Date.now() - 3_600_000).toISOString() });
+    await store.outboxAdd!({ ...base, id: 'gone', webhook: 1 });
+    await store.outboxAdd!({ ...base, id: 'renamed', webhookName: 'other' });
+    const n4 = createNotifier({
+      webhooks: [hook({ name: 'ops', url: rx.url })],
+      logger,
+      outbox: store,
+      outboxMaxAttempts: 3,
+      outboxMaxAgeMs: 60_000,
+    });
+    expect(await n4.drain(5000)).toMatchObject({ delivered: 0 });
+    expect(rx.received).toHaveLength(1);
+    expect(await store.outboxPending!()).toEqual([]);
+    const logged = lines.join('\n');
+    expect(logged).toMatch(/dropped from the outbox: it had 3 attempt/);
+    expect(logged).toMatch(/dropped from the outbox: it is older than 1 min/);
+    expect(logged.match(/dropped from the outbox: its webhook is no longer configured/g)).toHaveLength(2);
+
+    // a permanent rejection (404) removes the entry; a retryable one that runs out keeps it
+    const rx404 = await startReceiver([404]);
+    const n5 = createNotifier({ webhooks: [hook({ name: 'ops', url: rx404.url })], logger, outbox: store });
+    await n5.onResult!(rolledBack);
+    expect(await n5.drain(5000)).toMatchObject({ failed: 1 });
+    expect(await store.outboxPending!()).toEqual([]);
+    const rx503 = await startReceiver([503]);
+    const n6 = createNotifier({
+      webhooks: [hook({ name: 'ops', url: rx503.url, attempts: 1 })],
+      logger,
+      outbox: store,
+    });
+    await n6.onResult!(rolledBack);
+    expect(await n6.drain(5000)).toMatchObject({ failed: 1 });
+    expect(await store.outboxPending!()).toEqual([expect.objectContaining({ attempts: 1 })]);
+    expect(logged + lines.join('\n')).not.toContain('SECRETPATH');
   });
 });
