@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, OutboxEntry, StateStore } from '../../core/ports.ts';
-import type { KeyResult, RotationObserver } from '../run.ts';
+import type { RotationObserver } from '../run.ts';
 import { eventsOf, genericPayload, slackPayload } from './payload.ts';
 import type { NotifyEvent, WebhookConfig } from './schema.ts';
 

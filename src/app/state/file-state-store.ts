@@ -287,7 +287,7 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     },
 
     async outboxAdd(entry: OutboxEntry) {
-      return await serialized(outboxFile(entry.id), () => writeOutbox(entry));
+      await serialized(outboxFile(entry.id), () => writeOutbox(entry));
     },
 
     async outboxPending(limit?: number) {
@@ -310,7 +310,7 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     },
 
     async outboxDone(id: string) {
-      return await serialized(outboxFile(id), async () => {
+      await serialized(outboxFile(id), async () => {
         try {
           await unlink(outboxFile(id));
         } catch (e) {
@@ -320,7 +320,7 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     },
 
     async outboxAttempted(id: string, n: number) {
-      return await serialized(outboxFile(id), async () => {
+      await serialized(outboxFile(id), async () => {
         const e = await readOutbox(id);
         if (e) await writeOutbox({ ...e, attempts: e.attempts + n });
       });
