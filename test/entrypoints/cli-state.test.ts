@@ -83,7 +83,7 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     expect(init.code).toBe(0);
     expect(JSON.parse(init.stdout)).toMatchObject({
       changed: true,
-      steps: ['created schema clistate', 'applied migration 1', 'applied migration 2'],
+      steps: ['created schema clistate', 'applied migration 1', 'applied migration 2', 'applied migration 3'],
     });
     expect(JSON.parse(init.stdout).backend).not.toContain('postgres@'); // no user/password in labels
 

@@ -349,6 +349,7 @@ export function createNotifier(o: NotifierOptions): Notifier {
         };
         const fields = { webhook: t.name, key: r.key, rotationId: r.rotationId, outcome: r.outcome };
         if (outbox) {
+          claimed.add(e.id); // before it is visible in the outbox: a replay in this process must not take it
           try {
             await outbox.outboxAdd(e);
           } catch (err) {
