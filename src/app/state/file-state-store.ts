@@ -20,20 +20,12 @@ import { readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type {
-  Fence,
-  KeyRecord,
-  Lease,
-  OutboxEntry,
-  PersistedRotation,
-  RotationResult,
-  StateStore,
-} from '../../core/ports.ts';
+import type { Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
 import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import { createLeaseManager } from './file-lease.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
-import { edits, leaseLost } from './record.ts';
+import { leaseLost, recordWriters } from './record.ts';
 import { OUTBOX_FORMAT, byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
 
 /** Key names become file names: no separators, no dot-dot, no hidden files. */
@@ -230,31 +222,7 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     label: `file:${displayPath(root)}`,
     read,
 
-    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence) {
-      return update(keyName, edits.saveActive(rotation), fence);
-    },
-
-    finish(
-      keyName: string,
-      result: RotationResult,
-      currentKeyId?: string | null,
-      keepActive?: PersistedRotation | null,
-      fence?: Fence,
-    ) {
-      return update(
-        keyName,
-        edits.finish(result, () => new Date(clock.now()).toISOString(), currentKeyId, keepActive),
-        fence,
-      );
-    },
-
-    setProviderState(keyName: string, key: string, value: string, fence?: Fence) {
-      return update(keyName, edits.setProviderState(key, value), fence);
-    },
-
-    put(record: KeyRecord, fence?: Fence) {
-      return update(record.keyName, edits.put(record), fence);
-    },
+    ...recordWriters(update, clock),
 
     async acquire(keyName: string, owner: string, ttlMs: number) {
       fileOf(keyName); // validates the name

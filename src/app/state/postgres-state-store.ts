@@ -30,14 +30,21 @@ import type {
   Lease,
   LeaseHolder,
   OutboxEntry,
-  PersistedRotation,
-  RotationResult,
   StateInitResult,
   StateStore,
 } from '../../core/ports.ts';
 import { byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
 import type { PostgresStateConfig } from './config.ts';
-import { checkKeyName, decodeRecord, edits, emptyRecord, encodeRecord, leaseLost, withRetry } from './record.ts';
+import {
+  checkKeyName,
+  decodeRecord,
+  emptyRecord,
+  encodeRecord,
+  leaseLost,
+  providerStateIfAbsent,
+  recordWriters,
+  withRetry,
+} from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import type * as PG from 'pg';
 import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
@@ -396,41 +403,8 @@ export function createPostgresStateStore(
       return row ? decodeRecord(keyName, row.format, row.record, rowName(keyName)) : null;
     },
 
-    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence) {
-      return update(keyName, edits.saveActive(rotation), fence);
-    },
-
-    finish(
-      keyName: string,
-      result: RotationResult,
-      currentKeyId?: string | null,
-      keepActive?: PersistedRotation | null,
-      fence?: Fence,
-    ) {
-      return update(
-        keyName,
-        edits.finish(result, () => new Date(clock.now()).toISOString(), currentKeyId, keepActive),
-        fence,
-      );
-    },
-
-    setProviderState(keyName: string, key: string, value: string, fence?: Fence) {
-      return update(keyName, edits.setProviderState(key, value), fence);
-    },
-
-    async setProviderStateIfAbsent(keyName: string, key: string, value: string) {
-      let stored = value;
-      await update(keyName, (r) => {
-        const cur = r.providerState[key];
-        stored = cur ?? value;
-        if (cur === undefined) r.providerState = { ...r.providerState, [key]: value };
-      });
-      return stored;
-    },
-
-    put(record: KeyRecord, fence?: Fence) {
-      return update(record.keyName, edits.put(record), fence);
-    },
+    ...recordWriters(update, clock),
+    setProviderStateIfAbsent: providerStateIfAbsent(update),
 
     async acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder> {
       checkKeyName(keyName);

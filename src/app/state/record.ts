@@ -4,7 +4,8 @@
  * write or an unknown format raises. Backend-neutral: no file, SQL or DynamoDB here.
  */
 import { KeyrotorError } from '../../core/errors.ts';
-import type { Fence, KeyRecord } from '../../core/ports.ts';
+import type { Clock } from '../../core/clock.ts';
+import type { Fence, KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 
 export const emptyRecord = (keyName: string): KeyRecord => ({
@@ -82,31 +83,80 @@ export function leaseLost(keyName: string, fence: Fence, detail: string): Keyrot
 }
 
 /** The record changes each StateStore write makes, shared by every backend. */
-export const edits = {
-  saveActive: (rotation: KeyRecord['active']) => (r: KeyRecord) => {
-    r.active = rotation;
-  },
-  finish:
-    (
-      result: NonNullable<KeyRecord['last']>,
-      nowIso: () => string,
-      currentKeyId?: string | null,
-      keepActive?: KeyRecord['active'],
-    ) =>
-    (r: KeyRecord) => {
-      r.active = keepActive ?? null;
-      r.last = result;
-      if (result.outcome === 'rotated') r.lastRotatedAt = result.finishedAt ?? nowIso();
-      // the caller says which key is current now; when it does not say, keep what we knew
-      if (currentKeyId !== undefined) r.currentKeyId = currentKeyId;
+/** A backend's read-modify-write of one key's record: `fn` edits the record, `fence` guards the write. */
+export type RecordUpdate = (keyName: string, fn: (r: KeyRecord) => void, fence?: Fence) => Promise<void>;
+
+/**
+ * The record-writing methods of the StateStore port, the same on every backend: each is one edit of
+ * the key's record through the backend's own `update` (atomic and, with a fence, conditional on it).
+ */
+export function recordWriters(update: RecordUpdate, clock: Clock) {
+  return {
+    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence): Promise<void> {
+      return update(
+        keyName,
+        (r) => {
+          r.active = rotation;
+        },
+        fence,
+      );
     },
-  setProviderState: (key: string, value: string) => (r: KeyRecord) => {
-    r.providerState = { ...r.providerState, [key]: value };
-  },
-  put: (record: KeyRecord) => (r: KeyRecord) => {
-    Object.assign(r, structuredClone(record));
-  },
-};
+    /** the rotation ended: record the result, clear `active` (or keep `keepActive`), say which key is current */
+    finish(
+      keyName: string,
+      result: RotationResult,
+      currentKeyId?: string | null,
+      keepActive?: PersistedRotation | null,
+      fence?: Fence,
+    ): Promise<void> {
+      return update(
+        keyName,
+        (r) => {
+          r.active = keepActive ?? null;
+          r.last = result;
+          if (result.outcome === 'rotated') r.lastRotatedAt = result.finishedAt ?? new Date(clock.now()).toISOString();
+          // the caller says which key is current now; when it does not say, keep what we knew
+          if (currentKeyId !== undefined) r.currentKeyId = currentKeyId;
+        },
+        fence,
+      );
+    },
+    setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void> {
+      return update(
+        keyName,
+        (r) => {
+          r.providerState = { ...r.providerState, [key]: value };
+        },
+        fence,
+      );
+    },
+    put(record: KeyRecord, fence?: Fence): Promise<void> {
+      return update(
+        record.keyName,
+        (r) => {
+          Object.assign(r, structuredClone(record));
+        },
+        fence,
+      );
+    },
+  };
+}
+
+/**
+ * `setProviderStateIfAbsent` for a backend whose `update` is atomic across processes (a database
+ * transaction or conditional write): set `key` unless it is set already; returns the value stored.
+ */
+export function providerStateIfAbsent(update: RecordUpdate) {
+  return async (keyName: string, key: string, value: string): Promise<string> => {
+    let stored = value;
+    await update(keyName, (r) => {
+      const cur = r.providerState[key];
+      stored = cur ?? value;
+      if (cur === undefined) r.providerState = { ...r.providerState, [key]: value };
+    });
+    return stored;
+  };
+}
 
 /** Retry a function a few times with a short jittered backoff while it throws something `retry` accepts. */
 export async function withRetry<T>(fn: () => Promise<T>, retry: (e: unknown) => boolean, attempts = 6): Promise<T> {
