@@ -253,7 +253,10 @@ ${names
       final = resultsOf(f.stdout);
       if (!final.some((r) => r.outcome === 'locked' || r.outcome === 'in_progress')) break;
     }
-    expect(final.filter((r) => r.outcome !== 'skipped')).toEqual(final.filter((r) => r.outcome === 'rotated'));
+    const unfinished = final
+      .filter((r) => r.outcome !== 'skipped' && r.outcome !== 'rotated')
+      .map((r) => `${r.key}: ${r.outcome} at ${r.stage} ${r.error?.code}: ${r.error?.message} [${r.rotationId}]`);
+    expect(unfinished, `the final pass (seed ${SEED})`).toEqual([]);
     console.log(
       `fleet: done after ${Date.now() - t1} ms (final pass rotated ${final.filter((r) => r.outcome === 'rotated').length})`,
     );
