@@ -197,6 +197,7 @@ ${names
   let wokeAtSeq = 0;
   const frozenRecords = new Map<string, KeyRecord | null>();
   let successor: KeyResult[] = [];
+  let blocked = false;
   const paused = (async () => {
     await Promise.race([reached(stopAt), workers[1]!.done]);
     for (let i = 0; i < 200 && workers[1]!.child.exitCode === null; i++) {
@@ -213,12 +214,19 @@ ${names
     held = await backend.leasesOf(pidOf(workers[1]!));
     console.log(`fleet: worker 1 stopped holding ${held.length} lease(s): ${held.map((h) => h.key_name).join(' ')}`);
     await sleep(TTL_MS + 1_000);
-    const s = spawnCli(['resume', '--json', ...held.map((h) => h.key_name)], dir, env, 'successor');
-    const res = await s.done;
-    successor = resultsOf(res.stdout);
-    for (const h of held) frozenRecords.set(h.key_name, await store.read(h.key_name));
-    wokeAtSeq = await lastSeq();
-    workers[1]!.child.kill('SIGCONT');
+    try {
+      const s = spawnCli(['resume', '--json', ...held.map((h) => h.key_name)], dir, env, 'successor');
+      // a successor that cannot finish while worker 1 is stopped is a finding (e.g. a row lock the
+      // stopped worker holds inside an open transaction): fail with it instead of hanging
+      const timer = setTimeout(() => s.child.kill('SIGKILL'), 45_000);
+      const res = await s.done.finally(() => clearTimeout(timer));
+      blocked = res.signal === 'SIGKILL';
+      successor = resultsOf(res.stdout);
+      for (const h of held) frozenRecords.set(h.key_name, await store.read(h.key_name));
+      wokeAtSeq = await lastSeq();
+    } finally {
+      workers[1]!.child.kill('SIGCONT');
+    }
   })();
 
   const ends = await Promise.all(workers.map((w) => w.done));
@@ -227,6 +235,7 @@ ${names
   console.log(
     `fleet: workers ended after ${Date.now() - t1} ms: ${ends.map((e, i) => `worker${i} ${e.signal ?? e.code}`).join(', ')}`,
   );
+  expect(blocked, 'the successor could not take over from the stopped worker within 45 s').toBe(false);
   expect(ends[0]!.signal).toBe('SIGKILL');
   expect(held.length, 'worker 1 was stopped while it held leases').toBeGreaterThan(0);
   expect(successor.filter((r) => r.outcome !== 'rotated' && r.outcome !== 'skipped')).toEqual([]);
