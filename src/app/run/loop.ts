@@ -10,7 +10,7 @@ import type { ResolvedKey } from '../config/schema.ts';
 import { systemClock } from '../../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../../core/errors.ts';
 import { issuedKeyName, newRotationId } from '../../core/ids.ts';
-import type { Fence, KeyRecord, Logger, PersistedRotation } from '../../core/ports.ts';
+import type { CreateKeyRequest, Fence, Issuer, KeyRecord, Logger, PersistedRotation } from '../../core/ports.ts';
 import {
   MACHINE_VERSION,
   type FinalState,
@@ -20,7 +20,7 @@ import {
 import { createRotationActor, SecretVault, type RotationDeps } from '../../../workflows/rotation/stages/index.ts';
 import { unreplacedLeak } from './due.ts';
 import { pauseControl } from './pause.ts';
-import { createJournal, notify } from './persistence.ts';
+import { createJournal, notify, type Journal } from './persistence.ts';
 import { pausedResult, recordAfter, resultFrom } from './result.ts';
 import type { KeyResult, RotateOptions } from './types.ts';
 
@@ -78,9 +78,20 @@ export async function runRotation(
     log: rlog,
   });
   const adopted = (fp: string) => record?.providerState[`adopted.${fp}`];
+  // the keys this process minted: one that no written snapshot names is known to nobody else
+  const minted: string[] = [];
+  const issuer: Issuer = Object.create(providers.issuer, {
+    create: {
+      value: async (req: CreateKeyRequest) => {
+        const k = await providers.issuer.create(req);
+        minted.push(k.keyId);
+        return k;
+      },
+    },
+  }) as Issuer;
   const deps: RotationDeps = {
     resumedIn: snapshot ? String(snapshot.value) : undefined,
-    issuer: providers.issuer,
+    issuer,
     stores: providers.stores,
     gates: providers.gates,
     gateRequire: key.require,
@@ -180,7 +191,10 @@ export async function runRotation(
   const state = first.value as FinalState;
   const result = resultFrom(key.name, state, ctx, clock);
   const { serving, keepActive } = recordAfter(state, ctx, journal.lastActive());
+  const lost = journal.failure();
+  if (lost && toKeyrotorError(lost).code === 'LEASE_LOST') await discardUnrecorded(minted, journal, providers, rlog);
   await o.stateStore.finish(key.name, result, serving, keepActive, fence);
+  await journal.announceFinal();
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level](
     {
@@ -192,4 +206,29 @@ export async function runRotation(
     `rotation ${result.outcome}`,
   );
   return result;
+}
+
+/**
+ * This worker lost its lease (a successor resumed the rotation from the last snapshot it wrote). A key
+ * it minted that no snapshot of its names — the create ran after the last write it got in, e.g. it
+ * was paused between its write-ahead barrier and the create — is known to nobody: the successor
+ * minted its own (after deleting the keys of this name it found then). Delete it by id, so the fleet
+ * leaves no stray key at the issuer. Keys a written snapshot names are the successor's to handle.
+ */
+async function discardUnrecorded(minted: string[], journal: Journal, providers: KeyProviders, log: Logger) {
+  for (const keyId of minted) {
+    if (journal.wrote(keyId)) continue;
+    try {
+      const r = await providers.issuer.revoke(keyId);
+      log.warn(
+        { keyId, alreadyGone: r.alreadyGone },
+        'lost the lease: deleted the key this worker minted that no record names',
+      );
+    } catch (e) {
+      log.error(
+        { keyId, err: toKeyrotorError(e).toRecord() },
+        'lost the lease: could not delete the key this worker minted that no record names (keyrotor sweep finds it)',
+      );
+    }
+  }
 }

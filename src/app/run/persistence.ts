@@ -5,6 +5,11 @@
  * the state store (one write queue, in order); observers hear of each state entered after the write
  * that entered it. Stages wait for `flushed()` before they touch the world, so the snapshot that says
  * "we are in this stage" is durable first.
+ *
+ * Observers (the audit trail among them) hear only of what this worker may still write: once a write
+ * was refused with LEASE_LOST (a successor owns the rotation), the transitions this stale worker's
+ * machine still goes through are not reported, and the final state is reported only by `announceFinal`
+ * after `finish` wrote the result under the lease.
  */
 import type { SnapshotFrom } from 'xstate';
 import type { Clock } from '../../core/clock.ts';
@@ -34,6 +39,10 @@ export interface Journal {
   failure(): unknown;
   /** the last snapshot written while the rotation was active */
   lastActive(): PersistedRotation | null;
+  /** true once a snapshot naming this new key id was written (a successor resuming from it may use the key) */
+  wrote(newKeyId: string): boolean;
+  /** tell observers of the final state (call after `finish` wrote the result); resolves when told */
+  announceFinal(): Promise<void>;
 }
 
 export function createJournal(o: {
@@ -52,6 +61,15 @@ export function createJournal(o: {
   let persistError: unknown = null;
   let lastState = '';
   let lastActive: PersistedRotation | null = null;
+  let final: TransitionEvent | null = null;
+  const written = new Set<string>();
+  /** a write was refused because another worker holds the lease now */
+  const lost = () => persistError !== null && toKeyrotorError(persistError).code === 'LEASE_LOST';
+  const tell = (ev: TransitionEvent) => {
+    for (const obs of o.observers ?? [])
+      if (obs.onTransition)
+        chain = chain.then(() => (lost() ? undefined : notify(o.log, 'transition', () => obs.onTransition!(ev))));
+  };
 
   return {
     record(s, persistedSnapshot) {
@@ -69,8 +87,10 @@ export function createJournal(o: {
           snapshot: persistedSnapshot,
         };
         lastActive = persisted;
+        const newKeyId = s.context.newKeyId;
         chain = chain
           .then(() => o.stateStore.saveActive(o.keyName, persisted, o.fence))
+          .then(() => void (newKeyId && written.add(newKeyId)))
           .catch((e: unknown) => {
             persistError = e;
           });
@@ -90,9 +110,16 @@ export function createJournal(o: {
           newFingerprint: ctx.newFingerprint,
           error: ctx.error,
         };
-        for (const obs of o.observers)
-          if (obs.onTransition) chain = chain.then(() => notify(o.log, 'transition', () => obs.onTransition!(ev)));
+        // the final snapshot is written by `finish` with the result: announced after it (announceFinal)
+        if (persistedSnapshot === null) final = ev;
+        else tell(ev);
       }
+    },
+    wrote: (id) => written.has(id),
+    announceFinal() {
+      if (final) tell(final);
+      final = null;
+      return chain;
     },
     flushed: () => chain,
     failure: () => persistError,
