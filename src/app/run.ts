@@ -12,6 +12,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { closeProviders, composeKey, type KeyProviders } from './compose.ts';
+import { whileHolding } from './state/hold.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
@@ -138,26 +139,15 @@ async function underLease(
   }
   const lease = got;
   held.lease = lease;
-  const renew = setInterval(
-    () => {
-      lease
-        .renew()
-        .catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
-    },
-    Math.max(1000, key.defaults.lease.ttl / 3),
-  );
-  renew.unref();
-  try {
-    // re-read under the lease: another run may have finished in between
-    const fresh = await o.stateStore.read(key.name);
-    const active = fresh?.active ?? null;
-    if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
-    return await runRotation(key, fresh, active, o, providers, log, lease);
-  } finally {
-    clearInterval(renew);
-    delete held.lease;
-    await lease
-      .release()
-      .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
-  }
+  return whileHolding(lease, key.defaults.lease.ttl, log, async () => {
+    try {
+      // re-read under the lease: another run may have finished in between
+      const fresh = await o.stateStore.read(key.name);
+      const active = fresh?.active ?? null;
+      if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
+      return await runRotation(key, fresh, active, o, providers, log, lease);
+    } finally {
+      delete held.lease;
+    }
+  });
 }

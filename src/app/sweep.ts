@@ -21,6 +21,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { closeProviders, composeKey } from './compose.ts';
+import { whileHolding } from './state/hold.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
@@ -179,23 +180,7 @@ export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<Sweep
         ).toRecord(),
       };
     }
-    const renew = setInterval(
-      () => {
-        got
-          .renew()
-          .catch((e: unknown) => log.error({ err: toKeyrotorError(e).toRecord() }, 'could not renew the lease'));
-      },
-      Math.max(1000, key.defaults.lease.ttl / 3),
-    );
-    renew.unref();
-    try {
-      return await judgeAndDelete(key, o, providers, base, log);
-    } finally {
-      clearInterval(renew);
-      await got
-        .release()
-        .catch((e: unknown) => log.warn({ err: toKeyrotorError(e).toRecord() }, 'could not release the lease'));
-    }
+    return await whileHolding(got, key.defaults.lease.ttl, log, () => judgeAndDelete(key, o, providers, base, log));
   } catch (e) {
     const err = toKeyrotorError(e);
     if (err.exitCode === 2) throw err;

@@ -12,7 +12,7 @@ import type { LoadedConfig } from '../../app/config/load.ts';
 import type { ResolvedKey } from '../../app/config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, StateStore } from '../../core/ports.ts';
-import { liveArea, type LiveArea } from '../../app/progress.ts';
+import { liveArea, progressIntervalFrom, progressObserver, type LiveArea } from '../../app/progress.ts';
 
 export interface CliIO {
   stdout: (s: string) => void;
@@ -115,5 +115,20 @@ async function liveStream(live: LiveArea): Promise<NodeJS.WritableStream> {
       live.print(chunk.toString());
       done();
     },
+  });
+}
+
+/**
+ * What `rotate` and `resume` show while a rotation waits: a live line per waiting rotation on a TTY,
+ * otherwise a log line at most every KEYROTOR_PROGRESS_INTERVAL (see src/app/progress.ts).
+ */
+export function cliProgress(ctx: CommandContext, logger: Logger): ReturnType<typeof progressObserver> {
+  return progressObserver({
+    tty: ctx.io.stderrIsTTY === true,
+    write: ctx.io.stderr,
+    ...(ctx.live ? { area: ctx.live } : {}),
+    logger,
+    intervalMs: progressIntervalFrom(ctx.io.env),
+    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
   });
 }

@@ -1,7 +1,7 @@
 import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
 import { renderResults } from './rotate.ts';
-import type { CommandContext } from './context.ts';
+import { cliProgress, type CommandContext } from './context.ts';
 import { handleInterrupts } from './interrupt.ts';
 
 /**
@@ -17,15 +17,7 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
-  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
-  const progress = progressObserver({
-    tty: ctx.io.stderrIsTTY === true,
-    write: ctx.io.stderr,
-    ...(ctx.live ? { area: ctx.live } : {}),
-    logger,
-    intervalMs: progressIntervalFrom(ctx.io.env),
-    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
-  });
+  const progress = cliProgress(ctx, logger);
   const stateStore = await ctx.stateStore(cfg);
   // Ctrl-C / SIGTERM: pause again at the next safe point
   const interrupts = handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });

@@ -1,7 +1,7 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import { OUTCOME_EXIT } from '../../core/stages.ts';
 import type { KeyResult } from '../../app/run.ts';
-import type { CommandContext } from './context.ts';
+import { cliProgress, type CommandContext } from './context.ts';
 import { handleInterrupts } from './interrupt.ts';
 
 export async function runRotate(
@@ -20,15 +20,7 @@ export async function runRotate(
     import('../../app/run.ts'),
     import('../../app/observers.ts'),
   ]);
-  const { progressIntervalFrom, progressObserver } = await import('../../app/progress.ts');
-  const progress = progressObserver({
-    tty: ctx.io.stderrIsTTY === true,
-    write: ctx.io.stderr,
-    ...(ctx.live ? { area: ctx.live } : {}),
-    logger,
-    intervalMs: progressIntervalFrom(ctx.io.env),
-    ...(ctx.io.columns ? { columns: ctx.io.columns } : {}),
-  });
+  const progress = cliProgress(ctx, logger);
   const stateStore = await ctx.stateStore(cfg);
   const observers = [
     ...defaultObservers({
