@@ -13,7 +13,7 @@
  * A file may import its own layer or any layer below. workflows and providers sit side by side and do
  * not import each other. Above the providers layer, the only provider file anyone imports is the
  * registry `providers/index.ts`. A provider folder (`providers/<kind>/<name>/`) imports core, its own
- * folder and `providers/shared/` only.
+ * folder and `providers/common/` only.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -32,10 +32,10 @@ export function layerOf(file: string): Layer | undefined {
   return undefined;
 }
 
-/** `providers/stores/aws-secrets-manager/x.ts` -> `providers/stores/aws-secrets-manager/` (the registry and shared/ have none) */
+/** `providers/stores/aws-secrets-manager/x.ts` -> `providers/stores/aws-secrets-manager/` (the registry and common/ have none) */
 function providerFolder(file: string): string | undefined {
   const parts = file.split('/');
-  if (parts[0] !== 'providers' || parts.length < 4 || parts[1] === 'shared') return undefined;
+  if (parts[0] !== 'providers' || parts.length < 4 || parts[1] === 'common') return undefined;
   return parts.slice(0, 3).join('/') + '/';
 }
 
@@ -80,7 +80,7 @@ export function violations(graph: Graph): string[] {
         const their = providerFolder(to);
         if (own && to === REGISTRY) out.push(`${file}: imports ${to} (a provider does not import the registry)`);
         else if (own && their && own !== their)
-          out.push(`${file}: imports ${to} (a provider imports only its own folder, providers/shared and core)`);
+          out.push(`${file}: imports ${to} (a provider imports only its own folder, providers/common and core)`);
       }
     }
   }

@@ -1,6 +1,6 @@
-// The per-step memory every store uses (providers/shared/step-memo.ts).
+// The per-step memory every store uses (providers/common/step-memo.ts).
 import { describe, expect, it } from 'vitest';
-import { StepMemo } from '../../providers/shared/step-memo.ts';
+import { StepMemo } from '../../providers/common/step-memo.ts';
 
 describe('StepMemo', () => {
   it('check -> readCurrent -> stage: each permitted step gets the value once; stage forgets', () => {

@@ -48,7 +48,7 @@ describe('layers', () => {
       'providers/health/http/index.ts: imports providers/index.ts (a provider does not import the registry)',
     );
     expect(v).toContain(
-      'providers/health/http/index.ts: imports providers/stores/file/file.crypto.ts (a provider imports only its own folder, providers/shared and core)',
+      'providers/health/http/index.ts: imports providers/stores/file/file.crypto.ts (a provider imports only its own folder, providers/common and core)',
     );
     expect(v).toContain(
       'src/entrypoints/cli.ts: imports test/fakes/memory.ts, which is outside every layer (tests, bench and deploy are not product code)',

@@ -57,7 +57,7 @@ import type {
   StoredVersion,
   VersionMeta,
 } from '../../../src/core/ports.ts';
-import { StepMemo } from '../../shared/step-memo.ts';
+import { StepMemo } from '../../common/step-memo.ts';
 import type { AwsSecretsManagerStoreConfig } from './aws-secrets-manager.schema.ts';
 import { malformedAnswer, mapAwsError, type AwsSmOperation } from './aws-secrets-manager.errors.ts';
 import { formatNativeToken, nativeTokenKey, parseNativeToken } from './aws-secrets-manager.native.ts';
@@ -129,7 +129,7 @@ class AwsSecretsManagerStore implements SecretStore {
   private readonly providerState: ProviderContext['providerState'];
   /**
    * What the last step read and then changed itself, for the next step of the same rotation in this
-   * process (see providers/shared/step-memo.ts): the labels, after check the current value, after stage
+   * process (see providers/common/step-memo.ts): the labels, after check the current value, after stage
    * the version it wrote. Values only inside a Secret; never persisted.
    */
   private readonly memo = new StepMemo<Known>();

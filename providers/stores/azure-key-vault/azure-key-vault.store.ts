@@ -51,7 +51,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { AzureKeyVaultStoreConfig } from './azure-key-vault.schema.ts';
-import { StepMemo } from '../../shared/step-memo.ts';
+import { StepMemo } from '../../common/step-memo.ts';
 import { isDisabled, isNotFound, malformedAnswer, mapAzureError, type AzureOp } from './azure-key-vault.errors.ts';
 
 export type TokenCredential = ConstructorParameters<typeof SecretClient>[1];
@@ -185,7 +185,7 @@ class AzureKeyVaultStore implements SecretStore {
   private readonly log: Logger;
   /**
    * What the last step read or wrote, for the next step of the same rotation in this process (see
-   * providers/shared/step-memo.ts): the version lists and the latest version after check; after stage
+   * providers/common/step-memo.ts): the version lists and the latest version after check; after stage
    * also the side version it wrote. Values only inside a Secret; never persisted.
    */
   private readonly memo = new StepMemo<Known>();

@@ -35,7 +35,7 @@ import { errnoOf, fsError } from './file.errors.ts';
 import { nearestExistingDir, serialized, writeFileAtomic } from '../../../src/core/fs.ts';
 import { checkMasterKey, resolveMasterKey, type MasterKey, type MasterKeySource } from './file.master-key.ts';
 import type { FileStoreConfig } from './file.schema.ts';
-import { StepMemo, type MemoPermits, type MemoStep } from '../../shared/step-memo.ts';
+import { StepMemo, type MemoPermits, type MemoStep } from '../../common/step-memo.ts';
 
 export const FILE_STORE_FORMAT = 'keyrotor-file-store/1';
 const FORMAT_RE = /^keyrotor-file-store\/(\d+)$/;
@@ -47,7 +47,7 @@ const SAFE_KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
  * Fewer file reads per rotation: within one process a rotation reads the file at `check` and then again
  * before `readCurrent`, `stage`, `readPending` and `promote`. The instance that last read or wrote the
  * file remembers that document (its canonical JSON: ciphertexts only, never a plain value) for exactly
- * the next step (providers/shared/step-memo.ts). The memo is scoped to the file, so another instance
+ * the next step (providers/common/step-memo.ts). The memo is scoped to the file, so another instance
  * writing it in this process forgets it; other processes are kept out by the per-key lease.
  */
 

@@ -56,7 +56,7 @@ import type {
   VersionMeta,
 } from '../../../src/core/ports.ts';
 import type { GcpSecretManagerStoreConfig } from './gcp-secret-manager.schema.ts';
-import { StepMemo } from '../../shared/step-memo.ts';
+import { StepMemo } from '../../common/step-memo.ts';
 import { GRPC, grpcCode, malformedAnswer, mapGcpError, type GcpOperation } from './gcp-secret-manager.errors.ts';
 
 type ISecret = protos.google.cloud.secretmanager.v1.ISecret;
@@ -297,7 +297,7 @@ export async function createGcpSecretManagerStore(
   return new GcpSecretManagerStore(cfg, ctx, client, !deps.client, deps);
 }
 
-/** What a step remembers for the next one (see providers/shared/step-memo.ts). */
+/** What a step remembers for the next one (see providers/common/step-memo.ts). */
 interface Memo {
   main?: SecretView | undefined;
   /** null: the side secret does not exist */
