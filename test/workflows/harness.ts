@@ -90,6 +90,12 @@ export interface RunOptions {
   wrap?: (deps: RotationDeps) => RotationDeps;
   /** crash right after the n-th persisted snapshot: returns that snapshot instead of a final state */
   crashAt?: number;
+  /**
+   * crash right after a store call completed: its effect is applied, its answer is never seen and no
+   * snapshot is written after it (kill -9 between a provider call and the next persist). Called with
+   * `store:<index>.<method>` and how many store calls came before; returns the last persisted snapshot.
+   */
+  crashAfterStoreCall?: (label: string, n: number) => boolean;
   snapshot?: unknown;
 }
 
@@ -120,6 +126,34 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
     },
   };
   if (o.wrap) deps = o.wrap(deps);
+  let crashNow: (() => void) | undefined;
+  if (o.crashAfterStoreCall) {
+    const when = o.crashAfterStoreCall;
+    let n = 0;
+    deps = {
+      ...deps,
+      stores: deps.stores.map(
+        (store, i) =>
+          new Proxy(store, {
+            get: (t, prop) => {
+              const v = Reflect.get(t, prop, t) as unknown;
+              if (typeof v !== 'function') return v;
+              return async (...args: unknown[]) => {
+                if (crashed) return new Promise<never>(() => {});
+                const label = `store:${i}.${String(prop)}`;
+                const at = n++;
+                const out: unknown = await (v as (...a: unknown[]) => unknown).apply(t, args);
+                if (!crashed && when(label, at)) {
+                  crashNow?.();
+                  return new Promise<never>(() => {}); // the answer is never seen
+                }
+                return out;
+              };
+            },
+          }),
+      ),
+    };
+  }
   // the production wiring (src/app/run): one shared machine, this rotation's deps by actor system
   const actor = createRotationActor(
     deps,
@@ -127,10 +161,17 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
   );
   const states: string[] = [];
   const result = await new Promise<RunResult>((resolve, reject) => {
+    let last: { context: RotationContext; states: string[] } | undefined;
+    crashNow = () => {
+      crashed = true;
+      actor.stop();
+      resolve({ final: null, context: last!.context, states, snapshots });
+    };
     actor.subscribe({
       next: (s) => {
         const v = String(s.value);
         if (states[states.length - 1] !== v || s.hasTag('perStore')) states.push(v);
+        last = { context: s.context, states };
         const persisted = JSON.parse(JSON.stringify(actor.getPersistedSnapshot()));
         snapshots.push(persisted);
         if (s.status === 'done') resolve({ final: s.value as FinalState, context: s.context, states, snapshots });

@@ -68,3 +68,46 @@ describe('restore after a crash at every state', () => {
     });
   }
 });
+
+/**
+ * A crash between a store call and the snapshot after it: the call's effect is applied but the
+ * restored run re-enters the same stage (an in-flight invoke is re-run). Above all, a crash right
+ * after `stage` wrote the new value to a store: the fresh process has no value in memory and must read
+ * it back from that very store (which holds it), not roll back (chaos seed 4233257225, scenario 25).
+ */
+describe('restore after a crash right after a store call (applied, its answer never seen)', () => {
+  const make = () => makeWorld({ stores: 2, gates: 1 });
+
+  it('a crash right after the first store staged the new value: the restored run reads it back from that store and rotates', async () => {
+    const w = make();
+    const crashed = await runWorld(w, { crashAfterStoreCall: (label) => label === 'store:0.stage' });
+    expect(crashed.final).toBeNull();
+    expect(w.stores[0]!.versions.some((v) => v.rotationId === w.input.rotationId)).toBe(true);
+    const snap = crashed.snapshots.at(-1) as { value?: unknown; context?: { staged?: number } };
+    expect(snap.value).toBe('stage');
+    expect(snap.context?.staged).toBe(0);
+    const resumed = await runWorld(w, { snapshot: JSON.parse(JSON.stringify(snap)) });
+    expect(resumed.context.error, JSON.stringify(resumed.context.error)).toBeNull();
+    expect(resumed.final).toBe('rotated');
+    expect(invariantViolations(w, resumed.context, 'rotated')).toEqual([]);
+  });
+
+  it('after every store call of a whole rotation: the restored run rotates and the invariant holds', async () => {
+    let calls = 0;
+    await runWorld(make(), { crashAfterStoreCall: () => (calls++, false) });
+    expect(calls).toBeGreaterThan(8);
+    for (let n = 0; n < calls; n++) {
+      const w = make();
+      let label = '';
+      const crashed = await runWorld(w, { crashAfterStoreCall: (l, at) => (at === n ? ((label = l), true) : false) });
+      expect(crashed.final, `crash after store call ${n}`).toBeNull();
+      const text = JSON.stringify(crashed.snapshots.at(-1));
+      expect(text).not.toContain(CANARY);
+      const resumed = await runWorld(w, { snapshot: JSON.parse(text) });
+      expect(resumed.final, `crash right after ${label} (call ${n}): ${JSON.stringify(resumed.context.error)}`).toBe(
+        'rotated',
+      );
+      expect(invariantViolations(w, resumed.context, 'rotated'), `crash right after ${label}`).toEqual([]);
+    }
+  });
+});

@@ -27,16 +27,23 @@ export class SecretVault {
 export const newRef = (ctx: RotationContext) => `new:${ctx.rotationId}`;
 export const oldRef = (ctx: RotationContext) => `old:${ctx.rotationId}`;
 
-/** The new key's value: from memory if this process issued it, else read back from a store. */
+/**
+ * The new key's value: from memory if this process issued it, else read back from a store.
+ *
+ * `stagingAt`: the index of the store the `stage` stage is writing to. The stores before it hold the
+ * value, and so may that store itself: a process that died right after its write (before the snapshot
+ * that records it) is restored at that same stage, and the value it needs is exactly the one it wrote.
+ * So the stores up to and including `stagingAt` are asked (the fingerprint decides, as everywhere).
+ */
 export async function newSecret(
   deps: { vault: SecretVault; stores: SecretStore[] },
   ctx: RotationContext,
   stage: Stage,
-  upTo = deps.stores.length,
+  stagingAt = deps.stores.length - 1,
 ): Promise<Secret> {
   const inMemory = deps.vault.get(newRef(ctx));
   if (inMemory) return inMemory;
-  for (const store of deps.stores.slice(0, upTo)) {
+  for (const store of deps.stores.slice(0, stagingAt + 1)) {
     const v = (await store.readPending(ctx.rotationId)) ?? (await currentIfOurs(store, ctx));
     if (v && fingerprint(v.secret) === ctx.newFingerprint) {
       deps.vault.set(newRef(ctx), v.secret);
