@@ -654,6 +654,24 @@ describe('openai issuer: malformed answers (a 200 the SDK cannot use)', () => {
       expect(await issuer.revoke(old.keyId)).toMatchObject({ alreadyGone: true });
     },
   );
+
+  // a rollback's discard believed such an answer: the new key stayed alive, an orphan (chaos seed
+  // 4233257225, scenario 25)
+  it.each(KINDS)(
+    'a %s answer to a revoke that was NOT applied: never reported as revoked (retryable), the retry deletes the key',
+    async (kind) => {
+      const { issuer } = await make();
+      const k = await issuer.create(req());
+      fake.malformedResponse('projects.apiKeys.delete', { kind, applied: false });
+      const e = await failure(issuer.revoke(k.keyId));
+      expect(e).toMatchObject({ code: 'ISSUER_BAD_RESPONSE', retryable: true });
+      expect(e.message).toContain(k.keyId);
+      expect(e.message).not.toContain(CANARY);
+      expect(fake.state.keyById(k.keyId)!.deleted).toBe(false); // still alive: the caller must not move on
+      expect(await issuer.revoke(k.keyId)).toEqual({ alreadyGone: false });
+      expect(fake.state.keyById(k.keyId)!.deleted).toBe(true);
+    },
+  );
 });
 
 describe('openai issuer: no secret in any error or log', () => {

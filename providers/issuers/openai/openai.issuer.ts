@@ -161,15 +161,24 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     return out;
   }
 
-  /** delete a key; 404 = already gone */
+  /**
+   * delete a key; 404 = already gone. Only the API's own answer (`deleted: true` for this id) proves
+   * the key is gone: any other 200 (a proxy's page, a cut or empty body) is a retryable
+   * ISSUER_BAD_RESPONSE, never "revoked" (the retry deletes it, or gets 404 if it was deleted).
+   */
   async function deleteKey(keyId: string, stage?: Stage): Promise<{ alreadyGone: boolean }> {
     const client = admin(stage);
+    const action = `delete key ${keyId} in project ${project}`;
     try {
-      await client.admin.organization.projects.apiKeys.delete(keyId, { project_id: project });
+      const r: unknown = await client.admin.organization.projects.apiKeys.delete(keyId, { project_id: project });
+      const body = r && typeof r === 'object' ? (r as { id?: unknown; deleted?: unknown }) : undefined;
+      if (!body) throw malformed(action, typeof r === 'string' ? 'not JSON' : 'no body', stage);
+      if (body.deleted !== true) throw malformed(action, 'it does not say the key was deleted', stage);
+      if (body.id !== undefined && body.id !== keyId) throw malformed(action, 'it names another key', stage);
       return { alreadyGone: false };
     } catch (e) {
       if (statusOf(e) === 404) return { alreadyGone: true };
-      throw fail(e, `delete key ${keyId} in project ${project}`, stage, `key ${keyId} or project ${project}`);
+      throw fail(e, action, stage, `key ${keyId} or project ${project}`);
     }
   }
 
