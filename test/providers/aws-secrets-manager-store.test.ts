@@ -185,7 +185,12 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
 
   describeStoreContract('aws-secrets-manager (moto, plain value)', async () => {
     const name = await newSecret();
-    return { store: await store(name), cleanup: () => dropSecret(name), defaultRead: () => consumerRead(name) };
+    return {
+      store: await store(name),
+      cleanup: () => dropSecret(name),
+      defaultRead: () => consumerRead(name),
+      reopen: () => store(name),
+    };
   });
 
   const OTHER = { db_password: 'not-a-key-but-keep-me', region: 'eu', nested: { a: 1 } };
@@ -193,6 +198,7 @@ describe.skipIf(!MOTO)('aws-secrets-manager store (moto)', () => {
     const name = await newSecret(JSON.stringify(OTHER));
     return {
       store: await store(name, { jsonKey: 'openai_api_key' }),
+      reopen: () => store(name, { jsonKey: 'openai_api_key' }),
       cleanup: () => dropSecret(name),
       defaultRead: async () => (JSON.parse(await consumerRead(name)) as { openai_api_key: string }).openai_api_key,
     };

@@ -105,7 +105,11 @@ afterAll(async () => {
 describeStoreContract('azure-key-vault (https fake)', async () => {
   const name = freshName();
   // what Key Vault users read by default: the latest version, no version given
-  return { store: await makeStore(name), defaultRead: async () => (await raw().getSecret(name)).value ?? '' };
+  return {
+    store: await makeStore(name),
+    defaultRead: async () => (await raw().getSecret(name)).value ?? '',
+    reopen: () => makeStore(name),
+  };
 });
 
 describe('azure-key-vault store: Key Vault specifics', () => {

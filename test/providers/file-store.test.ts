@@ -85,7 +85,11 @@ describeStoreContract(
   'file (generated key file)',
   async () => {
     const dir = tempDir('file-contract-keyfile');
-    return { store: await createFileStore(cfg(), ctxFor(dir)), defaultRead: () => consumerRead(dir, {}) };
+    return {
+      store: await createFileStore(cfg(), ctxFor(dir)),
+      defaultRead: () => consumerRead(dir, {}),
+      reopen: () => createFileStore(cfg(), ctxFor(dir)),
+    };
   },
   { lock: 'lease' },
 ); // the file lives in the state dir, guarded by the per-key lease
@@ -95,7 +99,11 @@ describeStoreContract(
   async () => {
     const dir = tempDir('file-contract-env');
     const env = { KEYROTOR_MASTER_KEY: hexKey() };
-    return { store: await createFileStore(cfg(), ctxFor(dir, { env })), defaultRead: () => consumerRead(dir, env) };
+    return {
+      store: await createFileStore(cfg(), ctxFor(dir, { env })),
+      defaultRead: () => consumerRead(dir, env),
+      reopen: () => createFileStore(cfg(), ctxFor(dir, { env })),
+    };
   },
   { lock: 'lease' },
 );

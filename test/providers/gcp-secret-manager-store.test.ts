@@ -142,12 +142,12 @@ afterAll(async () => {
 
 describeStoreContract('gcp-secret-manager (grpc fake), default reader `latest`', async () => {
   const id = await freshSecret();
-  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'latest') };
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'latest'), reopen: () => makeStore(id) };
 });
 
 describeStoreContract('gcp-secret-manager (grpc fake), alias reader `current`', async () => {
   const id = await freshSecret();
-  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'current') };
+  return { store: await makeStore(id), defaultRead: () => rawRead(id, 'current'), reopen: () => makeStore(id) };
 });
 
 describe('gcp-secret-manager store', () => {

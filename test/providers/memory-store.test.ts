@@ -5,4 +5,5 @@ import { MemoryStore } from '../fakes/memory.ts';
 describeStoreContract('memory (workflow test fake)', async () => ({ store: new MemoryStore() }), {
   lock: 'lease',
   defaultRead: false,
+  reopen: false,
 });

@@ -20,6 +20,11 @@ export interface StoreHarness {
    * helper for the file store). Throws when that read fails. Stores without one skip the check.
    */
   defaultRead?: () => Promise<string>;
+  /**
+   * A second instance of this store on the same slot, as the next process builds it (nothing in
+   * memory carried over). Stores without one (in-memory test fakes) opt out with `reopen: false`.
+   */
+  reopen?: () => Promise<SecretStore>;
 }
 
 const R1 = 'rot-20261101t000000z-00000001';
@@ -48,6 +53,8 @@ export interface ContractOptions {
   lock: 'store' | 'lease';
   /** false: this store has no default reader outside keyrotor (test fakes) */
   defaultRead?: false | undefined;
+  /** false: this store cannot be opened again by another process (in-memory test fakes) */
+  reopen?: false | undefined;
 }
 
 export function describeStoreContract(
@@ -206,6 +213,37 @@ export function describeStoreContract(
         await s.stage({ rotationId: R3, secret: value(3), meta: meta(R3, 3) });
         await s.promote(R3);
         expect((await s.readCurrent())?.secret.reveal()).toBe(value(3).reveal());
+      },
+    );
+
+    // a process that died right after its stage call is restored at that same stage: the next process
+    // reads the new value back from this store (its memory is gone) and its stage retry changes nothing
+    it.runIf(opts.reopen !== false)(
+      'a process that died right after stage: the next one finds the pending value, its stage retry is a no-op, it promotes',
+      async () => {
+        const s = await fresh();
+        const reopen = h!.reopen;
+        if (!reopen) throw new Error(`${name}: the harness supplies no reopen (only a test fake may opt out)`);
+        await bootstrap(s);
+        // the first process: preflight's reads, then stage (its answer is never seen)
+        await s.check();
+        await s.readCurrent();
+        const staged = await s.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        // the next process
+        const t = await reopen();
+        await t.check();
+        expect((await t.readCurrent())?.secret.reveal()).toBe(value(1).reveal());
+        const p = await t.readPending(R2);
+        expect(p?.secret.reveal()).toBe(value(2).reveal());
+        expect(p?.meta.fingerprint).toBe(fingerprint(value(2)));
+        expect(p?.versionId).toBe(staged.versionId);
+        const again = await t.stage({ rotationId: R2, secret: value(2), meta: meta(R2, 2) });
+        expect(again.versionId).toBe(staged.versionId);
+        expect((await t.readPending(R2))?.secret.reveal()).toBe(value(2).reveal());
+        await t.promote(R2);
+        expect((await t.readCurrent())?.secret.reveal()).toBe(value(2).reveal());
+        expect((await t.readPrevious())?.secret.reveal()).toBe(value(1).reveal());
+        expect((await t.describe()).pending).toBeUndefined();
       },
     );
 
