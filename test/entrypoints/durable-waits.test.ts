@@ -12,6 +12,7 @@ import { rotateKey, rotateKeys, resumableAt, type KeyResult } from '../../src/ap
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { isLease, type StateStore } from '../../src/core/ports.ts';
+import { startDaemon, type DaemonRun } from '../../src/entrypoints/daemon.ts';
 import { runCli, workspace } from './cli-helpers.ts';
 
 const MASTER = '7e'.repeat(32);
@@ -294,5 +295,45 @@ keys:
       'k4:rotated',
       'k5:waiting:untouched',
     ]);
+  });
+
+  it('the daemon parks, and runs again by itself when the earliest parked rotation wakes (before its tick)', async () => {
+    const w = await world('park-daemon', { gate: '{ type: manual, name: ops, timeout: 60s, interval: 5s }' });
+    const runs: DaemonRun[] = [];
+    let told: (() => void) | null = null;
+    const daemon = startDaemon({
+      config: w.cfg,
+      stateStore: createFileStateStore(w.cfg.stateDir),
+      logger: silentLogger(),
+      env: ENV,
+      tick: '0 0 1 1 *', // once a year: every run here is the start run or a wake run
+      jitterMs: 0,
+      onRun: (r) => {
+        runs.push(r);
+        told?.();
+      },
+    });
+    const nextRun = () => new Promise<void>((r) => (told = r));
+    try {
+      // the start run: nothing is due (the key was just bootstrapped)
+      await nextRun();
+      expect(runs[0]!.results[0]!.outcome).toBe('skipped');
+      // a rotation started elsewhere (`rotate --now --park`) parks at the gate
+      const parked = await w.worker({ now: true, park: true });
+      expect(parked.outcome).toBe('waiting');
+      // the daemon learns of it on its next run only; make one now (its result: untouched, waiting)
+      const seen = await daemon.runNow();
+      expect(seen?.results[0]).toMatchObject({ outcome: 'waiting', untouched: true, wakeAt: parked.wakeAt });
+      const c = await runCli(['confirm', 'app'], { cwd: w.dir, env: ENV, name: 'park-daemon-confirm' });
+      expect(c.code, c.stderr).toBe(0);
+      // no tick comes for a year: the wake timer starts the run that finishes it
+      const woke = nextRun();
+      await woke;
+      const last = runs.at(-1)!;
+      expect(last.results[0]).toMatchObject({ outcome: 'rotated', rotationId: parked.rotationId });
+      expect(Date.parse(last.startedAt)).toBeGreaterThanOrEqual(Date.parse(parked.wakeAt!));
+    } finally {
+      await daemon.stop();
+    }
   });
 });
