@@ -197,7 +197,9 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
   const woke =
     wake === 'woken'
       ? `; it was parked at its gate: the next worker run (daemon tick, scheduled run, \`keyrotor resume ${key.name}\`) checks it at once`
-      : '';
+      : wake === 'held'
+        ? '; it is parked but another process holds its lock right now: it is checked at its wake time (or once that lock is released or expires)'
+        : '';
   ctx.io.stdout(
     `${key.name}: rotation ${rotationId} ${verb}${created ? '' : ' (already recorded)'}: ${effect}` +
       `${stage && stage !== 'confirm' ? ` (it is at stage ${stage} now)` : ''}${woke}\n`,
