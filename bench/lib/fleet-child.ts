@@ -3,16 +3,15 @@
  * (config, file state store, JSON logs at info level to a file, default observers, `rotateKeys` with
  * bounded concurrency), so its wall time and memory are keyrotor's alone; the fakes live in the parent.
  *
- * IPC: { cmd: 'run', config, logFile, concurrency, holdStage?, holdCount? } -> { type: 'held' } once
- * `holdCount` rotations have started `holdStage`, then { type: 'done', ... } at the end;
- * { cmd: 'report' } -> { type: 'memory', ... }; { cmd: 'snapshot', file } -> { type: 'snapshot' } (a V8 heap
- * snapshot, to see where the memory goes); { cmd: 'exit' } ends the process (held rotations stay
+ * IPC: { cmd: 'run', config, logFile, concurrency, now?, park?, wake? } -> { type: 'done', ... } at the
+ * end; { cmd: 'report' } -> { type: 'memory', ... }; { cmd: 'snapshot', file } -> { type: 'snapshot' } (a V8
+ * heap snapshot, to see where the memory goes); { cmd: 'exit' } ends the process (parked rotations stay
  * unfinished in the temp state dir, which the bench deletes).
  */
 import { writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../../src/app/config/load.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
-import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type RotationObserver } from '../../src/app/run.ts';
+import { rotateKeys, type KeyResult, type RotateOptions } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
 import { sharedLimiterStats } from '../../providers/issuers/openai/openai.ratelimit.ts';
 import { fileLogger } from './util.ts';
@@ -22,20 +21,20 @@ interface RunCmd {
   config: string;
   logFile: string;
   concurrency: number;
-  holdStage?: string;
-  holdCount?: number;
-  /**
-   * experiment (BENCH_P5_STAGGER): start rotations one by one so that at most this many are between
-   * their start and `holdStage` at any time, as a semaphore around the active stages would; rotations
-   * waiting at the gate do not count. Emulated with rotateKey + observers, keyrotor itself unchanged.
-   */
-  stagger?: number;
+  /** RotateOptions.now (default true) */
+  now?: boolean;
+  /** durable waits: park rotations at a long gate wait (as daemon, serve and Lambda do) */
+  park?: boolean;
+  /** continue parked rotations now, before their wake time (`resume --now`) */
+  wake?: boolean;
 }
 type Cmd = RunCmd | { cmd: 'report' } | { cmd: 'snapshot'; file: string } | { cmd: 'exit' };
 
 const send = (m: unknown) => process.send?.(m);
 
 function memory() {
+  // with BENCH_CHILD_NODE_OPTIONS=--expose-gc: what survives a full GC (what the process retains)
+  (globalThis as { gc?: () => void }).gc?.();
   const m = process.memoryUsage();
   return {
     rss: m.rss,
@@ -51,68 +50,20 @@ async function run(c: RunCmd): Promise<void> {
   const config = await loadConfig(c.config, process.env);
   const logger = await fileLogger(c.logFile);
   const stateStore = createFileStateStore(config.stateDir);
-  const started = new Set<string>();
-  let heldSent = false;
   const t0 = performance.now();
-  const hold: RotationObserver = {
-    onStage(_key, rotationId, e) {
-      if (!c.holdStage || e.stage !== c.holdStage || e.phase !== 'start') return;
-      started.add(rotationId);
-      if (!heldSent && started.size >= (c.holdCount ?? Number.POSITIVE_INFINITY)) {
-        heldSent = true;
-        send({
-          type: 'held',
-          n: started.size,
-          atMs: performance.now() - t0,
-          cpu: process.cpuUsage(),
-          memory: memory(),
-        });
-      }
-    },
-  };
   const opts: RotateOptions = {
     config,
     stateStore,
     logger,
     env: process.env,
-    now: true,
+    now: c.now ?? true,
+    ...(c.park ? { park: true } : {}),
+    ...(c.wake ? { wake: true } : {}),
     actor: 'bench',
     concurrency: c.concurrency,
-    observers: [...defaultObservers({ config, logger, actor: 'bench' }), hold],
+    observers: defaultObservers({ config, logger, actor: 'bench' }),
   };
-  let results: KeyResult[];
-  if (c.stagger && c.holdStage) {
-    // at most `stagger` rotations between start and the hold; the next starts when one gets there
-    const keys = [...config.keys];
-    const all: Promise<KeyResult>[] = [];
-    const reached = new Set<string>();
-    let active = 0;
-    const launch = () => {
-      while (active < c.stagger! && keys.length) {
-        active++;
-        let counted = true;
-        const release = () => {
-          if (!counted) return;
-          counted = false;
-          active--;
-          launch();
-        };
-        const gate: RotationObserver = {
-          onStage(_k, rotationId, e) {
-            if (e.stage === c.holdStage && e.phase === 'start' && !reached.has(rotationId)) {
-              reached.add(rotationId);
-              release();
-            }
-          },
-        };
-        all.push(rotateKey(keys.shift()!, { ...opts, observers: [...opts.observers!, gate] }).finally(release));
-      }
-    };
-    launch();
-    results = await Promise.all(all);
-  } else {
-    results = await rotateKeys(config.keys, opts);
-  }
+  const results: KeyResult[] = await rotateKeys(config.keys, opts);
   const wallMs = performance.now() - t0;
   const outcomes: Record<string, number> = {};
   for (const r of results) outcomes[r.outcome] = (outcomes[r.outcome] ?? 0) + 1;

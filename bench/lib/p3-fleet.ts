@@ -9,9 +9,9 @@
  * time of `rotateKeys` vs. the bound (issuer requests answered ÷ rps, or the latency bound of the
  * chosen concurrency if larger), failures, and the share of 429s.
  *
- * P5: the same keys rotated with every rotation in flight at once, held open by a health gate that
- * waits (`manual`, when that gate exists) or, failing that, by the fake holding every new key's
- * verify request; peak RSS of the keyrotor process (VmHWM) once all are held.
+ * P5: the same keys, each rotation waiting at a `manual` health gate: parked by one worker process
+ * (durable waits: saved with a wake time, nothing held in memory), then confirmed and continued by a
+ * second one; peak RSS (VmHWM) of each worker.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -25,8 +25,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import { healthConfigSchema } from '../../providers/index.ts';
-import { median, progress, ratio, round, sleep } from './util.ts';
+import { progress, ratio, round, sleep } from './util.ts';
 
 const MASTER_HEX = 'cd'.repeat(32);
 const CHILD = fileURLToPath(new URL('./fleet-child.ts', import.meta.url));
@@ -131,9 +130,10 @@ interface ChildMsg {
 
 function startChild(
   env: NodeJS.ProcessEnv,
+  flags: string[] = [],
 ): Promise<{ child: ChildProcess; next: (type: string, timeoutMs: number) => Promise<ChildMsg> }> {
   // BENCH_CHILD_NODE_OPTIONS: extra node flags for the keyrotor process (to try e.g. heap limits)
-  const execArgv = (process.env.BENCH_CHILD_NODE_OPTIONS ?? '').split(' ').filter(Boolean);
+  const execArgv = [...(process.env.BENCH_CHILD_NODE_OPTIONS ?? '').split(' ').filter(Boolean), ...flags];
   const child = fork(CHILD, [], {
     execPath: process.execPath,
     execArgv,
@@ -254,99 +254,156 @@ export async function runP3(o: P3Options) {
 
 export interface P5Options {
   world: FleetWorld;
+  /** rotations a worker runs at the same time (P3's 32) */
+  concurrency: number;
 }
 
+/** one keyrotor worker process running `rotateKeys` over every key; its peak RSS and what it reported */
+async function p5Worker(
+  w: FleetWorld,
+  config: string,
+  name: string,
+  cmd: Record<string, unknown>,
+  flags: string[] = [],
+) {
+  const { child, next } = await startChild(w.env, flags);
+  const base = child.pid ? procMemory(child.pid) : undefined;
+  let peak = 0;
+  const sampler = setInterval(() => {
+    const m = child.pid ? procMemory(child.pid) : undefined;
+    if (m) peak = Math.max(peak, m.hwmMB);
+  }, 250);
+  const t0 = performance.now();
+  child.send({ cmd: 'run', config, logFile: path.join(w.dir, `p5.${name}.log.jsonl`), ...cmd });
+  let done: ChildMsg | undefined;
+  let error: string | undefined;
+  try {
+    done = await next('done', 15 * 60_000);
+  } catch (e) {
+    error = e instanceof Error ? e.message : String(e);
+  }
+  const wallS = (performance.now() - t0) / 1000;
+  const end = child.pid ? procMemory(child.pid) : undefined;
+  clearInterval(sampler);
+  child.send({ cmd: 'exit' });
+  await Promise.race([new Promise((r) => child.once('exit', r)), sleep(5000)]);
+  child.kill('SIGKILL');
+  const memory = (done?.memory ?? {}) as Record<string, number>;
+  const mb = (b: number | undefined) => (typeof b === 'number' ? round(b / 2 ** 20, 1) : null);
+  return {
+    peakRssMB: Math.max(
+      peak,
+      end?.hwmMB ?? 0,
+      typeof memory.maxRssKB === 'number' ? round(memory.maxRssKB / 1024, 1) : 0,
+    ),
+    baselineRssMB: base?.rssMB ?? null,
+    heapUsedAtEndMB: mb(memory.heapUsed),
+    heapTotalAtEndMB: mb(memory.heapTotal),
+    externalAtEndMB: mb(memory.external),
+    rssAtEndMB: mb(memory.rss),
+    wallS: round(wallS, 1),
+    cpuS: done?.cpu
+      ? round(
+          ((done.cpu as { user: number; system: number }).user +
+            (done.cpu as { user: number; system: number }).system) /
+            1e6,
+          1,
+        )
+      : null,
+    outcomes: (done?.outcomes ?? {}) as Record<string, number>,
+    firstError: (done?.firstError as string | null | undefined) ?? error ?? null,
+  };
+}
+
+/** the unfinished rotations in the file state dir: parked (with wakeAt) or not */
+function parkedInState(w: FleetWorld): { rotationIds: Map<string, string>; withWakeAt: number } {
+  const rotationIds = new Map<string, string>();
+  let withWakeAt = 0;
+  for (const k of w.keys) {
+    try {
+      const doc = JSON.parse(readFileSync(path.join(w.stateDir, 'state', `${k.name}.json`), 'utf8')) as {
+        record?: { active?: { rotationId?: string; wakeAt?: string } | null };
+      };
+      const a = doc.record?.active;
+      if (a?.rotationId) rotationIds.set(k.name, a.rotationId);
+      if (a?.wakeAt) withWakeAt++;
+    } catch {
+      // no state for this key
+    }
+  }
+  return { rotationIds, withWakeAt };
+}
+
+/**
+ * P5 with durable waits: 1,000 rotations waiting at a `manual` gate. Worker 1 starts every rotation
+ * (concurrency as P3) and parks each at the gate (saved with its wake time, lease released, nothing
+ * kept in memory); the decision for each is then recorded (the files `keyrotor confirm` writes); worker
+ * 2, a new process, continues all of them (as `resume --now`) to `rotated`. Peak RSS of each worker.
+ */
 export async function runP5(o: P5Options) {
   const w = o.world;
   w.fake.resetFaults();
   w.fake.setLatency(0);
   w.fake.setRateLimit(null);
   const n = w.keys.length;
-  // a gate that waits, when the gate exists; otherwise the fake holds every verify of a new key
-  const manual = healthConfigSchema.safeParse({ type: 'manual', timeout: '30m', interval: '5s' }).success;
-  const mechanism = manual
-    ? 'manual health gate (waits for `keyrotor confirm`)'
-    : 'slow verify: the fake holds every GET /v1/models';
-  if (!manual) w.fake.slowResponse('models.list', 30 * 60_000, 1_000_000);
+  const gate = { type: 'manual', timeout: '30m', interval: '60s' };
   const file = writeConfig(
     w,
     path.join(w.dir, 'p5.config.yaml'),
-    JSON.stringify({ rateLimit: 10_000, maxConcurrentRequests: manual ? 16 : 1000 }),
-    manual ? JSON.stringify({ type: 'manual', timeout: '30m', interval: '5s' }) : '',
+    JSON.stringify({ rateLimit: 10_000, maxConcurrentRequests: 16 }),
+    JSON.stringify(gate),
   );
-  const { child, next } = await startChild(w.env);
-  const base = child.pid ? procMemory(child.pid) : undefined;
-  let peakDuring = 0;
-  const sampler = setInterval(() => {
-    const m = child.pid ? procMemory(child.pid) : undefined;
-    if (m) peakDuring = Math.max(peakDuring, m.hwmMB);
-  }, 250);
-  progress(`P5: ${n} rotations in flight at once, held by: ${mechanism}`);
-  const t0 = performance.now();
-  const stagger = Number(process.env.BENCH_P5_STAGGER ?? 0) || undefined;
-  child.send({
-    cmd: 'run',
-    config: file,
-    logFile: path.join(w.dir, 'p5.keyrotor.log.jsonl'),
-    concurrency: n,
-    holdStage: manual ? 'confirm' : 'verify',
-    holdCount: n,
-    ...(stagger ? { stagger } : {}),
-  });
-  let held: ChildMsg | undefined;
-  let heldError: string | undefined;
-  try {
-    held = await next('held', 5 * 60_000);
-  } catch (e) {
-    heldError = e instanceof Error ? e.message : String(e);
+  // the same two workers with Node's default heap flags, and with the young generation capped (the
+  // flag docs/operations.md recommends for long-running workers: NODE_OPTIONS=--max-semi-space-size=2)
+  const variants: { name: string; flags: string[] }[] = [
+    { name: 'Node defaults', flags: [] },
+    { name: 'semi-space 2 MB', flags: ['--max-semi-space-size=2'] },
+  ];
+  const runs = [];
+  for (const v of variants) {
+    const tag = v.flags.length ? 'semi2' : 'default';
+    progress(
+      `P5 (${v.name}): worker 1 starts ${n} rotations (concurrency ${o.concurrency}), parking each at a manual gate`,
+    );
+    const park = await p5Worker(w, file, `park-${tag}`, { concurrency: o.concurrency, park: true }, v.flags);
+    const parked = parkedInState(w);
+    // the operator confirms every one of them (the decision files `keyrotor confirm` creates)
+    const { DECISION_FORMAT, decisionFile } = await import('../../providers/health/manual/manual.decision.ts');
+    mkdirSync(path.join(w.stateDir, 'confirm'), { recursive: true });
+    for (const [key, rotationId] of parked.rotationIds) {
+      const decision = {
+        format: DECISION_FORMAT,
+        key,
+        rotationId,
+        decision: 'confirm',
+        at: new Date().toISOString(),
+        by: 'bench@p5',
+      };
+      writeFileSync(decisionFile(w.stateDir, key, rotationId), JSON.stringify(decision));
+    }
+    progress(`P5 (${v.name}): worker 2 (a new process) continues the ${parked.rotationIds.size} parked rotations`);
+    const resume = await p5Worker(
+      w,
+      file,
+      `continue-${tag}`,
+      { concurrency: o.concurrency, park: true, wake: true, now: false },
+      v.flags,
+    );
+    const left = parkedInState(w);
+    runs.push({
+      variant: v.name,
+      flags: v.flags,
+      park: { ...park, parkedInStore: parked.withWakeAt },
+      continue: { ...resume, stillActive: left.rotationIds.size },
+      peakRssMB: Math.max(park.peakRssMB, resume.peakRssMB),
+    });
   }
-  const heldAfterS = (performance.now() - t0) / 1000;
-  // let the held rotations settle (timers, buffers), then read the peak
-  const samples: number[] = [];
-  for (let i = 0; i < 8; i++) {
-    await sleep(250);
-    const m = child.pid ? procMemory(child.pid) : undefined;
-    if (m) samples.push(m.rssMB);
-  }
-  let mem: ChildMsg | undefined;
-  if (child.exitCode === null) {
-    child.send({ cmd: 'report' });
-    mem = await next('memory', 10_000).catch(() => undefined);
-  }
-  const end = child.pid ? procMemory(child.pid) : undefined;
-  clearInterval(sampler);
-  child.send({ cmd: 'exit' });
-  await Promise.race([new Promise((r) => child.once('exit', r)), sleep(5000)]);
-  child.kill('SIGKILL');
-  const memory = (mem?.memory ?? {}) as Record<string, number>;
-  const mb = (b: number | undefined) => (typeof b === 'number' ? round(b / 2 ** 20, 1) : null);
-  const peakMB = Math.max(
-    end?.hwmMB ?? 0,
-    peakDuring,
-    typeof memory.maxRssKB === 'number' ? round(memory.maxRssKB / 1024, 1) : 0,
-  );
   return {
-    inFlight: (held?.n as number | undefined) ?? null,
     wanted: n,
-    mechanism,
-    heldAfterS: round(heldAfterS, 1),
-    heldError: heldError ?? null,
-    cpuSecondsUntilHeld: held?.cpu
-      ? round(
-          ((held.cpu as { user: number; system: number }).user +
-            (held.cpu as { user: number; system: number }).system) /
-            1e6,
-          1,
-        )
-      : null,
+    concurrency: o.concurrency,
+    gate,
+    parkAfter: 'default (30s)',
+    runs,
     childNodeOptions: process.env.BENCH_CHILD_NODE_OPTIONS ?? null,
-    staggeredStart: Number(process.env.BENCH_P5_STAGGER ?? 0) || null,
-    peakRssMB: peakMB,
-    rssWhileHeldMB: round(median(samples), 1),
-    baselineRssMB: base?.rssMB ?? null,
-    heapUsedMB: mb(memory.heapUsed),
-    heapTotalMB: mb(memory.heapTotal),
-    externalMB: mb(memory.external),
-    perRotationKB: base && samples.length ? round(((median(samples) - base.rssMB) * 1024) / n, 1) : null,
   };
 }

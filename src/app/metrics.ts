@@ -69,7 +69,7 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     const registers = [registry];
     const rotations = new p.Counter({
       name: 'keyrotor_rotations_total',
-      help: 'Rotation results by key and outcome (rotated, rolled_back, needs_attention, locked, in_progress).',
+      help: 'Rotation results by key and outcome (rotated, rolled_back, needs_attention, locked, in_progress, waiting = parked at a wait).',
       labelNames: ['key', 'outcome', 'leaked'] as const,
       registers,
     });

@@ -18,12 +18,13 @@ import { systemClock } from '../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../core/errors.ts';
 import { isLease, type Lease, type Logger } from '../core/ports.ts';
 import type { Outcome } from '../core/stages.ts';
-import { isDue, unreplacedLeak } from './run/due.ts';
+import { isDue, parkedUntilLater, unreplacedLeak } from './run/due.ts';
 import { runRotation } from './run/loop.ts';
 import { notify } from './run/persistence.ts';
+import { parkedResult } from './run/result.ts';
 import type { KeyResult, PlanInfo, RotateOptions } from './run/types.ts';
 
-export { isDue, unreplacedLeak } from './run/due.ts';
+export { isDue, parkedUntilLater, resumableAt, unreplacedLeak } from './run/due.ts';
 export {
   KEYROTOR_VERSION,
   type KeyResult,
@@ -49,6 +50,7 @@ export async function rotateKeys(keys: ResolvedKey[], o: RotateOptions): Promise
 
 export async function rotateKey(key: ResolvedKey, o: RotateOptions): Promise<KeyResult> {
   const r = await rotateKeyInner(key, o);
+  if (r.untouched) return r; // a parked rotation left alone until its wake time: nothing happened
   for (const obs of o.observers ?? []) if (obs.onResult) await notify(o.logger, 'result', () => obs.onResult!(r));
   return r;
 }
@@ -76,6 +78,8 @@ async function rotateKeyInner(key: ResolvedKey, o: RotateOptions): Promise<KeyRe
       return { ...base, outcome: 'skipped', dryRun: true, plan, oldKeyId: record?.currentKeyId ?? null };
     }
     if (!resume && o.resumeOnly) return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };
+    // a parked rotation (durable wait) is left alone until its wake time: no lease, no write
+    if (resume && !o.now && !o.wake && parkedUntilLater(record, clock.now())) return parkedResult(key.name, resume);
     if (!resume && o.signal?.aborted) {
       log.warn({}, 'not started: stopping (interrupted)');
       return { ...base, outcome: 'skipped', oldKeyId: record?.currentKeyId ?? null };

@@ -208,6 +208,8 @@ export interface RotationResult {
   stage?: Stage | undefined;
   startedAt?: string | undefined;
   finishedAt?: string | undefined;
+  /** outcome `waiting`: when the parked rotation's wait is checked again (ISO) */
+  wakeAt?: string | undefined;
 }
 
 export interface PersistedRotation {
@@ -219,6 +221,13 @@ export interface PersistedRotation {
   updatedAt: string;
   /** the xstate persisted snapshot: references only, never values */
   snapshot: unknown;
+  /**
+   * A parked rotation (a durable wait, docs/state-backends.md): no process holds it; it is resumable
+   * once this time (ISO) has come, when its wait is checked again. Absent: resumable at once (a
+   * running rotation under its lease, or one a crash or a pause left behind). The deadline of the
+   * wait stays in the snapshot's context and still decides the timeout.
+   */
+  wakeAt?: string | undefined;
 }
 
 export interface KeyRecord {

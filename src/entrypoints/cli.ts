@@ -20,7 +20,8 @@ export type { CliIO } from './commands/context.ts';
 
 const EXIT_HELP = `
 Exit codes:
-  0  done (rotated, or nothing was due)
+  0  done (rotated, or nothing was due), or waiting: parked at a health gate (\`--park\`; a durable
+     wait that the next worker run continues, see \`keyrotor status\`)
   1  not done, but safe: rolled back, the old key still serves
   2  bad usage, config or state (file, or backend unreachable / not initialised), or an unsupported
      Node version (nothing was changed)

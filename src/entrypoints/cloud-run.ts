@@ -15,7 +15,10 @@
  *
  * Responses are the CLI's `--json` document `{ "results": [...] }`. Status: 200 when every result is
  * final; 202 (/rotate) or 503 (/pubsub, so Pub/Sub redelivers and the next delivery resumes) when a
- * rotation stopped at the request's deadline with `in_progress`. Time budget: each request gets
+ * rotation stopped at the request's deadline with `in_progress`. Durable waits: requests park
+ * (RotateOptions `park`): a rotation whose next health-gate check is at least `defaults.park.after`
+ * away is saved with its wake time and released (`waiting`: 202 on /rotate, 200 on /pubsub — the
+ * scheduled /rotate continues it, redelivery would not help); a later /rotate continues it. Time budget: each request gets
  * `pauseAt = start + request timeout - safety margin`; set the request timeout to the service's.
  * A duplicate SECRET_ROTATE delivery does not rotate twice: a key rotated after the notification was
  * published counts as done.
@@ -221,6 +224,7 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
     observers: defaultObservers({ config: o.config, logger: log, actor: 'cloud-run', stateStore }),
     signal: shutdown.signal,
     pauseAt: deadline,
+    park: true,
   });
 
   async function onRotate(json: unknown, deadline: number) {
@@ -236,7 +240,8 @@ export async function startServer(o: ServeOptions): Promise<KeyrotorServer> {
       throw new HttpError(400, 'BAD_REQUEST', '"leaked" needs "now": true and the "keys" that leaked');
     const keys = names?.length ? names.map((n) => pickKey(o.config, n)) : o.config.keys;
     const results = await rotateKeys(keys, { ...common(deadline), now: now === true, leaked: leaked === true });
-    return { status: results.some((x) => x.outcome === 'in_progress') ? 202 : 200, body: { results } };
+    const unfinished = results.some((x) => x.outcome === 'in_progress' || x.outcome === 'waiting');
+    return { status: unfinished ? 202 : 200, body: { results } };
   }
 
   async function onPubsub(json: unknown, deadline: number) {

@@ -8,6 +8,11 @@
  * fires while the previous run is still going is skipped. By default one run starts immediately, so a
  * restarted daemon finishes what the previous one left.
  *
+ * Durable waits: the daemon parks (RotateOptions `park`): a rotation whose next health-gate check is at
+ * least `defaults.park.after` away is saved with its wake time and its lease released, not held in
+ * memory. After each run the daemon sets one timer for the earliest wake time among the parked
+ * rotations it saw; when that comes before the next tick, a run starts then (without jitter).
+ *
  * Stopping (SIGTERM/SIGINT in the command): no new tick starts; the running rotations stop at the next
  * safe point (a stage talking to a provider finishes, a wait is cut short), their snapshots stay in the
  * state store as `in_progress`, and the next start resumes them.
@@ -96,10 +101,32 @@ export function startDaemon(o: DaemonOptions): Daemon {
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
 
-  async function run(): Promise<DaemonRun> {
+  let wakeTimer: NodeJS.Timeout | undefined;
+  /** a run when the earliest parked rotation wakes, if that is before the next tick */
+  function scheduleWake(results: KeyResult[]) {
+    if (wakeTimer) clearTimeout(wakeTimer);
+    wakeTimer = undefined;
+    const times = results
+      .filter((r) => r.outcome === 'waiting' && r.wakeAt)
+      .map((r) => Date.parse(r.wakeAt!))
+      .filter(Number.isFinite);
+    if (times.length === 0 || stopping.signal.aborted) return;
+    const at = Math.min(...times);
+    const next = job.nextRun()?.getTime();
+    if (next !== undefined && next <= at) return; // the tick comes first
+    // (setTimeout's limit is ~24.8 days; a later wake is picked up by a tick before that)
+    const ms = Math.min(Math.max(0, at - clock.now()) + 50, 2 ** 31 - 1);
+    log.debug({ wakeAt: new Date(at).toISOString() }, 'next run when the earliest parked rotation wakes');
+    wakeTimer = setTimeout(() => {
+      wakeTimer = undefined;
+      void runNow({ jitter: false });
+    }, ms);
+  }
+
+  async function run(o2: { jitter: boolean }): Promise<DaemonRun> {
     const startedAt = new Date(clock.now()).toISOString();
     try {
-      const wait = jitterMs > 0 ? Math.floor(random() * jitterMs) : 0;
+      const wait = jitterMs > 0 && o2.jitter ? Math.floor(random() * jitterMs) : 0;
       if (wait > 0) {
         log.debug({ ms: wait }, 'jitter');
         await clock.sleep(wait, stopping.signal).catch(() => {});
@@ -112,6 +139,7 @@ export function startDaemon(o: DaemonOptions): Daemon {
         clock,
         actor: 'daemon',
         signal: stopping.signal,
+        park: true,
         observers: [
           ...defaultObservers({ config: o.config, logger: log, actor: 'daemon', stateStore: o.stateStore }),
           ...(o.observers ?? []),
@@ -130,7 +158,7 @@ export function startDaemon(o: DaemonOptions): Daemon {
     }
   }
 
-  function runNow(): Promise<DaemonRun | null> {
+  function runNow(how: { jitter: boolean } = { jitter: true }): Promise<DaemonRun | null> {
     if (stopping.signal.aborted) return Promise.resolve(null);
     if (current) {
       const at = new Date(clock.now());
@@ -138,8 +166,9 @@ export function startDaemon(o: DaemonOptions): Daemon {
       o.onSkip?.(at);
       return Promise.resolve(null);
     }
-    const p = run().then((r) => {
+    const p = run(how).then((r) => {
       current = null;
+      scheduleWake(r.results);
       try {
         o.onRun?.(r);
       } catch {
@@ -173,6 +202,7 @@ export function startDaemon(o: DaemonOptions): Daemon {
         log.info({ reason, running: current !== null }, 'stopping: running rotations pause at the next safe point');
         job.stop();
         stopping.abort();
+        if (wakeTimer) clearTimeout(wakeTimer);
         if (current) await current;
         log.info({}, 'daemon stopped');
         resolveDone();

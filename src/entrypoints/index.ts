@@ -64,6 +64,12 @@ export interface RotateKeysOptions {
   /** stop cleanly when aborted: the rotation is saved `in_progress` and the next call resumes it */
   signal?: AbortSignal;
   /**
+   * durable waits (`--park`): a rotation whose next health-gate check is at least
+   * `defaults.park.after` away is saved with its wake time and released (outcome `waiting`, `wakeAt`);
+   * a later call from that time continues it. Default false: wait in this call.
+   */
+  park?: boolean;
+  /**
    * default: the config's audit trail, metrics and webhooks (as the CLI); these are added to them.
    * Pending webhook deliveries are flushed (at most 10 s) before `rotate` returns.
    */
@@ -142,6 +148,7 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
       now: o.now === true,
       leaked: o.leaked === true,
       dryRun: o.dryRun === true,
+      park: o.park === true,
       ...(o.concurrency ? { concurrency: o.concurrency } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
     });

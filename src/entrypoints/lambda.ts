@@ -12,6 +12,10 @@
  * snapshot and reports `in_progress`; the next invocation resumes. The margin (KEYROTOR_LAMBDA_SAFETY_MARGIN,
  * default 15s) must cover the longest single provider call plus one state write.
  *
+ * Durable waits: every run parks (RotateOptions `park`): a rotation whose next health-gate check is at
+ * least `defaults.park.after` away is saved with its wake time and released (outcome `waiting`), so
+ * no invocation sits idle at a gate; the next scheduled invocation from that time continues it.
+ *
  * The adapter only classifies the event and dispatches. Secrets Manager's native rotation (createSecret,
  * setSecret, testSecret, finishSecret onto keyrotor's stages) lives in `lambda/secrets-manager-steps.ts`.
  */
@@ -178,6 +182,7 @@ export function createHandler(opts: LambdaHandlerOptions = {}): KeyrotorHandler 
       env,
       clock,
       actor: 'lambda',
+      park: true,
       observers: defaultObservers({ config: cfg, logger: log, actor: 'lambda', stateStore: store }),
       ...(pauseAt !== undefined ? { pauseAt } : {}),
     };

@@ -110,7 +110,7 @@ describe.skipIf(!MOTO)('Lambda handler', () => {
   });
 
   /** a fresh secret, key and state dir: returns the handler and helpers */
-  async function setup(opts: { safetyMarginMs?: number } = {}) {
+  async function setup(opts: { safetyMarginMs?: number; health?: string; defaults?: string } = {}) {
     const secret = `prod/openai-${randomUUID().slice(0, 8)}`;
     await aws.send(new CreateSecretCommand({ Name: secret }));
     const arn = (await aws.send(new DescribeSecretCommand({ SecretId: secret }))).ARN!;
@@ -122,13 +122,13 @@ defaults:
   verify: { timeout: 20s, interval: 50ms }
   verifyRevoked: { timeout: 5s, interval: 50ms }
   revoke: { attempts: 2, backoff: 50ms }
-keys:
+${opts.defaults ? `  ${opts.defaults}\n` : ''}keys:
   - name: app
     issuer: { type: openai, project: ${openai.project}, serviceAccount: ${sa.id}, baseURL: "${openai.baseURL}", timeout: 5s }
     stores:
       - { type: aws-secrets-manager, secretId: "${secret}", region: ${REGION}, endpoint: "${moto.endpoint}" }
     health:
-      - { type: issuer-smoke-test, timeout: 30s, interval: 50ms }
+      - ${opts.health ?? '{ type: issuer-smoke-test, timeout: 30s, interval: 50ms }'}
 `,
       path.join(dir, 'rotation.config.yaml'),
       {},
@@ -148,7 +148,7 @@ keys:
       expect(JSON.stringify(r)).not.toContain(CANARY);
       return r;
     };
-    return { secret, arn, sa, dir, cfg, stateStore, handler, run };
+    return { secret, arn, sa, dir, cfg, stateStore, handler, run, stateDir: cfg.stateDir };
   }
 
   const results = (r: unknown) => (r as RunResponse).results;
@@ -179,6 +179,43 @@ keys:
     // EventBridge Scheduler's empty input is a scheduled run too; nothing is due now
     const r2 = results(await run({}));
     expect(r2[0]).toMatchObject({ key: 'app', outcome: 'skipped' });
+  });
+
+  it('durable waits: an invocation parks a rotation at its gate (waiting); a later one continues it', async () => {
+    const { run, secret, stateStore, stateDir } = await setup({
+      health: '{ type: manual, name: ops, timeout: 60s, interval: 20s }',
+      defaults: 'park: { after: 1s }',
+    });
+    // the first invocation bootstraps the key; it waits at the gate like any rotation, and is parked
+    const r1 = results(await run({ key: 'app', now: true }))[0]!;
+    expect(r1).toMatchObject({ outcome: 'waiting', stage: 'confirm' });
+    expect(Date.parse(r1.wakeAt!)).toBeGreaterThan(Date.now() + 10_000);
+    expect((await stateStore.read('app'))?.active).toMatchObject({ rotationId: r1.rotationId, wakeAt: r1.wakeAt });
+    // the next scheduled invocation leaves it alone: its wake time has not come
+    const r2 = results(await run(scheduledEvent()))[0]!;
+    expect(r2).toMatchObject({ outcome: 'waiting', untouched: true, rotationId: r1.rotationId });
+    // a person confirms from a laptop (the decision, then the wake `keyrotor confirm` does)
+    const { decisionFile, DECISION_FORMAT } = await import('../../providers/health/manual/manual.decision.ts');
+    const { wakeParked } = await import('../../src/app/run/wake.ts');
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    const file = decisionFile(stateDir, 'app', r1.rotationId!);
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(
+      file,
+      JSON.stringify({
+        format: DECISION_FORMAT,
+        key: 'app',
+        rotationId: r1.rotationId,
+        decision: 'confirm',
+        at: new Date().toISOString(),
+        by: 'ops@laptop',
+      }),
+    );
+    expect(await wakeParked(stateStore, 'app', r1.rotationId!, Date.now())).toBe('woken');
+    // the next scheduled invocation continues it and finishes it
+    const r3 = results(await run(scheduledEvent()))[0]!;
+    expect(r3).toMatchObject({ outcome: 'rotated', rotationId: r1.rotationId, bootstrap: true });
+    expect(await current(secret)).toBe(valueOf(r3.newKeyId));
   });
 
   it('a direct invoke rotates one key now; unknown keys and malformed events are clear errors', async () => {

@@ -264,7 +264,8 @@ export async function job(file: string): Promise<number> {
   const results: KeyResult[] = await rotate(config, { keys: config.keys.map((k) => k.name), dryRun: true });
   const st: KeyStatus[] = await status(config, { now: 0 });
   const due: boolean = st.every((s) => s.due);
-  const outcome: 'rotated' | 'rolled_back' | 'skipped' | 'locked' | 'needs_attention' | 'in_progress' = results[0]!.outcome;
+  const outcome: 'rotated' | 'rolled_back' | 'skipped' | 'locked' | 'needs_attention' | 'in_progress' | 'waiting' =
+    results[0]!.outcome;
   // the declarations are real types, not any: each of these must be an error
   // @ts-expect-error now is a boolean
   await rotate(config, { now: 'yes' });

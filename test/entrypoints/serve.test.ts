@@ -492,6 +492,70 @@ keys:
     }
   });
 
+  it('durable waits: /rotate parks a rotation at its gate (202, waiting); a later /rotate continues it', async () => {
+    const dir = tempDir('serve-park');
+    const parkCfg = parseConfig(
+      `version: 1
+defaults:
+  verify: { timeout: 5s, interval: 50ms }
+  verifyRevoked: { timeout: 5s, interval: 50ms }
+  park: { after: 200ms }
+keys:
+  - name: gated
+    issuer: { type: local }
+    stores: [ { type: file } ]
+    health:
+      - { type: manual, name: ops, timeout: 60s, interval: 20s }
+`,
+      path.join(dir, 'rotation.config.yaml'),
+      {},
+    );
+    const parkStore = createFileStateStore(parkCfg.stateDir);
+    const server = await startServer({
+      config: parkCfg,
+      stateStore: parkStore,
+      auth: createAuthenticator({ oidc: { audiences: [AUD], emails: [CALLER], jwksUrl }, bearer: Secret.of(BEARER) }),
+      logger: await createLogger({ pretty: false, level: 'debug', destination: sink }),
+      env: { ...process.env, KEYROTOR_MASTER_KEY: 'cd'.repeat(32) },
+      host: '127.0.0.1',
+      port: 0,
+    });
+    try {
+      const body = JSON.stringify({ keys: ['gated'], now: true });
+      const r1 = await call('POST', '/rotate', { body, auth: bearer(BEARER), on: server });
+      expect(r1.status).toBe(202);
+      const parked = r1.json.results[0];
+      expect(parked).toMatchObject({ key: 'gated', outcome: 'waiting', stage: 'confirm' });
+      // the scheduled /rotate before its wake time leaves it alone (still 202: not finished)
+      const r2 = await call('POST', '/rotate', { body: '{}', auth: bearer(BEARER), on: server });
+      expect(r2.status).toBe(202);
+      expect(r2.json.results[0]).toMatchObject({ outcome: 'waiting', untouched: true, rotationId: parked.rotationId });
+      // confirmed (the decision and the wake that `keyrotor confirm` makes): the next /rotate finishes it
+      const { decisionFile, DECISION_FORMAT } = await import('../../providers/health/manual/manual.decision.ts');
+      const { wakeParked } = await import('../../src/app/run/wake.ts');
+      const { mkdirSync, writeFileSync } = await import('node:fs');
+      const file = decisionFile(parkCfg.stateDir, 'gated', parked.rotationId);
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(
+        file,
+        JSON.stringify({
+          format: DECISION_FORMAT,
+          key: 'gated',
+          rotationId: parked.rotationId,
+          decision: 'confirm',
+          at: new Date().toISOString(),
+          by: 'ops@laptop',
+        }),
+      );
+      expect(await wakeParked(parkStore, 'gated', parked.rotationId, Date.now())).toBe('woken');
+      const r3 = await call('POST', '/rotate', { body: '{}', auth: bearer(BEARER), on: server });
+      expect(r3.status).toBe(200);
+      expect(r3.json.results[0]).toMatchObject({ outcome: 'rotated', rotationId: parked.rotationId });
+    } finally {
+      await server.close();
+    }
+  });
+
   it('compares bearer tokens in constant time over digests (any length)', () => {
     expect(constantTimeEquals('abc', 'abc')).toBe(true);
     expect(constantTimeEquals('abc', 'abd')).toBe(false);

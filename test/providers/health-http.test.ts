@@ -8,7 +8,8 @@ import path from 'node:path';
 import { createGate, healthConfigSchema } from '../../providers/index.ts';
 import { parseFingerprintBody } from '../../src/core/fingerprint-format.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
-import type { HealthGate, Issuer, ProviderContext } from '../../src/core/ports.ts';
+import type { HealthGate, Issuer, ProviderContext, StateStore } from '../../src/core/ports.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { createSelfSignedCert } from '../fakes/self-signed-cert.ts';
@@ -38,7 +39,11 @@ async function consumer(...a: Parameters<typeof startFakeConsumer>): Promise<Fak
 }
 
 const noIssuer = { type: 'none' } as unknown as Issuer;
-function providerCtx(env: NodeJS.ProcessEnv = {}, configDir = tempDir('http-gate')): ProviderContext {
+function providerCtx(
+  env: NodeJS.ProcessEnv = {},
+  configDir = tempDir('http-gate'),
+  state?: StateStore,
+): ProviderContext {
   return {
     keyName: 'app',
     stateDir: path.join(configDir, '.keyrotor'),
@@ -46,13 +51,21 @@ function providerCtx(env: NodeJS.ProcessEnv = {}, configDir = tempDir('http-gate
     logger: silentLogger(),
     clock: systemClock,
     env,
-    providerState: { get: () => undefined, set: async () => {} },
+    // remembered facts in a real state store (as compose.ts wires them), or nowhere
+    providerState: state
+      ? {
+          get: () => undefined,
+          set: (k, v) => state.setProviderState('app', k, v),
+          fresh: async (k) => (await state.read('app'))?.providerState[k],
+        }
+      : { get: () => undefined, set: async () => {} },
   };
 }
 async function gate(
   cfg: Record<string, unknown>,
   env: NodeJS.ProcessEnv = {},
   configDir?: string,
+  state?: StateStore,
 ): Promise<HealthGate> {
   const parsed = healthConfigSchema.parse({
     type: 'http',
@@ -61,7 +74,7 @@ async function gate(
     timeout: '2s',
     ...cfg,
   });
-  return createGate(parsed, providerCtx(env, configDir), { issuer: noIssuer, index: 0 });
+  return createGate(parsed, providerCtx(env, configDir, state), { issuer: noIssuer, index: 0 });
 }
 const keep = (name: string, obs: string[]) => capture(`health-http-${name}.txt`, obs.join('\n'));
 
@@ -92,6 +105,20 @@ describe('http gate against loopback consumers', () => {
     const second = await g.check(ctx);
     expect(second.pass).toBe(true);
     expect(second.observation).toContain(`all 2 endpoint(s) report the new key ${NEW_FP}`);
+  });
+
+  it('durable waits: the `consecutive` streak survives a new process (a parked rotation continued elsewhere)', async () => {
+    const a = await consumer(stuck(NEW_FP));
+    const state = createFileStateStore(tempDir('http-gate-state'));
+    const ctx = gateContext();
+    const perProcess = async () => (await gate({ urls: [a.url], consecutive: 3 }, {}, undefined, state)).check(ctx);
+    // one check per process, as a rotation parked between its checks is continued by any worker
+    expect((await perProcess()).observation).toContain('1/3 rounds');
+    expect((await perProcess()).observation).toContain('2/3 rounds');
+    expect(await perProcess()).toMatchObject({ pass: true });
+    // memory only: every new process starts counting again and never gets there
+    const memoryOnly = async () => (await gate({ urls: [a.url], consecutive: 3 })).check(ctx);
+    for (let i = 0; i < 3; i++) expect((await memoryOnly()).observation).toContain('1/3 rounds');
   });
 
   it('a consumer that switches late: waits, then passes after it switched', async () => {

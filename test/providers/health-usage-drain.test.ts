@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { createGate, createIssuer, healthConfigSchema, issuerConfigSchema } from '../../providers/index.ts';
 import { systemClock } from '../../src/core/clock.ts';
-import type { HealthGate, Issuer, ProviderContext } from '../../src/core/ports.ts';
+import type { HealthGate, Issuer, ProviderContext, StateStore } from '../../src/core/ports.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { startOpenAIFake, type FakeKey, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { gateContext, pollGate } from '../fakes/consumer.ts';
@@ -26,7 +27,7 @@ afterAll(async () => {
   await skewed?.close();
 });
 
-function providerCtx(env: NodeJS.ProcessEnv): ProviderContext {
+function providerCtx(env: NodeJS.ProcessEnv, state?: StateStore): ProviderContext {
   const dir = tempDir('usage-drain');
   return {
     keyName: 'app',
@@ -35,16 +36,23 @@ function providerCtx(env: NodeJS.ProcessEnv): ProviderContext {
     logger: silentLogger(),
     clock: systemClock,
     env,
-    providerState: { get: () => undefined, set: async () => {} },
+    // remembered facts in a real state store (as compose.ts wires them), or nowhere
+    providerState: state
+      ? {
+          get: () => undefined,
+          set: (k, v) => state.setProviderState('app', k, v),
+          fresh: async (k) => (await state.read('app'))?.providerState[k],
+        }
+      : { get: () => undefined, set: async () => {} },
   };
 }
 
-async function setup(f: OpenAIFake = fake, gateCfg: Record<string, unknown> = {}) {
+async function setup(f: OpenAIFake = fake, gateCfg: Record<string, unknown> = {}, state?: StateStore) {
   const sa = f.state.addServiceAccount(`app-${Math.random().toString(16).slice(2, 8)}`);
   const owner = { type: 'service_account' as const, serviceAccountId: sa.id };
   const old = f.state.plantKey({ owner, name: 'keyrotor.app.rot-20261101t000000z-00000001' });
   const neu = f.state.plantKey({ owner, name: 'keyrotor.app.rot-20261123t151500z-0a1b2c3d' });
-  const ctx = providerCtx({ OPENAI_ADMIN_KEY: f.adminKey });
+  const ctx = providerCtx({ OPENAI_ADMIN_KEY: f.adminKey }, state);
   const issuer: Issuer = await createIssuer(
     issuerConfigSchema.parse({
       type: 'openai',
@@ -68,7 +76,9 @@ async function setup(f: OpenAIFake = fake, gateCfg: Record<string, unknown> = {}
     oldKeyId: old.id,
     promotedAt: new Date(Date.now() - 5_000).toISOString(),
   });
-  return { f, old, neu, gate, gctx };
+  /** the same gate as built by another process (nothing in memory), sharing the state store */
+  const again = () => createGate(cfg, providerCtx({ OPENAI_ADMIN_KEY: f.adminKey }, state), { issuer, index: 0 });
+  return { f, old, neu, gate, gctx, again };
 }
 
 /** a consumer using a key right now, as the issuer records it (unix seconds, issuer clock) */
@@ -160,6 +170,34 @@ describe('usage-drain gate (OpenAI last_used_at)', () => {
     const r = await pollGate(gate, gctx, { intervalMs: 100 });
     expect(r.outcome).toBe('pass');
     expect(Date.now() - t).toBeGreaterThanOrEqual(1300);
+  });
+
+  it('durable waits: what one process saw is remembered in the state store for the next one', async () => {
+    // an issuer clock an hour behind ours: the timestamp alone always looks quiet, only a move seen
+    // between two checks blocks — and a parked rotation's checks are made by different processes
+    const state = createFileStateStore(tempDir('usage-drain-state'));
+    const { f, old, gate, gctx, again } = await setup(skewed, { requireNewKeyUse: false }, state);
+    use(f, old);
+    expect((await gate.check(gctx)).pass).toBe(true); // nothing moved yet (first look)
+    expect(JSON.parse((await state.read('app'))!.providerState['usage-drain.usage-drain']!)).toMatchObject({
+      rotationId: gctx.rotationId,
+      movedAt: null,
+    });
+    await sleep(1000);
+    use(f, old); // moves while no process watches (the rotation is parked)
+    const second = await again(); // the worker that continues it
+    const o = await second.check(gctx);
+    expect(o.pass).toBe(false);
+    expect(o.observation).toMatch(/needs \d+s quiet/);
+    // and a third process still counts the quiet from that move, not from scratch
+    const third = await again();
+    expect((await third.check(gctx)).pass).toBe(false);
+    const r = await pollGate(await again(), gctx, { intervalMs: 100 });
+    expect(r.outcome).toBe('pass');
+    // without the state store (memory only) a new process would have passed at once
+    const { f: f2, old: old2, gate: g2, gctx: c2 } = await setup(skewed, { requireNewKeyUse: false });
+    use(f2, old2);
+    expect((await g2.check(c2)).pass).toBe(true);
   });
 
   it('admin API trouble is an error the confirm stage records as an observation (and retries)', async () => {

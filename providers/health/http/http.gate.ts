@@ -24,6 +24,16 @@ export interface HttpGateOptions {
   headers: Record<string, Secret>;
   /** PEM text of `caFile` */
   ca?: string | undefined;
+  /**
+   * Where the streak of `consecutive` rounds is kept between checks made by different processes (a
+   * parked rotation is continued by any worker). Without it, memory only.
+   */
+  memory?: StreakMemory | undefined;
+}
+
+export interface StreakMemory {
+  load(rotationId: string): Promise<number | undefined>;
+  save(rotationId: string, streak: number): Promise<void>;
 }
 
 /** What one endpoint answered in one round. */
@@ -138,8 +148,9 @@ function describe(p: EndpointProbe, ctx: GateContext): string {
 
 export function createHttpGateImpl(o: HttpGateOptions): HealthGate {
   const { cfg } = o;
-  /** rounds in a row in which every endpoint reported the new key, per rotation (memory only: a
-   *  restarted process starts counting again, which only ever makes the gate stricter) */
+  /** rounds in a row in which every endpoint reported the new key, per rotation (in memory, and in
+   *  `o.memory` when given: a parked rotation continued by another process keeps counting; without
+   *  it a new process starts counting again, which only ever makes the gate stricter) */
   const streaks = new Map<string, number>();
 
   return {
@@ -157,8 +168,10 @@ export function createHttpGateImpl(o: HttpGateOptions): HealthGate {
       );
       const onNew = probes.filter((p) => p.kind === 'fingerprint' && p.fingerprint === ctx.newFingerprint).length;
       const all = onNew === probes.length;
-      const streak = all ? (streaks.get(ctx.rotationId) ?? 0) + 1 : 0;
+      const before = streaks.get(ctx.rotationId) ?? (await o.memory?.load(ctx.rotationId)) ?? 0;
+      const streak = all ? before + 1 : 0;
       streaks.set(ctx.rotationId, streak);
+      if (o.memory && cfg.consecutive > 1 && streak !== before) await o.memory.save(ctx.rotationId, streak);
       if (all && streak >= cfg.consecutive) {
         return {
           pass: true,

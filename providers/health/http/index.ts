@@ -3,7 +3,7 @@ import path from 'node:path';
 import { KeyrotorError } from '../../../src/core/errors.ts';
 import type { GateDeps, HealthGate, ProviderContext } from '../../../src/core/ports.ts';
 import { Secret } from '../../../src/core/secret.ts';
-import { createHttpGateImpl } from './http.gate.ts';
+import { createHttpGateImpl, type StreakMemory } from './http.gate.ts';
 import type { HttpGateConfig } from './http.schema.ts';
 
 /**
@@ -47,5 +47,40 @@ export async function createHttpGate(cfg: HttpGateConfig, ctx: ProviderContext, 
       );
     }
   }
-  return createHttpGateImpl({ cfg, name, headers, ca });
+  return createHttpGateImpl({ cfg, name, headers, ca, memory: streakMemory(ctx, name) });
+}
+
+/**
+ * The streak kept as one remembered fact of the key (`http.<gate>`: rotation id and rounds in a row),
+ * written under the rotation's lease when it changes, read fresh by the first check of a process.
+ */
+function streakMemory(ctx: ProviderContext, gateName: string): StreakMemory {
+  const fact = `http.${gateName}`;
+  return {
+    async load(rotationId) {
+      const text = ctx.providerState.fresh ? await ctx.providerState.fresh(fact) : ctx.providerState.get(fact);
+      if (!text) return undefined;
+      try {
+        const v = JSON.parse(text) as { rotationId?: unknown; streak?: unknown };
+        return v.rotationId === rotationId &&
+          typeof v.streak === 'number' &&
+          Number.isInteger(v.streak) &&
+          v.streak >= 0
+          ? v.streak
+          : undefined;
+      } catch {
+        return undefined; // unreadable: count afresh (stricter)
+      }
+    },
+    async save(rotationId, streak) {
+      try {
+        await ctx.providerState.set(fact, JSON.stringify({ rotationId, streak }));
+      } catch (e) {
+        ctx.logger.warn(
+          { gate: gateName, err: e instanceof Error ? e.message : String(e) },
+          'http gate: could not remember the streak (kept in memory only)',
+        );
+      }
+    },
+  };
 }

@@ -27,14 +27,31 @@ const ms = (iso: string | null | undefined): number | null => {
 
 const ago = (now: number, t: number) => `${formatDuration(Math.max(0, now - t))} ago`;
 
+/** What the gate remembers per rotation: the old key's last seen lastUsedAt, and when (our clock) it moved. */
+export interface DrainWatch {
+  oldLast: number | null;
+  movedAt: number | null;
+}
+
+/**
+ * Where the gate keeps its watch between checks made by different processes (a parked rotation is
+ * continued by any worker: docs/operations.md#durable-waits). Without it the watch lives in memory
+ * only, and a new process starts watching afresh (which would forget a move it did not see).
+ */
+export interface DrainMemory {
+  load(rotationId: string): Promise<DrainWatch | undefined>;
+  save(rotationId: string, w: DrainWatch): Promise<void>;
+}
+
 export function createUsageDrainGateImpl(
   cfg: UsageDrainGateConfig,
   name: string,
   issuer: Issuer,
   clock: Clock,
+  memory?: DrainMemory,
 ): HealthGate {
   /** per rotation: the old key's last seen lastUsedAt, and when (our clock) we saw it move */
-  const watch = new Map<string, { oldLast: number | null; movedAt: number | null }>();
+  const watch = new Map<string, DrainWatch>();
 
   return {
     type: 'usage-drain',
@@ -87,10 +104,14 @@ export function createUsageDrainGateImpl(
           watch.delete(ctx.rotationId);
         } else {
           const last = ms(old.lastUsedAt);
-          const w = watch.get(ctx.rotationId);
+          // first check in this process: what an earlier process of this rotation saw (a durable wait)
+          const w = watch.get(ctx.rotationId) ?? (await memory?.load(ctx.rotationId));
           let movedAt = w?.movedAt ?? null;
           if (w && w.oldLast !== last) movedAt = now;
-          watch.set(ctx.rotationId, { oldLast: last, movedAt });
+          const next: DrainWatch = { oldLast: last, movedAt };
+          watch.set(ctx.rotationId, next);
+          if (memory && (w?.oldLast !== next.oldLast || w?.movedAt !== next.movedAt))
+            await memory.save(ctx.rotationId, next);
           // last_used_at arrives in whole seconds: a use stamped S may have happened up to S+999 ms,
           // so the quiet window starts at the end of that second (stricter, never looser)
           const quietSince = Math.max(

@@ -97,6 +97,7 @@ export function auditObserver(o: AuditObserverOptions): RotationObserver {
         ...(r.leaked ? { oldKeyLastUsedAt: r.oldKeyLastUsedAt ?? null } : {}),
         ...(r.startedAt ? { startedAt: r.startedAt } : {}),
         ...(r.finishedAt ? { finishedAt: r.finishedAt } : {}),
+        ...(r.wakeAt ? { wakeAt: r.wakeAt } : {}),
       });
     },
   };

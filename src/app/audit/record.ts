@@ -31,8 +31,10 @@ export interface AuditEntry {
   state?: string | undefined;
   /** the stage name when `state` is one (preflight, issue, ..., demote, unstage, discard) */
   stage?: string | null | undefined;
-  /** result records: rotated | rolled_back | skipped | locked | needs_attention | in_progress */
+  /** result records: rotated | rolled_back | skipped | locked | needs_attention | in_progress | waiting */
   outcome?: string | null | undefined;
+  /** result records with outcome `waiting`: when the parked rotation is checked again (ISO) */
+  wakeAt?: string | undefined;
   /** cli | lambda | cloud-run | daemon | library */
   actor?: string | undefined;
   /** OS user and host that ran it */

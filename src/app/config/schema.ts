@@ -34,6 +34,21 @@ const defaults = z
       .object({ ttl: duration.default(15 * 60_000) })
       .strict()
       .default({ ttl: 15 * 60_000 }),
+    /**
+     * Durable waits (docs/operations.md#durable-waits): where a worker parks (daemon, serve, Lambda,
+     * `rotate --park`), a rotation whose next check of a wait (a health gate, verify, a revoke
+     * backoff) is at least `after` away is saved with its wake time and released; any worker continues
+     * it then. `off` (or 0) never parks. Default 30s. Parsed to ms, or null for off.
+     */
+    park: z
+      .object({
+        after: z
+          .union([z.literal('off'), duration])
+          .transform((v) => (v === 'off' || v === 0 ? null : v))
+          .default(30_000),
+      })
+      .strict()
+      .default({ after: 30_000 }),
   })
   .strict();
 

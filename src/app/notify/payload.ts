@@ -42,6 +42,7 @@ const HEADLINE: Record<string, string> = {
   needs_attention: 'NEEDS ATTENTION (a human must act)',
   locked: 'locked by another rotation',
   in_progress: 'paused (continues on the next run)',
+  waiting: 'waiting at a health gate (parked: the next worker run continues it)',
 };
 
 export function summary(r: KeyResult): string {
@@ -53,7 +54,9 @@ export function summary(r: KeyResult): string {
         : `: ${r.oldKeyId ?? '?'} → ${r.newKeyId ?? '?'}`
       : r.error
         ? ` at ${r.error.stage ?? r.stage ?? '?'}: ${r.error.code}: ${r.error.message}`
-        : '';
+        : r.outcome === 'waiting' && r.wakeAt
+          ? ` at ${r.stage ?? '?'} until ${r.wakeAt}`
+          : '';
   return `${head}${what}${r.rotationId ? ` [${r.rotationId}]` : ''}`;
 }
 
@@ -94,6 +97,7 @@ const EMOJI: Record<string, string> = {
   needs_attention: ':rotating_light:',
   locked: ':lock:',
   in_progress: ':hourglass_flowing_sand:',
+  waiting: ':hourglass:',
 };
 
 /** Slack incoming-webhook body (also accepted by Mattermost and Rocket.Chat). */

@@ -2,7 +2,15 @@ import { z } from 'zod';
 import { duration, envName, httpUrl } from '../../core/config-fields.ts';
 
 /** What a webhook can be told about: a result's outcome, or `leaked` for any leak-mode rotation. */
-export const NOTIFY_EVENTS = ['rotated', 'rolled_back', 'needs_attention', 'leaked', 'locked', 'in_progress'] as const;
+export const NOTIFY_EVENTS = [
+  'rotated',
+  'rolled_back',
+  'needs_attention',
+  'leaked',
+  'locked',
+  'in_progress',
+  'waiting',
+] as const;
 export type NotifyEvent = (typeof NOTIFY_EVENTS)[number];
 export const DEFAULT_NOTIFY_ON: NotifyEvent[] = ['rolled_back', 'needs_attention', 'leaked'];
 

@@ -37,3 +37,25 @@ export function isDue(
     ? { due: true, reason: `due since ${new Date(next).toISOString()}`, nextDueAt: new Date(next).toISOString() }
     : { due: false, reason: `next due ${new Date(next).toISOString()}`, nextDueAt: new Date(next).toISOString() };
 }
+
+/**
+ * When the unfinished rotation of `record` may be continued, in ms since epoch: its `wakeAt` when it
+ * is parked at a wait (a durable deadline: no process holds it until then), 0 when it is resumable at
+ * once (no `wakeAt`: running under a lease, or left by a crash or a pause), null when there is none.
+ * An unreadable `wakeAt` counts as resumable at once (checking the wait early is always safe: its
+ * deadline is in the snapshot). Workers continue a parked rotation once `resumableAt(record) <= now`;
+ * before that a record whose only work is its parked rotation is not due.
+ */
+export function resumableAt(record: KeyRecord | null): number | null {
+  const active = record?.active;
+  if (!active) return null;
+  if (active.wakeAt === undefined) return 0;
+  const t = Date.parse(active.wakeAt);
+  return Number.isFinite(t) ? t : 0;
+}
+
+/** The unfinished rotation is parked and its wake time has not come yet (a worker leaves it alone). */
+export function parkedUntilLater(record: KeyRecord | null, now: number): boolean {
+  const at = resumableAt(record);
+  return at !== null && at > now;
+}

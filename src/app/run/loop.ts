@@ -7,10 +7,18 @@ import type { SnapshotFrom } from 'xstate';
 import { z } from 'zod';
 import { expiresInSecondsFor, timingFor, type KeyProviders } from '../compose.ts';
 import type { ResolvedKey } from '../config/schema.ts';
-import { systemClock } from '../../core/clock.ts';
+import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError, toKeyrotorError } from '../../core/errors.ts';
 import { issuedKeyName, newRotationId } from '../../core/ids.ts';
-import type { CreateKeyRequest, Fence, Issuer, KeyRecord, Logger, PersistedRotation } from '../../core/ports.ts';
+import type {
+  CreateKeyRequest,
+  Fence,
+  HealthGate,
+  Issuer,
+  KeyRecord,
+  Logger,
+  PersistedRotation,
+} from '../../core/ports.ts';
 import {
   MACHINE_VERSION,
   type FinalState,
@@ -18,10 +26,10 @@ import {
   type RotationMachine,
 } from '../../../workflows/rotation/rotation.machine.ts';
 import { createRotationActor, SecretVault, type RotationDeps } from '../../../workflows/rotation/stages/index.ts';
-import { unreplacedLeak } from './due.ts';
+import { parkedUntilLater, unreplacedLeak } from './due.ts';
 import { pauseControl } from './pause.ts';
 import { createJournal, notify, type Journal } from './persistence.ts';
-import { pausedResult, recordAfter, resultFrom } from './result.ts';
+import { parkedResult, pausedResult, recordAfter, resultFrom, waitingResult } from './result.ts';
 import type { KeyResult, RotateOptions } from './types.ts';
 
 const persistedSnapshotSchema = z
@@ -61,6 +69,9 @@ export async function runRotation(
   fence: Fence,
 ): Promise<KeyResult> {
   const clock = o.clock ?? systemClock;
+  // parked by another worker between the caller's read and its lease: not ours to check yet
+  if (resume && record && !o.wake && !o.now && parkedUntilLater(record, clock.now()))
+    return parkedResult(key.name, resume);
 
   const snapshot = resume ? savedSnapshot(key, resume) : undefined;
   const rotationId = resume ? resume.rotationId : newRotationId(new Date(clock.now()));
@@ -77,6 +88,9 @@ export async function runRotation(
     clock,
     log: rlog,
   });
+  // durable waits: park when every wait in progress sleeps at least `after` (o.park; off: null)
+  const parkAfter = o.park === true ? key.defaults.park.after : null;
+  const parking = parkAfter === null ? null : parkingWatch(clock, parkAfter, () => pause.park());
   const adopted = (fp: string) => record?.providerState[`adopted.${fp}`];
   // the keys this process minted: one that no written snapshot names is known to nobody else
   const minted: string[] = [];
@@ -93,9 +107,9 @@ export async function runRotation(
     resumedIn: snapshot ? String(snapshot.value) : undefined,
     issuer,
     stores: providers.stores,
-    gates: providers.gates,
+    gates: parking ? providers.gates.map((g) => parking.gate(g)) : providers.gates,
     gateRequire: key.require,
-    clock,
+    clock: parking?.clock ?? clock,
     logger: rlog,
     vault: new SecretVault(),
     adopted,
@@ -119,7 +133,7 @@ export async function runRotation(
         );
     },
     onStage: (e) => {
-      if (pause.isPaused()) return; // a wait cut short by the pause is no stage failure
+      if (pause.isPaused()) return; // a wait cut short by the pause (or parked) is no stage failure
       for (const obs of o.observers ?? [])
         if (obs.onStage) void notify(rlog, 'stage', () => obs.onStage!(key.name, rotationId, e));
       const fields = {
@@ -182,7 +196,11 @@ export async function runRotation(
   const first = await Promise.race([done, pause.paused]);
   disarm();
   await journal.flushed();
-  if (first === 'paused') {
+  if (first === 'parked' && parking) {
+    const parked = await park(key, o, fence, journal, actor.getSnapshot(), parking.wakeAt(), rlog);
+    if (parked) return parked;
+  }
+  if (first === 'paused' || first === 'parked') {
     const now = actor.getSnapshot();
     rlog.warn({ stage: String(now.value) }, 'paused: the rotation continues on the next run');
     return pausedResult(key.name, rotationId, String(now.value), now.context);
@@ -206,6 +224,101 @@ export async function runRotation(
     `rotation ${result.outcome}`,
   );
   return result;
+}
+
+/**
+ * Park the stopped rotation: its last written snapshot again, now with `wakeAt` (one fenced write);
+ * the caller releases the lease. Null when it cannot be parked (a failed or missing snapshot write):
+ * the caller reports a pause instead, and the next run continues at once, which is always safe.
+ */
+async function park(
+  key: ResolvedKey,
+  o: RotateOptions,
+  fence: Fence,
+  journal: Journal,
+  now: SnapshotFrom<RotationMachine>,
+  wakeAtMs: number,
+  log: Logger,
+): Promise<KeyResult | null> {
+  const last = journal.lastActive();
+  const state = String(now.value);
+  if (!last || journal.failure() || String((last.snapshot as { value?: unknown }).value) !== state) return null;
+  const clock = o.clock ?? systemClock;
+  const wakeAt = new Date(Math.max(wakeAtMs, clock.now())).toISOString();
+  try {
+    await o.stateStore.saveActive(key.name, { ...last, updatedAt: new Date(clock.now()).toISOString(), wakeAt }, fence);
+  } catch (e) {
+    const err = toKeyrotorError(e);
+    if (err.code === 'LEASE_LOST') throw err;
+    log.warn({ err: err.toRecord() }, 'could not save the wake time: the next run continues the rotation at once');
+    return null;
+  }
+  log.info({ stage: state, wakeAt }, `parked at ${state}: any worker continues it from ${wakeAt}`);
+  return waitingResult(key.name, last.rotationId, state, now.context, wakeAt);
+}
+
+interface ParkingWatch {
+  /** the rotation's clock: its sleeps are the waits between two checks */
+  clock: Clock;
+  /** the gate, its checks counted (no parking while one is in flight) */
+  gate(g: HealthGate): HealthGate;
+  /** the earliest end of the sleeps in progress when it parked: when the wait is checked again */
+  wakeAt(): number;
+}
+
+/**
+ * Watches the sleeps of the rotation's waits (`pollUntil` between two checks, the revoke backoff) and
+ * the health-gate checks in flight. When every poller of the wait sleeps (no check in flight) and the
+ * earliest of them wakes at least `afterMs` from now, it asks `park()` (which stops the actor, only in
+ * a `wait`-tagged state). Decided one macrotask after a long sleep starts, so gates whose checks ended
+ * in the same turn have started their own sleeps by then.
+ */
+function parkingWatch(clock: Clock, afterMs: number, park: () => boolean): ParkingWatch {
+  const sleeps = new Map<number, number>();
+  let seq = 0;
+  let checks = 0;
+  let queued = false;
+  let parkedAt = 0;
+  const decide = () => {
+    queued = false;
+    if (checks > 0 || sleeps.size === 0) return;
+    const wake = Math.min(...sleeps.values());
+    if (wake - clock.now() < afterMs) return;
+    parkedAt = wake;
+    if (!park()) parkedAt = 0;
+  };
+  const soon = () => {
+    if (queued) return;
+    queued = true;
+    setImmediate(decide);
+  };
+  return {
+    clock: {
+      now: () => clock.now(),
+      sleep: (ms, signal) => {
+        const id = ++seq;
+        sleeps.set(id, clock.now() + Math.max(0, ms));
+        if (ms >= afterMs) soon();
+        return clock.sleep(ms, signal).finally(() => sleeps.delete(id));
+      },
+    },
+    gate: (g) => ({
+      type: g.type,
+      name: g.name,
+      timeoutMs: g.timeoutMs,
+      intervalMs: g.intervalMs,
+      async check(ctx) {
+        checks++;
+        try {
+          return await g.check(ctx);
+        } finally {
+          checks--;
+          soon(); // a gate that passed stops polling: the others may all be asleep now
+        }
+      },
+    }),
+    wakeAt: () => parkedAt,
+  };
 }
 
 /**

@@ -57,6 +57,49 @@ export function pausedResult(keyName: string, rotationId: string, state: string,
   };
 }
 
+/** A rotation parked at a wait (`state`): saved with its wake time and released; any worker continues it then. */
+export function waitingResult(
+  keyName: string,
+  rotationId: string,
+  state: string,
+  ctx: Pick<RotationContext, 'oldKeyId' | 'newKeyId' | 'startedAt' | 'leaked'>,
+  wakeAt: string,
+  untouched = false,
+): KeyResult {
+  return {
+    key: keyName,
+    rotationId,
+    outcome: 'waiting',
+    oldKeyId: ctx.oldKeyId,
+    newKeyId: ctx.newKeyId,
+    stage: state as Stage,
+    ...(ctx.leaked ? { leaked: true } : {}),
+    startedAt: new Date(ctx.startedAt).toISOString(),
+    wakeAt,
+    ...(untouched ? { untouched: true } : {}),
+  };
+}
+
+/** The `waiting` result of a rotation parked earlier, read from its saved snapshot (references only). */
+export function parkedResult(keyName: string, active: PersistedRotation): KeyResult {
+  const s = (active.snapshot ?? {}) as { value?: unknown; context?: Record<string, unknown> };
+  const c = s.context ?? {};
+  const str = (v: unknown) => (typeof v === 'string' ? v : null);
+  return waitingResult(
+    keyName,
+    active.rotationId,
+    typeof s.value === 'string' ? s.value : 'confirm',
+    {
+      oldKeyId: str(c.oldKeyId),
+      newKeyId: str(c.newKeyId),
+      startedAt: typeof c.startedAt === 'number' ? c.startedAt : Date.parse(active.updatedAt),
+      leaked: c.leaked === true,
+    },
+    active.wakeAt ?? active.updatedAt,
+    true,
+  );
+}
+
 /**
  * What the key's record keeps of a finished rotation: the key the stores serve now (undefined: leave
  * the record's as it is) and the snapshot to keep active (null: none).

@@ -30,6 +30,19 @@ export interface RotateOptions {
    */
   signal?: AbortSignal;
   pauseAt?: number;
+  /**
+   * Durable waits: park a rotation whose next check of a wait (a health gate, verify, a revoke
+   * backoff) is at least the key's `defaults.park.after` away — save its snapshot with `wakeAt`, stop
+   * it, release the lease, result `waiting` — instead of holding it in this process. Daemon, serve
+   * and Lambda park; the CLI's `rotate`/`resume` only with `--park` (an operator watches them live).
+   */
+  park?: boolean;
+  /**
+   * Continue a parked rotation now, before its `wakeAt` (`resume --now`, the Secrets Manager steps).
+   * `now: true` implies it. Otherwise a parked rotation whose wake time has not come is left alone:
+   * result `waiting` with `untouched: true`, no lease taken, nothing written.
+   */
+  wake?: boolean;
   /** keys rotated at the same time by rotateKeys (default 4) */
   concurrency?: number;
   /** audit, metrics, notifications, progress: told about every transition, stage and result */
@@ -75,4 +88,12 @@ export interface PlanInfo {
   leaked: boolean;
 }
 
-export type KeyResult = RotationResult & { dryRun?: boolean; plan?: PlanInfo };
+export type KeyResult = RotationResult & {
+  dryRun?: boolean;
+  plan?: PlanInfo;
+  /**
+   * outcome `waiting` for a rotation parked earlier whose wake time has not come: this run did
+   * nothing with it (no lease, no write) and observers are not told (nothing happened)
+   */
+  untouched?: boolean;
+};

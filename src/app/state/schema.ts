@@ -42,6 +42,11 @@ export const persistedRotationSchema: z.ZodType<PersistedRotation> = z.object({
   keyrotorVersion: z.string(),
   updatedAt: z.string(),
   snapshot: z.unknown().refine((v) => v !== undefined && v !== null, 'required'),
+  /** a parked rotation: resumable from this time on (optional: snapshots written before it are readable) */
+  wakeAt: z
+    .string()
+    .refine((s) => Number.isFinite(Date.parse(s)), 'must be an ISO time')
+    .optional(),
 });
 
 export const keyRecordSchema: z.ZodType<KeyRecord> = z.object({

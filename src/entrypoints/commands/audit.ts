@@ -69,6 +69,7 @@ const OUTCOME_COLOR: Record<string, string> = {
   needs_attention: '31',
   locked: '33',
   in_progress: '36',
+  waiting: '36',
 };
 
 export function renderHistory(rs: RotationHistory[], color = false): string {

@@ -168,6 +168,9 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     recorded = existing.decision;
     created = false;
   }
+  // a rotation parked at its gate (durable wait): clear its wake time, so the next worker checks at once
+  const { wakeParked } = await import('../../app/run/wake.ts');
+  const wake = await wakeParked(stateStore, key.name, rotationId, Date.now(), 'confirm');
   const stage = stageOf(record);
   const out = {
     key: key.name,
@@ -179,6 +182,8 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     alreadyRecorded: !created,
     stage: stage ?? null,
     file: displayPath(file),
+    /** true: the rotation was parked (durable wait) and is now due at once for the next worker run */
+    woken: wake === 'woken',
   };
   if (opts.json) {
     ctx.io.stdout(JSON.stringify(out, null, 2) + '\n');
@@ -189,8 +194,14 @@ export async function runConfirm(ctx: CommandContext, target: string, opts: Conf
     recorded.decision === 'confirm'
       ? 'the manual gate passes on its next check; the old key is revoked once every gate passed'
       : 'the manual gate fails on its next check and the rotation rolls back to the old key';
+  const woke =
+    wake === 'woken'
+      ? `; it was parked at its gate: the next worker run (daemon tick, scheduled run, \`keyrotor resume ${key.name}\`) checks it at once`
+      : wake === 'held'
+        ? '; it is parked but another process holds its lock right now: it is checked at its wake time (or once that lock is released or expires)'
+        : '';
   ctx.io.stdout(
     `${key.name}: rotation ${rotationId} ${verb}${created ? '' : ' (already recorded)'}: ${effect}` +
-      `${stage && stage !== 'confirm' ? ` (it is at stage ${stage} now)` : ''}\n`,
+      `${stage && stage !== 'confirm' ? ` (it is at stage ${stage} now)` : ''}${woke}\n`,
   );
 }

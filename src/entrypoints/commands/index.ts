@@ -29,6 +29,14 @@ function lazy<A extends unknown[]>(
   };
 }
 
+const PARK_OPTION =
+  'park a rotation at a long wait (its next gate check at least defaults.park.after away): save it with its wake time, release the lock, exit 0 with outcome "waiting"; any worker continues it then';
+const PARK_HELP = `
+Without --park the rotation waits here, with a live progress line, until its gates pass or time out.
+With --park (what daemon, serve and the Lambda always do) a wait whose next check is at least
+defaults.park.after away (default 30s) ends this run: outcome "waiting" (exit 0), the rotation saved
+with its wake time and its deadlines; the daemon, a scheduled run or \`keyrotor resume\` continues it.`;
+
 export const registerRotate: RegisterCommand = (ctx) => {
   ctx.program
     .command('rotate')
@@ -48,6 +56,8 @@ export const registerRotate: RegisterCommand = (ctx) => {
         throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
       return n;
     })
+    .option('--park', PARK_OPTION)
+    .addHelpText('after', PARK_HELP)
     .action(lazy(ctx, async () => (await import('./rotate.ts')).runRotate));
 };
 
@@ -60,6 +70,8 @@ export const registerResume: RegisterCommand = (ctx) => {
       '--json',
       'print exactly one JSON document on stdout: { "results": [...] } (outcome "skipped" = nothing to resume)',
     )
+    .option('--now', 'continue parked rotations now, before their wake time (check their gate at once)')
+    .option('--park', PARK_OPTION)
     .addHelpText(
       'after',
       `
@@ -68,7 +80,10 @@ killed, or paused). resume picks it up at the stage it was in: every stage is id
 stage that was in flight is simply run again. A crash between creating the new key and storing it
 loses the value: that rotation rolls back and deletes the key. A lock held by a dead process is
 taken over at once when that process ran on this host (same boot; pid gone or reused), else once
-its lease expires (defaults.lease.ttl); until then resume exits 3. Ctrl-C pauses again (exit 5).`,
+its lease expires (defaults.lease.ttl); until then resume exits 3. Ctrl-C pauses again (exit 5).
+A rotation parked at a health gate (a durable wait) is continued once its wake time has come
+(\`keyrotor status\` shows it); before that it is reported "waiting" and left alone, unless --now.
+${PARK_HELP}`,
     )
     .action(lazy(ctx, async () => (await import('./resume.ts')).runResume));
 };
@@ -87,7 +102,9 @@ export const registerConfirm: RegisterCommand = (ctx) => {
       'after',
       `
 The decision is written to <stateDir>/confirm/<key>.<rotationId>.json; the manual gate of the running
-rotation picks it up on its next poll (also after a restart). A decision cannot be changed once
+rotation picks it up on its next poll (also after a restart). A rotation parked at its gate (a
+durable wait) is woken: its wake time is cleared, so the next worker run (daemon tick, scheduled run,
+\`keyrotor resume\`) checks the gate at once. A decision cannot be changed once
 recorded. Run it against the same state dir as the rotation (same machine or shared volume); with a
 postgres or dynamodb state backend the decision is stored there instead (run it from any machine).
 
@@ -353,6 +370,10 @@ const DAEMON_HELP = `
 Every tick resumes unfinished rotations, then rotates each key whose schedule.every has passed (the
 same rule as \`keyrotor rotate\`), after a random jitter. Runs never overlap: a tick during a run is
 skipped. One run starts right away unless --no-run-at-start.
+
+Durable waits: a rotation whose next health-gate check is at least defaults.park.after (30s) away is
+parked (saved with its wake time, its lock released) instead of held in memory; the daemon runs
+again (without jitter) when the earliest parked rotation wakes, if that comes before the next tick.
 
 SIGTERM / SIGINT: no new run starts; running rotations stop at the next safe point and stay
 in_progress in the state store; the next start resumes them. Exits 0.

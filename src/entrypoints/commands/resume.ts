@@ -7,8 +7,13 @@ import { handleInterrupts } from './interrupt.ts';
 /**
  * `keyrotor resume [<key>...]`: finish or compensate unfinished rotations (after a crash, a timeout,
  * a lost machine) and start no new one. The same code path `rotate` takes first; exit codes as rotate.
+ * A parked rotation (durable wait) is continued once its wake time has come, or at once with --now.
  */
-export async function runResume(ctx: CommandContext, names: string[], opts: { json?: boolean }): Promise<void> {
+export async function runResume(
+  ctx: CommandContext,
+  names: string[],
+  opts: { json?: boolean; now?: boolean; park?: boolean },
+): Promise<void> {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   const keys = ctx.pickKeys(cfg, names);
@@ -30,6 +35,8 @@ export async function runResume(ctx: CommandContext, names: string[], opts: { js
     env: ctx.io.env,
     actor: 'cli',
     resumeOnly: true,
+    wake: opts.now === true,
+    park: opts.park === true,
     signal: interrupts.signal,
   }).finally(() => interrupts.dispose());
   await flushObservers(observers, 10_000); // pending webhook deliveries (and what the outbox held), bounded

@@ -7,7 +7,15 @@ import { handleInterrupts } from './interrupt.ts';
 export async function runRotate(
   ctx: CommandContext,
   names: string[],
-  opts: { now?: boolean; leaked?: boolean; dryRun?: boolean; json?: boolean; full?: boolean; concurrency?: number },
+  opts: {
+    now?: boolean;
+    leaked?: boolean;
+    dryRun?: boolean;
+    json?: boolean;
+    full?: boolean;
+    concurrency?: number;
+    park?: boolean;
+  },
 ): Promise<void> {
   ctx.setJson(opts.json === true);
   if (opts.leaked && !opts.now)
@@ -43,6 +51,7 @@ export async function runRotate(
     now: opts.now === true,
     leaked: opts.leaked === true,
     dryRun: opts.dryRun === true,
+    park: opts.park === true,
     ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   };
   // Ctrl-C / SIGTERM: pause at the next safe point (not for --dry-run, which changes nothing)
@@ -93,6 +102,8 @@ export function renderResults(results: KeyResult[]): string {
           : `${r.oldKeyId} → ${r.newKeyId}; old key revoked and confirmed dead`;
     else if (r.outcome === 'skipped') what = 'not due';
     else if (r.outcome === 'in_progress') what = `paused at ${r.stage}; the next run continues it`;
+    else if (r.outcome === 'waiting')
+      what = `${r.untouched ? 'parked' : 'parked now'} at ${r.stage} until ${r.wakeAt}; the next worker run from then continues it (\`keyrotor resume --now ${r.key}\` checks it at once)`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;
     if (r.leaked && !r.dryRun)
       what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;

@@ -29,7 +29,15 @@ export interface KeyStatus {
   lastFinishedAt: string | null;
   lastError: { code: string; message: string; stage?: string } | null;
   leftovers: string[];
-  active: { rotationId: string; stage: string | null; updatedAt: string; leaked: boolean; waiting: Waiting[] } | null;
+  active: {
+    rotationId: string;
+    stage: string | null;
+    updatedAt: string;
+    leaked: boolean;
+    waiting: Waiting[];
+    /** parked (a durable wait): no process holds it; any worker continues it from this time (ISO) */
+    wakeAt: string | null;
+  } | null;
 }
 
 export function keyStatus(k: ResolvedKey, rec: KeyRecord | null, now: number): KeyStatus {
@@ -53,11 +61,18 @@ export function keyStatus(k: ResolvedKey, rec: KeyRecord | null, now: number): K
       ? { code: last.error.code, message: last.error.message, ...(last.error.stage ? { stage: last.error.stage } : {}) }
       : null,
     leftovers: last?.leftovers ?? [],
-    active: rec?.active ? activeOf(rec.active.rotationId, rec.active.updatedAt, rec.active.snapshot) : null,
+    active: rec?.active
+      ? activeOf(rec.active.rotationId, rec.active.updatedAt, rec.active.snapshot, rec.active.wakeAt)
+      : null,
   };
 }
 
-function activeOf(rotationId: string, updatedAt: string, snapshot: unknown): NonNullable<KeyStatus['active']> {
+function activeOf(
+  rotationId: string,
+  updatedAt: string,
+  snapshot: unknown,
+  wakeAt: string | undefined,
+): NonNullable<KeyStatus['active']> {
   const s = (snapshot ?? {}) as { value?: unknown; context?: Record<string, unknown> };
   const stage = typeof s.value === 'string' ? s.value : null;
   const c = s.context ?? {};
@@ -77,7 +92,7 @@ function activeOf(rotationId: string, updatedAt: string, snapshot: unknown): Non
   }
   if (stage === 'revokeRetry') waiting.push({ what: 'revokeRetry', deadline: iso(deadlines.revokeRetryAt) });
   if (stage === 'verifyRevoked') waiting.push({ what: 'verifyRevoked', deadline: iso(deadlines.verifyRevoked) });
-  return { rotationId, stage, updatedAt, leaked: c.leaked === true, waiting };
+  return { rotationId, stage, updatedAt, leaked: c.leaked === true, waiting, wakeAt: wakeAt ?? null };
 }
 
 /** `keyrotor status` (declared in index.ts; this module is loaded when the command runs) */
@@ -124,6 +139,7 @@ const OUTCOME_COLOR: Record<string, string> = {
   needs_attention: '31',
   locked: '33',
   in_progress: '36',
+  waiting: '36',
 };
 
 export function renderStatus(keys: KeyStatus[], now: number, color = false): string {
@@ -147,7 +163,8 @@ export function renderStatus(keys: KeyStatus[], now: number, color = false): str
       ? c(OUTCOME_COLOR[k.lastOutcome], k.lastOutcome) +
         (k.lastFinishedAt ? ` ${span(now - Date.parse(k.lastFinishedAt))} ago` : '')
       : '-';
-    const active = k.active ? c('36', `${k.active.stage ?? 'unfinished'} (${k.active.rotationId})`) : '-';
+    const parked = k.active?.wakeAt ? `, parked until ${k.active.wakeAt.slice(0, 19)}Z` : '';
+    const active = k.active ? c('36', `${k.active.stage ?? 'unfinished'} (${k.active.rotationId}${parked})`) : '-';
     return [
       k.name,
       k.currentKeyId ?? '-',
@@ -172,8 +189,14 @@ export function renderStatus(keys: KeyStatus[], now: number, color = false): str
         if (w.what === 'revokeRetry') return `retrying the revoke of the old key at ${w.deadline ?? '?'}`;
         return `waiting for the old key to die${until}`;
       });
+      const wake = k.active.wakeAt;
+      const how = !wake
+        ? `\`keyrotor resume ${k.name}\` continues it`
+        : Date.parse(wake) > now
+          ? `parked until ${wake}: no process holds it; the next worker run from then checks it again (\`keyrotor resume --now ${k.name}\` at once)`
+          : `parked until ${wake} (due now): the next worker run or \`keyrotor resume ${k.name}\` continues it`;
       notes.push(
-        `${k.name}: rotation ${k.active.rotationId}${k.active.leaked ? ' (LEAKED key)' : ''} is at ${k.active.stage ?? '?'} (saved ${k.active.updatedAt})${waits.length ? `; ${waits.join('; ')}` : ''}; \`keyrotor resume ${k.name}\` continues it`,
+        `${k.name}: rotation ${k.active.rotationId}${k.active.leaked ? ' (LEAKED key)' : ''} is at ${k.active.stage ?? '?'} (saved ${k.active.updatedAt})${waits.length ? `; ${waits.join('; ')}` : ''}; ${how}`,
       );
     }
     if (k.lastOutcome && k.lastOutcome !== 'rotated' && k.lastError)

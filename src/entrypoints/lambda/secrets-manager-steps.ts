@@ -11,7 +11,8 @@
  *                 consumer health gates run here, after promote. If they need longer than this
  *                 invocation has, finishSecret returns once AWSCURRENT has moved and the rotation stays
  *                 `in_progress`: the next invocation of this function (the EventBridge schedule, or
- *                 `keyrotor resume`) finishes confirm -> revoke. A failed gate demotes AWSCURRENT back.
+ *                 `keyrotor resume`) finishes confirm -> revoke. A long gate wait is parked (a durable
+ *                 wait, outcome `waiting`): reported as `in_progress` the same way. A failed gate demotes AWSCURRENT back.
  */
 import type { SecretsManagerRotationEvent } from 'aws-lambda';
 import { z } from 'zod';
@@ -229,7 +230,8 @@ export async function secretsManagerStep(
     ...common,
     signal: ac.signal,
     observers: [...(common.observers ?? []), stopper],
-    ...(step === 'createSecret' ? { now: true } : { resumeOnly: true }),
+    // Secrets Manager asks for this step now: a parked rotation is continued whatever its wake time
+    ...(step === 'createSecret' ? { now: true } : { resumeOnly: true, wake: true }),
   });
   const rid = result.rotationId;
 
@@ -270,12 +272,14 @@ export async function secretsManagerStep(
       }
       throw stopped(where, result, 'before AWSCURRENT moved to the new version');
     }
-    if (result.outcome === 'in_progress') {
+    if (result.outcome === 'in_progress' || result.outcome === 'waiting') {
       return reply(
         'in_progress',
         rid,
         result.stage ?? 'confirm',
-        `AWSCURRENT moved; ${result.stage} continues on the next invocation (schedule or keyrotor resume ${key.name})`,
+        result.outcome === 'waiting'
+          ? `AWSCURRENT moved; ${result.stage} is parked until ${result.wakeAt} (a durable wait): the next scheduled invocation from then (or keyrotor resume ${key.name}) continues it`
+          : `AWSCURRENT moved; ${result.stage} continues on the next invocation (schedule or keyrotor resume ${key.name})`,
       );
     }
     return reply('done', rid, 'rotated', 'rotated: the new key is current, the old key is revoked');
