@@ -14,8 +14,6 @@
 import {
   auditObserver,
   auditSettings,
-  createJsonlAuditLog,
-  auditPath,
   logAuditSink,
   teeAuditSink,
   type AuditSink,
@@ -49,11 +47,12 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
 
   const settings = auditSettings(o.config);
   if (o.audit !== false && (o.audit || settings.enabled)) {
-    let sink: AuditSink =
-      o.audit ||
-      (createStateAuditLog(o.config, o.env ?? process.env) ?? createJsonlAuditLog(auditPath(o.config, settings)));
-    if (settings.mirrorToLog) sink = teeAuditSink([sink, logAuditSink(o.logger.child({ component: 'audit' }))]);
-    observers.push(auditObserver({ sink, actor: o.actor }));
+    // the state backend's own trail: a rotation's records are written with its snapshots (one write)
+    const log = o.audit ? undefined : createStateAuditLog(o.config, o.env ?? process.env);
+    const base: AuditSink = o.audit || log!;
+    const mirror = settings.mirrorToLog ? logAuditSink(o.logger.child({ component: 'audit' })) : undefined;
+    const sink = mirror ? teeAuditSink([base, mirror]) : base;
+    observers.push(auditObserver({ sink, actor: o.actor, trail: log?.trail, mirror }));
   }
 
   const metrics = o.metrics ?? processMetrics();
