@@ -11,13 +11,7 @@
  * earlier runs left in the state backend's outbox (see notify/notifier.ts); `flushObservers` waits
  * for that too.
  */
-import {
-  auditObserver,
-  auditSettings,
-  logAuditSink,
-  teeAuditSink,
-  type AuditSink,
-} from './audit/index.ts';
+import { auditObserver, auditSettings, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';

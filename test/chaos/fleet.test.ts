@@ -152,7 +152,7 @@ ${names
   const cfg = parseConfig(config, file, env);
   const store: StateStore = createStateStore(cfg, env);
   await store.init?.();
-  const audit = createStateAuditLog(cfg, env)!;
+  const audit = createStateAuditLog(cfg, env);
   const lastSeq = async () => (await audit.read()).records.at(-1)?.seq ?? 0;
 
   // bootstrap every key (three CLI processes), then date the bootstraps 31 days back: all keys are due

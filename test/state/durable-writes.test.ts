@@ -87,11 +87,15 @@ describe('one durable write per transition', () => {
         new Promise<number>((resolve, reject) => {
           const argv = [CLI, ...args];
           const child = trace
-            ? spawn('strace', ['-f', '-y', '-qq', '-e', 'trace=fsync,fdatasync', '-o', trace, process.execPath, ...argv], {
-                cwd: dir,
-                env,
-                stdio: 'ignore',
-              })
+            ? spawn(
+                'strace',
+                ['-f', '-y', '-qq', '-e', 'trace=fsync,fdatasync', '-o', trace, process.execPath, ...argv],
+                {
+                  cwd: dir,
+                  env,
+                  stdio: 'ignore',
+                },
+              )
             : spawn(process.execPath, argv, { cwd: dir, env, stdio: 'ignore' });
           child.on('error', reject);
           child.on('exit', (code) => resolve(code ?? -1));
@@ -124,7 +128,10 @@ describe('one durable write per transition', () => {
       expect(under('audit')).toEqual([]);
 
       // and each journal line carries its audit records: together, in order, the rotation's records
-      const lines = readFileSync(journal, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { audit?: AuditRecord[] });
+      const lines = readFileSync(journal, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { audit?: AuditRecord[] });
       const carried = lines.flatMap((l) => l.audit ?? []).filter((r) => r.rotationId === last.rotationId);
       expect(carried.map((r) => r.hash)).toEqual([...transitions, ...results].map((r) => r.hash));
       const mine = lines.slice(-transitions.length);
@@ -156,7 +163,8 @@ describe('one durable write per transition', () => {
           await c.query(`ALTER TABLE keyrotor.${t} SET (autovacuum_enabled = false)`);
         expect((await w.run()).outcome).toBe('rotated'); // bootstrap
         // pg_current_xact_id() assigns this transaction an xid itself: hence the - 1
-        const xid = async () => Number((await c.query<{ x: string }>('SELECT pg_current_xact_id()::text AS x')).rows[0]!.x);
+        const xid = async () =>
+          Number((await c.query<{ x: string }>('SELECT pg_current_xact_id()::text AS x')).rows[0]!.x);
         const before = await xid();
         const r = await w.run();
         const after = await xid();
@@ -216,7 +224,9 @@ describe('one durable write per transition', () => {
         const from = proxy.log.length;
         const r = await w.run();
         expect(r.outcome).toBe('rotated');
-        const writes = proxy.log.slice(from).filter((e) => /PutItem|UpdateItem|DeleteItem|TransactWriteItems/.test(e.op));
+        const writes = proxy.log
+          .slice(from)
+          .filter((e) => /PutItem|UpdateItem|DeleteItem|TransactWriteItems/.test(e.op));
 
         const log = w.audit();
         expect(await log.verify()).toMatchObject({ ok: true });

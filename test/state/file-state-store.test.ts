@@ -224,11 +224,11 @@ describe('file state store: damage is an error naming the file, never a reset', 
     writeFileSync(file, `${l1}\n${l2!.slice(0, 40)}`);
     expect((await s.read('app'))?.active?.updatedAt).toBe(rotation(R1).updatedAt);
     await s.saveActive('app', rotation(R2));
-    expect(readFileSync(file, 'utf8').split('\n').map((l) => (l ? JSON.parse(l).record.active.rotationId : l))).toEqual([
-      R1,
-      R2,
-      '',
-    ]);
+    expect(
+      readFileSync(file, 'utf8')
+        .split('\n')
+        .map((l) => (l ? JSON.parse(l).record.active.rotationId : l)),
+    ).toEqual([R1, R2, '']);
     // a complete last line that is not JSON: damage, never a reset
     writeFileSync(file, `${l1}\n{"format":"keyrotor-journal/1",garbage\n`);
     const e = await err(s.read('app'));

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { LoadedConfig } from '../config/load.ts';
 import { auditConfigSchema, type AuditConfig } from './schema.ts';
-import { createJsonlAuditLog, type JsonlAuditOptions } from './jsonl.ts';
+import type { JsonlAuditOptions } from './jsonl.ts';
 import type { AuditLog } from './sink.ts';
 import { createStateAuditLog } from '../state/index.ts';
 

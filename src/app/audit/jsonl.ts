@@ -36,7 +36,6 @@ import {
 } from '../../core/fs.ts';
 import {
   chainRecord,
-  GENESIS,
   isAuditRecord,
   recordHash,
   recordLine,
@@ -320,13 +319,15 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     await opened(async (fh) => {
       const size = (await fh.stat()).size;
       const tail = await readTail(fh, size);
-      let last = tail.lastLine !== null ? parseLine(tail.lastLine) : null;
-      if (tail.lastLine !== null && (!last || !hashOk(last))) return; // damaged: the next append says so
+      // an empty log is a new one (e.g. the old one moved aside): nothing older is carried into it
+      if (tail.lastLine === null) return;
+      let last = parseLine(tail.lastLine);
+      if (!last || !hashOk(last)) return; // damaged: the next append says so
       const bySeq = new Map(candidates.map((r) => [r.seq, r]));
       const found: AuditRecord[] = [];
       for (;;) {
-        const next = bySeq.get((last?.seq ?? 0) + 1);
-        if (!next || !hashOk(next) || next.prev !== (last?.hash ?? GENESIS)) break;
+        const next = bySeq.get(last.seq + 1);
+        if (!next || !hashOk(next) || next.prev !== last.hash) break;
         found.push(next);
         last = next;
       }

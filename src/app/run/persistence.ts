@@ -47,7 +47,11 @@ export interface Journal {
    * result's audit records when the store keeps the audit trail (one write), then tell observers of
    * the final state.
    */
-  finish(result: RotationResult, serving: string | null | undefined, keepActive: PersistedRotation | null): Promise<void>;
+  finish(
+    result: RotationResult,
+    serving: string | null | undefined,
+    keepActive: PersistedRotation | null,
+  ): Promise<void>;
 }
 
 export function createJournal(o: {

@@ -265,8 +265,14 @@ export function createDynamoStateStore(
           : { ConditionExpression: 'attribute_not_exists(pk)' }),
       };
       const chained = audit?.length ? auditItems(audit, await auditHead()) : undefined;
-      if (chained && Buffer.byteLength(text) + chained.records.reduce((n, r) => n + recordLine(r).length, 0) > 3_500_000)
-        throw new KeyrotorError('INTERNAL', `the state write of key "${keyName}" is too large for one DynamoDB transaction`);
+      if (
+        chained &&
+        Buffer.byteLength(text) + chained.records.reduce((n, r) => n + recordLine(r).length, 0) > 3_500_000
+      )
+        throw new KeyrotorError(
+          'INTERNAL',
+          `the state write of key "${keyName}" is too large for one DynamoDB transaction`,
+        );
       try {
         const { sdk: m, client } = await sdk();
         if (!fence && !chained) {
