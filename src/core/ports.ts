@@ -287,6 +287,15 @@ export interface OutboxEntry {
 
 export const OUTBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
+/**
+ * What `saveActive` / `finish` with `audit` return when the snapshot was written but the audit trail
+ * refused the records before anything of the write happened (the file backend's audit log is damaged
+ * or locked): the rotation goes on, as an audit failure never stops one; the caller reports it.
+ */
+export interface AuditNotWritten {
+  auditError: unknown;
+}
+
 export interface StateStore {
   /** e.g. `file:.keyrotor`, `postgres:db.internal:5432/keyrotor (schema keyrotor)`; never a password */
   readonly label: string;
@@ -305,7 +314,12 @@ export interface StateStore {
    * transaction / one conditional write / one fsync'd append): both land or neither, and a refused
    * fence writes neither.
    */
-  saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence, audit?: readonly AuditEntry[]): Promise<void>;
+  saveActive(
+    keyName: string,
+    rotation: PersistedRotation,
+    fence?: Fence,
+    audit?: readonly AuditEntry[],
+  ): Promise<void | AuditNotWritten>;
   /**
    * the rotation ended: record the result and clear `active` — or, in the same atomic write, keep
    * `keepActive` (a rotation that can only go forward and must stay resumable); `audit` as in
@@ -318,7 +332,7 @@ export interface StateStore {
     keepActive?: PersistedRotation | null,
     fence?: Fence,
     audit?: readonly AuditEntry[],
-  ): Promise<void>;
+  ): Promise<void | AuditNotWritten>;
   setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void>;
   /**
    * Remember `key` only if it is not set yet (atomic create-once, no lease needed: used by

@@ -100,6 +100,25 @@ describe('file backend journal', () => {
     expect(records[11]).toMatchObject({ seq: 12, key: 'c', state: 'verify' });
   });
 
+  it('a damaged audit log refuses the records but not the snapshot: the rotation goes on (an audit failure never stops one)', async () => {
+    const dir = tempDir('journal-audit-damaged');
+    await populate(dir);
+    const file = path.join(dir, 'audit', 'audit.jsonl');
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    writeFileSync(file, [...lines.slice(0, -1), lines.at(-1)!.replace('"rotated"', '"edited"')].join('\n') + '\n');
+    const s = createFileStateStore(dir);
+    const r = await s.saveActive('b', rotation(R2, 'verify', 'b'), undefined, [entry('b', 'verify', R2)]);
+    expect(r).toMatchObject({ auditError: expect.objectContaining({ code: 'STATE_UNREADABLE' }) });
+    expect((await s.read('b'))?.active).toEqual(rotation(R2, 'verify', 'b'));
+    expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(lines.length); // nothing chained on
+    // and the journal line carries no audit record that the log does not have
+    const last = readFileSync(path.join(dir, 'state', 'b.journal'), 'utf8')
+      .trim()
+      .split('\n')
+      .at(-1)!;
+    expect(JSON.parse(last)).not.toHaveProperty('audit');
+  });
+
   it('a log moved aside starts afresh: nothing from the journals is carried into it', async () => {
     const dir = tempDir('journal-moved-aside');
     await populate(dir);

@@ -14,7 +14,14 @@
 import type { SnapshotFrom } from 'xstate';
 import type { Clock } from '../../core/clock.ts';
 import { toKeyrotorError } from '../../core/errors.ts';
-import type { Fence, Logger, PersistedRotation, RotationResult, StateStore } from '../../core/ports.ts';
+import type {
+  AuditNotWritten,
+  Fence,
+  Logger,
+  PersistedRotation,
+  RotationResult,
+  StateStore,
+} from '../../core/ports.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { MACHINE_VERSION, type RotationMachine } from '../../../workflows/rotation/rotation.machine.ts';
 import { KEYROTOR_VERSION, type RotationObserver, type TransitionEvent } from './types.ts';
@@ -84,8 +91,15 @@ export function createJournal(o: {
       if (obs.onTransition && obs !== inlineObs)
         chain = chain.then(() => (lost() ? undefined : notify(o.log, 'transition', () => obs.onTransition!(ev))));
   };
-  const wroteAudit = (entries: readonly AuditEntry[] | undefined) => {
-    if (entries?.length && inline) inline.written(entries);
+  const wroteAudit = (entries: readonly AuditEntry[] | undefined, r: void | AuditNotWritten) => {
+    if (!entries?.length || !inline) return;
+    // the snapshot is written, the audit trail refused its records: an audit failure never stops a rotation
+    if (r?.auditError)
+      o.log.warn(
+        { err: toKeyrotorError(r.auditError).toRecord() },
+        'audit trail: the record of this transition was not written (the rotation is not affected)',
+      );
+    else inline.written(entries);
   };
 
   return {
@@ -113,9 +127,9 @@ export function createJournal(o: {
             // after a refused write nothing more is written (a successor owns the rotation)
             lost() ? Promise.reject(persistError) : o.stateStore.saveActive(o.keyName, persisted, o.fence, audit),
           )
-          .then(() => {
+          .then((r) => {
             if (newKeyId) written.add(newKeyId);
-            wroteAudit(audit);
+            wroteAudit(audit, r);
           })
           .catch((e: unknown) => {
             persistError ??= e;
@@ -130,8 +144,7 @@ export function createJournal(o: {
     wrote: (id) => written.has(id),
     async finish(result, serving, keepActive) {
       const audit = inline ? [...(final ? [inline.transition(final)] : []), inline.result(result)] : undefined;
-      await o.stateStore.finish(o.keyName, result, serving, keepActive, o.fence, audit);
-      wroteAudit(audit);
+      wroteAudit(audit, await o.stateStore.finish(o.keyName, result, serving, keepActive, o.fence, audit));
       if (final) tell(final);
       final = null;
       await chain;

@@ -20,7 +20,7 @@ import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
+import type { AuditNotWritten, Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
 import { displayPath, ensureDir, errnoOf, fsyncDir, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import type { AuditEntry } from '../../core/audit.ts';
@@ -353,8 +353,8 @@ export function createFileStateStore(
     fn: (r: KeyRecord) => void,
     fence?: Fence,
     entries?: readonly AuditEntry[],
-  ): Promise<void> {
-    return serialized(fileOf(keyName), async () => {
+  ): Promise<void | AuditNotWritten> {
+    return serialized(fileOf(keyName), async (): Promise<void | AuditNotWritten> => {
       if (fence) {
         const current = (await readFence(keyName)).token;
         if (current !== fence.token) throw leaseLost(keyName, fence, `the lease was granted again (token ${current})`);
@@ -365,14 +365,25 @@ export function createFileStateStore(
       const line = (records?: AuditRecord[]) =>
         JSON.stringify({ format: JOURNAL_FORMAT, record: r, ...(records?.length ? { audit: records } : {}) }) + '\n';
       let size: number;
+      let refused: AuditNotWritten | undefined;
       if (entries?.length) {
+        let committed = false;
         let written = 0;
-        await audit.appendCommitted(entries, async (records) => {
-          written = await appendJournal(keyName, line(records), r);
-        });
+        try {
+          await audit.appendCommitted(entries, async (records) => {
+            committed = true;
+            written = await appendJournal(keyName, line(records), r);
+          });
+        } catch (e) {
+          if (committed) throw e;
+          // the audit log refused before anything was written (damaged, locked): the snapshot alone
+          refused = { auditError: e };
+          written = await appendJournal(keyName, line(), r);
+        }
         size = written;
       } else size = await appendJournal(keyName, line(), r);
       if (size > JOURNAL_COMPACT_BYTES) await compact(keyName, r);
+      return refused;
     });
   }
 

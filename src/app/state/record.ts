@@ -5,7 +5,7 @@
  */
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
-import type { Fence, KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
+import type { AuditNotWritten, Fence, KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 
@@ -93,7 +93,7 @@ export type RecordUpdate = (
   fn: (r: KeyRecord) => void,
   fence?: Fence,
   audit?: readonly AuditEntry[],
-) => Promise<void>;
+) => Promise<void | AuditNotWritten>;
 
 /**
  * The record-writing methods of the StateStore port, the same on every backend: each is one edit of
@@ -106,7 +106,7 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
       rotation: PersistedRotation,
       fence?: Fence,
       audit?: readonly AuditEntry[],
-    ): Promise<void> {
+    ): Promise<void | AuditNotWritten> {
       return update(
         keyName,
         (r) => {
@@ -124,7 +124,7 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
       keepActive?: PersistedRotation | null,
       fence?: Fence,
       audit?: readonly AuditEntry[],
-    ): Promise<void> {
+    ): Promise<void | AuditNotWritten> {
       return update(
         keyName,
         (r) => {
@@ -138,8 +138,8 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
         audit,
       );
     },
-    setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void> {
-      return update(
+    async setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void> {
+      await update(
         keyName,
         (r) => {
           r.providerState = { ...r.providerState, [key]: value };
@@ -147,8 +147,8 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
         fence,
       );
     },
-    put(record: KeyRecord, fence?: Fence): Promise<void> {
-      return update(
+    async put(record: KeyRecord, fence?: Fence): Promise<void> {
+      await update(
         record.keyName,
         (r) => {
           Object.assign(r, structuredClone(record));
