@@ -47,7 +47,7 @@ async function installSyncCounter(): Promise<{ count(prefix: string): number }> 
   const seen: string[] = [];
   const open = fsp.open;
   (fsp as { open: unknown }).open = async function (this: unknown, p: unknown, ...rest: unknown[]) {
-    const fh = (await (open as (...a: unknown[]) => Promise<object>).call(this, p, ...rest)) as object;
+    const fh: object = await (open as (...a: unknown[]) => Promise<object>).call(this, p, ...rest);
     if (typeof p === 'string') paths.set(fh, path.resolve(p));
     return fh;
   };
