@@ -55,11 +55,11 @@ export interface JsonlAuditOptions {
   now?: () => number;
   /**
    * Records committed durably elsewhere that may not have reached this log yet (the file state
-   * store's per-key journals: see file-state-store.ts). Consulted under the lock on this instance's
-   * first append and after taking over a dead writer's lock: those that continue the chain are
-   * appended first.
+   * store's per-key journals: see file-state-store.ts), from the sources modified since the given
+   * time. Consulted under the lock on this instance's first append or read and after taking over a
+   * dead writer's lock: those that continue the chain are appended first.
    */
-  committed?: () => Promise<AuditRecord[]>;
+  committed?: (modifiedSinceMs: number) => Promise<AuditRecord[]>;
 }
 
 /** The log as a state store writes it: chained under the lock, made durable by the store's own write. */
@@ -311,7 +311,17 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
    */
   async function recoverLocked(): Promise<void> {
     if (!recoverNext || !opts.committed) return;
-    const candidates = await opts.committed();
+    let st: { size: number; mtimeMs: number };
+    try {
+      st = await stat(abs);
+    } catch (e) {
+      if (errnoOf(e) !== 'ENOENT') throw unavailable('cannot read', e);
+      st = { size: 0, mtimeMs: 0 };
+    }
+    // an empty log is a new one (e.g. the old one moved aside): nothing older is carried into it.
+    // Committed records that may be missing were written after the log's last write reached the disk:
+    // only sources modified since then (less a margin for coarse timestamps) need looking at.
+    const candidates = st.size > 0 ? await opts.committed(st.mtimeMs - 2_000) : [];
     if (!candidates.length) {
       recoverNext = false;
       return;

@@ -60,8 +60,8 @@ export function createFileStateStore(
   const stateFolder = path.join(root, 'state');
   const leases = createLeaseManager(path.join(root, 'locks'), clock);
   const journalOf = (keyName: string) => path.join(stateFolder, `${keyName}.journal`);
-  /** the audit records every journal holds (the audit log recovers from them after a crash) */
-  async function journaledAudit(): Promise<AuditRecord[]> {
+  /** the audit records the journals written since `modifiedSinceMs` hold (the audit log recovers from them after a crash) */
+  async function journaledAudit(modifiedSinceMs: number): Promise<AuditRecord[]> {
     let names: string[];
     try {
       names = await readdir(stateFolder);
@@ -74,6 +74,8 @@ export function createFileStateStore(
       if (!n.endsWith('.journal') || n.startsWith('.')) continue;
       let text: string;
       try {
+        // a journal last written before the audit log was is fully in it already
+        if ((await stat(path.join(stateFolder, n))).mtimeMs < modifiedSinceMs) continue;
         text = await readFile(path.join(stateFolder, n), 'utf8');
       } catch (e) {
         if (errnoOf(e) === 'ENOENT') continue;
