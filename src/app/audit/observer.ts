@@ -1,6 +1,9 @@
 /**
- * The audit observer: one record per workflow transition (awaited in order by run.ts, after the
- * snapshot of that transition is saved) and one per rotation result. References only.
+ * The audit observer: one record per workflow transition and one per rotation result. References
+ * only. With `trail` (the state backend's own audit trail) a rotation's records are written by the
+ * state store together with its snapshots (see InlineAudit in run/types.ts); otherwise, and for
+ * results that are not a rotation's (locked, not due, errors before the lease), they are appended to
+ * `sink` (awaited in order, after the snapshot of that transition is saved).
  */
 import { hostname, userInfo } from 'node:os';
 import { STAGES, COMPENSATIONS } from '../../core/stages.ts';

@@ -6,6 +6,12 @@
  * that entered it. Stages wait for `flushed()` before they touch the world, so the snapshot that says
  * "we are in this stage" is durable first.
  *
+ * One durable write per transition: when the audit observer's trail is the state store's own
+ * (`StateStore.auditTrail`, the default for every backend), the transition's audit record is built
+ * here and written in the same write as its snapshot (`saveActive(..., audit)`), and the final
+ * transition's and the result's records with the result (`finish(..., audit)`): fenced like the
+ * snapshot, both or neither. That observer's `onTransition` / `onResult` are then not used for them.
+ *
  * Observers (the audit trail among them) hear only of what this worker may still write: once a write
  * was refused with LEASE_LOST (a successor owns the rotation), the transitions this stale worker's
  * machine still goes through are not reported, and the final state is reported only by `announceFinal`

@@ -22,7 +22,8 @@
  * clocks, so a worker whose clock runs ahead by d takes over a lease d early (see
  * docs/state-backends.md for the skew tolerated). Fencing makes that safe for the data: every write
  * of a holder is a TransactWriteItems of a ConditionCheck `token = :t` on the lease item and a Put of
- * the record conditional on its revision (optimistic concurrency for read-modify-write).
+ * the record conditional on its revision (optimistic concurrency for read-modify-write); a write with
+ * audit entries adds one Put per audit record and the head's Put to the same transaction.
  */
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';

@@ -1,8 +1,14 @@
 /**
- * The default StateStore: one JSON file per key, `<stateDir>/state/<key>.json`, holding
- * `{ format: 'keyrotor-state/1', record: KeyRecord }` (references only, never secret values), written
- * atomically (temp + fsync + rename + fsync dir; 0600 files, 0700 folders), plus the per-key lease
- * in `<stateDir>/locks/` (see file-lease.ts). Fencing: every grant to a new owner bumps the key's
+ * The default StateStore: per key an append-only journal `<stateDir>/state/<key>.journal` (0600 files,
+ * 0700 folders): every write is ONE fsync'd line `{ format: 'keyrotor-journal/1', record: KeyRecord,
+ * audit?: AuditRecord[] }` whose record is the whole new record (references only, never secret values)
+ * and whose `audit` holds the transition's audit records, chained under the audit log's lock and
+ * appended to the audit log (`audit.jsonl`) right after without an fsync of their own; the log restores
+ * from the journals what a crash kept from it (audit/jsonl.ts, `committed`). Reading takes the
+ * journal's last complete line (a torn last line was never acknowledged), else `<key>.json`
+ * (`{ format: 'keyrotor-state/1', record }`, as 0.2.0 wrote it, and what a journal longer than
+ * JOURNAL_COMPACT_BYTES is folded into), plus the per-key lease in `<stateDir>/locks/` (see
+ * file-lease.ts). Fencing: every grant to a new owner bumps the key's
  * counter in `<stateDir>/fences/<key>.json` (written by the new holder only; a re-acquire by the same
  * owner extends its lease and keeps the token); a write with a fence first checks
  * that counter still equals its token (under the in-process queue; across processes the window

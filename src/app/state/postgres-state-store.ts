@@ -18,7 +18,8 @@
  * `now()`, never by a worker's clock. Release sets `expires_at` to now (the row and its token stay,
  * so tokens only ever grow). A fenced write runs in one transaction that first takes a share lock on
  * the lease row and checks the token: a concurrent grant waits for the write to commit, and a write
- * whose token is no longer current is refused (LEASE_LOST) without touching the record.
+ * whose token is no longer current is refused (LEASE_LOST) without touching the record. A write with
+ * audit entries appends them (and moves the chain head, locked last) in the same transaction.
  * Deadlocks (40P01), serialization failures (40001) and unique-key races (23505) are retried.
  */
 import { KeyrotorError } from '../../core/errors.ts';
