@@ -24,6 +24,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CANARY } from '../test/canary.ts';
 import { runP1 } from './lib/p1-overhead.ts';
+import { runP1State } from './lib/p1-state.ts';
 import { runP4 } from './lib/p4-coldstart.ts';
 import { createFleetWorld, runP3, runP5, type FleetWorld } from './lib/p3-fleet.ts';
 import { benchTmp, fastTmp, filesContaining, fmtMs, machine, progress, round } from './lib/util.ts';
@@ -102,6 +103,10 @@ const p1 =
   only.has('p1') || only.has('p2')
     ? await section('P1/P2', () => runP1({ tmp, pairs: SIZES.p1Rounds, warmup: SIZES.p1Warmup }))
     : undefined;
+const p1s =
+  only.has('p1') || only.has('p1s')
+    ? await section('P1 per state backend', () => runP1State({ tmp, rounds: SIZES.p1Rounds, warmup: SIZES.p1Warmup }))
+    : undefined;
 // P3 on the temp dir's disk (fsync costs are part of a fleet run); P5 measures memory, not time, so
 // its world lives on tmpfs when there is one, to keep the bench short (page cache is not process RSS)
 const worlds: { p3?: FleetWorld; p5?: FleetWorld } = {};
@@ -143,6 +148,7 @@ const results = {
   targets: TARGETS,
   durationS: totalS,
   p1: p1 ? (p1.ok ? { seconds: p1.seconds, ...p1.value } : p1) : null,
+  p1State: p1s ? (p1s.ok ? { seconds: p1s.seconds, ...p1s.value } : p1s) : null,
   p3: p3 ? (p3.ok ? { seconds: p3.seconds, ...p3.value } : p3) : p3World && !p3World.ok ? p3World : null,
   p4: p4 ? (p4.ok ? { seconds: p4.seconds, ...p4.value } : p4) : null,
   p5: p5
@@ -257,9 +263,30 @@ if (p1) {
     const st = p1.value.perStore[0];
     if (st)
       lines.push(
-        `  + keyrotor's own files per rotation: state ${st.stateFileWrites} atomic writes (fsync) + ${st.stateFileReads} reads; audit trail ${st.auditFileWrites} file writes`,
+        `  + keyrotor's own files per rotation: state ${st.stateFileWrites} file opens for writing + ${st.stateFileReads} reads; audit trail ${st.auditFileWrites} file opens for writing`,
       );
   } else lines.push(`  error: ${p1.error}`);
+  lines.push('');
+}
+if (p1s) {
+  lines.push(row(['P1 per state backend (file secret store)', 'keyrotor', 'floor', 'ratio', 'target', ''], W));
+  if (p1s.ok) {
+    for (const b of p1s.value.perBackend)
+      lines.push(
+        row(
+          [
+            `  ${b.backend} (${b.durableWrites} durable writes)`,
+            fmtMs(b.keyrotorMs),
+            fmtMs(p1s.value.floorMs),
+            b.ratio.toFixed(2),
+            b.backend === 'file' ? `<= ${TARGETS.p1Ratio}` : '',
+            b.backend === 'file' ? mark(b.ratio <= TARGETS.p1Ratio) : '',
+          ],
+          W,
+        ),
+      );
+    for (const n of p1s.value.notes) lines.push(`  note: ${n}`);
+  } else lines.push(`  error: ${p1s.error}`);
   lines.push('');
 }
 if (p3) {

@@ -11,15 +11,7 @@
  * earlier runs left in the state backend's outbox (see notify/notifier.ts); `flushObservers` waits
  * for that too.
  */
-import {
-  auditObserver,
-  auditSettings,
-  createJsonlAuditLog,
-  auditPath,
-  logAuditSink,
-  teeAuditSink,
-  type AuditSink,
-} from './audit/index.ts';
+import { auditObserver, auditSettings, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
@@ -49,11 +41,12 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
 
   const settings = auditSettings(o.config);
   if (o.audit !== false && (o.audit || settings.enabled)) {
-    let sink: AuditSink =
-      o.audit ||
-      (createStateAuditLog(o.config, o.env ?? process.env) ?? createJsonlAuditLog(auditPath(o.config, settings)));
-    if (settings.mirrorToLog) sink = teeAuditSink([sink, logAuditSink(o.logger.child({ component: 'audit' }))]);
-    observers.push(auditObserver({ sink, actor: o.actor }));
+    // the state backend's own trail: a rotation's records are written with its snapshots (one write)
+    const log = o.audit ? undefined : createStateAuditLog(o.config, o.env ?? process.env);
+    const base: AuditSink = o.audit || log!;
+    const mirror = settings.mirrorToLog ? logAuditSink(o.logger.child({ component: 'audit' })) : undefined;
+    const sink = mirror ? teeAuditSink([base, mirror]) : base;
+    observers.push(auditObserver({ sink, actor: o.actor, trail: log?.trail, mirror }));
   }
 
   const metrics = o.metrics ?? processMetrics();

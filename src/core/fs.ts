@@ -54,8 +54,13 @@ export function uniqueSibling(file: string, suffix: string): string {
   );
 }
 
-/** Replace `file` atomically with `data` (mode 0600, folder 0700). A crash leaves the old file intact. */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
+/**
+ * Replace `file` atomically with `data` (mode 0600, folder 0700). A crash leaves the old file intact.
+ * `sync: false` skips both fsyncs: still atomic for readers and across a process crash, not durable
+ * across a power loss (for files rebuilt from a durable source).
+ */
+export async function writeFileAtomic(file: string, data: string, opts: { sync?: boolean } = {}): Promise<void> {
+  const sync = opts.sync !== false;
   const dir = path.dirname(file);
   await ensureDir(dir);
   const tmp = uniqueSibling(file, 'tmp');
@@ -63,7 +68,7 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
   try {
     try {
       await fh.writeFile(data, 'utf8');
-      await fh.sync();
+      if (sync) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -72,7 +77,7 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
     await rm(tmp, { force: true }).catch(() => undefined);
     throw e;
   }
-  await fsyncDir(dir);
+  if (sync) await fsyncDir(dir);
 }
 
 const queues = new Map<string, Promise<unknown>>();

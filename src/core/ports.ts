@@ -14,6 +14,7 @@ import type { Secret } from './secret.ts';
 import type { Clock } from './clock.ts';
 import type { ErrorRecord } from './errors.ts';
 import type { Outcome, Stage } from './stages.ts';
+import type { AuditEntry } from './audit.ts';
 
 // ---------------------------------------------------------------- issuer
 
@@ -295,16 +296,43 @@ export interface OutboxEntry {
 
 export const OUTBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
+/**
+ * What `saveActive` / `finish` with `audit` return when the snapshot was written but the audit trail
+ * refused the records before anything of the write happened (the file backend's audit log is damaged
+ * or locked): the rotation goes on, as an audit failure never stops one; the caller reports it.
+ */
+export interface AuditNotWritten {
+  auditError: unknown;
+}
+
 export interface StateStore {
   /** e.g. `file:.keyrotor`, `postgres:db.internal:5432/keyrotor (schema keyrotor)`; never a password */
   readonly label: string;
   /** null when the key was never seen. Corrupt or unknown-format data throws STATE_UNREADABLE. */
   read(keyName: string): Promise<KeyRecord | null>;
-  /** persist the running rotation's snapshot (atomic); with a fence, only while its token is current */
-  saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence): Promise<void>;
+  /**
+   * The audit trail this store writes together with its records (the `audit` argument of
+   * `saveActive` / `finish`), named as the audit log names itself (`AuditLog.trail`), e.g.
+   * `file:/abs/.keyrotor/audit/audit.jsonl` or the database store's label. Absent: the store keeps
+   * no audit trail and `audit` must not be passed.
+   */
+  readonly auditTrail?: string;
+  /**
+   * persist the running rotation's snapshot (atomic); with a fence, only while its token is current.
+   * `audit`: the transition's audit entries, chained onto `auditTrail` in the SAME atomic write (one
+   * transaction / one conditional write / one fsync'd append): both land or neither, and a refused
+   * fence writes neither.
+   */
+  saveActive(
+    keyName: string,
+    rotation: PersistedRotation,
+    fence?: Fence,
+    audit?: readonly AuditEntry[],
+  ): Promise<void | AuditNotWritten>;
   /**
    * the rotation ended: record the result and clear `active` — or, in the same atomic write, keep
-   * `keepActive` (a rotation that can only go forward and must stay resumable)
+   * `keepActive` (a rotation that can only go forward and must stay resumable); `audit` as in
+   * `saveActive` (the final transition and the result record)
    */
   finish(
     keyName: string,
@@ -312,7 +340,8 @@ export interface StateStore {
     currentKeyId?: string | null,
     keepActive?: PersistedRotation | null,
     fence?: Fence,
-  ): Promise<void>;
+    audit?: readonly AuditEntry[],
+  ): Promise<void | AuditNotWritten>;
   setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void>;
   /**
    * Remember `key` only if it is not set yet (atomic create-once, no lease needed: used by

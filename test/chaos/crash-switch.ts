@@ -155,10 +155,12 @@ export class CrashSwitch {
   wrapStateStore(s: StateStore): StateStore {
     return {
       label: s.label,
+      ...(s.auditTrail ? { auditTrail: s.auditTrail } : {}),
       read: (k) => this.#quiet(() => s.read(k)),
       keys: () => this.#quiet(() => s.keys()),
-      saveActive: (k, r, f) => this.#event('state.saveActive', () => s.saveActive(k, r, f)),
-      finish: (k, r, c, a, f) => this.#event('state.finish', () => s.finish(k, r, c, a, f)),
+      // a snapshot and its audit records are one write: one event
+      saveActive: (k, r, f, audit) => this.#event('state.saveActive', () => s.saveActive(k, r, f, audit)),
+      finish: (k, r, c, a, f, audit) => this.#event('state.finish', () => s.finish(k, r, c, a, f, audit)),
       setProviderState: (k, a, b, f) => this.#event('state.setProviderState', () => s.setProviderState(k, a, b, f)),
       put: (r, f) => this.#event('state.put', () => s.put(r, f)),
       acquire: async (k, owner, ttl): Promise<Lease | LeaseHolder> => {

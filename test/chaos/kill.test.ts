@@ -515,6 +515,18 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
         'end',
       );
     }
+    // the audit trail survived every kill: each record was committed with its snapshot (or not at
+    // all), so the chain verifies and every rotation's records end with at most one result
+    const verified = await cli(worlds[0]!, ['audit', 'verify', '--json']);
+    if (verified.code !== 0)
+      counts.violations.push(`[seed ${SEED}] audit verify after the kills: ${verified.stdout.slice(0, 600)}`);
+    const history = await cli(worlds[0]!, ['history', '--json']);
+    const { rotations } = JSON.parse(history.stdout || '{"rotations":[]}') as {
+      rotations: { rotationId: string | null; stages: { state: string }[] }[];
+    };
+    for (const h of rotations)
+      if (h.rotationId && h.stages.filter((x) => x.state === 'rotated').length > 1)
+        counts.violations.push(`[seed ${SEED}] ${h.rotationId}: recorded "rotated" more than once`);
 
     const report = {
       seed: SEED,

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { CLI, runCli, type CliRun } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
+import { fileStateRecord } from '../helpers/file-state.ts';
 
 // a long lease: anything that waited for it would time the test out
 const world = useOpenAICliWorld({ masterKey: '5a'.repeat(32), extraDefaults: 'lease: { ttl: 10m }' });
@@ -39,14 +40,8 @@ function spawnCli(args: string[], dir: string, name: string, extraEnv: Record<st
 }
 
 function active(dir: string): { rotationId: string; stage: string } | undefined {
-  const file = path.join(dir, '.keyrotor/state/app.json');
-  if (!existsSync(file)) return undefined;
-  try {
-    const a = JSON.parse(readFileSync(file, 'utf8')).record?.active;
-    return a ? { rotationId: a.rotationId, stage: String(a.snapshot.value) } : undefined;
-  } catch {
-    return undefined; // mid-rename
-  }
+  const a = fileStateRecord(path.join(dir, '.keyrotor'), 'app')?.active;
+  return a ? { rotationId: a.rotationId, stage: String(a.snapshot.value) } : undefined;
 }
 const lockFile = (dir: string) => path.join(dir, '.keyrotor/locks/app.lock');
 

@@ -6,7 +6,7 @@
  * issuer knows as a key is refused as a placeholder.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { runCli, workspace } from './cli-helpers.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
@@ -16,6 +16,7 @@ import { Secret } from '../../src/core/secret.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
+import { fileStateRecord, fileStateText } from '../helpers/file-state.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -91,8 +92,8 @@ describe('a placeholder value in the store', () => {
     });
     expect(a.code, a.stderr).toBe(0);
     expect(a.stdout).toContain(`app: the current value (${fp}) is declared a placeholder`);
-    const state = JSON.parse(readFileSync(path.join(dir, '.keyrotor/state/app.json'), 'utf8'));
-    expect(state.record.providerState[`placeholder.${fp}`]).toMatch(/^\d{4}-/);
+    const state = fileStateRecord(path.join(dir, '.keyrotor'), 'app');
+    expect(state?.providerState[`placeholder.${fp}`]).toMatch(/^\d{4}-/);
     expect(auditRecords(dir).filter((r) => r.type === 'adopt')).toEqual([
       expect.objectContaining({ key: 'app', placeholder: true, oldFingerprint: fp, reason: 'terraform dummy' }),
     ]);
@@ -143,7 +144,6 @@ describe('a placeholder value in the store', () => {
     const a = await runCli(['adopt', 'app', '--placeholder'], { cwd: dir, env: env(), name: 'ph-refused-adopt' });
     expect(a.code).toBe(2);
     expect(a.stderr).toContain(`matches issuer key ${real.id}: it is a key, not a placeholder (use --key-id)`);
-    const stateFile = path.join(dir, '.keyrotor/state/app.json');
-    expect(existsSync(stateFile) ? readFileSync(stateFile, 'utf8') : '').not.toContain('placeholder.'); // nothing declared
+    expect(fileStateText(path.join(dir, '.keyrotor'), 'app')).not.toContain('placeholder.'); // nothing declared
   });
 });

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ROOT, runCli, treeText, workspace } from './cli-helpers.ts';
@@ -18,6 +18,7 @@ import { silentLogger } from '../../src/app/log.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { CANARY } from '../canary.ts';
 import { capture } from '../helpers/artifacts.ts';
+import { fileStateRecord } from '../helpers/file-state.ts';
 
 let fake: OpenAIFake;
 const children: ChildProcess[] = [];
@@ -67,12 +68,8 @@ async function startApp(
 }
 
 const stage = (dir: string): string | undefined => {
-  const f = path.join(dir, '.keyrotor/state/app.json');
-  try {
-    return existsSync(f) ? String(JSON.parse(readFileSync(f, 'utf8')).record?.active?.snapshot?.value) : undefined;
-  } catch {
-    return undefined;
-  }
+  const r = fileStateRecord(path.join(dir, '.keyrotor'), 'app');
+  return r ? String(r.active?.snapshot?.value) : undefined;
 };
 
 describe('keyrotor/consumer end to end', () => {

@@ -5,11 +5,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+
 import path from 'node:path';
 import { CLI, runCli, type CliRun } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
+import { fileStateRecord } from '../helpers/file-state.ts';
 
 const world = useOpenAICliWorld({ masterKey: '34'.repeat(32), extraDefaults: 'lease: { ttl: 2s }' });
 const { env, results, live, bootstrap } = world;
@@ -43,20 +44,21 @@ interface Waiting {
 }
 /** the running rotation as persisted in the state file */
 function persisted(dir: string): Waiting | undefined {
-  const file = path.join(dir, '.keyrotor/state/app.json');
-  if (!existsSync(file)) return undefined;
-  try {
-    const active = JSON.parse(readFileSync(file, 'utf8')).record?.active;
-    if (!active) return undefined;
-    return {
-      rotationId: active.rotationId,
-      stage: String(active.snapshot.value),
-      confirmDeadlines: active.snapshot.context.deadlines.confirm,
-      updatedAt: Date.parse(active.updatedAt),
-    };
-  } catch {
-    return undefined; // mid-rename
-  }
+  const active = fileStateRecord(path.join(dir, '.keyrotor'), 'app')?.active as
+    | {
+        rotationId: string;
+        updatedAt: string;
+        snapshot: { value: unknown; context: { deadlines: { confirm: number[] | null } } };
+      }
+    | null
+    | undefined;
+  if (!active) return undefined;
+  return {
+    rotationId: active.rotationId,
+    stage: String(active.snapshot.value),
+    confirmDeadlines: active.snapshot.context.deadlines.confirm,
+    updatedAt: Date.parse(active.updatedAt),
+  };
 }
 async function waitForConfirm(dir: string): Promise<Waiting> {
   for (let i = 0; i < 400; i++) {

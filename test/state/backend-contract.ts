@@ -19,7 +19,9 @@ import {
   type RotationResult,
   type StateStore,
 } from '../../src/core/ports.ts';
-import { exportState, importState, parseExport } from '../../src/app/state/transfer.ts';
+import { exportState, importState, parseExport, parseExportFull } from '../../src/app/state/transfer.ts';
+import type { AuditEntry } from '../../src/core/audit.ts';
+import type { AuditLog } from '../../src/app/audit/sink.ts';
 
 export interface BackendHarness {
   open(): StateStore;
@@ -297,6 +299,80 @@ export function describeStateBackendContract(name: string, make: () => Promise<B
       expect(Object.keys(r!.providerState).sort()).toEqual(
         [0, 1, 2, 3].flatMap((i) => [0, 1, 2].map((j) => `w${i}.${j}`)).sort(),
       );
+    });
+
+    it('audit with the snapshot: saveActive / finish chain their audit entries in the same write; a refused fence writes neither; export/import keeps the chain', async () => {
+      const open = await setup();
+      const a = open();
+      const log = (s: StateStore) => (s as StateStore & { auditLog(): AuditLog }).auditLog();
+      expect(a.auditTrail).toBeTruthy();
+      expect(log(a).trail).toBe(a.auditTrail);
+      const entry = (state: string, key = 'app', rotationId = R1): AuditEntry => ({
+        type: 'transition',
+        time: '2026-11-01T00:00:01.000Z',
+        key,
+        rotationId,
+        state,
+        stage: state,
+        actor: 'test',
+      });
+      const la = lease(await a.acquire('app', 'worker-a', 600));
+      await a.saveActive('app', rotation(R1, 'stage'), la, [entry('stage')]);
+      await a.saveActive('app', rotation(R1, 'verify'), la); // a write without a transition
+      // several keys and instances at once: one chain, no fork, no gap
+      const others = ['k1', 'k2', 'k3'].map((k) => ({ k, s: open() }));
+      await Promise.all(
+        others.map(async ({ k, s }) => {
+          for (const st of ['preflight', 'issue', 'stage'])
+            await s.saveActive(k, rotation(R2, st, k), undefined, [entry(st, k, R2)]);
+        }),
+      );
+      let v = await log(open()).verify();
+      expect(v).toMatchObject({ ok: true, records: 10, headSeq: 10 });
+
+      // worker-a freezes past its ttl; worker-b takes over and finishes with the final records
+      await sleep(900);
+      const b = open();
+      const lb = lease(await b.acquire('app', 'worker-b', 60_000));
+      await b.finish('app', result('rotated'), 'key_2', null, lb, [
+        entry('rotated'),
+        { type: 'result', time: '2026-11-01T00:05:00.000Z', key: 'app', rotationId: R1, outcome: 'rotated' },
+      ]);
+      // worker-a wakes: neither its snapshot nor its audit record lands
+      expect((await rejection(a.saveActive('app', rotation(R1, 'promote'), la, [entry('promote')]))).code).toBe(
+        'LEASE_LOST',
+      );
+      expect((await rejection(a.finish('app', result('rolled_back'), 'key_1', null, la, [entry('x')]))).code).toBe(
+        'LEASE_LOST',
+      );
+      v = await log(open()).verify();
+      expect(v).toMatchObject({ ok: true, records: 12, headSeq: 12 });
+      const { records } = await log(open()).read();
+      expect(records.filter((r) => r.key === 'app').map((r) => r.state ?? r.outcome)).toEqual([
+        'stage',
+        'rotated',
+        'rotated',
+      ]);
+      expect(await b.read('app')).toMatchObject({ active: null, currentKeyId: 'key_2' });
+      await lb.release();
+
+      // export / import: the chain moves intact and later writes chain on
+      const exported = await exportState(a, new Date(), log(a));
+      expect(exported.audit).toBe(12);
+      const parsed = parseExportFull(exported.lines.join('\n'), 'export.jsonl');
+      const first = h!;
+      h = await make();
+      const t = h.open();
+      opened.push(t);
+      try {
+        await importState(t, parsed.records, { audit: { log: log(t), records: parsed.audit } });
+        const moved = await log(t).verify();
+        expect(moved).toMatchObject({ ok: true, records: 12, headHash: v.headHash });
+        await t.saveActive('k1', rotation(R2, 'verify', 'k1'), undefined, [entry('verify', 'k1', R2)]);
+        expect(await log(t).verify()).toMatchObject({ ok: true, records: 13 });
+      } finally {
+        await first.cleanup?.();
+      }
     });
 
     it('export/import round trip (into a fresh namespace of the same backend); import refuses to overwrite', async () => {

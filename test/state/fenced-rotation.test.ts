@@ -11,7 +11,8 @@ import path from 'node:path';
 import { parseConfig } from '../../src/app/config/load.ts';
 import { rotateKey } from '../../src/app/run.ts';
 import { silentLogger } from '../../src/app/log.ts';
-import { createStateStore } from '../../src/app/state/index.ts';
+import { createStateAuditLog, createStateStore } from '../../src/app/state/index.ts';
+import { defaultObservers } from '../../src/app/observers.ts';
 import { isLease, type Lease, type StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
@@ -33,8 +34,12 @@ keys:
 `;
 }
 
-/** Worker A's view of the store: renewals never happen; the write entering `promote` blocks until `wake`. */
-function freezingStore(real: StateStore) {
+/**
+ * Worker A's view of the store: renewals never happen; the write entering `promote` blocks until
+ * `wake` — before it reaches the store, or (`afterWrite`) once it landed (the worker is paused right
+ * after its write, before it hears back).
+ */
+function freezingStore(real: StateStore, afterWrite = false) {
   let wake!: () => void;
   const woken = new Promise<void>((r) => (wake = r));
   let frozen!: () => void;
@@ -48,13 +53,18 @@ function freezingStore(real: StateStore) {
     finish: (...a) => real.finish(...a),
     setProviderState: (...a) => real.setProviderState(...a),
     put: (...a) => real.put(...a),
-    async saveActive(k, rot, fence) {
-      if (!once && (rot.snapshot as { value?: unknown }).value === 'promote') {
-        once = true;
+    async saveActive(k, rot, fence, audit) {
+      const freeze = !once && (rot.snapshot as { value?: unknown }).value === 'promote';
+      if (freeze) once = true;
+      if (freeze && !afterWrite) {
         frozen();
         await woken;
       }
-      return real.saveActive(k, rot, fence);
+      await real.saveActive(k, rot, fence, audit);
+      if (freeze && afterWrite) {
+        frozen();
+        await woken;
+      }
     },
     async acquire(k, owner, ttl) {
       const got = await real.acquire(k, owner, ttl);
@@ -74,7 +84,7 @@ function freezingStore(real: StateStore) {
   return { store, isFrozen, wake };
 }
 
-async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
+async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv, afterWrite = false) {
   const file = path.join(dir, 'rotation.config.yaml');
   writeFileSync(file, configText(state));
   const cfg = parseConfig(configText(state), file, env);
@@ -85,9 +95,21 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
   const boot = await rotateKey(key, { config: cfg, stateStore: setup, logger: silentLogger(), env, now: true });
   expect(boot.outcome).toBe('rotated');
 
-  const a = freezingStore(createStateStore(cfg, env));
+  const a = freezingStore(createStateStore(cfg, env), afterWrite);
   const b = createStateStore(cfg, env);
-  const runA = rotateKey(key, { config: cfg, stateStore: a.store, logger: silentLogger(), env, now: true });
+  // both workers keep the audit trail (as the CLI, Lambda and daemon do)
+  const observers = (actor: string, stateStore: StateStore) => ({
+    actor,
+    observers: defaultObservers({ config: cfg, logger: silentLogger(), actor, env, stateStore }),
+  });
+  const runA = rotateKey(key, {
+    config: cfg,
+    stateStore: a.store,
+    logger: silentLogger(),
+    env,
+    now: true,
+    ...observers('worker-a', a.store),
+  });
   await a.isFrozen;
   const during = await b.read('app');
   expect(during?.active).not.toBeNull();
@@ -98,7 +120,14 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
   expect(early.outcome).toBe('locked');
   // ... but after its ttl it resumes A's rotation and finishes it
   await new Promise((r) => setTimeout(r, 1_300));
-  const resumed = await rotateKey(key, { config: cfg, stateStore: b, logger: silentLogger(), env, resumeOnly: true });
+  const resumed = await rotateKey(key, {
+    config: cfg,
+    stateStore: b,
+    logger: silentLogger(),
+    env,
+    resumeOnly: true,
+    ...observers('worker-b', b),
+  });
   expect(resumed).toMatchObject({ outcome: 'rotated', rotationId });
   const after = await b.read('app');
 
@@ -114,6 +143,23 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
     last: { outcome: 'rotated', rotationId },
   });
 
+  // the audit trail: A's records of this rotation all precede B's result (A's audit records are
+  // fenced like its snapshots: written in the same write or not at all), and the chain verifies
+  const log = createStateAuditLog(cfg, env);
+  expect(await log.verify()).toMatchObject({ ok: true });
+  const mine = (await log.read()).records.filter((r) => r.rotationId === rotationId);
+  const end = mine.findIndex((r) => r.type === 'result');
+  expect(mine[end]).toMatchObject({ type: 'result', outcome: 'rotated', actor: 'worker-b' });
+  expect(mine.slice(end + 1)).toEqual([]);
+  expect(mine.some((r) => r.actor === 'worker-a')).toBe(true);
+  // the transition A's landed write entered is recorded by A, before B resumed from it (B records
+  // its own entry into promote, marked resumed)
+  if (afterWrite)
+    expect(mine.filter((r) => r.state === 'promote').map((r) => [r.actor, r.resumed === true])).toEqual([
+      ['worker-a', false],
+      ['worker-b', true],
+    ]);
+
   // and the next rotation works normally
   const next = await rotateKey(key, { config: cfg, stateStore: b, logger: silentLogger(), env, now: true });
   expect(next.outcome).toBe('rotated');
@@ -124,6 +170,9 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
 describe('fenced leases in the run loop', () => {
   it('file backend: a frozen worker that lost its lease cannot write after its successor', async () => {
     await scenario(tempDir('fenced-file'), '', { KEYROTOR_MASTER_KEY: MASTER });
+  }, 30_000);
+  it('file backend: a worker paused right after a write landed appends no audit record when it wakes', async () => {
+    await scenario(tempDir('fenced-file-after'), '', { KEYROTOR_MASTER_KEY: MASTER }, true);
   }, 30_000);
 
   const PG = postgresSupportOrSkip('fenced rotation on PostgreSQL');
@@ -142,6 +191,14 @@ describe('fenced leases in the run loop', () => {
         KEYROTOR_MASTER_KEY: MASTER,
         KEYROTOR_DATABASE_URL: url,
       });
+    }, 30_000);
+    it('postgres backend: a worker paused right after a write landed appends no audit record when it wakes', async () => {
+      await scenario(
+        tempDir('fenced-pg-after'),
+        'state: { type: postgres, schema: after }',
+        { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: url },
+        true,
+      );
     }, 30_000);
   });
 });

@@ -100,11 +100,16 @@ describe('file state store: records', () => {
     });
     await s.saveActive('web', rotation(R2, { keyName: 'web' }));
     expect(await s.keys()).toEqual(['app', 'web']);
-    const file = path.join(dir, 'state', 'app.json');
-    expect(JSON.parse(readFileSync(file, 'utf8')).format).toBe('keyrotor-state/1');
+    // every write is one line appended to the key's journal; the last line is the record
+    const file = path.join(dir, 'state', 'app.journal');
+    const lines = readFileSync(file, 'utf8').split('\n');
+    expect(lines.pop()).toBe('');
+    expect(lines).toHaveLength(4);
+    for (const l of lines) expect(JSON.parse(l).format).toBe('keyrotor-journal/1');
+    expect(JSON.parse(lines[3]!).record).toEqual(r);
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
-    expect(readdirSync(path.dirname(file)).sort()).toEqual(['app.json', 'web.json']);
+    expect(readdirSync(path.dirname(file)).sort()).toEqual(['app.journal', 'web.journal']);
     expect(s.label).toContain('file:');
   });
 
@@ -188,13 +193,55 @@ describe('file state store: records', () => {
 });
 
 describe('file state store: damage is an error naming the file, never a reset', () => {
+  /** a state file as keyrotor 0.2.0 wrote it (`<key>.json`; still read, and what a journal folds into) */
   async function seeded(prefix: string) {
     const dir = tempDir(prefix);
     const s = createFileStateStore(dir);
-    await s.saveActive('app', rotation(R1));
+    const record = {
+      keyName: 'app',
+      active: rotation(R1),
+      last: null,
+      lastRotatedAt: null,
+      currentKeyId: null,
+      providerState: {},
+    };
     const file = path.join(dir, 'state', 'app.json');
+    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(file, JSON.stringify({ format: 'keyrotor-state/1', record }, null, 2) + '\n', { mode: 0o600 });
+    expect(await s.read('app')).toEqual(record);
     return { s, file, raw: readFileSync(file, 'utf8') };
   }
+
+  it('journal: a torn last line is ignored (never acknowledged) and cut off by the next write; a damaged or newer last line is an error', async () => {
+    const dir = tempDir('state-journal-damage');
+    const s = createFileStateStore(dir);
+    await s.saveActive('app', rotation(R1));
+    await s.saveActive('app', rotation(R1, { updatedAt: '2026-11-01T00:00:07.000Z' }));
+    const file = path.join(dir, 'state', 'app.journal');
+    const raw = readFileSync(file, 'utf8');
+    const [l1, l2] = raw.split('\n');
+    // a crash in the middle of the second append: the first line is what was acknowledged
+    writeFileSync(file, `${l1}\n${l2!.slice(0, 40)}`);
+    expect((await s.read('app'))?.active?.updatedAt).toBe(rotation(R1).updatedAt);
+    await s.saveActive('app', rotation(R2));
+    expect(
+      readFileSync(file, 'utf8')
+        .split('\n')
+        .map((l) => (l ? JSON.parse(l).record.active.rotationId : l)),
+    ).toEqual([R1, R2, '']);
+    // a complete last line that is not JSON: damage, never a reset
+    writeFileSync(file, `${l1}\n{"format":"keyrotor-journal/1",garbage\n`);
+    const e = await err(s.read('app'));
+    expect(e.code).toBe('STATE_UNREADABLE');
+    expect(e.message).toContain(path.join('state', 'app.journal'));
+    expect((await err(s.saveActive('app', rotation(R2)))).code).toBe('STATE_UNREADABLE');
+    writeFileSync(file, raw.replaceAll('keyrotor-journal/1', 'keyrotor-journal/2'));
+    expect((await err(s.read('app'))).code).toBe('STATE_VERSION');
+    // the journal wins over a `<key>.json` beside it (a fold interrupted before it removed the journal)
+    writeFileSync(file, raw);
+    writeFileSync(path.join(dir, 'state', 'app.json'), JSON.stringify({ format: 'keyrotor-state/1', record: {} }));
+    expect((await s.read('app'))?.active?.updatedAt).toBe('2026-11-01T00:00:07.000Z');
+  });
 
   it('torn / garbage JSON -> STATE_UNREADABLE', async () => {
     const { s, file, raw } = await seeded('state-torn');

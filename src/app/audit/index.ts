@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { LoadedConfig } from '../config/load.ts';
 import { auditConfigSchema, type AuditConfig } from './schema.ts';
-import { createJsonlAuditLog, type JsonlAuditOptions } from './jsonl.ts';
+import type { JsonlAuditOptions } from './jsonl.ts';
 import type { AuditLog } from './sink.ts';
 import { createStateAuditLog } from '../state/index.ts';
 
@@ -43,10 +43,12 @@ export function auditPath(cfg: LoadedConfig, settings: AuditConfig = auditSettin
 }
 
 /**
- * The audit trail of a config: in the state backend when that is a database (postgres, dynamodb: the
+ * The audit trail of a config, kept by its state backend: in the database (postgres, dynamodb: the
  * chain head moves in the same transaction as each record, so writers on several hosts share one
- * chain), else the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`).
+ * chain), or the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`) for the file
+ * backend. `opts` (lock timing) apply to a JSONL file outside a state backend only.
  */
 export function openAuditLog(cfg: LoadedConfig, opts: JsonlAuditOptions = {}, env = process.env): AuditLog {
-  return createStateAuditLog(cfg, env) ?? createJsonlAuditLog(auditPath(cfg), opts);
+  void opts;
+  return createStateAuditLog(cfg, env);
 }

@@ -53,6 +53,25 @@ export interface JsonlAuditOptions {
   /** a lock older than this is taken over (default 30 s); a lock of a dead process on this host at once */
   staleLockMs?: number;
   now?: () => number;
+  /**
+   * Records committed durably elsewhere that may not have reached this log yet (the file state
+   * store's per-key journals: see file-state-store.ts), from the sources modified since the given
+   * time. Consulted under the lock on this instance's first append or read and after taking over a
+   * dead writer's lock: those that continue the chain are appended first.
+   */
+  committed?: (modifiedSinceMs: number) => Promise<AuditRecord[]>;
+}
+
+/** The log as a state store writes it: chained under the lock, made durable by the store's own write. */
+export interface CommittingAuditLog extends AuditLog {
+  /**
+   * Chain `entries` (under the log's lock), hand the records to `commit` (which makes them durable,
+   * e.g. in the same fsync'd append as a snapshot), then add them to this log without an fsync of
+   * its own. `commit` failing leaves the log untouched.
+   */
+  appendCommitted(entries: readonly AuditEntry[], commit: (records: AuditRecord[]) => Promise<void>): Promise<void>;
+  /** make what this log holds durable (before a store drops its own copies) */
+  sync(): Promise<void>;
 }
 
 interface Head {
@@ -118,7 +137,7 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}): AuditLog {
+export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}): CommittingAuditLog {
   const abs = path.resolve(file);
   const dir = path.dirname(abs);
   const headFile = `${abs}.head`;
@@ -172,6 +191,8 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     }
   }
 
+  /** recover committed records on this instance's first append and after a dead writer's lock */
+  let recoverNext = opts.committed !== undefined;
   async function withLock<T>(fn: () => Promise<T>): Promise<T> {
     await ensureDir(dir);
     const deadline = Date.now() + lockTimeoutMs;
@@ -183,6 +204,8 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         if (errnoOf(e) !== 'EEXIST') throw unavailable('cannot lock', e);
         if (await isStale()) {
           await rm(lockFile, { force: true });
+          // its holder died, maybe between committing records and appending them here
+          if (opts.committed) recoverNext = true;
           continue;
         }
         if (Date.now() > deadline) {
@@ -209,7 +232,65 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     );
   }
 
-  async function appendLocked(entry: AuditEntry): Promise<AuditRecord> {
+  interface Prepared {
+    fh: FileHandle;
+    size: number;
+    /** the last record of the log (after a torn tail was dealt with) */
+    last: AuditRecord | null;
+    /** '\n' when the last record only lacked its newline */
+    prefix: string;
+    /** a repair record to chain first (a torn tail was cut off) */
+    repair: AuditRecord[];
+  }
+
+  /** open the log and read its tail: the record to chain onto, a torn last line completed or cut off */
+  async function prepare(fh: FileHandle): Promise<Prepared> {
+    const size = (await fh.stat()).size;
+    const tail = await readTail(fh, size);
+    let last: AuditRecord | null = null;
+    if (tail.lastLine !== null) {
+      last = parseLine(tail.lastLine);
+      if (!last || !hashOk(last)) {
+        throw new KeyrotorError(
+          'STATE_UNREADABLE',
+          `audit log ${shown}: its last record is damaged; new records are not chained onto it`,
+          {
+            hint: 'run `keyrotor audit verify`, keep the log as evidence and move it aside to start a new one',
+          },
+        );
+      }
+    }
+    let prefix = '';
+    const repair: AuditRecord[] = [];
+    if (tail.fragment.length) {
+      const frag = parseLine(tail.fragment.toString('utf8'));
+      if (frag && hashOk(frag) && frag.seq === (last?.seq ?? 0) + 1 && frag.prev === (last?.hash ?? frag.prev)) {
+        prefix = '\n'; // a complete record that only lost its newline
+        last = frag;
+      } else {
+        await fh.truncate(tail.completeEnd);
+        const r = chainRecord(
+          {
+            type: 'repair',
+            time: new Date(now()).toISOString(),
+            droppedBytes: tail.fragment.length,
+            droppedSha256: sha256Hex(tail.fragment),
+          },
+          last,
+        );
+        repair.push(r);
+        last = r;
+      }
+    }
+    return { fh, size, last, prefix, repair };
+  }
+
+  async function writeHead(rec: AuditRecord, sync: boolean): Promise<void> {
+    const head: Head = { format: AUDIT_HEAD_FORMAT, seq: rec.seq, hash: rec.hash, time: rec.time };
+    await writeFileAtomic(headFile, JSON.stringify(head) + '\n', { sync });
+  }
+
+  async function opened<T>(fn: (fh: FileHandle) => Promise<T>): Promise<T> {
     let fh: FileHandle;
     try {
       fh = await open(abs, 'a+', 0o600);
@@ -217,54 +298,98 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       throw unavailable('cannot open', e);
     }
     try {
-      const size = (await fh.stat()).size;
-      const tail = await readTail(fh, size);
-      let last: AuditRecord | null = null;
-      if (tail.lastLine !== null) {
-        last = parseLine(tail.lastLine);
-        if (!last || !hashOk(last)) {
-          throw new KeyrotorError(
-            'STATE_UNREADABLE',
-            `audit log ${shown}: its last record is damaged; new records are not chained onto it`,
-            {
-              hint: 'run `keyrotor audit verify`, keep the log as evidence and move it aside to start a new one',
-            },
-          );
-        }
-      }
-      let prefix = '';
-      const out: AuditRecord[] = [];
-      if (tail.fragment.length) {
-        const frag = parseLine(tail.fragment.toString('utf8'));
-        if (frag && hashOk(frag) && frag.seq === (last?.seq ?? 0) + 1 && frag.prev === (last?.hash ?? frag.prev)) {
-          prefix = '\n'; // a complete record that only lost its newline
-          last = frag;
-        } else {
-          await fh.truncate(tail.completeEnd);
-          const repair = chainRecord(
-            {
-              type: 'repair',
-              time: new Date(now()).toISOString(),
-              droppedBytes: tail.fragment.length,
-              droppedSha256: sha256Hex(tail.fragment),
-            },
-            last,
-          );
-          out.push(repair);
-          last = repair;
-        }
-      }
-      const rec = chainRecord(entry, last);
-      out.push(rec);
-      await fh.write(prefix + out.map(recordLine).join(''));
-      await fh.sync();
-      if (size === 0) await fsyncDir(dir);
-      const head: Head = { format: AUDIT_HEAD_FORMAT, seq: rec.seq, hash: rec.hash, time: rec.time };
-      await writeFileAtomic(headFile, JSON.stringify(head) + '\n');
-      return rec;
+      return await fn(fh);
     } finally {
       await fh.close();
     }
+  }
+
+  /**
+   * Under the lock: append the committed records (opts.committed) that continue this log's chain,
+   * durably. A crash between a store's commit and its append here left them out; a later writer
+   * would otherwise chain other records onto the same seq.
+   */
+  async function recoverLocked(): Promise<void> {
+    if (!recoverNext || !opts.committed) return;
+    let st: { size: number; mtimeMs: number };
+    try {
+      st = await stat(abs);
+    } catch (e) {
+      if (errnoOf(e) !== 'ENOENT') throw unavailable('cannot read', e);
+      st = { size: 0, mtimeMs: 0 };
+    }
+    // an empty log is a new one (e.g. the old one moved aside): nothing older is carried into it.
+    // Committed records that may be missing were written after the log's last write reached the disk:
+    // only sources modified since then (less a margin for coarse timestamps) need looking at.
+    const candidates = st.size > 0 ? await opts.committed(st.mtimeMs - 2_000) : [];
+    if (!candidates.length) {
+      recoverNext = false;
+      return;
+    }
+    await opened(async (fh) => {
+      const size = (await fh.stat()).size;
+      const tail = await readTail(fh, size);
+      // an empty log is a new one (e.g. the old one moved aside): nothing older is carried into it
+      if (tail.lastLine === null) return;
+      let last = parseLine(tail.lastLine);
+      if (!last || !hashOk(last)) return; // damaged: the next append says so
+      const bySeq = new Map(candidates.map((r) => [r.seq, r]));
+      const found: AuditRecord[] = [];
+      for (;;) {
+        const next = bySeq.get(last.seq + 1);
+        if (!next || !hashOk(next) || next.prev !== last.hash) break;
+        found.push(next);
+        last = next;
+      }
+      if (found.length) {
+        // a torn line left by the crash is superseded by the committed records
+        if (tail.fragment.length) await fh.truncate(tail.completeEnd);
+        await fh.write(found.map(recordLine).join(''));
+        await fh.sync();
+        await writeHead(found[found.length - 1]!, true);
+      }
+    });
+    recoverNext = false;
+  }
+
+  /** before reading: committed records a crash kept from this log are added first (see recoverLocked) */
+  async function recoverCommitted(): Promise<void> {
+    if (recoverNext) await serialized(`audit:${abs}`, () => withLock(recoverLocked));
+  }
+
+  async function appendLocked(entry: AuditEntry): Promise<AuditRecord> {
+    await recoverLocked();
+    return opened(async (fh) => {
+      const p = await prepare(fh);
+      const rec = chainRecord(entry, p.last);
+      const out = [...p.repair, rec];
+      await fh.write(p.prefix + out.map(recordLine).join(''));
+      await fh.sync();
+      if (p.size === 0) await fsyncDir(dir);
+      await writeHead(rec, true);
+      return rec;
+    });
+  }
+
+  async function appendCommittedLocked(
+    entries: readonly AuditEntry[],
+    commit: (records: AuditRecord[]) => Promise<void>,
+  ): Promise<void> {
+    await recoverLocked();
+    await opened(async (fh) => {
+      const p = await prepare(fh);
+      const out = [...p.repair];
+      let last = p.last;
+      for (const e of entries) {
+        last = chainRecord(e, last);
+        out.push(last);
+      }
+      // the durable write (the store's); a failure leaves this log as it was (a torn tail stays cut
+      // off: the next append records the repair again)
+      await commit(out);
+      await fh.write(p.prefix + out.map(recordLine).join(''));
+      await writeHead(last!, false);
+    });
   }
 
   async function readHead(): Promise<Head | null | 'bad'> {
@@ -320,7 +445,29 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       return serialized(`audit:${abs}`, () => withLock(() => appendLocked(entry)));
     },
 
+    trail: `file:${abs}`,
+
+    appendCommitted(entries, commit) {
+      return serialized(`audit:${abs}`, () => withLock(() => appendCommittedLocked(entries, commit)));
+    },
+
+    async sync() {
+      await serialized(`audit:${abs}`, async () => {
+        try {
+          const fh = await open(abs, 'r');
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        } catch (e) {
+          if (errnoOf(e) !== 'ENOENT') throw unavailable('cannot sync', e);
+        }
+      });
+    },
+
     async read(): Promise<AuditReadResult> {
+      await recoverCommitted();
       const text = await readText();
       if (text === null) return { records: [], warnings: [] };
       const lines = text.split('\n');
@@ -342,6 +489,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
 
     async verify(): Promise<VerifyReport> {
       const report: VerifyReport = { file: abs, ok: true, records: 0, headHash: null, headSeq: null, warnings: [] };
+      await recoverCommitted();
       const text = await readText();
       const head = await readHead();
       if (text === null) {

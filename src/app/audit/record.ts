@@ -12,56 +12,13 @@
  * messages), never a secret value.
  */
 import { createHash } from 'node:crypto';
-import type { ErrorRecord } from '../../core/errors.ts';
+import type { AuditEntry } from '../../core/audit.ts';
 
 export const AUDIT_RECORD_VERSION = 1;
 export const GENESIS = '0'.repeat(64);
 const HASH_LABEL = 'keyrotor-audit/1\n';
 
-export type AuditRecordType = 'transition' | 'result' | 'repair' | 'adopt';
-
-/** What an observer hands to a sink; the sink adds `v`, `seq`, `prev` and `hash`. */
-export interface AuditEntry {
-  type: AuditRecordType;
-  /** ISO time of the event */
-  time: string;
-  key?: string | undefined;
-  rotationId?: string | null | undefined;
-  /** the workflow state entered (a stage, a compensation or a final state) */
-  state?: string | undefined;
-  /** the stage name when `state` is one (preflight, issue, ..., demote, unstage, discard) */
-  stage?: string | null | undefined;
-  /** result records: rotated | rolled_back | skipped | locked | needs_attention | in_progress | waiting */
-  outcome?: string | null | undefined;
-  /** result records with outcome `waiting`: when the parked rotation is checked again (ISO) */
-  wakeAt?: string | undefined;
-  /** cli | lambda | cloud-run | daemon | library */
-  actor?: string | undefined;
-  /** OS user and host that ran it */
-  user?: string | undefined;
-  host?: string | undefined;
-  leaked?: boolean | undefined;
-  /** first record of a rotation seen by this process is not `preflight`: it resumed a saved rotation */
-  resumed?: boolean | undefined;
-  oldKeyId?: string | null | undefined;
-  newKeyId?: string | null | undefined;
-  oldFingerprint?: string | null | undefined;
-  newFingerprint?: string | null | undefined;
-  error?:
-    (Pick<ErrorRecord, 'code' | 'message'> & { stage?: string | undefined; hint?: string | undefined }) | undefined;
-  leftovers?: string[] | undefined;
-  bootstrap?: boolean | undefined;
-  /** adopt records: the current value was declared a placeholder (no key); result records: bootstrapped over one */
-  placeholder?: boolean | undefined;
-  /** adopt records: why, as the operator said (--reason) */
-  reason?: string | undefined;
-  oldKeyLastUsedAt?: string | null | undefined;
-  startedAt?: string | undefined;
-  finishedAt?: string | undefined;
-  /** repair records: what was dropped from a torn last line */
-  droppedBytes?: number | undefined;
-  droppedSha256?: string | undefined;
-}
+export type { AuditEntry, AuditRecordType } from '../../core/audit.ts';
 
 export interface AuditRecord extends AuditEntry {
   v: number;

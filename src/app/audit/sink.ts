@@ -45,6 +45,11 @@ export interface AuditReadResult {
 /** A sink that can also be read back and verified (the JSONL file). */
 export interface AuditLog extends AuditSink {
   readonly file: string;
+  /**
+   * The trail's identity: equal to `StateStore.auditTrail` of a state store that writes this trail
+   * itself, with its snapshots (then a rotation's records go through the store, in one write each).
+   */
+  readonly trail?: string;
   read(): Promise<AuditReadResult>;
   verify(): Promise<VerifyReport>;
   /**

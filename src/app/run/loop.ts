@@ -211,8 +211,7 @@ export async function runRotation(
   const { serving, keepActive } = recordAfter(state, ctx, journal.lastActive());
   const lost = journal.failure();
   if (lost && toKeyrotorError(lost).code === 'LEASE_LOST') await discardUnrecorded(minted, journal, providers, rlog);
-  await o.stateStore.finish(key.name, result, serving, keepActive, fence);
-  await journal.announceFinal();
+  await journal.finish(result, serving, keepActive);
   const level = result.outcome === 'rotated' ? 'info' : result.outcome === 'rolled_back' ? 'warn' : 'error';
   rlog[level](
     {

@@ -6,6 +6,12 @@
  * that entered it. Stages wait for `flushed()` before they touch the world, so the snapshot that says
  * "we are in this stage" is durable first.
  *
+ * One durable write per transition: when the audit observer's trail is the state store's own
+ * (`StateStore.auditTrail`, the default for every backend), the transition's audit record is built
+ * here and written in the same write as its snapshot (`saveActive(..., audit)`), and the final
+ * transition's and the result's records with the result (`finish(..., audit)`): fenced like the
+ * snapshot, both or neither. That observer's `onTransition` / `onResult` are then not used for them.
+ *
  * Observers (the audit trail among them) hear only of what this worker may still write: once a write
  * was refused with LEASE_LOST (a successor owns the rotation), the transitions this stale worker's
  * machine still goes through are not reported, and the final state is reported only by `announceFinal`
@@ -14,7 +20,15 @@
 import type { SnapshotFrom } from 'xstate';
 import type { Clock } from '../../core/clock.ts';
 import { toKeyrotorError } from '../../core/errors.ts';
-import type { Fence, Logger, PersistedRotation, StateStore } from '../../core/ports.ts';
+import type {
+  AuditNotWritten,
+  Fence,
+  Logger,
+  PersistedRotation,
+  RotationResult,
+  StateStore,
+} from '../../core/ports.ts';
+import type { AuditEntry } from '../../core/audit.ts';
 import { MACHINE_VERSION, type RotationMachine } from '../../../workflows/rotation/rotation.machine.ts';
 import { KEYROTOR_VERSION, type RotationObserver, type TransitionEvent } from './types.ts';
 
@@ -41,8 +55,16 @@ export interface Journal {
   lastActive(): PersistedRotation | null;
   /** true once a snapshot naming this new key id was written (a successor resuming from it may use the key) */
   wrote(newKeyId: string): boolean;
-  /** tell observers of the final state (call after `finish` wrote the result); resolves when told */
-  announceFinal(): Promise<void>;
+  /**
+   * Record the result (`StateStore.finish`, fenced) together with the final transition's and the
+   * result's audit records when the store keeps the audit trail (one write), then tell observers of
+   * the final state.
+   */
+  finish(
+    result: RotationResult,
+    serving: string | null | undefined,
+    keepActive: PersistedRotation | null,
+  ): Promise<void>;
 }
 
 export function createJournal(o: {
@@ -63,12 +85,27 @@ export function createJournal(o: {
   let lastActive: PersistedRotation | null = null;
   let final: TransitionEvent | null = null;
   const written = new Set<string>();
+  /** the audit observer whose trail this store writes with its snapshots (one write per transition) */
+  const inlineObs = o.stateStore.auditTrail
+    ? o.observers?.find((x) => x.inlineAudit?.trail === o.stateStore.auditTrail)
+    : undefined;
+  const inline = inlineObs?.inlineAudit;
   /** a write was refused because another worker holds the lease now */
   const lost = () => persistError !== null && toKeyrotorError(persistError).code === 'LEASE_LOST';
   const tell = (ev: TransitionEvent) => {
     for (const obs of o.observers ?? [])
-      if (obs.onTransition)
+      if (obs.onTransition && obs !== inlineObs)
         chain = chain.then(() => (lost() ? undefined : notify(o.log, 'transition', () => obs.onTransition!(ev))));
+  };
+  const wroteAudit = (entries: readonly AuditEntry[] | undefined, r: void | AuditNotWritten) => {
+    if (!entries?.length || !inline) return;
+    // the snapshot is written, the audit trail refused its records: an audit failure never stops a rotation
+    if (r?.auditError)
+      o.log.warn(
+        { err: toKeyrotorError(r.auditError).toRecord() },
+        'audit trail: the record of this transition was not written (the rotation is not affected)',
+      );
+    else inline.written(entries);
   };
 
   return {
@@ -77,7 +114,10 @@ export function createJournal(o: {
       // a per-store state is entered again for every store
       const entered = state !== lastState || s.hasTag('perStore');
       lastState = state;
+      const ev = entered && o.observers?.some((x) => x.onTransition || x.inlineAudit) ? event(s, state) : null;
       if (persistedSnapshot !== null) {
+        // the transition's audit record goes into the same write as its snapshot
+        const audit = ev && inline ? [inline.transition(ev)] : undefined;
         const persisted: PersistedRotation = {
           rotationId: o.rotationId,
           keyName: o.keyName,
@@ -89,40 +129,51 @@ export function createJournal(o: {
         lastActive = persisted;
         const newKeyId = s.context.newKeyId;
         chain = chain
-          .then(() => o.stateStore.saveActive(o.keyName, persisted, o.fence))
-          .then(() => void (newKeyId && written.add(newKeyId)))
+          .then(() =>
+            // after a refused write nothing more is written (a successor owns the rotation)
+            lost() ? Promise.reject(persistError) : o.stateStore.saveActive(o.keyName, persisted, o.fence, audit),
+          )
+          .then((r) => {
+            if (newKeyId) written.add(newKeyId);
+            wroteAudit(audit, r);
+          })
           .catch((e: unknown) => {
-            persistError = e;
+            persistError ??= e;
           });
       }
-      if (entered && o.observers?.some((x) => x.onTransition)) {
-        const ctx = s.context;
-        const ev: TransitionEvent = {
-          key: o.keyName,
-          rotationId: o.rotationId,
-          state,
-          at: new Date(o.clock.now()).toISOString(),
-          actor: o.actor ?? 'library',
-          leaked: ctx.leaked,
-          oldKeyId: ctx.oldKeyId,
-          newKeyId: ctx.newKeyId,
-          oldFingerprint: ctx.oldFingerprint,
-          newFingerprint: ctx.newFingerprint,
-          error: ctx.error,
-        };
-        // the final snapshot is written by `finish` with the result: announced after it (announceFinal)
+      if (ev) {
+        // the final snapshot is written by `finish` with the result: announced after it
         if (persistedSnapshot === null) final = ev;
         else tell(ev);
       }
     },
     wrote: (id) => written.has(id),
-    announceFinal() {
+    async finish(result, serving, keepActive) {
+      const audit = inline ? [...(final ? [inline.transition(final)] : []), inline.result(result)] : undefined;
+      wroteAudit(audit, await o.stateStore.finish(o.keyName, result, serving, keepActive, o.fence, audit));
       if (final) tell(final);
       final = null;
-      return chain;
+      await chain;
     },
     flushed: () => chain,
     failure: () => persistError,
     lastActive: () => lastActive,
   };
+
+  function event(s: SnapshotFrom<RotationMachine>, state: string): TransitionEvent {
+    const ctx = s.context;
+    return {
+      key: o.keyName,
+      rotationId: o.rotationId,
+      state,
+      at: new Date(o.clock.now()).toISOString(),
+      actor: o.actor ?? 'library',
+      leaked: ctx.leaked,
+      oldKeyId: ctx.oldKeyId,
+      newKeyId: ctx.newKeyId,
+      oldFingerprint: ctx.oldFingerprint,
+      newFingerprint: ctx.newFingerprint,
+      error: ctx.error,
+    };
+  }
 }

@@ -2,6 +2,7 @@
 import type { LoadedConfig } from '../config/load.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Logger, RotationResult, StateStore } from '../../core/ports.ts';
+import type { AuditEntry } from '../../core/audit.ts';
 import type { RotationContext } from '../../../workflows/rotation/rotation.machine.ts';
 import type { StageEvent } from '../../../workflows/rotation/stages/index.ts';
 
@@ -71,7 +72,23 @@ export interface TransitionEvent {
  * and ordered); `onResult` is awaited before rotateKey returns (notifiers must not block: queue and
  * return).
  */
+/**
+ * An audit trail the state store writes itself (`StateStore.auditTrail === trail`): the run builds
+ * each transition's and the result's audit entry with these and hands them to `saveActive` / `finish`,
+ * which write them in the same atomic, fenced write as the snapshot; `written` is told afterwards.
+ * The observer's `onTransition` / `onResult` are then not called for them.
+ */
+export interface InlineAudit {
+  readonly trail: string;
+  transition(e: TransitionEvent): AuditEntry;
+  result(r: RotationResult): AuditEntry;
+  /** the entries the store wrote (mirrors, bookkeeping); must not throw */
+  written(entries: readonly AuditEntry[]): void;
+}
+
 export interface RotationObserver {
+  /** set by the audit observer: see InlineAudit */
+  inlineAudit?: InlineAudit;
   onTransition?(e: TransitionEvent): void | Promise<void>;
   onStage?(key: string, rotationId: string, e: StageEvent): void;
   onResult?(r: KeyResult): void | Promise<void>;

@@ -22,7 +22,8 @@
  * clocks, so a worker whose clock runs ahead by d takes over a lease d early (see
  * docs/state-backends.md for the skew tolerated). Fencing makes that safe for the data: every write
  * of a holder is a TransactWriteItems of a ConditionCheck `token = :t` on the lease item and a Put of
- * the record conditional on its revision (optimistic concurrency for read-modify-write).
+ * the record conditional on its revision (optimistic concurrency for read-modify-write); a write with
+ * audit entries adds one Put per audit record and the head's Put to the same transaction.
  */
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
@@ -49,13 +50,15 @@ import {
 } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import type * as DDB from '@aws-sdk/client-dynamodb';
-import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import { chainRecord, GENESIS, recordLine, type AuditEntry, type AuditRecord } from '../audit/record.ts';
 import type { AuditLog } from '../audit/sink.ts';
 import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
 
 export const DYNAMODB_LAYOUT_VERSION = 1;
 /** a record item is at most 400 KB; stay well below */
 const MAX_RECORD_BYTES = 350_000;
+/** DynamoDB's limit of items in one TransactWriteItems */
+const MAX_TRANSACT_ITEMS = 100;
 
 type Item = Record<string, DDB.AttributeValue>;
 const S = (v: string): DDB.AttributeValue => ({ S: v });
@@ -187,9 +190,58 @@ export function createDynamoStateStore(
     };
   }
 
-  async function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
+  /** the audit head, read consistently (absent before the first append) */
+  async function auditHead(): Promise<{ item: Item | undefined; seq: number; hash: string }> {
+    const h = await send('reading the audit head', (m, c) =>
+      c.send(new m.GetItemCommand({ TableName: table, Key: { pk: S('audit'), sk: S('head') }, ConsistentRead: true })),
+    );
+    return { item: h.Item, seq: num(h.Item, 'seq') ?? 0, hash: str(h.Item, 'hash') ?? GENESIS };
+  }
+
+  /**
+   * The transaction items that chain `entries` onto the head read before: one Put per record (only if
+   * that seq is free) and the head's Put (only if it still names the seq read), so two writers can
+   * never fork the chain: the loser's whole transaction is cancelled and it chains onto the winner.
+   */
+  function auditItems(entries: readonly AuditEntry[], head: Awaited<ReturnType<typeof auditHead>>) {
+    let prev = head.seq > 0 ? { seq: head.seq, hash: head.hash } : null;
+    const records: AuditRecord[] = [];
+    for (const e of entries) {
+      const rec = chainRecord(e, prev);
+      records.push(rec);
+      prev = rec;
+    }
+    const last = records[records.length - 1]!;
+    const items: DDB.TransactWriteItem[] = records.map((rec) => ({
+      Put: {
+        TableName: table,
+        Item: { pk: S('audit'), sk: S(seqKey(rec.seq)), line: S(recordLine(rec).trimEnd()), hash: S(rec.hash) },
+        ConditionExpression: 'attribute_not_exists(pk)',
+      },
+    }));
+    items.push({
+      Put: {
+        TableName: table,
+        Item: { pk: S('audit'), sk: S('head'), seq: N(last.seq), hash: S(last.hash) },
+        ...(head.item
+          ? { ConditionExpression: 'seq = :ps', ExpressionAttributeValues: { ':ps': N(head.seq) } }
+          : { ConditionExpression: 'attribute_not_exists(pk)' }),
+      },
+    });
+    return { records, items };
+  }
+
+  async function update(
+    keyName: string,
+    fn: (r: KeyRecord) => void,
+    fence?: Fence,
+    audit?: readonly AuditEntry[],
+  ): Promise<void> {
     checkKeyName(keyName);
     await ready();
+    // one TransactWriteItems holds the lease check, the record, each audit record and the head
+    if (audit && audit.length + 3 > MAX_TRANSACT_ITEMS)
+      throw new KeyrotorError('INTERNAL', `too many audit records for one DynamoDB transaction (${audit.length})`);
     for (let attempt = 0; attempt < 30; attempt++) {
       // optimistic concurrency: after a lost race, back off a little (jittered) and read again
       if (attempt > 0) await new Promise((r) => setTimeout(r, Math.random() * Math.min(200, 10 * 2 ** attempt)));
@@ -213,39 +265,48 @@ export function createDynamoStateStore(
           ? { ConditionExpression: 'rev = :rev', ExpressionAttributeValues: { ':rev': N(cur.rev) } }
           : { ConditionExpression: 'attribute_not_exists(pk)' }),
       };
+      const chained = audit?.length ? auditItems(audit, await auditHead()) : undefined;
+      if (
+        chained &&
+        Buffer.byteLength(text) + chained.records.reduce((n, r) => n + recordLine(r).length, 0) > 3_500_000
+      )
+        throw new KeyrotorError(
+          'INTERNAL',
+          `the state write of key "${keyName}" is too large for one DynamoDB transaction`,
+        );
       try {
         const { sdk: m, client } = await sdk();
-        if (!fence) {
+        if (!fence && !chained) {
           await client.send(new m.PutItemCommand(put));
           return;
         }
-        await client.send(
-          new m.TransactWriteItemsCommand({
-            TransactItems: [
-              {
-                ConditionCheck: {
-                  TableName: table,
-                  Key: { pk: S(pk(keyName)), sk: S('lease') },
-                  ConditionExpression: '#t = :t',
-                  ExpressionAttributeNames: { '#t': 'token' },
-                  ExpressionAttributeValues: { ':t': N(fence.token) },
-                },
-              },
-              { Put: put },
-            ],
-          }),
-        );
+        const items: DDB.TransactWriteItem[] = [];
+        if (fence)
+          items.push({
+            ConditionCheck: {
+              TableName: table,
+              Key: { pk: S(pk(keyName)), sk: S('lease') },
+              ConditionExpression: '#t = :t',
+              ExpressionAttributeNames: { '#t': 'token' },
+              ExpressionAttributeValues: { ':t': N(fence.token) },
+            },
+          });
+        items.push({ Put: put });
+        if (chained) items.push(...chained.items);
+        await client.send(new m.TransactWriteItemsCommand({ TransactItems: items }));
         return;
       } catch (e) {
         const name = nameOf(e);
         if (name === 'ConditionalCheckFailedException') continue; // the record changed: read again
         if (name === 'TransactionCanceledException') {
           const reasons = (e as { CancellationReasons?: { Code?: string }[] }).CancellationReasons ?? [];
-          const leaseFailed = reasons[0]?.Code === 'ConditionalCheckFailed';
-          const recordFailed = reasons[1]?.Code === 'ConditionalCheckFailed';
-          if (leaseFailed || (!recordFailed && !(await tokenIs(keyName, fence!.token))))
-            throw leaseLost(keyName, fence!, 'the lease was granted again');
-          continue; // the record changed (or a transaction conflict): read again
+          const at = fence ? 1 : 0;
+          const leaseFailed = fence !== undefined && reasons[0]?.Code === 'ConditionalCheckFailed';
+          const recordFailed = reasons[at]?.Code === 'ConditionalCheckFailed';
+          const auditFailed = reasons.slice(at + 1).some((x) => x.Code === 'ConditionalCheckFailed');
+          if (fence && (leaseFailed || (!recordFailed && !auditFailed && !(await tokenIs(keyName, fence.token)))))
+            throw leaseLost(keyName, fence, 'the lease was granted again');
+          continue; // the record changed, another writer appended to the audit trail, or a conflict: read again
         }
         if (name === 'TransactionConflictException') continue;
         throw mapError(e, `writing the state of key "${keyName}"`);
@@ -363,6 +424,7 @@ export function createDynamoStateStore(
     return {
       label: where,
       file: where,
+      trail: label,
       async append(entry): Promise<AuditRecord> {
         await ready();
         for (let attempt = 0; attempt < 20; attempt++) {
@@ -464,6 +526,7 @@ export function createDynamoStateStore(
 
   return {
     label,
+    auditTrail: label,
     auditLog,
 
     async read(keyName) {

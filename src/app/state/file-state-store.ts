@@ -1,8 +1,14 @@
 /**
- * The default StateStore: one JSON file per key, `<stateDir>/state/<key>.json`, holding
- * `{ format: 'keyrotor-state/1', record: KeyRecord }` (references only, never secret values), written
- * atomically (temp + fsync + rename + fsync dir; 0600 files, 0700 folders), plus the per-key lease
- * in `<stateDir>/locks/` (see file-lease.ts). Fencing: every grant to a new owner bumps the key's
+ * The default StateStore: per key an append-only journal `<stateDir>/state/<key>.journal` (0600 files,
+ * 0700 folders): every write is ONE fsync'd line `{ format: 'keyrotor-journal/1', record: KeyRecord,
+ * audit?: AuditRecord[] }` whose record is the whole new record (references only, never secret values)
+ * and whose `audit` holds the transition's audit records, chained under the audit log's lock and
+ * appended to the audit log (`audit.jsonl`) right after without an fsync of their own; the log restores
+ * from the journals what a crash kept from it (audit/jsonl.ts, `committed`). Reading takes the
+ * journal's last complete line (a torn last line was never acknowledged), else `<key>.json`
+ * (`{ format: 'keyrotor-state/1', record }`, as 0.2.0 wrote it, and what a journal longer than
+ * JOURNAL_COMPACT_BYTES is folded into), plus the per-key lease in `<stateDir>/locks/` (see
+ * file-lease.ts). Fencing: every grant to a new owner bumps the key's
  * counter in `<stateDir>/fences/<key>.json` (written by the new holder only; a re-acquire by the same
  * owner extends its lease and keeps the token); a write with a fence first checks
  * that counter still equals its token (under the in-process queue; across processes the window
@@ -16,13 +22,16 @@
  * (`{ format: 'keyrotor-outbox/1', entry }`, atomic writes); delivered or given-up entries are deleted.
  * A damaged entry file is skipped, never deleted.
  */
-import { readdir, readFile, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
+import type { AuditNotWritten, Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
-import { displayPath, errnoOf, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
+import { displayPath, ensureDir, errnoOf, fsyncDir, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
+import type { AuditEntry } from '../../core/audit.ts';
+import { createJsonlAuditLog, type CommittingAuditLog } from '../audit/jsonl.ts';
+import { isAuditRecord, type AuditRecord } from '../audit/record.ts';
 import { createLeaseManager } from './file-lease.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 import { leaseLost, recordWriters } from './record.ts';
@@ -34,13 +43,67 @@ const OUTBOX_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
 export interface FileStateStoreOptions {
   clock?: Clock;
+  /** the audit trail written with the snapshots (`audit.path`); default `<stateDir>/audit/audit.jsonl` */
+  auditFile?: string;
 }
 
-export function createFileStateStore(stateDir: string, opts: FileStateStoreOptions = {}): StateStore {
+export const JOURNAL_FORMAT = 'keyrotor-journal/1';
+/** a journal longer than this is folded into `<key>.json` after its next append */
+export const JOURNAL_COMPACT_BYTES = 256 * 1024;
+
+interface JournalLine {
+  format: string;
+  record: unknown;
+  audit?: unknown[];
+}
+
+export function createFileStateStore(
+  stateDir: string,
+  opts: FileStateStoreOptions = {},
+): StateStore & { auditLog(): CommittingAuditLog } {
   const clock = opts.clock ?? systemClock;
   const root = path.resolve(stateDir);
   const stateFolder = path.join(root, 'state');
   const leases = createLeaseManager(path.join(root, 'locks'), clock);
+  const journalOf = (keyName: string) => path.join(stateFolder, `${keyName}.journal`);
+  /** the audit records the journals written since `modifiedSinceMs` hold (the audit log recovers from them after a crash) */
+  async function journaledAudit(modifiedSinceMs: number): Promise<AuditRecord[]> {
+    let names: string[];
+    try {
+      names = await readdir(stateFolder);
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return [];
+      throw e;
+    }
+    const out: AuditRecord[] = [];
+    for (const n of names) {
+      if (!n.endsWith('.journal') || n.startsWith('.')) continue;
+      let text: string;
+      try {
+        // a journal last written before the audit log was is fully in it already
+        if ((await stat(path.join(stateFolder, n))).mtimeMs < modifiedSinceMs) continue;
+        text = await readFile(path.join(stateFolder, n), 'utf8');
+      } catch (e) {
+        if (errnoOf(e) === 'ENOENT') continue;
+        throw e;
+      }
+      for (const l of text.split('\n').slice(0, -1)) {
+        try {
+          const o = JSON.parse(l) as JournalLine;
+          for (const r of o.audit ?? []) if (isAuditRecord(r)) out.push(r);
+        } catch {
+          // a damaged line: read() reports it for its key
+        }
+      }
+    }
+    return out;
+  }
+  const audit = createJsonlAuditLog(opts.auditFile ?? path.join(root, 'audit', 'audit.jsonl'), {
+    committed: journaledAudit,
+  });
+  /** what this instance last wrote to or read from a key's journal, valid while the size is unchanged */
+  const cache = new Map<string, { stamp: string; record: KeyRecord }>();
+  const stampOf = (st: { size: number; ino: number; mtimeMs: number }) => `${st.ino}:${st.size}:${st.mtimeMs}`;
 
   function fileOf(keyName: string): string {
     if (!SAFE_KEY_NAME.test(keyName) || keyName.includes('..')) {
@@ -73,7 +136,41 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     return typeof id === 'string' && /^[A-Za-z0-9._:-]{1,100}$/.test(id) ? id : undefined;
   }
 
+  /** the record in the key's journal (its last complete line), or undefined when there is no journal */
+  async function readJournal(keyName: string): Promise<{ record: KeyRecord } | undefined> {
+    const file = journalOf(keyName);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return undefined;
+      throw new KeyrotorError(
+        'STATE_UNREADABLE',
+        `cannot read state journal ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
+        { cause: e, retryable: isTransient(e) },
+      );
+    }
+    // a torn last line (a crash in the middle of an append) was never acknowledged: ignored
+    const end = text.lastIndexOf('\n');
+    if (end === -1) return undefined;
+    const line = text.slice(text.lastIndexOf('\n', end - 1) + 1, end);
+    let obj: JournalLine;
+    try {
+      obj = JSON.parse(line) as JournalLine;
+    } catch (e) {
+      throw unreadable(file, 'its last line is not valid JSON (a damaged write?)', undefined, e);
+    }
+    return { record: checkStored(file, keyName, obj, JOURNAL_FORMAT, /^keyrotor-journal\/(\d+)$/) };
+  }
+
   async function read(keyName: string): Promise<KeyRecord | null> {
+    const j = await readJournal(keyName);
+    if (j) return j.record;
+    return readJson(keyName);
+  }
+
+  /** `<key>.json`: the record as 0.2.0 wrote it, and as a journal is folded into */
+  async function readJson(keyName: string): Promise<KeyRecord | null> {
     const file = fileOf(keyName);
     let text: string;
     try {
@@ -95,20 +192,25 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     } catch (e) {
       throw unreadable(file, 'not valid JSON (a torn or damaged write?)', undefined, e);
     }
+    return checkStored(file, keyName, obj, STATE_FORMAT, STATE_FORMAT_RE);
+  }
+
+  /** a stored `{ format, record }` (state file or journal line), validated */
+  function checkStored(file: string, keyName: string, obj: unknown, expected: string, formatRe: RegExp): KeyRecord {
     const rotationId = salvageRotationId(obj);
     if (typeof obj !== 'object' || obj === null || Array.isArray(obj))
       throw unreadable(file, 'not a keyrotor state file');
     const format = (obj as { format?: unknown }).format;
-    const m = STATE_FORMAT_RE.exec(typeof format === 'string' ? format : '');
+    const m = formatRe.exec(typeof format === 'string' ? format : '');
     if (m && Number(m[1]) > 1) {
       throw new KeyrotorError(
         'STATE_VERSION',
-        `state file ${displayPath(file)} was written by a newer keyrotor (format ${m[0]}; this version reads ${STATE_FORMAT})` +
+        `state file ${displayPath(file)} was written by a newer keyrotor (format ${m[0]}; this version reads ${expected})` +
           (rotationId ? ` (rotation ${rotationId} was in progress)` : ''),
         { hint: 'upgrade keyrotor to the version that wrote it' },
       );
     }
-    if (format !== STATE_FORMAT) throw unreadable(file, `unknown format (expected ${STATE_FORMAT})`, rotationId);
+    if (format !== expected) throw unreadable(file, `unknown format (expected ${expected})`, rotationId);
     const parsed = keyRecordSchema.safeParse((obj as { record?: unknown }).record);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
@@ -120,8 +222,7 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     return parsed.data;
   }
 
-  async function write(keyName: string, record: KeyRecord): Promise<void> {
-    const file = fileOf(keyName);
+  function checkWritable(keyName: string, record: KeyRecord): void {
     // never write what we could not read back
     const check = keyRecordSchema.safeParse(JSON.parse(JSON.stringify(record)));
     if (!check.success) {
@@ -131,6 +232,11 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
         `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
       );
     }
+  }
+
+  /** `<key>.json`, replaced atomically and durably (a journal folded in) */
+  async function writeJson(keyName: string, record: KeyRecord): Promise<void> {
+    const file = fileOf(keyName);
     try {
       await writeFileAtomic(file, JSON.stringify({ format: STATE_FORMAT, record }, null, 2) + '\n');
     } catch (e) {
@@ -173,16 +279,119 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
     providerState: {},
   });
 
-  /** read-modify-write under the per-file queue (across processes the lease guards) */
-  function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
-    return serialized(fileOf(keyName), async () => {
+  /**
+   * Append one line to the key's journal and fsync it: the one durable write of a state change. A
+   * torn last line (a crash in the middle of an earlier append, never acknowledged) is cut off first.
+   */
+  async function appendJournal(keyName: string, line: string, record: KeyRecord): Promise<number> {
+    const file = journalOf(keyName);
+    await ensureDir(stateFolder);
+    let fh;
+    try {
+      fh = await open(file, 'a+', 0o600);
+    } catch (e) {
+      throw new KeyrotorError('INTERNAL', `cannot open state journal ${displayPath(file)} (${errnoOf(e) ?? e})`, {
+        cause: e,
+        retryable: isTransient(e),
+      });
+    }
+    try {
+      let size = (await fh.stat()).size;
+      if (size > 0) {
+        const last = Buffer.alloc(1);
+        await fh.read(last, 0, 1, size - 1);
+        if (last[0] !== 0x0a) {
+          const all = await fh.readFile();
+          size = all.lastIndexOf(0x0a) + 1;
+          await fh.truncate(size);
+        }
+      }
+      const bytes = Buffer.from(line, 'utf8');
+      await fh.write(bytes, 0, bytes.length, null);
+      await fh.sync();
+      // a new journal's name must survive a power loss too
+      if (size === 0) await fsyncDir(stateFolder);
+      const st = await fh.stat();
+      cache.set(keyName, { stamp: stampOf(st), record: structuredClone(record) });
+      return st.size;
+    } catch (e) {
+      cache.delete(keyName);
+      throw new KeyrotorError(
+        'INTERNAL',
+        `cannot append to state journal ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
+        { cause: e, retryable: isTransient(e) },
+      );
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** the key's current record: from this instance's cache while the journal has not changed since */
+  async function current(keyName: string): Promise<KeyRecord> {
+    const c = cache.get(keyName);
+    if (c) {
+      const stamp = await stat(journalOf(keyName)).then(stampOf, () => '');
+      if (stamp === c.stamp) return structuredClone(c.record);
+    }
+    return (await read(keyName)) ?? empty(keyName);
+  }
+
+  /**
+   * Fold a long journal into `<key>.json`: the audit log first made durable (its records leave the
+   * journal), then the record written atomically, then the journal removed. A crash in between leaves
+   * the journal, which still wins on read.
+   */
+  async function compact(keyName: string, record: KeyRecord): Promise<void> {
+    await audit.sync();
+    await writeJson(keyName, record);
+    await unlink(journalOf(keyName)).catch((e: unknown) => {
+      if (errnoOf(e) !== 'ENOENT') throw e;
+    });
+    cache.delete(keyName);
+    await fsyncDir(stateFolder);
+  }
+
+  /**
+   * read-modify-write under the per-key queue (across processes the lease guards): one fsync'd append
+   * to the key's journal holding the new record and, when given, the audit records chained from
+   * `entries` (appended to the audit log after that write, without a second fsync)
+   */
+  function update(
+    keyName: string,
+    fn: (r: KeyRecord) => void,
+    fence?: Fence,
+    entries?: readonly AuditEntry[],
+  ): Promise<void | AuditNotWritten> {
+    return serialized(fileOf(keyName), async (): Promise<void | AuditNotWritten> => {
       if (fence) {
         const current = (await readFence(keyName)).token;
         if (current !== fence.token) throw leaseLost(keyName, fence, `the lease was granted again (token ${current})`);
       }
-      const r = (await read(keyName)) ?? empty(keyName);
+      const r = await current(keyName);
       fn(r);
-      await write(keyName, r);
+      checkWritable(keyName, r);
+      const line = (records?: AuditRecord[]) =>
+        JSON.stringify({ format: JOURNAL_FORMAT, record: r, ...(records?.length ? { audit: records } : {}) }) + '\n';
+      let size: number;
+      let refused: AuditNotWritten | undefined;
+      if (entries?.length) {
+        let committed = false;
+        let written = 0;
+        try {
+          await audit.appendCommitted(entries, async (records) => {
+            committed = true;
+            written = await appendJournal(keyName, line(records), r);
+          });
+        } catch (e) {
+          if (committed) throw e;
+          // the audit log refused before anything was written (damaged, locked): the snapshot alone
+          refused = { auditError: e };
+          written = await appendJournal(keyName, line(), r);
+        }
+        size = written;
+      } else size = await appendJournal(keyName, line(), r);
+      if (size > JOURNAL_COMPACT_BYTES) await compact(keyName, r);
+      return refused;
     });
   }
 
@@ -220,6 +429,8 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
 
   return {
     label: `file:${displayPath(root)}`,
+    auditTrail: audit.trail,
+    auditLog: () => audit,
     read,
 
     ...recordWriters(update, clock),
@@ -306,11 +517,13 @@ export function createFileStateStore(stateDir: string, opts: FileStateStoreOptio
           { cause: e },
         );
       }
-      return names
-        .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
-        .map((n) => n.slice(0, -'.json'.length))
-        .filter((k) => SAFE_KEY_NAME.test(k))
-        .sort();
+      const keys = new Set<string>();
+      for (const n of names) {
+        if (n.startsWith('.')) continue;
+        const k = n.endsWith('.json') ? n.slice(0, -'.json'.length) : n.endsWith('.journal') ? n.slice(0, -8) : '';
+        if (k && SAFE_KEY_NAME.test(k)) keys.add(k);
+      }
+      return [...keys].sort();
     },
   };
 }

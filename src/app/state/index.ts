@@ -3,6 +3,7 @@
  * that needs the state store gets it here. Synchronous: the PostgreSQL and DynamoDB SDKs are only
  * imported on the backend's first call, so file-backend users never load them.
  */
+import path from 'node:path';
 import type { Clock } from '../../core/clock.ts';
 import type { StateStore } from '../../core/ports.ts';
 import type { LoadedConfig } from '../config/load.ts';
@@ -22,14 +23,17 @@ export interface CreateStateStoreOptions {
 }
 
 export function createStateStore(
-  config: Pick<LoadedConfig, 'stateDir' | 'raw'>,
+  config: Pick<LoadedConfig, 'stateDir' | 'raw'> & { dir?: string },
   env: NodeJS.ProcessEnv = process.env,
   opts: CreateStateStoreOptions = {},
 ): StateStore {
   const s = config.raw.state;
   switch (s.type) {
     case 'file':
-      return createFileStateStore(config.stateDir, opts.clock ? { clock: opts.clock } : {});
+      return createFileStateStore(config.stateDir, {
+        ...(opts.clock ? { clock: opts.clock } : {}),
+        ...fileAuditOption(config),
+      });
     case 'postgres':
       return createPostgresStateStore(s, env, opts);
     case 'dynamodb':
@@ -37,18 +41,25 @@ export function createStateStore(
   }
 }
 
+/** the file backend's audit file: `audit.path` (relative to the config file) when set */
+function fileAuditOption(config: Pick<LoadedConfig, 'stateDir' | 'raw'> & { dir?: string }): { auditFile?: string } {
+  const p = (config.raw as { audit?: { path?: unknown } }).audit?.path;
+  return typeof p === 'string' && p ? { auditFile: path.resolve(config.dir ?? '.', p) } : {};
+}
+
 /**
- * The hash-chained audit trail kept in the state backend (postgres, dynamodb); null for the file
- * backend, whose audit trail is the JSONL file (audit/jsonl.ts).
+ * The hash-chained audit trail kept by the state backend: in the database (postgres, dynamodb), or
+ * for the file backend the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`) that the
+ * file store writes with its journals (and recovers from them after a crash).
  */
 export function createStateAuditLog(
-  config: Pick<LoadedConfig, 'stateDir' | 'raw'>,
+  config: Pick<LoadedConfig, 'stateDir' | 'raw'> & { dir?: string },
   env: NodeJS.ProcessEnv = process.env,
-): AuditLog | null {
+): AuditLog {
   const s = config.raw.state;
   switch (s.type) {
     case 'file':
-      return null;
+      return createFileStateStore(config.stateDir, fileAuditOption(config)).auditLog();
     case 'postgres':
       return createPostgresStateStore(s, env).auditLog();
     case 'dynamodb':

@@ -18,7 +18,8 @@
  * `now()`, never by a worker's clock. Release sets `expires_at` to now (the row and its token stay,
  * so tokens only ever grow). A fenced write runs in one transaction that first takes a share lock on
  * the lease row and checks the token: a concurrent grant waits for the write to commit, and a write
- * whose token is no longer current is refused (LEASE_LOST) without touching the record.
+ * whose token is no longer current is refused (LEASE_LOST) without touching the record. A write with
+ * audit entries appends them (and moves the chain head, locked last) in the same transaction.
  * Deadlocks (40P01), serialization failures (40001) and unique-key races (23505) are retried.
  */
 import { KeyrotorError } from '../../core/errors.ts';
@@ -47,7 +48,7 @@ import {
 } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import type * as PG from 'pg';
-import { chainRecord, GENESIS, recordLine, type AuditRecord } from '../audit/record.ts';
+import { chainRecord, GENESIS, recordLine, type AuditEntry, type AuditRecord } from '../audit/record.ts';
 import type { AuditLog } from '../audit/sink.ts';
 import { readChain, verifyChain, type StoredChain } from '../audit/chain.ts';
 
@@ -260,7 +261,43 @@ export function createPostgresStateStore(
       );
   };
 
-  async function update(keyName: string, fn: (r: KeyRecord) => void, fence?: Fence): Promise<void> {
+  /**
+   * Chain `entries` onto the audit trail inside transaction `c`: lock the head row (always the last
+   * lock a write takes: lease row, record row, head), insert the records, move the head.
+   */
+  async function appendAudit(c: PG.PoolClient, entries: readonly AuditEntry[]): Promise<AuditRecord[]> {
+    const h = await c.query<{ seq: string; hash: string }>(
+      `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`,
+    );
+    const head = h.rows[0];
+    if (!head)
+      throw new KeyrotorError('STATE_NOT_INITIALIZED', `${label} audit trail has no head row`, {
+        hint: 'run `keyrotor state init`',
+      });
+    let prev = Number(head.seq) > 0 ? { seq: Number(head.seq), hash: head.hash } : null;
+    const out: AuditRecord[] = [];
+    for (const e of entries) {
+      const rec = chainRecord(e, prev);
+      out.push(rec);
+      prev = rec;
+    }
+    const values: unknown[] = [];
+    const rows = out.map((r, i) => {
+      values.push(r.seq, recordLine(r).trimEnd(), r.hash);
+      return `($${3 * i + 1}, $${3 * i + 2}, $${3 * i + 3})`;
+    });
+    await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ${rows.join(', ')}`, values);
+    const last = out[out.length - 1]!;
+    await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [last.seq, last.hash]);
+    return out;
+  }
+
+  async function update(
+    keyName: string,
+    fn: (r: KeyRecord) => void,
+    fence?: Fence,
+    audit?: readonly AuditEntry[],
+  ): Promise<void> {
     checkKeyName(keyName);
     await ready();
     await tx(`writing the state of key "${keyName}"`, async (c) => {
@@ -285,6 +322,8 @@ export function createPostgresStateStore(
           STATE_FORMAT,
           text,
         ]);
+      // the transition's audit record(s), in the same transaction: both commit or neither
+      if (audit?.length) await appendAudit(c, audit);
     });
   }
 
@@ -337,26 +376,10 @@ export function createPostgresStateStore(
     return {
       label: where,
       file: where,
+      trail: label,
       async append(entry): Promise<AuditRecord> {
         await ready();
-        return tx('appending to the audit trail', async (c) => {
-          const h = await c.query<{ seq: string; hash: string }>(
-            `SELECT seq, hash FROM ${S}.audit_head WHERE id = 1 FOR UPDATE`,
-          );
-          const head = h.rows[0];
-          if (!head)
-            throw new KeyrotorError('STATE_NOT_INITIALIZED', `${where} has no head row`, {
-              hint: 'run `keyrotor state init`',
-            });
-          const rec = chainRecord(entry, Number(head.seq) > 0 ? { seq: Number(head.seq), hash: head.hash } : null);
-          await c.query(`INSERT INTO ${S}.audit_records (seq, line, hash) VALUES ($1, $2, $3)`, [
-            rec.seq,
-            recordLine(rec).trimEnd(),
-            rec.hash,
-          ]);
-          await c.query(`UPDATE ${S}.audit_head SET seq = $1, hash = $2 WHERE id = 1`, [rec.seq, rec.hash]);
-          return rec;
-        });
+        return tx('appending to the audit trail', async (c) => (await appendAudit(c, [entry]))[0]!);
       },
       async read() {
         return readChain(await loadChain());
@@ -389,6 +412,7 @@ export function createPostgresStateStore(
 
   return {
     label,
+    auditTrail: label,
     auditLog,
 
     async read(keyName) {

@@ -5,7 +5,8 @@
  */
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
-import type { Fence, KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
+import type { AuditNotWritten, Fence, KeyRecord, PersistedRotation, RotationResult } from '../../core/ports.ts';
+import type { AuditEntry } from '../../core/audit.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 
 export const emptyRecord = (keyName: string): KeyRecord => ({
@@ -83,8 +84,16 @@ export function leaseLost(keyName: string, fence: Fence, detail: string): Keyrot
 }
 
 /** The record changes each StateStore write makes, shared by every backend. */
-/** A backend's read-modify-write of one key's record: `fn` edits the record, `fence` guards the write. */
-export type RecordUpdate = (keyName: string, fn: (r: KeyRecord) => void, fence?: Fence) => Promise<void>;
+/**
+ * A backend's read-modify-write of one key's record: `fn` edits the record, `fence` guards the write,
+ * `audit` entries are chained onto the backend's audit trail in the same atomic write.
+ */
+export type RecordUpdate = (
+  keyName: string,
+  fn: (r: KeyRecord) => void,
+  fence?: Fence,
+  audit?: readonly AuditEntry[],
+) => Promise<void | AuditNotWritten>;
 
 /**
  * The record-writing methods of the StateStore port, the same on every backend: each is one edit of
@@ -92,13 +101,19 @@ export type RecordUpdate = (keyName: string, fn: (r: KeyRecord) => void, fence?:
  */
 export function recordWriters(update: RecordUpdate, clock: Clock) {
   return {
-    saveActive(keyName: string, rotation: PersistedRotation, fence?: Fence): Promise<void> {
+    saveActive(
+      keyName: string,
+      rotation: PersistedRotation,
+      fence?: Fence,
+      audit?: readonly AuditEntry[],
+    ): Promise<void | AuditNotWritten> {
       return update(
         keyName,
         (r) => {
           r.active = rotation;
         },
         fence,
+        audit,
       );
     },
     /** the rotation ended: record the result, clear `active` (or keep `keepActive`), say which key is current */
@@ -108,7 +123,8 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
       currentKeyId?: string | null,
       keepActive?: PersistedRotation | null,
       fence?: Fence,
-    ): Promise<void> {
+      audit?: readonly AuditEntry[],
+    ): Promise<void | AuditNotWritten> {
       return update(
         keyName,
         (r) => {
@@ -119,10 +135,11 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
           if (currentKeyId !== undefined) r.currentKeyId = currentKeyId;
         },
         fence,
+        audit,
       );
     },
-    setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void> {
-      return update(
+    async setProviderState(keyName: string, key: string, value: string, fence?: Fence): Promise<void> {
+      await update(
         keyName,
         (r) => {
           r.providerState = { ...r.providerState, [key]: value };
@@ -130,8 +147,8 @@ export function recordWriters(update: RecordUpdate, clock: Clock) {
         fence,
       );
     },
-    put(record: KeyRecord, fence?: Fence): Promise<void> {
-      return update(
+    async put(record: KeyRecord, fence?: Fence): Promise<void> {
+      await update(
         record.keyName,
         (r) => {
           Object.assign(r, structuredClone(record));
