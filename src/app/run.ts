@@ -67,8 +67,7 @@ async function rotateEach(keys: ResolvedKey[], o: RotateOptions): Promise<KeyRes
 
 /** `wakeAt` of a rotation parked at a health gate (ISO), when it is in the future. */
 function parkedUntil(active: PersistedRotation, now: number): number | null {
-  const wakeAt = (active as { wakeAt?: unknown }).wakeAt;
-  const t = typeof wakeAt === 'string' ? Date.parse(wakeAt) : NaN;
+  const t = active.wakeAt ? Date.parse(active.wakeAt) : NaN;
   return Number.isFinite(t) && t > now ? t : null;
 }
 

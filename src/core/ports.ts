@@ -219,6 +219,8 @@ export interface PersistedRotation {
   updatedAt: string;
   /** the xstate persisted snapshot: references only, never values */
   snapshot: unknown;
+  /** a rotation parked at a health gate: no worker needs to continue it before this ISO time */
+  wakeAt?: string | undefined;
 }
 
 export interface KeyRecord {

@@ -42,6 +42,7 @@ export const persistedRotationSchema: z.ZodType<PersistedRotation> = z.object({
   keyrotorVersion: z.string(),
   updatedAt: z.string(),
   snapshot: z.unknown().refine((v) => v !== undefined && v !== null, 'required'),
+  wakeAt: z.string().optional(),
 });
 
 export const keyRecordSchema: z.ZodType<KeyRecord> = z.object({
