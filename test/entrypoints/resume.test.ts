@@ -153,7 +153,7 @@ describe('keyrotor resume', () => {
     expect(r.stdout + r.stderr).not.toContain(CANARY);
   });
 
-  it('a process that died between creating the key and storing it: locked until its lease expires, then rolled back and the key deleted (exit 1)', async () => {
+  it('a process that died between creating the key and storing it: locked until its lease expires, then the lost key is deleted and a new one issued under the same rotation (exit 0)', async () => {
     const { dir, cfg, stateStore, current } = await setup('lost-value');
     const keysBefore = fake.state.liveKeys().length;
     await dieBeforeFirstStage(cfg);
@@ -171,17 +171,17 @@ describe('keyrotor resume', () => {
     };
     await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(lock.expiresAt) - Date.now() + 30)));
     const r = await runCli(['resume', 'app', '--json'], { cwd: dir, env: env(), name: 'resume-lost-value' });
-    expect(r.code, r.stderr).toBe(1);
-    expect(resultOf(r.stdout)).toMatchObject({
-      outcome: 'rolled_back',
-      rotationId: active.rotationId,
-      oldKeyId: current,
-      error: { code: 'SECRET_UNAVAILABLE' },
-    });
+    expect(r.code, r.stderr).toBe(0);
+    const res = resultOf(r.stdout);
+    expect(res).toMatchObject({ outcome: 'rotated', rotationId: active.rotationId, oldKeyId: current });
+    // the key whose value died with the process is gone; the new one carries the same name
     expect(alive(orphan!.id)).toBe(false);
-    expect(alive(current)).toBe(true);
+    expect(res.newKeyId).not.toBe(orphan!.id);
+    expect(fake.state.liveKeys().find((k) => k.id === res.newKeyId)?.name).toBe(orphan!.name);
+    expect(alive(current)).toBe(false); // rotated: the old key is revoked
     expect(fake.state.liveKeys().length).toBe(keysBefore);
     expect((await stateStore.read('app'))?.active).toBeNull();
+    expect((await stateStore.read('app'))?.currentKeyId).toBe(res.newKeyId);
   });
 
   it('rotate also resumes first: it finishes the unfinished rotation instead of starting a second one', async () => {

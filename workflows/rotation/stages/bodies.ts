@@ -114,7 +114,9 @@ export function stageBodies(deps: RotationDeps): StageBodies {
           issuer.create({
             name: ctx.newKeyName,
             rotationId: ctx.rotationId,
-            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue',
+            // not the first create of this rotation when restored at `issue`, or issuing again after
+            // the value was lost (newKeyId names the earlier key)
+            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue' && !ctx.newKeyId,
             ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
           }),
         (e) => e.code === 'ISSUER_RATE_LIMITED',
