@@ -11,7 +11,7 @@
  */
 import { writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../../src/app/config/load.ts';
-import { createFileStateStore } from '../../src/app/state/index.ts';
+import { createFileStateStore, createStateStore } from '../../src/app/state/index.ts';
 import { rotateKey, rotateKeys, type KeyResult, type RotateOptions, type RotationObserver } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
 import { sharedLimiterStats } from '../../providers/issuers/openai/openai.ratelimit.ts';
@@ -30,6 +30,11 @@ interface RunCmd {
    * waiting at the gate do not count. Emulated with rotateKey + observers, keyrotor itself unchanged.
    */
   stagger?: number;
+  /**
+   * P3 fleet: the config's state backend (e.g. PostgreSQL) instead of the file state store, and a
+   * scheduled run (keys claimed as they are due) instead of `--now`
+   */
+  fleet?: boolean;
 }
 type Cmd = RunCmd | { cmd: 'report' } | { cmd: 'snapshot'; file: string } | { cmd: 'exit' };
 
@@ -50,7 +55,7 @@ function memory() {
 async function run(c: RunCmd): Promise<void> {
   const config = await loadConfig(c.config, process.env);
   const logger = await fileLogger(c.logFile);
-  const stateStore = createFileStateStore(config.stateDir);
+  const stateStore = c.fleet ? createStateStore(config, process.env) : createFileStateStore(config.stateDir);
   const started = new Set<string>();
   let heldSent = false;
   const t0 = performance.now();
@@ -75,10 +80,10 @@ async function run(c: RunCmd): Promise<void> {
     stateStore,
     logger,
     env: process.env,
-    now: true,
+    now: !c.fleet,
     actor: 'bench',
     concurrency: c.concurrency,
-    observers: [...defaultObservers({ config, logger, actor: 'bench' }), hold],
+    observers: [...defaultObservers({ config, logger, actor: 'bench', ...(c.fleet ? { stateStore } : {}) }), hold],
   };
   let results: KeyResult[];
   if (c.stagger && c.holdStage) {

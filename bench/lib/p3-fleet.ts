@@ -129,7 +129,7 @@ interface ChildMsg {
   [k: string]: unknown;
 }
 
-function startChild(
+export function startChild(
   env: NodeJS.ProcessEnv,
 ): Promise<{ child: ChildProcess; next: (type: string, timeoutMs: number) => Promise<ChildMsg> }> {
   // BENCH_CHILD_NODE_OPTIONS: extra node flags for the keyrotor process (to try e.g. heap limits)
