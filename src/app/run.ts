@@ -79,8 +79,6 @@ async function rotateClaiming(keys: ResolvedKey[], o: RotateOptions): Promise<Ke
   const byName = new Map(keys.map((k) => [k.name, k]));
   const results = new Map<string, KeyResult>();
   const running = new Map<string, Promise<void>>();
-  /** keys for the per-key path after the claiming (unreadable record, still held elsewhere) */
-  const perKey = new Set<string>();
   let candidates: ClaimCandidate[] = [];
   let since = 0;
   let failure: { error: unknown } | undefined;
@@ -95,10 +93,7 @@ async function rotateClaiming(keys: ResolvedKey[], o: RotateOptions): Promise<Ke
       const key = byName.get(name)!;
       const rec = batch.records.get(name) ?? null;
       const base = { key: name, rotationId: null, oldKeyId: null, newKeyId: null } as const;
-      if (rec === 'unreadable') {
-        perKey.add(name); // its own read reports the damage
-        continue;
-      }
+      if (rec === 'unreadable') continue; // the per-key path at the end reports the damage
       const ttlMs = key.defaults.lease.ttl;
       if (rec?.active) {
         const wake = parkedUntil(rec.active, now);

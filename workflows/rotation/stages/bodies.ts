@@ -127,7 +127,9 @@ export function stageBodies(deps: RotationDeps): StageBodies {
     },
 
     stage: async ({ ctx, index }) => {
-      const secret = await newSecret(deps, ctx, 'stage', index);
+      // after a restart the value is read back from the stores staged so far, this one included (a
+      // process that died between writing this store and saving the snapshot left it there)
+      const secret = await newSecret(deps, ctx, 'stage', index + 1);
       const meta = {
         rotationId: ctx.rotationId,
         issuerKeyId: ctx.newKeyId ?? undefined,
