@@ -9,6 +9,8 @@
  *   P2  provider requests per rotation per store vs. a documented minimum (target: equal)
  *   P3  fleet: 1,000 keys / 10 projects, 20 ms per request, issuer limited to 50 requests/s
  *       (targets <= 1.2x bound, 0 failures, <= 1% 429s)
+ *   P3 fleet  the same 1,000 keys rotated by 3 worker processes claiming due keys in one PostgreSQL
+ *       backend, the issuer limited the same (targets <= 1.2x bound, 0 failures, 0 double rotations)
  *   P4  cold start: Lambda handler ready and `keyrotor --help` (through the installed bin, and from
  *       source) vs `node -e 0`, median of >= 10 runs
  *       (targets <= 2.5x and <= 2x)
