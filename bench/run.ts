@@ -9,6 +9,8 @@
  *   P2  provider requests per rotation per store vs. a documented minimum (target: equal)
  *   P3  fleet: 1,000 keys / 10 projects, 20 ms per request, issuer limited to 50 requests/s
  *       (targets <= 1.2x bound, 0 failures, <= 1% 429s)
+ *   P3 fleet  the same 1,000 keys rotated by 3 worker processes claiming due keys in one PostgreSQL
+ *       backend, the issuer limited the same (targets <= 1.2x bound, 0 failures, 0 double rotations)
  *   P4  cold start: Lambda handler ready and `keyrotor --help` (through the installed bin, and from
  *       source) vs `node -e 0`, median of >= 10 runs
  *       (targets <= 2.5x and <= 2x)
@@ -27,6 +29,8 @@ import { runP1 } from './lib/p1-overhead.ts';
 import { runP1State } from './lib/p1-state.ts';
 import { runP4 } from './lib/p4-coldstart.ts';
 import { createFleetWorld, runP3, runP5, type FleetWorld } from './lib/p3-fleet.ts';
+import { runP3Fleet } from './lib/p3-pg-fleet.ts';
+import { postgresSupport } from '../test/fakes/postgres.ts';
 import { benchTmp, fastTmp, filesContaining, fmtMs, machine, progress, round } from './lib/util.ts';
 
 // The Azure store is built with a stub credential and the fake's CA in this process (see azure-shim.ts).
@@ -44,7 +48,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const env = process.env;
 const quick = env.BENCH_QUICK === '1';
 const only = new Set(
-  (env.BENCH_ONLY ?? 'p1,p2,p3,p4,p5')
+  (env.BENCH_ONLY ?? 'p1,p2,p3,p3fleet,p4,p5')
     .toLowerCase()
     .split(',')
     .map((s) => s.trim()),
@@ -58,6 +62,8 @@ const SIZES = {
   p3LatencyMs: 20,
   p3Rps: 50,
   p3Concurrency: 32,
+  p3FleetWorkers: 3,
+  p3FleetConcurrency: 16,
   p4Runs: int(env.BENCH_P4_RUNS, 10),
   p5Concurrency: int(env.BENCH_P5_CONCURRENCY, 32),
 };
@@ -109,7 +115,7 @@ const p1s =
     : undefined;
 // P3 on the temp dir's disk (fsync costs are part of a fleet run); P5 measures memory, not time, so
 // its world lives on tmpfs when there is one, to keep the bench short (page cache is not process RSS)
-const worlds: { p3?: FleetWorld; p5?: FleetWorld } = {};
+const worlds: { p3?: FleetWorld; p3fleet?: FleetWorld; p5?: FleetWorld } = {};
 const p3World = only.has('p3')
   ? await section('P3 setup', async () => {
       progress(`P3: seeding ${SIZES.p3Keys} keys across ${SIZES.p3Projects} projects`);
@@ -123,6 +129,27 @@ const p3 = worlds.p3
     )
   : undefined;
 await worlds.p3?.close();
+// P3 fleet: the same world, three workers on one PostgreSQL backend (needs a PostgreSQL server binary)
+const p3FleetWorld =
+  only.has('p3fleet') && postgresSupport().available
+    ? await section('P3 fleet setup', async () => {
+        progress(`P3 fleet: seeding ${SIZES.p3Keys} keys across ${SIZES.p3Projects} projects`);
+        worlds.p3fleet = await createFleetWorld(path.join(tmp, 'p3fleet'), SIZES.p3Keys, SIZES.p3Projects);
+        return { keys: SIZES.p3Keys };
+      })
+    : undefined;
+const p3fleet = worlds.p3fleet
+  ? await section('P3 fleet', () =>
+      runP3Fleet({
+        world: worlds.p3fleet!,
+        rps: SIZES.p3Rps,
+        latencyMs: SIZES.p3LatencyMs,
+        concurrency: SIZES.p3FleetConcurrency,
+        workers: SIZES.p3FleetWorkers,
+      }),
+    )
+  : undefined;
+await worlds.p3fleet?.close();
 const p5Tmp = fastTmp(tmp);
 const p5World = only.has('p5')
   ? await section('P5 setup', async () => {
@@ -150,6 +177,15 @@ const results = {
   p1: p1 ? (p1.ok ? { seconds: p1.seconds, ...p1.value } : p1) : null,
   p1State: p1s ? (p1s.ok ? { seconds: p1s.seconds, ...p1s.value } : p1s) : null,
   p3: p3 ? (p3.ok ? { seconds: p3.seconds, ...p3.value } : p3) : p3World && !p3World.ok ? p3World : null,
+  p3fleet: p3fleet
+    ? p3fleet.ok
+      ? { seconds: p3fleet.seconds, ...p3fleet.value }
+      : p3fleet
+    : p3FleetWorld && !p3FleetWorld.ok
+      ? p3FleetWorld
+      : only.has('p3fleet')
+        ? { error: `skipped: ${postgresSupport().reason ?? 'no PostgreSQL server'}` }
+        : null,
   p4: p4 ? (p4.ok ? { seconds: p4.seconds, ...p4.value } : p4) : null,
   p5: p5
     ? p5.ok
@@ -336,6 +372,43 @@ if (p3) {
       `  ${v.requestsAnswered} issuer requests answered (${v.issuerRequestsPerRotation}/rotation), ${v.requests429} x 429, busiest second ${v.busiestSecond} requests, ${v.achievedRps}/s achieved, concurrency ${v.concurrency}`,
     );
   } else lines.push(`  error: ${p3.error}`);
+  lines.push('');
+}
+if (p3fleet) {
+  lines.push(
+    row(
+      [
+        `P3 fleet: ${SIZES.p3FleetWorkers} workers on PostgreSQL, ${SIZES.p3Keys} keys`,
+        'wall',
+        'bound',
+        'ratio',
+        'target',
+        '',
+      ],
+      W,
+    ),
+  );
+  if (p3fleet.ok) {
+    const v = p3fleet.value;
+    lines.push(
+      row(
+        [
+          '  wall time vs rate-limit bound',
+          `${v.wallS} s`,
+          `${v.rateBoundS} s`,
+          v.ratio.toFixed(2),
+          `<= ${TARGETS.p3Ratio}`,
+          mark(v.ratio <= TARGETS.p3Ratio),
+        ],
+        W,
+      ),
+    );
+    lines.push(row(['  failures', String(v.failures), '', '', '0', mark(v.failures === 0)], W));
+    lines.push(row(['  double rotations', String(v.doubleRotations), '', '', '0', mark(v.doubleRotations === 0)], W));
+    lines.push(
+      `  ${v.requestsAnswered} issuer requests answered (${v.issuerRequestsPerRotation}/rotation), ${v.requests429} x 429 (${v.share429Percent}%), ${v.achievedRps}/s achieved; rotated per worker ${v.rotatedPerWorker.join(' / ')}, concurrency ${v.concurrencyPerWorker} each`,
+    );
+  } else lines.push(`  error: ${p3fleet.error}`);
   lines.push('');
 }
 if (p4) {

@@ -3,14 +3,14 @@
  * (config, file state store, JSON logs at info level to a file, default observers, `rotateKeys` with
  * bounded concurrency), so its wall time and memory are keyrotor's alone; the fakes live in the parent.
  *
- * IPC: { cmd: 'run', config, logFile, concurrency, now?, park?, wake? } -> { type: 'done', ... } at the
+ * IPC: { cmd: 'run', config, logFile, concurrency, now?, park?, wake?, fleet? } -> { type: 'done', ... } at the
  * end; { cmd: 'report' } -> { type: 'memory', ... }; { cmd: 'snapshot', file } -> { type: 'snapshot' } (a V8
  * heap snapshot, to see where the memory goes); { cmd: 'exit' } ends the process (parked rotations stay
  * unfinished in the temp state dir, which the bench deletes).
  */
 import { writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../../src/app/config/load.ts';
-import { createFileStateStore } from '../../src/app/state/index.ts';
+import { createFileStateStore, createStateStore } from '../../src/app/state/index.ts';
 import { rotateKeys, type KeyResult, type RotateOptions } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
 import { sharedLimiterStats } from '../../providers/issuers/openai/openai.ratelimit.ts';
@@ -27,6 +27,11 @@ interface RunCmd {
   park?: boolean;
   /** continue parked rotations now, before their wake time (`resume --now`) */
   wake?: boolean;
+  /**
+   * P3 fleet: the config's state backend (e.g. PostgreSQL) instead of the file state store, and a
+   * scheduled run (keys claimed as they are due) instead of `--now`
+   */
+  fleet?: boolean;
 }
 type Cmd = RunCmd | { cmd: 'report' } | { cmd: 'snapshot'; file: string } | { cmd: 'exit' };
 
@@ -49,19 +54,19 @@ function memory() {
 async function run(c: RunCmd): Promise<void> {
   const config = await loadConfig(c.config, process.env);
   const logger = await fileLogger(c.logFile);
-  const stateStore = createFileStateStore(config.stateDir);
+  const stateStore = c.fleet ? createStateStore(config, process.env) : createFileStateStore(config.stateDir);
   const t0 = performance.now();
   const opts: RotateOptions = {
     config,
     stateStore,
     logger,
     env: process.env,
-    now: c.now ?? true,
+    now: c.fleet ? false : (c.now ?? true),
     ...(c.park ? { park: true } : {}),
     ...(c.wake ? { wake: true } : {}),
     actor: 'bench',
     concurrency: c.concurrency,
-    observers: defaultObservers({ config, logger, actor: 'bench' }),
+    observers: defaultObservers({ config, logger, actor: 'bench', ...(c.fleet ? { stateStore } : {}) }),
   };
   const results: KeyResult[] = await rotateKeys(config.keys, opts);
   const wallMs = performance.now() - t0;

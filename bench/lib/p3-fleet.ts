@@ -128,7 +128,7 @@ interface ChildMsg {
   [k: string]: unknown;
 }
 
-function startChild(
+export function startChild(
   env: NodeJS.ProcessEnv,
   flags: string[] = [],
 ): Promise<{ child: ChildProcess; next: (type: string, timeoutMs: number) => Promise<ChildMsg> }> {

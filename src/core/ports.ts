@@ -294,6 +294,23 @@ export interface OutboxEntry {
   attempts: number;
 }
 
+/** A key a worker wants to run now, for `StateStore.claim`. */
+export interface ClaimCandidate {
+  keyName: string;
+  /** when it became due (ms since epoch): older first; a rotation in progress is due at once (0) */
+  dueAt: number;
+  /** the lease's ttl if granted (the key's `defaults.lease.ttl`) */
+  ttlMs: number;
+}
+
+/** Records read in one go (`StateStore.readMany`), and when: the `since` of a later `claim`. */
+export interface RecordBatch {
+  /** null: the key was never seen; 'unreadable': its record does not validate (read it alone for the error) */
+  records: Map<string, KeyRecord | null | 'unreadable'>;
+  /** when the read saw the records (the backend's clock where it has one), ms since epoch */
+  readAt: number;
+}
+
 export const OUTBOX_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 
 /**
@@ -357,6 +374,25 @@ export interface StateStore {
    */
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
   keys(): Promise<string[]>;
+  /**
+   * Many records at once (a fleet worker's one bulk read before it claims). Optional: without it the
+   * worker reads the keys one by one.
+   */
+  readMany?(keyNames: string[]): Promise<RecordBatch>;
+  /**
+   * Claim due keys (fleets, docs/state-backends.md "Claiming"): grant this worker up to `limit` leases
+   * among `candidates`, oldest `dueAt` first, each only if its lease has been free since `since` (the
+   * `readAt` of the read that found the key due, so a key another worker ran after that read is left
+   * alone). A lease another worker holds, or one being written under, is skipped, never waited for.
+   * Each grant is a normal fenced lease with a new token. Optional: without it the worker tries each
+   * candidate's `acquire` in due order.
+   */
+  claim?(
+    candidates: ClaimCandidate[],
+    owner: string,
+    limit: number,
+    since: number,
+  ): Promise<{ keyName: string; lease: Lease }[]>;
   /**
    * Durable outbox of webhook notifications (at-least-once delivery; see docs/operations.md).
    * `outboxAdd` writes (or, for an existing id, replaces) an entry; `outboxPending` lists entries not

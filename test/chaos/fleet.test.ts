@@ -1,9 +1,11 @@
 /**
- * Many workers, one backend (issue 12): three real `keyrotor rotate` processes share 300 due keys
+ * Many workers, one backend (issue 12): three real `keyrotor rotate` processes share due keys (300 with
+ * KEYROTOR_FLEET=1, 120 with KEYROTOR_FLEET=short) by claiming them in the backend
  * (OpenAI issuer on the loopback fake, file secret store) through one PostgreSQL state backend with a
  * short lease ttl. One worker is SIGKILLed at a seeded moment (after the n-th key create at the
- * issuer); another is SIGSTOPped while it holds leases, stays stopped past the ttl while a successor
- * (`keyrotor resume`) takes its rotations over and finishes them, and is then SIGCONTinued. A final
+ * issuer); in the full run (see STOP below) another is SIGSTOPped while it holds leases, stays
+ * stopped past the ttl while a successor (`keyrotor resume`) takes its rotations over and finishes
+ * them, and is then SIGCONTinued. A final
  * `keyrotor rotate` pass finishes what the killed worker left. Then:
  *   - every key was rotated exactly once: one key create per service account at the issuer, one
  *     `rotated` result per key in the audit trail, no rolled-back or failed rotation;
@@ -35,21 +37,34 @@ import type { KeyRecord, StateStore } from '../../src/core/ports.ts';
 
 const MASTER = '7f'.repeat(32);
 const SEED = chaosSeed();
-const N = Number(process.env.KEYROTOR_FLEET_KEYS ?? '300') || 300;
+/**
+ * Which runs: KEYROTOR_FLEET=1 runs the full scenario (300 keys, the SIGKILL and the SIGSTOP);
+ * KEYROTOR_FLEET=short runs 120 keys with the SIGKILL only (about 45 s; KEYROTOR_FLEET_STOP=1 adds the
+ * SIGSTOP). Neither runs in `npm test` yet (IN_NPM_TEST): both still fail in some runs on the one
+ * known gap left (docs/state-backends.md, "Known gaps"): audit records are appended after the state
+ * write they describe, in a transaction of their own, so a worker killed or stopped in between loses
+ * them (a key rotated with no `rotated` result audited, seeds 3322121634 and 1467680240) or appends
+ * them when it wakes, after its successor's result (seeds 1084458607 and 1416765100). Writing the
+ * snapshot or result and its audit record in one transaction closes it; then set IN_NPM_TEST.
+ *
+ * Fixed, and replayable with KEYROTOR_CHAOS_SEED: a worker SIGSTOPped inside a PostgreSQL transaction
+ * kept the lease row locked until it woke (seed 772640961; now the server ends such a session after
+ * `idleInTransactionTimeout`, 2 s here); a worker killed between `issue` and saving its first `stage`
+ * left a rotation that its successor rolled back at `stage` with SECRET_UNAVAILABLE (seed 3547083255)
+ * or STORE_CONFLICT (seed 3106435461); now the successor reads the value back from the store, or
+ * issues again under the same rotation.
+ */
+const IN_NPM_TEST = false;
+const FLEET = process.env.KEYROTOR_FLEET === '1';
+const RUN = FLEET || IN_NPM_TEST || process.env.KEYROTOR_FLEET === 'short';
+if (!RUN) console.warn('chaos: fleet tests skipped (KEYROTOR_FLEET=1 for the full run, =short for 120 keys)');
+const STOP = FLEET || process.env.KEYROTOR_FLEET_STOP === '1';
+const N = Number(process.env.KEYROTOR_FLEET_KEYS ?? (FLEET ? '300' : '120')) || 120;
 /** DynamoDB on moto is slow: fewer keys */
 const N_DYNAMO = Number(process.env.KEYROTOR_FLEET_DYNAMO_KEYS ?? '60') || 60;
 const TTL_MS = 3_000;
 const DAY = 86_400_000;
-
-/**
- * Opt-in (KEYROTOR_FLEET=1) until two known problems are fixed (docs/state-backends.md, "Fleets"): a
- * worker SIGSTOPped inside a PostgreSQL transaction keeps the lease row locked, so its successor's
- * grant waits (seen once under full-suite load, seed 772640961), and one run ended a killed worker's
- * key rolled back at `stage` (seed 3547083255, not reproduced). Replay with KEYROTOR_CHAOS_SEED.
- */
-const FLEET = process.env.KEYROTOR_FLEET === '1';
-if (!FLEET) console.warn('chaos: fleet tests skipped (opt-in: KEYROTOR_FLEET=1)');
-const PG = FLEET && postgresSupportOrSkip('chaos: a fleet of workers on PostgreSQL');
+const PG = RUN && postgresSupportOrSkip('chaos: a fleet of workers on PostgreSQL');
 /**
  * The DynamoDB fleet runs only with KEYROTOR_FLEET_DYNAMO=1: moto (serialised) is slow (60 keys take
  * minutes, 15 keys about 35 s). It used to fail because a worker SIGSTOPped while its snapshot write
@@ -127,7 +142,7 @@ interface Backend {
  * One fleet run; the backend-specific parts are the state config and listing a worker's leases (the
  * owner is `<host>:<pid>:<random>`).
  */
-async function fleetScenario(fake: OpenAIFake, backend: Backend, count: number): Promise<void> {
+async function fleetScenario(fake: OpenAIFake, backend: Backend, count: number, stop: boolean): Promise<void> {
   console.log(`fleet: seed ${SEED} (replay with KEYROTOR_CHAOS_SEED=${SEED}), ${count} keys`);
   const rng = mulberry32(SEED);
   const t0 = Date.now();
@@ -181,7 +196,9 @@ ${names
   // the chaos points: after the n-th key create of the fleet
   const killAt = rng.int(Math.floor(count * 0.05), Math.floor(count * 0.4));
   const stopAt = rng.int(Math.floor(count * 0.1), Math.floor(count * 0.5));
-  console.log(`fleet: SIGKILL worker 0 after create #${killAt}, SIGSTOP worker 1 after create #${stopAt}`);
+  console.log(
+    `fleet: SIGKILL worker 0 after create #${killAt}${stop ? `, SIGSTOP worker 1 after create #${stopAt}` : ' (no SIGSTOP)'}`,
+  );
   let creates = 0;
   const onCreate: Array<{ at: number; fire: () => void }> = [];
   const unsubscribe = fake.onRequest((e) => {
@@ -212,6 +229,7 @@ ${names
   let successor: KeyResult[] = [];
   let blocked = false;
   const paused = (async () => {
+    if (!stop) return;
     await Promise.race([reached(stopAt), workers[1]!.done]);
     for (let i = 0; i < 200 && workers[1]!.child.exitCode === null; i++) {
       const r = await backend.leasesOf(pidOf(workers[1]!));
@@ -248,9 +266,17 @@ ${names
   console.log(
     `fleet: workers ended after ${Date.now() - t1} ms: ${ends.map((e, i) => `worker${i} ${e.signal ?? e.code}`).join(', ')}`,
   );
+  // claiming: the worker nobody disturbed got its share of the work (no idle worker while keys were due)
+  const tally = ends.map((e) => {
+    const rs = resultsOf(e.stdout);
+    const n = (o: string) => rs.filter((r) => r.outcome === o).length;
+    return `rotated ${n('rotated')}, skipped ${n('skipped')}, locked ${n('locked')}`;
+  });
+  console.log(`fleet: results per worker: ${tally.map((t, i) => `worker${i} ${t}`).join('; ')}`);
+  expect(resultsOf(ends[2]!.stdout).filter((r) => r.outcome === 'rotated').length).toBeGreaterThan(0);
   expect(blocked, 'the successor could not take over from the stopped worker within 45 s').toBe(false);
   expect(ends[0]!.signal).toBe('SIGKILL');
-  expect(held.length, 'worker 1 was stopped while it held leases').toBeGreaterThan(0);
+  if (stop) expect(held.length, 'worker 1 was stopped while it held leases').toBeGreaterThan(0);
   expect(successor.filter((r) => r.outcome !== 'rotated' && r.outcome !== 'skipped')).toEqual([]);
 
   // the paused worker: it lost the leases it held while stopped, and wrote nothing after
@@ -362,11 +388,11 @@ describe.skipIf(!PG)('fleet: 3 workers on one PostgreSQL backend', () => {
     await server?.close();
   });
 
-  it(`${N} due keys, one worker SIGKILLed, one SIGSTOPped past its lease: every key rotated exactly once (seed ${SEED})`, async () => {
+  it(`${N} due keys, one worker SIGKILLed${STOP ? ', one SIGSTOPped past its lease' : ''}: every key rotated exactly once (seed ${SEED})`, async () => {
     await fleetScenario(
       fake,
       {
-        stateYaml: 'state: { type: postgres }',
+        stateYaml: 'state: { type: postgres, idleInTransactionTimeout: 2s }',
         env: { KEYROTOR_DATABASE_URL: url },
         leasesOf: async (pid) =>
           (
@@ -377,6 +403,7 @@ describe.skipIf(!PG)('fleet: 3 workers on one PostgreSQL backend', () => {
           ).rows,
       },
       N,
+      STOP,
     );
   }, 180_000);
 });
@@ -439,6 +466,7 @@ describe.skipIf(!MOTO)('fleet: 3 workers on one DynamoDB table (moto)', () => {
           },
         },
         N_DYNAMO,
+        true,
       );
     } finally {
       client.destroy();

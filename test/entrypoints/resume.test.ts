@@ -85,6 +85,18 @@ async function pauseAfter(cfg: LoadedConfig, stateStore: StateStore, state: stri
  * write, no lease renewal, no provider call happens.
  */
 async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
+  return dieAtSnapshot(cfg, (snap) => snap.value === 'stage' && snap.context?.staged === 0, 'after');
+}
+
+/**
+ * A process that dies at the first snapshot `at` matches: right after writing it, or just before
+ * (its provider calls for that transition happened, the snapshot never landed).
+ */
+async function dieAtSnapshot(
+  cfg: LoadedConfig,
+  at: (snap: { value?: unknown; context?: { staged?: number } }) => boolean,
+  when: 'before' | 'after',
+): Promise<void> {
   const real = createFileStateStore(cfg.stateDir);
   const dead = new Promise<never>(() => {});
   let died!: () => void;
@@ -99,9 +111,10 @@ async function dieBeforeFirstStage(cfg: LoadedConfig): Promise<void> {
     put: (r, f) => (isDead ? dead : real.put(r, f)),
     async saveActive(k, rot, f) {
       if (isDead) return dead;
-      await real.saveActive(k, rot, f);
       const snap = rot.snapshot as { value?: unknown; context?: { staged?: number } };
-      if (snap.value === 'stage' && snap.context?.staged === 0) {
+      const dies = at(snap);
+      if (!(dies && when === 'before')) await real.saveActive(k, rot, f);
+      if (dies) {
         isDead = true;
         died();
         return dead;
@@ -153,7 +166,7 @@ describe('keyrotor resume', () => {
     expect(r.stdout + r.stderr).not.toContain(CANARY);
   });
 
-  it('a process that died between creating the key and storing it: locked until its lease expires, then rolled back and the key deleted (exit 1)', async () => {
+  it('a process that died between creating the key and storing it: locked until its lease expires, then the lost key is deleted and a new one issued under the same rotation (exit 0)', async () => {
     const { dir, cfg, stateStore, current } = await setup('lost-value');
     const keysBefore = fake.state.liveKeys().length;
     await dieBeforeFirstStage(cfg);
@@ -171,17 +184,37 @@ describe('keyrotor resume', () => {
     };
     await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(lock.expiresAt) - Date.now() + 30)));
     const r = await runCli(['resume', 'app', '--json'], { cwd: dir, env: env(), name: 'resume-lost-value' });
-    expect(r.code, r.stderr).toBe(1);
-    expect(resultOf(r.stdout)).toMatchObject({
-      outcome: 'rolled_back',
-      rotationId: active.rotationId,
-      oldKeyId: current,
-      error: { code: 'SECRET_UNAVAILABLE' },
-    });
+    expect(r.code, r.stderr).toBe(0);
+    const res = resultOf(r.stdout);
+    expect(res).toMatchObject({ outcome: 'rotated', rotationId: active.rotationId, oldKeyId: current });
+    // the key whose value died with the process is gone; the new one carries the same name
     expect(alive(orphan!.id)).toBe(false);
-    expect(alive(current)).toBe(true);
+    expect(res.newKeyId).not.toBe(orphan!.id);
+    expect(fake.state.liveKeys().find((k) => k.id === res.newKeyId)?.name).toBe(orphan!.name);
+    expect(alive(current)).toBe(false); // rotated: the old key is revoked
     expect(fake.state.liveKeys().length).toBe(keysBefore);
     expect((await stateStore.read('app'))?.active).toBeNull();
+    expect((await stateStore.read('app'))?.currentKeyId).toBe(res.newKeyId);
+  });
+
+  it('a process that died after staging the new key but before saving that: the resumed rotation reads the value back from the store and finishes (one create)', async () => {
+    const { dir, cfg, stateStore, current } = await setup('staged-unrecorded');
+    const creates = fake.calls('serviceAccounts.apiKeys.create').length;
+    // one store: the snapshot after its stage (staged = 1) never lands
+    await dieAtSnapshot(cfg, (snap) => snap.context?.staged === 1, 'before');
+    const active = (await stateStore.read('app'))!.active!;
+    expect((active.snapshot as { value: string; context: { staged: number } }).context.staged).toBe(0);
+    const lock = JSON.parse(readFileSync(path.join(cfg.stateDir, 'locks', 'app.lock'), 'utf8')) as {
+      expiresAt: string;
+    };
+    await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(lock.expiresAt) - Date.now() + 30)));
+    const r = await runCli(['resume', 'app', '--json'], { cwd: dir, env: env(), name: 'resume-staged-unrecorded' });
+    expect(r.code, r.stderr).toBe(0);
+    const res = resultOf(r.stdout);
+    expect(res).toMatchObject({ outcome: 'rotated', rotationId: active.rotationId, oldKeyId: current });
+    expect(fake.calls('serviceAccounts.apiKeys.create').length).toBe(creates + 1);
+    expect(alive(res.newKeyId)).toBe(true);
+    expect(alive(current)).toBe(false);
   });
 
   it('rotate also resumes first: it finishes the unfinished rotation instead of starting a second one', async () => {

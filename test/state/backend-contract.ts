@@ -375,6 +375,85 @@ export function describeStateBackendContract(name: string, make: () => Promise<B
       }
     });
 
+    it('readMany: every asked key, null when never seen, with the time of the read', async () => {
+      const open = await setup();
+      const s = open();
+      await s.finish('app', result('rotated'), 'key_2');
+      await s.saveActive('db', rotation(R2, 'stage', 'db'));
+      const before = Date.now();
+      const b = await open().readMany!(['app', 'db', 'nope']);
+      expect([...b.records.keys()]).toEqual(['app', 'db', 'nope']);
+      expect(b.records.get('app')).toEqual(await s.read('app'));
+      expect(b.records.get('db')).toEqual(await s.read('db'));
+      expect(b.records.get('nope')).toBeNull();
+      expect(Math.abs(b.readAt - before)).toBeLessThan(5_000);
+    });
+
+    it('claim: up to limit leases in due order, skipping held ones; each a fenced lease with a new token', async () => {
+      const open = await setup();
+      const a = open();
+      const b = open();
+      const held = lease(await b.acquire('k2', 'worker-b', 60_000));
+      const old = lease(await a.acquire('k4', 'worker-x', 60_000));
+      await old.release();
+      const cands = [5, 2, 4, 1, 3].map((i) => ({ keyName: `k${i}`, dueAt: 1_000 * i, ttlMs: 60_000 }));
+      const since = (await a.readMany!([])).readAt + 1;
+      const got = await a.claim!(cands, 'worker-a', 2, since);
+      expect(got.map((g) => g.keyName)).toEqual(['k1', 'k3']); // k2 is held
+      for (const g of got) {
+        expect(g.lease.owner).toBe('worker-a');
+        expect(g.lease.token).toBeGreaterThan(0);
+        expect(holder(await b.acquire(g.keyName, 'worker-b', 60_000)).owner).toBe('worker-a');
+        await a.saveActive(g.keyName, rotation(R1, 'issue', g.keyName), g.lease); // fenced write
+      }
+      const more = await open().claim!(cands, 'worker-c', 10, since);
+      expect(more.map((g) => g.keyName)).toEqual(['k4', 'k5']);
+      expect(more[0]!.lease.token).toBeGreaterThan(old.token);
+      for (const g of [...got, ...more]) await g.lease.release();
+      await held.release();
+    });
+
+    it.skipIf(name === 'file')(
+      'claim: a key granted to another worker after the read (`since`) is left alone until read again',
+      async () => {
+        const open = await setup();
+        const a = open();
+        const cands = [{ keyName: 'app', dueAt: 0, ttlMs: 60_000 }];
+        const since = (await a.readMany!(['app'])).readAt;
+        await sleep(20);
+        const other = lease(await open().acquire('app', 'worker-b', 60_000)); // it ran the key after a's read
+        await other.release();
+        expect(await a.claim!(cands, 'worker-a', 1, since)).toEqual([]);
+        await sleep(20);
+        const again = (await a.readMany!(['app'])).readAt;
+        const got = await a.claim!(cands, 'worker-a', 1, again);
+        expect(got.map((g) => g.keyName)).toEqual(['app']);
+        expect(got[0]!.lease.token).toBeGreaterThan(other.token);
+        await got[0]!.lease.release();
+      },
+    );
+
+    it('claim: several workers claiming at once never share a key; together they get every key once', async () => {
+      const open = await setup();
+      const keys = Array.from({ length: 30 }, (_, i) => `key${String(i).padStart(2, '0')}`);
+      const cands = keys.map((k, i) => ({ keyName: k, dueAt: i, ttlMs: 60_000 }));
+      const workers = Array.from({ length: 3 }, () => open());
+      const since = (await workers[0]!.readMany!([])).readAt + 1;
+      const granted: string[][] = [[], [], []];
+      await Promise.all(
+        workers.map(async (w, i) => {
+          for (;;) {
+            const got = await w.claim!(cands, `worker-${i}`, 4, since);
+            if (got.length === 0) return;
+            granted[i]!.push(...got.map((g) => g.keyName));
+          }
+        }),
+      );
+      const all = granted.flat();
+      expect(all.slice().sort()).toEqual(keys);
+      expect(new Set(all).size).toBe(keys.length);
+    });
+
     it('export/import round trip (into a fresh namespace of the same backend); import refuses to overwrite', async () => {
       const open = await setup();
       const s = open();

@@ -80,7 +80,14 @@ keys:
       type: 'postgres',
       urlEnv: 'KEYROTOR_DATABASE_URL',
       schema: 'keyrotor',
+      idleInTransactionTimeout: 30_000,
+      lockTimeout: 10_000,
+      statementTimeout: 60_000,
     });
+    expect(
+      parseConfig(ok('state: { type: postgres, idleInTransactionTimeout: 2s, lockTimeout: 0 }'), 'c.yaml', {}).raw
+        .state,
+    ).toMatchObject({ idleInTransactionTimeout: 2_000, lockTimeout: 0 });
     expect(
       parseConfig(ok('state: { type: dynamodb, table: keyrotor-state, region: eu-west-1 }'), 'c.yaml', {}).raw.state,
     ).toEqual({ type: 'dynamodb', table: 'keyrotor-state', region: 'eu-west-1' });
@@ -94,6 +101,7 @@ keys:
         /state\.urlEnv: must be an environment variable name/,
       ],
       ['state: { type: dynamodb, table: t, endpoint: "not a url" }', /state\.table: |state\.endpoint: /],
+      ['state: { type: postgres, lockTimeout: soon }', /state\.lockTimeout: invalid duration "soon"/],
     ] as const) {
       const e = errorOf(ok(extra));
       expect(e.code).toBe('CONFIG_INVALID');

@@ -150,6 +150,8 @@ export const rotationSetup = setup({
     nothingToRevoke: ({ context }) => context.bootstrap,
     oldKeyUnknown: ({ context }) => context.oldKeyId === null,
     revokeAttemptsLeft: ({ context }) => context.revokeAttempts + 1 < context.timing.revokeAttempts,
+    newValueLost: ({ context, event }) =>
+      context.staged === 0 && toKeyrotorError((event as { error?: unknown }).error).code === 'SECRET_UNAVAILABLE',
     adoptionNeeded: ({ event }) => toKeyrotorError((event as { error?: unknown }).error).code === 'ADOPT_REQUIRED',
   },
   actions: {
@@ -241,14 +243,20 @@ export const rotationMachine = rotationSetup.createMachine({
           },
           { target: 'verify', actions: assign({ staged: ({ context }) => context.staged + 1 }) },
         ],
-        // the failing store may hold a partial write: unstage it too (unstage is idempotent)
-        onError: {
-          target: 'unstage',
-          actions: [
-            { type: 'recordError', params: { stage: 'stage' } },
-            assign({ cursor: ({ context }) => context.staged }),
-          ],
-        },
+        onError: [
+          // restored after a crash between `issue` and the first `stage`: the new value was only in
+          // the dead process's memory. Issue again under the same rotation (the create first deletes
+          // the key of that name, whose value nobody holds) instead of rolling back.
+          { guard: 'newValueLost', target: 'issue' },
+          // the failing store may hold a partial write: unstage it too (unstage is idempotent)
+          {
+            target: 'unstage',
+            actions: [
+              { type: 'recordError', params: { stage: 'stage' } },
+              assign({ cursor: ({ context }) => context.staged }),
+            ],
+          },
+        ],
       },
     },
     verify: {

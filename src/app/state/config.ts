@@ -1,5 +1,6 @@
 /** The `state:` section of the config: where keyrotor keeps key records, leases and snapshots. */
 import { z } from 'zod';
+import { duration } from '../../core/config-fields.ts';
 
 const fileState = z
   .object({
@@ -21,6 +22,15 @@ const postgresState = z
       .string()
       .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier (a-z 0-9 _, at most 63)')
       .default('keyrotor'),
+    /**
+     * server-side limits on keyrotor's own sessions (`0` turns one off): a worker paused inside a
+     * transaction (SIGSTOP, a frozen VM) holds row locks until the server ends its session after
+     * `idleInTransactionTimeout`; one statement waits at most `lockTimeout` for a lock and runs at most
+     * `statementTimeout`
+     */
+    idleInTransactionTimeout: duration.default(30_000),
+    lockTimeout: duration.default(10_000),
+    statementTimeout: duration.default(60_000),
   })
   .strict();
 
@@ -38,5 +48,8 @@ const dynamodbState = z
 
 export const stateConfigSchema = z.discriminatedUnion('type', [fileState, postgresState, dynamodbState]);
 export type StateConfig = z.output<typeof stateConfigSchema>;
-export type PostgresStateConfig = z.output<typeof postgresState>;
+type PostgresTimeouts = 'idleInTransactionTimeout' | 'lockTimeout' | 'statementTimeout';
+/** (the timeouts have defaults: a config built in code may leave them out) */
+export type PostgresStateConfig = Omit<z.output<typeof postgresState>, PostgresTimeouts> &
+  Partial<Pick<z.output<typeof postgresState>, PostgresTimeouts>>;
 export type DynamoStateConfig = z.output<typeof dynamodbState>;

@@ -33,7 +33,9 @@ import type {
   KeyRecord,
   Lease,
   LeaseHolder,
+  ClaimCandidate,
   OutboxEntry,
+  RecordBatch,
   StateInitResult,
   StateStore,
 } from '../../core/ports.ts';
@@ -589,6 +591,84 @@ export function createDynamoStateStore(
         if (held && exp > clock.now()) return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async readMany(keyNames: string[]): Promise<RecordBatch> {
+      for (const k of keyNames) checkKeyName(k);
+      await ready();
+      // GetItem, 16 at a time (BatchGetItem would need one more IAM action for little gain)
+      const readAt = clock.now();
+      const records = new Map<string, KeyRecord | null | 'unreadable'>();
+      let next = 0;
+      const worker = async () => {
+        while (next < keyNames.length) {
+          const k = keyNames[next++]!;
+          try {
+            records.set(k, (await readItem(k))?.record ?? null);
+          } catch (e) {
+            if (!(e instanceof KeyrotorError) || e.code !== 'STATE_UNREADABLE') throw e;
+            records.set(k, 'unreadable');
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(16, keyNames.length) }, worker));
+      return { records: new Map(keyNames.map((k) => [k, records.get(k) ?? null])), readAt };
+    },
+
+    /**
+     * DynamoDB has no SKIP LOCKED: conditional grants in due order (a few at a time), skipping each
+     * that fails its condition (held by another worker, or granted to anyone since `since`), until
+     * `limit` are granted. A candidate another worker holds costs one failed conditional write.
+     */
+    async claim(candidates: ClaimCandidate[], owner: string, limit: number, since: number) {
+      if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
+      for (const c of candidates) {
+        checkKeyName(c.keyName);
+        if (!Number.isFinite(c.ttlMs) || c.ttlMs <= 0)
+          throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${c.ttlMs})`);
+      }
+      await ready();
+      const ordered = candidates.map((c, i) => ({ c, i })).sort((a, b) => a.c.dueAt - b.c.dueAt || a.i - b.i);
+      const out: { keyName: string; lease: Lease }[] = [];
+      let at = 0;
+      while (out.length < limit && at < ordered.length) {
+        const wave = ordered.slice(at, at + (limit - out.length));
+        at += wave.length;
+        const got = await Promise.all(
+          wave.map(async ({ c }) => {
+            const now = clock.now();
+            try {
+              const r = await send(`claiming the lease of key "${c.keyName}"`, (m, cl) =>
+                cl.send(
+                  new m.UpdateItemCommand({
+                    TableName: table,
+                    Key: { pk: S(pk(c.keyName)), sk: S('lease') },
+                    UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now ADD #t :one',
+                    ConditionExpression:
+                      'attribute_not_exists(pk) OR (expiresAt <= :now AND (attribute_not_exists(acquiredAt) OR acquiredAt < :since))',
+                    ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
+                    ExpressionAttributeValues: {
+                      ':o': S(owner),
+                      ':exp': N(now + c.ttlMs),
+                      ':now': N(now),
+                      ':since': N(since),
+                      ':one': N(1),
+                    },
+                    ReturnValues: 'ALL_NEW',
+                  }),
+                ),
+              );
+              const lease = makeLease(c.keyName, owner, c.ttlMs, num(r.Attributes, 'token') ?? 0, now + c.ttlMs);
+              return { keyName: c.keyName, lease };
+            } catch (e) {
+              if (nameOf((e as { cause?: unknown }).cause) !== 'ConditionalCheckFailedException') throw e;
+              return null;
+            }
+          }),
+        );
+        for (const g of got) if (g) out.push(g);
+      }
+      return out;
     },
 
     async outboxAdd(e: OutboxEntry) {

@@ -179,6 +179,8 @@ function holderOf(o: Observed, ttlMs: number): LeaseHolder {
 
 export interface LeaseManager {
   acquire(keyName: string, owner: string, ttlMs: number): Promise<Lease | LeaseHolder>;
+  /** the unexpired holder of the key's lease, or null (a claim leaves out what its owner holds) */
+  holder(keyName: string, ttlMs: number): Promise<LeaseHolder | null>;
 }
 
 export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager {
@@ -248,6 +250,13 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
   }
 
   return {
+    async holder(keyName, ttlMs) {
+      const o = await observe(path.join(locksDir, `${keyName}.lock`));
+      if (!o) return null;
+      const h = holderOf(o, ttlMs);
+      return h.expiresAt > clock.now() ? h : null;
+    },
+
     async acquire(keyName, owner, ttlMs) {
       if (!Number.isFinite(ttlMs) || ttlMs <= 0)
         throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);

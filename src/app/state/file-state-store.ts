@@ -26,13 +26,23 @@ import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
-import type { AuditNotWritten, Fence, KeyRecord, Lease, OutboxEntry, StateStore } from '../../core/ports.ts';
+import type {
+  AuditNotWritten,
+  ClaimCandidate,
+  Fence,
+  KeyRecord,
+  Lease,
+  OutboxEntry,
+  RecordBatch,
+  StateStore,
+} from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
 import { displayPath, ensureDir, errnoOf, fsyncDir, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { createJsonlAuditLog, type CommittingAuditLog } from '../audit/jsonl.ts';
 import { isAuditRecord, type AuditRecord } from '../audit/record.ts';
 import { createLeaseManager } from './file-lease.ts';
+import { claimByAcquire, readEach } from './claim.ts';
 import { STATE_FORMAT, STATE_FORMAT_RE, keyRecordSchema } from './schema.ts';
 import { leaseLost, recordWriters } from './record.ts';
 import { OUTBOX_FORMAT, byAge, checkOutboxEntry, checkOutboxId, parseOutboxEntry } from './outbox.ts';
@@ -463,6 +473,20 @@ export function createFileStateStore(
         release: () => got.release(),
       };
       return lease;
+    },
+
+    /** local files: read one by one */
+    async readMany(keyNames: string[]): Promise<RecordBatch> {
+      return readEach({ read }, keyNames, clock.now());
+    },
+
+    /** the file backend's claim is its per-key acquire, in due order (never a lease its owner holds) */
+    async claim(candidates: ClaimCandidate[], owner: string, limit: number) {
+      const acquire = async (k: string, o: string, ttl: number) => {
+        const h = await leases.holder(k, ttl);
+        return h?.owner === o ? h : this.acquire(k, o, ttl);
+      };
+      return claimByAcquire({ acquire }, candidates, owner, limit);
     },
 
     async outboxAdd(entry: OutboxEntry) {

@@ -25,12 +25,15 @@
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import { systemClock } from '../../core/clock.ts';
+import { formatDuration } from '../../core/duration.ts';
 import type {
   Fence,
   KeyRecord,
   Lease,
   LeaseHolder,
+  ClaimCandidate,
   OutboxEntry,
+  RecordBatch,
   StateInitResult,
   StateStore,
 } from '../../core/ports.ts';
@@ -47,6 +50,7 @@ import {
   withRetry,
 } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
+import { batchOf } from './claim.ts';
 import type * as PG from 'pg';
 import { chainRecord, GENESIS, recordLine, type AuditEntry, type AuditRecord } from '../audit/record.ts';
 import type { AuditLog } from '../audit/sink.ts';
@@ -107,6 +111,30 @@ export function describeUrl(url: string): string {
   }
 }
 
+/**
+ * The server-side limits on keyrotor's sessions (node-postgres sends them at connect): a worker
+ * paused inside a transaction keeps its row locks only until the server ends its session.
+ */
+export function postgresSessionLimits(cfg: PostgresStateConfig): {
+  idle_in_transaction_session_timeout: number;
+  lock_timeout: number;
+  statement_timeout: number;
+} {
+  return {
+    idle_in_transaction_session_timeout: cfg.idleInTransactionTimeout ?? 30_000,
+    lock_timeout: cfg.lockTimeout ?? 10_000,
+    statement_timeout: cfg.statementTimeout ?? 60_000,
+  };
+}
+
+/** the session ended under a query: the server closed it (25P03, 57P01..3) or the socket dropped */
+function connectionLost(e: object): boolean {
+  const code = (e as { code?: string }).code ?? '';
+  if (['25P03', '57P01', '57P02', '57P03', 'ECONNRESET', 'EPIPE'].includes(code)) return true;
+  const msg = e instanceof Error ? e.message : '';
+  return /Connection terminated|connection error and is not queryable|terminating connection/i.test(msg);
+}
+
 export function createPostgresStateStore(
   cfg: PostgresStateConfig,
   env: NodeJS.ProcessEnv,
@@ -125,6 +153,7 @@ export function createPostgresStateStore(
       `state.urlEnv: ${cfg.urlEnv} is not a postgres:// URL (expected postgres://user:password@host:5432/database)`,
     );
   const where = describeUrl(url);
+  const limits = postgresSessionLimits(cfg);
   const S = `"${cfg.schema}"`; // validated identifier, quoted
   const label = `postgres:${where} (schema ${cfg.schema})`;
 
@@ -138,6 +167,7 @@ export function createPostgresStateStore(
         idleTimeoutMillis: 10_000,
         allowExitOnIdle: true,
         application_name: 'keyrotor',
+        ...postgresSessionLimits(cfg),
       });
       p.on('error', () => {}); // an idle client's connection dropped: the next query reconnects
       return p;
@@ -166,6 +196,28 @@ export function createPostgresStateStore(
         {
           cause: e,
         },
+      );
+    if (code === '55P03')
+      return new KeyrotorError(
+        'LOCKED',
+        `${at}: waited ${formatDuration(limits.lock_timeout)} for a row lock while ${doing} (another worker holds it inside a transaction)`,
+        {
+          cause: e,
+          retryable: true,
+          hint: 'a worker paused inside a transaction holds the lock until its session ends (state.idleInTransactionTimeout); try again',
+        },
+      );
+    if (code === '57014')
+      return new KeyrotorError(
+        'STATE_UNAVAILABLE',
+        `${at}: a statement ran longer than ${formatDuration(limits.statement_timeout)} while ${doing} (state.statementTimeout)`,
+        { cause: e, retryable: true },
+      );
+    if (code === '25P03')
+      return new KeyrotorError(
+        'STATE_UNAVAILABLE',
+        `${at}: the server ended this worker's session: it sat inside a transaction for longer than ${formatDuration(limits.idle_in_transaction_session_timeout)} (state.idleInTransactionTimeout; was the process paused?) while ${doing}`,
+        { cause: e, retryable: true },
       );
     if (code === '3D000')
       return new KeyrotorError('STATE_UNAVAILABLE', `${at}: the database does not exist (check ${cfg.urlEnv})`, {
@@ -198,25 +250,43 @@ export function createPostgresStateStore(
     }
   }
 
+  /**
+   * One transaction. A connection that ends before COMMIT was sent (the server ended the session,
+   * e.g. after `idleInTransactionTimeout` while this process was paused, or a reset) committed
+   * nothing: the transaction is run again on a new connection (a fenced write then finds out
+   * whether its lease is still current). After COMMIT was sent the outcome is unknown: no retry.
+   */
   async function tx<T>(doing: string, fn: (c: PG.PoolClient) => Promise<T>): Promise<T> {
+    const lostBeforeCommit = new WeakSet<object>();
     try {
-      return await withRetry(async () => {
-        const c = await (await pool()).connect();
-        let broken = false;
-        try {
-          await c.query('BEGIN');
-          const r = await fn(c);
-          await c.query('COMMIT');
-          return r;
-        } catch (e) {
-          await c.query('ROLLBACK').catch(() => {
-            broken = true;
-          });
-          throw e;
-        } finally {
-          c.release(broken);
-        }
-      }, retryable);
+      return await withRetry(
+        async () => {
+          const c = await (await pool()).connect();
+          // the server may end the session while it is checked out: never an unhandled 'error' event
+          const onError = () => {};
+          c.on('error', onError);
+          let broken = false;
+          let committing = false;
+          try {
+            await c.query('BEGIN');
+            const r = await fn(c);
+            committing = true;
+            await c.query('COMMIT');
+            return r;
+          } catch (e) {
+            await c.query('ROLLBACK').catch(() => {
+              broken = true;
+            });
+            if (broken && !committing && typeof e === 'object' && e !== null && connectionLost(e))
+              lostBeforeCommit.add(e);
+            throw e;
+          } finally {
+            c.off('error', onError);
+            c.release(broken);
+          }
+        },
+        (e) => retryable(e) || (typeof e === 'object' && e !== null && lostBeforeCommit.has(e)),
+      );
     } catch (e) {
       throw mapError(e, doing);
     }
@@ -326,6 +396,9 @@ export function createPostgresStateStore(
       if (audit?.length) await appendAudit(c, audit);
     });
   }
+
+  /** keys known to have a lease row (rows are never deleted) */
+  const leaseRows = new Set<string>();
 
   const rowName = (keyName: string) => `PostgreSQL ${where} ${cfg.schema}.key_records row "${keyName}"`;
 
@@ -461,6 +534,76 @@ export function createPostgresStateStore(
         // it expired (or was released) in between: try again
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
+    },
+
+    async readMany(keyNames: string[]): Promise<RecordBatch> {
+      for (const k of keyNames) checkKeyName(k);
+      await ready();
+      const r = await query<{ key_name: string; format: string; record: unknown; at: number }>(
+        `reading the state of ${keyNames.length} keys`,
+        `SELECT k.key_name, k.format, k.record, (extract(epoch FROM now()) * 1000)::float8 AS at
+           FROM (SELECT 1) one LEFT JOIN ${S}.key_records k ON k.key_name = ANY($1::text[])`,
+        [keyNames],
+      );
+      return batchOf(keyNames, r.rows, clock.now(), (row) =>
+        decodeRecord(row.key_name, row.format, row.record, rowName(row.key_name)),
+      );
+    },
+
+    async claim(candidates: ClaimCandidate[], owner: string, limit: number, since: number) {
+      if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
+      if (candidates.length === 0 || limit <= 0) return [];
+      for (const c of candidates) {
+        checkKeyName(c.keyName);
+        if (!Number.isFinite(c.ttlMs) || c.ttlMs <= 0)
+          throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${c.ttlMs})`);
+      }
+      await ready();
+      // a key never leased has no row to lock yet: create free rows first (token 0, expired long ago)
+      const fresh = candidates.map((c) => c.keyName).filter((k) => !leaseRows.has(k));
+      if (fresh.length) {
+        await query(
+          'creating lease rows',
+          `INSERT INTO ${S}.leases (key_name, owner, token, acquired_at, expires_at)
+             SELECT k, '', 0, '-infinity', '-infinity' FROM unnest($1::text[]) AS k
+           ON CONFLICT (key_name) DO NOTHING`,
+          [fresh],
+        );
+        for (const k of fresh) leaseRows.add(k);
+      }
+      // one statement: lock up to `limit` free lease rows in due order, skipping rows another worker
+      // has locked (its own claim, a grant or a fenced write in flight), and grant them
+      const r = await query<{ key_name: string; token: string; exp: number; ttl: number }>(
+        `claiming due keys`,
+        `WITH c AS (
+           SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[]) WITH ORDINALITY AS c(key_name, due_at, ttl_ms, ord)
+         ), picked AS (
+           SELECT l.key_name, c.ttl_ms FROM ${S}.leases l JOIN c ON c.key_name = l.key_name
+            WHERE l.expires_at <= to_timestamp($4::float8 / 1000) AND l.expires_at <= now()
+            ORDER BY c.due_at, c.ord
+            LIMIT $5
+            FOR UPDATE OF l SKIP LOCKED
+         )
+         UPDATE ${S}.leases l
+            SET owner = $6, token = l.token + 1, acquired_at = now(),
+                expires_at = now() + p.ttl_ms * interval '1 millisecond'
+           FROM picked p WHERE l.key_name = p.key_name
+         RETURNING l.key_name, l.token::text AS token, (extract(epoch FROM l.expires_at) * 1000)::float8 AS exp,
+                   p.ttl_ms AS ttl`,
+        [
+          candidates.map((c) => c.keyName),
+          candidates.map((c) => c.dueAt),
+          candidates.map((c) => c.ttlMs),
+          since,
+          limit,
+          owner,
+        ],
+      );
+      const order = new Map(candidates.map((c, i) => [c.keyName, [c.dueAt, i] as const]));
+      const rank = (k: string) => order.get(k)!;
+      return r.rows
+        .sort((a, b) => rank(a.key_name)[0] - rank(b.key_name)[0] || rank(a.key_name)[1] - rank(b.key_name)[1])
+        .map((x) => ({ keyName: x.key_name, lease: makeLease(x.key_name, owner, x.ttl, Number(x.token), x.exp) }));
     },
 
     async outboxAdd(e: OutboxEntry) {

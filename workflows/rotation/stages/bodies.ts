@@ -114,7 +114,9 @@ export function stageBodies(deps: RotationDeps): StageBodies {
           issuer.create({
             name: ctx.newKeyName,
             rotationId: ctx.rotationId,
-            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue',
+            // not the first create of this rotation when restored at `issue`, or issuing again after
+            // the value was lost (newKeyId names the earlier key)
+            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue' && !ctx.newKeyId,
             ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
           }),
         (e) => e.code === 'ISSUER_RATE_LIMITED',
@@ -125,7 +127,9 @@ export function stageBodies(deps: RotationDeps): StageBodies {
     },
 
     stage: async ({ ctx, index }) => {
-      const secret = await newSecret(deps, ctx, 'stage', index);
+      // after a restart the value is read back from the stores staged so far, this one included (a
+      // process that died between writing this store and saving the snapshot left it there)
+      const secret = await newSecret(deps, ctx, 'stage', index + 1);
       const meta = {
         rotationId: ctx.rotationId,
         issuerKeyId: ctx.newKeyId ?? undefined,
