@@ -39,6 +39,12 @@ export interface RotationTiming {
   revokeAttempts: number;
   revokeBackoffMs: number;
   verifyRevokedTimeoutMs: number;
+  /**
+   * how long an idempotent step that fails retryably (the create after its reconciliation, stage,
+   * promote, the compensations, preflight's reads) keeps trying with backoff; absent = 0 (only the
+   * deps' `retryAttempts`)
+   */
+  retryBudgetMs?: number;
 }
 
 export interface RotationInput {
@@ -47,6 +53,11 @@ export interface RotationInput {
   /** the issuer key name carrying the rotation id */
   newKeyName: string;
   leaked: boolean;
+  /**
+   * leak mode, `--revoke-first`: delete the leaked key right after preflight (consumers fail until the
+   * new key is promoted), then issue, stage, verify and promote
+   */
+  revokeFirst?: boolean;
   storeLabels: string[];
   gateNames: string[];
   timing: RotationTiming;
@@ -75,6 +86,8 @@ export interface RotationContext extends RotationInput {
   /** compensation cursor: index of the store the running compensation works on */
   cursor: number;
   promotedAt: number | null;
+  /** revoke-first: when the leaked key was deleted (ms since epoch); consumers had no working key from then until promotedAt */
+  oldKeyRevokedAt?: number | null;
   deadlines: {
     verify: number | null;
     confirm: number[] | null;
@@ -103,6 +116,14 @@ export interface PreflightOutput {
 export interface IssueOutput {
   newKeyId: string;
   newFingerprint: string;
+  /** leak mode: the old key's identity and last use, resolved alongside the create (not before it) */
+  oldKeyId?: string | null;
+  oldKeyUnidentified?: boolean;
+  oldKeyLastUsedAt?: string | null;
+}
+export interface RevokeOutput {
+  /** revoke-first: the old key's last use, read alongside the delete (absent: leave context as it is) */
+  oldKeyLastUsedAt?: string | null;
 }
 export interface StepInput {
   ctx: RotationContext;
@@ -115,6 +136,9 @@ export interface SleepInput {
 
 /** The tags states carry (see the header). */
 export type RotationTag = 'forward' | 'compensation' | 'wait' | 'perStore';
+
+/** revoke-first: the leaked key was deleted before the new key was issued */
+export const revokedFirst = (c: RotationContext): boolean => typeof c.oldKeyRevokedAt === 'number';
 
 const notProvided = (name: string) => async (): Promise<never> => {
   throw new Error(`rotation actor "${name}" was not provided (use createRotationActor)`);
@@ -134,7 +158,7 @@ export const rotationSetup = setup({
     verify: fromPromise<void, StepInput>(notProvided('verify')),
     promote: fromPromise<void, StepInput>(notProvided('promote')),
     confirm: fromPromise<void, StepInput>(notProvided('confirm')),
-    revoke: fromPromise<void, StepInput>(notProvided('revoke')),
+    revoke: fromPromise<RevokeOutput, StepInput>(notProvided('revoke')),
     verifyRevoked: fromPromise<void, StepInput>(notProvided('verifyRevoked')),
     demote: fromPromise<void, StepInput>(notProvided('demote')),
     unstage: fromPromise<void, StepInput>(notProvided('unstage')),
@@ -150,6 +174,15 @@ export const rotationSetup = setup({
     nothingToRevoke: ({ context }) => context.bootstrap,
     oldKeyUnknown: ({ context }) => context.oldKeyId === null,
     revokeAttemptsLeft: ({ context }) => context.revokeAttempts + 1 < context.timing.revokeAttempts,
+    /** revoke-first (leak mode): preflight identified the old key; revoke it before anything else */
+    revokeFirstNow: ({ context, event }) => {
+      const out = (event as { output?: PreflightOutput }).output;
+      return context.revokeFirst === true && context.leaked && !!out && !out.bootstrap && out.oldKeyId !== null;
+    },
+    /** revoke-first: the old key is gone and no new key was issued yet */
+    issueAfterRevoke: ({ context }) => revokedFirst(context) && context.newKeyId === null,
+    oldKeyRevokedFirst: ({ context }) => revokedFirst(context),
+    revokeFirstUnconfirmed: ({ context }) => revokedFirst(context) && context.error?.stage === 'verifyRevoked',
     adoptionNeeded: ({ event }) => toKeyrotorError((event as { error?: unknown }).error).code === 'ADOPT_REQUIRED',
   },
   actions: {
@@ -188,6 +221,7 @@ export const rotationMachine = rotationSetup.createMachine({
     promoted: 0,
     cursor: 0,
     promotedAt: null,
+    oldKeyRevokedAt: null,
     deadlines: { verify: null, confirm: null, verifyRevoked: null, revokeRetryAt: null },
     revokeAttempts: 0,
     error: null,
@@ -202,10 +236,10 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'preflight',
         src: 'preflight',
         input,
-        onDone: {
-          target: 'issue',
-          actions: assign(({ event }) => ({ ...event.output })),
-        },
+        onDone: [
+          { guard: 'revokeFirstNow', target: 'revoke', actions: assign(({ event }) => ({ ...event.output })) },
+          { target: 'issue', actions: assign(({ event }) => ({ ...event.output })) },
+        ],
         onError: [
           {
             guard: 'adoptionNeeded',
@@ -310,7 +344,7 @@ export const rotationMachine = rotationSetup.createMachine({
                     .join(
                       ', ',
                     )} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
-                  ...(context.oldKeyId
+                  ...(context.oldKeyId && !revokedFirst(context)
                     ? [
                         `the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`,
                       ]
@@ -357,6 +391,16 @@ export const rotationMachine = rotationSetup.createMachine({
       always: [
         { guard: 'nothingToRevoke', target: 'rotated' },
         {
+          guard: 'revokeFirstUnconfirmed',
+          target: 'needsAttention',
+          actions: assign({
+            leftovers: ({ context }) => [
+              `the leaked key ${context.oldKeyId} was deleted first but still worked at the deadline: check it at the issuer and delete it again (the new key ${context.newKeyId} is current everywhere)`,
+            ],
+          }),
+        },
+        { guard: 'oldKeyRevokedFirst', target: 'rotated' },
+        {
           guard: 'oldKeyUnknown',
           target: 'needsAttention',
           actions: assign({
@@ -374,7 +418,16 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'revoke',
         src: 'revoke',
         input,
-        onDone: { target: 'verifyRevoked' },
+        onDone: {
+          target: 'verifyRevoked',
+          actions: assign({
+            // revoke-first: from now on consumers have no working key until the new one is promoted
+            oldKeyRevokedAt: ({ context }) =>
+              context.revokeFirst && context.newKeyId === null ? Date.now() : (context.oldKeyRevokedAt ?? null),
+            oldKeyLastUsedAt: ({ context, event }) =>
+              event.output?.oldKeyLastUsedAt !== undefined ? event.output.oldKeyLastUsedAt : context.oldKeyLastUsedAt,
+          }),
+        },
         onError: [
           {
             guard: 'revokeAttemptsLeft',
@@ -397,7 +450,9 @@ export const rotationMachine = rotationSetup.createMachine({
               assign({
                 revokeAttempts: ({ context }) => context.revokeAttempts + 1,
                 leftovers: ({ context }) => [
-                  `the old key ${context.oldKeyId} could not be revoked after ${context.revokeAttempts + 1} attempts: delete it at the issuer (the new key ${context.newKeyId} is current everywhere)`,
+                  context.newKeyId === null
+                    ? `the LEAKED key ${context.oldKeyId} could not be revoked first after ${context.revokeAttempts + 1} attempts and no new key was issued (the stores still serve it): delete it at the issuer, or run \`keyrotor rotate --now --leaked ${context.keyName}\` again`
+                    : `the old key ${context.oldKeyId} could not be revoked after ${context.revokeAttempts + 1} attempts: delete it at the issuer (the new key ${context.newKeyId} is current everywhere)`,
                 ],
               }),
             ],
@@ -427,18 +482,27 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'verifyRevoked',
         src: 'verifyRevoked',
         input,
-        onDone: { target: 'rotated' },
-        onError: {
-          target: 'needsAttention',
-          actions: [
-            { type: 'recordError', params: { stage: 'verifyRevoked' } },
-            assign({
-              leftovers: ({ context }) => [
-                `the old key ${context.oldKeyId} was deleted but still worked at the deadline: check it at the issuer and delete it again`,
-              ],
-            }),
-          ],
-        },
+        onDone: [{ guard: 'issueAfterRevoke', target: 'issue' }, { target: 'rotated' }],
+        onError: [
+          {
+            // revoke-first: the delete went through; consumers need the new key whatever happens, so go
+            // on (decideRevoke reports the unconfirmed revoke at the end)
+            guard: 'issueAfterRevoke',
+            target: 'issue',
+            actions: [{ type: 'recordError', params: { stage: 'verifyRevoked' } }],
+          },
+          {
+            target: 'needsAttention',
+            actions: [
+              { type: 'recordError', params: { stage: 'verifyRevoked' } },
+              assign({
+                leftovers: ({ context }) => [
+                  `the old key ${context.oldKeyId} was deleted but still worked at the deadline: check it at the issuer and delete it again`,
+                ],
+              }),
+            ],
+          },
+        ],
       },
     },
 
@@ -513,7 +577,9 @@ export const rotationMachine = rotationSetup.createMachine({
             target: 'needsAttention',
             actions: assign({
               leftovers: ({ context }) => [
-                `rotation failed before the new key was served; the LEAKED key ${context.oldKeyId ?? '(unidentified)'} is still current: fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`,
+                revokedFirst(context)
+                  ? `rotation failed before the new key was served, and the LEAKED key ${context.oldKeyId} was already revoked (revoke-first): consumers have NO working key; fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`
+                  : `rotation failed before the new key was served; the LEAKED key ${context.oldKeyId ?? '(unidentified)'} is still current: fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`,
               ],
             }),
           },

@@ -95,6 +95,13 @@ export function auditObserver(o: AuditObserverOptions): RotationObserver {
         ...(r.bootstrap ? { bootstrap: true } : {}),
         ...(r.placeholder ? { placeholder: true } : {}),
         ...(r.leaked ? { oldKeyLastUsedAt: r.oldKeyLastUsedAt ?? null } : {}),
+        ...(r.revokedFirst
+          ? {
+              revokedFirst: true,
+              consumersWithoutKeyMs: r.consumersWithoutKeyMs,
+              ...(r.consumersStillWithoutKey ? { consumersStillWithoutKey: true } : {}),
+            }
+          : {}),
         ...(r.startedAt ? { startedAt: r.startedAt } : {}),
         ...(r.finishedAt ? { finishedAt: r.finishedAt } : {}),
       });

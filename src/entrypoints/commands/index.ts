@@ -39,6 +39,10 @@ export const registerRotate: RegisterCommand = (ctx) => {
       '--leaked',
       'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)',
     )
+    .option(
+      '--revoke-first',
+      'with --now --leaked: delete the leaked key at once, then issue, stage, verify and promote the new key (consumers fail until it is served)',
+    )
     .option('--dry-run', 'print the plan and change nothing')
     .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
     .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
@@ -48,8 +52,22 @@ export const registerRotate: RegisterCommand = (ctx) => {
         throw new KeyrotorError('USAGE', `--concurrency must be an integer from 1 to 256 (got ${JSON.stringify(v)})`);
       return n;
     })
+    .addHelpText('after', ROTATE_HELP)
     .action(lazy(ctx, async () => (await import('./rotate.ts')).runRotate));
 };
+
+const ROTATE_HELP = `
+Leak response (a key was exposed):
+  keyrotor rotate --now --leaked <key>
+      consumers keep working: the new key is issued, staged, verified and promoted, then the leaked
+      key is deleted and checked dead. It stays alive for that critical path (create, verify, delete,
+      check: about 4 issuer requests), never longer; no consumer gate waits, it is never restored.
+  keyrotor rotate --now --leaked --revoke-first <key>
+      for a key under active abuse: the leaked key is deleted first (dead after one request, checked
+      with a second), then the new key is issued, staged, verified and promoted. Consumers have NO
+      working key in between; the result and the audit record say for how long (consumersWithoutKeyMs).
+  A transient issuer error does not end either: the create is reconciled by its unique name and tried
+  again within defaults.retry.budget (2m).`;
 
 export const registerResume: RegisterCommand = (ctx) => {
   ctx.program
