@@ -538,7 +538,7 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
         unconfirmedServiceAccount = undefined;
         if (await serviceAccountExists(sa, 'issue')) throw e;
         goneServiceAccount = sa;
-        return await createOnce(req);
+        return createOnce(req);
       }
     },
 
