@@ -47,6 +47,33 @@ function auditResults(dir: string): Record<string, unknown>[] {
     .filter((r) => r.type === 'result');
 }
 
+describe('leak mode runs the critical path only', () => {
+  it('create → verify the new key → delete the old → see it rejected; the last-use read goes alongside the create', async () => {
+    const { dir, old } = await world.bootstrap('critical-path');
+    world.fake.resetFaults(); // the log from here on is this rotation's
+    const r = await runCli(['rotate', '--now', '--leaked', 'app', '--json'], {
+      cwd: dir,
+      env: world.env(),
+      name: 'critical-path',
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const res = result(r.stdout);
+    expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: old.id, leaked: true });
+    const routes = world.fake.log.map((e) => e.route);
+    const created = routes.indexOf('serviceAccounts.apiKeys.create');
+    // nothing before the create but the last-use read sent beside it (no check, no service-account read)
+    expect(routes.slice(0, created).filter((x) => x !== 'projects.apiKeys.list')).toEqual([]);
+    expect(routes.slice(0, created).length).toBeLessThanOrEqual(1);
+    expect(routes.filter((x) => x !== 'projects.apiKeys.list')).toEqual([
+      'serviceAccounts.apiKeys.create',
+      'models.list', // the new key works
+      'projects.apiKeys.delete',
+      'models.list', // the old key is rejected
+    ]);
+    expect(routes.filter((x) => x === 'projects.apiKeys.list')).toHaveLength(1);
+  });
+});
+
 describe('a transient error on the key create does not end the rotation', () => {
   for (const mode of ['leak', 'normal'] as const) {
     it(`${mode} mode: one 500 on create → tried again, rotated; the old key dead, no stray key (exit 0)`, async () => {

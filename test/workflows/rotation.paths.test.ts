@@ -42,6 +42,12 @@ function enumerate(leaked: boolean, revokeFirst: boolean) {
       }
       if (v === 'issue') return [done('issue', { newKeyId: 'key_new', newFingerprint: 'fp_new' }), fail('issue')];
       if (v === 'revokeRetry') return [done('sleep')];
+      if (v === 'stage' || v === 'promote') {
+        // what the actor reports: one store, or in leak mode every remaining store at once
+        const c = s.context;
+        const from = v === 'stage' ? c.staged : c.promoted;
+        return [done(v, { stores: c.leaked ? c.storeLabels.length - from : 1 }), fail(v)];
+      }
       return [done(v), fail(v)];
     },
     serializeState: (s) => {

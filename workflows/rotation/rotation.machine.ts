@@ -121,6 +121,13 @@ export interface IssueOutput {
   oldKeyUnidentified?: boolean;
   oldKeyLastUsedAt?: string | null;
 }
+/**
+ * stage / promote: how many stores (from `index` on) the invocation finished. One in a normal rotation;
+ * in leak mode every remaining store at once (in parallel; a failure of any compensates them all).
+ */
+export interface StoresDone {
+  stores: number;
+}
 export interface RevokeOutput {
   /** revoke-first: the old key's last use, read alongside the delete (absent: leave context as it is) */
   oldKeyLastUsedAt?: string | null;
@@ -136,6 +143,9 @@ export interface SleepInput {
 
 /** The tags states carry (see the header). */
 export type RotationTag = 'forward' | 'compensation' | 'wait' | 'perStore';
+
+/** stores finished by a stage/promote invocation (1 for an output without the count) */
+const storesDone = (event: unknown): number => (event as { output?: Partial<StoresDone> }).output?.stores ?? 1;
 
 /** revoke-first: the leaked key was deleted before the new key was issued */
 export const revokedFirst = (c: RotationContext): boolean => typeof c.oldKeyRevokedAt === 'number';
@@ -154,9 +164,9 @@ export const rotationSetup = setup({
   actors: {
     preflight: fromPromise<PreflightOutput, StepInput>(notProvided('preflight')),
     issue: fromPromise<IssueOutput, StepInput>(notProvided('issue')),
-    stage: fromPromise<void, StepInput>(notProvided('stage')),
+    stage: fromPromise<StoresDone, StepInput>(notProvided('stage')),
     verify: fromPromise<void, StepInput>(notProvided('verify')),
-    promote: fromPromise<void, StepInput>(notProvided('promote')),
+    promote: fromPromise<StoresDone, StepInput>(notProvided('promote')),
     confirm: fromPromise<void, StepInput>(notProvided('confirm')),
     revoke: fromPromise<RevokeOutput, StepInput>(notProvided('revoke')),
     verifyRevoked: fromPromise<void, StepInput>(notProvided('verifyRevoked')),
@@ -166,8 +176,8 @@ export const rotationSetup = setup({
     sleep: fromPromise<void, SleepInput>(notProvided('sleep')),
   },
   guards: {
-    moreToStage: ({ context }) => context.staged + 1 < context.storeLabels.length,
-    moreToPromote: ({ context }) => context.promoted + 1 < context.storeLabels.length,
+    moreToStage: ({ context, event }) => context.staged + storesDone(event) < context.storeLabels.length,
+    moreToPromote: ({ context, event }) => context.promoted + storesDone(event) < context.storeLabels.length,
     moreToCompensate: ({ context }) => context.cursor > 0,
     leaked: ({ context }) => context.leaked,
     skipConfirm: ({ context }) => context.leaked || context.gateNames.length === 0,
@@ -271,16 +281,19 @@ export const rotationMachine = rotationSetup.createMachine({
             guard: 'moreToStage',
             target: 'stage',
             reenter: true,
-            actions: assign({ staged: ({ context }) => context.staged + 1 }),
+            actions: assign({ staged: ({ context, event }) => context.staged + storesDone(event) }),
           },
-          { target: 'verify', actions: assign({ staged: ({ context }) => context.staged + 1 }) },
+          { target: 'verify', actions: assign({ staged: ({ context, event }) => context.staged + storesDone(event) }) },
         ],
-        // the failing store may hold a partial write: unstage it too (unstage is idempotent)
+        // the failing store may hold a partial write: unstage it too (unstage is idempotent); in leak
+        // mode every remaining store was written at once: unstage them all
         onError: {
           target: 'unstage',
           actions: [
             { type: 'recordError', params: { stage: 'stage' } },
-            assign({ cursor: ({ context }) => context.staged }),
+            assign({
+              cursor: ({ context }) => (context.leaked ? context.storeLabels.length - 1 : context.staged),
+            }),
           ],
         },
       },
@@ -318,16 +331,22 @@ export const rotationMachine = rotationSetup.createMachine({
             guard: 'moreToPromote',
             target: 'promote',
             reenter: true,
-            actions: assign({ promoted: ({ context }) => context.promoted + 1 }),
+            actions: assign({ promoted: ({ context, event }) => context.promoted + storesDone(event) }),
           },
           {
             guard: 'skipConfirm',
             target: 'decideRevoke',
-            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+            actions: assign({
+              promoted: ({ context, event }) => context.promoted + storesDone(event),
+              promotedAt: () => Date.now(),
+            }),
           },
           {
             target: 'confirm',
-            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+            actions: assign({
+              promoted: ({ context, event }) => context.promoted + storesDone(event),
+              promotedAt: () => Date.now(),
+            }),
           },
         ],
         onError: [
@@ -339,11 +358,11 @@ export const rotationMachine = rotationSetup.createMachine({
               { type: 'recordError', params: { stage: 'promote' } },
               assign({
                 leftovers: ({ context }) => [
-                  `promote failed at ${context.storeLabels[context.promoted]}: ${context.storeLabels
+                  `promote failed (${context.error?.message ?? 'see the error'}): of ${context.storeLabels
                     .slice(context.promoted)
                     .join(
                       ', ',
-                    )} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
+                    )}, those it names still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
                   ...(context.oldKeyId && !revokedFirst(context)
                     ? [
                         `the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`,

@@ -19,6 +19,7 @@ import {
   type RevokeOutput,
   type RotationContext,
   type StepInput,
+  type StoresDone,
 } from '../rotation.machine.ts';
 import type { RotationDeps } from './deps.ts';
 import { ADOPT_WAYS, withoutPlaceholders } from './placeholder.ts';
@@ -32,9 +33,9 @@ export type StageBody<O> = (input: StepInput, signal: AbortSignal) => Promise<O>
 export interface StageOutputs {
   preflight: PreflightOutput;
   issue: IssueOutput;
-  stage: void;
+  stage: StoresDone;
   verify: void;
-  promote: void;
+  promote: StoresDone;
   confirm: void;
   revoke: RevokeOutput;
   verifyRevoked: void;
@@ -117,6 +118,33 @@ export function stageBodies(deps: RotationDeps): StageBodies {
       }
     }
     return undefined;
+  }
+
+  /**
+   * The store at `index` — in leak mode every store from `index` on, at once (each leaked second
+   * counts; a pending version is invisible to consumers and every store was verified to hold the same
+   * value). Waits for every write to settle before it reports the first failure, so the compensation
+   * that follows never races a write still in flight.
+   */
+  async function eachStore(
+    ctx: RotationContext,
+    index: number,
+    write: (s: SecretStore) => Promise<unknown>,
+  ): Promise<StoresDone> {
+    const targets = ctx.leaked ? stores.slice(index) : [store(index)];
+    if (targets.length === 0) store(index); // throws: no store there
+    const settled = await Promise.allSettled(targets.map((s) => write(s)));
+    const failed = settled.flatMap((r, i) => (r.status === 'rejected' ? [{ s: targets[i]!, e: r.reason }] : []));
+    if (failed.length === 1 || (failed.length > 1 && targets.length === 1)) throw failed[0]!.e;
+    if (failed.length > 1) {
+      const first = toKeyrotorError(failed[0]!.e);
+      throw new KeyrotorError(
+        first.code,
+        `${failed.length} stores failed: ${failed.map((f) => `${f.s.label}: ${toKeyrotorError(f.e).message}`).join('; ')}`,
+        { retryable: first.retryable, cause: first, ...(first.stage ? { stage: first.stage } : {}) },
+      );
+    }
+    return { stores: targets.length };
   }
 
   /** when the issuer last saw this key used (null: never, or not read); never fails */
@@ -234,7 +262,9 @@ export function stageBodies(deps: RotationDeps): StageBodies {
         fingerprint: ctx.newFingerprint ?? undefined,
         createdAt: new Date(clock.now()).toISOString(),
       };
-      await retried(ctx, undefined, () => store(index).stage({ rotationId: ctx.rotationId, secret, meta }));
+      return eachStore(ctx, index, (s) =>
+        retried(ctx, undefined, () => s.stage({ rotationId: ctx.rotationId, secret, meta })),
+      );
     },
 
     verify: async ({ ctx }, signal) => {
@@ -276,9 +306,8 @@ export function stageBodies(deps: RotationDeps): StageBodies {
       );
     },
 
-    promote: async ({ ctx, index }) => {
-      await retried(ctx, undefined, () => store(index).promote(ctx.rotationId));
-    },
+    promote: async ({ ctx, index }) =>
+      eachStore(ctx, index, (s) => retried(ctx, undefined, () => s.promote(ctx.rotationId))),
 
     confirm: async ({ ctx }, signal) => {
       const deadlines = ctx.deadlines.confirm ?? [];
