@@ -74,6 +74,30 @@ describe('leak mode runs the critical path only', () => {
   });
 });
 
+describe('leak mode without the issuer check before the create', () => {
+  it('a wrong admin key: the create is refused, nothing to discard; needs_attention says the leaked key is still current (exit 4)', async () => {
+    const { dir, old } = await world.bootstrap('wrong-admin');
+    world.fake.resetFaults();
+    const r = await runCli(['rotate', '--now', '--leaked', 'app', '--json'], {
+      cwd: dir,
+      env: { ...world.env(), OPENAI_ADMIN_KEY: 'sk-admin-not-this-one' },
+      name: 'wrong-admin',
+    });
+    expect(r.code, r.stderr).toBe(4);
+    const res = result(r.stdout);
+    expect(res).toMatchObject({
+      outcome: 'needs_attention',
+      oldKeyId: old.id,
+      leaked: true,
+      error: { stage: 'issue' },
+    });
+    expect(res.error!.code).not.toBe('ROLLBACK_FAILED');
+    expect(res.leftovers).toEqual([expect.stringContaining(`the LEAKED key ${old.id} is still current`)]);
+    expect(world.live(old.id)).toBe(true);
+    expect(world.fake.calls('serviceAccounts.apiKeys.create').map((c) => c.status)).toEqual([401]);
+  });
+});
+
 describe('a transient error on the key create does not end the rotation', () => {
   for (const mode of ['leak', 'normal'] as const) {
     it(`${mode} mode: one 500 on create → tried again, rotated; the old key dead, no stray key (exit 0)`, async () => {

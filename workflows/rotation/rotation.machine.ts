@@ -86,6 +86,11 @@ export interface RotationContext extends RotationInput {
   /** compensation cursor: index of the store the running compensation works on */
   cursor: number;
   promotedAt: number | null;
+  /**
+   * the issue stage failed on its first create of a fresh rotation with a clean refusal (auth, policy,
+   * not found: the issuer made nothing), so discard has nothing to look for
+   */
+  newKeyNeverMade?: boolean;
   /** revoke-first: when the leaked key was deleted (ms since epoch); consumers had no working key from then until promotedAt */
   oldKeyRevokedAt?: number | null;
   deadlines: {
@@ -267,7 +272,16 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'issue',
         input,
         onDone: { target: 'stage', actions: assign(({ event }) => ({ ...event.output })) },
-        onError: { target: 'discard', actions: [{ type: 'recordError', params: { stage: 'issue' } }] },
+        onError: {
+          target: 'discard',
+          actions: [
+            { type: 'recordError', params: { stage: 'issue' } },
+            assign({
+              newKeyNeverMade: ({ event }) =>
+                (event.error as { nothingCreated?: unknown } | undefined)?.nothingCreated === true,
+            }),
+          ],
+        },
       },
     },
     stage: {

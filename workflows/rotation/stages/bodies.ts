@@ -235,21 +235,32 @@ export function stageBodies(deps: RotationDeps): StageBodies {
       // A retried create() looks up its name first and deletes what an earlier try may have left, so
       // trying again never mints a second key. Only the first try of a rotation not restored at `issue`
       // can skip that lookup. Anything else (or the budget spent) goes to discard (reconcile by name).
+      let tries = 0;
+      const firstAttempt = deps.resumedIn !== 'issue';
       const key = await retried(
         ctx,
         signal,
         (attempt) => {
+          tries = attempt + 1;
           if (attempt > 0)
             deps.onStage?.({ stage: 'issue', phase: 'wait', observation: `create attempt ${attempt + 1}` });
           return issuer.create({
             name: ctx.newKeyName,
             rotationId: ctx.rotationId,
-            firstAttempt: attempt === 0 && deps.resumedIn !== 'issue',
+            firstAttempt: attempt === 0 && firstAttempt,
             ...(ctx.expiresInSeconds ? { expiresInSeconds: ctx.expiresInSeconds } : {}),
           });
         },
         'always',
-      );
+      ).catch((e: unknown) => {
+        // the only create of a fresh rotation was refused outright (not ambiguous, not retryable): the
+        // issuer made nothing, so discard need not look for a key of this name (with an admin key that
+        // cannot even list, it could not)
+        const err = toKeyrotorError(e, 'issue');
+        if (tries === 1 && firstAttempt && !err.retryable && err.code !== 'CREATE_AMBIGUOUS')
+          Object.assign(err, { nothingCreated: true });
+        throw err;
+      });
       deps.vault.set(newRef(ctx), key.secret);
       deps.logger.info({ stage: 'issue', keyId: key.keyId, fingerprint: fingerprint(key.secret) }, 'new key issued');
       return { newKeyId: key.keyId, newFingerprint: fingerprint(key.secret), ...(facts ? await facts : {}) };
@@ -462,8 +473,17 @@ export function stageBodies(deps: RotationDeps): StageBodies {
           if (ctx.newKeyId) {
             await issuer.revoke(ctx.newKeyId);
           } else {
-            // the create may have succeeded without us seeing the response: find it by its unique name
-            for (const k of await issuer.list()) if (k.name === ctx.newKeyName) await issuer.revoke(k.keyId);
+            // the create may have succeeded without us seeing the response: find it by its unique name.
+            // When the only create was refused outright and the issuer refuses the list for good too
+            // (e.g. a wrong admin key), there is nothing it can have made: done.
+            let keys;
+            try {
+              keys = await issuer.list();
+            } catch (e) {
+              if (ctx.newKeyNeverMade && !toKeyrotorError(e).retryable) return;
+              throw e;
+            }
+            for (const k of keys) if (k.name === ctx.newKeyName) await issuer.revoke(k.keyId);
           }
         },
         'none',
