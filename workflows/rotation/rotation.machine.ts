@@ -87,8 +87,8 @@ export interface RotationContext extends RotationInput {
   cursor: number;
   promotedAt: number | null;
   /**
-   * the issue stage failed on its first create of a fresh rotation with a clean refusal (auth, policy,
-   * not found: the issuer made nothing), so discard has nothing to look for
+   * the issue stage failed on its first create of a fresh rotation because the issuer refused the sender
+   * (credentials, permission: it made nothing); discard does not fail when the issuer refuses its list too
    */
   newKeyNeverMade?: boolean;
   /** revoke-first: when the leaked key was deleted (ms since epoch); consumers had no working key from then until promotedAt */

@@ -46,6 +46,9 @@ export interface StageOutputs {
 
 export type StageBodies = { [S in keyof StageOutputs]: StageBody<StageOutputs[S]> };
 
+/** errors that refuse the sender (bad credentials, no permission): nothing the request asked for was done */
+const REFUSED_SENDER: ReadonlySet<string> = new Set(['ISSUER_AUTH', 'ISSUER_PERMISSION', 'CONFIG_ENV_MISSING']);
+
 /** What each stage does, for one rotation's deps (wrapped by `actors.ts`). */
 export function stageBodies(deps: RotationDeps): StageBodies {
   const { issuer, stores, clock } = deps;
@@ -253,12 +256,11 @@ export function stageBodies(deps: RotationDeps): StageBodies {
         },
         'always',
       ).catch((e: unknown) => {
-        // the only create of a fresh rotation was refused outright (not ambiguous, not retryable): the
-        // issuer made nothing, so discard need not look for a key of this name (with an admin key that
-        // cannot even list, it could not)
+        // the only create of a fresh rotation was refused for who sent it (credentials, permission): an
+        // issuer applies no request it refuses to authenticate, so it made nothing, and discard need
+        // not look for a key of this name (with an admin key that cannot even list, it could not)
         const err = toKeyrotorError(e, 'issue');
-        if (tries === 1 && firstAttempt && !err.retryable && err.code !== 'CREATE_AMBIGUOUS')
-          Object.assign(err, { nothingCreated: true });
+        if (tries === 1 && firstAttempt && REFUSED_SENDER.has(err.code)) Object.assign(err, { nothingCreated: true });
         throw err;
       });
       deps.vault.set(newRef(ctx), key.secret);
@@ -480,7 +482,7 @@ export function stageBodies(deps: RotationDeps): StageBodies {
             try {
               keys = await issuer.list();
             } catch (e) {
-              if (ctx.newKeyNeverMade && !toKeyrotorError(e).retryable) return;
+              if (ctx.newKeyNeverMade && REFUSED_SENDER.has(toKeyrotorError(e).code)) return;
               throw e;
             }
             for (const k of keys) if (k.name === ctx.newKeyName) await issuer.revoke(k.keyId);
