@@ -20,7 +20,7 @@
  * Knobs (environment): BENCH_ONLY=p1,p4 (a subset; the sections not run keep their figures from the last
  * results.json, marked `carried`), BENCH_QUICK=1 (smaller sizes, for trying it out;
  * not for the README), BENCH_KEEP=1 (keep the temp dir), BENCH_P3_KEYS, BENCH_P1_ROUNDS, BENCH_P4_RUNS,
- * BENCH_P6_RUNS.
+ * BENCH_P6_RUNS, BENCH_P6_BASE (another checkout, its dist/pkg built: its `--leaked` runs interleaved as a baseline).
  */
 import { registerHooks } from 'node:module';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -107,7 +107,9 @@ progress(`temp dir ${tmp}${quick ? ' (BENCH_QUICK: reduced sizes)' : ''}`);
 
 const p4 = only.has('p4') ? await section('P4', () => runP4({ root: ROOT, tmp, runs: SIZES.p4Runs })) : undefined;
 const p6 = only.has('p6')
-  ? await section('P6', () => runP6({ root: ROOT, tmp, runs: SIZES.p6Runs, latencyMs: SIZES.p6LatencyMs }))
+  ? await section('P6', () =>
+      runP6({ root: ROOT, tmp, runs: SIZES.p6Runs, latencyMs: SIZES.p6LatencyMs, baseRoot: env.BENCH_P6_BASE }),
+    )
   : undefined;
 const p1 =
   only.has('p1') || only.has('p2')
@@ -432,6 +434,13 @@ if (p6) {
     lines.push(
       `  issuer requests per leak rotation: file ${v.file.requests}, fan-out ${v.fanout.requests}, revoke-first ${v.revokeFirst.requests}; before the create ${v.file.requestsBeforeFirstWrite}, before the revoke-first delete ${v.revokeFirst.requestsBeforeFirstWrite}; consumers without a key (revoke-first) ${fmtMs(v.revokeFirst.consumersWithoutKeyMs ?? NaN)}; median of ${v.runs}`,
     );
+    if (v.base) {
+      line(`  baseline ${path.basename(v.base.root)}: --leaked, file store`, v.base.file, TARGETS.p6Ratio);
+      line(`  baseline ${path.basename(v.base.root)}: --leaked, fan-out`, v.base.fanout, TARGETS.p6Ratio);
+      lines.push(
+        `  baseline issuer requests per leak rotation: file ${v.base.file.requests}, fan-out ${v.base.fanout.requests}`,
+      );
+    }
     for (const n of v.notes) lines.push(`  note: ${n}`);
   } else lines.push(`  error: ${p6.error}`);
   lines.push('');

@@ -37,9 +37,16 @@ export interface P6Options {
   tmp: string;
   runs: number;
   latencyMs: number;
+  /**
+   * another checkout (its `dist/pkg` built) to run the same `--leaked` scenarios with, interleaved, as
+   * the baseline of the same machine and load (BENCH_P6_BASE, e.g. the commit before a change)
+   */
+  baseRoot?: string | undefined;
 }
 
-type Scenario = 'file' | 'fanout' | 'revokeFirst';
+type Scenario = 'file' | 'fanout' | 'revokeFirst' | 'fileBase' | 'fanoutBase';
+const isBase = (sc: Scenario) => sc.endsWith('Base');
+const isFanout = (sc: Scenario) => sc.startsWith('fanout');
 
 interface Run {
   /** command start → the 401 for the old key was answered */
@@ -92,7 +99,8 @@ export async function runP6(o: P6Options) {
         endpoint: moto.endpoint,
         credentials: { accessKeyId: 'test', secretAccessKey: 'test' },
       });
-      await c.send(new CreateSecretCommand({ Name: 'p6/app', Description: 'keyrotor bench P6' }));
+      for (const name of ['p6/app', 'p6/app-base'])
+        await c.send(new CreateSecretCommand({ Name: name, Description: 'keyrotor bench P6' }));
       c.destroy();
     }
     gcp = await startGcpFake();
@@ -105,11 +113,8 @@ export async function runP6(o: P6Options) {
       port: gcp.port,
       insecure: true,
     });
-    await g.createSecret({
-      parent: `projects/${GCP_PROJECT}`,
-      secretId: 'p6-app',
-      secret: { replication: { automatic: {} } },
-    });
+    for (const secretId of ['p6-app', 'p6-app-base'])
+      await g.createSecret({ parent: `projects/${GCP_PROJECT}`, secretId, secret: { replication: { automatic: {} } } });
     await g.close();
     azure = await startAzureFake({ lifetimeMs: 60 * 60_000 });
     closers.push(() => azure!.close());
@@ -118,13 +123,14 @@ export async function runP6(o: P6Options) {
     // azure-shim.ts), swapped in by a resolve hook loaded with --import (fan-out runs only)
     const caFile = path.join(dir, 'azure-ca.pem');
     writeFileSync(caFile, azure.ca);
-    const distStore = pathToFileURL(
-      path.join(o.root, 'dist/pkg/providers/stores/azure-key-vault/azure-key-vault.store.js'),
-    ).href;
-    const shim = path.join(dir, 'p6-azure-shim.mjs');
-    writeFileSync(
-      shim,
-      `import { readFileSync } from 'node:fs';
+    const hooksFor = (root: string, tag: string) => {
+      const distStore = pathToFileURL(
+        path.join(root, 'dist/pkg/providers/stores/azure-key-vault/azure-key-vault.store.js'),
+      ).href;
+      const shim = path.join(dir, `p6-azure-shim-${tag}.mjs`);
+      writeFileSync(
+        shim,
+        `import { readFileSync } from 'node:fs';
 import { createAzureKeyVaultStore as real } from ${JSON.stringify(distStore)};
 const ca = readFileSync(${JSON.stringify(caFile)}, 'utf8');
 export function createAzureKeyVaultStore(cfg, ctx) {
@@ -134,11 +140,11 @@ export function createAzureKeyVaultStore(cfg, ctx) {
   });
 }
 `,
-    );
-    const hooks = path.join(dir, 'p6-azure-hooks.mjs');
-    writeFileSync(
-      hooks,
-      `import { registerHooks } from 'node:module';
+      );
+      const hooks = path.join(dir, `p6-azure-hooks-${tag}.mjs`);
+      writeFileSync(
+        hooks,
+        `import { registerHooks } from 'node:module';
 const SHIM = ${JSON.stringify(pathToFileURL(shim).href)};
 registerHooks({
   resolve(specifier, context, next) {
@@ -147,7 +153,10 @@ registerHooks({
   },
 });
 `,
-    );
+      );
+      return pathToFileURL(hooks).href;
+    };
+    const hooks = { own: hooksFor(o.root, 'own'), base: o.baseRoot ? hooksFor(o.baseRoot, 'base') : '' };
 
     const env: NodeJS.ProcessEnv = {
       PATH: process.env.PATH,
@@ -161,15 +170,23 @@ registerHooks({
       KEYROTOR_LOG_LEVEL: 'warn',
     };
 
+    const fanoutStores = (suffix: string) => `
+      - { type: file }
+${moto ? `      - { type: aws-secrets-manager, secretId: p6/app${suffix}, region: ${REGION}, endpoint: "${moto.endpoint}" }\n` : ''}      - { type: gcp-secret-manager, project: ${GCP_PROJECT}, secret: p6-app${suffix}, apiEndpoint: 127.0.0.1, port: ${gcp!.port}, insecure: true }
+      - { type: azure-key-vault, vaultUrl: "${azure!.vaultUrl}", name: p6-app${suffix} }`;
     const stores: Record<Scenario, string> = {
       file: '[ { type: file } ]',
       revokeFirst: '[ { type: file } ]',
-      fanout: `
-      - { type: file }
-${moto ? `      - { type: aws-secrets-manager, secretId: p6/app, region: ${REGION}, endpoint: "${moto.endpoint}" }\n` : ''}      - { type: gcp-secret-manager, project: ${GCP_PROJECT}, secret: p6-app, apiEndpoint: 127.0.0.1, port: ${gcp.port}, insecure: true }
-      - { type: azure-key-vault, vaultUrl: "${azure.vaultUrl}", name: p6-app }`,
+      fanout: fanoutStores(''),
+      fileBase: '[ { type: file } ]',
+      fanoutBase: fanoutStores('-base'),
     };
-    const scenarios: Scenario[] = ['file', 'fanout', 'revokeFirst'];
+    const scenarios: Scenario[] = [
+      'file',
+      'fanout',
+      'revokeFirst',
+      ...(o.baseRoot ? (['fileBase', 'fanoutBase'] as const) : []),
+    ];
     const work: Record<Scenario, { dir: string; current: string | null }> = {} as never;
     for (const sc of scenarios) {
       const d = path.join(dir, sc);
@@ -192,8 +209,8 @@ keys:
     const cli = (sc: Scenario, extra: string[]) =>
       spawnTimed(
         [
-          ...(sc === 'fanout' ? ['--import', pathToFileURL(hooks).href] : []),
-          bin,
+          ...(isFanout(sc) ? ['--import', isBase(sc) ? hooks.base : hooks.own] : []),
+          isBase(sc) ? path.join(o.baseRoot!, 'bin/keyrotor.js') : bin,
           'rotate',
           '--now',
           ...extra,
@@ -257,7 +274,7 @@ keys:
       nodeStart: [] as number[],
       floor4: [] as number[],
       floor2: [] as number[],
-      runs: { file: [], fanout: [], revokeFirst: [] } as Record<Scenario, Run[]>,
+      runs: { file: [], fanout: [], revokeFirst: [], fileBase: [], fanoutBase: [] } as Record<Scenario, Run[]>,
     };
     for (let n = 1; n <= o.runs; n++) {
       progress(`P6 round ${n}/${o.runs}`);
@@ -320,6 +337,9 @@ keys:
       file: summary('file', leakRef),
       fanout: summary('fanout', leakRef),
       revokeFirst: summary('revokeFirst', revokeRef),
+      ...(o.baseRoot
+        ? { base: { root: o.baseRoot, file: summary('fileBase', leakRef), fanout: summary('fanoutBase', leakRef) } }
+        : {}),
       notes,
     };
   } finally {
