@@ -16,18 +16,24 @@
  *       (targets <= 2.5x and <= 2x)
  *   P5  1,000 rotations waiting at a gate: peak RSS of a worker (target <= 256 MB); the waits are
  *       durable (parked by one worker process, continued by another), not live actors
+ *   P6  leak response: `rotate --now --leaked` as a new process until the old key is rejected, 200 ms per
+ *       issuer request, file store and a 4-store fan-out, vs. node start + create + verify + delete +
+ *       check (target <= 1.2x); `--revoke-first` vs. node start + delete + check
  *
- * Knobs (environment): BENCH_ONLY=p1,p4 (a subset), BENCH_QUICK=1 (smaller sizes, for trying it out;
- * not for the README), BENCH_KEEP=1 (keep the temp dir), BENCH_P3_KEYS, BENCH_P1_ROUNDS, BENCH_P4_RUNS.
+ * Knobs (environment): BENCH_ONLY=p1,p4 (a subset; the sections not run keep their figures from the last
+ * results.json, marked `carried`), BENCH_QUICK=1 (smaller sizes, for trying it out;
+ * not for the README), BENCH_KEEP=1 (keep the temp dir), BENCH_P3_KEYS, BENCH_P1_ROUNDS, BENCH_P4_RUNS,
+ * BENCH_P6_RUNS, BENCH_P6_BASE (another checkout, its dist/pkg built: its `--leaked` runs interleaved as a baseline).
  */
 import { registerHooks } from 'node:module';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CANARY } from '../test/canary.ts';
 import { runP1 } from './lib/p1-overhead.ts';
 import { runP1State } from './lib/p1-state.ts';
 import { runP4 } from './lib/p4-coldstart.ts';
+import { runP6 } from './lib/p6-leak.ts';
 import { createFleetWorld, runP3, runP5, type FleetWorld } from './lib/p3-fleet.ts';
 import { runP3Fleet } from './lib/p3-pg-fleet.ts';
 import { postgresSupport } from '../test/fakes/postgres.ts';
@@ -48,7 +54,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const env = process.env;
 const quick = env.BENCH_QUICK === '1';
 const only = new Set(
-  (env.BENCH_ONLY ?? 'p1,p2,p3,p3fleet,p4,p5')
+  (env.BENCH_ONLY ?? 'p1,p2,p3,p3fleet,p4,p5,p6')
     .toLowerCase()
     .split(',')
     .map((s) => s.trim()),
@@ -66,6 +72,8 @@ const SIZES = {
   p3FleetConcurrency: 16,
   p4Runs: int(env.BENCH_P4_RUNS, 10),
   p5Concurrency: int(env.BENCH_P5_CONCURRENCY, 32),
+  p6Runs: int(env.BENCH_P6_RUNS, quick ? 3 : 7),
+  p6LatencyMs: 200,
 };
 const TARGETS = {
   p1Ratio: 1.1,
@@ -75,6 +83,8 @@ const TARGETS = {
   p4Lambda: 2.5,
   p4Help: 2,
   p5PeakMB: 256,
+  p6Ratio: 1.2,
+  p6RevokeFirstRatio: 1.2,
 };
 
 // loopback fakes only: no metadata servers, no real clouds
@@ -105,6 +115,11 @@ const tmp = benchTmp();
 progress(`temp dir ${tmp}${quick ? ' (BENCH_QUICK: reduced sizes)' : ''}`);
 
 const p4 = only.has('p4') ? await section('P4', () => runP4({ root: ROOT, tmp, runs: SIZES.p4Runs })) : undefined;
+const p6 = only.has('p6')
+  ? await section('P6', () =>
+      runP6({ root: ROOT, tmp, runs: SIZES.p6Runs, latencyMs: SIZES.p6LatencyMs, baseRoot: env.BENCH_P6_BASE }),
+    )
+  : undefined;
 const p1 =
   only.has('p1') || only.has('p2')
     ? await section('P1/P2', () => runP1({ tmp, pairs: SIZES.p1Rounds, warmup: SIZES.p1Warmup }))
@@ -197,7 +212,27 @@ const results = {
   canary: { scanned: 'every file the bench wrote (logs, state, stores, configs)', filesContainingCanary: canaryHits },
 };
 const out = path.join(ROOT, 'bench', 'results.json');
-const json = JSON.stringify(results, null, 2) + '\n';
+// a subset run keeps the other sections' figures from the last run (marked with the date they are from)
+const previous = existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>) : {};
+const keep = (name: string, value: unknown) => {
+  if (value !== null && value !== undefined) return value;
+  const old = previous[name] as Record<string, unknown> | null | undefined;
+  if (!old) return null;
+  return { ...old, carried: (old.carried as string | undefined) ?? (previous.date as string | undefined) ?? 'unknown' };
+};
+const json =
+  JSON.stringify(
+    {
+      ...results,
+      p1: keep('p1', results.p1),
+      p3: keep('p3', results.p3),
+      p4: keep('p4', results.p4),
+      p5: keep('p5', results.p5),
+      p6: keep('p6', p6 ? (p6.ok ? { seconds: p6.seconds, ...p6.value } : p6) : null),
+    },
+    null,
+    2,
+  ) + '\n';
 if (json.includes(CANARY)) throw new Error('bench: refusing to write results.json: it contains the canary secret');
 writeFileSync(out, json);
 if (env.BENCH_KEEP !== '1') for (const d of new Set([tmp, p5Tmp])) rmSync(d, { recursive: true, force: true });
@@ -479,6 +514,49 @@ if (p5) {
     }
     lines.push(`  concurrency ${v.concurrency} per worker; gate ${JSON.stringify(v.gate)}; defaults.park.after 30s`);
   } else lines.push(`  error: ${p5.error}`);
+  lines.push('');
+}
+if (p6) {
+  lines.push(
+    row(
+      [`P6 leak response, ${SIZES.p6LatencyMs} ms per issuer request`, 'old key', 'critical', 'ratio', 'target', ''],
+      W,
+    ),
+  );
+  if (p6.ok) {
+    const v = p6.value;
+    const line = (label: string, x: typeof v.file, target: number) =>
+      lines.push(
+        row(
+          [
+            label,
+            fmtMs(x.oldKeyDeadMs),
+            fmtMs(x.criticalPathMs),
+            x.ratio.toFixed(2),
+            `<= ${target}`,
+            mark(x.ratio <= target),
+          ],
+          W,
+        ),
+      );
+    line('  --leaked, file store: until old key rejected', v.file, TARGETS.p6Ratio);
+    line(`  --leaked, ${v.fanoutStores}-store fan-out`, v.fanout, TARGETS.p6Ratio);
+    line('  --leaked --revoke-first, file store', v.revokeFirst, TARGETS.p6RevokeFirstRatio);
+    lines.push(
+      `  critical path = node -e 0 (${fmtMs(v.nodeStartMs)}) + create, verify, delete, check (${fmtMs(v.floorFourRequestsMs)}); revoke-first: + delete, check (${fmtMs(v.floorDeleteAndCheckMs)})`,
+    );
+    lines.push(
+      `  issuer requests per leak rotation: file ${v.file.requests}, fan-out ${v.fanout.requests}, revoke-first ${v.revokeFirst.requests}; before the create ${v.file.requestsBeforeFirstWrite}, before the revoke-first delete ${v.revokeFirst.requestsBeforeFirstWrite}; consumers without a key (revoke-first) ${fmtMs(v.revokeFirst.consumersWithoutKeyMs ?? NaN)}; median of ${v.runs}`,
+    );
+    if (v.base) {
+      line(`  baseline ${path.basename(v.base.root)}: --leaked, file store`, v.base.file, TARGETS.p6Ratio);
+      line(`  baseline ${path.basename(v.base.root)}: --leaked, fan-out`, v.base.fanout, TARGETS.p6Ratio);
+      lines.push(
+        `  baseline issuer requests per leak rotation: file ${v.base.file.requests}, fan-out ${v.base.fanout.requests}`,
+      );
+    }
+    for (const n of v.notes) lines.push(`  note: ${n}`);
+  } else lines.push(`  error: ${p6.error}`);
   lines.push('');
 }
 lines.push(

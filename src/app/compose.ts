@@ -69,6 +69,7 @@ export function timingFor(key: ResolvedKey, gates: HealthGate[]): RotationTiming
     revokeAttempts: d.revoke.attempts,
     revokeBackoffMs: d.revoke.backoff,
     verifyRevokedTimeoutMs: d.verifyRevoked.timeout,
+    retryBudgetMs: d.retry.budget,
   };
 }
 

@@ -43,6 +43,12 @@ export interface AuditEntry {
   /** adopt records: why, as the operator said (--reason) */
   reason?: string | undefined;
   oldKeyLastUsedAt?: string | null | undefined;
+  /** result records of `rotate --leaked --revoke-first`: the leaked key was deleted before the new key was issued */
+  revokedFirst?: boolean | undefined;
+  /** revoke-first: how long consumers had no working key (ms) */
+  consumersWithoutKeyMs?: number | undefined;
+  /** revoke-first: the rotation stopped before the new key was served */
+  consumersStillWithoutKey?: boolean | undefined;
   startedAt?: string | undefined;
   finishedAt?: string | undefined;
   /** repair records: what was dropped from a torn last line */

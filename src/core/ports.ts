@@ -205,6 +205,12 @@ export interface RotationResult {
   leaked?: boolean | undefined;
   /** leak mode: when the issuer last saw the old (compromised) key used, ISO or null if never */
   oldKeyLastUsedAt?: string | null | undefined;
+  /** leak mode `--revoke-first`: the leaked key was deleted before the new key was issued */
+  revokedFirst?: boolean | undefined;
+  /** revoke-first: how long consumers had no working key (delete of the old key until every store served the new one) */
+  consumersWithoutKeyMs?: number | undefined;
+  /** revoke-first: the rotation stopped before the new key was served, consumers are still without a working key */
+  consumersStillWithoutKey?: boolean | undefined;
   /** last stage the rotation reached */
   stage?: Stage | undefined;
   startedAt?: string | undefined;

@@ -92,24 +92,23 @@ describe('CLI with the OpenAI issuer (loopback Admin API)', () => {
     expect(text).not.toContain(CANARY);
   });
 
-  it('a lost create response leaves no orphan key and rolls back (exit 1)', async () => {
+  it('a lost create response leaves no orphan key: reconciled by name and tried again, rotated (exit 0)', async () => {
     const dir = workspace(config(), 'openai-lost');
     const first = await bootstrap(dir);
     const before = fake.state.liveKeys().length;
     fake.loseResponse('serviceAccounts.apiKeys.create');
     const r = await runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env: env(), name: 'openai-lost' });
-    expect(r.code, r.stderr).toBe(1);
+    expect(r.code, r.stderr).toBe(0);
     const res = results(r.stdout)[0]!;
-    expect(res).toMatchObject({
-      outcome: 'rolled_back',
-      oldKeyId: first.newKeyId,
-      error: { code: 'CREATE_AMBIGUOUS' },
-    });
-    expect(fake.state.keysNamed(`keyrotor.app.${res.rotationId}`).filter((k) => !k.deleted)).toEqual([]);
-    expect(fake.state.liveKeys().length).toBe(before);
-    expect(live(first.newKeyId)).toBe(true);
+    expect(res).toMatchObject({ outcome: 'rotated', oldKeyId: first.newKeyId });
+    // the key the lost create made is deleted; the retry's key is the only one of that name
+    const named = fake.state.keys.filter((k) => k.name === `keyrotor.app.${res.rotationId}`);
+    expect(named).toHaveLength(2);
+    expect(named.filter((k) => !k.deleted).map((k) => k.id)).toEqual([res.newKeyId]);
+    expect(fake.state.liveKeys().length).toBe(before); // one in, one out
+    expect(live(first.newKeyId)).toBe(false);
     const s = await runCli(['status', '--json'], { cwd: dir, env: env() });
-    expect(JSON.parse(s.stdout).keys[0]).toMatchObject({ currentKeyId: first.newKeyId, lastOutcome: 'rolled_back' });
+    expect(JSON.parse(s.stdout).keys[0]).toMatchObject({ currentKeyId: res.newKeyId, lastOutcome: 'rotated' });
   });
 
   it('a new key that never verifies is deleted; the old key stays current (exit 1)', async () => {

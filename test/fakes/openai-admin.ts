@@ -81,6 +81,10 @@ export interface FakeLogEntry {
   /** the status sent; 0 when no answer was sent (lost / reset) */
   status: number;
   fault?: 'status' | 'lost' | 'reset' | 'slow' | 'ratelimited' | 'malformed' | undefined;
+  /** `performance.now()` of this process when the request arrived */
+  at: number;
+  /** `performance.now()` when the answer was sent in full (absent: none was sent) */
+  doneAt?: number;
 }
 
 /**
@@ -118,7 +122,7 @@ export interface OpenAIFakeOptions {
   projects?: string[];
   /** admin key accepted on admin routes (default `${CANARY}-admin-1`) */
   adminKey?: string;
-  /** delay before every request is handled, ms */
+  /** delay before every request is handled, ms (a realistic round trip is ~200 ms; `setLatency` changes it) */
   latencyMs?: number;
   /** how list answers mask values: `sk-canar...wxyz` (default) or `sk-canar****...wxyz` */
   redact?: RedactStyle;
@@ -776,7 +780,16 @@ export async function startOpenAIFake(opts: OpenAIFakeOptions = {}): Promise<Ope
       const { route, params } = classify(method, url.pathname.split('/').filter(Boolean));
       const raw = await readBody(req);
       let body: unknown;
-      const entry: FakeLogEntry = { seq: ++seq, method, path: url.pathname, route, query, status: 0 };
+      const entry: FakeLogEntry = {
+        seq: ++seq,
+        method,
+        path: url.pathname,
+        route,
+        query,
+        status: 0,
+        at: performance.now(),
+      };
+      res.on('finish', () => (entry.doneAt = performance.now()));
       log.push(entry);
       for (const l of listeners) l(entry);
       const limitedForMs = overLimit();

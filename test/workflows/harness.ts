@@ -44,7 +44,9 @@ export interface World {
   input: RotationInput;
 }
 
-export function makeWorld(opts: { stores?: number; gates?: number; leaked?: boolean; setup?: Setup } = {}): World {
+export function makeWorld(
+  opts: { stores?: number; gates?: number; leaked?: boolean; revokeFirst?: boolean; setup?: Setup } = {},
+): World {
   const issuer = new MemoryIssuer();
   const stores = Array.from({ length: opts.stores ?? 2 }, (_, i) => new MemoryStore(`memory:${i}`));
   const gates = Array.from({ length: opts.gates ?? 1 }, (_, i) => new ScriptGate(`gate${i}`));
@@ -70,6 +72,7 @@ export function makeWorld(opts: { stores?: number; gates?: number; leaked?: bool
     keyName: 'app',
     newKeyName: issuedKeyName('app', rotationId),
     leaked: opts.leaked ?? false,
+    ...(opts.revokeFirst ? { revokeFirst: true } : {}),
     storeLabels: stores.map((s) => s.label),
     gateNames: gates.map((g) => g.name),
     timing: {

@@ -26,8 +26,8 @@ const PREFLIGHT_OUT: Record<Setup, unknown> = {
   unidentified: { oldKeyId: null, oldFingerprint: 'fp_old', bootstrap: false, oldKeyUnidentified: true },
 };
 
-function enumerate(leaked: boolean) {
-  const world = makeWorld({ leaked });
+function enumerate(leaked: boolean, revokeFirst: boolean) {
+  const world = makeWorld({ leaked, revokeFirst });
   return getSimplePaths(rotationMachine, {
     input: world.input,
     events: (s) => {
@@ -42,6 +42,12 @@ function enumerate(leaked: boolean) {
       }
       if (v === 'issue') return [done('issue', { newKeyId: 'key_new', newFingerprint: 'fp_new' }), fail('issue')];
       if (v === 'revokeRetry') return [done('sleep')];
+      if (v === 'stage' || v === 'promote') {
+        // what the actor reports: one store, or in leak mode every remaining store at once
+        const c = s.context;
+        const from = v === 'stage' ? c.staged : c.promoted;
+        return [done(v, { stores: c.leaked ? c.storeLabels.length - from : 1 }), fail(v)];
+      }
       return [done(v), fail(v)];
     },
     serializeState: (s) => {
@@ -54,6 +60,9 @@ function enumerate(leaked: boolean) {
         c.revokeAttempts,
         c.bootstrap,
         c.oldKeyId === null,
+        typeof c.oldKeyRevokedAt === 'number',
+        c.newKeyId === null,
+        c.error?.stage ?? null,
       ]);
     },
   });
@@ -92,7 +101,9 @@ function scripted(w: World, steps: PathStep[]) {
       const hard = { code: 'ISSUER_UNAVAILABLE' as const, times: 100 };
       switch (e.stage) {
         case 'preflight':
-          if ((step.event.error as KeyrotorError).code !== 'ADOPT_REQUIRED') w.issuer.faults.set('check', hard);
+          // (a store's check: leak mode does not call the issuer's check before its create)
+          if ((step.event.error as KeyrotorError).code !== 'ADOPT_REQUIRED')
+            w.stores[0]!.faults.set('check', { code: 'STORE_UNAVAILABLE', times: 100 });
           break;
         case 'issue':
           w.issuer.faults.set('create', { code: 'CREATE_AMBIGUOUS', after: true, times: 1 }); // the key exists, the response is lost
@@ -123,9 +134,13 @@ function scripted(w: World, steps: PathStep[]) {
   };
 }
 
-for (const leaked of [false, true]) {
-  describe(`every path of the rotation machine (leaked=${leaked})`, () => {
-    const paths = enumerate(leaked);
+for (const [leaked, revokeFirst] of [
+  [false, false],
+  [true, false],
+  [true, true],
+] as const) {
+  describe(`every path of the rotation machine (leaked=${leaked}${revokeFirst ? ', revoke-first' : ''})`, () => {
+    const paths = enumerate(leaked, revokeFirst);
 
     it('enumerates a non-trivial set of paths ending in every final state', () => {
       const finals = new Set(paths.map((p) => String(p.state.value)));
@@ -154,7 +169,7 @@ for (const leaked of [false, true]) {
         .slice(1)
         .map((s, k) => ({ state: String(path.steps[k]!.state.value), event: s.event })) as PathStep[];
       // steps[k].event is the event taken from the state before it
-      const world = makeWorld({ leaked, setup: setupOf(steps) });
+      const world = makeWorld({ leaked, revokeFirst, setup: setupOf(steps) });
       const r = await runWorld(world, { wrap: scripted(world, steps) });
       expect(r.final).toBe(String(path.state.value));
       expect(invariantViolations(world, r.context, r.final!)).toEqual([]);

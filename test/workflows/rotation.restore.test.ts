@@ -39,6 +39,13 @@ const scenarios: Array<{ name: string; make: () => World; expectFinal: string[] 
     make: () => makeWorld({ stores: 2, gates: 1, leaked: true }),
     expectFinal: ['rotated', 'needsAttention'],
   },
+  {
+    // a crash after the leaked key was deleted must not lose that fact: the restored run goes on to
+    // issue the new key and never revokes twice or restores anything
+    name: 'leak mode, revoke first',
+    make: () => makeWorld({ stores: 2, gates: 1, leaked: true, revokeFirst: true }),
+    expectFinal: ['rotated', 'needsAttention'],
+  },
 ];
 
 describe('restore after a crash at every state', () => {
@@ -60,6 +67,11 @@ describe('restore after a crash at every state', () => {
           resumed.final,
         );
         expect(invariantViolations(w, resumed.context, resumed.final!), `crash after snapshot ${n}`).toEqual([]);
+        if (w.input.revokeFirst) {
+          // the leaked key is dead whatever the crash point (it is revoked before anything else)
+          expect(w.issuer.alive(w.oldKey!.id), `crash after snapshot ${n}`).toBe(false);
+          if (resumed.final === 'rotated') expect(resumed.context.oldKeyRevokedAt).toBeTypeOf('number');
+        }
         finals.set(resumed.final!, (finals.get(resumed.final!) ?? 0) + 1);
         capture('restore-snapshots.json', JSON.stringify(resumed.snapshots));
       }

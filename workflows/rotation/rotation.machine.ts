@@ -39,6 +39,12 @@ export interface RotationTiming {
   revokeAttempts: number;
   revokeBackoffMs: number;
   verifyRevokedTimeoutMs: number;
+  /**
+   * how long an idempotent step that fails retryably (the create after its reconciliation, stage,
+   * promote, the compensations, preflight's reads) keeps trying with backoff; absent = 0 (only the
+   * deps' `retryAttempts`)
+   */
+  retryBudgetMs?: number;
 }
 
 export interface RotationInput {
@@ -47,6 +53,11 @@ export interface RotationInput {
   /** the issuer key name carrying the rotation id */
   newKeyName: string;
   leaked: boolean;
+  /**
+   * leak mode, `--revoke-first`: delete the leaked key right after preflight (consumers fail until the
+   * new key is promoted), then issue, stage, verify and promote
+   */
+  revokeFirst?: boolean;
   storeLabels: string[];
   gateNames: string[];
   timing: RotationTiming;
@@ -75,6 +86,13 @@ export interface RotationContext extends RotationInput {
   /** compensation cursor: index of the store the running compensation works on */
   cursor: number;
   promotedAt: number | null;
+  /**
+   * the issue stage failed on its first create of a fresh rotation because the issuer refused the sender
+   * (credentials, permission: it made nothing); discard does not fail when the issuer refuses its list too
+   */
+  newKeyNeverMade?: boolean;
+  /** revoke-first: when the leaked key was deleted (ms since epoch); consumers had no working key from then until promotedAt */
+  oldKeyRevokedAt?: number | null;
   deadlines: {
     verify: number | null;
     confirm: number[] | null;
@@ -103,6 +121,21 @@ export interface PreflightOutput {
 export interface IssueOutput {
   newKeyId: string;
   newFingerprint: string;
+  /** leak mode: the old key's identity and last use, resolved alongside the create (not before it) */
+  oldKeyId?: string | null;
+  oldKeyUnidentified?: boolean;
+  oldKeyLastUsedAt?: string | null;
+}
+/**
+ * stage / promote: how many stores (from `index` on) the invocation finished. One in a normal rotation;
+ * in leak mode every remaining store at once (in parallel; a failure of any compensates them all).
+ */
+export interface StoresDone {
+  stores: number;
+}
+export interface RevokeOutput {
+  /** revoke-first: the old key's last use, read alongside the delete (absent: leave context as it is) */
+  oldKeyLastUsedAt?: string | null;
 }
 export interface StepInput {
   ctx: RotationContext;
@@ -115,6 +148,12 @@ export interface SleepInput {
 
 /** The tags states carry (see the header). */
 export type RotationTag = 'forward' | 'compensation' | 'wait' | 'perStore';
+
+/** stores finished by a stage/promote invocation (1 for an output without the count) */
+const storesDone = (event: unknown): number => (event as { output?: Partial<StoresDone> }).output?.stores ?? 1;
+
+/** revoke-first: the leaked key was deleted before the new key was issued */
+export const revokedFirst = (c: RotationContext): boolean => typeof c.oldKeyRevokedAt === 'number';
 
 const notProvided = (name: string) => async (): Promise<never> => {
   throw new Error(`rotation actor "${name}" was not provided (use createRotationActor)`);
@@ -130,11 +169,11 @@ export const rotationSetup = setup({
   actors: {
     preflight: fromPromise<PreflightOutput, StepInput>(notProvided('preflight')),
     issue: fromPromise<IssueOutput, StepInput>(notProvided('issue')),
-    stage: fromPromise<void, StepInput>(notProvided('stage')),
+    stage: fromPromise<StoresDone, StepInput>(notProvided('stage')),
     verify: fromPromise<void, StepInput>(notProvided('verify')),
-    promote: fromPromise<void, StepInput>(notProvided('promote')),
+    promote: fromPromise<StoresDone, StepInput>(notProvided('promote')),
     confirm: fromPromise<void, StepInput>(notProvided('confirm')),
-    revoke: fromPromise<void, StepInput>(notProvided('revoke')),
+    revoke: fromPromise<RevokeOutput, StepInput>(notProvided('revoke')),
     verifyRevoked: fromPromise<void, StepInput>(notProvided('verifyRevoked')),
     demote: fromPromise<void, StepInput>(notProvided('demote')),
     unstage: fromPromise<void, StepInput>(notProvided('unstage')),
@@ -142,8 +181,8 @@ export const rotationSetup = setup({
     sleep: fromPromise<void, SleepInput>(notProvided('sleep')),
   },
   guards: {
-    moreToStage: ({ context }) => context.staged + 1 < context.storeLabels.length,
-    moreToPromote: ({ context }) => context.promoted + 1 < context.storeLabels.length,
+    moreToStage: ({ context, event }) => context.staged + storesDone(event) < context.storeLabels.length,
+    moreToPromote: ({ context, event }) => context.promoted + storesDone(event) < context.storeLabels.length,
     moreToCompensate: ({ context }) => context.cursor > 0,
     leaked: ({ context }) => context.leaked,
     skipConfirm: ({ context }) => context.leaked || context.gateNames.length === 0,
@@ -152,6 +191,15 @@ export const rotationSetup = setup({
     revokeAttemptsLeft: ({ context }) => context.revokeAttempts + 1 < context.timing.revokeAttempts,
     newValueLost: ({ context, event }) =>
       context.staged === 0 && toKeyrotorError((event as { error?: unknown }).error).code === 'SECRET_UNAVAILABLE',
+    /** revoke-first (leak mode): preflight identified the old key; revoke it before anything else */
+    revokeFirstNow: ({ context, event }) => {
+      const out = (event as { output?: PreflightOutput }).output;
+      return context.revokeFirst === true && context.leaked && !!out && !out.bootstrap && out.oldKeyId !== null;
+    },
+    /** revoke-first: the old key is gone and no new key was issued yet */
+    issueAfterRevoke: ({ context }) => revokedFirst(context) && context.newKeyId === null,
+    oldKeyRevokedFirst: ({ context }) => revokedFirst(context),
+    revokeFirstUnconfirmed: ({ context }) => revokedFirst(context) && context.error?.stage === 'verifyRevoked',
     adoptionNeeded: ({ event }) => toKeyrotorError((event as { error?: unknown }).error).code === 'ADOPT_REQUIRED',
   },
   actions: {
@@ -190,6 +238,7 @@ export const rotationMachine = rotationSetup.createMachine({
     promoted: 0,
     cursor: 0,
     promotedAt: null,
+    oldKeyRevokedAt: null,
     deadlines: { verify: null, confirm: null, verifyRevoked: null, revokeRetryAt: null },
     revokeAttempts: 0,
     error: null,
@@ -204,10 +253,10 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'preflight',
         src: 'preflight',
         input,
-        onDone: {
-          target: 'issue',
-          actions: assign(({ event }) => ({ ...event.output })),
-        },
+        onDone: [
+          { guard: 'revokeFirstNow', target: 'revoke', actions: assign(({ event }) => ({ ...event.output })) },
+          { target: 'issue', actions: assign(({ event }) => ({ ...event.output })) },
+        ],
         onError: [
           {
             guard: 'adoptionNeeded',
@@ -225,7 +274,16 @@ export const rotationMachine = rotationSetup.createMachine({
         src: 'issue',
         input,
         onDone: { target: 'stage', actions: assign(({ event }) => ({ ...event.output })) },
-        onError: { target: 'discard', actions: [{ type: 'recordError', params: { stage: 'issue' } }] },
+        onError: {
+          target: 'discard',
+          actions: [
+            { type: 'recordError', params: { stage: 'issue' } },
+            assign({
+              newKeyNeverMade: ({ event }) =>
+                (event.error as { nothingCreated?: unknown } | undefined)?.nothingCreated === true,
+            }),
+          ],
+        },
       },
     },
     stage: {
@@ -239,21 +297,24 @@ export const rotationMachine = rotationSetup.createMachine({
             guard: 'moreToStage',
             target: 'stage',
             reenter: true,
-            actions: assign({ staged: ({ context }) => context.staged + 1 }),
+            actions: assign({ staged: ({ context, event }) => context.staged + storesDone(event) }),
           },
-          { target: 'verify', actions: assign({ staged: ({ context }) => context.staged + 1 }) },
+          { target: 'verify', actions: assign({ staged: ({ context, event }) => context.staged + storesDone(event) }) },
         ],
         onError: [
           // restored after a crash between `issue` and the first `stage`: the new value was only in
           // the dead process's memory. Issue again under the same rotation (the create first deletes
           // the key of that name, whose value nobody holds) instead of rolling back.
           { guard: 'newValueLost', target: 'issue' },
-          // the failing store may hold a partial write: unstage it too (unstage is idempotent)
+          // the failing store may hold a partial write: unstage it too (unstage is idempotent); in leak
+          // mode every remaining store was written at once: unstage them all
           {
             target: 'unstage',
             actions: [
               { type: 'recordError', params: { stage: 'stage' } },
-              assign({ cursor: ({ context }) => context.staged }),
+              assign({
+                cursor: ({ context }) => (context.leaked ? context.storeLabels.length - 1 : context.staged),
+              }),
             ],
           },
         ],
@@ -292,16 +353,22 @@ export const rotationMachine = rotationSetup.createMachine({
             guard: 'moreToPromote',
             target: 'promote',
             reenter: true,
-            actions: assign({ promoted: ({ context }) => context.promoted + 1 }),
+            actions: assign({ promoted: ({ context, event }) => context.promoted + storesDone(event) }),
           },
           {
             guard: 'skipConfirm',
             target: 'decideRevoke',
-            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+            actions: assign({
+              promoted: ({ context, event }) => context.promoted + storesDone(event),
+              promotedAt: () => Date.now(),
+            }),
           },
           {
             target: 'confirm',
-            actions: assign({ promoted: ({ context }) => context.promoted + 1, promotedAt: () => Date.now() }),
+            actions: assign({
+              promoted: ({ context, event }) => context.promoted + storesDone(event),
+              promotedAt: () => Date.now(),
+            }),
           },
         ],
         onError: [
@@ -313,12 +380,12 @@ export const rotationMachine = rotationSetup.createMachine({
               { type: 'recordError', params: { stage: 'promote' } },
               assign({
                 leftovers: ({ context }) => [
-                  `promote failed at ${context.storeLabels[context.promoted]}: ${context.storeLabels
+                  `promote failed (${context.error?.message ?? 'see the error'}): of ${context.storeLabels
                     .slice(context.promoted)
                     .join(
                       ', ',
-                    )} still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
-                  ...(context.oldKeyId
+                    )}, those it names still serve the LEAKED key ${context.oldKeyId ?? '(unidentified)'}; the new key ${context.newKeyId} is staged there — fix access and run \`keyrotor resume ${context.keyName}\` or promote it by hand`,
+                  ...(context.oldKeyId && !revokedFirst(context)
                     ? [
                         `the leaked key ${context.oldKeyId} is still alive: delete it once every store serves the new key`,
                       ]
@@ -365,6 +432,16 @@ export const rotationMachine = rotationSetup.createMachine({
       always: [
         { guard: 'nothingToRevoke', target: 'rotated' },
         {
+          guard: 'revokeFirstUnconfirmed',
+          target: 'needsAttention',
+          actions: assign({
+            leftovers: ({ context }) => [
+              `the leaked key ${context.oldKeyId} was deleted first but still worked at the deadline: check it at the issuer and delete it again (the new key ${context.newKeyId} is current everywhere)`,
+            ],
+          }),
+        },
+        { guard: 'oldKeyRevokedFirst', target: 'rotated' },
+        {
           guard: 'oldKeyUnknown',
           target: 'needsAttention',
           actions: assign({
@@ -382,7 +459,16 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'revoke',
         src: 'revoke',
         input,
-        onDone: { target: 'verifyRevoked' },
+        onDone: {
+          target: 'verifyRevoked',
+          actions: assign({
+            // revoke-first: from now on consumers have no working key until the new one is promoted
+            oldKeyRevokedAt: ({ context }) =>
+              context.revokeFirst && context.newKeyId === null ? Date.now() : (context.oldKeyRevokedAt ?? null),
+            oldKeyLastUsedAt: ({ context, event }) =>
+              event.output?.oldKeyLastUsedAt !== undefined ? event.output.oldKeyLastUsedAt : context.oldKeyLastUsedAt,
+          }),
+        },
         onError: [
           {
             guard: 'revokeAttemptsLeft',
@@ -405,7 +491,9 @@ export const rotationMachine = rotationSetup.createMachine({
               assign({
                 revokeAttempts: ({ context }) => context.revokeAttempts + 1,
                 leftovers: ({ context }) => [
-                  `the old key ${context.oldKeyId} could not be revoked after ${context.revokeAttempts + 1} attempts: delete it at the issuer (the new key ${context.newKeyId} is current everywhere)`,
+                  context.newKeyId === null
+                    ? `the LEAKED key ${context.oldKeyId} could not be revoked first after ${context.revokeAttempts + 1} attempts and no new key was issued (the stores still serve it): delete it at the issuer, or run \`keyrotor rotate --now --leaked ${context.keyName}\` again`
+                    : `the old key ${context.oldKeyId} could not be revoked after ${context.revokeAttempts + 1} attempts: delete it at the issuer (the new key ${context.newKeyId} is current everywhere)`,
                 ],
               }),
             ],
@@ -435,18 +523,27 @@ export const rotationMachine = rotationSetup.createMachine({
         id: 'verifyRevoked',
         src: 'verifyRevoked',
         input,
-        onDone: { target: 'rotated' },
-        onError: {
-          target: 'needsAttention',
-          actions: [
-            { type: 'recordError', params: { stage: 'verifyRevoked' } },
-            assign({
-              leftovers: ({ context }) => [
-                `the old key ${context.oldKeyId} was deleted but still worked at the deadline: check it at the issuer and delete it again`,
-              ],
-            }),
-          ],
-        },
+        onDone: [{ guard: 'issueAfterRevoke', target: 'issue' }, { target: 'rotated' }],
+        onError: [
+          {
+            // revoke-first: the delete went through; consumers need the new key whatever happens, so go
+            // on (decideRevoke reports the unconfirmed revoke at the end)
+            guard: 'issueAfterRevoke',
+            target: 'issue',
+            actions: [{ type: 'recordError', params: { stage: 'verifyRevoked' } }],
+          },
+          {
+            target: 'needsAttention',
+            actions: [
+              { type: 'recordError', params: { stage: 'verifyRevoked' } },
+              assign({
+                leftovers: ({ context }) => [
+                  `the old key ${context.oldKeyId} was deleted but still worked at the deadline: check it at the issuer and delete it again`,
+                ],
+              }),
+            ],
+          },
+        ],
       },
     },
 
@@ -521,7 +618,9 @@ export const rotationMachine = rotationSetup.createMachine({
             target: 'needsAttention',
             actions: assign({
               leftovers: ({ context }) => [
-                `rotation failed before the new key was served; the LEAKED key ${context.oldKeyId ?? '(unidentified)'} is still current: fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`,
+                revokedFirst(context)
+                  ? `rotation failed before the new key was served, and the LEAKED key ${context.oldKeyId} was already revoked (revoke-first): consumers have NO working key; fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`
+                  : `rotation failed before the new key was served; the LEAKED key ${context.oldKeyId ?? '(unidentified)'} is still current: fix the cause and run \`keyrotor rotate --now --leaked ${context.keyName}\` again`,
               ],
             }),
           },

@@ -109,6 +109,11 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
   let adminClient: OpenAI | undefined;
   let adminKey: string | undefined;
   let serviceAccountId: string | undefined;
+  /**
+   * the remembered service account, used without reading it first (one request less before the
+   * create); a create answered 404 for it looks it up properly and tries once more (nothing was made)
+   */
+  let unconfirmedServiceAccount: string | undefined;
 
   /** the admin client, built on first need so that verify() works without the admin key */
   function admin(stage?: Stage): OpenAI {
@@ -292,16 +297,22 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     return id;
   }
 
+  /** a remembered service account a create was refused for (404): look it up or create another */
+  let goneServiceAccount: string | undefined;
+
   /** The service account new keys belong to: configured, remembered, found by name, or created. */
   async function ensureServiceAccount(stage?: Stage): Promise<string> {
     if (serviceAccountId) return serviceAccountId;
     if (cfg.serviceAccount) return (serviceAccountId = cfg.serviceAccount);
     await finishPendingInitialKey(stage);
     const remembered = ctx.providerState.get(SERVICE_ACCOUNT_STATE_KEY);
-    if (remembered) {
-      if (await serviceAccountExists(remembered, stage)) return (serviceAccountId = remembered);
-      log.warn({ serviceAccountId: remembered }, 'remembered service account is gone; looking up or creating another');
+    if (remembered && remembered !== goneServiceAccount) {
+      // used as it is: a create for an account that is gone is a clean 404 (see create)
+      unconfirmedServiceAccount = remembered;
+      return remembered;
     }
+    if (remembered)
+      log.warn({ serviceAccountId: remembered }, 'remembered service account is gone; looking up or creating another');
     const found = (await listServiceAccounts(stage)).filter((s) => s.name === saName);
     if (found.length > 1) {
       throw new KeyrotorError(
@@ -433,6 +444,66 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
+  /** one create (with the lookup-first of a retried one), for the service account in use */
+  async function createOnce(req: CreateKeyRequest): Promise<IssuedKey> {
+    const client = admin('issue');
+    const sa = await ensureServiceAccount('issue');
+    // Lookup first: a key with this name is the leftover of an earlier attempt of this rotation
+    // (crash or ambiguous answer) whose value nobody holds. Delete it before minting the one we keep.
+    // Skipped only when the caller says this rotation cannot have tried before (`firstAttempt`).
+    if (req.firstAttempt !== true) {
+      const leftovers = await deleteByName(req.name, 'issue');
+      if (leftovers.length)
+        log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
+    }
+
+    const body = {
+      project_id: project,
+      name: req.name,
+      ...(cfg.scopes ? { scopes: cfg.scopes } : {}),
+      ...(typeof req.expiresInSeconds === 'number' ? { expires_in_seconds: req.expiresInSeconds } : {}),
+    };
+    let res: APIKeyCreateResponse;
+    try {
+      res = await client.admin.organization.projects.serviceAccounts.apiKeys.create(sa, body, { maxRetries: 0 });
+    } catch (e) {
+      if (isAmbiguous(e))
+        throw await reconcile(req, apiMessage(e, secrets()), fail(e, `create key ${req.name}`, 'issue'));
+      throw fail(
+        e,
+        `create key ${req.name} in project ${project} for service account ${sa}`,
+        'issue',
+        `project ${project} or service account ${sa}`,
+      );
+    }
+    const r = res as Partial<APIKeyCreateResponse> | null | undefined;
+    if (!r || typeof r.value !== 'string' || !r.value || typeof r.id !== 'string' || !r.id) {
+      // created, but we cannot use it: delete what exists and report a bad answer
+      const id = r && typeof r.id === 'string' && r.id ? [r.id] : [];
+      const err = await reconcile(req, 'answer lacks the key id or value', undefined, id);
+      throw new KeyrotorError(
+        'ISSUER_BAD_RESPONSE',
+        `openai: create key ${req.name} in project ${project}: answer lacks the key id or value`,
+        {
+          stage: 'issue',
+          retryable: true,
+          cause: err,
+        },
+      );
+    }
+    const createdAt = iso(r.created_at) ?? new Date(ctx.clock.now()).toISOString();
+    const expiresAt = iso(r.expires_at) ?? undefined;
+    log.info({ keyId: r.id, name: req.name, serviceAccountId: sa, expiresAt }, 'created key');
+    const issued: IssuedKey = {
+      keyId: r.id,
+      name: typeof r.name === 'string' && r.name ? r.name : req.name,
+      secret: Secret.of(r.value),
+      createdAt,
+    };
+    if (expiresAt) issued.expiresAt = expiresAt;
+    return issued;
+  }
+
   const issuer: OpenAIIssuer = {
     type: 'openai',
     reportsUsage: true,
@@ -440,14 +511,18 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     async check() {
       // P2 extras (preflight, before anything changes): the admin key can list this project's keys,
       // and the configured service account exists
+      // (both reads at once; a service account found here is not read again by create)
       const client = admin('preflight');
-      try {
-        await client.admin.organization.projects.apiKeys.list(project, { limit: 1, owner_project_access: 'any' });
-      } catch (e) {
-        throw fail(e, `list keys of project ${project}`, 'preflight', `project ${project}`);
-      }
       const sa = cfg.serviceAccount ?? ctx.providerState.get(SERVICE_ACCOUNT_STATE_KEY);
-      if (sa && !(await serviceAccountExists(sa, 'preflight'))) {
+      const [listed, exists] = await Promise.allSettled([
+        client.admin.organization.projects.apiKeys.list(project, { limit: 1, owner_project_access: 'any' }),
+        sa ? serviceAccountExists(sa, 'preflight') : Promise.resolve(true),
+      ]);
+      if (listed.status === 'rejected')
+        throw fail(listed.reason, `list keys of project ${project}`, 'preflight', `project ${project}`);
+      if (exists.status === 'rejected') throw exists.reason;
+      if (sa && exists.value && !cfg.serviceAccount) serviceAccountId = sa;
+      if (sa && !exists.value) {
         if (cfg.serviceAccount) {
           throw new KeyrotorError('ISSUER_NOT_FOUND', `openai: service account ${sa} not found in project ${project}`, {
             stage: 'preflight',
@@ -462,62 +537,18 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     },
 
     async create(req) {
-      const client = admin('issue');
-      const sa = await ensureServiceAccount('issue');
-      // Lookup first: a key with this name is the leftover of an earlier attempt of this rotation
-      // (crash or ambiguous answer) whose value nobody holds. Delete it before minting the one we keep.
-      // Skipped only when the caller says this rotation cannot have tried before (`firstAttempt`).
-      if (req.firstAttempt !== true) {
-        const leftovers = await deleteByName(req.name, 'issue');
-        if (leftovers.length)
-          log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
-      }
-
-      const body = {
-        project_id: project,
-        name: req.name,
-        ...(cfg.scopes ? { scopes: cfg.scopes } : {}),
-        ...(typeof req.expiresInSeconds === 'number' ? { expires_in_seconds: req.expiresInSeconds } : {}),
-      };
-      let res: APIKeyCreateResponse;
       try {
-        res = await client.admin.organization.projects.serviceAccounts.apiKeys.create(sa, body, { maxRetries: 0 });
+        return await createOnce(req);
       } catch (e) {
-        if (isAmbiguous(e))
-          throw await reconcile(req, apiMessage(e, secrets()), fail(e, `create key ${req.name}`, 'issue'));
-        throw fail(
-          e,
-          `create key ${req.name} in project ${project} for service account ${sa}`,
-          'issue',
-          `project ${project} or service account ${sa}`,
-        );
+        const sa = unconfirmedServiceAccount;
+        if (!sa || !(e instanceof KeyrotorError) || e.code !== 'ISSUER_NOT_FOUND' || serviceAccountId) throw e;
+        // the remembered service account was used unread and the create was refused (404: nothing was
+        // made): is it gone? Then look it up by name or create it, and create the key once more
+        unconfirmedServiceAccount = undefined;
+        if (await serviceAccountExists(sa, 'issue')) throw e;
+        goneServiceAccount = sa;
+        return createOnce(req);
       }
-      const r = res as Partial<APIKeyCreateResponse> | null | undefined;
-      if (!r || typeof r.value !== 'string' || !r.value || typeof r.id !== 'string' || !r.id) {
-        // created, but we cannot use it: delete what exists and report a bad answer
-        const id = r && typeof r.id === 'string' && r.id ? [r.id] : [];
-        const err = await reconcile(req, 'answer lacks the key id or value', undefined, id);
-        throw new KeyrotorError(
-          'ISSUER_BAD_RESPONSE',
-          `openai: create key ${req.name} in project ${project}: answer lacks the key id or value`,
-          {
-            stage: 'issue',
-            retryable: true,
-            cause: err,
-          },
-        );
-      }
-      const createdAt = iso(r.created_at) ?? new Date(ctx.clock.now()).toISOString();
-      const expiresAt = iso(r.expires_at) ?? undefined;
-      log.info({ keyId: r.id, name: req.name, serviceAccountId: sa, expiresAt }, 'created key');
-      const issued: IssuedKey = {
-        keyId: r.id,
-        name: typeof r.name === 'string' && r.name ? r.name : req.name,
-        secret: Secret.of(r.value),
-        createdAt,
-      };
-      if (expiresAt) issued.expiresAt = expiresAt;
-      return issued;
     },
 
     async verify(secret): Promise<VerifyResult> {

@@ -106,6 +106,13 @@ export function auditObserver(o: AuditObserverOptions): RotationObserver {
       ...(r.placeholder ? { placeholder: true } : {}),
       ...(r.leaked ? { oldKeyLastUsedAt: r.oldKeyLastUsedAt ?? null } : {}),
       ...(r.startedAt ? { startedAt: r.startedAt } : {}),
+      ...(r.revokedFirst
+        ? {
+            revokedFirst: true,
+            consumersWithoutKeyMs: r.consumersWithoutKeyMs,
+            ...(r.consumersStillWithoutKey ? { consumersStillWithoutKey: true } : {}),
+          }
+        : {}),
       ...(r.finishedAt ? { finishedAt: r.finishedAt } : {}),
       ...(r.wakeAt ? { wakeAt: r.wakeAt } : {}),
     };

@@ -29,6 +29,15 @@ const defaults = z
       .object({ timeout: duration.default(120_000), interval: duration.default(5_000) })
       .strict()
       .default({ timeout: 120_000, interval: 5_000 }),
+    /**
+     * how long a step that fails retryably keeps trying with backoff before the rotation gives up:
+     * preflight's reads and the key create (after its reconciliation) in every rotation, and stage,
+     * verify's store reads and promote in leak mode (at least 3 attempts in any case)
+     */
+    retry: z
+      .object({ budget: duration.default(120_000) })
+      .strict()
+      .default({ budget: 120_000 }),
     /** per-key lease: how long a crashed run blocks others */
     lease: z
       .object({ ttl: duration.default(15 * 60_000) })

@@ -158,6 +158,7 @@ export async function runRotation(
     keyName: key.name,
     newKeyName: issuedKeyName(key.name, rotationId),
     leaked: o.leaked === true || inherited !== null,
+    ...(o.leaked === true && o.revokeFirst === true ? { revokeFirst: true } : {}),
     storeLabels: providers.stores.map((s) => s.label),
     gateNames: providers.gates.map((g) => g.name),
     timing: timingFor(key, providers.gates),

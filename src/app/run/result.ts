@@ -38,6 +38,7 @@ export function resultFrom(keyName: string, state: FinalState, ctx: RotationCont
     ...(ctx.bootstrap ? { bootstrap: true } : {}),
     ...(ctx.placeholder ? { placeholder: true } : {}),
     ...(ctx.leaked ? { leaked: true, oldKeyLastUsedAt: ctx.oldKeyLastUsedAt } : {}),
+    ...consumersWithoutKey(ctx, clock),
     ...(stage ? { stage } : {}),
     startedAt: new Date(ctx.startedAt).toISOString(),
     finishedAt: new Date(clock.now()).toISOString(),
@@ -122,4 +123,21 @@ export function recordAfter(
   // `rotate`) promotes the rest and revokes the leaked key.
   const keepActive = state === 'needsAttention' && ctx.leaked && ctx.error?.stage === 'promote' ? lastActive : null;
   return { serving, keepActive };
+}
+
+/**
+ * Revoke-first: consumers had no working key from the delete of the leaked key until every store
+ * served the new one (or until now, when the rotation stopped before that).
+ */
+function consumersWithoutKey(
+  ctx: RotationContext,
+  clock: Clock,
+): Pick<RotationResult, 'revokedFirst' | 'consumersWithoutKeyMs' | 'consumersStillWithoutKey'> {
+  if (typeof ctx.oldKeyRevokedAt !== 'number') return {};
+  const served = ctx.promotedAt ?? null;
+  return {
+    revokedFirst: true,
+    consumersWithoutKeyMs: Math.max(0, (served ?? clock.now()) - ctx.oldKeyRevokedAt),
+    ...(served === null ? { consumersStillWithoutKey: true } : {}),
+  };
 }

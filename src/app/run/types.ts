@@ -16,6 +16,11 @@ export interface RotateOptions {
   now?: boolean;
   /** leak mode: the current key is compromised */
   leaked?: boolean;
+  /**
+   * with `leaked`: delete the leaked key right after preflight, before the new key is issued (consumers
+   * have no working key until it is promoted; the result says for how long)
+   */
+  revokeFirst?: boolean;
   /** print the plan, change nothing */
   dryRun?: boolean;
   clock?: Clock;

@@ -30,9 +30,13 @@ export const rotationResultSchema: z.ZodType<RotationResult> = z.object({
   placeholder: z.boolean().optional(),
   leaked: z.boolean().optional(),
   oldKeyLastUsedAt: z.string().nullable().optional(),
+  revokedFirst: z.boolean().optional(),
+  consumersWithoutKeyMs: z.number().nonnegative().optional(),
+  consumersStillWithoutKey: z.boolean().optional(),
   stage: stage.optional(),
   startedAt: z.string().optional(),
   finishedAt: z.string().optional(),
+  wakeAt: z.string().optional(),
 });
 
 export const persistedRotationSchema: z.ZodType<PersistedRotation> = z.object({

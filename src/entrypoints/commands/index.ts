@@ -47,6 +47,10 @@ export const registerRotate: RegisterCommand = (ctx) => {
       '--leaked',
       'the current key is compromised: skip consumer gates, revoke as soon as the new key serves, never restore it (needs --now)',
     )
+    .option(
+      '--revoke-first',
+      'with --now --leaked: delete the leaked key at once, then issue, stage, verify and promote the new key (consumers fail until it is served)',
+    )
     .option('--dry-run', 'print the plan and change nothing')
     .option('--json', 'print exactly one JSON document on stdout: { "results": [...] }')
     .option('--full', 'if a key was only bootstrapped (its store was empty), rotate it once more so every stage runs')
@@ -57,9 +61,22 @@ export const registerRotate: RegisterCommand = (ctx) => {
       return n;
     })
     .option('--park', PARK_OPTION)
-    .addHelpText('after', PARK_HELP)
+    .addHelpText('after', ROTATE_HELP + PARK_HELP)
     .action(lazy(ctx, async () => (await import('./rotate.ts')).runRotate));
 };
+
+const ROTATE_HELP = `
+Leak response (a key was exposed):
+  keyrotor rotate --now --leaked <key>
+      consumers keep working: the new key is issued, staged, verified and promoted, then the leaked
+      key is deleted and checked dead. It stays alive for that critical path (create, verify, delete,
+      check: about 4 issuer requests), never longer; no consumer gate waits, it is never restored.
+  keyrotor rotate --now --leaked --revoke-first <key>
+      for a key under active abuse: the leaked key is deleted first (dead after one request, checked
+      with a second), then the new key is issued, staged, verified and promoted. Consumers have NO
+      working key in between; the result and the audit record say for how long (consumersWithoutKeyMs).
+  A transient issuer error does not end either: the create is reconciled by its unique name and tried
+  again within defaults.retry.budget (2m).`;
 
 export const registerResume: RegisterCommand = (ctx) => {
   ctx.program
@@ -78,7 +95,7 @@ export const registerResume: RegisterCommand = (ctx) => {
 An unfinished rotation is one whose snapshot is still in the state store (the process died, was
 killed, or paused). resume picks it up at the stage it was in: every stage is idempotent, so the
 stage that was in flight is simply run again. A crash between creating the new key and storing it
-loses the value: that rotation rolls back and deletes the key. A lock held by a dead process is
+loses the value: that key is deleted and the rotation issues a new one under the same rotation id. A lock held by a dead process is
 taken over at once when that process ran on this host (same boot; pid gone or reused), else once
 its lease expires (defaults.lease.ttl); until then resume exits 3. Ctrl-C pauses again (exit 5).
 A rotation parked at a health gate (a durable wait) is continued once its wake time has come

@@ -10,6 +10,7 @@ export async function runRotate(
   opts: {
     now?: boolean;
     leaked?: boolean;
+    revokeFirst?: boolean;
     dryRun?: boolean;
     json?: boolean;
     full?: boolean;
@@ -18,6 +19,11 @@ export async function runRotate(
   },
 ): Promise<void> {
   ctx.setJson(opts.json === true);
+  if (opts.revokeFirst && (!opts.leaked || !opts.now))
+    throw new KeyrotorError(
+      'USAGE',
+      '--revoke-first needs --now --leaked: it deletes a leaked key before its replacement exists',
+    );
   if (opts.leaked && !opts.now)
     throw new KeyrotorError('USAGE', '--leaked needs --now: a leaked key is rotated immediately');
   if (opts.leaked && names.length === 0) throw new KeyrotorError('USAGE', '--leaked needs the key name(s) that leaked');
@@ -50,6 +56,7 @@ export async function runRotate(
     actor: 'cli',
     now: opts.now === true,
     leaked: opts.leaked === true,
+    ...(opts.revokeFirst ? { revokeFirst: true } : {}),
     dryRun: opts.dryRun === true,
     park: opts.park === true,
     ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
@@ -106,7 +113,11 @@ export function renderResults(results: KeyResult[]): string {
       what = `${r.untouched ? 'parked' : 'parked now'} at ${r.stage} until ${r.wakeAt}; the next worker run from then continues it (\`keyrotor resume --now ${r.key}\` checks it at once)`;
     else what = r.error ? `${r.error.code}: ${r.error.message}` : r.outcome;
     if (r.leaked && !r.dryRun)
-      what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? 'never (as far as the issuer knows)'}`;
+      what += `; the leaked key was last used ${r.oldKeyLastUsedAt ?? (r.revokedFirst ? 'never or unknown (read alongside the delete)' : 'never (as far as the issuer knows)')}`;
+    if (r.revokedFirst)
+      what += r.consumersStillWithoutKey
+        ? `; revoked first: consumers have had NO working key for ${r.consumersWithoutKeyMs} ms and still have none`
+        : `; revoked first: consumers had no working key for ${r.consumersWithoutKeyMs} ms`;
     const lines = [`${r.key}  ${r.outcome.toUpperCase()}  ${what}${r.rotationId ? `  [${r.rotationId}]` : ''}`];
     for (const l of r.leftovers ?? []) lines.push(`    ! ${l}`);
     return lines.join('\n');

@@ -28,24 +28,32 @@ export async function pollUntil<T>(
   }
 }
 
-/** `fn` up to `attempts` times while `retryOn` says the error is worth retrying. */
+/**
+ * `fn` until it succeeds or fails for good: a retryable error (`retryOn`) is tried again with
+ * exponential backoff and full jitter (250 ms doubling, at most 5 s) — at least `attempts` tries in
+ * all, and beyond that for as long as the next try starts within `budgetMs` of the first (0: attempts
+ * only). `fn` gets the attempt number (0 first). A non-retryable error, or a retryable one once both
+ * are spent, is thrown as it came. `signal` (the stage's) cuts a backoff short.
+ */
 export async function withRetries<T>(
   clock: Clock,
   attempts: number,
   fn: (attempt: number) => Promise<T>,
   retryOn: (e: KeyrotorError) => boolean = (e) => e.retryable,
+  budgetMs = 0,
+  signal?: AbortSignal,
 ): Promise<T> {
-  let lastErr: unknown;
-  for (let i = 0; i < attempts; i++) {
+  const until = clock.now() + budgetMs;
+  for (let i = 0; ; i++) {
     try {
       return await fn(i);
     } catch (e) {
-      lastErr = e;
       const ke = toKeyrotorError(e);
-      if (!retryOn(ke) || i === attempts - 1) throw e;
       // exponential backoff with full jitter (throttling: many keys must not retry in lockstep)
-      await clock.sleep(Math.random() * Math.min(250 * 2 ** (i + 1), 5000));
+      const delay = Math.random() * Math.min(250 * 2 ** (i + 1), 5000);
+      const more = i + 1 < attempts || clock.now() + delay < until;
+      if (!retryOn(ke) || !more) throw e;
+      await clock.sleep(delay, signal);
     }
   }
-  throw lastErr;
 }
