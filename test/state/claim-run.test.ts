@@ -92,8 +92,10 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
   };
   await admin.put({ ...rec, active: parked });
   const again = await run(workers[0]!);
+  // left alone until its wake time: reported `waiting` (as the per-key path reports a parked rotation)
   expect(again.find((r) => r.key === 'c01')).toMatchObject({
-    outcome: 'in_progress',
+    outcome: 'waiting',
+    untouched: true,
     rotationId: parked.rotationId,
   });
   expect((await admin.read('c01'))?.active).toEqual(parked);
