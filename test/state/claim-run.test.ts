@@ -4,7 +4,7 @@
  * exactly one of them, both get work); a key whose lease is granted but that another worker rotated
  * since the read is released untouched; a rotation parked at a gate (`wakeAt` ahead) is left alone.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig, type LoadedConfig } from '../../src/app/config/load.ts';
@@ -13,7 +13,8 @@ import { silentLogger } from '../../src/app/log.ts';
 import { createStateStore } from '../../src/app/state/index.ts';
 import { isLease, type StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const MASTER = '6d'.repeat(32);
 const DAY = 86_400_000;
@@ -109,19 +110,11 @@ describe('claiming due keys in the run loop', () => {
 
   const PG = postgresSupportOrSkip('claiming on PostgreSQL');
   describe.skipIf(!PG)('postgres', () => {
-    let server: Postgres;
-    let url = '';
-    beforeAll(async () => {
-      server = await startPostgres();
-      url = await server.createDatabase('claim');
-    }, 60_000);
-    afterAll(async () => {
-      await server?.close();
-    });
+    const db = usePostgresDatabase('claim');
     it('postgres backend: two workers share the due keys, each rotated once', async () => {
       await scenario(tempDir('claim-pg'), 'state: { type: postgres }', {
         KEYROTOR_MASTER_KEY: MASTER,
-        KEYROTOR_DATABASE_URL: url,
+        KEYROTOR_DATABASE_URL: db.url(),
       });
     }, 60_000);
   });

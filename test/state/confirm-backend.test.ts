@@ -4,7 +4,7 @@
  * (another directory, another state dir) that shares only the PostgreSQL database. The decision
  * reaches the gate; a decision is created once and never changed.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig } from '../../src/app/config/load.ts';
@@ -12,7 +12,8 @@ import { rotateKey } from '../../src/app/run.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { createStateStore } from '../../src/app/state/index.ts';
 import { runCli, workspace } from '../entrypoints/cli-helpers.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const MASTER = '4d'.repeat(32);
 const CONFIG = `version: 1
@@ -32,18 +33,10 @@ keys:
 const PG = postgresSupportOrSkip('manual confirm through PostgreSQL');
 
 describe.skipIf(!PG)('keyrotor confirm through the PostgreSQL state backend', () => {
-  let server: Postgres;
-  let url = '';
-  beforeAll(async () => {
-    server = await startPostgres();
-    url = await server.createDatabase('confirms');
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const db = usePostgresDatabase('confirms');
 
   it('a confirm from another machine reaches the waiting rotation; the decision is created once and kept', async () => {
-    const env = { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: url };
+    const env = { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: db.url() };
     const hostA = workspace(CONFIG, 'confirm-host-a');
     const hostB = workspace(CONFIG, 'confirm-host-b');
     const file = path.join(hostA, 'rotation.config.yaml');

@@ -15,7 +15,8 @@ import { createStateStore } from '../../src/app/state/index.ts';
 import { isLease } from '../../src/core/ports.ts';
 import { runCli, workspace } from '../entrypoints/cli-helpers.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const MASTER = '6a'.repeat(32);
 const AWS = {
@@ -112,17 +113,9 @@ async function scenario(name: string, state: string, env: NodeJS.ProcessEnv) {
 
 const PG = postgresSupportOrSkip('durable waits on PostgreSQL');
 describe.skipIf(!PG)('durable waits: PostgreSQL', () => {
-  let server: Postgres;
-  let url = '';
-  beforeAll(async () => {
-    server = await startPostgres();
-    url = await server.createDatabase('waits');
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const db = usePostgresDatabase('waits');
   it('a rotation parked by one worker is continued by another', async () => {
-    await scenario('waits-pg', 'state: { type: postgres, schema: waits }', { KEYROTOR_DATABASE_URL: url });
+    await scenario('waits-pg', 'state: { type: postgres, schema: waits }', { KEYROTOR_DATABASE_URL: db.url() });
   }, 60_000);
 });
 

@@ -23,9 +23,10 @@ import { createStateAuditLog, createStateStore } from '../../src/app/state/index
 import type { AuditRecord } from '../../src/app/audit/record.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { CLI } from '../entrypoints/cli-helpers.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const MASTER = '3d'.repeat(32);
 
@@ -142,21 +143,13 @@ describe('one durable write per transition', () => {
 
   const PG = postgresSupportOrSkip('durable writes on PostgreSQL');
   describe.skipIf(!PG)('postgres', () => {
-    let server: Postgres;
-    let url = '';
-    beforeAll(async () => {
-      server = await startPostgres();
-      url = await server.createDatabase('durable');
-    });
-    afterAll(async () => {
-      await server?.close();
-    });
+    const db = usePostgresDatabase('durable');
 
     it('PostgreSQL: one write transaction per transition (record, audit records and head together)', async () => {
-      const env = { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: url };
+      const env = { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: db.url() };
       const w = await rotateOnce(tempDir('durable-pg'), 'state: { type: postgres }', env);
       await w.stateStore.init!();
-      const c = new pg.Client({ connectionString: url });
+      const c = new pg.Client({ connectionString: db.url() });
       await c.connect();
       try {
         for (const t of ['key_records', 'leases', 'audit_records', 'audit_head', 'outbox'])

@@ -5,7 +5,7 @@
  * refused (LEASE_LOST), so it stops at the write-ahead barrier: it neither overwrites B's record nor
  * touches the issuer or the stores again.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseConfig } from '../../src/app/config/load.ts';
@@ -15,7 +15,8 @@ import { createStateAuditLog, createStateStore } from '../../src/app/state/index
 import { defaultObservers } from '../../src/app/observers.ts';
 import { isLease, type Lease, type StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const MASTER = '5c'.repeat(32);
 
@@ -177,26 +178,18 @@ describe('fenced leases in the run loop', () => {
 
   const PG = postgresSupportOrSkip('fenced rotation on PostgreSQL');
   describe.skipIf(!PG)('postgres', () => {
-    let server: Postgres;
-    let url = '';
-    beforeAll(async () => {
-      server = await startPostgres();
-      url = await server.createDatabase('fenced');
-    });
-    afterAll(async () => {
-      await server?.close();
-    });
+    const db = usePostgresDatabase('fenced');
     it('postgres backend: a frozen worker that lost its lease cannot write after its successor', async () => {
       await scenario(tempDir('fenced-pg'), 'state: { type: postgres }', {
         KEYROTOR_MASTER_KEY: MASTER,
-        KEYROTOR_DATABASE_URL: url,
+        KEYROTOR_DATABASE_URL: db.url(),
       });
     }, 30_000);
     it('postgres backend: a worker paused right after a write landed appends no audit record when it wakes', async () => {
       await scenario(
         tempDir('fenced-pg-after'),
         'state: { type: postgres, schema: after }',
-        { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: url },
+        { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: db.url() },
         true,
       );
     }, 30_000);

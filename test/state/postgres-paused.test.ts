@@ -7,7 +7,7 @@
  * claim skips a locked row without waiting at all. Real server (test/fakes/postgres.ts), real
  * processes (SIGSTOP / SIGCONT).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -15,7 +15,8 @@ import { createPostgresStateStore } from '../../src/app/state/postgres-state-sto
 import { isLease, type PersistedRotation } from '../../src/core/ports.ts';
 import { KeyrotorError } from '../../src/core/errors.ts';
 import { capture } from '../helpers/artifacts.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 
 const PG = postgresSupportOrSkip('PostgreSQL paused-worker tests');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -34,21 +35,13 @@ const rotation = (stage: string): PersistedRotation => ({
 });
 
 describe.skipIf(!PG)('PostgreSQL: a worker paused inside a transaction', () => {
-  let server: Postgres;
-  let url = '';
+  const db = usePostgresDatabase('paused');
   let n = 0;
-  beforeAll(async () => {
-    server = await startPostgres();
-    url = await server.createDatabase('paused');
-  }, 60_000);
-  afterAll(async () => {
-    await server?.close();
-  });
 
   const store = (schema: string, extra: { idleInTransactionTimeout?: number; lockTimeout?: number } = {}) =>
     createPostgresStateStore(
       { type: 'postgres', urlEnv: 'KEYROTOR_DATABASE_URL', schema, ...extra },
-      { KEYROTOR_DATABASE_URL: url },
+      { KEYROTOR_DATABASE_URL: db.url() },
     );
   async function fresh(): Promise<string> {
     const schema = `p${process.pid}x${++n}`;
@@ -59,7 +52,7 @@ describe.skipIf(!PG)('PostgreSQL: a worker paused inside a transaction', () => {
     return schema;
   }
   async function client(): Promise<pg.Client> {
-    const c = new pg.Client({ connectionString: url });
+    const c = new pg.Client({ connectionString: db.url() });
     await c.connect();
     return c;
   }
@@ -81,7 +74,7 @@ describe.skipIf(!PG)('PostgreSQL: a worker paused inside a transaction', () => {
     const blocker = await client();
     const script = fileURLToPath(new URL('./fixtures/pg-paused-writer.ts', import.meta.url));
     const child = spawn(process.execPath, [script, schema, String(TTL), String(IDLE)], {
-      env: { PATH: process.env.PATH, KEYROTOR_DATABASE_URL: url },
+      env: { PATH: process.env.PATH, KEYROTOR_DATABASE_URL: db.url() },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
