@@ -460,27 +460,74 @@ export function describeStateBackendContract(name: string, make: () => Promise<B
       await s.saveActive('app', rotation(R1, 'confirm'));
       await s.setProviderState('app', 'serviceAccountId', 'sa_1');
       await s.finish('db', result('rotated', 'db'), 'key_7');
-      const { lines, keys } = await exportState(s);
+      // the webhook outbox: two pending entries (one retried before) and one delivered
+      const note = (id: string, createdAt: string, webhook = 0): OutboxEntry => ({
+        id,
+        webhook,
+        webhookName: `hook-${webhook}`,
+        body: JSON.stringify({ key: 'app', rotationId: R1, outcome: 'rolled_back', idempotencyKey: id }),
+        createdAt,
+        attempts: 0,
+      });
+      const p1 = note(`${R1}.rolled_back.w0.0000000a`, '2026-11-01T00:00:01.000Z');
+      const p2 = note(`${R1}.rolled_back.w1.0000000b`, '2026-11-01T00:00:02.000Z', 1);
+      const sent = note(`${R1}.rolled_back.w2.0000000c`, '2026-11-01T00:00:03.000Z', 2);
+      for (const e of [p1, p2, sent]) await s.outboxAdd!(e);
+      await s.outboxAttempted!(p2.id, 4);
+      await s.outboxDone!(sent.id);
+      const { lines, keys, outbox } = await exportState(s);
       expect(keys).toBe(2);
+      expect(outbox).toBe(2);
+      expect(JSON.parse(lines[0]!)).toMatchObject({ format: 'keyrotor-state-export/2', keys: 2, outbox: 2 });
+      expect(lines.filter((l) => l.startsWith('{"kind":"outbox"')).map((l) => JSON.parse(l))).toEqual([
+        { kind: 'outbox', entry: p1 },
+        { kind: 'outbox', entry: { ...p2, attempts: 4 } },
+      ]);
       const records = parseExport(lines.join('\n'), 'export.jsonl');
+      const parsed = parseExportFull(lines.join('\n'), 'export.jsonl');
+      expect(parsed.outbox).toEqual([p1, { ...p2, attempts: 4 }]);
       const first = h!;
       h = await make(); // a second, fresh namespace
       const t = h.open();
       opened.push(t);
       try {
-        const r = await importState(t, records);
-        expect(r).toEqual({ imported: ['app', 'db'], active: ['app'] });
+        const r = await importState(t, records, { outbox: parsed.outbox });
+        expect(r).toEqual({ imported: ['app', 'db'], active: ['app'], outbox: 2, outboxAlreadyPending: 0 });
         expect(await t.read('app')).toEqual(await s.read('app'));
         expect(await t.read('db')).toEqual(await s.read('db'));
-        const again = await rejection(importState(t, records));
+        // pending entries with their ids and attempt counts; the delivered one stays behind
+        expect(await t.outboxPending!()).toEqual([p1, { ...p2, attempts: 4 }]);
+        const again = await rejection(importState(t, records, { outbox: parsed.outbox }));
         expect(again.code).toBe('USAGE');
         expect(again.message).toMatch(/already holds state for "app", "db"; nothing was imported/);
-        await importState(t, records, { overwrite: true });
+        // the target made more attempts meanwhile; importing the same file again keeps one entry per id
+        // and the higher attempt count (a re-import never resets the give-up rule nor adds a delivery)
+        await t.outboxAttempted!(p1.id, 2);
+        const twice = await importState(t, records, { overwrite: true, outbox: parsed.outbox });
+        expect(twice).toMatchObject({ outbox: 2, outboxAlreadyPending: 2 });
+        expect(await s.outboxPending!()).toEqual([p1, { ...p2, attempts: 4 }]); // the source is untouched
+        expect(await t.outboxPending!()).toEqual([
+          { ...p1, attempts: 2 },
+          { ...p2, attempts: 4 },
+        ]);
         // a key being rotated there is not overwritten
         const busy = lease(await t.acquire('db', 'rotating', 60_000));
         const locked = await rejection(importState(t, records, { overwrite: true }));
         expect(locked.code).toBe('LOCKED');
         await busy.release();
+        // a store without an outbox refuses pending entries before writing anything
+        const noOutbox: StateStore = { ...t, outboxAdd: undefined, outboxPending: undefined };
+        const before = await t.read('app');
+        const refused = await rejection(
+          importState(noOutbox, [{ ...records[0]!, currentKeyId: 'key_x' }], {
+            overwrite: true,
+            outbox: parsed.outbox,
+          }),
+        );
+        expect(refused.message).toMatch(
+          /has no webhook outbox for the 2 pending notification\(s\); nothing was imported/,
+        );
+        expect(await t.read('app')).toEqual(before);
       } finally {
         await first.cleanup?.();
       }

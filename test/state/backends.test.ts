@@ -13,7 +13,7 @@ import { exportState, importState, parseExportFull } from '../../src/app/state/t
 import { createJsonlAuditLog } from '../../src/app/audit/jsonl.ts';
 import type { AuditLog } from '../../src/app/audit/sink.ts';
 import path from 'node:path';
-import type { StateStore } from '../../src/core/ports.ts';
+import type { OutboxEntry, StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
@@ -336,7 +336,7 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
       await server?.close();
     });
 
-    it('file -> postgres -> dynamodb -> file keeps every record exactly and the audit chain intact', async () => {
+    it('file -> postgres -> dynamodb -> file keeps every record exactly, the audit chain intact and the pending outbox', async () => {
       const srcDir = tempDir('state-move-src');
       const src = createFileStateStore(srcDir);
       const srcAudit = createJsonlAuditLog(path.join(srcDir, 'audit', 'audit.jsonl'));
@@ -354,6 +354,19 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
       await src.finish('db', result('rotated', 'db'), 'key_7');
       await src.finish('old', result('needs_attention', 'old'), 'key_3');
       const want = { app: await src.read('app'), db: await src.read('db'), old: await src.read('old') };
+      // the webhook outbox: two pending notifications (one with attempts already made) and a delivered one
+      const note = (n: number, attempts = 0): OutboxEntry => ({
+        id: `rot-20261101t000000z-00000001.needs_attention.w${n}.0000000${n}`,
+        webhook: n,
+        webhookName: `hook-${n}`,
+        body: JSON.stringify({ source: 'keyrotor', key: 'old', outcome: 'needs_attention', newKeyId: 'key_3' }),
+        createdAt: new Date(Date.UTC(2026, 10, 1, 0, 10 + n)).toISOString(),
+        attempts,
+      });
+      for (const e of [note(0), note(1), note(2)]) await src.outboxAdd!(e);
+      await src.outboxAttempted!(note(1).id, 7);
+      await src.outboxDone!(note(2).id);
+      const pending = [note(0), note(1, 7)];
 
       const pgS = createPostgresStateStore({ type: 'postgres', urlEnv: 'U', schema: 'moved' }, { U: url });
       await pgS.init!();
@@ -371,10 +384,15 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
         [ddb, ddb.auditLog()],
         [back, backAudit],
       ] as [StateStore, AuditLog][]) {
-        const { lines, audit } = await exportState(from[0], new Date(), from[1]);
+        const { lines, audit, outbox } = await exportState(from[0], new Date(), from[1]);
         expect(audit).toBe(4);
+        expect(outbox).toBe(2);
         const parsed = parseExportFull(lines.join('\n') + '\n', 'export.jsonl');
-        await importState(to[0], parsed.records, { audit: { log: to[1], records: parsed.audit } });
+        await importState(to[0], parsed.records, {
+          audit: { log: to[1], records: parsed.audit },
+          outbox: parsed.outbox,
+        });
+        expect(await to[0].outboxPending!()).toEqual(pending);
         expect(await to[0].keys()).toEqual(['app', 'db', 'old']);
         for (const k of ['app', 'db', 'old'] as const) expect(await to[0].read(k)).toEqual(want[k]);
         expect(await to[1].verify()).toMatchObject({ ok: true, records: 4, headHash: chain.headHash });

@@ -458,29 +458,36 @@ Exit codes: 0 done (or nothing to do), 2 config, unreachable backend, missing pe
 
   state
     .command('export')
-    .description('print every key record and the audit trail (references only, never secret values) as JSON lines')
+    .description(
+      'print every key record, the audit trail and the pending webhook outbox (references only, never secret values) as JSON lines',
+    )
     .option('--out <file>', 'write to this new file (mode 0600) instead of stdout')
     .addHelpText(
       'after',
       `
 Moves state between backends: \`keyrotor -c old.yaml state export --out s.jsonl\`, then
 \`keyrotor -c new.yaml state import s.jsonl\`. The audit chain goes along intact (import writes it only into an
-empty audit trail). Leases are not exported.
+empty audit trail). Pending webhook notifications go along with their ids and attempt counts (delivered
+ones do not). Leases are not exported. Writes format keyrotor-state-export/2 (a keyrotor that reads only
+/1 refuses it, exit 2; this one still imports /1 files).
 Exit codes: 0 exported, 2 config/backend problem or --out exists.`,
     )
     .action(lazy(ctx, async () => (await import('./state.ts')).runStateExport));
 
   state
     .command('import')
-    .description('write the key records of a `state export` file into the configured backend')
+    .description(
+      'write the key records, audit chain and pending outbox of a `state export` file into the configured backend',
+    )
     .argument('<file>', 'a file written by `keyrotor state export`')
     .option('--overwrite', 'replace keys that already have state in this backend')
-    .option('--json', 'print { "backend", "imported", "active" } on stdout')
+    .option('--json', 'print { "backend", "imported", "active", "outbox", "outboxAlreadyPending", "audit" } on stdout')
     .addHelpText(
       'after',
       `
 The whole file is checked first; a key that already has state is refused (nothing is written)
 unless --overwrite. Each key is written under its lease: a key being rotated right now is LOCKED.
+Pending webhook notifications keep their ids: one the backend already holds stays one entry.
 Exit codes: 0 imported, 2 bad file, config or backend problem, 3 a key's lease is held.`,
     )
     .action(lazy(ctx, async () => (await import('./state.ts')).runStateImport));

@@ -1,6 +1,7 @@
 /**
  * `keyrotor state init`: create (or migrate) the configured state backend's schema/table.
- * `keyrotor state export [--out file]`: every key record as JSON lines.
+ * `keyrotor state export [--out file]`: every key record, the audit trail and the pending webhook
+ *   outbox as JSON lines.
  * `keyrotor state import <file> [--overwrite]`: write an export into the configured backend.
  */
 import { readFile, writeFile } from 'node:fs/promises';
@@ -43,7 +44,11 @@ export async function runStateExport(ctx: CommandContext, opts: { out?: string }
     import('../../app/audit/index.ts'),
   ]);
   await withStore(ctx, async (store, cfg) => {
-    const { lines, keys, audit, warnings } = await exportState(store, new Date(), openAuditLog(cfg, {}, ctx.io.env));
+    const { lines, keys, audit, outbox, warnings } = await exportState(
+      store,
+      new Date(),
+      openAuditLog(cfg, {}, ctx.io.env),
+    );
     for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit trail: ${w}\n`);
     const text = lines.join('\n') + '\n';
     if (!opts.out) return ctx.io.stdout(text);
@@ -59,7 +64,9 @@ export async function runStateExport(ctx: CommandContext, opts: { out?: string }
           : `cannot write --out ${displayPath(file)} (${code ?? 'unknown error'})`,
       );
     }
-    ctx.io.stderr(`exported ${keys} key(s) and ${audit} audit record(s) from ${store.label} to ${displayPath(file)}\n`);
+    ctx.io.stderr(
+      `exported ${keys} key(s), ${audit} audit record(s) and ${outbox} pending notification(s) from ${store.label} to ${displayPath(file)}\n`,
+    );
   });
 }
 
@@ -83,17 +90,26 @@ export async function runStateImport(
       `cannot read ${displayPath(path.resolve(file))} (${errnoOf(e) ?? 'unknown error'})`,
     );
   }
-  const { records, audit } = parseExportFull(text, displayPath(path.resolve(file)));
+  const { records, audit, outbox } = parseExportFull(text, displayPath(path.resolve(file)));
   await withStore(ctx, async (store, cfg) => {
     const r = await importState(store, records, {
       overwrite: opts.overwrite === true,
       audit: { log: openAuditLog(cfg, {}, ctx.io.env), records: audit },
+      outbox,
     });
     if (opts.json)
       return ctx.io.stdout(JSON.stringify({ backend: store.label, ...r, audit: audit.length }, null, 2) + '\n');
     ctx.io.stdout(
       `imported ${r.imported.length} key(s) and ${audit.length} audit record(s) into ${store.label}: ${r.imported.join(', ') || '(none)'}\n`,
     );
+    if (r.outbox)
+      ctx.io.stdout(
+        `pending webhook notifications: ${r.outbox} in the outbox (the next run against this backend delivers them)` +
+          (r.outboxAlreadyPending
+            ? `; ${r.outboxAlreadyPending} of them were already there (same id, one entry)`
+            : '') +
+          '\n',
+      );
     if (r.active.length)
       ctx.io.stdout(`unfinished rotations (run \`keyrotor resume\` against this backend): ${r.active.join(', ')}\n`);
   });
