@@ -34,14 +34,19 @@ keys:
     expect(boot.code, boot.stderr).toBe(0);
     const old = (JSON.parse(boot.stdout) as { results: Array<{ newKeyId: string }> }).results[0]!.newKeyId;
     const createsBefore = fake.log.filter((e) => e.route === 'serviceAccounts.apiKeys.create').length;
-    // hold the winner inside its lease long enough for all ten to collide
-    fake.slowResponse('serviceAccounts.apiKeys.create', 1500);
-
-    const runs = await Promise.all(
-      Array.from({ length: 10 }, (_, i) =>
-        runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env, name: `race-${i}` }),
-      ),
+    // hold the winner inside its lease until the others have given up (or 30 s passed): however slowly
+    // a busy machine starts the ten processes, none can start after the winner finished (a rotation
+    // that starts later is a legitimate second `--now` rotation, not a race)
+    const hold = fake.holdResponse('serviceAccounts.apiKeys.create');
+    let exited = 0;
+    const started = Array.from({ length: 10 }, (_, i) =>
+      runCli(['rotate', '--now', 'app', '--json'], { cwd: dir, env, name: `race-${i}` }).finally(() => {
+        exited++;
+      }),
     );
+    for (const t0 = Date.now(); exited < 9 && Date.now() - t0 < 30_000;) await new Promise((r) => setTimeout(r, 50));
+    hold.release();
+    const runs = await Promise.all(started);
     const outcomes = runs.map(
       (r) =>
         (
