@@ -92,8 +92,9 @@ async function scenario(dir: string, state: string, env: NodeJS.ProcessEnv) {
   };
   await admin.put({ ...rec, active: parked });
   const again = await run(workers[0]!);
+  // a parked rotation is reported `waiting` (durable waits), as the per-key path reports it
   expect(again.find((r) => r.key === 'c01')).toMatchObject({
-    outcome: 'in_progress',
+    outcome: 'waiting',
     rotationId: parked.rotationId,
   });
   expect((await admin.read('c01'))?.active).toEqual(parked);
