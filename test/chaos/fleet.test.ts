@@ -66,14 +66,15 @@ const TTL_MS = 3_000;
 const DAY = 86_400_000;
 const PG = RUN && postgresSupportOrSkip('chaos: a fleet of workers on PostgreSQL');
 /**
- * The DynamoDB fleet runs only with KEYROTOR_FLEET_DYNAMO=1: moto (serialised) is slow (60 keys take
- * minutes, 15 keys about 35 s). It used to fail because a worker SIGSTOPped while its snapshot write
- * was in flight appended that transition to the audit trail late (audit appends were not fenced);
- * audit records are now written in the same fenced transaction as their snapshot. Two runs of seed
- * 2004905767 on 2026-12-06 (15 keys, a loaded machine) still failed, differently: once the successor's
- * `resume` of a key the stopped worker held answered LOCKED (another live worker held that key's
- * lease then), once a key the stopped worker held was audited issue → rotated after it woke (a resumed
- * rotation; not analysed further). Replay with KEYROTOR_FLEET_DYNAMO_KEYS=15 KEYROTOR_CHAOS_SEED=2004905767.
+ * The DynamoDB fleet runs only with KEYROTOR_FLEET_DYNAMO=1: moto (serialised) is slow (on 2026-12-06,
+ * with the machine at load 9-13, bootstrapping 15 keys alone took 27-50 s and a 15-key run 68-126 s).
+ * Seed 2004905767 used to fail: once the successor's `resume` of a key the stopped worker held
+ * answered LOCKED, once a key the stopped worker held was audited issue -> rotated after it woke. Both
+ * were a live worker taking an expired lease of the stopped worker over (allowed), which the checks
+ * did not expect; they now wait for that worker and judge only the leases the stopped worker lost.
+ * With 15 keys and 8 slots per worker, the worker to start last could find every key claimed, stop
+ * claiming and hold nothing to be stopped with (seeds 4198564644, 2004905767): workers take fewer
+ * slots when there are few keys. Replay with KEYROTOR_FLEET_DYNAMO_KEYS=15 KEYROTOR_CHAOS_SEED=<seed>.
  */
 const MOTO =
   process.env.KEYROTOR_FLEET_DYNAMO === '1' && motoSupportOrSkip('chaos: a fleet of workers on DynamoDB (moto)');
@@ -216,7 +217,10 @@ ${names
   const reached = (at: number) => new Promise<void>((fire) => onCreate.push({ at, fire }));
 
   const t1 = Date.now();
-  const workers = [0, 1, 2].map((i) => spawnCli(['rotate', '--json', '--concurrency', '8'], dir, env, `worker${i}`));
+  // each worker's slots: 8, fewer with few keys, so that a worker started a little later still gets
+  // work (one whose first claim grants nothing stops claiming: what is due is held elsewhere)
+  const slots = String(Math.max(2, Math.min(8, Math.floor(count / 6))));
+  const workers = [0, 1, 2].map((i) => spawnCli(['rotate', '--json', '--concurrency', slots], dir, env, `worker${i}`));
   const pidOf = (w: Proc) => w.child.pid!;
 
   /** keys whose rotation a worker left half done (killed, or stopped and taken over) */
