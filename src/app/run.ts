@@ -281,6 +281,11 @@ async function underLease(
       // re-read under the lease: another run may have finished in between
       const fresh = await o.stateStore.read(key.name);
       const active = fresh?.active ?? null;
+      if (!active && (o.resumeOnly || (!o.now && !isDue(key, fresh, (o.clock ?? systemClock).now()).due))) {
+        // another worker finished the rotation read before the lease (or rotated the key): not again
+        log.info({}, 'not due (another worker rotated it since)');
+        return { ...base, outcome: 'skipped', oldKeyId: fresh?.currentKeyId ?? null };
+      }
       if (active) log.warn({ rotationId: active.rotationId }, 'resuming an unfinished rotation');
       return await runRotation(key, fresh, active, o, providers, log, lease);
     } finally {
