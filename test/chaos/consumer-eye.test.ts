@@ -18,6 +18,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { spawn } from 'node:child_process';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
@@ -87,11 +88,14 @@ const ROTATIONS = Math.ceil(200 * SCALE);
 /** real SIGKILLs of the CLI per store (Azure cannot run as a child: DefaultAzureCredential is offline) */
 const KILLS = SCALE >= 1 ? 2 : 1;
 /**
- * A hard stop: on an idle machine the quota takes well under 90 s; under heavy load (other suites on
- * the same 2 cores) the run goes on until the quota is reached, up to this long, and the floor
- * assertion then says what is missing.
+ * A safety stop, not a speed claim: on an idle machine the quota takes well under 90 s; under load
+ * (other suites on the same 2 cores: 149 s at load 4.5) the run goes on until the quota is reached.
+ * The floor assertion below guards coverage (the quota of rotations and SIGKILLs really happened, so
+ * "no violation" means something), not speed; this stop only makes a run that is ~6x slower than idle
+ * end with that assertion's report (rotations done, seconds, load) instead of a bare vitest timeout
+ * (the rotation test's timeout is this budget + 60 s, for the readers' stop and the report).
  */
-const TIME_BUDGET_MS = 200_000;
+const TIME_BUDGET_MS = 520_000;
 /** pause between two reads of one path */
 const READ_GAP_MS = 4;
 /** rotation numbers that spawn a CLI to SIGKILL (until KILLS kills happened) */
@@ -664,11 +668,14 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     expect(byKind, `${violations.length} violating reads, seed ${SEED}`).toEqual([]);
     expect(eyes.flatMap((e) => e.problems.map((p) => `${e.w.key}: ${p}`))).toEqual([]);
     for (const e of eyes) {
-      expect(e.rotations, `${e.w.key} rotations within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(ROTATIONS);
+      expect(
+        e.rotations,
+        `${e.w.key} rotations: the ${TIME_BUDGET_MS / 1000} s safety stop came first (${Math.round((Date.now() - started) / 1000)} s, load ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores)`,
+      ).toBeGreaterThanOrEqual(ROTATIONS);
       if (e.w.spec.stores.some((s) => s !== 'azure'))
         expect(e.kills, `${e.w.key} SIGKILLs`).toBeGreaterThanOrEqual(KILLS);
     }
-  }, 260_000);
+  }, 580_000);
   it('the readers are not vacuous: a revoked current key and a disabled Azure latest version are reported on every path', async () => {
     for (const e of eyes) {
       e.armed = true;
