@@ -17,7 +17,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
@@ -36,6 +37,8 @@ import { systemClock, type Clock } from '../../src/core/clock.ts';
 import type { Logger } from '../../src/core/ports.ts';
 import { rotateKey, type KeyResult } from '../../src/app/run.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
+import { lockContentSchema } from '../../src/app/state/schema.ts';
+import { procStat } from '../../src/app/state/holder.ts';
 
 /** per key: the CA of that world's Azure fake */
 const azure = vi.hoisted(() => ({ ca: new Map<string, string>() }));
@@ -85,11 +88,14 @@ const ROTATIONS = Math.ceil(200 * SCALE);
 /** real SIGKILLs of the CLI per store (Azure cannot run as a child: DefaultAzureCredential is offline) */
 const KILLS = SCALE >= 1 ? 2 : 1;
 /**
- * A hard stop: on an idle machine the quota takes well under 90 s; under heavy load (other suites on
- * the same 2 cores) the run goes on until the quota is reached, up to this long, and the floor
- * assertion then says what is missing.
+ * A safety stop, not a speed claim: on an idle machine the quota takes well under 90 s; under load
+ * (other suites on the same 2 cores: 149 s at load 4.5) the run goes on until the quota is reached.
+ * The floor assertion below guards coverage (the quota of rotations and SIGKILLs really happened, so
+ * "no violation" means something), not speed; this stop only makes a run that is ~6x slower than idle
+ * end with that assertion's report (rotations done, seconds, load) instead of a bare vitest timeout
+ * (the rotation test's timeout is this budget + 60 s, for the readers' stop and the report).
  */
-const TIME_BUDGET_MS = 200_000;
+const TIME_BUDGET_MS = 520_000;
 /** pause between two reads of one path */
 const READ_GAP_MS = 4;
 /** rotation numbers that spawn a CLI to SIGKILL (until KILLS kills happened) */
@@ -165,6 +171,8 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
   let compileCache: string;
   const eyes: EyeWorld[] = [];
   let runNo = 0;
+  /** a process of this host that has exited (see reapLease) */
+  let exited: { pid: number; pidStart: string } | undefined;
 
   beforeAll(async () => {
     console.log(`chaos consumer-eye: seed ${SEED} (replay with KEYROTOR_CHAOS_SEED=${SEED})`);
@@ -219,6 +227,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     writeFileSync(childConfigFile, configText(eyes.filter((e) => !e.w.spec.stores.includes('azure'))));
     stateDir = path.join(dir, '.keyrotor');
     compileCache = tempDir('node-compile-cache');
+    exited = await exitedProcess();
     cfg = parseConfig(readFileSync(configFile, 'utf8'), configFile, {});
   }, 60_000);
 
@@ -231,10 +240,51 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     await moto?.close();
   });
 
-  /** Each run sees every earlier run's lease as expired: a crashed run's lease is taken over, not waited for. */
+  /**
+   * Each in-process run sees every earlier run's lease as expired: a crashed run's lease is taken over,
+   * not waited for. (A child CLI runs on the real clock: it takes a crashed run's lease over because the
+   * holder is dead, see reapLease.)
+   */
   function leaseClock(): Clock {
     const offset = ++runNo * 61_000;
     return { now: () => Date.now() + offset, sleep: systemClock.sleep };
+  }
+
+  /** Start a process, note its /proc identity, SIGKILL it and wait until it is reaped. */
+  async function exitedProcess(): Promise<{ pid: number; pidStart: string }> {
+    const p = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+    const closed = new Promise<void>((res) => p.on('close', () => res()));
+    const st = p.pid === undefined ? undefined : procStat(p.pid);
+    p.kill('SIGKILL');
+    await closed;
+    if (!st) throw new Error('chaos: cannot read /proc/<pid>/stat (the SIGKILL scenarios need Linux)');
+    return { pid: p.pid!, pidStart: st.start };
+  }
+
+  /**
+   * What kill -9 leaves behind: a simulated crash (crash-switch.ts) cannot end this process, so the
+   * lock its run held would name a holder that is still alive (this test runner). In-process
+   * successors take it over anyway (leaseClock), but a child CLI judges it as any other process of
+   * this host would: held by a live process, unexpired, so `locked` — right for a hung process, wrong
+   * for a dead one. So the world does what the kernel does for a dead process: the lock now names a
+   * process of this host that has exited, as it would after a real SIGKILL (everything else is left
+   * as the dead run wrote it), and the successor, in-process or child, meets holder.ts's dead-holder
+   * rule. Only a lock held by this process is touched; a child's lock names its own (real) pid.
+   */
+  function reapLease(e: EyeWorld): void {
+    const file = path.join(stateDir, 'locks', `${e.w.key}.lock`);
+    let raw: string;
+    try {
+      raw = readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    const lock = lockContentSchema.parse(JSON.parse(raw));
+    if (lock.pid !== process.pid) return;
+    const temp = `${file}.reap`;
+    writeFileSync(temp, JSON.stringify({ ...lock, ...exited! }) + '\n');
+    renameSync(temp, file);
   }
 
   const keyOf = (e: EyeWorld) => cfg.keys.find((k) => k.name === e.w.key)!;
@@ -282,6 +332,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     if (first === 'died') {
       e.instant.phase = 'dead';
       if (!(await sw.settle())) e.problems.push(`a call of the dead run was still in flight after 10 s (${sw.where})`);
+      reapLease(e);
       return { crashed: true, where: sw.where };
     }
     sw.finish();
@@ -617,11 +668,14 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     expect(byKind, `${violations.length} violating reads, seed ${SEED}`).toEqual([]);
     expect(eyes.flatMap((e) => e.problems.map((p) => `${e.w.key}: ${p}`))).toEqual([]);
     for (const e of eyes) {
-      expect(e.rotations, `${e.w.key} rotations within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(ROTATIONS);
+      expect(
+        e.rotations,
+        `${e.w.key} rotations: the ${TIME_BUDGET_MS / 1000} s safety stop came first (${Math.round((Date.now() - started) / 1000)} s, load ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores)`,
+      ).toBeGreaterThanOrEqual(ROTATIONS);
       if (e.w.spec.stores.some((s) => s !== 'azure'))
         expect(e.kills, `${e.w.key} SIGKILLs`).toBeGreaterThanOrEqual(KILLS);
     }
-  }, 260_000);
+  }, 580_000);
   it('the readers are not vacuous: a revoked current key and a disabled Azure latest version are reported on every path', async () => {
     for (const e of eyes) {
       e.armed = true;
@@ -667,5 +721,32 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
         });
       for (const p of paths) await p.close();
     }
+  });
+
+  it('a run that crashed (simulated) leaves the lock a killed process leaves: a child CLI takes it over at once (seed 3741137576, rotation #24)', async (ctx) => {
+    const e = eyes.find((x) => x.w.spec.stores.some((s) => s !== 'azure'));
+    if (!e) return ctx.skip(); // KEYROTOR_CHAOS_ONLY named Azure worlds only (no child CLI there)
+    clearFaults(e);
+    Object.assign(e.instant, {
+      rotation: -2,
+      scenario: 'crash, then a child CLI',
+      stage: 'idle',
+      call: '-',
+      phase: 'idle',
+    });
+    // the run dies at its first provider call or state write: it holds the lease, nothing is active yet
+    const r = await run(e, { kind: 'event', at: 0, mode: 'before' }, {}, 'run');
+    expect(r.crashed).toBe(true);
+    expect(await active(e)).toBeNull();
+    const lock = lockContentSchema.parse(
+      JSON.parse(readFileSync(path.join(stateDir, 'locks', `${e.w.key}.lock`), 'utf8')),
+    );
+    // unexpired on the real clock: only the dead-holder rule lets the child in
+    expect(Date.parse(lock.expiresAt)).toBeGreaterThan(Date.now() + 30_000);
+    const k = await spawnAndKill(e, 'never');
+    expect(k.killed).toBe(false);
+    const result = (JSON.parse(k.stdout) as { results: KeyResult[] }).results[0]!;
+    expect(result.outcome, JSON.stringify(result.error ?? null)).toBe('rotated');
+    expect(await active(e)).toBeNull();
   });
 });
