@@ -7,7 +7,7 @@ import { issuedKeyName, newRotationId } from '../../src/core/ids.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
 import type { HealthGate } from '../../src/core/ports.ts';
 import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
+import { systemClock, type Clock } from '../../src/core/clock.ts';
 import {
   type FinalState,
   type RotationContext,
@@ -109,6 +109,13 @@ export interface RunResult {
   snapshots: unknown[];
 }
 
+/**
+ * The real clock, with every wait 50× shorter: the in-memory world needs no time to settle, so the
+ * stages' retry backoffs (up to seconds) and poll intervals only cost wall time. Deadlines stay on the
+ * real clock.
+ */
+const quickClock: Clock = { now: () => systemClock.now(), sleep: (ms, signal) => systemClock.sleep(ms / 50, signal) };
+
 export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult> {
   let crashed = false;
   const snapshots: unknown[] = [];
@@ -116,7 +123,7 @@ export async function runWorld(w: World, o: RunOptions = {}): Promise<RunResult>
     issuer: w.issuer,
     stores: w.stores,
     gates: w.gates,
-    clock: systemClock,
+    clock: quickClock,
     logger: silentLogger(),
     vault: new SecretVault(), // a fresh vault: memory does not survive a crash
     adopted: () => undefined,
