@@ -207,6 +207,18 @@ function faultSuite(backend: FaultBackend): void {
       await recover(`run ${i}: ${armed}`);
     }
 
+    // the operator's follow-up of the needs_attention results: sweep deletes the keys they named (a
+    // later rotation may have ended `rotated` in between); it must delete nothing that was not named
+    const final = await cli(['sweep', w.key, '--json']);
+    expect(final.code, final.stderr).toBe(0);
+    const swept = (JSON.parse(final.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
+    violation(
+      'final sweep',
+      swept.entries
+        .filter((e) => e.action !== 'kept' && !w.reported.has(e.keyId))
+        .map((e) => `deleted ${e.keyId}, which no needs_attention result named (${e.reason})`),
+      'end',
+    );
     const dry = await cli(['sweep', '--dry-run', w.key, '--json']);
     expect(dry.code, dry.stderr).toBe(0);
     const sweep = (JSON.parse(dry.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
