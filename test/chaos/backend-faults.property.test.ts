@@ -135,8 +135,10 @@ function faultSuite(backend: FaultBackend): void {
       console.log(`${backend.name} ${detail}: ${JSON.stringify({ error: res.error, leftovers: res.leftovers })}`);
     w.needsAttention = res.outcome === 'needs_attention' || (w.needsAttention && res.outcome !== 'rotated');
     const bad: string[] = [];
-    // (`locked` with exit 3 is the clean exit-3 stop: another holder's lease, one line in the result)
-    const lockedStop = res.outcome === 'locked' && r.code === 3 && res.error?.code === 'LOCKED';
+    // (`locked` with exit 3 is the clean exit-3 stop: another holder's lease, or this run's lease refused
+    // by a conditional check, named in the result)
+    const lockedStop =
+      res.outcome === 'locked' && r.code === 3 && ['LOCKED', 'LEASE_LOST'].includes(res.error?.code ?? '');
     if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(res.outcome) && !lockedStop)
       bad.push(`ended ${res.outcome}${res.error ? ` (${res.error.code}: ${res.error.message})` : ''}`);
     if ((res.outcome === 'rolled_back' || res.outcome === 'needs_attention') && !res.error && !res.leftovers?.length)

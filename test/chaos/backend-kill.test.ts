@@ -263,7 +263,10 @@ function killSuite(backend: Backend): void {
         await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef() }),
         detail.join(', '),
       );
-      // recovery: resume, waiting out the dead process's lease if it is not taken over at once
+      // recovery once the dead process's lease has expired: the database backends do not take over a
+      // dead local holder's lease at once (the file backend does), so `rotate` would otherwise stop
+      // `locked` (exit 3) until the ttl runs out
+      await new Promise((res) => setTimeout(res, LEASE_TTL_MS + 50));
       let rec = await cli(['resume', w.key, '--json']);
       for (let n = 0; rec.code === 3 && n < 10; n++) {
         counts.locked++;
