@@ -211,6 +211,7 @@ function faultSuite(backend: FaultBackend): void {
 
     // the operator's follow-up of the needs_attention results: sweep deletes the keys they named (a
     // later rotation may have ended `rotated` in between); it must delete nothing that was not named
+    await new Promise((res) => setTimeout(res, LEASE_TTL_MS + 100)); // a lease the last run could not release
     const final = await cli(['sweep', w.key, '--json']);
     expect(final.code, final.stderr).toBe(0);
     const swept = (JSON.parse(final.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
