@@ -569,7 +569,7 @@ export const rotationMachine = rotationSetup.createMachine({
             { type: 'recordCompensationError', params: { stage: 'demote' } },
             assign({
               leftovers: ({ context }) => [
-                `${context.storeLabels.slice(0, context.cursor + 1).join(', ')} still serve the new key ${context.newKeyId} (${context.newFingerprint}): set the previous version current again`,
+                `${context.storeLabels.slice(0, context.cursor + 1).join(', ')} still serve the new key ${context.newKeyId} (${context.newFingerprint}): set the previous version current again${context.oldKeyId ? ` (it holds the old key ${context.oldKeyId}, which stays alive for it)` : ''}`,
                 `the new key ${context.newKeyId} still exists at the issuer: delete it once no store serves it`,
               ],
             }),

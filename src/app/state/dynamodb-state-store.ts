@@ -588,7 +588,10 @@ export function createDynamoStateStore(
         if (got) return got;
         const held = await leaseItem(keyName);
         const exp = num(held, 'expiresAt') ?? 0;
-        if (held && exp > clock.now()) return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
+        // held by this very owner (its grant was applied but the answer was lost, or a retry was refused):
+        // not someone else's lease, so ask again instead of reporting ourselves as the holder
+        if (held && exp > clock.now() && str(held, 'owner') !== owner)
+          return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
     },

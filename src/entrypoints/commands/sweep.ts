@@ -18,14 +18,15 @@ export async function runSweep(
     import('../../app/sweep.ts'),
     import('../../app/observers.ts'),
   ]);
+  const stateStore = await ctx.stateStore(cfg);
   const results = await sweepKeys(keys, {
     config: cfg,
-    stateStore: await ctx.stateStore(cfg),
+    stateStore,
     logger,
     dryRun: opts.dryRun === true,
     env: ctx.io.env,
     actor: 'cli',
-    observers: defaultObservers({ config: cfg, logger, actor: 'cli' }),
+    observers: defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env, stateStore }),
   });
   ctx.exit(Math.max(0, ...results.map(sweepExitCode)));
   ctx.io.stdout(opts.json ? JSON.stringify({ keys: results }, null, 2) + '\n' : renderSweep(results));
