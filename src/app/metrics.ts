@@ -28,8 +28,12 @@ export interface Metrics {
   /** `text/plain; version=0.0.4; charset=utf-8` */
   readonly contentType: string;
   observer(): RotationObserver;
-  /** key age / schedule gauges for these keys, read from the state store at scrape time */
-  trackKeys(config: LoadedConfig, stateStore: StateStore): void;
+  /**
+   * key age / schedule gauges for these keys, read from the state store at scrape time (the last
+   * call wins). Returns `untrack`: stop reading that store (a no-op once another call replaced it);
+   * call it before closing the store.
+   */
+  trackKeys(config: LoadedConfig, stateStore: StateStore): () => void;
   /** Prometheus text exposition format */
   text(): Promise<string>;
   snapshot(): Promise<MetricsSnapshot>;
@@ -175,7 +179,11 @@ export function createMetrics(opts: MetricsOptions = {}): Metrics {
     },
 
     trackKeys(config, stateStore) {
-      tracked = { config, stateStore };
+      const mine = { config, stateStore };
+      tracked = mine;
+      return () => {
+        if (tracked === mine) tracked = null;
+      };
     },
 
     text: async () => (await ready).registry.metrics(),

@@ -10,8 +10,21 @@
  * The only I/O it starts is in the background: with webhooks configured, the notifier delivers what
  * earlier runs left in the state backend's outbox (see notify/notifier.ts); `flushObservers` waits
  * for that too.
+ *
+ * Connections: the audit trail of a database backend opens its own pool (and, without `stateStore`,
+ * so does the state store made here), and the process-wide metrics keep reading the state store at
+ * scrape time. A caller that ends before the process does (the CLI's `main()`, called in-process by
+ * an embedder) passes `own`: it gets one function that releases all of that (after waiting, bounded,
+ * for webhook deliveries), and calls it when done. Without `own` they live as long as the process.
  */
-import { auditObserver, auditSettings, logAuditSink, teeAuditSink, type AuditSink } from './audit/index.ts';
+import {
+  auditObserver,
+  auditSettings,
+  logAuditSink,
+  teeAuditSink,
+  type AuditLog,
+  type AuditSink,
+} from './audit/index.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { Logger, StateStore } from '../core/ports.ts';
 import { processMetrics, type Metrics } from './metrics.ts';
@@ -34,15 +47,22 @@ export interface ObserverOptions {
   outbox?: boolean;
   /** replace the audit sink (default: the JSONL log from the config); false = no audit */
   audit?: AuditSink | false;
+  /**
+   * The caller owns what this opens: called once with `release` (wait for webhook deliveries, at
+   * most 10 s; stop the metrics reading the state store; close the audit trail's connections and a
+   * state store made here). Not the caller's own `stateStore`. Default: nothing is released.
+   */
+  own?: (release: () => Promise<void>) => void;
 }
 
 export function defaultObservers(o: ObserverOptions): RotationObserver[] {
   const observers: RotationObserver[] = [];
 
   const settings = auditSettings(o.config);
+  let log: AuditLog | undefined;
   if (o.audit !== false && (o.audit || settings.enabled)) {
     // the state backend's own trail: a rotation's records are written with its snapshots (one write)
-    const log = o.audit ? undefined : createStateAuditLog(o.config, o.env ?? process.env);
+    log = o.audit ? undefined : createStateAuditLog(o.config, o.env ?? process.env);
     const base: AuditSink = o.audit || log!;
     const mirror = settings.mirrorToLog ? logAuditSink(o.logger.child({ component: 'audit' })) : undefined;
     const sink = mirror ? teeAuditSink([base, mirror]) : base;
@@ -51,7 +71,7 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
 
   const metrics = o.metrics ?? processMetrics();
   const stateStore = o.stateStore ?? createStateStore(o.config, o.env ?? process.env);
-  metrics.trackKeys(o.config, stateStore);
+  const untrack = metrics.trackKeys(o.config, stateStore);
   observers.push(metrics.observer());
 
   const webhooks = notificationSettings(o.config);
@@ -66,6 +86,18 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
       }),
     );
 
+  if (o.own) {
+    const made = o.stateStore ? undefined : stateStore;
+    let released: Promise<void> | undefined;
+    o.own(
+      () =>
+        (released ??= (async () => {
+          await flushObservers(observers, 10_000); // the notifier writes its outbox through the store
+          untrack();
+          await Promise.allSettled([log?.close?.(), made?.close?.()]);
+        })()),
+    );
+  }
   return observers;
 }
 

@@ -14,7 +14,7 @@ import { toKeyrotorError } from '../core/errors.ts';
 import { KEYROTOR_VERSION, unsupportedNode } from '../app/version.ts';
 import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE } from './cli-defaults.ts';
 import { COMMANDS } from './commands/index.ts';
-import { makeContext, type CliIO } from './commands/context.ts';
+import { createResources, makeContext, type CliIO } from './commands/context.ts';
 
 export type { CliIO } from './commands/context.ts';
 
@@ -56,7 +56,9 @@ export async function main(argv: string[], io: CliIO = defaultIO()): Promise<num
     .exitOverride()
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
     .showHelpAfterError('(run keyrotor --help for usage)');
-  const ctx = makeContext(program, io, state);
+  // everything the command opens (database pools, SDK clients) is released before main() returns
+  const resources = createResources();
+  const ctx = makeContext(program, io, state, resources);
   for (const register of COMMANDS) register(ctx);
 
   try {
@@ -69,6 +71,8 @@ export async function main(argv: string[], io: CliIO = defaultIO()): Promise<num
       return 2; // commander already printed the one-line error
     }
     return reportError(e, io, state.json);
+  } finally {
+    await resources.release();
   }
 }
 

@@ -135,8 +135,14 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
   const env = o.env ?? process.env;
   const logger = o.logger ?? silentLogger();
   const actor = o.actor ?? 'library';
-  const stateStore = o.stateStore ?? (await defaultStateStore(config, o.env ?? process.env));
-  const observers = [...defaultObservers({ config, logger, actor, env, stateStore }), ...(o.observers ?? [])];
+  // what this call opens (the default state store, the audit trail's connections) it closes again
+  const made = o.stateStore ? undefined : await defaultStateStore(config, env);
+  const stateStore = o.stateStore ?? made!;
+  let release: (() => Promise<void>) | undefined;
+  const observers = [
+    ...defaultObservers({ config, logger, actor, env, stateStore, own: (r) => (release = r) }),
+    ...(o.observers ?? []),
+  ];
   try {
     return await rotateKeys(keys, {
       config,
@@ -154,6 +160,8 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
     });
   } finally {
     await flushObservers(observers, 10_000);
+    await release?.();
+    await made?.close?.();
   }
 }
 
@@ -166,10 +174,15 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
 export async function status(config: LoadedConfig, o: StatusOptions = {}): Promise<KeyStatus[]> {
   const keys = selectKeys(config, o.keys);
   const { keyStatus } = await import('./commands/status.ts');
-  const stateStore = o.stateStore ?? (await defaultStateStore(config, o.env ?? process.env));
+  const made = o.stateStore ? undefined : await defaultStateStore(config, o.env ?? process.env);
+  const stateStore = o.stateStore ?? made!;
   const now = o.now ?? Date.now();
   const out: KeyStatus[] = [];
-  for (const k of keys) out.push(keyStatus(k, await stateStore.read(k.name), now));
+  try {
+    for (const k of keys) out.push(keyStatus(k, await stateStore.read(k.name), now));
+  } finally {
+    await made?.close?.(); // the default store's connections
+  }
   return out;
 }
 

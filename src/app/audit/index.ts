@@ -46,7 +46,8 @@ export function auditPath(cfg: LoadedConfig, settings: AuditConfig = auditSettin
  * The audit trail of a config, kept by its state backend: in the database (postgres, dynamodb: the
  * chain head moves in the same transaction as each record, so writers on several hosts share one
  * chain), or the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`) for the file
- * backend. `opts` (lock timing) apply to a JSONL file outside a state backend only.
+ * backend. `opts` (lock timing) apply to a JSONL file outside a state backend only. A database trail
+ * holds connections: call its `close()` when done.
  */
 export function openAuditLog(cfg: LoadedConfig, opts: JsonlAuditOptions = {}, env = process.env): AuditLog {
   void opts;

@@ -57,6 +57,11 @@ export interface AuditLog extends AuditSink {
    * must be empty (USAGE otherwise; nothing written). Optional.
    */
   importChain?(records: AuditRecord[]): Promise<void>;
+  /**
+   * Release what opening this log opened (a database backend's connection pool). Its opener calls it
+   * when done; absent when there is nothing to release (the JSONL file). Optional.
+   */
+  close?(): Promise<void>;
 }
 
 /** Mirror every entry into the log at info level (references only, like the file). */

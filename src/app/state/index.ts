@@ -50,7 +50,8 @@ function fileAuditOption(config: Pick<LoadedConfig, 'stateDir' | 'raw'> & { dir?
 /**
  * The hash-chained audit trail kept by the state backend: in the database (postgres, dynamodb), or
  * for the file backend the JSONL file (`audit.path`, default `<stateDir>/audit/audit.jsonl`) that the
- * file store writes with its journals (and recovers from them after a crash).
+ * file store writes with its journals (and recovers from them after a crash). A database trail opens
+ * its own connections (a pg pool, a DynamoDB client): its opener owns them and calls `close()`.
  */
 export function createStateAuditLog(
   config: Pick<LoadedConfig, 'stateDir' | 'raw'> & { dir?: string },
@@ -61,8 +62,15 @@ export function createStateAuditLog(
     case 'file':
       return createFileStateStore(config.stateDir, fileAuditOption(config)).auditLog();
     case 'postgres':
-      return createPostgresStateStore(s, env).auditLog();
+      return closingWith(createPostgresStateStore(s, env));
     case 'dynamodb':
-      return createDynamoStateStore(s, env).auditLog();
+      return closingWith(createDynamoStateStore(s, env));
   }
+}
+
+/** the store's audit trail, whose close() releases the store it was opened from */
+function closingWith(store: StateStore & { auditLog(): AuditLog }): AuditLog {
+  const log = store.auditLog();
+  log.close = async () => store.close?.();
+  return log;
 }

@@ -47,7 +47,7 @@ export async function runAdopt(
         }
         const fp = fingerprint(current.secret);
         await stateStore.setProviderState(key.name, `adopted.${fp}`, opts.keyId, lease);
-        await audit(cfg, { key: key.name, oldFingerprint: fp, oldKeyId: opts.keyId, reason: opts.reason }, ctx.io.env);
+        await audit(ctx, cfg, { key: key.name, oldFingerprint: fp, oldKeyId: opts.keyId, reason: opts.reason });
         ctx.io.stdout(`${key.name}: the current value (${fp}) is now known as issuer key ${opts.keyId}\n`);
         return;
       }
@@ -83,7 +83,7 @@ export async function runAdopt(
       const at = new Date().toISOString();
       for (const fp of fps) await stateStore.setProviderState(key.name, `placeholder.${fp}`, at, lease);
       for (const fp of fps)
-        await audit(cfg, { key: key.name, oldFingerprint: fp, placeholder: true, reason: opts.reason }, ctx.io.env);
+        await audit(ctx, cfg, { key: key.name, oldFingerprint: fp, placeholder: true, reason: opts.reason });
       ctx.io.stdout(
         `${key.name}: the current value (${fps.join(', ')}) is declared a placeholder, not a key: the next rotation bootstraps over it and revokes nothing for it\n`,
       );
@@ -97,14 +97,16 @@ export async function runAdopt(
 
 /** One `adopt` record in the audit trail (when the audit trail is on). */
 async function audit(
+  ctx: CommandContext,
   cfg: LoadedConfig,
   e: { key: string; oldFingerprint: string; oldKeyId?: string; placeholder?: boolean; reason?: string | undefined },
-  env: NodeJS.ProcessEnv,
 ): Promise<void> {
-  const { auditSettings, openAuditLog } = await import('../../app/audit/index.ts');
+  const { auditSettings } = await import('../../app/audit/index.ts');
   const { osUser } = await import('../../app/audit/observer.ts');
   if (!auditSettings(cfg).enabled) return;
-  await openAuditLog(cfg, {}, env).append({
+  await (
+    await ctx.auditLog(cfg)
+  ).append({
     type: 'adopt',
     time: new Date().toISOString(),
     key: e.key,

@@ -10,8 +10,7 @@ import type { CommandContext } from './context.ts';
 export async function runAuditVerify(ctx: CommandContext, opts: { json?: boolean }): Promise<void> {
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
-  const { openAuditLog } = await import('../../app/audit/index.ts');
-  const report = await openAuditLog(cfg, {}, ctx.io.env).verify();
+  const report = await (await ctx.auditLog(cfg)).verify();
   ctx.exit(report.ok ? 0 : 1);
   ctx.io.stdout(opts.json ? JSON.stringify(report, null, 2) + '\n' : renderVerify(report));
 }
@@ -25,11 +24,11 @@ export async function runHistory(
   ctx.setJson(opts.json === true);
   const cfg = await ctx.config();
   if (key !== undefined) ctx.pickKeys(cfg, [key]); // unknown names are a usage error
-  const [{ buildHistory, openAuditLog }, { colorEnabled }] = await Promise.all([
+  const [{ buildHistory }, { colorEnabled }] = await Promise.all([
     import('../../app/audit/index.ts'),
     import('../../app/preflight.ts'),
   ]);
-  const log = openAuditLog(cfg, {}, ctx.io.env);
+  const log = await ctx.auditLog(cfg);
   const { records, warnings } = await log.read();
   for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit log ${displayPath(log.file)}: ${w}\n`);
   const rotations = buildHistory(records, { key, limit: opts.limit });

@@ -6,12 +6,19 @@
  * error type, small helpers). Everything a command needs to *run* (config loading, the logger, the
  * state store, run.ts, providers) is loaded with import() inside its action, so `keyrotor --help`
  * and usage errors load none of it.
+ *
+ * Resources: one `main()` call owns every connection its command opens (the state store's pool, an
+ * audit trail's, what the observers opened). The context records how to release each (`own`; done
+ * for you by `stateStore` and `auditLog`) and `main()` releases them all when the command ends, on
+ * every path, errors included. The CLI process would exit anyway; an embedder calling `main(argv,
+ * io)` again and again must not pile up database connections.
  */
 import type { Command } from 'commander';
 import type { LoadedConfig } from '../../app/config/load.ts';
 import type { ResolvedKey } from '../../app/config/schema.ts';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Logger, StateStore } from '../../core/ports.ts';
+import type { AuditLog } from '../../app/audit/sink.ts';
 import { liveArea, progressIntervalFrom, progressObserver, type LiveArea } from '../../app/progress.ts';
 
 export interface CliIO {
@@ -35,7 +42,12 @@ export interface CommandContext {
   /** the named keys (all when none); unknown names are UNKNOWN_KEY (exit 2) */
   pickKeys(cfg: LoadedConfig, names: string[]): ResolvedKey[];
   logger(): Promise<Logger>;
+  /** the config's state store; released (its connections closed) when `main()` ends */
   stateStore(cfg: LoadedConfig): Promise<StateStore>;
+  /** the config's audit trail; released when `main()` ends */
+  auditLog(cfg: LoadedConfig): Promise<AuditLog>;
+  /** release this when `main()` ends (last owned, first released) */
+  own(release: () => Promise<void>): void;
   /** set the process exit code (the highest one wins) */
   exit(code: number): void;
   /** the command prints JSON on stdout: errors are also reported as one JSON document */
@@ -44,10 +56,30 @@ export interface CommandContext {
 
 export type RegisterCommand = (ctx: CommandContext) => void;
 
+/** What one `main()` call opened, released in reverse order by `release()`, which never throws. */
+export interface Resources {
+  own(release: () => Promise<void>): void;
+  release(): Promise<void>;
+}
+
+export function createResources(): Resources {
+  const owned: (() => Promise<void>)[] = [];
+  return {
+    own(release) {
+      owned.push(release);
+    },
+    async release() {
+      // one at a time, newest first: the observers flush their webhook outbox through the state store
+      for (let r = owned.pop(); r; r = owned.pop()) await r().catch(() => undefined);
+    },
+  };
+}
+
 export function makeContext(
   program: Command,
   rawIO: CliIO,
   state: { exitCode: number; json: boolean },
+  resources: Resources = createResources(),
 ): CommandContext {
   let logger: Logger | undefined;
   // on a TTY every stderr write (messages, log lines) goes above the live progress lines
@@ -85,8 +117,17 @@ export function makeContext(
     },
     async stateStore(cfg) {
       const { createStateStore } = await import('../../app/state/index.ts');
-      return createStateStore(cfg, io.env);
+      const store = createStateStore(cfg, io.env);
+      if (store.close) resources.own(() => store.close!());
+      return store;
     },
+    async auditLog(cfg) {
+      const { openAuditLog } = await import('../../app/audit/index.ts');
+      const log = openAuditLog(cfg, {}, io.env);
+      if (log.close) resources.own(() => log.close!());
+      return log;
+    },
+    own: (release) => resources.own(release),
     exit(code) {
       state.exitCode = Math.max(state.exitCode, code);
     },

@@ -26,7 +26,10 @@ export async function runResume(
   const stateStore = await ctx.stateStore(cfg);
   // Ctrl-C / SIGTERM: pause again at the next safe point
   const interrupts = handleInterrupts({ io: ctx.io, keys: keys.map((k) => k.name) });
-  const observers = [...defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env, stateStore }), progress];
+  const observers = [
+    ...defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env, stateStore, own: ctx.own }),
+    progress,
+  ];
   const results = await rotateKeys(keys, {
     config: cfg,
     stateStore,

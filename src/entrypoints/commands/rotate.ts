@@ -44,6 +44,7 @@ export async function runRotate(
       env: ctx.io.env,
       stateStore,
       outbox: opts.dryRun !== true, // a dry run sends nothing
+      own: ctx.own,
     }),
     progress,
   ];

@@ -16,12 +16,7 @@ async function withStore<T>(
   fn: (s: StateStore, cfg: Awaited<ReturnType<CommandContext['config']>>) => Promise<T>,
 ): Promise<T> {
   const cfg = await ctx.config();
-  const store = await ctx.stateStore(cfg);
-  try {
-    return await fn(store, cfg);
-  } finally {
-    await store.close?.().catch(() => undefined);
-  }
+  return fn(await ctx.stateStore(cfg), cfg); // main() closes the store
 }
 
 /** `keyrotor state init` (declared in index.ts) */
@@ -39,16 +34,9 @@ export async function runStateInit(ctx: CommandContext, opts: { json?: boolean }
 
 /** `keyrotor state export` (declared in index.ts) */
 export async function runStateExport(ctx: CommandContext, opts: { out?: string }): Promise<void> {
-  const [{ exportState }, { openAuditLog }] = await Promise.all([
-    import('../../app/state/transfer.ts'),
-    import('../../app/audit/index.ts'),
-  ]);
+  const { exportState } = await import('../../app/state/transfer.ts');
   await withStore(ctx, async (store, cfg) => {
-    const { lines, keys, audit, outbox, warnings } = await exportState(
-      store,
-      new Date(),
-      openAuditLog(cfg, {}, ctx.io.env),
-    );
+    const { lines, keys, audit, outbox, warnings } = await exportState(store, new Date(), await ctx.auditLog(cfg));
     for (const w of warnings) ctx.io.stderr(`keyrotor: warning: audit trail: ${w}\n`);
     const text = lines.join('\n') + '\n';
     if (!opts.out) return ctx.io.stdout(text);
@@ -77,10 +65,7 @@ export async function runStateImport(
   opts: { overwrite?: boolean; json?: boolean },
 ): Promise<void> {
   ctx.setJson(opts.json === true);
-  const [{ importState, parseExportFull }, { openAuditLog }] = await Promise.all([
-    import('../../app/state/transfer.ts'),
-    import('../../app/audit/index.ts'),
-  ]);
+  const { importState, parseExportFull } = await import('../../app/state/transfer.ts');
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -94,7 +79,7 @@ export async function runStateImport(
   await withStore(ctx, async (store, cfg) => {
     const r = await importState(store, records, {
       overwrite: opts.overwrite === true,
-      audit: { log: openAuditLog(cfg, {}, ctx.io.env), records: audit },
+      audit: { log: await ctx.auditLog(cfg), records: audit },
       outbox,
     });
     if (opts.json)

@@ -26,7 +26,7 @@ export async function runSweep(
     dryRun: opts.dryRun === true,
     env: ctx.io.env,
     actor: 'cli',
-    observers: defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env, stateStore }),
+    observers: defaultObservers({ config: cfg, logger, actor: 'cli', env: ctx.io.env, stateStore, own: ctx.own }),
   });
   ctx.exit(Math.max(0, ...results.map(sweepExitCode)));
   ctx.io.stdout(opts.json ? JSON.stringify({ keys: results }, null, 2) + '\n' : renderSweep(results));
