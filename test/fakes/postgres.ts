@@ -153,7 +153,9 @@ function findServer(want: PostgresSource | 'auto', systemRoot?: string): { found
   if (want !== 'embedded') {
     const bin = systemBinDir(systemRoot);
     if (bin) return { found: { source: 'system', bin }, reason: '' };
-    reasons.push('no system PostgreSQL server binaries under /usr/lib/postgresql/*/bin (or KEYROTOR_PG_BIN)');
+    reasons.push(
+      `no system PostgreSQL server binaries under ${systemRoot ?? '/usr/lib/postgresql'}/*/bin${systemRoot ? '' : ' (or KEYROTOR_PG_BIN)'}`,
+    );
   }
   if (want !== 'system') {
     const e = embeddedBinDir();
