@@ -161,7 +161,9 @@ export async function rotate(config: LoadedConfig, o: RotateKeysOptions = {}): P
   } finally {
     await flushObservers(observers, 10_000);
     await release?.();
-    await made?.close?.();
+    if (made) await made.close?.();
+    // the caller's own store lives on: the process-wide metrics keep reading key ages from it, as before
+    else (await import('../app/metrics.ts')).processMetrics().trackKeys(config, stateStore);
   }
 }
 

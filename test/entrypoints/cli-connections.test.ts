@@ -3,7 +3,8 @@
  * PostgreSQL state backend must not pile up database connections: every pool a command opens (the
  * state store, the audit trail, what the observers opened) is closed when `main()` returns, on every
  * path: a rotation, read-only commands, and a command that fails after it opened the store. Counted
- * by the server itself (`pg_stat_activity`), after each call.
+ * by the server itself (`pg_stat_activity`), after each call. The same for the library's `rotate()`
+ * and `status()` with their default state store.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
@@ -81,4 +82,21 @@ describe.skipIf(!postgresSupportOrSkip('CLI connections on PostgreSQL'))('main()
     await processMetrics().text();
     expect(await sessions()).toBe(0);
   }, 180_000);
+
+  it("the library's rotate() and status() close the state store they made (and the audit trail's pool)", async () => {
+    const dir = workspace(CONFIG, 'lib-connections');
+    const env = { KEYROTOR_DATABASE_URL: db.url(), KEYROTOR_MASTER_KEY: MASTER };
+    const { loadConfig, rotate, status } = await import('../../src/entrypoints/index.ts');
+    const config = await loadConfig(path.join(dir, 'rotation.config.yaml'), env);
+    const after: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const [r] = await rotate(config, { now: true, env });
+      expect(r).toMatchObject({ outcome: 'rotated' });
+      after.push(await sessions());
+      const [s] = await status(config, { env });
+      expect(s).toMatchObject({ name: 'demo' });
+      after.push(await sessions());
+    }
+    expect(after).toEqual(Array.from({ length: 8 }, () => 0));
+  }, 120_000);
 });
