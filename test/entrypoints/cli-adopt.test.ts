@@ -12,6 +12,7 @@ import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { Secret } from '../../src/core/secret.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -23,15 +24,8 @@ afterAll(async () => {
 
 const MASTER = 'ef'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string) => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 100ms }
-  verifyRevoked: { timeout: 2s, interval: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-`;
+const config = (sa: string) =>
+  keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', interval: '100ms', revoke: null });
 
 /** put a value into the file store as current, the way a person would: no keyrotor metadata */
 async function handPlace(dir: string, value: string) {

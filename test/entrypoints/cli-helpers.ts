@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+import { keyConfig, SMOKE_TEST } from '../helpers/config.ts';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const CLI = path.join(ROOT, 'src/entrypoints/cli.ts');
@@ -56,18 +57,7 @@ export function workspace(config: string, name = 'cli'): string {
   return dir;
 }
 
-export const LOCAL_CONFIG = `version: 1
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-keys:
-  - name: demo
-    issuer: { type: local }
-    stores: [ { type: file } ]
-    health:
-      - { type: issuer-smoke-test, timeout: 5s, interval: 50ms }
-`;
+export const LOCAL_CONFIG = keyConfig({ name: 'demo', health: SMOKE_TEST });
 
 /** Every file under dir with its bytes, to prove "nothing written". */
 export function treeSnapshot(dir: string): Record<string, string> {

@@ -17,6 +17,7 @@ import { fingerprint } from '../../src/core/fingerprint.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { fileStateRecord, fileStateText } from '../helpers/file-state.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -28,16 +29,8 @@ afterAll(async () => {
 
 const MASTER = 'c3'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string, health = ' []') => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 100ms }
-  verifyRevoked: { timeout: 2s, interval: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-    health:${health}
-`;
+const config = (sa: string, health = ' []') =>
+  keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', interval: '100ms', revoke: null, health });
 
 function fileStore(dir: string) {
   return createFileStore(fileStoreSchema.parse({ type: 'file' }), {

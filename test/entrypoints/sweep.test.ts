@@ -20,6 +20,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import type { SweepKeyResult } from '../../src/app/sweep.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -31,15 +32,7 @@ afterAll(async () => {
 
 const MASTER = '5e'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string) => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 50ms }
-  verifyRevoked: { timeout: 2s, interval: 50ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-`;
+const config = (sa: string) => keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', revoke: null });
 
 /** the CLI in this process (edge cases); logs are kept at error level */
 const cli = (dir: string, ...args: string[]) =>
