@@ -98,6 +98,7 @@ function killSuite(backend: Backend): void {
   const env = (): NodeJS.ProcessEnv => ({
     PATH: process.env.PATH,
     HOME: process.env.HOME,
+    NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
     KEYROTOR_LOG_LEVEL: 'debug',
     OPENAI_ADMIN_KEY: b.openai.adminKey,
     KEYROTOR_MASTER_KEY: MASTER_KEY,

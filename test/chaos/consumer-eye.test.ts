@@ -226,7 +226,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     childConfigFile = path.join(dir, 'children.config.yaml');
     writeFileSync(childConfigFile, configText(eyes.filter((e) => !e.w.spec.stores.includes('azure'))));
     stateDir = path.join(dir, '.keyrotor');
-    compileCache = tempDir('node-compile-cache');
+    compileCache = process.env.NODE_COMPILE_CACHE ?? tempDir('node-compile-cache');
     exited = await exitedProcess();
     cfg = parseConfig(readFileSync(configFile, 'utf8'), configFile, {});
   }, 60_000);

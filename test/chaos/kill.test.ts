@@ -94,7 +94,7 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     const ws = writeWorkspace(B, worlds, 'chaos-kill', { issuerTimeout: '2s', leaseTtl: `${LEASE_TTL_MS}ms` });
     configFile = ws.configFile;
     stateDir = ws.stateDir;
-    compileCache = tempDir('node-compile-cache');
+    compileCache = process.env.NODE_COMPILE_CACHE ?? tempDir('node-compile-cache');
   }, 60_000);
 
   afterAll(async () => {

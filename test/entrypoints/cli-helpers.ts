@@ -34,7 +34,13 @@ export function runCli(args: string[], opts: { cwd: string; env?: NodeJS.Process
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd: opts.cwd,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...opts.env },
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+        KEYROTOR_LOG_LEVEL: 'debug',
+        ...opts.env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

@@ -22,7 +22,14 @@ const MANUAL = `\n      - { type: manual, name: ops, timeout: 60s, interval: 100
 function spawnCli(args: string[], dir: string, name: string, extraEnv: Record<string, string> = {}) {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...env(), ...extraEnv },
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+      KEYROTOR_LOG_LEVEL: 'debug',
+      ...env(),
+      ...extraEnv,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';

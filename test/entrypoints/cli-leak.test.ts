@@ -223,7 +223,13 @@ describe('rotate --now --leaked --revoke-first', () => {
     const hold = world.fake.holdResponse('serviceAccounts.apiKeys.create'); // applied; the answer waits
     const child = spawn(process.execPath, [CLI, 'rotate', '--now', '--leaked', '--revoke-first', 'app', '--json'], {
       cwd: dir,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...world.env() },
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+        KEYROTOR_LOG_LEVEL: 'debug',
+        ...world.env(),
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

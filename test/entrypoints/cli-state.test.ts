@@ -10,7 +10,8 @@ import { createServer } from 'node:http';
 import path from 'node:path';
 import { LOCAL_CONFIG, runCli, treeSnapshot, workspace } from './cli-helpers.ts';
 import { freePort } from '../fakes/moto.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip, type Postgres } from '../fakes/postgres.ts';
+import { sharedPostgres } from '../helpers/postgres-db.ts';
 
 const MASTER = '3e'.repeat(32);
 /** one webhook that is tried once per run; its URL comes from HOOK_URL so each run can point elsewhere */
@@ -173,7 +174,7 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
   let server: Postgres;
   let url = '';
   beforeAll(async () => {
-    server = await startPostgres();
+    server = await sharedPostgres();
     url = await server.createDatabase('cli');
   });
   afterAll(async () => {

@@ -19,7 +19,13 @@ const { env, results, live, bootstrap } = world;
 function spawnCli(args: string[], dir: string, name: string) {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...env() },
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+      KEYROTOR_LOG_LEVEL: 'debug',
+      ...env(),
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';

@@ -291,7 +291,13 @@ describe('durable webhook outbox', () => {
     const entries = () => readdirSync(outboxDir).filter((n) => n.endsWith('.json'));
     const child = spawn(process.execPath, [CLI, 'rotate', '--now', 'demo'], {
       cwd: dir,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', HOOK_URL: rx.url },
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+        KEYROTOR_LOG_LEVEL: 'debug',
+        HOOK_URL: rx.url,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
