@@ -251,7 +251,7 @@ function killSuite(backend: Backend): void {
 }
 
 const PG = postgresSupportOrSkip('chaos: SIGKILL with the PostgreSQL state backend');
-describe.skipIf(!PG)(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, () => {
+describe.skipIf(!PG).concurrent(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, () => {
   const db = usePostgresDatabase('chaos_kill');
   killSuite({
     name: 'postgres',
@@ -268,7 +268,7 @@ describe.skipIf(!PG)(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, 
 });
 
 const MOTO = motoSupportOrSkip('chaos: SIGKILL with the DynamoDB state backend');
-describe.skipIf(!MOTO)(`chaos: SIGKILL, DynamoDB state backend (seed ${SEED})`, () => {
+describe.skipIf(!MOTO).concurrent(`chaos: SIGKILL, DynamoDB state backend (seed ${SEED})`, () => {
   let moto: Moto | undefined;
   const creds = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true' };
   const saved = { ...process.env };

@@ -213,7 +213,10 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     const imp = await runCli(['-c', 'pg.yaml', 'state', 'import', 'from-files.jsonl'], { cwd: dir, env });
     expect(imp.code).toBe(0);
     expect(imp.stdout).toMatch(
-      /imported 1 key\(s\) and \d+ audit record\(s\) into postgres:127\.0\.0\.1:\d+\/cli \(schema clistate\): demo/,
+      // the database this block created (its name is made unique on the run's shared server)
+      new RegExp(
+        `imported 1 key\\(s\\) and \\d+ audit record\\(s\\) into postgres:127\\.0\\.0\\.1:\\d+/${new URL(url).pathname.slice(1)} \\(schema clistate\\): demo`,
+      ),
     );
     expect(imp.stdout).toMatch(/pending webhook notifications: 1 in the outbox/);
     const fileChain = await runCli(['audit', 'verify', '--json'], { cwd: dir, env });
