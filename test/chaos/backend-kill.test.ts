@@ -18,7 +18,6 @@
  * also depends on timing). KEYROTOR_CHAOS_SCALE scales the number of kills.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
@@ -31,7 +30,6 @@ import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import {
   checkInvariant,
   closeBackends,
-  configText,
   MASTER_KEY,
   prepareWorld,
   startBackends,
@@ -75,16 +73,12 @@ function killSuite(backend: Backend): void {
   beforeAll(async () => {
     b = await startBackends(['file']);
     await prepareWorld(b, w);
-    const ws = writeWorkspace(() => b, [w], `chaos-kill-${backend.name}`, { leaseTtl: `${LEASE_TTL_MS}ms` });
+    const ws = writeWorkspace(() => b, [w], `chaos-kill-${backend.name}`, {
+      leaseTtl: `${LEASE_TTL_MS}ms`,
+      state: backend.stateYaml(),
+    });
     configFile = ws.configFile;
     stateDir = ws.stateDir;
-    writeFileSync(
-      configFile,
-      configText(() => b, [w], { leaseTtl: `${LEASE_TTL_MS}ms` }).replace(
-        /^version: 1\n/,
-        `version: 1\n${backend.stateYaml()}\n`,
-      ),
-    );
     store = backend.store();
     const init = await cli(['state', 'init']);
     expect(init.code, init.stderr).toBe(0);
