@@ -243,7 +243,7 @@ function faultSuite(backend: FaultBackend): void {
 }
 
 const PG = postgresSupportOrSkip('chaos: state faults on PostgreSQL');
-describe.skipIf(!PG).concurrent(`chaos: faults of the PostgreSQL state backend (seed ${SEED})`, () => {
+describe.skipIf(!PG)(`chaos: faults of the PostgreSQL state backend (seed ${SEED})`, () => {
   const db = usePostgresDatabase('chaos_faults');
   let proxy: TcpFaultProxy | undefined;
   let locker: pg.Client | undefined;
@@ -297,7 +297,7 @@ describe.skipIf(!PG).concurrent(`chaos: faults of the PostgreSQL state backend (
 });
 
 const MOTO = motoSupportOrSkip('chaos: state faults on DynamoDB');
-describe.skipIf(!MOTO).concurrent(`chaos: faults of the DynamoDB state backend (seed ${SEED})`, () => {
+describe.skipIf(!MOTO)(`chaos: faults of the DynamoDB state backend (seed ${SEED})`, () => {
   let moto: Moto | undefined;
   let proxy: DynamoFaultProxy | undefined;
   const creds = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true' };
