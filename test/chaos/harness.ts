@@ -17,19 +17,12 @@ import type { FakeRoute } from '../fakes/openai-admin.ts';
 import type { GcpMethod } from '../fakes/gcp-secret-manager.ts';
 import { CLI } from '../entrypoints/cli-helpers.ts';
 import { noteLeftovers, workingKey, type Backends, type World } from './world.ts';
+import { STAGES } from '../../src/core/stages.ts';
 import type { KeyResult } from '../../src/app/run.ts';
 import type { SweepKeyResult } from '../../src/app/sweep.ts';
 
-export const FORWARD_STAGES = [
-  'preflight',
-  'issue',
-  'stage',
-  'verify',
-  'promote',
-  'confirm',
-  'revoke',
-  'verifyRevoked',
-] as const;
+/** the forward stages, in order */
+export const FORWARD_STAGES: readonly string[] = STAGES;
 
 export type KillPlan =
   /** kill at the `nth` (default 0) time the log shows `stage` entered (or its side effect starting) */

@@ -29,18 +29,26 @@ export async function cliInProcess(argv: string[], o: { env: NodeJS.ProcessEnv; 
   return { code, stdout, stderr };
 }
 
+/**
+ * The environment of a spawned CLI: PATH, HOME, the run's compile cache, debug logs, then `env` (no
+ * other variable of this process leaks in).
+ */
+export function childEnv(env: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+    KEYROTOR_LOG_LEVEL: 'debug',
+    ...env,
+  };
+}
+
 /** Spawn the real CLI as a process (Node 24 from this test run), no TTY, capturing everything. */
 export function runCli(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; name?: string }): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd: opts.cwd,
-      env: {
-        PATH: process.env.PATH,
-        HOME: process.env.HOME,
-        NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
-        KEYROTOR_LOG_LEVEL: 'debug',
-        ...opts.env,
-      },
+      env: childEnv(opts.env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
