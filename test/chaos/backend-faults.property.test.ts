@@ -19,7 +19,6 @@
  * Reproduce with KEYROTOR_CHAOS_SEED=<seed> (the fault points are seeded; timing still plays a part).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeFileSync } from 'node:fs';
 import pg from 'pg';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
@@ -33,7 +32,6 @@ import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import {
   checkInvariant,
   closeBackends,
-  configText,
   MASTER_KEY,
   noteLeftovers,
   prepareWorld,
@@ -78,16 +76,12 @@ function faultSuite(backend: FaultBackend): void {
   beforeAll(async () => {
     b = await startBackends(['file']);
     await prepareWorld(b, w);
-    const ws = writeWorkspace(() => b, [w], `chaos-faults-${backend.name}`, { leaseTtl: `${LEASE_TTL_MS}ms` });
+    const ws = writeWorkspace(() => b, [w], `chaos-faults-${backend.name}`, {
+      leaseTtl: `${LEASE_TTL_MS}ms`,
+      state: backend.stateYaml(),
+    });
     configFile = ws.configFile;
     stateDir = ws.stateDir;
-    writeFileSync(
-      configFile,
-      configText(() => b, [w], { leaseTtl: `${LEASE_TTL_MS}ms` }).replace(
-        /^version: 1\n/,
-        `version: 1\n${backend.stateYaml()}\n`,
-      ),
-    );
     const init = await cli(['state', 'init']);
     expect(init.code, init.stderr).toBe(0);
   }, 60_000);

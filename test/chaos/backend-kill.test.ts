@@ -18,22 +18,19 @@
  * also depends on timing). KEYROTOR_CHAOS_SCALE scales the number of kills.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 import type { FakeRoute } from '../fakes/openai-admin.ts';
-import { CLI, cliInProcess } from '../entrypoints/cli-helpers.ts';
+import { cliInProcess } from '../entrypoints/cli-helpers.ts';
+import { FORWARD_STAGES, KillLedger, planName, resultOf, spawnAndKill, type KillPlan } from './harness.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import {
   checkInvariant,
   closeBackends,
-  configText,
   MASTER_KEY,
-  noteLeftovers,
   prepareWorld,
   startBackends,
   World,
@@ -45,21 +42,14 @@ import { createPostgresStateStore } from '../../src/app/state/postgres-state-sto
 import { createDynamoStateStore } from '../../src/app/state/dynamodb-state-store.ts';
 import type { StateStore } from '../../src/core/ports.ts';
 import type { KeyResult } from '../../src/app/run.ts';
-import type { SweepKeyResult } from '../../src/app/sweep.ts';
 
 const SEED = chaosSeed();
 const SCALE = Number(process.env.KEYROTOR_CHAOS_SCALE ?? '1') || 1;
 const DEBUG = process.env.KEYROTOR_CHAOS_DEBUG;
 const KILLS = Math.max(1, Math.ceil(12 * SCALE));
-const FORWARD_STAGES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'];
 const LEASE_TTL_MS = 1_000;
 /** stop spawning after this long per backend (the floor assertion then says what is missing) */
 const TIME_BUDGET_MS = 55_000;
-
-type KillPlan =
-  | { kind: 'transition'; stage: string; start: boolean }
-  | { kind: 'request'; route: FakeRoute }
-  | { kind: 'timer'; ms: number };
 
 interface Backend {
   name: 'postgres' | 'dynamodb';
@@ -77,29 +67,18 @@ function killSuite(backend: Backend): void {
   let b: Backends;
   let store: StateStore;
   const w = new World({ key: `k-${backend.name}`, stores: ['file'], gate: true });
-  const counts = {
-    kills: 0,
-    finishedBeforeKill: 0,
-    locked: 0,
-    byPlan: {} as Record<string, number>,
-    byStage: {} as Record<string, number>,
-    outcomes: {} as Record<string, number>,
-    violations: [] as string[],
-  };
+  const ledger = new KillLedger(SEED, Boolean(DEBUG));
+  const counts = { locked: 0 };
 
   beforeAll(async () => {
     b = await startBackends(['file']);
     await prepareWorld(b, w);
-    const ws = writeWorkspace(() => b, [w], `chaos-kill-${backend.name}`, { leaseTtl: `${LEASE_TTL_MS}ms` });
+    const ws = writeWorkspace(() => b, [w], `chaos-kill-${backend.name}`, {
+      leaseTtl: `${LEASE_TTL_MS}ms`,
+      state: backend.stateYaml(),
+    });
     configFile = ws.configFile;
     stateDir = ws.stateDir;
-    writeFileSync(
-      configFile,
-      configText(() => b, [w], { leaseTtl: `${LEASE_TTL_MS}ms` }).replace(
-        /^version: 1\n/,
-        `version: 1\n${backend.stateYaml()}\n`,
-      ),
-    );
     store = backend.store();
     const init = await cli(['state', 'init']);
     expect(init.code, init.stderr).toBe(0);
@@ -113,15 +92,14 @@ function killSuite(backend: Backend): void {
   const env = (): NodeJS.ProcessEnv => ({
     PATH: process.env.PATH,
     HOME: process.env.HOME,
+    NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
     KEYROTOR_LOG_LEVEL: 'debug',
     OPENAI_ADMIN_KEY: b.openai.adminKey,
     KEYROTOR_MASTER_KEY: MASTER_KEY,
     ...backend.env(),
   });
 
-  function violation(where: string, v: string[], detail: string) {
-    for (const x of v) counts.violations.push(`[seed ${SEED}] ${backend.name} ${where}: ${x} (${detail})`);
-  }
+  const violation = (where: string, v: string[], detail: string) => ledger.violation(backend.name, where, v, detail);
 
   async function activeRef(): Promise<ActiveRef | null> {
     const rec = await store.read(w.key);
@@ -140,80 +118,12 @@ function killSuite(backend: Backend): void {
     return r;
   }
 
-  const resultOf = (stdout: string): KeyResult | undefined => {
-    try {
-      return (JSON.parse(stdout) as { results: KeyResult[] }).results[0];
-    } catch {
-      return undefined;
-    }
-  };
+  const settleResult = (r: KeyResult, detail: string) => ledger.settle(w, b, r, detail, backend.name);
 
-  function settleResult(r: KeyResult, detail: string): void {
-    if (r.rotationId && r.finishedAt) w.seenResults.add(`${r.rotationId}@${r.finishedAt}`);
-    w.needsAttention = r.outcome === 'needs_attention' || (w.needsAttention && r.outcome !== 'rotated');
-    counts.outcomes[r.outcome] = (counts.outcomes[r.outcome] ?? 0) + 1;
-    if (DEBUG && r.outcome !== 'rotated') console.log(`${w.key} ${detail}: ${JSON.stringify(r.error ?? r.leftovers)}`);
-    const bad: string[] = [];
-    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome))
-      bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
-    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length)
-      bad.push(`${r.outcome} without a reason`);
-    if (r.outcome === 'rotated') w.bootstrapped = true;
-    if (r.outcome === 'needs_attention') noteLeftovers(b, w, r.leftovers);
-    violation(`result ${r.rotationId}`, bad, detail);
-  }
-
-  async function spawnAndKill(args: string[], plan: KillPlan) {
-    const child = spawn(process.execPath, [CLI, '-c', configFile, ...args], {
-      env: env(),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let buf = '';
-    let stage = 'start';
-    let killed = false;
-    const kill = () => {
-      if (killed || child.exitCode !== null) return;
-      killed = child.kill('SIGKILL');
-    };
-    let timer: NodeJS.Timeout | undefined;
-    const unlisten =
-      plan.kind === 'request'
-        ? b.openai.onRequest((e) => {
-            if (e.route === plan.route) kill();
-          })
-        : undefined;
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
-      const text = d.toString();
-      stderr += text;
-      buf += text;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        let l: { stage?: string; msg?: string };
-        try {
-          l = JSON.parse(raw) as typeof l;
-        } catch {
-          continue;
-        }
-        if (!l.stage) continue;
-        const entered = l.msg === l.stage;
-        const starting = l.msg === `${l.stage} start`;
-        if (entered || starting) stage = l.stage;
-        if (plan.kind === 'timer' && entered && l.stage === 'preflight' && !timer) timer = setTimeout(kill, plan.ms);
-        if (plan.kind === 'transition' && l.stage === plan.stage && (plan.start ? starting : entered)) kill();
-      }
-    });
-    const exit = await new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_c, s) => resolve(s)));
-    unlisten?.();
-    if (timer) clearTimeout(timer);
-    capture(`kill-${backend.name}-child.stdout`, stdout);
-    capture(`kill-${backend.name}-child.stderr`, stderr);
-    if ((stdout + stderr).includes(CANARY)) violation(`child ${args[0]}`, ['printed a secret value'], 'spawned');
-    return { killed: exit === 'SIGKILL', stage, stdout, stderr };
+  async function spawnKill(args: string[], plan: KillPlan) {
+    const r = await spawnAndKill({ configFile, args, env: env(), name: `kill-${backend.name}`, b, plan });
+    if (r.printedSecret) violation(`child ${args[0]}`, ['printed a secret value'], 'spawned');
+    return r;
   }
 
   function killPlan(rng: Rng, i: number): KillPlan {
@@ -238,26 +148,22 @@ function killSuite(backend: Backend): void {
     const latency = rng.int(0, 25);
     b.openai.setLatency(latency);
     const plan = forced ?? killPlan(rng, i);
-    detail.push(plan.kind === 'transition' ? `${plan.stage}${plan.start ? ' start' : ''}` : plan.kind);
+    detail.push(planName(plan));
     const active = await activeRef();
     const args = active && rng.chance(0.3) ? ['resume', w.key, '--json'] : ['rotate', '--now', w.key, '--json'];
     detail.push(args[0]!);
-    const r = await spawnAndKill(args, plan);
+    const r = await spawnKill(args, plan);
     b.openai.setLatency(0);
     if (!r.killed) {
-      counts.finishedBeforeKill++;
+      ledger.finishedBeforeKill++;
       const res = resultOf(r.stdout);
       if (res) settleResult(res, detail.join(', '));
       else violation('child', [`exited without a result: ${r.stderr.slice(-300)}`], detail.join(', '));
     } else {
-      counts.kills++;
-      counts.byPlan[plan.kind] = (counts.byPlan[plan.kind] ?? 0) + 1;
-      counts.byStage[r.stage] = (counts.byStage[r.stage] ?? 0) + 1;
+      ledger.killed(plan, r.stage);
       detail.push(`killed in ${r.stage}`);
       await new Promise((res) => setTimeout(res, latency + 40));
-      const last = (await store.read(w.key))?.last;
-      if (last?.rotationId && !w.seenResults.has(`${last.rotationId}@${last.finishedAt}`))
-        settleResult(last, `${detail.join(', ')} (result read from the state store)`);
+      ledger.absorbLast(w, b, (await store.read(w.key))?.last, detail.join(', '), backend.name);
       violation(
         'at the kill',
         await checkInvariant(b, w, stateDir, { phase: 'instant', active: await activeRef() }),
@@ -308,49 +214,38 @@ function killSuite(backend: Backend): void {
       if (await killOnce(rng.fork(`${backend.name}:${i}`), i)) killed++;
     // top up: a forward stage the seeded plans missed gets a kill of its own
     for (let extra = 0; SCALE >= 1 && extra < 6 && Date.now() - started < TIME_BUDGET_MS; extra++) {
-      const miss = FORWARD_STAGES.find((s) => !((counts.byStage[s] ?? 0) > 0));
+      const miss = ledger.missingStages()[0];
       if (!miss) break;
       await killOnce(rng.fork(`top-up:${extra}`), 0, { kind: 'transition', stage: miss, start: extra % 2 === 1 });
     }
-    const dry = await cli(['sweep', '--dry-run', w.key, '--json']);
-    expect(dry.code, dry.stderr).toBe(0);
-    const sweep = (JSON.parse(dry.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
-    violation(
-      'final sweep --dry-run',
-      sweep.entries.filter((e) => e.action !== 'kept').map((e) => `would delete ${e.keyId} (${e.reason})`),
-      'end',
+    await ledger.finalChecks(
+      [w],
+      () => cli,
+      () => backend.name,
+      (code, stderr) => expect(code, stderr).toBe(0),
     );
-    const verified = await cli(['audit', 'verify', '--json']);
-    if (verified.code !== 0) violation('audit verify', [verified.stdout.slice(0, 600)], 'end');
-    const history = await cli(['history', '--json']);
-    const { rotations } = JSON.parse(history.stdout || '{"rotations":[]}') as {
-      rotations: { rotationId: string | null; stages: { state: string }[] }[];
-    };
-    for (const h of rotations)
-      if (h.rotationId && h.stages.filter((x) => x.state === 'rotated').length > 1)
-        violation('history', [`${h.rotationId} recorded "rotated" more than once`], 'end');
     const report = {
       seed: SEED,
       backend: backend.name,
-      kills: counts.kills,
-      finishedBeforeKill: counts.finishedBeforeKill,
+      kills: ledger.kills,
+      finishedBeforeKill: ledger.finishedBeforeKill,
       lockedRetries: counts.locked,
-      byPlan: counts.byPlan,
-      byStage: counts.byStage,
-      outcomes: counts.outcomes,
+      byPlan: ledger.byPlan,
+      byStage: ledger.byStage,
+      outcomes: ledger.outcomes,
       seconds: Math.round((Date.now() - started) / 1000),
-      violations: counts.violations.length,
+      violations: ledger.violations.length,
     };
     console.log(`chaos kill (${backend.name}): ${JSON.stringify(report)}`);
-    for (const v of counts.violations.slice(0, 20)) console.log(`VIOLATION ${v}`);
-    capture(`chaos-kill-${backend.name}.json`, JSON.stringify({ ...report, list: counts.violations }, null, 2));
-    expect(counts.violations, `seed ${SEED}`).toEqual([]);
-    expect(counts.kills).toBeGreaterThanOrEqual(Math.min(KILLS, 8));
+    for (const v of ledger.violations.slice(0, 20)) console.log(`VIOLATION ${v}`);
+    capture(`chaos-kill-${backend.name}.json`, JSON.stringify({ ...report, list: ledger.violations }, null, 2));
+    expect(ledger.violations, `seed ${SEED}`).toEqual([]);
+    expect(ledger.kills).toBeGreaterThanOrEqual(Math.min(KILLS, 8));
   }, 120_000);
 }
 
 const PG = postgresSupportOrSkip('chaos: SIGKILL with the PostgreSQL state backend');
-describe.skipIf(!PG)(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, () => {
+describe.skipIf(!PG).concurrent(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, () => {
   const db = usePostgresDatabase('chaos_kill');
   killSuite({
     name: 'postgres',
@@ -367,7 +262,7 @@ describe.skipIf(!PG)(`chaos: SIGKILL, PostgreSQL state backend (seed ${SEED})`, 
 });
 
 const MOTO = motoSupportOrSkip('chaos: SIGKILL with the DynamoDB state backend');
-describe.skipIf(!MOTO)(`chaos: SIGKILL, DynamoDB state backend (seed ${SEED})`, () => {
+describe.skipIf(!MOTO).concurrent(`chaos: SIGKILL, DynamoDB state backend (seed ${SEED})`, () => {
   let moto: Moto | undefined;
   const creds = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true' };
   const saved = { ...process.env };

@@ -26,7 +26,7 @@ import { capture, tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy.ts';
-import { CLI } from '../entrypoints/cli-helpers.ts';
+import { spawnKillable } from './harness.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { CrashSwitch, type CrashPlan } from './crash-switch.ts';
 import { closeBackends, GCP_PROJECT, MASTER_KEY, prepareWorld, REGION, startBackends, World } from './world.ts';
@@ -226,7 +226,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
     childConfigFile = path.join(dir, 'children.config.yaml');
     writeFileSync(childConfigFile, configText(eyes.filter((e) => !e.w.spec.stores.includes('azure'))));
     stateDir = path.join(dir, '.keyrotor');
-    compileCache = tempDir('node-compile-cache');
+    compileCache = process.env.NODE_COMPILE_CACHE ?? tempDir('node-compile-cache');
     exited = await exitedProcess();
     cfg = parseConfig(readFileSync(configFile, 'utf8'), configFile, {});
   }, 60_000);
@@ -343,7 +343,9 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
   async function spawnAndKill(e: EyeWorld, stage: string): Promise<{ killed: boolean; stdout: string }> {
     const b = e.b;
     e.instant.phase = 'child';
-    const child = spawn(process.execPath, [CLI, '-c', childConfigFile, 'rotate', '--now', e.w.key, '--json'], {
+    const r = await spawnKillable({
+      configFile: childConfigFile,
+      args: ['rotate', '--now', e.w.key, '--json'],
       env: {
         PATH: process.env.PATH,
         HOME: process.env.HOME,
@@ -356,39 +358,16 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
         METADATA_SERVER_DETECTION: 'none',
         NODE_COMPILE_CACHE: compileCache,
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      name: `consumer-eye-${e.w.key}`,
+      onLine: (l, kill) => {
+        if (l.msg !== l.stage) return;
+        e.instant.stage = l.stage!;
+        if (l.stage === stage) kill();
+      },
     });
-    let stdout = '';
-    let stderr = '';
-    let buf = '';
-    let killed = false;
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
-      const text = d.toString();
-      stderr += text;
-      buf += text;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          const l = JSON.parse(raw) as { stage?: string; msg?: string };
-          if (!l.stage || l.msg !== l.stage) continue;
-          e.instant.stage = l.stage;
-          if (l.stage === stage && !killed && child.exitCode === null) killed = child.kill('SIGKILL');
-        } catch {
-          // not JSON
-        }
-      }
-    });
-    const exit = await new Promise<NodeJS.Signals | null>((resolve) =>
-      child.on('close', (_c, signal) => resolve(signal)),
-    );
-    capture(`consumer-eye-${e.w.key}-child.stdout`, stdout);
-    capture(`consumer-eye-${e.w.key}-child.stderr`, stderr);
-    if ((stdout + stderr).includes(CANARY)) e.problems.push('a child printed a secret value');
-    if (exit === 'SIGKILL') e.instant.phase = 'dead';
-    return { killed: exit === 'SIGKILL', stdout };
+    if (r.printedSecret) e.problems.push('a child printed a secret value');
+    if (r.killed) e.instant.phase = 'dead';
+    return { killed: r.killed, stdout: r.stdout };
   }
 
   function note(e: EyeWorld, r: KeyResult, scenario: string): void {

@@ -26,7 +26,6 @@
  * also depends on timing).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -35,13 +34,13 @@ import { CANARY } from '../canary.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import type { FakeRoute } from '../fakes/openai-admin.ts';
 import type { GcpMethod } from '../fakes/gcp-secret-manager.ts';
-import { CLI, cliInProcess } from '../entrypoints/cli-helpers.ts';
+import { cliInProcess } from '../entrypoints/cli-helpers.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
+import { FORWARD_STAGES, KillLedger, planName, resultOf, spawnAndKill, type KillPlan } from './harness.ts';
 import {
   checkInvariant,
   closeBackends,
   MASTER_KEY,
-  noteLeftovers,
   prepareWorld,
   served,
   startBackends,
@@ -51,9 +50,8 @@ import {
   type Backends,
 } from './world.ts';
 import { main as _main } from '../../src/entrypoints/cli.ts';
-import { createFileStateStore } from '../../src/app/state/index.ts';
 import type { KeyResult } from '../../src/app/run.ts';
-import type { SweepKeyResult } from '../../src/app/sweep.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
 
 const MOTO = motoSupportOrSkip('chaos: SIGKILL of the CLI (AWS on moto)');
 const SEED = chaosSeed();
@@ -67,22 +65,9 @@ const PLAN = [
   { spec: { key: 'k-gcp', stores: ['gcp'] as const, gate: true }, kills: 16 },
 ];
 const MIN_KILLS = 50;
-const FORWARD_STAGES = ['preflight', 'issue', 'stage', 'verify', 'promote', 'confirm', 'revoke', 'verifyRevoked'];
 const LEASE_TTL_MS = 1_000;
 /** stop spawning after this long (the floor assertion then says what is missing) */
 const TIME_BUDGET_MS = 260_000;
-
-type KillPlan =
-  | { kind: 'transition'; stage: string; start: boolean; nth: number }
-  | { kind: 'request'; route: FakeRoute; nth: number }
-  | { kind: 'gcp'; method: GcpMethod }
-  | { kind: 'timer'; ms: number };
-
-/** the fields of a JSON log line the kill points look at */
-interface LogLine {
-  stage?: string;
-  msg?: string;
-}
 
 describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () => {
   let moto: Moto;
@@ -92,16 +77,8 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
   const worlds: World[] = [];
   const backends = new Map<string, Backends>();
   const B = (w: World) => backends.get(w.key)!;
-  const counts = {
-    kills: 0,
-    finishedBeforeKill: 0,
-    byPlan: {} as Record<string, number>,
-    byStage: {} as Record<string, number>,
-    takenOverAtOnce: 0,
-    faults: 0,
-    outcomes: {} as Record<string, number>,
-    violations: [] as string[],
-  };
+  const ledger = new KillLedger(SEED, Boolean(DEBUG));
+  const counts = { takenOverAtOnce: 0, faults: 0 };
   let spawned = 0;
 
   beforeAll(async () => {
@@ -117,7 +94,7 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     const ws = writeWorkspace(B, worlds, 'chaos-kill', { issuerTimeout: '2s', leaseTtl: `${LEASE_TTL_MS}ms` });
     configFile = ws.configFile;
     stateDir = ws.stateDir;
-    compileCache = tempDir('node-compile-cache');
+    compileCache = process.env.NODE_COMPILE_CACHE ?? tempDir('node-compile-cache');
   }, 60_000);
 
   afterAll(async () => {
@@ -139,9 +116,7 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     NODE_COMPILE_CACHE: compileCache,
   });
 
-  function violation(w: World, where: string, v: string[], detail: string) {
-    for (const x of v) counts.violations.push(`[seed ${SEED}] ${w.key} ${where}: ${x} (${detail})`);
-  }
+  const violation = (w: World, where: string, v: string[], detail: string) => ledger.violation(w.key, where, v, detail);
 
   /** The unfinished rotation in the state store (only to tell its own keys apart at an instant). */
   async function activeRef(w: World) {
@@ -176,117 +151,15 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     return { code, stdout, stderr };
   }
 
+  const settleResult = (w: World, r: KeyResult, detail: string) => ledger.settle(w, B(w), r, detail);
+
   /** Spawn the real CLI and kill it with SIGKILL at the planned point. */
-  async function spawnAndKill(
-    w: World,
-    args: string[],
-    plan: KillPlan | null,
-  ): Promise<{ killed: boolean; stage: string; stdout: string; stderr: string }> {
-    const b = B(w);
+  async function spawnKill(w: World, args: string[], plan: KillPlan | null) {
     spawned++;
-    const child = spawn(process.execPath, [CLI, '-c', configFile, ...args], {
-      env: env(w),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let buf = '';
-    let stage = 'start';
-    let killed = false;
-    const kill = () => {
-      if (killed || child.exitCode !== null) return;
-      killed = child.kill('SIGKILL');
-    };
-    const seen = new Map<string, number>();
-    let unlisten: (() => void) | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    if (plan?.kind === 'request') {
-      let n = 0;
-      unlisten = b.openai.onRequest((e) => {
-        if (e.route === plan.route && n++ === plan.nth) kill();
-      });
-    } else if (plan?.kind === 'gcp') {
-      b.gcp!.beforeNext(plan.method, kill);
-    }
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
-      const text = d.toString();
-      stderr += text;
-      buf += text;
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const raw = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        let l: LogLine;
-        try {
-          l = JSON.parse(raw) as LogLine;
-        } catch {
-          continue;
-        }
-        if (!l.stage) continue;
-        const entered = l.msg === l.stage;
-        const starting = l.msg === `${l.stage} start`;
-        if (entered || starting) stage = l.stage;
-        if (plan?.kind === 'timer' && entered && l.stage === 'preflight' && !timer) timer = setTimeout(kill, plan.ms);
-        if (plan?.kind === 'transition' && l.stage === plan.stage && (plan.start ? starting : entered)) {
-          const k = `${l.stage}:${plan.start}`;
-          const n = seen.get(k) ?? 0;
-          seen.set(k, n + 1);
-          if (n === plan.nth) kill();
-        }
-      }
-    });
-    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.on('close', (code, signal) => resolve({ code, signal })),
-    );
-    unlisten?.();
-    if (timer) clearTimeout(timer);
-    if (plan?.kind === 'gcp') b.gcp!.resetKnobs(); // an unused beforeNext hook must not fire later
-    capture(`kill-${w.key}-child.stdout`, stdout);
-    capture(`kill-${w.key}-child.stderr`, stderr);
-    if ((stdout + stderr).includes(CANARY)) violation(w, `child ${args[0]}`, ['printed a secret value'], 'spawned');
-    return { killed: exit.signal === 'SIGKILL', stage, stdout, stderr };
+    const r = await spawnAndKill({ configFile, args, env: env(w), name: `kill-${w.key}`, b: B(w), plan });
+    if (r.printedSecret) violation(w, `child ${args[0]}`, ['printed a secret value'], 'spawned');
+    return r;
   }
-
-  /**
-   * A process killed right after recording its result never printed it: read it where an operator
-   * would (`keyrotor status` shows the state store's last result) and take it into account.
-   */
-  async function absorbLastResult(w: World, detail: string): Promise<void> {
-    const last = (await createFileStateStore(stateDir).read(w.key))?.last;
-    if (last?.rotationId && !w.seenResults.has(`${last.rotationId}@${last.finishedAt}`))
-      settleResult(w, last, `${detail} (result read from the state store)`);
-  }
-
-  function settleResult(w: World, r: KeyResult, detail: string): void {
-    if (r.rotationId && r.finishedAt) w.seenResults.add(`${r.rotationId}@${r.finishedAt}`);
-    w.needsAttention = r.outcome === 'needs_attention' || (w.needsAttention && r.outcome !== 'rotated');
-    counts.outcomes[r.outcome] = (counts.outcomes[r.outcome] ?? 0) + 1;
-    if (DEBUG && r.outcome !== 'rotated')
-      console.log(
-        `${w.key} ${detail}: ${JSON.stringify({ outcome: r.outcome, error: r.error, leftovers: r.leftovers })}`,
-      );
-    const bad: string[] = [];
-    if (!['rotated', 'rolled_back', 'needs_attention', 'skipped'].includes(r.outcome))
-      bad.push(`ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`);
-    if ((r.outcome === 'rolled_back' || r.outcome === 'needs_attention') && !r.error && !r.leftovers?.length)
-      bad.push(`${r.outcome} without a reason`);
-    if (r.outcome === 'rotated') {
-      w.bootstrapped = true;
-      if (w.leak && r.leaked && workingKey(B(w), w.leak.value))
-        bad.push(`leak rotation ${r.rotationId} ended rotated but the leaked key still works`);
-    }
-    if (r.outcome === 'needs_attention') noteLeftovers(B(w), w, r.leftovers);
-    violation(w, `result ${r.rotationId}`, bad, detail);
-  }
-
-  const resultOf = (stdout: string): KeyResult | undefined => {
-    try {
-      return (JSON.parse(stdout) as { results: KeyResult[] }).results[0];
-    } catch {
-      return undefined;
-    }
-  };
 
   function randomKillPlan(rng: Rng, w: World, i: number, worldIndex: number): KillPlan {
     const stages = [...FORWARD_STAGES.filter((s) => s !== 'confirm' || w.spec.gate), 'rotated'];
@@ -359,28 +232,20 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
       }
     }
     const plan = forced ?? randomKillPlan(rng, w, i, worldIndex);
-    const planName =
-      plan.kind === 'transition'
-        ? `transition:${plan.stage}${plan.start ? ' start' : ''}`
-        : plan.kind === 'request'
-          ? `request:${plan.route}`
-          : plan.kind === 'gcp'
-            ? `gcp:${plan.method}`
-            : 'timer';
-    detail.push(planName);
+    detail.push(planName(plan));
     const args =
       active && !forced && rng.chance(0.3)
         ? ['resume', w.key, '--json']
         : ['rotate', '--now', ...(leaked ? ['--leaked'] : []), w.key, '--json'];
     detail.push(args[0]!);
     const t0 = Date.now();
-    const r = await spawnAndKill(w, args, plan);
+    const r = await spawnKill(w, args, plan);
     const tChild = Date.now() - t0;
     b.openai.setLatency(0);
     b.gcp?.setLatency('*', 0);
 
     if (!r.killed) {
-      counts.finishedBeforeKill++;
+      ledger.finishedBeforeKill++;
       const res = resultOf(r.stdout);
       if (!res)
         violation(
@@ -393,13 +258,12 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
         );
       else settleResult(w, res, detail.join(', '));
     } else {
-      counts.kills++;
-      counts.byPlan[plan.kind] = (counts.byPlan[plan.kind] ?? 0) + 1;
-      counts.byStage[r.stage] = (counts.byStage[r.stage] ?? 0) + 1;
+      ledger.killed(plan, r.stage);
       detail.push(`killed in ${r.stage}`);
       // the server may still be handling the dead client's last request
       await new Promise((res) => setTimeout(res, latency + 40));
-      await absorbLastResult(w, detail.join(', '));
+      // a process killed right after recording its result never printed it (`keyrotor status` shows it)
+      ledger.absorbLast(w, b, (await createFileStateStore(stateDir).read(w.key))?.last, detail.join(', '));
       violation(
         w,
         'at the kill',
@@ -482,7 +346,7 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     );
     // top up: a stage the seeded plans happened to miss (a fault or leak mode changed the path) gets
     // a kill of its own, so every forward stage is covered on every seed
-    const missing = () => FORWARD_STAGES.filter((st) => !((counts.byStage[st] ?? 0) > 0));
+    const missing = () => ledger.missingStages();
     for (
       let extra = 0;
       SCALE >= 1 && missing().length > 0 && extra < 12 && Date.now() - started < TIME_BUDGET_MS;
@@ -500,56 +364,44 @@ describe.skipIf(!MOTO)(`chaos: SIGKILL of the keyrotor CLI (seed ${SEED})`, () =
     }
     for (const [i, r] of settled.entries())
       if (r.status === 'rejected')
-        counts.violations.push(
-          `[seed ${SEED}] ${worlds[i]!.key}: the kill loop threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`,
+        ledger.violation(
+          worlds[i]!.key,
+          'kill loop',
+          [`threw: ${String((r.reason as Error)?.stack ?? r.reason).slice(0, 600)}`],
+          'loop',
         );
-    // sweep agrees: nothing left to delete anywhere
-    for (const w of worlds) {
-      const dry = await cli(w, ['sweep', '--dry-run', w.key, '--json']);
-      expect(dry.code, dry.stderr).toBe(0);
-      const res = (JSON.parse(dry.stdout) as { keys: SweepKeyResult[] }).keys[0]!;
-      violation(
-        w,
-        'final sweep --dry-run',
-        res.entries.filter((e) => e.action !== 'kept').map((e) => `would delete ${e.keyId} (${e.reason})`),
-        'end',
-      );
-    }
-    // the audit trail survived every kill: each record was committed with its snapshot (or not at
-    // all), so the chain verifies and every rotation's records end with at most one result
-    const verified = await cli(worlds[0]!, ['audit', 'verify', '--json']);
-    if (verified.code !== 0)
-      counts.violations.push(`[seed ${SEED}] audit verify after the kills: ${verified.stdout.slice(0, 600)}`);
-    const history = await cli(worlds[0]!, ['history', '--json']);
-    const { rotations } = JSON.parse(history.stdout || '{"rotations":[]}') as {
-      rotations: { rotationId: string | null; stages: { state: string }[] }[];
-    };
-    for (const h of rotations)
-      if (h.rotationId && h.stages.filter((x) => x.state === 'rotated').length > 1)
-        counts.violations.push(`[seed ${SEED}] ${h.rotationId}: recorded "rotated" more than once`);
+    // sweep agrees: nothing left to delete anywhere; the audit trail survived every kill: each record
+    // was committed with its snapshot (or not at all), so the chain verifies and every rotation's
+    // records end with at most one result
+    await ledger.finalChecks(
+      worlds,
+      (w) => (args) => cli(w, args),
+      (w) => w.key,
+      (code, stderr) => expect(code, stderr).toBe(0),
+    );
 
     const report = {
       seed: SEED,
-      kills: counts.kills,
+      kills: ledger.kills,
       processes: spawned,
-      finishedBeforeKill: counts.finishedBeforeKill,
-      byPlan: counts.byPlan,
-      byStage: counts.byStage,
+      finishedBeforeKill: ledger.finishedBeforeKill,
+      byPlan: ledger.byPlan,
+      byStage: ledger.byStage,
       takenOverAtOnce: counts.takenOverAtOnce,
       faults: counts.faults,
-      outcomes: counts.outcomes,
+      outcomes: ledger.outcomes,
       seconds: Math.round((Date.now() - started) / 1000),
-      violations: counts.violations.length,
+      violations: ledger.violations.length,
     };
     console.log(`chaos kill suite: ${JSON.stringify(report)}`);
-    for (const v of counts.violations.slice(0, 30)) console.log(`VIOLATION ${v}`);
-    capture('chaos-kill-report.json', JSON.stringify({ ...report, list: counts.violations }, null, 2));
-    expect(counts.violations, `seed ${SEED}`).toEqual([]);
-    expect(counts.kills, `kills within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(
+    for (const v of ledger.violations.slice(0, 30)) console.log(`VIOLATION ${v}`);
+    capture('chaos-kill-report.json', JSON.stringify({ ...report, list: ledger.violations }, null, 2));
+    expect(ledger.violations, `seed ${SEED}`).toEqual([]);
+    expect(ledger.kills, `kills within ${TIME_BUDGET_MS / 1000} s`).toBeGreaterThanOrEqual(
       Math.min(MIN_KILLS, Math.ceil(MIN_KILLS * SCALE)),
     );
     if (SCALE >= 1)
-      for (const s of FORWARD_STAGES) expect(counts.byStage[s] ?? 0, `kills in stage ${s}`).toBeGreaterThan(0);
+      for (const s of FORWARD_STAGES) expect(ledger.byStage[s] ?? 0, `kills in stage ${s}`).toBeGreaterThan(0);
     expect(counts.takenOverAtOnce).toBeGreaterThan(0);
   }, 300_000);
 });

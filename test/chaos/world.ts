@@ -15,11 +15,8 @@ import { startMoto, type Moto } from '../fakes/moto.ts';
 import { startGcpFake, type GcpFake } from '../fakes/gcp-secret-manager.ts';
 import { startAzureFake, type AzureFake } from '../fakes/azure-key-vault.ts';
 import { tempDir } from '../helpers/artifacts.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 import { PLACEHOLDER_TEXT } from '../../providers/stores/aws-secrets-manager/aws-secrets-manager.labels.ts';
-import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
 import { parseIssuedKeyName } from '../../src/core/ids.ts';
 
 export type StoreKind = 'file' | 'aws' | 'gcp' | 'azure';
@@ -155,6 +152,8 @@ export interface ConfigOptions {
   issuerTimeout?: string;
   leaseTtl?: string;
   verifyTimeout?: string;
+  /** a top-level `state:` line (the state backend); none: the file state backend */
+  state?: string;
 }
 
 function storeYaml(b: Backends, w: World, kind: StoreKind): string {
@@ -181,7 +180,7 @@ ${w.spec.stores.map((k) => `      - ${storeYaml(b, w, k)}`).join('\n')}
 ${w.spec.gate ? '    health:\n      - { type: issuer-smoke-test, timeout: 2s, interval: 20ms }\n' : ''}`;
   });
   return `version: 1
-defaults:
+${o.state ? `${o.state}\n` : ''}defaults:
   verify: { timeout: ${o.verifyTimeout ?? '2s'}, interval: 20ms }
   verifyRevoked: { timeout: 2s, interval: 20ms }
   revoke: { attempts: 3, backoff: 20ms }
@@ -228,15 +227,7 @@ export async function served(b: Backends, w: World, stateDir: string): Promise<S
 async function consumerRead(b: Backends, w: World, kind: StoreKind, stateDir: string): Promise<string | null> {
   switch (kind) {
     case 'file': {
-      const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-        keyName: w.key,
-        stateDir,
-        configDir: path.dirname(stateDir),
-        logger: silentLogger(),
-        clock: systemClock,
-        env: { KEYROTOR_MASTER_KEY: MASTER_KEY },
-        providerState: { get: () => undefined, set: async () => {} },
-      });
+      const store = await openFileStore(path.dirname(stateDir), w.key, MASTER_KEY, stateDir);
       return (await store.readCurrent())?.secret.reveal() ?? null;
     }
     case 'aws': {

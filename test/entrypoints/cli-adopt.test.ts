@@ -4,14 +4,11 @@
  * `keyrotor adopt <key> --key-id <id>`; it never revokes a key it has not positively identified.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import path from 'node:path';
 import { runCli, workspace } from './cli-helpers.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { Secret } from '../../src/core/secret.ts';
-import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -23,27 +20,12 @@ afterAll(async () => {
 
 const MASTER = 'ef'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string) => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 100ms }
-  verifyRevoked: { timeout: 2s, interval: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-`;
+const config = (sa: string) =>
+  keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', interval: '100ms', revoke: null });
 
 /** put a value into the file store as current, the way a person would: no keyrotor metadata */
 async function handPlace(dir: string, value: string) {
-  const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-    keyName: 'app',
-    stateDir: path.join(dir, '.keyrotor'),
-    configDir: dir,
-    logger: silentLogger(),
-    clock: systemClock,
-    env: { KEYROTOR_MASTER_KEY: MASTER },
-    providerState: { get: () => undefined, set: async () => {} },
-  });
+  const store = await openFileStore(dir, 'app', MASTER);
   const rot = 'rot-20260101t000000z-00000000';
   await store.stage({ rotationId: rot, secret: Secret.of(value), meta: {} });
   await store.promote(rot);

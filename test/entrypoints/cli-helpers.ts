@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { capture, tempDir } from '../helpers/artifacts.ts';
+import { keyConfig, SMOKE_TEST } from '../helpers/config.ts';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const CLI = path.join(ROOT, 'src/entrypoints/cli.ts');
@@ -28,12 +29,26 @@ export async function cliInProcess(argv: string[], o: { env: NodeJS.ProcessEnv; 
   return { code, stdout, stderr };
 }
 
+/**
+ * The environment of a spawned CLI: PATH, HOME, the run's compile cache, debug logs, then `env` (no
+ * other variable of this process leaks in).
+ */
+export function childEnv(env: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+    KEYROTOR_LOG_LEVEL: 'debug',
+    ...env,
+  };
+}
+
 /** Spawn the real CLI as a process (Node 24 from this test run), no TTY, capturing everything. */
 export function runCli(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; name?: string }): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd: opts.cwd,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...opts.env },
+      env: childEnv(opts.env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -56,18 +71,7 @@ export function workspace(config: string, name = 'cli'): string {
   return dir;
 }
 
-export const LOCAL_CONFIG = `version: 1
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-keys:
-  - name: demo
-    issuer: { type: local }
-    stores: [ { type: file } ]
-    health:
-      - { type: issuer-smoke-test, timeout: 5s, interval: 50ms }
-`;
+export const LOCAL_CONFIG = keyConfig({ name: 'demo', health: SMOKE_TEST });
 
 /** Every file under dir with its bytes, to prove "nothing written". */
 export function treeSnapshot(dir: string): Record<string, string> {

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI, runCli, type CliRun } from './cli-helpers.ts';
+import { CLI, runCli, type CliRun, childEnv } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { fileStateRecord } from '../helpers/file-state.ts';
@@ -22,7 +22,7 @@ const MANUAL = `\n      - { type: manual, name: ops, timeout: 60s, interval: 100
 function spawnCli(args: string[], dir: string, name: string, extraEnv: Record<string, string> = {}) {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...env(), ...extraEnv },
+    env: childEnv({ ...env(), ...extraEnv }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CLI, LOCAL_CONFIG, runCli, treeSnapshot, treeText, workspace } from './cli-helpers.ts';
+import { CLI, LOCAL_CONFIG, runCli, treeSnapshot, treeText, workspace, childEnv } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
@@ -223,7 +223,7 @@ describe('rotate --now --leaked --revoke-first', () => {
     const hold = world.fake.holdResponse('serviceAccounts.apiKeys.create'); // applied; the answer waits
     const child = spawn(process.execPath, [CLI, 'rotate', '--now', '--leaked', '--revoke-first', 'app', '--json'], {
       cwd: dir,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...world.env() },
+      env: childEnv(world.env()),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

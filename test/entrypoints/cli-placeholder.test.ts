@@ -10,13 +10,11 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { runCli, workspace } from './cli-helpers.ts';
 import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { Secret } from '../../src/core/secret.ts';
 import { fingerprint } from '../../src/core/fingerprint.ts';
-import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
 import { fileStateRecord, fileStateText } from '../helpers/file-state.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -28,27 +26,11 @@ afterAll(async () => {
 
 const MASTER = 'c3'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string, health = ' []') => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 100ms }
-  verifyRevoked: { timeout: 2s, interval: 100ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-    health:${health}
-`;
+const config = (sa: string, health = ' []') =>
+  keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', interval: '100ms', revoke: null, health });
 
 function fileStore(dir: string) {
-  return createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-    keyName: 'app',
-    stateDir: path.join(dir, '.keyrotor'),
-    configDir: dir,
-    logger: silentLogger(),
-    clock: systemClock,
-    env: { KEYROTOR_MASTER_KEY: MASTER },
-    providerState: { get: () => undefined, set: async () => {} },
-  });
+  return openFileStore(dir, 'app', MASTER);
 }
 /** what Terraform would do: a value, current, without keyrotor metadata */
 async function plant(dir: string, value: string) {

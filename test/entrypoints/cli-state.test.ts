@@ -10,7 +10,8 @@ import { createServer } from 'node:http';
 import path from 'node:path';
 import { LOCAL_CONFIG, runCli, treeSnapshot, workspace } from './cli-helpers.ts';
 import { freePort } from '../fakes/moto.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip, type Postgres } from '../fakes/postgres.ts';
+import { sharedPostgres } from '../helpers/postgres-db.ts';
 
 const MASTER = '3e'.repeat(32);
 /** one webhook that is tried once per run; its URL comes from HOOK_URL so each run can point elsewhere */
@@ -173,7 +174,7 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
   let server: Postgres;
   let url = '';
   beforeAll(async () => {
-    server = await startPostgres();
+    server = await sharedPostgres();
     url = await server.createDatabase('cli');
   });
   afterAll(async () => {
@@ -212,7 +213,10 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     const imp = await runCli(['-c', 'pg.yaml', 'state', 'import', 'from-files.jsonl'], { cwd: dir, env });
     expect(imp.code).toBe(0);
     expect(imp.stdout).toMatch(
-      /imported 1 key\(s\) and \d+ audit record\(s\) into postgres:127\.0\.0\.1:\d+\/cli \(schema clistate\): demo/,
+      // the database this block created (its name is made unique on the run's shared server)
+      new RegExp(
+        `imported 1 key\\(s\\) and \\d+ audit record\\(s\\) into postgres:127\\.0\\.0\\.1:\\d+/${new URL(url).pathname.slice(1)} \\(schema clistate\\): demo`,
+      ),
     );
     expect(imp.stdout).toMatch(/pending webhook notifications: 1 in the outbox/);
     const fileChain = await runCli(['audit', 'verify', '--json'], { cwd: dir, env });

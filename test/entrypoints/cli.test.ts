@@ -6,23 +6,12 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { tempDir } from '../helpers/artifacts.ts';
 import { LOCAL_CONFIG, runCli, treeSnapshot, treeText, workspace } from './cli-helpers.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease } from '../../src/core/ports.ts';
-import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 
 async function currentValue(dir: string, key = 'demo'): Promise<string | null> {
-  const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-    keyName: key,
-    stateDir: path.join(dir, '.keyrotor'),
-    configDir: dir,
-    logger: silentLogger(),
-    clock: systemClock,
-    env: {},
-    providerState: { get: () => undefined, set: async () => {} },
-  });
+  const store = await openFileStore(dir, key);
   return (await store.readCurrent())?.secret.reveal() ?? null;
 }
 

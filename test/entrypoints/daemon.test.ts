@@ -230,6 +230,7 @@ describe('keyrotor daemon as a process: a real SIGTERM in the middle of a rotati
       env: {
         PATH: process.env.PATH,
         HOME: process.env.HOME,
+        NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
         KEYROTOR_LOG_LEVEL: 'debug',
         OPENAI_ADMIN_KEY: openai.adminKey,
         KEYROTOR_MASTER_KEY: 'ef'.repeat(32),

@@ -24,11 +24,8 @@ import { startAzureFake, type AzureFake } from '../fakes/azure-key-vault.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { main as _main } from '../../src/entrypoints/cli.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
-import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
 import { cliInProcess } from './cli-helpers.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 
 const azure = vi.hoisted(() => ({ ca: '' }));
 vi.mock('../../providers/stores/azure-key-vault/index.ts', async (importOriginal) => {
@@ -168,15 +165,7 @@ keys:
       name: `projects/${GCP_PROJECT}/secrets/openai-key/versions/current`,
     });
     const a = await azRaw.getSecret('openai-key');
-    const file = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app',
-      stateDir: path.join(dir, '.keyrotor'),
-      configDir: dir,
-      logger: silentLogger(),
-      clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) },
-      providerState: { get: () => undefined, set: async () => {} },
-    });
+    const file = await openFileStore(dir, 'app', 'cd'.repeat(32));
     return {
       aws: awsCur.OPENAI_API_KEY,
       awsOrg: awsCur.ORG,
@@ -271,15 +260,7 @@ keys:
     const a = (await aws.send(new GetSecretValueCommand({ SecretId: 'prod/trio', VersionStage: 'AWSCURRENT' })))
       .SecretString;
     const z = (await azRaw.getSecret('trio-key')).value;
-    const f = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'trio',
-      stateDir: path.join(dir, '.keyrotor'),
-      configDir: dir,
-      logger: silentLogger(),
-      clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: 'cd'.repeat(32) },
-      providerState: { get: () => undefined, set: async () => {} },
-    });
+    const f = await openFileStore(dir, 'trio', 'cd'.repeat(32));
     return [a, z, (await f.readCurrent())?.secret.reveal()];
   }
 

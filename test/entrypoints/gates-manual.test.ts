@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 
 import path from 'node:path';
-import { CLI, runCli, type CliRun } from './cli-helpers.ts';
+import { CLI, runCli, type CliRun, childEnv } from './cli-helpers.ts';
 import { useOpenAICliWorld } from './openai-cli-world.ts';
 import { capture } from '../helpers/artifacts.ts';
 import { fileStateRecord } from '../helpers/file-state.ts';
@@ -19,7 +19,7 @@ const { env, results, live, bootstrap } = world;
 function spawnCli(args: string[], dir: string, name: string) {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: dir,
-    env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', ...env() },
+    env: childEnv(env()),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';

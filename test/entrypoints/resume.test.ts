@@ -15,6 +15,7 @@ import { rotateKey, type KeyResult, type TransitionEvent } from '../../src/app/r
 import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease, type StateStore } from '../../src/core/ports.ts';
 import { silentLogger } from '../../src/app/log.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -26,16 +27,8 @@ afterAll(async () => {
 
 const MASTER = '7a'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string) => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 50ms }
-  verifyRevoked: { timeout: 2s, interval: 50ms }
-  lease: { ttl: 1s }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-`;
+const config = (sa: string) =>
+  keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', revoke: null, defaults: ['lease: { ttl: 1s }'] });
 
 const cli = (dir: string, ...args: string[]) =>
   cliInProcess(['-c', path.join(dir, 'rotation.config.yaml'), '--log-level', 'error', ...args], {

@@ -74,7 +74,13 @@ describe('keyrotor serve (process)', () => {
       [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--token-env', 'MY_SERVE_TOKEN'],
       {
         cwd,
-        env: { PATH: process.env.PATH, HOME: process.env.HOME, MY_SERVE_TOKEN: TOKEN, KEYROTOR_LOG_LEVEL: 'info' },
+        env: {
+          PATH: process.env.PATH,
+          HOME: process.env.HOME,
+          NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE,
+          MY_SERVE_TOKEN: TOKEN,
+          KEYROTOR_LOG_LEVEL: 'info',
+        },
         stdio: ['ignore', 'pipe', 'pipe'],
       },
     );

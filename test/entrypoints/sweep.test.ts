@@ -16,10 +16,9 @@ import { createFileStateStore } from '../../src/app/state/index.ts';
 import { isLease } from '../../src/core/ports.ts';
 import { Secret } from '../../src/core/secret.ts';
 import { silentLogger } from '../../src/app/log.ts';
-import { systemClock } from '../../src/core/clock.ts';
-import { createFileStore } from '../../providers/stores/file/index.ts';
-import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import type { SweepKeyResult } from '../../src/app/sweep.ts';
+import { keyConfig, openaiIssuer } from '../helpers/config.ts';
+import { openFileStore } from '../helpers/file-store.ts';
 
 let fake: OpenAIFake;
 beforeAll(async () => {
@@ -31,15 +30,7 @@ afterAll(async () => {
 
 const MASTER = '5e'.repeat(32);
 const env = () => ({ OPENAI_ADMIN_KEY: fake.adminKey, KEYROTOR_MASTER_KEY: MASTER });
-const config = (sa: string) => `version: 1
-defaults:
-  verify: { timeout: 2s, interval: 50ms }
-  verifyRevoked: { timeout: 2s, interval: 50ms }
-keys:
-  - name: app
-    issuer: { type: openai, project: ${fake.project}, serviceAccount: ${sa}, baseURL: "${fake.baseURL}", timeout: 5s }
-    stores: [ { type: file } ]
-`;
+const config = (sa: string) => keyConfig({ issuer: openaiIssuer(fake, sa), timeout: '2s', revoke: null });
 
 /** the CLI in this process (edge cases); logs are kept at error level */
 const cli = (dir: string, ...args: string[]) =>
@@ -236,15 +227,7 @@ describe('keyrotor sweep', () => {
       name: 'keyrotor.app.rot-20260103t000000z-5eed5eed',
       owner: { type: 'service_account', serviceAccountId: sa.id },
     });
-    const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app',
-      stateDir: path.join(dir, '.keyrotor'),
-      configDir: dir,
-      logger: silentLogger(),
-      clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: MASTER },
-      providerState: { get: () => undefined, set: async () => {} },
-    });
+    const store = await openFileStore(dir, 'app', MASTER);
     await store.stage({ rotationId: 'rot-20260103t000000z-5eed5eed', secret: Secret.of(k.value), meta: {} });
     await store.promote('rot-20260103t000000z-5eed5eed');
     const r = await cli(dir, 'sweep', '--json');
@@ -264,15 +247,7 @@ describe('keyrotor sweep', () => {
       name: 'keyrotor.app.rot-20260104t000000z-0ca11ed0',
       owner: { type: 'service_account', serviceAccountId: sa.id },
     });
-    const store = await createFileStore(fileStoreSchema.parse({ type: 'file' }), {
-      keyName: 'app',
-      stateDir: path.join(dir, '.keyrotor'),
-      configDir: dir,
-      logger: silentLogger(),
-      clock: systemClock,
-      env: { KEYROTOR_MASTER_KEY: MASTER },
-      providerState: { get: () => undefined, set: async () => {} },
-    });
+    const store = await openFileStore(dir, 'app', MASTER);
     await store.stage({
       rotationId: 'rot-20260104t000000z-0ca11ed0',
       secret: Secret.of(k.value),

@@ -12,8 +12,7 @@
  * Everything else passes through untouched. `log` records method, operation, status and the fault
  * applied, never a body. The server is unref'd; close it in afterAll.
  */
-import { Agent, createServer, request, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { startHttpProxy } from './http-proxy.ts';
 
 export type AwsMalformedKind = 'truncated' | 'html' | 'shape';
 
@@ -42,15 +41,6 @@ export interface AwsFaultProxy {
   close(): Promise<void>;
 }
 
-function readAll(s: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on('data', (c: Buffer) => chunks.push(c));
-    s.on('end', () => resolve(Buffer.concat(chunks)));
-    s.on('error', reject);
-  });
-}
-
 function garble(kind: AwsMalformedKind, real: string, secretId: string): { type: string; text: string } {
   if (kind === 'html')
     return {
@@ -75,19 +65,14 @@ function garble(kind: AwsMalformedKind, real: string, secretId: string): { type:
 }
 
 export async function startAwsFaultProxy(target: string): Promise<AwsFaultProxy> {
-  const t = new URL(target);
-  const agent = new Agent({ keepAlive: true });
   const log: AwsProxyLogEntry[] = [];
   let faults: (AwsFaultRule & { remaining: number })[] = [];
-  const sockets = new Set<Socket>();
 
-  const server: Server = createServer((req, res) => {
-    void (async () => {
-      const amz = req.headers['x-amz-target'];
-      const op = typeof amz === 'string' ? amz.split('.').pop()! : (req.method ?? 'GET');
+  const proxy = await startHttpProxy(
+    target,
+    async ({ req, res, op, body, forward, pass }) => {
       const entry: AwsProxyLogEntry = { method: req.method ?? 'GET', op, status: 0 };
       log.push(entry);
-      const body = await readAll(req);
       const rule = faults.find((f) => f.op === op && f.remaining > 0);
       if (rule) rule.remaining--;
       faults = faults.filter((f) => f.remaining > 0);
@@ -100,45 +85,17 @@ export async function startAwsFaultProxy(target: string): Promise<AwsFaultProxy>
         // not JSON: no name to echo
       }
 
-      const forward = () =>
-        new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }>(
-          (resolve, reject) => {
-            const up = request(
-              {
-                host: t.hostname,
-                port: t.port,
-                method: req.method,
-                path: req.url,
-                headers: { ...req.headers, host: t.host },
-                agent,
-              },
-              (r) => {
-                readAll(r).then(
-                  (b) => resolve({ status: r.statusCode ?? 502, headers: r.headers, text: b.toString('utf8') }),
-                  reject,
-                );
-              },
-            );
-            up.on('error', reject);
-            up.end(body);
-          },
-        );
-
       try {
         if (!rule) {
           const r = await forward();
           entry.status = r.status;
-          const headers = { ...r.headers };
-          delete headers['transfer-encoding'];
-          headers['content-length'] = String(Buffer.byteLength(r.text));
-          res.writeHead(r.status, headers);
-          res.end(r.text);
+          pass(r);
           return;
         }
         let real = '';
         if (rule.applied) {
           const r = await forward();
-          real = r.status === 200 ? r.text : '';
+          real = r.status === 200 ? r.body.toString('utf8') : '';
         }
         const g = garble(rule.kind, real, secretId);
         entry.status = 200;
@@ -149,32 +106,20 @@ export async function startAwsFaultProxy(target: string): Promise<AwsFaultProxy>
           'x-amzn-requestid': `fault-${log.length}`,
         });
         res.end(g.text);
-      } catch {
+      } catch (e) {
         entry.status = 502;
-        if (!res.headersSent) res.writeHead(502);
-        res.end();
+        throw e;
       }
-    })();
-  });
-  server.on('connection', (s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  server.unref();
-  let closed: Promise<void> | undefined;
+    },
+    { hostHeader: 'target' },
+  );
   return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    endpoint: proxy.endpoint,
     log,
     fault: (rule) => faults.push({ ...rule, remaining: rule.times ?? 1 }),
     clearFaults: () => {
       faults = [];
     },
-    close: () =>
-      (closed ??= new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        agent.destroy();
-        server.close(() => resolve());
-      })),
+    close: proxy.close,
   };
 }

@@ -11,8 +11,7 @@
  * `maxInARow` caps consecutive faults. `calm()` turns faults off. `stats` counts the faults by kind; `log` records operations and faults,
  * never a body.
  */
-import { Agent, createServer, request, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { startHttpProxy } from './http-proxy.ts';
 
 export interface DynamoChaos {
   throttle?: number;
@@ -34,109 +33,63 @@ export interface DynamoFaultProxy {
 const WRITES = new Set(['TransactWriteItems', 'PutItem', 'UpdateItem', 'DeleteItem']);
 const PREFIX = 'com.amazonaws.dynamodb.v20120810#';
 
-function readAll(s: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on('data', (c: Buffer) => chunks.push(c));
-    s.on('end', () => resolve(Buffer.concat(chunks)));
-    s.on('error', reject);
-  });
-}
-
 export async function startDynamoFaultProxy(target: string): Promise<DynamoFaultProxy> {
-  const t = new URL(target);
-  const agent = new Agent({ keepAlive: true });
   const log: { op: string; fault?: string }[] = [];
   const stats: Record<string, number> = {};
   let rng: { next(): number } | null = null;
   let c: DynamoChaos = {};
   let inARow = 0;
-  const sockets = new Set<Socket>();
 
-  const forward = (req: IncomingMessage, body: Buffer) =>
-    new Promise<{ status: number; headers: IncomingMessage['headers']; body: Buffer }>((resolve, reject) => {
-      const up = request(
-        { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers }, agent },
-        (r) => readAll(r).then((b) => resolve({ status: r.statusCode ?? 502, headers: r.headers, body: b }), reject),
-      );
-      up.on('error', reject);
-      up.end(body);
-    });
-
-  const server: Server = createServer((req, res) => {
-    void (async () => {
-      const amz = req.headers['x-amz-target'];
-      const op = typeof amz === 'string' ? amz.split('.').pop()! : (req.method ?? 'GET');
-      const entry: { op: string; fault?: string } = { op };
-      log.push(entry);
-      const body = await readAll(req);
-      const capped = c.maxInARow !== undefined && inARow >= c.maxInARow;
-      const roll = () => (rng && !capped ? rng.next() : 1);
-      const error = (type: string, extra: Record<string, unknown> = {}) => {
-        inARow++;
-        entry.fault = type;
-        stats[type] = (stats[type] ?? 0) + 1;
-        const text = JSON.stringify({ __type: PREFIX + type, message: 'injected by the fault proxy', ...extra });
-        res.writeHead(400, {
-          'content-type': 'application/x-amz-json-1.0',
-          'content-length': String(Buffer.byteLength(text)),
-          'x-amzn-errortype': type,
-          'x-amzn-requestid': `fault-${log.length}`,
-        });
-        res.end(text);
-      };
+  const proxy = await startHttpProxy(target, async ({ req, res, op, body, forward, pass }) => {
+    const entry: { op: string; fault?: string } = { op };
+    log.push(entry);
+    const capped = c.maxInARow !== undefined && inARow >= c.maxInARow;
+    const roll = () => (rng && !capped ? rng.next() : 1);
+    const error = (type: string, extra: Record<string, unknown> = {}) => {
+      inARow++;
+      entry.fault = type;
+      stats[type] = (stats[type] ?? 0) + 1;
+      const text = JSON.stringify({ __type: PREFIX + type, message: 'injected by the fault proxy', ...extra });
+      res.writeHead(400, {
+        'content-type': 'application/x-amz-json-1.0',
+        'content-length': String(Buffer.byteLength(text)),
+        'x-amzn-errortype': type,
+        'x-amzn-requestid': `fault-${log.length}`,
+      });
+      res.end(text);
+    };
+    if (roll() < (c.throttle ?? 0))
+      return error(roll() < 0.5 ? 'ThrottlingException' : 'ProvisionedThroughputExceededException');
+    if (WRITES.has(op) && roll() < (c.conditional ?? 0)) {
+      if (op !== 'TransactWriteItems') return error('ConditionalCheckFailedException');
+      let n = 1;
       try {
-        if (roll() < (c.throttle ?? 0))
-          return error(roll() < 0.5 ? 'ThrottlingException' : 'ProvisionedThroughputExceededException');
-        if (WRITES.has(op) && roll() < (c.conditional ?? 0)) {
-          if (op !== 'TransactWriteItems') return error('ConditionalCheckFailedException');
-          let n = 1;
-          try {
-            n = (JSON.parse(body.toString('utf8')) as { TransactItems?: unknown[] }).TransactItems?.length ?? 1;
-          } catch {
-            // not JSON: one reason
-          }
-          return error('TransactionCanceledException', {
-            message:
-              'Transaction cancelled, please refer cancellation reasons for specific reasons [ConditionalCheckFailed]',
-            CancellationReasons: Array.from({ length: n }, (_, i) =>
-              i === 0
-                ? { Code: 'ConditionalCheckFailed', Message: 'The conditional request failed' }
-                : { Code: 'None' },
-            ),
-          });
-        }
-        if (roll() < (c.reset ?? 0)) {
-          const applied = roll() < 0.5;
-          entry.fault = applied ? 'reset after apply' : 'reset';
-          stats[entry.fault] = (stats[entry.fault] ?? 0) + 1;
-          inARow++;
-          if (applied) await forward(req, body);
-          req.socket.resetAndDestroy();
-          return;
-        }
-        inARow = 0;
-        const r = await forward(req, body);
-        const headers = { ...r.headers };
-        delete headers['transfer-encoding'];
-        headers['content-length'] = String(r.body.length);
-        res.writeHead(r.status, headers);
-        res.end(r.body);
+        n = (JSON.parse(body.toString('utf8')) as { TransactItems?: unknown[] }).TransactItems?.length ?? 1;
       } catch {
-        if (!res.headersSent) res.writeHead(502);
-        res.end();
+        // not JSON: one reason
       }
-    })();
+      return error('TransactionCanceledException', {
+        message:
+          'Transaction cancelled, please refer cancellation reasons for specific reasons [ConditionalCheckFailed]',
+        CancellationReasons: Array.from({ length: n }, (_, i) =>
+          i === 0 ? { Code: 'ConditionalCheckFailed', Message: 'The conditional request failed' } : { Code: 'None' },
+        ),
+      });
+    }
+    if (roll() < (c.reset ?? 0)) {
+      const applied = roll() < 0.5;
+      entry.fault = applied ? 'reset after apply' : 'reset';
+      stats[entry.fault] = (stats[entry.fault] ?? 0) + 1;
+      inARow++;
+      if (applied) await forward();
+      req.socket.resetAndDestroy();
+      return;
+    }
+    inARow = 0;
+    pass(await forward());
   });
-  server.on('connection', (s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  server.unref();
-  let closed: Promise<void> | undefined;
   return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    endpoint: proxy.endpoint,
     log,
     stats,
     chaos: (r, x) => {
@@ -146,11 +99,6 @@ export async function startDynamoFaultProxy(target: string): Promise<DynamoFault
     calm: () => {
       rng = null;
     },
-    close: () =>
-      (closed ??= new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        agent.destroy();
-        server.close(() => resolve());
-      })),
+    close: proxy.close,
   };
 }

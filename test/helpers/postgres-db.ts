@@ -1,18 +1,61 @@
 /**
- * One real PostgreSQL server (test/fakes/postgres.ts) for the enclosing `describe` block: started in
- * `beforeAll`, stopped in `afterAll`, with one fresh database of it for the block.
+ * PostgreSQL for the state-backend tests: one real server (test/fakes/postgres.ts) for the whole run,
+ * started by the global setup (test/global-setup.ts, `KEYROTOR_TEST_PG_URL`), and a fresh database of
+ * it per test block — isolation by database, so no test sees another's schema, rows or locks.
+ * Without the global setup (a file run on its own through plain vitest) a server of its own is started.
  *
- *   const db = usePostgresDatabase('claims');
+ *   const db = usePostgresDatabase('claims');   // in a describe: beforeAll / afterAll
  *   it('…', () => run({ KEYROTOR_DATABASE_URL: db.url() }));
+ *
+ *   const server = await sharedPostgres();      // the same, by hand
+ *   const url = await server.createDatabase('moving');
+ *   await server.close();                       // ends only a server of its own
  */
 import { afterAll, beforeAll } from 'vitest';
 import { startPostgres, type Postgres } from '../fakes/postgres.ts';
+
+/** set by the global setup for the test workers: the superuser URL of the run's server */
+export const SHARED_PG_ENV = 'KEYROTOR_TEST_PG_URL';
+
+let seq = 0;
+
+/**
+ * The run's PostgreSQL server (or a new one, without the global setup). `createDatabase(name)` makes a
+ * database whose name is unique in the run (`<name>_<pid>_<n>`), so files that share the server and
+ * ask for the same name never meet.
+ */
+export async function sharedPostgres(): Promise<Postgres> {
+  const shared = process.env[SHARED_PG_ENV];
+  if (!shared) return startPostgres();
+  const u = new URL(shared);
+  const pg = (await import('pg')).default;
+  return {
+    url: shared,
+    port: Number(u.port),
+    async createDatabase(name) {
+      if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`bad database name ${name}`);
+      const unique = `${name}_${process.pid}_${++seq}`;
+      const c = new pg.Client({ connectionString: shared });
+      await c.connect();
+      try {
+        await c.query(`CREATE DATABASE ${unique}`);
+      } finally {
+        await c.end();
+      }
+      const url = new URL(shared);
+      url.pathname = `/${unique}`;
+      return url.toString();
+    },
+    // the global setup's teardown stops the server (and removes its cluster with every database)
+    close: async () => undefined,
+  };
+}
 
 export function usePostgresDatabase(name: string): { url: () => string } {
   let server: Postgres | undefined;
   let url = '';
   beforeAll(async () => {
-    server = await startPostgres();
+    server = await sharedPostgres();
     url = await server.createDatabase(name);
   }, 60_000);
   afterAll(async () => {

@@ -19,7 +19,7 @@ import { silentLogger } from '../../src/app/log.ts';
 import { flushObservers } from '../../src/app/observers.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
-import { CLI, LOCAL_CONFIG, runCli, workspace } from '../entrypoints/cli-helpers.ts';
+import { CLI, LOCAL_CONFIG, runCli, workspace, childEnv } from '../entrypoints/cli-helpers.ts';
 
 interface Received {
   headers: IncomingMessage['headers'];
@@ -291,7 +291,7 @@ describe('durable webhook outbox', () => {
     const entries = () => readdirSync(outboxDir).filter((n) => n.endsWith('.json'));
     const child = spawn(process.execPath, [CLI, 'rotate', '--now', 'demo'], {
       cwd: dir,
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, KEYROTOR_LOG_LEVEL: 'debug', HOOK_URL: rx.url },
+      env: childEnv({ HOOK_URL: rx.url }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -16,7 +16,8 @@ import path from 'node:path';
 import type { OutboxEntry, StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
-import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip, type Postgres } from '../fakes/postgres.ts';
+import { sharedPostgres } from '../helpers/postgres-db.ts';
 import { describeStateBackendContract, rejection, result, rotation } from './backend-contract.ts';
 import { auditBackendCases } from './audit-backend.ts';
 
@@ -36,7 +37,7 @@ describe.skipIf(!PG)('PostgreSQL state backend', () => {
   let server: Postgres;
   let url = '';
   beforeAll(async () => {
-    server = await startPostgres();
+    server = await sharedPostgres();
     url = await server.createDatabase('keyrotor');
   });
   afterAll(async () => {
@@ -329,7 +330,7 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
     let server: Postgres;
     let url = '';
     beforeAll(async () => {
-      server = await startPostgres();
+      server = await sharedPostgres();
       url = await server.createDatabase('moving');
     });
     afterAll(async () => {

@@ -14,21 +14,13 @@ import { createStateStore } from '../../src/app/state/index.ts';
 import { runCli, workspace } from '../entrypoints/cli-helpers.ts';
 import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { usePostgresDatabase } from '../helpers/postgres-db.ts';
+import { keyConfig } from '../helpers/config.ts';
 
 const MASTER = '4d'.repeat(32);
-const CONFIG = `version: 1
-state: { type: postgres, schema: confirms }
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-keys:
-  - name: app
-    issuer: { type: local }
-    stores: [ { type: file } ]
-    health:
-      - { type: manual, timeout: 30s, interval: 100ms }
-`;
+const CONFIG = keyConfig({
+  state: 'state: { type: postgres, schema: confirms }',
+  health: '\n      - { type: manual, timeout: 30s, interval: 100ms }',
+});
 
 const PG = postgresSupportOrSkip('manual confirm through PostgreSQL');
 

@@ -17,6 +17,7 @@ import { runCli, workspace } from '../entrypoints/cli-helpers.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { usePostgresDatabase } from '../helpers/postgres-db.ts';
+import { keyConfig } from '../helpers/config.ts';
 
 const MASTER = '6a'.repeat(32);
 const AWS = {
@@ -25,21 +26,8 @@ const AWS = {
   AWS_EC2_METADATA_DISABLED: 'true',
 };
 
-function configText(state: string, health: string): string {
-  return `version: 1
-${state}
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-  park: { after: 1s }
-keys:
-  - name: app
-    issuer: { type: local }
-    stores: [ { type: file } ]
-    health:${health}
-`;
-}
+const configText = (state: string, health: string): string =>
+  keyConfig({ state, health, defaults: ['park: { after: 1s }'] });
 
 async function scenario(name: string, state: string, env: NodeJS.ProcessEnv) {
   const fullEnv = { ...env, KEYROTOR_MASTER_KEY: MASTER };

@@ -27,24 +27,11 @@ import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy.ts';
 import { usePostgresDatabase } from '../helpers/postgres-db.ts';
+import { keyConfig, SMOKE_TEST } from '../helpers/config.ts';
 
 const MASTER = '3d'.repeat(32);
 
-function configText(state: string): string {
-  return `version: 1
-${state}
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-keys:
-  - name: app
-    issuer: { type: local }
-    stores: [ { type: file } ]
-    health:
-      - { type: issuer-smoke-test, timeout: 5s, interval: 50ms }
-`;
-}
+const configText = (state: string): string => keyConfig({ state, health: SMOKE_TEST });
 
 /** the audit records of one rotation: its transitions and its result */
 function ofRotation(records: AuditRecord[], rotationId: string) {

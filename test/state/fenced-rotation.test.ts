@@ -17,23 +17,11 @@ import { isLease, type Lease, type StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { postgresSupportOrSkip } from '../fakes/postgres.ts';
 import { usePostgresDatabase } from '../helpers/postgres-db.ts';
+import { keyConfig } from '../helpers/config.ts';
 
 const MASTER = '5c'.repeat(32);
 
-function configText(state: string): string {
-  return `version: 1
-${state}
-defaults:
-  verify: { timeout: 5s, interval: 50ms }
-  verifyRevoked: { timeout: 5s, interval: 50ms }
-  revoke: { attempts: 2, backoff: 50ms }
-  lease: { ttl: 1s }
-keys:
-  - name: app
-    issuer: { type: local }
-    stores: [ { type: file } ]
-`;
-}
+const configText = (state: string): string => keyConfig({ state, defaults: ['lease: { ttl: 1s }'] });
 
 /**
  * Worker A's view of the store: renewals never happen; the write entering `promote` blocks until
