@@ -206,7 +206,13 @@ describe.skipIf(!PG)('keyrotor state (PostgreSQL)', () => {
     expect(init.code).toBe(0);
     expect(JSON.parse(init.stdout)).toMatchObject({
       changed: true,
-      steps: ['created schema clistate', 'applied migration 1', 'applied migration 2', 'applied migration 3'],
+      steps: [
+        'created schema clistate',
+        'applied migration 1',
+        'applied migration 2',
+        'applied migration 3',
+        'applied migration 4',
+      ],
     });
     expect(JSON.parse(init.stdout).backend).not.toContain('postgres@'); // no user/password in labels
 

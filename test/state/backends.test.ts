@@ -97,29 +97,35 @@ describe.skipIf(!PG)('PostgreSQL state backend', () => {
         'applied migration 1',
         'applied migration 2',
         'applied migration 3',
+        'applied migration 4',
       ]);
       const second = await s.init!();
-      expect(second).toEqual({ changed: false, steps: [`schema ${schema} is at version 3: nothing to do`] });
+      expect(second).toEqual({ changed: false, steps: [`schema ${schema} is at version 4: nothing to do`] });
       const rows = await sql(`SELECT version, keyrotor_version FROM ${schema}.keyrotor_migrations ORDER BY version`);
-      expect(POSTGRES_SCHEMA_VERSION).toBe(3);
+      expect(POSTGRES_SCHEMA_VERSION).toBe(4);
       expect(rows.rows).toEqual([
         { version: 1, keyrotor_version: 'test' },
         { version: 2, keyrotor_version: 'test' },
         { version: 3, keyrotor_version: 'test' },
+        { version: 4, keyrotor_version: 'test' },
       ]);
 
-      // a schema left at version 1 by an older keyrotor: the store asks for init, init applies only 2 and 3
+      // a schema left at version 1 by an older keyrotor: the store asks for init, init applies only 2, 3 and 4
       const old = unique('o_');
       const o = pgStore(old);
       await o.init!();
       await sql(`DROP TABLE ${old}.audit_records, ${old}.audit_head, ${old}.outbox`);
+      await sql(`ALTER TABLE ${old}.leases DROP COLUMN holder`);
       await sql(`DELETE FROM ${old}.keyrotor_migrations WHERE version >= 2`);
       const o2 = pgStore(old);
       const behind = await rejection(o2.read('app'));
       expect(behind.code).toBe('STATE_NOT_INITIALIZED');
-      expect(behind.message).toMatch(/is at version 1; this keyrotor needs 3/);
+      expect(behind.message).toMatch(/is at version 1; this keyrotor needs 4/);
       expect(behind.hint).toMatch(/keyrotor state init/);
-      expect(await o2.init!()).toEqual({ changed: true, steps: ['applied migration 2', 'applied migration 3'] });
+      expect(await o2.init!()).toEqual({
+        changed: true,
+        steps: ['applied migration 2', 'applied migration 3', 'applied migration 4'],
+      });
       expect(await o2.read('app')).toBeNull();
       await o.close!();
       await o2.close!();

@@ -7,7 +7,8 @@
  * Items:
  *   pk `meta`          sk `schema`  version (N)                              written by state init
  *   pk `key#<name>`    sk `record`  format, record (JSON text), rev (N), updatedAt
- *   pk `key#<name>`    sk `lease`   owner, token (N), expiresAt (N, ms), acquiredAt (N, ms)
+ *   pk `key#<name>`    sk `lease`   owner, token (N), expiresAt (N, ms), acquiredAt (N, ms), holder
+ *                                   (JSON: the holder process's host, boot id, pid namespace, pid, start time)
  *   pk `audit`         sk `rec#<seq, 12 digits>`  line (canonical JSON), hash    the audit trail
  *   pk `audit`         sk `head`    seq (N), hash: each append is one TransactWriteItems of the new
  *                                   record (attribute_not_exists) and the head (seq = the one read),
@@ -18,7 +19,9 @@
  *
  * Leases: one conditional UpdateItem grants the lease (`attribute_not_exists(pk) OR expiresAt <= :now`)
  * and adds 1 to `token` (the fencing token) on every grant; the same owner asking again extends its
- * lease (`owner = :me`) and keeps the token. The item is never deleted, so tokens only grow. DynamoDB has no server clock: `:now` and `expiresAt` are the writers'
+ * lease (`owner = :me`) and keeps the token. The item is never deleted, so tokens only grow. An
+ * unexpired lease whose holder is a process of this host and boot that provably died (holder.ts) is
+ * taken over at once, conditional on the token and owner that were judged (`ADD token 1`). DynamoDB has no server clock: `:now` and `expiresAt` are the writers'
  * clocks, so a worker whose clock runs ahead by d takes over a lease d early (see
  * docs/state-backends.md for the skew tolerated). Fencing makes that safe for the data: every write
  * of a holder is a TransactWriteItems of a ConditionCheck `token = :t` on the lease item and a Put of
@@ -51,6 +54,7 @@ import {
   recordWriters,
 } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
+import { heldByDeadLocalProcess, holderJson } from './holder.ts';
 import type * as DDB from '@aws-sdk/client-dynamodb';
 import { chainRecord, GENESIS, recordLine, type AuditEntry, type AuditRecord } from '../audit/record.ts';
 import type { AuditLog } from '../audit/sink.ts';
@@ -389,6 +393,45 @@ export function createDynamoStateStore(
     };
   }
 
+  /** Take over the grant `seen` (its holder died): conditional on its owner and token; undefined if it changed. */
+  async function takeOver(
+    keyName: string,
+    owner: string,
+    ttlMs: number,
+    holder: string,
+    seen: { owner: string; token: number | undefined },
+  ): Promise<Lease | undefined> {
+    if (seen.token === undefined) return undefined;
+    const now = clock.now();
+    try {
+      const r = await send(`taking over the lease of key "${keyName}" from a dead process`, (m, c) =>
+        c.send(
+          new m.UpdateItemCommand({
+            TableName: table,
+            Key: { pk: S(pk(keyName)), sk: S('lease') },
+            UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
+            ConditionExpression: '#t = :seenT AND #o = :seenO',
+            ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
+            ExpressionAttributeValues: {
+              ':o': S(owner),
+              ':exp': N(now + ttlMs),
+              ':now': N(now),
+              ':h': S(holder),
+              ':one': N(1),
+              ':seenT': N(seen.token!),
+              ':seenO': S(seen.owner),
+            },
+            ReturnValues: 'ALL_NEW',
+          }),
+        ),
+      );
+      return makeLease(keyName, owner, ttlMs, num(r.Attributes, 'token') ?? 0, now + ttlMs);
+    } catch (e) {
+      if (nameOf((e as { cause?: unknown }).cause) !== 'ConditionalCheckFailedException') throw e;
+      return undefined;
+    }
+  }
+
   const seqKey = (n: number) => `rec#${String(n).padStart(12, '0')}`;
 
   async function loadChain(): Promise<StoredChain> {
@@ -546,6 +589,7 @@ export function createDynamoStateStore(
         throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
       if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
       await ready();
+      const holder = holderJson();
       for (let attempt = 0; attempt < 5; attempt++) {
         const now = clock.now();
         const grant = async (sameOwner: boolean) => {
@@ -564,7 +608,7 @@ export function createDynamoStateStore(
                         ExpressionAttributeValues: { ':o': S(owner), ':exp': N(now + ttlMs) },
                       }
                     : {
-                        UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now ADD #t :one',
+                        UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
                         ConditionExpression: 'attribute_not_exists(pk) OR expiresAt <= :now',
                         ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
                         ExpressionAttributeValues: {
@@ -572,6 +616,7 @@ export function createDynamoStateStore(
                           ':exp': N(now + ttlMs),
                           ':now': N(now),
                           ':one': N(1),
+                          ':h': S(holder),
                         },
                       }),
                   ReturnValues: 'ALL_NEW',
@@ -590,8 +635,13 @@ export function createDynamoStateStore(
         const exp = num(held, 'expiresAt') ?? 0;
         // held by this very owner (its grant was applied but the answer was lost, or a retry was refused):
         // not someone else's lease, so ask again instead of reporting ourselves as the holder
-        if (held && exp > clock.now() && str(held, 'owner') !== owner)
-          return { owner: str(held, 'owner') ?? 'unknown', expiresAt: exp };
+        if (!held || exp <= clock.now() || str(held, 'owner') === owner) continue;
+        const heldBy = str(held, 'owner') ?? 'unknown';
+        if (!heldByDeadLocalProcess(str(held, 'holder'))) return { owner: heldBy, expiresAt: exp };
+        // its holder, a process of this host and boot, is dead: take that very grant over (token + 1)
+        const took = await takeOver(keyName, owner, ttlMs, holder, { owner: heldBy, token: num(held, 'token') });
+        if (took) return took;
+        // granted to someone else in between: judge again
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
     },
@@ -646,7 +696,7 @@ export function createDynamoStateStore(
                   new m.UpdateItemCommand({
                     TableName: table,
                     Key: { pk: S(pk(c.keyName)), sk: S('lease') },
-                    UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now ADD #t :one',
+                    UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
                     ConditionExpression:
                       'attribute_not_exists(pk) OR (expiresAt <= :now AND (attribute_not_exists(acquiredAt) OR acquiredAt < :since))',
                     ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
@@ -656,6 +706,7 @@ export function createDynamoStateStore(
                       ':now': N(now),
                       ':since': N(since),
                       ':one': N(1),
+                      ':h': S(holderJson()),
                     },
                     ReturnValues: 'ALL_NEW',
                   }),

@@ -90,3 +90,52 @@ export function holderLiveness(h: Partial<HolderIdentity>, me: HolderIdentity = 
   if (st.state === 'Z' || st.state === 'X') return 'dead'; // exited, not yet reaped
   return 'alive';
 }
+
+/**
+ * The holder as the database backends store it next to a lease (PostgreSQL `leases.holder` jsonb,
+ * DynamoDB attribute `holder`, JSON text): this process's identity, without absent fields.
+ */
+export function holderJson(me: HolderIdentity = selfIdentity()): string {
+  return JSON.stringify({
+    host: me.host,
+    pid: me.pid,
+    ...(me.bootId ? { bootId: me.bootId } : {}),
+    ...(me.pidStart ? { pidStart: me.pidStart } : {}),
+    ...(me.pidNs ? { pidNs: me.pidNs } : {}),
+  });
+}
+
+/**
+ * A stored holder (JSON text or an object, as read from a row or an item) back as a holder identity;
+ * undefined when absent or malformed (stored data is input: a field of the wrong type is left out,
+ * and `holderLiveness` then says 'unknown').
+ */
+export function parseHolder(stored: unknown): Partial<HolderIdentity> | undefined {
+  let v = stored;
+  if (typeof v === 'string') {
+    try {
+      v = JSON.parse(v);
+    } catch {
+      return undefined;
+    }
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  const s = (k: string) => (typeof o[k] === 'string' && o[k] ? o[k] : undefined);
+  const host = s('host');
+  const pid = typeof o.pid === 'number' && Number.isInteger(o.pid) && o.pid > 0 ? o.pid : undefined;
+  if (host === undefined || pid === undefined) return undefined;
+  return { host, pid, bootId: s('bootId'), pidStart: s('pidStart'), pidNs: s('pidNs') };
+}
+
+/**
+ * May a lease whose grant recorded `stored` (see holderJson) be taken over before it expires? Only
+ * when its holder is provably dead (see holderLiveness): a process of this host and boot that no
+ * longer exists. Anything else (another host, no holder recorded by an older keyrotor, unreadable)
+ * waits for the lease's expiry. The takeover itself must still be a conditional write on the grant
+ * that was judged (its token), and bump the token, so a holder judged wrongly is fenced out.
+ */
+export function heldByDeadLocalProcess(stored: unknown, me: HolderIdentity = selfIdentity()): boolean {
+  const h = parseHolder(stored);
+  return h !== undefined && holderLiveness(h, me) === 'dead';
+}

@@ -11,11 +11,15 @@
  *   transaction, so two writers can never fork the chain
  *   outbox(id PK, webhook, webhook_name, body, created_at, attempts)   (migration 3) pending webhook
  *   notifications; a delivered or given-up row is deleted
+ *   leases.holder jsonb   (migration 4) who was granted the lease: host, boot id, pid namespace, pid
+ *   and the pid's start time (holder.ts)
  *
  * Leases: one atomic upsert grants the lease when there is none, it expired, or the same owner asks
  * again, and bumps `token` (the fencing token) on every grant to a new owner (the same owner asking
  * again extends its lease and keeps its token). Expiry is judged by the server's
- * `now()`, never by a worker's clock. Release sets `expires_at` to now (the row and its token stay,
+ * `now()`, never by a worker's clock. An unexpired lease whose recorded holder is a process of this
+ * host and boot that provably died (holder.ts) is taken over at once: a conditional update on the
+ * token that was judged, which bumps the token (so a holder judged wrongly is fenced out). Release sets `expires_at` to now (the row and its token stay,
  * so tokens only ever grow). A fenced write runs in one transaction that first takes a share lock on
  * the lease row and checks the token: a concurrent grant waits for the write to commit, and a write
  * whose token is no longer current is refused (LEASE_LOST) without touching the record. A write with
@@ -51,6 +55,7 @@ import {
 } from './record.ts';
 import { STATE_FORMAT } from './schema.ts';
 import { batchOf } from './claim.ts';
+import { heldByDeadLocalProcess, holderJson } from './holder.ts';
 import type * as PG from 'pg';
 import { chainRecord, GENESIS, recordLine, type AuditEntry, type AuditRecord } from '../audit/record.ts';
 import type { AuditLog } from '../audit/sink.ts';
@@ -89,6 +94,8 @@ const MIGRATIONS: ((s: string) => string[])[] = [
        attempts int NOT NULL DEFAULT 0)`,
     `CREATE INDEX IF NOT EXISTS outbox_created_at ON ${s}.outbox (created_at)`,
   ],
+  // the lease's holder process, so that a dead holder on the same host is taken over at once
+  (s) => [`ALTER TABLE ${s}.leases ADD COLUMN IF NOT EXISTS holder jsonb`],
 ];
 export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -509,29 +516,44 @@ export function createPostgresStateStore(
         throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
       if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
       await ready();
+      const holder = holderJson();
       for (let attempt = 0; attempt < 5; attempt++) {
         const got = await query<{ token: string; exp: number }>(
           `acquiring the lease of key "${keyName}"`,
-          `INSERT INTO ${S}.leases AS l (key_name, owner, token, acquired_at, expires_at)
-             VALUES ($1, $2, 1, now(), now() + $3 * interval '1 millisecond')
+          `INSERT INTO ${S}.leases AS l (key_name, owner, token, acquired_at, expires_at, holder)
+             VALUES ($1, $2, 1, now(), now() + $3 * interval '1 millisecond', $4::jsonb)
            ON CONFLICT (key_name) DO UPDATE
              SET owner = EXCLUDED.owner, acquired_at = now(), expires_at = EXCLUDED.expires_at,
-                 token = CASE WHEN l.owner = EXCLUDED.owner THEN l.token ELSE l.token + 1 END
+                 token = CASE WHEN l.owner = EXCLUDED.owner THEN l.token ELSE l.token + 1 END,
+                 holder = EXCLUDED.holder
              WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner
            RETURNING token, (extract(epoch FROM expires_at) * 1000)::float8 AS exp`,
-          [keyName, owner, ttlMs],
+          [keyName, owner, ttlMs, holder],
         );
         const row = got.rows[0];
         if (row) return makeLease(keyName, owner, ttlMs, Number(row.token), row.exp);
-        const h = await query<{ owner: string; exp: number; live: boolean }>(
+        const h = await query<{ owner: string; exp: number; live: boolean; token: string; holder: unknown }>(
           `reading the lease of key "${keyName}"`,
-          `SELECT owner, (extract(epoch FROM expires_at) * 1000)::float8 AS exp, expires_at > now() AS live
+          `SELECT owner, (extract(epoch FROM expires_at) * 1000)::float8 AS exp, expires_at > now() AS live,
+                  token::text AS token, holder
              FROM ${S}.leases WHERE key_name = $1`,
           [keyName],
         );
         const held = h.rows[0];
-        if (held?.live) return { owner: held.owner, expiresAt: held.exp };
-        // it expired (or was released) in between: try again
+        if (!held?.live) continue; // it expired (or was released) in between: try again
+        if (!heldByDeadLocalProcess(held.holder)) return { owner: held.owner, expiresAt: held.exp };
+        // its holder, a process of this host and boot, is dead: take that very grant over (token + 1)
+        const took = await query<{ token: string; exp: number }>(
+          `taking over the lease of key "${keyName}" from a dead process`,
+          `UPDATE ${S}.leases
+              SET owner = $2, token = token + 1, acquired_at = now(),
+                  expires_at = now() + $3 * interval '1 millisecond', holder = $4::jsonb
+            WHERE key_name = $1 AND token = $5 AND owner = $6
+           RETURNING token, (extract(epoch FROM expires_at) * 1000)::float8 AS exp`,
+          [keyName, owner, ttlMs, holder, held.token, held.owner],
+        );
+        if (took.rows[0]) return makeLease(keyName, owner, ttlMs, Number(took.rows[0].token), took.rows[0].exp);
+        // granted to someone else in between: judge again
       }
       throw new KeyrotorError('LOCKED', `lease on key "${keyName}" is contended; try again`, { retryable: true });
     },
@@ -586,7 +608,7 @@ export function createPostgresStateStore(
          )
          UPDATE ${S}.leases l
             SET owner = $6, token = l.token + 1, acquired_at = now(),
-                expires_at = now() + p.ttl_ms * interval '1 millisecond'
+                expires_at = now() + p.ttl_ms * interval '1 millisecond', holder = $7::jsonb
            FROM picked p WHERE l.key_name = p.key_name
          RETURNING l.key_name, l.token::text AS token, (extract(epoch FROM l.expires_at) * 1000)::float8 AS exp,
                    p.ttl_ms AS ttl`,
@@ -597,6 +619,7 @@ export function createPostgresStateStore(
           since,
           limit,
           owner,
+          holderJson(),
         ],
       );
       const order = new Map(candidates.map((c, i) => [c.keyName, [c.dueAt, i] as const]));
