@@ -15,8 +15,10 @@ import { KEYROTOR_VERSION, unsupportedNode } from '../app/version.ts';
 import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE } from './cli-defaults.ts';
 import { COMMANDS } from './commands/index.ts';
 import { makeContext, type CliIO } from './commands/context.ts';
+import { relaunchWorkerWithHeapFlags } from './heap.ts';
 
 export type { CliIO } from './commands/context.ts';
+export { relaunchWorkerWithHeapFlags } from './heap.ts';
 
 const EXIT_HELP = `
 Exit codes:
@@ -124,4 +126,8 @@ function isProgram(): boolean {
   }
 }
 
-if (isProgram()) await runCli();
+if (isProgram()) {
+  // `daemon` and `serve` start again with the worker heap flags (heap.ts), unless the operator set some
+  relaunchWorkerWithHeapFlags();
+  await runCli();
+}
