@@ -42,6 +42,9 @@ Environment:
   OPENAI_ADMIN_KEY       admin key for the openai issuer (name configurable with adminKeyEnv)
   KEYROTOR_DATABASE_URL  PostgreSQL URL for state: { type: postgres } (name configurable with urlEnv)
   NO_COLOR               no colours on a TTY
+  NODE_OPTIONS           with --max-semi-space-size or --max-old-space-size: replaces the heap
+                         flags daemon, serve and rotate/resume --park start Node with (see
+                         docs/operations.md "Worker memory")
 `;
 
 export async function main(argv: string[], io: CliIO = defaultIO()): Promise<number> {

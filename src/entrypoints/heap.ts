@@ -1,5 +1,6 @@
 /**
- * Node heap flags for keyrotor's long-running workers (`daemon`, `serve`), set where keyrotor starts
+ * Node heap flags for keyrotor's workers (`daemon`, `serve`, and `rotate` / `resume` with `--park`
+ * but not `--leaked`), set where keyrotor starts
  * Node: the installed bin (bin/keyrotor.js), the CLI bundle (`dist/keyrotor.js`, the container image)
  * and `node src/entrypoints/cli.ts`. Not for the library: a program that calls `runCli()` or `main()`
  * keeps its own process as it is.
@@ -9,8 +10,8 @@
  * memory Node 24 gives the young generation two 64 MB semi-spaces and lets the old generation grow to
  * ~4x what survived the last full GC before collecting it, so a worker's RSS reached 280–340 MB. With
  * the young generation capped at 4 MB per semi-space and the old generation's limit at 1 GB (V8 then
- * grows the old generation by ~1.6x instead of 4x; the limit itself is far above what 1,000 keys
- * need), the same workers peak at ~165–185 MB.
+ * lets the old generation grow to ~1.5x what survived instead of up to 4x, seen with --trace-gc; the
+ * limit itself is far above what 1,000 keys need), the same workers peak at ~165–185 MB.
  *
  * V8 reads these flags only when the process starts, so the worker command starts Node again with them
  * (`process.execve`: the same process id, no parent left behind) before anything else runs. Flags the
@@ -21,6 +22,11 @@ import { getHeapStatistics } from 'node:v8';
 
 /** the commands that start a long-running worker */
 export const WORKER_COMMANDS: readonly string[] = ['daemon', 'serve'];
+/**
+ * the commands that run as a worker with `--park` (a scheduled `rotate --park` over many keys); not a
+ * leak response (`--leaked`), whose start-up is on the leaked key's critical path
+ */
+export const PARKING_COMMANDS: readonly string[] = ['rotate', 'resume'];
 /** young generation: MB per semi-space (Node 24's default on a large host: 64) */
 export const WORKER_SEMI_SPACE_MB = 4;
 /** old generation limit in MB, never above the one Node picked for this host (it follows a container's limit) */
@@ -31,17 +37,35 @@ const GLOBAL_OPTIONS_WITH_VALUE = new Set(['-c', '--config', '--log-level']);
 
 /** the command of a CLI argument list (`keyrotor -c x.yaml daemon --tick ...` -> `daemon`) */
 export function commandOf(argv: readonly string[]): string | undefined {
+  const at = commandAt(argv);
+  return at === undefined ? undefined : argv[at];
+}
+
+function commandAt(argv: readonly string[]): number | undefined {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--') return argv[i + 1];
+    if (a === '--') return i + 1 < argv.length ? i + 1 : undefined;
     if (GLOBAL_OPTIONS_WITH_VALUE.has(a)) {
       i++;
       continue;
     }
     if (a.startsWith('-')) continue;
-    return a;
+    return i;
   }
   return undefined;
+}
+
+/** does this CLI run work as a worker: `daemon`, `serve`, or `rotate` / `resume` with `--park` (not `--leaked`)? */
+export function isWorkerRun(argv: readonly string[]): boolean {
+  const at = commandAt(argv);
+  if (at === undefined) return false;
+  const cmd = argv[at]!;
+  const rest = argv.slice(at + 1);
+  const end = rest.indexOf('--');
+  const opts = end === -1 ? rest : rest.slice(0, end);
+  if (opts.includes('-h') || opts.includes('--help')) return false;
+  if (WORKER_COMMANDS.includes(cmd)) return true;
+  return PARKING_COMMANDS.includes(cmd) && opts.includes('--park') && !opts.includes('--leaked');
 }
 
 const HEAP_FLAG = /(?:^|\s)--max[-_](?:semi[-_]space[-_]size|old[-_]space[-_]size)(?:[=\s]|$)/;
@@ -59,7 +83,7 @@ export function workerHeapFlags(heapSizeLimit: number = getHeapStatistics().heap
 
 /**
  * The arguments to start this worker again with the heap flags, or undefined when it runs as it is:
- * not a worker command, `--help`, or heap flags given by the operator.
+ * not a worker run (isWorkerRun), or heap flags given by the operator.
  */
 export function relaunchArgs(p: {
   argv: readonly string[];
@@ -69,16 +93,13 @@ export function relaunchArgs(p: {
   nodeOptions: string | undefined;
   heapSizeLimit?: number;
 }): string[] | undefined {
-  if (!p.script) return undefined;
-  const cmd = commandOf(p.argv);
-  if (!cmd || !WORKER_COMMANDS.includes(cmd)) return undefined;
-  if (p.argv.includes('-h') || p.argv.includes('--help')) return undefined;
+  if (!p.script || !isWorkerRun(p.argv)) return undefined;
   if (heapFlagsGiven(p.execArgv, p.nodeOptions)) return undefined;
   return [p.execPath, ...workerHeapFlags(p.heapSizeLimit), ...p.execArgv, p.script, ...p.argv];
 }
 
 /**
- * For `daemon` and `serve` started as a program: replace this process with Node started with the
+ * For a worker run (`daemon`, `serve`, `rotate|resume --park`) started as a program: replace this process with Node started with the
  * worker heap flags (same pid, same arguments, environment and open stdio). Returns when it does
  * not apply or cannot (then the worker runs with Node's defaults).
  */

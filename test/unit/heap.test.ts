@@ -5,6 +5,7 @@ import {
   WORKER_SEMI_SPACE_MB,
   commandOf,
   heapFlagsGiven,
+  isWorkerRun,
   relaunchArgs,
   workerHeapFlags,
 } from '../../src/entrypoints/heap.ts';
@@ -27,6 +28,32 @@ describe('worker heap flags (daemon, serve)', () => {
     expect(commandOf(['--log-level=warn', 'rotate', 'daemon'])).toBe('rotate');
     expect(commandOf(['--help'])).toBeUndefined();
     expect(commandOf([])).toBeUndefined();
+  });
+
+  it('worker runs: daemon, serve, and rotate / resume with --park but not --leaked; never --help', () => {
+    for (const argv of [
+      ['daemon'],
+      ['serve', '--port', '0'],
+      ['-c', 'a.yaml', 'rotate', '--park'],
+      ['rotate', 'app', '--park', '--json'],
+      ['resume', '--park'],
+      ['--log-level', 'warn', 'resume', '--now', '--park', 'app'],
+    ])
+      expect(isWorkerRun(argv), argv.join(' ')).toBe(true);
+    for (const argv of [
+      ['rotate'],
+      ['rotate', '--now', '--leaked', 'app'],
+      ['rotate', '--now', '--leaked', '--park', 'app'], // a leak response: start-up is on the critical path
+      ['resume'],
+      ['status', '--park'],
+      ['rotate', '--', '--park'], // a key named --park, not the option
+      ['daemon', '--help'],
+      ['serve', '-h'],
+      ['--help'],
+      ['-c', 'daemon'],
+      [],
+    ])
+      expect(isWorkerRun(argv), argv.join(' ')).toBe(false);
   });
 
   it('young generation capped, old generation limit at most 1 GB and never above the one Node chose', () => {
@@ -54,7 +81,7 @@ describe('worker heap flags (daemon, serve)', () => {
     expect(heapFlagsGiven(['--max-old-space-size-percentage=50'], undefined)).toBe(false);
   });
 
-  it('relaunches daemon and serve only, with the same script, node arguments and CLI arguments', () => {
+  it('relaunches worker runs only, with the same script, node arguments and CLI arguments', () => {
     expect(relaunchArgs({ ...base, argv: ['daemon', '--tick', '0 * * * *'] })).toEqual([
       '/usr/bin/node',
       `--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`,
@@ -73,6 +100,11 @@ describe('worker heap flags (daemon, serve)', () => {
       '-c',
       'a.yaml',
       'serve',
+    ]);
+    expect(relaunchArgs({ ...base, argv: ['rotate', '--park'] })?.slice(-3)).toEqual([
+      '/app/keyrotor.js',
+      'rotate',
+      '--park',
     ]);
     for (const argv of [['rotate', '--now'], ['status'], ['--help'], [], ['daemon', '--help'], ['serve', '-h']])
       expect(relaunchArgs({ ...base, argv })).toBeUndefined();
