@@ -354,7 +354,7 @@ export async function runP5(o: P5Options) {
   // docs/operations.md#worker-memory), computed for this host as the CLI computes them
   const variants: { name: string; flags: string[] }[] = [
     { name: 'Node defaults', flags: [] },
-    { name: 'as shipped (daemon, serve)', flags: workerHeapFlags() },
+    { name: 'as shipped', flags: workerHeapFlags() },
   ];
   const runs = [];
   for (const v of variants) {
