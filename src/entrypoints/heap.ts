@@ -75,9 +75,13 @@ export function heapFlagsGiven(execArgv: readonly string[], nodeOptions: string 
   return execArgv.some((a) => HEAP_FLAG.test(a)) || HEAP_FLAG.test(nodeOptions ?? '');
 }
 
-/** the flags for a worker, given the heap limit Node chose for this host (bytes) */
+/**
+ * the flags for a worker, given the heap limit Node chose for this host (bytes, young generation
+ * included): the new limit (old + 3 semi-spaces) stays within it
+ */
 export function workerHeapFlags(heapSizeLimit: number = getHeapStatistics().heap_size_limit): string[] {
-  const oldMB = Math.max(64, Math.min(WORKER_OLD_SPACE_MAX_MB, Math.floor(heapSizeLimit / 2 ** 20)));
+  const fits = Math.floor(heapSizeLimit / 2 ** 20) - 3 * WORKER_SEMI_SPACE_MB;
+  const oldMB = Math.max(64, Math.min(WORKER_OLD_SPACE_MAX_MB, fits));
   return [`--max-semi-space-size=${WORKER_SEMI_SPACE_MB}`, `--max-old-space-size=${oldMB}`];
 }
 
