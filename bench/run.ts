@@ -509,7 +509,7 @@ if (p5) {
       }
       const err = r.park.firstError ?? r.continue.firstError;
       lines.push(
-        `    worker 1 ${r.park.wallS} s, ${JSON.stringify(r.park.outcomes)}, ${r.park.parkedInStore} parked in the store; worker 2 ${r.continue.wallS} s, ${JSON.stringify(r.continue.outcomes)}, ${r.continue.stillActive} left unfinished${err ? `; first error: ${err}` : ''}`,
+        `    ${r.flags.length ? `node ${r.flags.join(' ')}` : 'no heap flags'}; worker 1 ${r.park.wallS} s, ${JSON.stringify(r.park.outcomes)}, ${r.park.parkedInStore} parked in the store; worker 2 ${r.continue.wallS} s, ${JSON.stringify(r.continue.outcomes)}, ${r.continue.stillActive} left unfinished${err ? `; first error: ${err}` : ''}`,
       );
     }
     lines.push(`  concurrency ${v.concurrency} per worker; gate ${JSON.stringify(v.gate)}; defaults.park.after 30s`);

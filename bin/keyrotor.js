@@ -30,7 +30,12 @@ if (tooOld) {
     } catch {}
   }
   import('../dist/pkg/src/entrypoints/cli.js').then(
-    (cli) => cli.runCli(process.argv.slice(2)),
+    (cli) => {
+      // `daemon` and `serve` start again with the worker heap flags (src/entrypoints/heap.ts;
+      // docs/operations.md#worker-memory), unless NODE_OPTIONS or node's arguments size the heap already
+      if (typeof cli.relaunchWorkerWithHeapFlags === 'function') cli.relaunchWorkerWithHeapFlags(process.argv.slice(2));
+      return cli.runCli(process.argv.slice(2));
+    },
     (e) => {
       process.stderr.write(`keyrotor: cannot load the CLI: ${(e && e.message) || e}\n`);
       process.exitCode = 4;

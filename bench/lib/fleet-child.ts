@@ -8,7 +8,7 @@
  * heap snapshot, to see where the memory goes); { cmd: 'exit' } ends the process (parked rotations stay
  * unfinished in the temp state dir, which the bench deletes).
  */
-import { writeHeapSnapshot } from 'node:v8';
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
 import { loadConfig } from '../../src/app/config/load.ts';
 import { createFileStateStore, createStateStore } from '../../src/app/state/index.ts';
 import { rotateKeys, type KeyResult, type RotateOptions } from '../../src/app/run.ts';
@@ -48,6 +48,10 @@ function memory() {
     external: m.external,
     arrayBuffers: m.arrayBuffers,
     maxRssKB: process.resourceUsage().maxRSS,
+    // per V8 heap space: committed size and what is used (new_space = the young generation)
+    spaces: Object.fromEntries(
+      getHeapSpaceStatistics().map((s) => [s.space_name, { size: s.space_size, used: s.space_used_size }]),
+    ),
   };
 }
 

@@ -24,6 +24,8 @@ import { Secret } from '../../src/core/secret.ts';
 import { systemClock } from '../../src/core/clock.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { createFileStore } from '../../providers/stores/file/index.ts';
+import { createFileStateStore } from '../../src/app/state/index.ts';
+import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 import { fileStoreSchema } from '../../providers/stores/file/file.schema.ts';
 import { progress, ratio, round, sleep } from './util.ts';
 
@@ -315,21 +317,15 @@ async function p5Worker(
   };
 }
 
-/** the unfinished rotations in the file state dir: parked (with wakeAt) or not */
-function parkedInState(w: FleetWorld): { rotationIds: Map<string, string>; withWakeAt: number } {
+/** the unfinished rotations in the file state dir: parked (with wakeAt) or not (read as keyrotor reads them) */
+async function parkedInState(w: FleetWorld): Promise<{ rotationIds: Map<string, string>; withWakeAt: number }> {
+  const store = createFileStateStore(w.stateDir);
   const rotationIds = new Map<string, string>();
   let withWakeAt = 0;
   for (const k of w.keys) {
-    try {
-      const doc = JSON.parse(readFileSync(path.join(w.stateDir, 'state', `${k.name}.json`), 'utf8')) as {
-        record?: { active?: { rotationId?: string; wakeAt?: string } | null };
-      };
-      const a = doc.record?.active;
-      if (a?.rotationId) rotationIds.set(k.name, a.rotationId);
-      if (a?.wakeAt) withWakeAt++;
-    } catch {
-      // no state for this key
-    }
+    const a = (await store.read(k.name))?.active;
+    if (a?.rotationId) rotationIds.set(k.name, a.rotationId);
+    if (a?.wakeAt) withWakeAt++;
   }
   return { rotationIds, withWakeAt };
 }
@@ -353,20 +349,21 @@ export async function runP5(o: P5Options) {
     JSON.stringify({ rateLimit: 10_000, maxConcurrentRequests: 16 }),
     JSON.stringify(gate),
   );
-  // the same two workers with Node's default heap flags, and with the young generation capped (the
-  // flag docs/operations.md recommends for long-running workers: NODE_OPTIONS=--max-semi-space-size=2)
+  // the same two workers with Node's default heap flags, and as keyrotor starts its long-running
+  // workers (`daemon`, `serve`: the CLI starts Node again with these flags, src/entrypoints/heap.ts;
+  // docs/operations.md#worker-memory), computed for this host as the CLI computes them
   const variants: { name: string; flags: string[] }[] = [
     { name: 'Node defaults', flags: [] },
-    { name: 'semi-space 2 MB', flags: ['--max-semi-space-size=2'] },
+    { name: 'as shipped', flags: workerHeapFlags() },
   ];
   const runs = [];
   for (const v of variants) {
-    const tag = v.flags.length ? 'semi2' : 'default';
+    const tag = v.flags.length ? 'shipped' : 'default';
     progress(
       `P5 (${v.name}): worker 1 starts ${n} rotations (concurrency ${o.concurrency}), parking each at a manual gate`,
     );
     const park = await p5Worker(w, file, `park-${tag}`, { concurrency: o.concurrency, park: true }, v.flags);
-    const parked = parkedInState(w);
+    const parked = await parkedInState(w);
     // the operator confirms every one of them (the decision files `keyrotor confirm` creates)
     const { DECISION_FORMAT, decisionFile } = await import('../../providers/health/manual/manual.decision.ts');
     mkdirSync(path.join(w.stateDir, 'confirm'), { recursive: true });
@@ -389,7 +386,7 @@ export async function runP5(o: P5Options) {
       { concurrency: o.concurrency, park: true, wake: true, now: false },
       v.flags,
     );
-    const left = parkedInState(w);
+    const left = await parkedInState(w);
     runs.push({
       variant: v.name,
       flags: v.flags,

@@ -15,8 +15,10 @@ import { KEYROTOR_VERSION, unsupportedNode } from '../app/version.ts';
 import { CLI_DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE } from './cli-defaults.ts';
 import { COMMANDS } from './commands/index.ts';
 import { createResources, makeContext, type CliIO } from './commands/context.ts';
+import { relaunchWorkerWithHeapFlags } from './heap.ts';
 
 export type { CliIO } from './commands/context.ts';
+export { relaunchWorkerWithHeapFlags } from './heap.ts';
 
 const EXIT_HELP = `
 Exit codes:
@@ -40,6 +42,9 @@ Environment:
   OPENAI_ADMIN_KEY       admin key for the openai issuer (name configurable with adminKeyEnv)
   KEYROTOR_DATABASE_URL  PostgreSQL URL for state: { type: postgres } (name configurable with urlEnv)
   NO_COLOR               no colours on a TTY
+  NODE_OPTIONS           with --max-semi-space-size or --max-old-space-size: replaces the heap
+                         flags daemon, serve and rotate/resume --park start Node with (see
+                         docs/operations.md "Worker memory")
 `;
 
 export async function main(argv: string[], io: CliIO = defaultIO()): Promise<number> {
@@ -128,4 +133,8 @@ function isProgram(): boolean {
   }
 }
 
-if (isProgram()) await runCli();
+if (isProgram()) {
+  // `daemon` and `serve` start again with the worker heap flags (heap.ts), unless the operator set some
+  relaunchWorkerWithHeapFlags();
+  await runCli();
+}

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseConfig } from '../../src/app/config/load.ts';
 import { silentLogger } from '../../src/app/log.ts';
 import { createFileStateStore } from '../../src/app/state/index.ts';
@@ -15,6 +15,7 @@ import { startOpenAIFake, type OpenAIFake } from '../fakes/openai-admin.ts';
 import { capture, tempDir } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { CLI } from './cli-helpers.ts';
+import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 
 const CONFIG = `version: 1
 defaults:
@@ -284,6 +285,13 @@ keys:
       const rec = await state.read('app');
       return (rec?.active?.snapshot as { value?: string } | undefined)?.value === 'verify' ? rec!.active! : undefined;
     });
+    // the daemon runs with the worker heap flags: Node started again with them in the same process
+    // (docs/operations.md#worker-memory; Linux /proc, Node with process.execve)
+    if (existsSync('/proc/self/cmdline') && typeof (process as { execve?: unknown }).execve === 'function') {
+      const argv = readFileSync(`/proc/${first.child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+      expect(argv.slice(0, 4)).toEqual([process.execPath, ...workerHeapFlags(), CLI]);
+      expect(argv.slice(4, 5)).toEqual(['daemon']);
+    }
     first.child.kill('SIGTERM');
     const r1 = await first.exited;
     openai.setNewKeyPropagation(0);

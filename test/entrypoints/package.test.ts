@@ -10,14 +10,15 @@
  * `npm install --prefer-offline` (network).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
 import { ROOT } from './cli-helpers.ts';
+import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
   name: string;
@@ -180,6 +181,42 @@ describe('npm package', () => {
     expect((JSON.parse(st.stdout) as { keys: { currentKeyId: string | null }[] }).keys[0]!.currentKeyId).toMatch(/\S/);
     for (const r of [help, valid, rot, st]) expect(r.stdout + r.stderr).not.toContain(CANARY);
   });
+
+  it.runIf(existsSync('/proc/self/cmdline') && typeof (process as { execve?: unknown }).execve === 'function')(
+    'the installed bin starts `serve` with the worker heap flags (same process, same arguments)',
+    async () => {
+      const bin = path.join(proj, 'node_modules', '.bin', 'keyrotor');
+      const child = spawn(bin, ['serve', '--port', '0', '--host', '127.0.0.1'], {
+        cwd: proj,
+        env: { ...env(), KEYROTOR_LOG_LEVEL: 'info', KEYROTOR_SERVE_TOKEN: 'package-test-token-0123456789abcdef' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      try {
+        const url = await new Promise<string>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 30_000);
+          child.stderr.on('data', (d: Buffer) => {
+            stderr += d.toString();
+            const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
+            if (m) {
+              clearTimeout(t);
+              resolve(m[1]!);
+            }
+          });
+        });
+        const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+        expect(argv.slice(1)).toEqual([...workerHeapFlags(), bin, 'serve', '--port', '0', '--host', '127.0.0.1']);
+        expect((await fetch(`${url}/healthz`)).status).toBe(200);
+        const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+        child.kill('SIGTERM');
+        expect(await exited).toBe(0);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        capture('package-serve.stderr', stderr);
+      }
+    },
+    60_000,
+  );
 
   it('a bad config through the installed bin: one line, exit 2', () => {
     writeFileSync(path.join(proj, 'bad.yaml'), 'version: 1\nkeys: []\nstateDir: x\n');

@@ -4,12 +4,20 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { capture } from '../helpers/artifacts.ts';
 import path from 'node:path';
 import { main as _main } from '../../src/entrypoints/cli.ts';
 import { CLI, LOCAL_CONFIG, workspace, cliInProcess } from './cli-helpers.ts';
+import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 
 const TOKEN = 'serve-cli-test-token-0123456789abcdef';
+
+/** the command line a running process was started (or restarted by execve) with; Linux only */
+const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+const HAS_PROC = existsSync('/proc/self/cmdline');
+/** `process.execve` (Node >= 22.15 / 23.11, not Windows): how serve and daemon set their heap flags */
+const HAS_EXECVE = typeof (process as { execve?: unknown }).execve === 'function';
 
 /** the CLI's main() in process (flag parsing and refusals need no real process) */
 const runCli = (args: string[], o: { cwd: string; env?: NodeJS.ProcessEnv; name: string }) =>
@@ -100,6 +108,21 @@ describe('keyrotor serve (process)', () => {
       });
     });
     const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    // the worker runs with its heap flags (docs/operations.md#worker-memory): Node started again with
+    // them in the same process, the CLI's arguments unchanged
+    if (HAS_PROC && HAS_EXECVE)
+      expect(cmdline(child.pid!)).toEqual([
+        process.execPath,
+        ...workerHeapFlags(),
+        CLI,
+        'serve',
+        '--port',
+        '0',
+        '--host',
+        '127.0.0.1',
+        '--token-env',
+        'MY_SERVE_TOKEN',
+      ]);
 
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     expect((await fetch(`${url}/rotate`, { method: 'POST', body: '{}' })).status).toBe(401);
@@ -118,5 +141,38 @@ describe('keyrotor serve (process)', () => {
     capture('serve-proc.stdout', stdout);
     expect(stderr).toContain('"msg":"stopped"');
     expect(stderr).not.toContain(TOKEN);
+  });
+
+  it.runIf(HAS_PROC)('heap flags in NODE_OPTIONS win: serve then runs as started, with those', async () => {
+    const cwd = workspace(LOCAL_CONFIG, 'serve-own-heap');
+    const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1'], {
+      cwd,
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        KEYROTOR_SERVE_TOKEN: TOKEN,
+        NODE_OPTIONS: '--max-old-space-size=300',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.push(child);
+    let stderr = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 20_000);
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
+        if (m) {
+          clearTimeout(t);
+          resolve(m[1]!);
+        }
+      });
+    });
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    expect(cmdline(child.pid!)).toEqual([process.execPath, CLI, 'serve', '--port', '0', '--host', '127.0.0.1']);
+    expect((await fetch(`${url}/healthz`)).status).toBe(200);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    capture('serve-own-heap.stderr', stderr);
   });
 });
