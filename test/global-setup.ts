@@ -25,7 +25,10 @@ export default async function setup(project: TestProject) {
   let pg: Postgres | undefined;
   if (postgresSupport().available) {
     pg = await startPostgres();
-    process.env.KEYROTOR_TEST_PG_URL = pg.url; // read by test/helpers/postgres-db.ts
+    // read by test/helpers/postgres-db.ts
+    process.env.KEYROTOR_TEST_PG_URL = pg.url;
+    process.env.KEYROTOR_TEST_PG_SOURCE = pg.source;
+    process.env.KEYROTOR_TEST_PG_BIN = pg.bin;
   }
   return async () => {
     await pg?.close();

@@ -355,17 +355,23 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Po
     port,
     source,
     bin,
-    async createDatabase(name) {
-      if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`bad database name ${name}`);
-      const c = new pg.Client({ connectionString: url });
-      await c.connect();
-      try {
-        await c.query(`CREATE DATABASE ${name}`);
-      } finally {
-        await c.end();
-      }
-      return `postgres://postgres@127.0.0.1:${port}/${name}`;
-    },
+    createDatabase: (name) => createDatabaseAt(url, name),
     close,
   };
+}
+
+/** create database `name` on the server whose superuser URL is `url`; returns the new database's URL */
+export async function createDatabaseAt(url: string, name: string): Promise<string> {
+  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`bad database name ${name}`);
+  const pg = (await import('pg')).default;
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await c.end();
+  }
+  const u = new URL(url);
+  u.pathname = `/${name}`;
+  return u.toString();
 }

@@ -12,10 +12,13 @@
  *   await server.close();                       // ends only a server of its own
  */
 import { afterAll, beforeAll } from 'vitest';
-import { startPostgres, type Postgres } from '../fakes/postgres.ts';
+import { createDatabaseAt, startPostgres, type Postgres } from '../fakes/postgres.ts';
 
 /** set by the global setup for the test workers: the superuser URL of the run's server */
 export const SHARED_PG_ENV = 'KEYROTOR_TEST_PG_URL';
+/** and whose binaries run it (`system` | `embedded`), and where they are */
+export const SHARED_PG_SOURCE_ENV = 'KEYROTOR_TEST_PG_SOURCE';
+export const SHARED_PG_BIN_ENV = 'KEYROTOR_TEST_PG_BIN';
 
 let seq = 0;
 
@@ -28,24 +31,12 @@ export async function sharedPostgres(): Promise<Postgres> {
   const shared = process.env[SHARED_PG_ENV];
   if (!shared) return startPostgres();
   const u = new URL(shared);
-  const pg = (await import('pg')).default;
   return {
     url: shared,
     port: Number(u.port),
-    async createDatabase(name) {
-      if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`bad database name ${name}`);
-      const unique = `${name}_${process.pid}_${++seq}`;
-      const c = new pg.Client({ connectionString: shared });
-      await c.connect();
-      try {
-        await c.query(`CREATE DATABASE ${unique}`);
-      } finally {
-        await c.end();
-      }
-      const url = new URL(shared);
-      url.pathname = `/${unique}`;
-      return url.toString();
-    },
+    source: process.env[SHARED_PG_SOURCE_ENV] === 'embedded' ? 'embedded' : 'system',
+    bin: process.env[SHARED_PG_BIN_ENV] ?? '',
+    createDatabase: (name) => createDatabaseAt(shared, `${name}_${process.pid}_${++seq}`),
     // the global setup's teardown stops the server (and removes its cluster with every database)
     close: async () => undefined,
   };
