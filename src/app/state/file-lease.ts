@@ -23,12 +23,11 @@ import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Lease, LeaseHolder } from '../../core/ports.ts';
 import {
-  FILE_MODE,
   displayPath,
-  ensureDir,
   errnoOf,
   fsyncDir,
   isTransient,
+  openCreating,
   uniqueSibling,
   writeFileAtomic,
 } from '../../core/fs.ts';
@@ -113,7 +112,7 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
 
 /** O_EXCL create of `file` holding `text`, synced; a failed write removes the file it created. */
 async function writeNew(file: string, text: string): Promise<void> {
-  const fh = await open(file, 'wx', FILE_MODE);
+  const fh = await openCreating(file, 'wx');
   try {
     await fh.writeFile(text, 'utf8');
     await fh.sync();
@@ -262,11 +261,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
       if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
       const file = path.join(locksDir, `${keyName}.lock`);
-      try {
-        await ensureDir(locksDir);
-      } catch (e) {
-        throw ioError(e, 'cannot create', locksDir);
-      }
+      // the locks folder is created by the first exclusive create that finds it missing (openCreating)
       let last: Observed | undefined;
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         const now = clock.now();

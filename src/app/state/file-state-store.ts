@@ -275,9 +275,10 @@ export function createFileStateStore(
     return parsed.data;
   }
 
-  function checkWritable(keyName: string, record: KeyRecord): void {
-    // never write what we could not read back
-    const check = keyRecordSchema.safeParse(JSON.parse(JSON.stringify(record)));
+  /** the record's JSON and what reading it back gives; never write what we could not read back */
+  function checkWritable(keyName: string, record: KeyRecord): { json: string; readBack: KeyRecord } {
+    const json = JSON.stringify(record);
+    const check = keyRecordSchema.safeParse(JSON.parse(json));
     if (!check.success) {
       const issue = check.error.issues[0];
       throw new KeyrotorError(
@@ -285,6 +286,7 @@ export function createFileStateStore(
         `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
       );
     }
+    return { json, readBack: check.data };
   }
 
   /** `<key>.json`, replaced atomically and durably (a journal folded in) */
@@ -421,7 +423,7 @@ export function createFileStateStore(
       // a new journal's name must survive a power loss too
       if (j.size === 0) await fsyncDir(stateFolder);
       j.size += bytes.length;
-      j.record = structuredClone(record);
+      j.record = record;
     } catch (e) {
       journals.delete(keyName);
       await fh.close().catch(() => undefined);
@@ -494,9 +496,13 @@ export function createFileStateStore(
       if (now.status === 'rejected') throw now.reason;
       const { record: r, journal } = now.value;
       fn(r);
-      checkWritable(keyName, r);
+      // `readBack` (a copy of r as a read would return it) is what this instance remembers
+      const { json, readBack } = checkWritable(keyName, r);
+      // JSON.stringify({ format, record: r, audit? }), the record's JSON made once
       const line = (records?: AuditRecord[]) =>
-        JSON.stringify({ format: JOURNAL_FORMAT, record: r, ...(records?.length ? { audit: records } : {}) }) + '\n';
+        `{"format":${JSON.stringify(JOURNAL_FORMAT)},"record":${json}` +
+        (records?.length ? `,"audit":${JSON.stringify(records)}` : '') +
+        '}\n';
       let size: number;
       let refused: AuditNotWritten | undefined;
       if (entries?.length) {
@@ -505,16 +511,16 @@ export function createFileStateStore(
         try {
           await audit.appendCommitted(entries, async (records) => {
             committed = true;
-            written = await appendJournal(keyName, line(records), r, journal);
+            written = await appendJournal(keyName, line(records), readBack, journal);
           });
         } catch (e) {
           if (committed) throw e;
           // the audit log refused before anything was written (damaged, locked): the snapshot alone
           refused = { auditError: e };
-          written = await appendJournal(keyName, line(), r, journal);
+          written = await appendJournal(keyName, line(), readBack, journal);
         }
         size = written;
-      } else size = await appendJournal(keyName, line(), r, journal);
+      } else size = await appendJournal(keyName, line(), readBack, journal);
       if (size > JOURNAL_COMPACT_BYTES) await compact(keyName, r);
       return refused;
     });
