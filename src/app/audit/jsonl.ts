@@ -2,7 +2,7 @@
  * The default audit log: hash-chained JSONL (`<stateDir>/audit/audit.jsonl`, mode 0600) plus a head
  * file (`audit.jsonl.head`) naming the seq and hash of the last record appended.
  *
- * Append (one process at a time: an in-process queue plus a lock file `audit.jsonl.lock`):
+ * Append (one process at a time: an in-process queue plus a lock `audit.jsonl.lock`, see createLock):
  *   1. read the tail of the log: the last complete line gives `seq` and `prev`;
  *   2. a torn last line (bytes after the last newline: a crash in the middle of an append) is
  *      repaired: if it is a complete, valid record it only gets its newline; otherwise it is cut off

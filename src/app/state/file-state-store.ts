@@ -14,6 +14,10 @@
  * that counter still equals its token (under the in-process queue; across processes the window
  * between that check and the rename is the file backend's limit — use postgres or dynamodb for fleets).
  *
+ * While this instance holds a key's lease, the key's journal (and the audit log) stay open between
+ * appends and what was last appended is remembered with the file's identity and size: a transition
+ * is a stat of the fence file and of the journal, then one write + fsync (see `journals`).
+ *
  * Damage is never reset silently: torn JSON, an unknown format or a record that fails validation is
  * STATE_UNREADABLE naming the file (and the rotation that was in progress, when that much is
  * readable); a newer format is STATE_VERSION.
