@@ -22,19 +22,21 @@ import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Lease, LeaseHolder } from '../../core/ports.ts';
-import {
-  displayPath,
-  errnoOf,
-  fsyncDir,
-  isTransient,
-  openCreating,
-  uniqueSibling,
-  writeFileAtomic,
-} from '../../core/fs.ts';
+import { displayPath, errnoOf, isTransient, openCreating, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
 import { holderLiveness, selfIdentity } from './holder.ts';
 
 const MAX_ATTEMPTS = 8;
+/**
+ * Lock files are written atomically (temp file + link or rename) but not fsync'd: a lock only
+ * matters among live processes, and a power loss ends them all. What a power loss may leave (no lock,
+ * the previous one, or an empty one, which counts as held by 'unknown' until its mtime + ttl) costs
+ * at most a wait of one ttl, as a lock of another boot already does (holder.ts: not provably dead).
+ * Safety never rests on the lock file surviving: every write of a holder is fenced by the token in
+ * `<stateDir>/fences/<key>.json`, which is written durably (file-state-store.ts), so a grant the disk
+ * forgot is still fenced out by the next one.
+ */
+const NOT_SYNCED = { sync: false } as const;
 /** rewrite our own lock in place only while this much time is left (clock skew + I/O latency) */
 const safetyMs = (ttlMs: number) => Math.min(2_000, ttlMs / 4);
 
@@ -106,16 +108,14 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
   } finally {
     await rm(temp, { force: true }).catch(() => undefined);
   }
-  await fsyncDir(path.dirname(file)).catch(() => undefined);
   return true;
 }
 
-/** O_EXCL create of `file` holding `text`, synced; a failed write removes the file it created. */
+/** O_EXCL create of `file` holding `text` (not synced: see NOT_SYNCED); a failed write removes the file it created. */
 async function writeNew(file: string, text: string): Promise<void> {
   const fh = await openCreating(file, 'wx');
   try {
     await fh.writeFile(text, 'utf8');
-    await fh.sync();
   } catch (e) {
     await fh.close().catch(() => undefined);
     await rm(file, { force: true }).catch(() => undefined);
@@ -132,7 +132,6 @@ async function createExclusiveNoLinks(file: string, text: string): Promise<boole
     if (errnoOf(e) === 'EEXIST') return false;
     throw ioError(e, 'cannot create', file);
   }
-  await fsyncDir(path.dirname(file)).catch(() => undefined);
   return true;
 }
 
@@ -226,7 +225,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         if (Date.parse(o.content.expiresAt) - now > safetyMs(ttlMs)) {
           // unexpired and ours: nobody else touches it, so replacing it in place is safe
           try {
-            await writeFileAtomic(file, body(owner, acquiredAt, next));
+            await writeFileAtomic(file, body(owner, acquiredAt, next), NOT_SYNCED);
           } catch (e) {
             throw ioError(e, 'cannot renew', file);
           }
@@ -280,7 +279,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
             const acquiredAt = Date.parse(o.content.acquiredAt);
             const since = Number.isFinite(acquiredAt) ? acquiredAt : now;
             try {
-              await writeFileAtomic(file, body(owner, since, now + ttlMs));
+              await writeFileAtomic(file, body(owner, since, now + ttlMs), NOT_SYNCED);
             } catch (e) {
               throw ioError(e, 'cannot extend', file);
             }

@@ -50,6 +50,7 @@ import {
   openCreating,
   serialized,
   writeFileAtomic,
+  writeFileAtomicStat,
 } from '../../core/fs.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { createJsonlAuditLog, type CommittingAuditLog } from '../audit/jsonl.ts';
@@ -159,6 +160,8 @@ export function createFileStateStore(
     journals.set(keyName, { id: j.id, size: j.size, record: j.record });
     await fh.close().catch(() => undefined);
   }
+  const fenceStamp = (st: { dev: number; ino: number; birthtimeMs: number; size: number; mtimeMs: number }) =>
+    `${idOf(st)}:${st.size}:${st.mtimeMs}`;
   /** what this instance knows of each key's fencing counter, valid while the fence file is unchanged */
   const fences = new Map<string, { stamp: string; token: number; owner: string }>();
 
@@ -326,7 +329,7 @@ export function createFileStateStore(
     let stamp: string;
     try {
       const st = await stat(file);
-      stamp = `${idOf(st)}:${st.size}:${st.mtimeMs}`;
+      stamp = fenceStamp(st);
     } catch (e) {
       fences.delete(keyName);
       if (errnoOf(e) === 'ENOENT') return { token: 0, owner: '' };
@@ -357,7 +360,7 @@ export function createFileStateStore(
         token: Number.isSafeInteger(n) && n >= 0 ? n : 0,
         owner: typeof o.owner === 'string' ? o.owner : '',
       };
-      fences.set(keyName, { stamp: `${idOf(st)}:${st.size}:${st.mtimeMs}`, ...seen });
+      fences.set(keyName, { stamp: fenceStamp(st), ...seen });
       return seen;
     } catch (e) {
       throw failed(e);
@@ -581,7 +584,10 @@ export function createFileStateStore(
           const seen = await readFence(keyName);
           if (seen.owner === owner && seen.token > 0) return seen.token;
           const next = seen.token + 1;
-          await writeFileAtomic(fenceFile(keyName), JSON.stringify({ token: next, owner }) + '\n');
+          const text = JSON.stringify({ token: next, owner }) + '\n';
+          const st = await writeFileAtomicStat(fenceFile(keyName), text);
+          // remembered by the identity of the file this write put in place (a later replacement differs)
+          if (st) fences.set(keyName, { stamp: fenceStamp(st), token: next, owner });
           return next;
         });
       } catch (e) {
