@@ -21,7 +21,7 @@
  * matters.
  */
 import { hostname } from 'node:os';
-import { link, lstat, open, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { link, lstat, open, readFile, readlink, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -226,7 +226,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       } catch (e) {
         if (errnoOf(e) !== 'EEXIST') throw unavailable('cannot lock', e);
         if (await isStale()) {
-          await rm(lockFile, { force: true });
+          await unlink(lockFile).catch((e: unknown) => {
+            if (errnoOf(e) !== 'ENOENT') throw e;
+          });
           // its holder died, maybe between committing records and appending them here
           if (opts.committed) recoverNext = true;
           continue;
@@ -243,7 +245,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     try {
       return await fn();
     } finally {
-      await rm(lockFile, { force: true }).catch(() => undefined);
+      await unlink(lockFile).catch(() => undefined); // unlink: rm would lstat first
     }
   }
 

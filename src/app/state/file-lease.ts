@@ -17,7 +17,7 @@
  *   links by a writer that died between create and write) counts as held by
  *   'unknown' until its mtime + ttl has passed.
  */
-import { link, open, rename, rm } from 'node:fs/promises';
+import { link, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
@@ -106,7 +106,7 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
     if (code && NO_LINKS.has(code)) return await createExclusiveNoLinks(file, text);
     throw ioError(e, 'cannot create', file);
   } finally {
-    await rm(temp, { force: true }).catch(() => undefined);
+    await unlink(temp).catch(() => undefined);
   }
   return true;
 }
@@ -118,7 +118,7 @@ async function writeNew(file: string, text: string): Promise<void> {
     await fh.writeFile(text, 'utf8');
   } catch (e) {
     await fh.close().catch(() => undefined);
-    await rm(file, { force: true }).catch(() => undefined);
+    await unlink(file).catch(() => undefined);
     throw e;
   }
   await fh.close();
@@ -150,13 +150,13 @@ async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
   }
   const moved = await observe(aside).catch(() => undefined);
   if (moved && moved.dev === seen.dev && moved.ino === seen.ino && moved.raw === seen.raw) {
-    await rm(aside, { force: true }).catch(() => undefined);
+    await unlink(aside).catch(() => undefined);
     return true;
   }
   // We moved a lock that someone had just (re)created: put the same file (inode) back without
   // overwriting anything, so its owner's view of it stays true.
   if (moved) await putBack(aside, file, moved.raw);
-  await rm(aside, { force: true }).catch(() => undefined);
+  await unlink(aside).catch(() => undefined);
   return false;
 }
 
