@@ -4,7 +4,7 @@
  * `issuer-smoke-test` gate, the default observers, state and audit trail in the file backend), then
  * either the wall time per rotation or the file operations per rotation, by call site.
  *
- *   node bench/lib/fs-ops.ts              # ms per rotation (N=50 after 5 warm-up rotations)
+ *   node bench/lib/fs-ops.ts              # ms (wall, and CPU of the process) per rotation (N=50 after 5 warm-up rotations)
  *   FS_OPS=1 N=10 node bench/lib/fs-ops.ts # fs/promises calls and FileHandle methods per rotation,
  *                                          # grouped by operation and the first keyrotor frames
  *   NOOBS=1 ...                            # without observers (no audit trail, no metrics)
@@ -106,11 +106,15 @@ try {
   for (let i = 0; i < 5; i++) await rotate();
   counting = countOps;
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   for (let i = 0; i < N; i++) await rotate();
   const ms = (performance.now() - t0) / N;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuMs = (cpu.user + cpu.system) / 1000 / N;
   counting = false;
   const what = `${N} rotations, ${withObservers ? 'default observers' : 'no observers'}`;
-  if (!countOps) console.log(`${ms.toFixed(2)} ms per rotation (${what})`);
+  if (!countOps)
+    console.log(`${ms.toFixed(2)} ms per rotation, ${cpuMs.toFixed(2)} ms CPU (process, all threads) (${what})`);
   else {
     let total = 0;
     for (const [k, v] of [...counts].sort((a, b) => b[1] - a[1])) {
