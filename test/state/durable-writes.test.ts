@@ -114,6 +114,10 @@ describe('one durable write per transition', () => {
       expect(under('state').filter((p) => p !== journal)).toEqual([]);
       // the audit trail: no fsync of its own (its records went into those appends)
       expect(under('audit')).toEqual([]);
+      // the lease: the fencing counter of the grant is durable (the file and its folder); the lock
+      // file is not fsync'd (a lock matters only among live processes: file-lease.ts)
+      expect(under('fences')).toHaveLength(2);
+      expect(under('locks')).toEqual([]);
 
       // and each journal line carries its audit records: together, in order, the rotation's records
       const lines = readFileSync(journal, 'utf8')

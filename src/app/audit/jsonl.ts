@@ -2,7 +2,7 @@
  * The default audit log: hash-chained JSONL (`<stateDir>/audit/audit.jsonl`, mode 0600) plus a head
  * file (`audit.jsonl.head`) naming the seq and hash of the last record appended.
  *
- * Append (one process at a time: an in-process queue plus a lock file `audit.jsonl.lock`):
+ * Append (one process at a time: an in-process queue plus a lock `audit.jsonl.lock`, see createLock):
  *   1. read the tail of the log: the last complete line gives `seq` and `prev`;
  *   2. a torn last line (bytes after the last newline: a crash in the middle of an append) is
  *      repaired: if it is a complete, valid record it only gets its newline; otherwise it is cut off
@@ -21,7 +21,7 @@
  * matters.
  */
 import { hostname } from 'node:os';
-import { link, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { link, lstat, open, readFile, readlink, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -72,6 +72,12 @@ export interface CommittingAuditLog extends AuditLog {
   appendCommitted(entries: readonly AuditEntry[], commit: (records: AuditRecord[]) => Promise<void>): Promise<void>;
   /** make what this log holds durable (before a store drops its own copies) */
   sync(): Promise<void>;
+  /**
+   * Keep the log's descriptor open between appends (and the last record in memory, checked against
+   * the file by one stat before each append) until the returned function is called (e.g. while a
+   * state store holds a key's lease). Idempotent.
+   */
+  keepOpen(): () => Promise<void>;
 }
 
 interface Head {
@@ -127,6 +133,8 @@ function parseLine(text: string): AuditRecord | null {
 }
 
 const hashOk = (r: AuditRecord) => recordHash(r) === r.hash;
+/** a file's identity: device, inode and birth time (a file replaced by another reusing the inode differs) */
+const idOf = (st: { dev: number; ino: number; birthtimeMs: number }) => `${st.dev}:${st.ino}:${st.birthtimeMs}`;
 
 function pidAlive(pid: number): boolean {
   try {
@@ -149,7 +157,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
 
   async function isStale(): Promise<boolean> {
     try {
-      const [text, st] = await Promise.all([readFile(lockFile, 'utf8'), stat(lockFile)]);
+      // a symbolic link whose target is the holder (see createLock), or a regular file holding it
+      const st = await lstat(lockFile);
+      const text = st.isSymbolicLink() ? await readlink(lockFile) : await readFile(lockFile, 'utf8');
       try {
         const h = JSON.parse(text) as { pid?: unknown; host?: unknown };
         if (h.host === hostname() && typeof h.pid === 'number' && !pidAlive(h.pid)) return true;
@@ -164,12 +174,26 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
   }
 
   /**
-   * Create the lock file with its content in one step (write a temp file, hard-link it into place:
-   * EEXIST when taken), so a crash can never leave an empty lock that nobody can attribute.
+   * Create the lock with its content in one step, so a crash can never leave an empty lock that
+   * nobody can attribute: a symbolic link whose target text is the holder (symlink(2) is one atomic,
+   * exclusive system call: EEXIST when taken). Where symbolic links are not supported: a temp file
+   * hard-linked into place (EEXIST when taken).
    */
   async function createLock(): Promise<void> {
+    const holder = JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() });
+    try {
+      await symlink(holder, lockFile);
+      return;
+    } catch (e) {
+      const code = errnoOf(e);
+      if (code === 'ENOENT') {
+        await ensureDir(dir);
+        return createLock();
+      }
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw e;
+    }
     const tmp = uniqueSibling(lockFile, 'tmp');
-    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() }), {
+    await writeFile(tmp, holder, {
       mode: 0o600,
       flag: 'wx',
     });
@@ -194,7 +218,6 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
   /** recover committed records on this instance's first append and after a dead writer's lock */
   let recoverNext = opts.committed !== undefined;
   async function withLock<T>(fn: () => Promise<T>): Promise<T> {
-    await ensureDir(dir);
     const deadline = Date.now() + lockTimeoutMs;
     for (;;) {
       try {
@@ -203,7 +226,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       } catch (e) {
         if (errnoOf(e) !== 'EEXIST') throw unavailable('cannot lock', e);
         if (await isStale()) {
-          await rm(lockFile, { force: true });
+          await unlink(lockFile).catch((e: unknown) => {
+            if (errnoOf(e) !== 'ENOENT') throw e;
+          });
           // its holder died, maybe between committing records and appending them here
           if (opts.committed) recoverNext = true;
           continue;
@@ -220,7 +245,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     try {
       return await fn();
     } finally {
-      await rm(lockFile, { force: true }).catch(() => undefined);
+      await unlink(lockFile).catch(() => undefined); // unlink: rm would lstat first
     }
   }
 
@@ -234,6 +259,9 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
 
   interface Prepared {
     fh: FileHandle;
+    /** the log's device, inode and birth time */
+    id: string;
+    /** its size before this append (after a torn tail was cut off) */
     size: number;
     /** the last record of the log (after a torn tail was dealt with) */
     last: AuditRecord | null;
@@ -245,7 +273,8 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
 
   /** open the log and read its tail: the record to chain onto, a torn last line completed or cut off */
   async function prepare(fh: FileHandle): Promise<Prepared> {
-    const size = (await fh.stat()).size;
+    const st = await fh.stat();
+    let size = st.size;
     const tail = await readTail(fh, size);
     let last: AuditRecord | null = null;
     if (tail.lastLine !== null) {
@@ -269,6 +298,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         last = frag;
       } else {
         await fh.truncate(tail.completeEnd);
+        size = tail.completeEnd;
         const r = chainRecord(
           {
             type: 'repair',
@@ -282,7 +312,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         last = r;
       }
     }
-    return { fh, size, last, prefix, repair };
+    return { fh, id: idOf(st), size, last, prefix, repair };
   }
 
   async function writeHead(rec: AuditRecord, sync: boolean): Promise<void> {
@@ -357,18 +387,72 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     if (recoverNext) await serialized(`audit:${abs}`, () => withLock(recoverLocked));
   }
 
+  /**
+   * The log as this instance's last append left it, with its descriptor still open: kept only while
+   * some caller holds `keepOpen()` (the file state store, while it holds a key's lease). When a stat
+   * shows the log still has that identity and size, the next append needs no open and no tail read.
+   */
+  let kept: { fh: FileHandle; id: string; size: number; last: AuditRecord } | undefined;
+  let keepers = 0;
+  async function dropKept(): Promise<void> {
+    const k = kept;
+    kept = undefined;
+    await k?.fh.close().catch(() => undefined);
+  }
+
+  /** open the log for an append: the kept descriptor when the log is unchanged since, else `prepare` */
+  async function openForAppend(): Promise<Prepared> {
+    if (kept) {
+      const st = await stat(abs).catch(() => undefined);
+      if (st && idOf(st) === kept.id && st.size === kept.size)
+        return { fh: kept.fh, id: kept.id, size: kept.size, last: kept.last, prefix: '', repair: [] };
+      await dropKept();
+    }
+    let fh: FileHandle;
+    try {
+      fh = await open(abs, 'a+', 0o600);
+    } catch (e) {
+      throw unavailable('cannot open', e);
+    }
+    try {
+      return await prepare(fh);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** after an append of `bytes` ending with `last`: keep the descriptor (when asked to) or close it */
+  async function appended(p: Prepared, bytes: number, last: AuditRecord): Promise<void> {
+    if (keepers > 0) kept = { fh: p.fh, id: p.id, size: p.size + bytes, last };
+    else {
+      if (kept?.fh === p.fh) kept = undefined;
+      await p.fh.close();
+    }
+  }
+
+  async function failed(p: Prepared, e: unknown): Promise<never> {
+    if (kept?.fh === p.fh) kept = undefined;
+    await p.fh.close().catch(() => undefined);
+    throw e;
+  }
+
   async function appendLocked(entry: AuditEntry): Promise<AuditRecord> {
     await recoverLocked();
-    return opened(async (fh) => {
-      const p = await prepare(fh);
+    const p = await openForAppend();
+    try {
       const rec = chainRecord(entry, p.last);
       const out = [...p.repair, rec];
-      await fh.write(p.prefix + out.map(recordLine).join(''));
-      await fh.sync();
+      const text = p.prefix + out.map(recordLine).join('');
+      await p.fh.write(text);
+      await p.fh.sync();
       if (p.size === 0) await fsyncDir(dir);
       await writeHead(rec, true);
+      await appended(p, Buffer.byteLength(text), rec);
       return rec;
-    });
+    } catch (e) {
+      return failed(p, e);
+    }
   }
 
   async function appendCommittedLocked(
@@ -376,8 +460,8 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     commit: (records: AuditRecord[]) => Promise<void>,
   ): Promise<void> {
     await recoverLocked();
-    await opened(async (fh) => {
-      const p = await prepare(fh);
+    const p = await openForAppend();
+    try {
       const out = [...p.repair];
       let last = p.last;
       for (const e of entries) {
@@ -387,9 +471,13 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
       // the durable write (the store's); a failure leaves this log as it was (a torn tail stays cut
       // off: the next append records the repair again)
       await commit(out);
-      await fh.write(p.prefix + out.map(recordLine).join(''));
+      const text = p.prefix + out.map(recordLine).join('');
+      await p.fh.write(text);
       await writeHead(last!, false);
-    });
+      await appended(p, Buffer.byteLength(text), last!);
+    } catch (e) {
+      await failed(p, e);
+    }
   }
 
   async function readHead(): Promise<Head | null | 'bad'> {
@@ -449,6 +537,19 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
 
     appendCommitted(entries, commit) {
       return serialized(`audit:${abs}`, () => withLock(() => appendCommittedLocked(entries, commit)));
+    },
+
+    keepOpen() {
+      keepers++;
+      let done = false;
+      return () => {
+        if (done) return Promise.resolve();
+        done = true;
+        keepers--;
+        return serialized(`audit:${abs}`, async () => {
+          if (keepers === 0) await dropKept();
+        });
+      };
     },
 
     async sync() {

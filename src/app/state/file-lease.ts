@@ -17,25 +17,26 @@
  *   links by a writer that died between create and write) counts as held by
  *   'unknown' until its mtime + ttl has passed.
  */
-import { link, open, rename, rm } from 'node:fs/promises';
+import { link, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Lease, LeaseHolder } from '../../core/ports.ts';
-import {
-  FILE_MODE,
-  displayPath,
-  ensureDir,
-  errnoOf,
-  fsyncDir,
-  isTransient,
-  uniqueSibling,
-  writeFileAtomic,
-} from '../../core/fs.ts';
+import { displayPath, errnoOf, isTransient, openCreating, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
 import { holderLiveness, selfIdentity } from './holder.ts';
 
 const MAX_ATTEMPTS = 8;
+/**
+ * Lock files are written atomically (temp file + link or rename) but not fsync'd: a lock only
+ * matters among live processes, and a power loss ends them all. What a power loss may leave (no lock,
+ * the previous one, or an empty one, which counts as held by 'unknown' until its mtime + ttl) costs
+ * at most a wait of one ttl, as a lock of another boot already does (holder.ts: not provably dead).
+ * Safety never rests on the lock file surviving: every write of a holder is fenced by the token in
+ * `<stateDir>/fences/<key>.json`, which is written durably (file-state-store.ts), so a grant the disk
+ * forgot is still fenced out by the next one.
+ */
+const NOT_SYNCED = { sync: false } as const;
 /** rewrite our own lock in place only while this much time is left (clock skew + I/O latency) */
 const safetyMs = (ttlMs: number) => Math.min(2_000, ttlMs / 4);
 
@@ -105,21 +106,19 @@ async function createExclusive(file: string, text: string): Promise<boolean> {
     if (code && NO_LINKS.has(code)) return await createExclusiveNoLinks(file, text);
     throw ioError(e, 'cannot create', file);
   } finally {
-    await rm(temp, { force: true }).catch(() => undefined);
+    await unlink(temp).catch(() => undefined);
   }
-  await fsyncDir(path.dirname(file)).catch(() => undefined);
   return true;
 }
 
-/** O_EXCL create of `file` holding `text`, synced; a failed write removes the file it created. */
+/** O_EXCL create of `file` holding `text` (not synced: see NOT_SYNCED); a failed write removes the file it created. */
 async function writeNew(file: string, text: string): Promise<void> {
-  const fh = await open(file, 'wx', FILE_MODE);
+  const fh = await openCreating(file, 'wx');
   try {
     await fh.writeFile(text, 'utf8');
-    await fh.sync();
   } catch (e) {
     await fh.close().catch(() => undefined);
-    await rm(file, { force: true }).catch(() => undefined);
+    await unlink(file).catch(() => undefined);
     throw e;
   }
   await fh.close();
@@ -133,7 +132,6 @@ async function createExclusiveNoLinks(file: string, text: string): Promise<boole
     if (errnoOf(e) === 'EEXIST') return false;
     throw ioError(e, 'cannot create', file);
   }
-  await fsyncDir(path.dirname(file)).catch(() => undefined);
   return true;
 }
 
@@ -152,13 +150,13 @@ async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
   }
   const moved = await observe(aside).catch(() => undefined);
   if (moved && moved.dev === seen.dev && moved.ino === seen.ino && moved.raw === seen.raw) {
-    await rm(aside, { force: true }).catch(() => undefined);
+    await unlink(aside).catch(() => undefined);
     return true;
   }
   // We moved a lock that someone had just (re)created: put the same file (inode) back without
   // overwriting anything, so its owner's view of it stays true.
   if (moved) await putBack(aside, file, moved.raw);
-  await rm(aside, { force: true }).catch(() => undefined);
+  await unlink(aside).catch(() => undefined);
   return false;
 }
 
@@ -227,7 +225,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         if (Date.parse(o.content.expiresAt) - now > safetyMs(ttlMs)) {
           // unexpired and ours: nobody else touches it, so replacing it in place is safe
           try {
-            await writeFileAtomic(file, body(owner, acquiredAt, next));
+            await writeFileAtomic(file, body(owner, acquiredAt, next), NOT_SYNCED);
           } catch (e) {
             throw ioError(e, 'cannot renew', file);
           }
@@ -262,11 +260,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
         throw new KeyrotorError('INTERNAL', `lease: ttl must be a positive number of ms (got ${ttlMs})`);
       if (!owner) throw new KeyrotorError('INTERNAL', 'lease: owner must not be empty');
       const file = path.join(locksDir, `${keyName}.lock`);
-      try {
-        await ensureDir(locksDir);
-      } catch (e) {
-        throw ioError(e, 'cannot create', locksDir);
-      }
+      // the locks folder is created by the first exclusive create that finds it missing (openCreating)
       let last: Observed | undefined;
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         const now = clock.now();
@@ -285,7 +279,7 @@ export function createLeaseManager(locksDir: string, clock: Clock): LeaseManager
             const acquiredAt = Date.parse(o.content.acquiredAt);
             const since = Number.isFinite(acquiredAt) ? acquiredAt : now;
             try {
-              await writeFileAtomic(file, body(owner, since, now + ttlMs));
+              await writeFileAtomic(file, body(owner, since, now + ttlMs), NOT_SYNCED);
             } catch (e) {
               throw ioError(e, 'cannot extend', file);
             }

@@ -14,6 +14,10 @@
  * that counter still equals its token (under the in-process queue; across processes the window
  * between that check and the rename is the file backend's limit — use postgres or dynamodb for fleets).
  *
+ * While this instance holds a key's lease, the key's journal (and the audit log) stay open between
+ * appends and what was last appended is remembered with the file's identity and size: a transition
+ * is a stat of the fence file and of the journal, then one write + fsync (see `journals`).
+ *
  * Damage is never reset silently: torn JSON, an unknown format or a record that fails validation is
  * STATE_UNREADABLE naming the file (and the rotation that was in progress, when that much is
  * readable); a newer format is STATE_VERSION.
@@ -23,6 +27,7 @@
  * A damaged entry file is skipped, never deleted.
  */
 import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -37,7 +42,16 @@ import type {
   StateStore,
 } from '../../core/ports.ts';
 import { isLease } from '../../core/ports.ts';
-import { displayPath, ensureDir, errnoOf, fsyncDir, isTransient, serialized, writeFileAtomic } from '../../core/fs.ts';
+import {
+  displayPath,
+  errnoOf,
+  fsyncDir,
+  isTransient,
+  openCreating,
+  serialized,
+  writeFileAtomic,
+  writeFileAtomicStat,
+} from '../../core/fs.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { createJsonlAuditLog, type CommittingAuditLog } from '../audit/jsonl.ts';
 import { isAuditRecord, type AuditRecord } from '../audit/record.ts';
@@ -60,6 +74,16 @@ export interface FileStateStoreOptions {
 export const JOURNAL_FORMAT = 'keyrotor-journal/1';
 /** a journal longer than this is folded into `<key>.json` after its next append */
 export const JOURNAL_COMPACT_BYTES = 256 * 1024;
+
+/** a key's journal as this instance last appended to it (see `journals` in createFileStateStore) */
+interface Journal {
+  /** open while this instance holds the key's lease */
+  fh?: FileHandle;
+  /** device, inode and birth time */
+  id: string;
+  size: number;
+  record: KeyRecord;
+}
 
 interface JournalLine {
   format: string;
@@ -111,9 +135,35 @@ export function createFileStateStore(
   const audit = createJsonlAuditLog(opts.auditFile ?? path.join(root, 'audit', 'audit.jsonl'), {
     committed: journaledAudit,
   });
-  /** what this instance last wrote to or read from a key's journal, valid while the size is unchanged */
-  const cache = new Map<string, { stamp: string; record: KeyRecord }>();
-  const stampOf = (st: { size: number; ino: number; mtimeMs: number }) => `${st.ino}:${st.size}:${st.mtimeMs}`;
+  /**
+   * What this instance last appended to a key's journal: the record, the journal's identity (device,
+   * inode and birth time: a journal folded away and created again is another file even when its inode
+   * number is reused) and its size after that append. Valid while the journal on disk still has that
+   * identity and size: every writer only appends (a torn tail is cut off before a complete line is
+   * added), so any other write grows the file. While this instance holds the key's lease the journal
+   * stays open (`fh`), so a transition's append is one write and one fsync; it is closed on release.
+   */
+  const journals = new Map<string, Journal>();
+  /** the keys whose lease this instance holds (their journals stay open between appends) */
+  const held = new Set<string>();
+  const idOf = (st: { dev: number; ino: number; birthtimeMs: number }) => `${st.dev}:${st.ino}:${st.birthtimeMs}`;
+  async function forget(keyName: string): Promise<void> {
+    const j = journals.get(keyName);
+    journals.delete(keyName);
+    await j?.fh?.close().catch(() => undefined);
+  }
+  /** close the key's journal (what is known of it stays: it is checked against the file before use) */
+  async function closeJournal(keyName: string): Promise<void> {
+    const j = journals.get(keyName);
+    if (!j?.fh) return;
+    const fh = j.fh;
+    journals.set(keyName, { id: j.id, size: j.size, record: j.record });
+    await fh.close().catch(() => undefined);
+  }
+  const fenceStamp = (st: { dev: number; ino: number; birthtimeMs: number; size: number; mtimeMs: number }) =>
+    `${idOf(st)}:${st.size}:${st.mtimeMs}`;
+  /** what this instance knows of each key's fencing counter, valid while the fence file is unchanged */
+  const fences = new Map<string, { stamp: string; token: number; owner: string }>();
 
   function fileOf(keyName: string): string {
     if (!SAFE_KEY_NAME.test(keyName) || keyName.includes('..')) {
@@ -232,9 +282,10 @@ export function createFileStateStore(
     return parsed.data;
   }
 
-  function checkWritable(keyName: string, record: KeyRecord): void {
-    // never write what we could not read back
-    const check = keyRecordSchema.safeParse(JSON.parse(JSON.stringify(record)));
+  /** the record's JSON and what reading it back gives; never write what we could not read back */
+  function checkWritable(keyName: string, record: KeyRecord): { json: string; readBack: KeyRecord } {
+    const json = JSON.stringify(record);
+    const check = keyRecordSchema.safeParse(JSON.parse(json));
     if (!check.success) {
       const issue = check.error.issues[0];
       throw new KeyrotorError(
@@ -242,6 +293,7 @@ export function createFileStateStore(
         `refusing to write an invalid state record for key "${keyName}" (${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'})`,
       );
     }
+    return { json, readBack: check.data };
   }
 
   /** `<key>.json`, replaced atomically and durably (a journal folded in) */
@@ -262,21 +314,58 @@ export function createFileStateStore(
   }
 
   const fenceFile = (keyName: string) => path.join(root, 'fences', `${keyName}.json`);
+  /**
+   * The key's fencing counter. The fence file is only ever replaced whole (an atomic rename: a new
+   * inode and birth time), so while a stat shows the file this instance last read or wrote, that
+   * reading still holds: one stat per fenced write instead of reading the file.
+   */
   async function readFence(keyName: string): Promise<{ token: number; owner: string }> {
+    const file = fenceFile(keyName);
+    const failed = (e: unknown) =>
+      new KeyrotorError('STATE_UNREADABLE', `cannot read ${displayPath(file)} (${errnoOf(e) ?? e})`, {
+        cause: e,
+        retryable: isTransient(e),
+      });
+    let stamp: string;
     try {
-      const o = JSON.parse(await readFile(fenceFile(keyName), 'utf8')) as { token?: unknown; owner?: unknown };
-      const n = Number(o.token);
-      return { token: Number.isSafeInteger(n) && n >= 0 ? n : 0, owner: typeof o.owner === 'string' ? o.owner : '' };
+      const st = await stat(file);
+      stamp = fenceStamp(st);
     } catch (e) {
-      if (errnoOf(e) === 'ENOENT' || e instanceof SyntaxError) return { token: 0, owner: '' };
-      throw new KeyrotorError(
-        'STATE_UNREADABLE',
-        `cannot read ${displayPath(fenceFile(keyName))} (${errnoOf(e) ?? e})`,
-        {
-          cause: e,
-          retryable: isTransient(e),
-        },
-      );
+      fences.delete(keyName);
+      if (errnoOf(e) === 'ENOENT') return { token: 0, owner: '' };
+      throw failed(e);
+    }
+    const known = fences.get(keyName);
+    if (known?.stamp === stamp) return { token: known.token, owner: known.owner };
+    fences.delete(keyName);
+    // content and identity through one descriptor: what is remembered is what was read
+    let fh: FileHandle;
+    try {
+      fh = await open(file, 'r');
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return { token: 0, owner: '' };
+      throw failed(e);
+    }
+    try {
+      const st = await fh.stat();
+      const text = await fh.readFile('utf8');
+      let o: { token?: unknown; owner?: unknown };
+      try {
+        o = JSON.parse(text) as { token?: unknown; owner?: unknown };
+      } catch {
+        return { token: 0, owner: '' }; // unreadable counts as 0 (not remembered)
+      }
+      const n = Number(o.token);
+      const seen = {
+        token: Number.isSafeInteger(n) && n >= 0 ? n : 0,
+        owner: typeof o.owner === 'string' ? o.owner : '',
+      };
+      fences.set(keyName, { stamp: fenceStamp(st), ...seen });
+      return seen;
+    } catch (e) {
+      throw failed(e);
+    } finally {
+      await fh.close();
     }
   }
 
@@ -292,58 +381,89 @@ export function createFileStateStore(
   /**
    * Append one line to the key's journal and fsync it: the one durable write of a state change. A
    * torn last line (a crash in the middle of an earlier append, never acknowledged) is cut off first.
+   * `known` is the journal as `current` found it unchanged since this instance's last append: then
+   * the line goes straight to its open descriptor (no open, no tail check: the file ends with that
+   * append's newline).
    */
-  async function appendJournal(keyName: string, line: string, record: KeyRecord): Promise<number> {
+  async function appendJournal(
+    keyName: string,
+    line: string,
+    record: KeyRecord,
+    known: Journal | undefined,
+  ): Promise<number> {
     const file = journalOf(keyName);
-    await ensureDir(stateFolder);
-    let fh;
-    try {
-      fh = await open(file, 'a+', 0o600);
-    } catch (e) {
-      throw new KeyrotorError('INTERNAL', `cannot open state journal ${displayPath(file)} (${errnoOf(e) ?? e})`, {
-        cause: e,
-        retryable: isTransient(e),
-      });
-    }
-    try {
-      let size = (await fh.stat()).size;
-      if (size > 0) {
-        const last = Buffer.alloc(1);
-        await fh.read(last, 0, 1, size - 1);
-        if (last[0] !== 0x0a) {
-          const all = await fh.readFile();
-          size = all.lastIndexOf(0x0a) + 1;
-          await fh.truncate(size);
-        }
+    let j = known?.fh && journals.get(keyName) === known ? known : undefined;
+    if (!j) {
+      await forget(keyName);
+      let fh: FileHandle;
+      try {
+        fh = await openCreating(file, 'a+');
+      } catch (e) {
+        throw new KeyrotorError('INTERNAL', `cannot open state journal ${displayPath(file)} (${errnoOf(e) ?? e})`, {
+          cause: e,
+          retryable: isTransient(e),
+        });
       }
+      try {
+        const st = await fh.stat();
+        let size = st.size;
+        if (size > 0) {
+          const last = Buffer.alloc(1);
+          await fh.read(last, 0, 1, size - 1);
+          if (last[0] !== 0x0a) {
+            const all = await fh.readFile();
+            size = all.lastIndexOf(0x0a) + 1;
+            await fh.truncate(size);
+          }
+        }
+        j = { fh, id: idOf(st), size, record };
+      } catch (e) {
+        await fh.close().catch(() => undefined);
+        throw appendFailed(file, e);
+      }
+    }
+    const fh = j.fh!;
+    try {
       const bytes = Buffer.from(line, 'utf8');
       await fh.write(bytes, 0, bytes.length, null);
       await fh.sync();
       // a new journal's name must survive a power loss too
-      if (size === 0) await fsyncDir(stateFolder);
-      const st = await fh.stat();
-      cache.set(keyName, { stamp: stampOf(st), record: structuredClone(record) });
-      return st.size;
+      if (j.size === 0) await fsyncDir(stateFolder);
+      j.size += bytes.length;
+      j.record = record;
     } catch (e) {
-      cache.delete(keyName);
-      throw new KeyrotorError(
-        'INTERNAL',
-        `cannot append to state journal ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
-        { cause: e, retryable: isTransient(e) },
-      );
-    } finally {
-      await fh.close();
+      journals.delete(keyName);
+      await fh.close().catch(() => undefined);
+      throw appendFailed(file, e);
     }
+    if (held.has(keyName)) journals.set(keyName, j);
+    else {
+      // not under this instance's lease: nothing is kept open
+      journals.delete(keyName);
+      await fh.close().catch(() => undefined);
+      journals.set(keyName, { id: j.id, size: j.size, record: j.record });
+    }
+    return j.size;
   }
+  const appendFailed = (file: string, e: unknown) =>
+    new KeyrotorError(
+      'INTERNAL',
+      `cannot append to state journal ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
+      { cause: e, retryable: isTransient(e) },
+    );
 
-  /** the key's current record: from this instance's cache while the journal has not changed since */
-  async function current(keyName: string): Promise<KeyRecord> {
-    const c = cache.get(keyName);
-    if (c) {
-      const stamp = await stat(journalOf(keyName)).then(stampOf, () => '');
-      if (stamp === c.stamp) return structuredClone(c.record);
+  /**
+   * The key's current record: this instance's last append while the journal on disk is still exactly
+   * what that append left (one stat), else read from disk.
+   */
+  async function current(keyName: string): Promise<{ record: KeyRecord; journal: Journal | undefined }> {
+    const j = journals.get(keyName);
+    if (j) {
+      const st = await stat(journalOf(keyName)).catch(() => undefined);
+      if (st && idOf(st) === j.id && st.size === j.size) return { record: structuredClone(j.record), journal: j };
+      await forget(keyName);
     }
-    return (await read(keyName)) ?? empty(keyName);
+    return { record: (await read(keyName)) ?? empty(keyName), journal: undefined };
   }
 
   /**
@@ -354,10 +474,10 @@ export function createFileStateStore(
   async function compact(keyName: string, record: KeyRecord): Promise<void> {
     await audit.sync();
     await writeJson(keyName, record);
+    await forget(keyName);
     await unlink(journalOf(keyName)).catch((e: unknown) => {
       if (errnoOf(e) !== 'ENOENT') throw e;
     });
-    cache.delete(keyName);
     await fsyncDir(stateFolder);
   }
 
@@ -373,15 +493,23 @@ export function createFileStateStore(
     entries?: readonly AuditEntry[],
   ): Promise<void | AuditNotWritten> {
     return serialized(fileOf(keyName), async (): Promise<void | AuditNotWritten> => {
+      // the fence check and the journal's stat are independent: asked for together (one wait, not two)
+      const [seen, now] = await Promise.allSettled([fence ? readFence(keyName) : undefined, current(keyName)]);
       if (fence) {
-        const current = (await readFence(keyName)).token;
-        if (current !== fence.token) throw leaseLost(keyName, fence, `the lease was granted again (token ${current})`);
+        if (seen.status === 'rejected') throw seen.reason;
+        const token = seen.value!.token;
+        if (token !== fence.token) throw leaseLost(keyName, fence, `the lease was granted again (token ${token})`);
       }
-      const r = await current(keyName);
+      if (now.status === 'rejected') throw now.reason;
+      const { record: r, journal } = now.value;
       fn(r);
-      checkWritable(keyName, r);
+      // `readBack` (a copy of r as a read would return it) is what this instance remembers
+      const { json, readBack } = checkWritable(keyName, r);
+      // JSON.stringify({ format, record: r, audit? }), the record's JSON made once
       const line = (records?: AuditRecord[]) =>
-        JSON.stringify({ format: JOURNAL_FORMAT, record: r, ...(records?.length ? { audit: records } : {}) }) + '\n';
+        `{"format":${JSON.stringify(JOURNAL_FORMAT)},"record":${json}` +
+        (records?.length ? `,"audit":${JSON.stringify(records)}` : '') +
+        '}\n';
       let size: number;
       let refused: AuditNotWritten | undefined;
       if (entries?.length) {
@@ -390,16 +518,16 @@ export function createFileStateStore(
         try {
           await audit.appendCommitted(entries, async (records) => {
             committed = true;
-            written = await appendJournal(keyName, line(records), r);
+            written = await appendJournal(keyName, line(records), readBack, journal);
           });
         } catch (e) {
           if (committed) throw e;
           // the audit log refused before anything was written (damaged, locked): the snapshot alone
           refused = { auditError: e };
-          written = await appendJournal(keyName, line(), r);
+          written = await appendJournal(keyName, line(), readBack, journal);
         }
         size = written;
-      } else size = await appendJournal(keyName, line(), r);
+      } else size = await appendJournal(keyName, line(), readBack, journal);
       if (size > JOURNAL_COMPACT_BYTES) await compact(keyName, r);
       return refused;
     });
@@ -456,13 +584,19 @@ export function createFileStateStore(
           const seen = await readFence(keyName);
           if (seen.owner === owner && seen.token > 0) return seen.token;
           const next = seen.token + 1;
-          await writeFileAtomic(fenceFile(keyName), JSON.stringify({ token: next, owner }) + '\n');
+          const text = JSON.stringify({ token: next, owner }) + '\n';
+          const st = await writeFileAtomicStat(fenceFile(keyName), text);
+          // remembered by the identity of the file this write put in place (a later replacement differs)
+          if (st) fences.set(keyName, { stamp: fenceStamp(st), token: next, owner });
           return next;
         });
       } catch (e) {
         await got.release().catch(() => undefined);
         throw e;
       }
+      held.add(keyName);
+      // while the lease is held, the audit log's descriptor stays open between the transitions' appends
+      const unkeep = audit.keepOpen();
       const lease: Lease = {
         owner: got.owner,
         get expiresAt() {
@@ -470,7 +604,15 @@ export function createFileStateStore(
         },
         token,
         renew: () => got.renew(),
-        release: () => got.release(),
+        release: async () => {
+          try {
+            await got.release();
+          } finally {
+            held.delete(keyName);
+            await serialized(fileOf(keyName), () => closeJournal(keyName));
+            await unkeep();
+          }
+        },
       };
       return lease;
     },
@@ -527,6 +669,11 @@ export function createFileStateStore(
         const e = await readOutbox(id);
         if (e) await writeOutbox({ ...e, attempts: e.attempts + n });
       });
+    },
+
+    /** closes the journals still open (held leases keep theirs open between appends) */
+    async close() {
+      for (const k of [...journals.keys()]) await serialized(fileOf(k), () => closeJournal(k));
     },
 
     async keys() {
