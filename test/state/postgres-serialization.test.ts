@@ -146,9 +146,11 @@ describe.skipIf(!PG)('PostgreSQL state store: forced serialization failures (400
   beforeAll(async () => {
     admin = new pg.Client({ connectionString: db.url() });
     await admin.connect();
-    // every keyrotor session from now on: REPEATABLE READ, and a short deadlock check
-    await admin.query(`ALTER DATABASE pg_serial SET default_transaction_isolation = 'repeatable read'`);
-    await admin.query(`ALTER DATABASE pg_serial SET deadlock_timeout = '1s'`);
+    // every keyrotor session from now on: REPEATABLE READ, and a short deadlock check (the database's
+    // name is made unique by the shared server: read it from its URL)
+    const name = new URL(db.url()).pathname.slice(1);
+    await admin.query(`ALTER DATABASE ${name} SET default_transaction_isolation = 'repeatable read'`);
+    await admin.query(`ALTER DATABASE ${name} SET deadlock_timeout = '1s'`);
     const s = createPostgresStateStore(cfg, env());
     await s.init!();
     await s.close!();
