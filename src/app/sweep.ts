@@ -21,7 +21,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { closeProviders, composeKey } from './compose.ts';
-import { whileHolding } from './state/hold.ts';
+import { leaseGuard, whileHolding } from './state/hold.ts';
 import type { LoadedConfig } from './config/load.ts';
 import type { ResolvedKey } from './config/schema.ts';
 import { systemClock, type Clock } from '../core/clock.ts';
@@ -180,7 +180,11 @@ export async function sweepKey(key: ResolvedKey, o: SweepOptions): Promise<Sweep
         ).toRecord(),
       };
     }
-    return await whileHolding(got, key.defaults.lease.ttl, log, () => judgeAndDelete(key, o, providers, base, log));
+    // a sweep paused past its lease must not delete what a successor has started using since its judgement
+    const guard = leaseGuard(got, key.defaults.lease.ttl)!;
+    return await whileHolding(got, key.defaults.lease.ttl, log, () =>
+      judgeAndDelete(key, o, providers, base, log, () => guard.ensure()),
+    );
   } catch (e) {
     const err = toKeyrotorError(e);
     if (err.exitCode === 2) throw err;
@@ -197,6 +201,7 @@ async function judgeAndDelete(
   p: Awaited<ReturnType<typeof composeKey>>,
   base: SweepKeyResult,
   log: Logger,
+  stillHolding: () => Promise<void>,
 ): Promise<SweepKeyResult> {
   // re-read under the lease: the truth now
   const record = await o.stateStore.read(key.name);
@@ -293,6 +298,7 @@ async function judgeAndDelete(
       continue;
     }
     try {
+      await stillHolding();
       const r = await p.issuer.revoke(k.keyId);
       log.warn(
         { keyId: k.keyId, name: k.name, rotationId: marker.rotationId, alreadyGone: r.alreadyGone },

@@ -56,6 +56,13 @@ export interface CreateKeyRequest {
    * skip that lookup. Absent or false: the issuer must remove same-name leftovers first.
    */
   firstAttempt?: boolean | undefined;
+  /**
+   * Called after the issuer found keys of this name and right before it deletes them (leftovers of an
+   * earlier attempt, or what an unanswered create may have made): it throws when this worker may no
+   * longer act for the rotation (its lease was lost: a successor may have minted, under this same
+   * name, the key consumers now use). The issuer then deletes nothing and fails with that error.
+   */
+  beforeDeleteByName?: (() => Promise<void>) | undefined;
 }
 
 /** A declared cheap call made with a key, to check its scopes (issuer-smoke-test `model`). */

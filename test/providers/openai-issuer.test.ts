@@ -218,6 +218,33 @@ describe('openai issuer: create never mints a key nobody holds', () => {
     expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([again.keyId]);
   });
 
+  it('a caller that may no longer act for the rotation (beforeDeleteByName throws) deletes nothing of that name', async () => {
+    const { issuer } = await make();
+    const r = req();
+    // the key a successor minted under this rotation's name: consumers use it now
+    const successor = await issuer.create({ ...r, firstAttempt: true });
+    const lost = new KeyrotorError('LEASE_LOST', 'the lease of app was granted to another worker');
+    let asked = 0;
+    const beforeDeleteByName = async () => {
+      asked++;
+      throw lost;
+    };
+    // a retried create: lookup, then the guard refuses the delete; nothing is minted either
+    const e = await failure(issuer.create({ ...r, beforeDeleteByName }));
+    expect(e.code).toBe('LEASE_LOST');
+    expect(asked).toBe(1);
+    expect(fake.state.keysNamed(r.name).map((k) => k.id)).toEqual([successor.keyId]);
+    // an unanswered create's clean-up by name: the key it made is known by id, the successor's is kept
+    fake.loseResponse('serviceAccounts.apiKeys.create');
+    const e2 = await failure(issuer.create({ ...r, firstAttempt: true, beforeDeleteByName }));
+    expect(e2.code).toBe('LEASE_LOST');
+    expect(fake.state.keysNamed(r.name).map((k) => k.id)).toContain(successor.keyId);
+    // with no key of that name the guard is not asked (nothing to delete)
+    const fresh = req();
+    await issuer.create({ ...fresh, beforeDeleteByName });
+    expect(asked).toBe(2);
+  });
+
   it('lost create response: the key is deleted by name and CREATE_AMBIGUOUS is thrown', async () => {
     const { issuer } = await make();
     const r = req();

@@ -86,6 +86,7 @@ export async function createLocalIssuer(cfg: LocalIssuerConfig, ctx: ProviderCon
       // create): its value was returned once and is gone, so delete it and create a fresh one
       const leftovers = r.keys.filter((k) => k.name === req.name);
       if (leftovers.length) {
+        await req.beforeDeleteByName?.();
         ctx.logger.warn(
           { stage: 'issue', keyIds: leftovers.map((k) => k.id) },
           'deleting keys left by an earlier attempt of this rotation',

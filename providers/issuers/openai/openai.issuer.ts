@@ -187,9 +187,13 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
-  /** delete every key of the project carrying exactly this name; returns the ids deleted */
-  async function deleteByName(name: string, stage?: Stage): Promise<string[]> {
+  /**
+   * delete every key of the project carrying exactly this name; returns the ids deleted. `guard` runs
+   * between the lookup and the first delete (CreateKeyRequest.beforeDeleteByName).
+   */
+  async function deleteByName(name: string, stage?: Stage, guard?: () => Promise<void>): Promise<string[]> {
     const found = (await listKeys(stage)).filter((k) => k.name === name);
+    if (found.length && guard) await guard();
     const deleted: string[] = [];
     for (const k of found) {
       await deleteKey(k.id, stage);
@@ -396,10 +400,13 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     try {
       const removed: string[] = [];
       for (const id of extraIds) if (!(await deleteKey(id, 'issue')).alreadyGone) removed.push(id);
-      for (const id of await deleteByName(req.name, 'issue')) if (!removed.includes(id)) removed.push(id);
+      for (const id of await deleteByName(req.name, 'issue', req.beforeDeleteByName))
+        if (!removed.includes(id)) removed.push(id);
       if (removed.length) log.warn({ name: req.name, deleted: removed }, 'deleted keys left by the unanswered create');
       return ambiguousCreate(req, reason, removed, cause);
     } catch (e) {
+      // the caller may no longer act for this rotation (beforeDeleteByName): nothing was deleted
+      if (e instanceof KeyrotorError && e.code === 'LEASE_LOST') return e;
       log.error(
         { name: req.name, error: e instanceof Error ? scrubText(e.message, secrets()) : 'unknown' },
         'cleanup after unanswered create failed',
@@ -452,7 +459,7 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     // (crash or ambiguous answer) whose value nobody holds. Delete it before minting the one we keep.
     // Skipped only when the caller says this rotation cannot have tried before (`firstAttempt`).
     if (req.firstAttempt !== true) {
-      const leftovers = await deleteByName(req.name, 'issue');
+      const leftovers = await deleteByName(req.name, 'issue', req.beforeDeleteByName);
       if (leftovers.length)
         log.warn({ name: req.name, deleted: leftovers }, 'deleted keys left by an earlier attempt of this rotation');
     }

@@ -18,6 +18,8 @@ import type {
   KeyRecord,
   Logger,
   PersistedRotation,
+  SecretStore,
+  StageRequest,
 } from '../../core/ports.ts';
 import {
   MACHINE_VERSION,
@@ -27,6 +29,7 @@ import {
 } from '../../../workflows/rotation/rotation.machine.ts';
 import { createRotationActor, SecretVault, type RotationDeps } from '../../../workflows/rotation/stages/index.ts';
 import { parkedUntilLater, unreplacedLeak } from './due.ts';
+import { leaseGuard } from '../state/hold.ts';
 import { pauseControl } from './pause.ts';
 import { createJournal, notify, type Journal } from './persistence.ts';
 import { parkedResult, pausedResult, recordAfter, resultFrom, waitingResult } from './result.ts';
@@ -94,19 +97,40 @@ export async function runRotation(
   const adopted = (fp: string) => record?.providerState[`adopted.${fp}`];
   // the keys this process minted: one that no written snapshot names is known to nobody else
   const minted: string[] = [];
+  // The token fences state writes only: before the issuer or a store is changed, and between the
+  // issuer's lookup by name and its deletes, the lease is confirmed (a worker paused past its lease
+  // must not delete the key a successor minted under the same name, nor write over its stores)
+  const guard = leaseGuard(fence, key.defaults.lease.ttl);
+  const ensure = async () => guard?.ensure();
   const issuer: Issuer = Object.create(providers.issuer, {
     create: {
       value: async (req: CreateKeyRequest) => {
-        const k = await providers.issuer.create(req);
+        await ensure();
+        const k = await providers.issuer.create(guard ? { ...req, beforeDeleteByName: ensure } : req);
         minted.push(k.keyId);
         return k;
       },
     },
+    revoke: {
+      value: async (keyId: string) => {
+        await ensure();
+        return providers.issuer.revoke(keyId);
+      },
+    },
   }) as Issuer;
+  const guardedStore = (st: SecretStore): SecretStore =>
+    guard
+      ? (Object.create(st, {
+          stage: { value: async (req: StageRequest) => (await ensure(), st.stage(req)) },
+          promote: { value: async (id: string) => (await ensure(), st.promote(id)) },
+          demote: { value: async (id: string) => (await ensure(), st.demote(id)) },
+          unstage: { value: async (id: string) => (await ensure(), st.unstage(id)) },
+        }) as SecretStore)
+      : st;
   const deps: RotationDeps = {
     resumedIn: snapshot ? String(snapshot.value) : undefined,
     issuer,
-    stores: providers.stores,
+    stores: providers.stores.map(guardedStore),
     gates: parking ? providers.gates.map((g) => parking.gate(g)) : providers.gates,
     gateRequire: key.require,
     clock: parking?.clock ?? clock,
