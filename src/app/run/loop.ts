@@ -19,7 +19,6 @@ import type {
   Logger,
   PersistedRotation,
   SecretStore,
-  StageRequest,
 } from '../../core/ports.ts';
 import {
   MACHINE_VERSION,
@@ -61,6 +60,9 @@ function savedSnapshot(key: ResolvedKey, resume: PersistedRotation): z.infer<typ
   }
   return parsed.data;
 }
+
+/** the store calls that change what it holds (guarded by the lease) */
+const CHANGES_STORE: ReadonlySet<string> = new Set(['stage', 'promote', 'demote', 'unstage']);
 
 export async function runRotation(
   key: ResolvedKey,
@@ -118,14 +120,22 @@ export async function runRotation(
       },
     },
   }) as Issuer;
+  // (a proxy with the store as `this`: a store may keep private class fields)
   const guardedStore = (st: SecretStore): SecretStore =>
     guard
-      ? (Object.create(st, {
-          stage: { value: async (req: StageRequest) => (await ensure(), st.stage(req)) },
-          promote: { value: async (id: string) => (await ensure(), st.promote(id)) },
-          demote: { value: async (id: string) => (await ensure(), st.demote(id)) },
-          unstage: { value: async (id: string) => (await ensure(), st.unstage(id)) },
-        }) as SecretStore)
+      ? new Proxy(st, {
+          get(target, prop) {
+            const v: unknown = Reflect.get(target, prop, target);
+            if (typeof v !== 'function') return v;
+            const fn = v as (...a: unknown[]) => unknown;
+            if (typeof prop === 'string' && CHANGES_STORE.has(prop))
+              return async (...a: unknown[]) => {
+                await ensure();
+                return fn.apply(target, a);
+              };
+            return fn.bind(target);
+          },
+        })
       : st;
   const deps: RotationDeps = {
     resumedIn: snapshot ? String(snapshot.value) : undefined,
