@@ -60,9 +60,13 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
 
   const settings = auditSettings(o.config);
   let log: AuditLog | undefined;
+  let shared: AuditLog | undefined;
   if (o.audit !== false && (o.audit || settings.enabled)) {
     // the state backend's own trail: a rotation's records are written with its snapshots (one write)
-    log = o.audit ? undefined : createStateAuditLog(o.config, o.env ?? process.env);
+    // (a database backend's trail comes from the caller's store when it has one: its connections, not
+    // a pool per run — a daemon, serve or a warm Lambda builds observers for every run or request)
+    shared = o.config.raw.state.type !== 'file' ? storeAuditLog(o.stateStore) : undefined;
+    log = o.audit ? undefined : (shared ?? createStateAuditLog(o.config, o.env ?? process.env));
     const base: AuditSink = o.audit || log!;
     const mirror = settings.mirrorToLog ? logAuditSink(o.logger.child({ component: 'audit' })) : undefined;
     const sink = mirror ? teeAuditSink([base, mirror]) : base;
@@ -94,11 +98,18 @@ export function defaultObservers(o: ObserverOptions): RotationObserver[] {
         (released ??= (async () => {
           await flushObservers(observers, 10_000); // the notifier writes its outbox through the store
           untrack();
-          await Promise.allSettled([log?.close?.(), made?.close?.()]);
+          // a trail taken from the caller's store is the caller's to close with it
+          await Promise.allSettled([log === shared ? undefined : log?.close?.(), made?.close?.()]);
         })()),
     );
   }
   return observers;
+}
+
+/** the audit trail of a database state store (its own connections), if it is one */
+function storeAuditLog(store: StateStore | undefined): AuditLog | undefined {
+  const s: (StateStore & { auditLog?: () => AuditLog }) | undefined = store;
+  return typeof s?.auditLog === 'function' ? s.auditLog() : undefined;
 }
 
 function isNotifier(x: RotationObserver): x is Notifier {

@@ -83,6 +83,49 @@ describe.skipIf(!postgresSupportOrSkip('CLI connections on PostgreSQL'))('main()
     expect(await sessions()).toBe(0);
   }, 180_000);
 
+  it("a long-lived worker's runs (daemon, serve, a warm Lambda) write the audit trail through its state store's pool", async () => {
+    const dir = workspace(CONFIG, 'worker-connections');
+    const env = { KEYROTOR_DATABASE_URL: db.url(), KEYROTOR_MASTER_KEY: MASTER };
+    const { loadConfig } = await import('../../src/entrypoints/index.ts');
+    const { createStateStore } = await import('../../src/app/state/index.ts');
+    const { defaultObservers, flushObservers } = await import('../../src/app/observers.ts');
+    const { rotateKeys } = await import('../../src/app/run.ts');
+    const { silentLogger } = await import('../../src/app/log.ts');
+    const config = await loadConfig(path.join(dir, 'rotation.config.yaml'), env);
+    const store = createStateStore(config, env);
+    await store.init?.();
+    const now = async () =>
+      Number(
+        (
+          await monitor.query<{ n: string }>(
+            'SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()',
+          )
+        ).rows[0]!.n,
+      );
+    const counts: number[] = [];
+    try {
+      // what the daemon does per tick and serve / the Lambda handler per request: observers built per run
+      for (let i = 0; i < 6; i++) {
+        const logger = silentLogger();
+        const observers = defaultObservers({ config, logger, actor: 'daemon', env, stateStore: store });
+        const [r] = await rotateKeys(config.keys, { config, stateStore: store, logger, env, now: true, observers });
+        expect(r).toMatchObject({ outcome: 'rotated' });
+        await flushObservers(observers);
+        counts.push(await now());
+      }
+      // the audit records went into the trail (one chain), written with the snapshots
+      const audit = await import('../../src/app/audit/index.ts');
+      const trail = audit.openAuditLog(config, {}, env);
+      expect((await trail.verify()).ok).toBe(true);
+      await trail.close?.();
+    } finally {
+      await store.close?.();
+    }
+    // before: every run opened a pool of its own for the audit trail, alive until pg's idle timeout
+    expect(counts.at(-1)).toBeLessThanOrEqual(counts[0]! + 1);
+    expect(await sessions()).toBe(0);
+  }, 120_000);
+
   it("the library's rotate() and status() close the state store they made (and the audit trail's pool)", async () => {
     const dir = workspace(CONFIG, 'lib-connections');
     const env = { KEYROTOR_DATABASE_URL: db.url(), KEYROTOR_MASTER_KEY: MASTER };
