@@ -111,6 +111,21 @@ describe.skipIf(!postgresSupportOrSkip('CLI connections on PostgreSQL'))('main()
         const [r] = await rotateKeys(config.keys, { config, stateStore: store, logger, env, now: true, observers });
         expect(r).toMatchObject({ outcome: 'rotated' });
         await flushObservers(observers);
+        // a run that finds the key locked by another worker: its result is audited outside a rotation's
+        // writes (through the audit trail's own connection)
+        const other = await store.acquire('demo', 'another-worker', 60_000);
+        const again = defaultObservers({ config, logger, actor: 'daemon', env, stateStore: store });
+        const [l] = await rotateKeys(config.keys, {
+          config,
+          stateStore: store,
+          logger,
+          env,
+          now: true,
+          observers: again,
+        });
+        expect(l).toMatchObject({ outcome: 'locked' });
+        await flushObservers(again);
+        if ('release' in other) await other.release();
         counts.push(await now());
       }
       // the audit records went into the trail (one chain), written with the snapshots
