@@ -93,3 +93,26 @@ export function treeText(dir: string): string {
     .map((b) => Buffer.from(b, 'base64').toString('latin1'))
     .join('\n');
 }
+
+/**
+ * A spawned `keyrotor serve`: `url` from its "listening" log line (rejects after `timeoutMs`), and
+ * `stderr()`, all it wrote to stderr so far.
+ */
+export function serveOutput(
+  child: { stderr: NodeJS.ReadableStream | null },
+  timeoutMs = 20_000,
+): { url: Promise<string>; stderr: () => string } {
+  let text = '';
+  const url = new Promise<string>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no "listening" line: ${text}`)), timeoutMs);
+    child.stderr?.on('data', (d: Buffer) => {
+      text += d.toString();
+      const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(text);
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]!);
+      }
+    });
+  });
+  return { url, stderr: () => text };
+}

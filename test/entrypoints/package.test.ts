@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { capture } from '../helpers/artifacts.ts';
 import { CANARY } from '../canary.ts';
-import { ROOT } from './cli-helpers.ts';
+import { ROOT, serveOutput } from './cli-helpers.ts';
 import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
@@ -191,19 +191,9 @@ describe('npm package', () => {
         env: { ...env(), KEYROTOR_LOG_LEVEL: 'info', KEYROTOR_SERVE_TOKEN: 'package-test-token-0123456789abcdef' },
         stdio: ['ignore', 'ignore', 'pipe'],
       });
-      let stderr = '';
+      const out = serveOutput(child, 30_000);
       try {
-        const url = await new Promise<string>((resolve, reject) => {
-          const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 30_000);
-          child.stderr.on('data', (d: Buffer) => {
-            stderr += d.toString();
-            const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
-            if (m) {
-              clearTimeout(t);
-              resolve(m[1]!);
-            }
-          });
-        });
+        const url = await out.url;
         const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
         expect(argv.slice(1)).toEqual([...workerHeapFlags(), bin, 'serve', '--port', '0', '--host', '127.0.0.1']);
         expect((await fetch(`${url}/healthz`)).status).toBe(200);
@@ -212,7 +202,7 @@ describe('npm package', () => {
         expect(await exited).toBe(0);
       } finally {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-        capture('package-serve.stderr', stderr);
+        capture('package-serve.stderr', out.stderr());
       }
     },
     60_000,

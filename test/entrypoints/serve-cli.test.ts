@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { capture } from '../helpers/artifacts.ts';
 import path from 'node:path';
 import { main as _main } from '../../src/entrypoints/cli.ts';
-import { CLI, LOCAL_CONFIG, workspace, cliInProcess } from './cli-helpers.ts';
+import { CLI, LOCAL_CONFIG, workspace, cliInProcess, serveOutput } from './cli-helpers.ts';
 import { workerHeapFlags } from '../../src/entrypoints/heap.ts';
 
 const TOKEN = 'serve-cli-test-token-0123456789abcdef';
@@ -93,20 +93,10 @@ describe('keyrotor serve (process)', () => {
       },
     );
     children.push(child);
-    let stderr = '';
+    const out = serveOutput(child, 20_000);
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    const url = await new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 20_000);
-      child.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
-        if (m) {
-          clearTimeout(t);
-          resolve(m[1]!);
-        }
-      });
-    });
+    const url = await out.url;
     const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
     // the worker runs with its heap flags (docs/operations.md#worker-memory): Node started again with
     // them in the same process, the CLI's arguments unchanged
@@ -137,10 +127,10 @@ describe('keyrotor serve (process)', () => {
 
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
-    capture('serve-proc.stderr', stderr);
+    capture('serve-proc.stderr', out.stderr());
     capture('serve-proc.stdout', stdout);
-    expect(stderr).toContain('"msg":"stopped"');
-    expect(stderr).not.toContain(TOKEN);
+    expect(out.stderr()).toContain('"msg":"stopped"');
+    expect(out.stderr()).not.toContain(TOKEN);
   });
 
   it.runIf(HAS_PROC)('heap flags in NODE_OPTIONS win: serve then runs as started, with those', async () => {
@@ -156,23 +146,13 @@ describe('keyrotor serve (process)', () => {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     children.push(child);
-    let stderr = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no "listening" line: ${stderr}`)), 20_000);
-      child.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        const m = /"url":"(http:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"listening"/.exec(stderr);
-        if (m) {
-          clearTimeout(t);
-          resolve(m[1]!);
-        }
-      });
-    });
+    const out = serveOutput(child, 20_000);
+    const url = await out.url;
     const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
     expect(cmdline(child.pid!)).toEqual([process.execPath, CLI, 'serve', '--port', '0', '--host', '127.0.0.1']);
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
-    capture('serve-own-heap.stderr', stderr);
+    capture('serve-own-heap.stderr', out.stderr());
   });
 });

@@ -320,13 +320,17 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
     await writeFileAtomic(headFile, JSON.stringify(head) + '\n', { sync });
   }
 
-  async function opened<T>(fn: (fh: FileHandle) => Promise<T>): Promise<T> {
-    let fh: FileHandle;
+  /** the log opened for appending and reading (created 0600 when missing) */
+  async function openLog(): Promise<FileHandle> {
     try {
-      fh = await open(abs, 'a+', 0o600);
+      return await open(abs, 'a+', 0o600);
     } catch (e) {
       throw unavailable('cannot open', e);
     }
+  }
+
+  async function opened<T>(fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    const fh = await openLog();
     try {
       return await fn(fh);
     } finally {
@@ -408,12 +412,7 @@ export function createJsonlAuditLog(file: string, opts: JsonlAuditOptions = {}):
         return { fh: kept.fh, id: kept.id, size: kept.size, last: kept.last, prefix: '', repair: [] };
       await dropKept();
     }
-    let fh: FileHandle;
-    try {
-      fh = await open(abs, 'a+', 0o600);
-    } catch (e) {
-      throw unavailable('cannot open', e);
-    }
+    const fh = await openLog();
     try {
       return await prepare(fh);
     } catch (e) {

@@ -76,6 +76,16 @@ export interface DynamoStateStoreOptions {
   clock?: Clock;
 }
 
+/** a lease grant to a new owner: owner, expiry, grant time and holder set, the fencing token bumped */
+const GRANT = {
+  UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
+  ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
+} as const;
+
+function grantValues(owner: string, now: number, ttlMs: number, holder: string): Item {
+  return { ':o': S(owner), ':exp': N(now + ttlMs), ':now': N(now), ':h': S(holder), ':one': N(1) };
+}
+
 export function createDynamoStateStore(
   cfg: DynamoStateConfig,
   env: NodeJS.ProcessEnv,
@@ -409,15 +419,10 @@ export function createDynamoStateStore(
           new m.UpdateItemCommand({
             TableName: table,
             Key: { pk: S(pk(keyName)), sk: S('lease') },
-            UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
+            ...GRANT,
             ConditionExpression: '#t = :seenT AND #o = :seenO',
-            ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
             ExpressionAttributeValues: {
-              ':o': S(owner),
-              ':exp': N(now + ttlMs),
-              ':now': N(now),
-              ':h': S(holder),
-              ':one': N(1),
+              ...grantValues(owner, now, ttlMs, holder),
               ':seenT': N(seen.token!),
               ':seenO': S(seen.owner),
             },
@@ -608,16 +613,9 @@ export function createDynamoStateStore(
                         ExpressionAttributeValues: { ':o': S(owner), ':exp': N(now + ttlMs) },
                       }
                     : {
-                        UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
+                        ...GRANT,
                         ConditionExpression: 'attribute_not_exists(pk) OR expiresAt <= :now',
-                        ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
-                        ExpressionAttributeValues: {
-                          ':o': S(owner),
-                          ':exp': N(now + ttlMs),
-                          ':now': N(now),
-                          ':one': N(1),
-                          ':h': S(holder),
-                        },
+                        ExpressionAttributeValues: grantValues(owner, now, ttlMs, holder),
                       }),
                   ReturnValues: 'ALL_NEW',
                 }),
@@ -696,17 +694,12 @@ export function createDynamoStateStore(
                   new m.UpdateItemCommand({
                     TableName: table,
                     Key: { pk: S(pk(c.keyName)), sk: S('lease') },
-                    UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
+                    ...GRANT,
                     ConditionExpression:
                       'attribute_not_exists(pk) OR (expiresAt <= :now AND (attribute_not_exists(acquiredAt) OR acquiredAt < :since))',
-                    ExpressionAttributeNames: { '#o': 'owner', '#t': 'token' },
                     ExpressionAttributeValues: {
-                      ':o': S(owner),
-                      ':exp': N(now + c.ttlMs),
-                      ':now': N(now),
+                      ...grantValues(owner, now, c.ttlMs, holderJson()),
                       ':since': N(since),
-                      ':one': N(1),
-                      ':h': S(holderJson()),
                     },
                     ReturnValues: 'ALL_NEW',
                   }),

@@ -594,6 +594,14 @@ export function createFileStateStore(
         await got.release().catch(() => undefined);
         throw e;
       }
+      // A racer that took an expired lock over on a stale look may have moved this lock aside meanwhile
+      // (file-lease.ts removeIfSame): if the lock names someone else now, this grant is not ours. (Moved
+      // after this look, it is the fencing token that stops this holder: the new one's grant is larger.)
+      const now = await leases.holder(keyName, ttlMs);
+      if (now && now.owner !== owner) {
+        await got.release().catch(() => undefined);
+        return now;
+      }
       held.add(keyName);
       // while the lease is held, the audit log's descriptor stays open between the transitions' appends
       const unkeep = audit.keepOpen();

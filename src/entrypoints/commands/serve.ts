@@ -61,6 +61,13 @@ export async function runServe(ctx: CommandContext, opts: ServeOptions): Promise
     import('../../app/metrics.ts'),
   ]);
   await enableProcessMetrics(); // CPU, memory, event loop on GET /metrics
+  // the stop signals are taken before the server starts: a SIGTERM right after the "listening" line
+  // (or during start-up) stops it cleanly, exit 0, instead of killing the process
+  const stopped = new Promise<string>((resolve) => {
+    const on = (s: string) => () => resolve(s);
+    process.once('SIGTERM', on('SIGTERM'));
+    process.once('SIGINT', on('SIGINT'));
+  });
   const srv = await startServer({
     config: cfg,
     auth,
@@ -73,11 +80,7 @@ export async function runServe(ctx: CommandContext, opts: ServeOptions): Promise
     requestTimeoutMs: requestTimeout,
     safetyMarginMs: safetyMargin,
   });
-  const signal = await new Promise<string>((resolve) => {
-    const on = (s: string) => () => resolve(s);
-    process.once('SIGTERM', on('SIGTERM'));
-    process.once('SIGINT', on('SIGINT'));
-  });
+  const signal = await stopped;
   logger.info({ signal }, 'stopping: running rotations pause at the next safe point');
   await srv.close();
 }
