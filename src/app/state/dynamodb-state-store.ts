@@ -76,6 +76,15 @@ export interface DynamoStateStoreOptions {
   clock?: Clock;
 }
 
+/** errors that refuse a request before DynamoDB applies it, because of load */
+const THROTTLED: ReadonlySet<string> = new Set([
+  'ThrottlingException',
+  'ProvisionedThroughputExceededException',
+  'RequestLimitExceeded',
+]);
+/** rounds of the SDK's attempts (maxAttempts each) for a throttled request: pauses 0.2 + 0.4 + 0.8 s */
+const THROTTLED_ROUNDS = 3;
+
 /** a lease grant to a new owner: owner, expiry, grant time and holder set, the fencing token bumped */
 const GRANT = {
   UpdateExpression: 'SET #o = :o, expiresAt = :exp, acquiredAt = :now, holder = :h ADD #t :one',
@@ -154,10 +163,20 @@ export function createDynamoStateStore(
 
   async function send<T>(doing: string, make: (m: typeof DDB, c: DDB.DynamoDBClient) => Promise<T>): Promise<T> {
     const { sdk: m, client } = await sdk();
-    try {
-      return await make(m, client);
-    } catch (e) {
-      throw mapError(e, doing);
+    for (let round = 0; ; round++) {
+      try {
+        return await make(m, client);
+      } catch (e) {
+        // every attempt the SDK made was throttled: DynamoDB refuses a throttled request before applying
+        // it, so asking again is safe; a few more rounds, each after a longer pause, before the state
+        // counts as unavailable (a rotation must not stop half-way on a burst of throttling)
+        const name = (e as { name?: unknown } | null)?.name;
+        if (round < THROTTLED_ROUNDS && typeof name === 'string' && THROTTLED.has(name)) {
+          await new Promise((r) => setTimeout(r, 200 * 2 ** round));
+          continue;
+        }
+        throw mapError(e, doing);
+      }
     }
   }
 
