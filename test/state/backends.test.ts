@@ -16,6 +16,7 @@ import path from 'node:path';
 import type { OutboxEntry, StateStore } from '../../src/core/ports.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { freePort, motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
+import { startDynamoFaultProxy } from '../fakes/dynamodb-fault-proxy.ts';
 import { postgresSupportOrSkip, type Postgres } from '../fakes/postgres.ts';
 import { sharedPostgres } from '../helpers/postgres-db.ts';
 import { describeStateBackendContract, rejection, result, rotation } from './backend-contract.ts';
@@ -228,6 +229,26 @@ describe.skipIf(!MOTO)('DynamoDB state backend (moto)', () => {
   });
   const ddbStore = (table: string): StateStore =>
     createDynamoStateStore({ type: 'dynamodb', table, region: 'us-east-1', endpoint: moto.endpoint }, {});
+
+  it('a request throttled on every attempt the SDK makes is asked again: 6 throttles in a row, then the answer', async () => {
+    const proxy = await startDynamoFaultProxy(moto.endpoint);
+    const table = unique('keyrotor-throttle-');
+    const s = createDynamoStateStore({ type: 'dynamodb', table, region: 'us-east-1', endpoint: proxy.endpoint }, {});
+    try {
+      await s.init!();
+      await s.read('nothing-yet');
+      // every request is throttled until 6 in a row were: more than the SDK's 4 attempts for one call
+      proxy.chaos({ next: () => 0 }, { throttle: 1, maxInARow: 6 });
+      expect(await s.read('app')).toBeNull();
+      const throttled =
+        (proxy.stats.ThrottlingException ?? 0) + (proxy.stats.ProvisionedThroughputExceededException ?? 0);
+      expect(throttled).toBe(6);
+    } finally {
+      proxy.calm();
+      await s.close?.();
+      await proxy.close();
+    }
+  }, 60_000);
 
   describeStateBackendContract('dynamodb', async () => {
     const table = unique('keyrotor-state-');
