@@ -141,10 +141,6 @@ async function createExclusiveNoLinks(file: string, text: string): Promise<boole
  * lock in the same instant (then the displaced owner finds out on renew).
  */
 async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
-  // look again right before the move: what was observed may be long gone (another racer took the
-  // lease over and made its own lock since), and moving that aside is what could displace it
-  const now = await observe(file);
-  if (!now || now.dev !== seen.dev || now.ino !== seen.ino || now.raw !== seen.raw) return false;
   const aside = uniqueSibling(file, 'stale');
   try {
     await rename(file, aside);
