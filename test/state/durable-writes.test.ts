@@ -23,10 +23,9 @@ import { createStateAuditLog, createStateStore } from '../../src/app/state/index
 import type { AuditRecord } from '../../src/app/audit/record.ts';
 import { tempDir } from '../helpers/artifacts.ts';
 import { CLI } from '../entrypoints/cli-helpers.ts';
-import { postgresSupportOrSkip } from '../fakes/postgres.ts';
+import { postgresSupportOrSkip, startPostgres, type Postgres } from '../fakes/postgres.ts';
 import { motoSupportOrSkip, startMoto, type Moto } from '../fakes/moto.ts';
 import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy.ts';
-import { usePostgresDatabase } from '../helpers/postgres-db.ts';
 import { keyConfig, SMOKE_TEST } from '../helpers/config.ts';
 
 const MASTER = '3d'.repeat(32);
@@ -134,7 +133,18 @@ describe('one durable write per transition', () => {
 
   const PG = postgresSupportOrSkip('durable writes on PostgreSQL');
   describe.skipIf(!PG)('postgres', () => {
-    const db = usePostgresDatabase('durable');
+    // a server of its own: the transaction-id counter is the whole server's, and the run's shared
+    // server also serves the test files running beside this one
+    let server: Postgres | undefined;
+    let url = '';
+    beforeAll(async () => {
+      server = await startPostgres();
+      url = await server.createDatabase('durable');
+    }, 60_000);
+    afterAll(async () => {
+      await server?.close();
+    });
+    const db = { url: () => url };
 
     it('PostgreSQL: one write transaction per transition (record, audit records and head together)', async () => {
       const env = { KEYROTOR_MASTER_KEY: MASTER, KEYROTOR_DATABASE_URL: db.url() };
