@@ -1,7 +1,7 @@
 /**
  * Counts file operations under watched folders (the file store's secrets folder, the state folder,
  * the floor's folder), for P2: the file store has no server whose log could be read. Wraps
- * `fs/promises` readFile and open (the functions the file store and the state store use) and
+ * `fs/promises` readFile and open and `fs` openSync (the functions the file store and the state store use) and
  * publishes the wrappers to every ES module importer with syncBuiltinESMExports. Benchmark only.
  */
 import { createRequire, syncBuiltinESMExports } from 'node:module';
@@ -36,6 +36,14 @@ export function installFsCounter(dirs: Record<string, string>): { counts: () => 
     const k = which(p);
     if (k && typeof flags === 'string' && /[wa]/.test(flags)) counts[k]!.writes++;
     return (open as (...a: unknown[]) => unknown).call(this, p, flags, ...rest);
+  };
+  // the state backend's hot path also opens files with direct system calls (core/fs.ts replaceFileSync)
+  const fs = require('node:fs') as typeof import('node:fs');
+  const openSync = fs.openSync;
+  (fs as { openSync: unknown }).openSync = function (this: unknown, p: unknown, flags?: unknown, ...rest: unknown[]) {
+    const k = which(p);
+    if (k && typeof flags === 'string' && /[wa]/.test(flags)) counts[k]!.writes++;
+    return (openSync as (...a: unknown[]) => unknown).call(this, p, flags, ...rest);
   };
   syncBuiltinESMExports();
   return { counts: () => JSON.parse(JSON.stringify(counts)) as Record<string, FsCounts> };

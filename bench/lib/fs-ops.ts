@@ -9,8 +9,9 @@
  *                                          # grouped by operation and the first keyrotor frames
  *   NOOBS=1 ...                            # without observers (no audit trail, no metrics)
  *
- * Counting wraps `fs/promises` (published to ES module importers with syncBuiltinESMExports, as
- * fs-counter.ts does) and FileHandle's prototype (closes are not counted), so it sees what keyrotor
+ * Counting wraps `fs/promises`, the synchronous calls of `fs` the hot path makes (published to ES module
+ * importers with syncBuiltinESMExports, as fs-counter.ts does) and FileHandle's prototype (closes are
+ * not counted), so it sees what keyrotor
  * asks for, not the system calls each becomes (`strace -f -c` shows those). Benchmark only.
  */
 import path from 'node:path';
@@ -61,6 +62,10 @@ async function installCounter(): Promise<void> {
   for (const n of ['open', 'readFile', 'writeFile', 'appendFile', 'stat', 'lstat', 'mkdir', 'rename', 'rm'])
     wrap(fsp, n, n);
   for (const n of ['unlink', 'link', 'symlink', 'readlink', 'readdir', 'truncate', 'access']) wrap(fsp, n, n);
+  // the direct (synchronous) system calls the hot path makes (core/fs.ts writeAllSync)
+  const fs = require('node:fs') as Record<string, unknown>;
+  for (const n of ['statSync', 'symlinkSync', 'unlinkSync', 'openSync', 'writeSync', 'renameSync', 'readFileSync'])
+    wrap(fs, n, n);
   syncBuiltinESMExports();
   const probe = await (fsp.open as typeof import('node:fs/promises').open)(process.execPath, 'r');
   const proto = Object.getPrototypeOf(probe) as Record<string, unknown>;

@@ -161,4 +161,36 @@ describe('file backend journal', () => {
     expect((await createFileStateStore(dir).read('app'))?.providerState.blob0).toBe(blob);
     expect(await createFileStateStore(dir).keys()).toEqual(['app']);
   });
+
+  it("the head file catches up when a lease is released: lagging while keys are held, never moved back by an older writer's release", async () => {
+    const dir = tempDir('journal-head');
+    const file = path.join(dir, 'audit', 'audit.jsonl');
+    const head = () => (JSON.parse(readFileSync(`${file}.head`, 'utf8')) as { seq: number }).seq;
+    const lastSeq = () => (JSON.parse(readFileSync(file, 'utf8').trim().split('\n').at(-1)!) as { seq: number }).seq;
+    // two instances (two processes' worth of state), each holding a key's lease
+    const a = createFileStateStore(dir);
+    const b = createFileStateStore(dir);
+    const la = await a.acquire('a', 'worker-a', 60_000);
+    const lb = await b.acquire('b', 'worker-b', 60_000);
+    if (!('token' in la) || !('token' in lb)) throw new Error('leases not granted');
+    await a.saveActive('a', rotation(R1, 'preflight', 'a'), la, [entry('a', 'preflight')]);
+    await a.saveActive('a', rotation(R1, 'issue', 'a'), la, [entry('a', 'issue')]);
+    await b.saveActive('b', rotation(R2, 'preflight', 'b'), lb, [entry('b', 'preflight', R2)]);
+    expect(lastSeq()).toBe(3);
+    // while held, the head may lag behind (verify accepts records after it)
+    expect(existsSync(`${file}.head`) ? head() : 0).toBeLessThan(3);
+    expect(await createFileStateStore(dir).auditLog().verify()).toMatchObject({ ok: true, records: 3 });
+
+    // a releases first: its last record is no longer the log's last; the head names the log's end
+    await la.release();
+    expect(head()).toBe(3);
+    await b.saveActive('b', rotation(R2, 'issue', 'b'), lb, [entry('b', 'issue', R2)]);
+    await lb.release();
+    expect(head()).toBe(4);
+
+    // after the releases, the head names the log's last record, hash and all
+    const last = JSON.parse(readFileSync(file, 'utf8').trim().split('\n').at(-1)!) as { seq: number; hash: string };
+    expect(JSON.parse(readFileSync(`${file}.head`, 'utf8'))).toMatchObject({ seq: last.seq, hash: last.hash });
+    expect(await createFileStateStore(dir).auditLog().verify()).toMatchObject({ ok: true, records: 4, headSeq: 4 });
+  });
 });

@@ -28,6 +28,7 @@
  */
 import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -49,6 +50,7 @@ import {
   isTransient,
   openCreating,
   serialized,
+  writeAllSync,
   writeFileAtomic,
   writeFileAtomicStat,
 } from '../../core/fs.ts';
@@ -328,7 +330,8 @@ export function createFileStateStore(
       });
     let stamp: string;
     try {
-      const st = await stat(file);
+      // every fenced write makes this stat: one direct system call (see writeAllSync in core/fs.ts)
+      const st = statSync(file);
       stamp = fenceStamp(st);
     } catch (e) {
       fences.delete(keyName);
@@ -424,8 +427,9 @@ export function createFileStateStore(
     }
     const fh = j.fh!;
     try {
+      // the write in a direct system call (short, local); the fsync waits for the disk: asynchronous
       const bytes = Buffer.from(line, 'utf8');
-      await fh.write(bytes, 0, bytes.length, null);
+      writeAllSync(fh.fd, bytes);
       await fh.sync();
       // a new journal's name must survive a power loss too
       if (j.size === 0) await fsyncDir(stateFolder);
@@ -459,7 +463,12 @@ export function createFileStateStore(
   async function current(keyName: string): Promise<{ record: KeyRecord; journal: Journal | undefined }> {
     const j = journals.get(keyName);
     if (j) {
-      const st = await stat(journalOf(keyName)).catch(() => undefined);
+      let st: { dev: number; ino: number; birthtimeMs: number; size: number } | undefined;
+      try {
+        st = statSync(journalOf(keyName)); // every write makes this stat: direct (see readFence)
+      } catch {
+        st = undefined;
+      }
       if (st && idOf(st) === j.id && st.size === j.size) return { record: structuredClone(j.record), journal: j };
       await forget(keyName);
     }
