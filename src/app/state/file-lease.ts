@@ -17,12 +17,21 @@
  *   links by a writer that died between create and write) counts as held by
  *   'unknown' until its mtime + ttl has passed.
  */
-import { link, open, rename, unlink } from 'node:fs/promises';
+import { closeSync, fstatSync, linkSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { KeyrotorError } from '../../core/errors.ts';
 import type { Clock } from '../../core/clock.ts';
 import type { Lease, LeaseHolder } from '../../core/ports.ts';
-import { displayPath, errnoOf, isTransient, openCreating, uniqueSibling, writeFileAtomic } from '../../core/fs.ts';
+import {
+  DIR_MODE,
+  FILE_MODE,
+  displayPath,
+  errnoOf,
+  isTransient,
+  uniqueSibling,
+  writeAllSync,
+  writeFileAtomic,
+} from '../../core/fs.ts';
 import { lockContentSchema, type LockContent } from './schema.ts';
 import { holderLiveness, selfIdentity } from './holder.ts';
 
@@ -55,18 +64,26 @@ function ioError(e: unknown, what: string, file: string): KeyrotorError {
   });
 }
 
-/** Read a lock file and its identity through one descriptor; undefined when absent. */
+/**
+ * Read a lock file and its identity through one descriptor; undefined when absent. Like every file
+ * operation here, in direct system calls (a lock file is small and local, and a lease's acquire and
+ * release make about twenty of them: each would otherwise be a ~35 µs round trip through libuv's
+ * thread pool; see writeAllSync in core/fs.ts).
+ */
 async function observe(file: string): Promise<Observed | undefined> {
-  let fh;
+  return Promise.resolve().then(() => observeSync(file));
+}
+function observeSync(file: string): Observed | undefined {
+  let fd: number;
   try {
-    fh = await open(file, 'r');
+    fd = openSync(file, 'r');
   } catch (e) {
     if (errnoOf(e) === 'ENOENT') return undefined;
     throw ioError(e, 'cannot open', file);
   }
   try {
-    const st = await fh.stat();
-    const raw = await fh.readFile('utf8');
+    const st = fstatSync(fd);
+    const raw = readFileSync(fd, 'utf8');
     let content: LockContent | undefined;
     try {
       const p = lockContentSchema.safeParse(JSON.parse(raw));
@@ -78,7 +95,7 @@ async function observe(file: string): Promise<Observed | undefined> {
   } catch (e) {
     throw ioError(e, 'cannot read', file);
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 
@@ -92,42 +109,60 @@ const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EXDEV', '
  * hard links it falls back to O_EXCL create + write.
  */
 async function createExclusive(file: string, text: string): Promise<boolean> {
+  return Promise.resolve().then(() => createExclusiveSync(file, text));
+}
+function createExclusiveSync(file: string, text: string): boolean {
   const temp = uniqueSibling(file, 'new');
   try {
-    await writeNew(temp, text);
+    writeNew(temp, text);
   } catch (e) {
     throw ioError(e, 'cannot write', temp);
   }
   try {
-    await link(temp, file);
+    linkSync(temp, file);
   } catch (e) {
     const code = errnoOf(e);
     if (code === 'EEXIST') return false;
-    if (code && NO_LINKS.has(code)) return await createExclusiveNoLinks(file, text);
+    if (code && NO_LINKS.has(code)) return createExclusiveNoLinks(file, text);
     throw ioError(e, 'cannot create', file);
   } finally {
-    await unlink(temp).catch(() => undefined);
+    unlinkQuietly(temp);
   }
   return true;
 }
 
-/** O_EXCL create of `file` holding `text` (not synced: see NOT_SYNCED); a failed write removes the file it created. */
-async function writeNew(file: string, text: string): Promise<void> {
-  const fh = await openCreating(file, 'wx');
+function unlinkQuietly(file: string): void {
   try {
-    await fh.writeFile(text, 'utf8');
+    unlinkSync(file);
+  } catch {
+    // gone already
+  }
+}
+
+/** O_EXCL create of `file` holding `text` (not synced: see NOT_SYNCED); a failed write removes the file it created. */
+function writeNew(file: string, text: string): void {
+  let fd: number;
+  try {
+    fd = openSync(file, 'wx', FILE_MODE);
   } catch (e) {
-    await fh.close().catch(() => undefined);
-    await unlink(file).catch(() => undefined);
+    if (errnoOf(e) !== 'ENOENT') throw e;
+    mkdirSync(path.dirname(file), { recursive: true, mode: DIR_MODE });
+    fd = openSync(file, 'wx', FILE_MODE);
+  }
+  try {
+    writeAllSync(fd, text);
+  } catch (e) {
+    closeSync(fd);
+    unlinkQuietly(file);
     throw e;
   }
-  await fh.close();
+  closeSync(fd);
 }
 
 /** O_EXCL create, then write: a reader may briefly see an empty lock (it counts as held). */
-async function createExclusiveNoLinks(file: string, text: string): Promise<boolean> {
+function createExclusiveNoLinks(file: string, text: string): boolean {
   try {
-    await writeNew(file, text);
+    writeNew(file, text);
   } catch (e) {
     if (errnoOf(e) === 'EEXIST') return false;
     throw ioError(e, 'cannot create', file);
@@ -141,31 +176,45 @@ async function createExclusiveNoLinks(file: string, text: string): Promise<boole
  * lock in the same instant (then the displaced owner finds out on renew).
  */
 async function removeIfSame(file: string, seen: Observed): Promise<boolean> {
+  return Promise.resolve().then(() => removeIfSameSync(file, seen));
+}
+function removeIfSameSync(file: string, seen: Observed): boolean {
   const aside = uniqueSibling(file, 'stale');
   try {
-    await rename(file, aside);
+    renameSync(file, aside);
   } catch (e) {
     if (errnoOf(e) === 'ENOENT') return false;
     throw ioError(e, 'cannot move aside', file);
   }
-  const moved = await observe(aside).catch(() => undefined);
+  let moved: Observed | undefined;
+  try {
+    moved = observeSync(aside);
+  } catch {
+    moved = undefined;
+  }
   if (moved && moved.dev === seen.dev && moved.ino === seen.ino && moved.raw === seen.raw) {
-    await unlink(aside).catch(() => undefined);
+    unlinkQuietly(aside);
     return true;
   }
   // We moved a lock that someone had just (re)created: put the same file (inode) back without
   // overwriting anything, so its owner's view of it stays true.
-  if (moved) await putBack(aside, file, moved.raw);
-  await unlink(aside).catch(() => undefined);
+  if (moved) putBack(aside, file, moved.raw);
+  unlinkQuietly(aside);
   return false;
 }
 
-async function putBack(aside: string, file: string, raw: string): Promise<void> {
+function putBack(aside: string, file: string, raw: string): void {
   try {
-    await link(aside, file); // EEXIST: someone holds the name again; theirs wins, ours is dropped
+    linkSync(aside, file); // EEXIST: someone holds the name again; theirs wins, ours is dropped
   } catch (e) {
     const code = errnoOf(e);
-    if (code && NO_LINKS.has(code)) await createExclusive(file, raw).catch(() => false);
+    if (code && NO_LINKS.has(code)) {
+      try {
+        createExclusiveSync(file, raw);
+      } catch {
+        // best effort, as before
+      }
+    }
   }
 }
 
