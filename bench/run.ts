@@ -356,6 +356,20 @@ if (p1s) {
           W,
         ),
       );
+    const d = p1s.value.durableFloor;
+    lines.push(
+      row(
+        [
+          `  floor + ${d.fsyncs} fsync'd appends (one per transition)`,
+          fmtMs(d.ms),
+          fmtMs(p1s.value.floorMs),
+          d.ratio.toFixed(2),
+          '',
+          '',
+        ],
+        W,
+      ),
+    );
     for (const n of p1s.value.notes) lines.push(`  note: ${n}`);
   } else lines.push(`  error: ${p1s.error}`);
   lines.push('');

@@ -119,18 +119,34 @@ export interface FloorStore {
 export type FloorStoreFactory = () => Promise<FloorStore>;
 
 /** One rotation of the floor (throws if any step does not give the expected answer). */
-export async function floorRotation(i: FloorIssuer, makeStore: FloorStoreFactory, n: number): Promise<void> {
+export async function floorRotation(
+  i: FloorIssuer,
+  makeStore: FloorStoreFactory,
+  n: number,
+  /** called before each step and at the end (9 times: a rotation's transitions), e.g. a durable write */
+  transition?: () => Promise<void>,
+): Promise<void> {
   const admin = adminClient(i);
   const store = await makeStore();
+  const t = transition ?? (() => Promise.resolve());
   try {
+    await t();
     const old = await store.readCurrent();
+    await t();
     const fresh = await create(admin, i, `floor.${store.kind}.${n}`);
+    await t();
     await store.stage(fresh);
+    await t();
     if ((await check(i, fresh.value)) !== 'ok') throw new Error('floor: the new key does not work');
+    await t();
     await store.promote();
+    await t();
     if ((await check(i, fresh.value)) !== 'ok') throw new Error('floor: gate check failed');
+    await t();
     await admin.admin.organization.projects.apiKeys.delete(old.keyId, { project_id: i.project });
+    await t();
     if ((await check(i, old.value)) !== 'invalid') throw new Error('floor: the old key still works');
+    await t();
   } finally {
     await store.close();
   }

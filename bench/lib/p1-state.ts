@@ -12,6 +12,7 @@
  */
 import path from 'node:path';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import pg from 'pg';
 import { startOpenAIFake } from '../../test/fakes/openai-admin.ts';
@@ -28,6 +29,8 @@ import { fileFloor, floorRotation, floorSeed, type FloorIssuer } from './floor.t
 import { fileLogger, median, percentile, progress, ratio, round } from './util.ts';
 
 const MASTER_HEX = 'cd'.repeat(32);
+/** state transitions of the bench's rotation (preflight … rotated): the file backend's fsync'd appends (floor.ts calls `transition` as often) */
+const FILE_TRANSITIONS = 9;
 const require = createRequire(import.meta.url);
 export type StateKind = 'file' | 'postgres' | 'dynamodb';
 
@@ -177,8 +180,19 @@ keys:
           `P1 state ${k}: rotation ended ${r.outcome}${r.error ? ` (${r.error.code}: ${r.error.message})` : ''}`,
         );
     };
-    type V = StateKind | 'floor';
-    const variants: V[] = ['floor', ...kinds];
+    // the floor plus the least durability a journaled rotation needs: one fsync'd append per transition
+    // (issue 12 item 6), as many as the file backend makes, of a journal line's size, to a file kept open
+    const journal = await open(path.join(floorDir, 'durable-floor.journal'), 'a');
+    closers.push(() => journal.close());
+    const line = Buffer.from(JSON.stringify({ pad: 'x'.repeat(900) }) + '\n');
+    // one fsync'd append per transition, interleaved with the floor's steps as a rotation's are
+    const durableFloor = () =>
+      floorRotation(floorIssuer, floor, ++n, async () => {
+        await journal.write(line, 0, line.length, null);
+        await journal.sync();
+      });
+    type V = StateKind | 'floor' | 'floor+fsyncs';
+    const variants: V[] = ['floor', 'floor+fsyncs', ...kinds];
     const ms = new Map<V, number[]>(variants.map((v) => [v, []]));
     const writes = new Map<StateKind, number[]>(kinds.map((k) => [k, []]));
     let n = 0;
@@ -190,6 +204,7 @@ keys:
       };
       const t0 = performance.now();
       if (v === 'floor') await floorRotation(floorIssuer, floor, ++n);
+      else if (v === 'floor+fsyncs') await durableFloor();
       else await rotate(v);
       const t = performance.now() - t0;
       if (v === 'file') writes.get(v)!.push(fileSyncs() - before.sync);
@@ -220,6 +235,12 @@ keys:
       notes,
       rounds: o.rounds,
       floorMs: round(floorMs, 1),
+      /** the floor plus FILE_TRANSITIONS fsync'd appends: the least a rotation with durable transitions costs */
+      durableFloor: {
+        fsyncs: FILE_TRANSITIONS,
+        ms: round(median(ms.get('floor+fsyncs')!), 1),
+        ratio: ratio(median(ms.get('floor+fsyncs')!), floorMs),
+      },
       perBackend: kinds.map((k) => ({
         backend: k,
         keyrotorMs: round(median(ms.get(k)!), 1),
