@@ -152,6 +152,44 @@ export function replaceFileSync(file: string, data: string): void {
   }
 }
 
+/** The end of a file of lines: its last complete line and what follows it (a torn append). */
+export interface Tail {
+  /** offset just after the last newline (0 if none) */
+  completeEnd: number;
+  /** the last complete line, without its newline */
+  lastLine: string | null;
+  /** bytes after the last newline */
+  fragment: Buffer;
+}
+
+/**
+ * Read the last complete line of a file of `size` bytes from its end, `window` bytes at a time (doubled
+ * until the line fits), not the whole file.
+ */
+export async function readTail(fh: FileHandle, size: number, window = 64 * 1024): Promise<Tail> {
+  for (;;) {
+    const start = Math.max(0, size - window);
+    const buf = Buffer.alloc(size - start);
+    if (buf.length) await fh.read(buf, 0, buf.length, start);
+    const nl = buf.lastIndexOf(0x0a);
+    if (nl === -1) {
+      if (start === 0) return { completeEnd: 0, lastLine: null, fragment: buf };
+      window *= 2;
+      continue;
+    }
+    const prevNl = nl === 0 ? -1 : buf.lastIndexOf(0x0a, nl - 1);
+    if (prevNl === -1 && start > 0) {
+      window *= 2;
+      continue;
+    }
+    return {
+      completeEnd: start + nl + 1,
+      lastLine: buf.subarray(prevNl + 1, nl).toString('utf8'),
+      fragment: buf.subarray(nl + 1),
+    };
+  }
+}
+
 const queues = new Map<string, Promise<unknown>>();
 
 /** Run `fn` after every earlier call for the same key has settled (a per-file in-process mutex). */

@@ -34,6 +34,7 @@ import {
   replaceFileSync,
   serialized,
   uniqueSibling,
+  readTail,
   writeAllSync,
   writeFileAtomic,
 } from '../../core/fs.ts';
@@ -88,42 +89,6 @@ interface Head {
   seq: number;
   hash: string;
   time: string;
-}
-
-interface Tail {
-  /** offset just after the last newline (0 if none) */
-  completeEnd: number;
-  /** the last complete line, without its newline */
-  lastLine: string | null;
-  /** bytes after the last newline */
-  fragment: Buffer;
-}
-
-const TAIL_WINDOW = 64 * 1024;
-
-async function readTail(fh: FileHandle, size: number): Promise<Tail> {
-  let window = TAIL_WINDOW;
-  for (;;) {
-    const start = Math.max(0, size - window);
-    const buf = Buffer.alloc(size - start);
-    if (buf.length) await fh.read(buf, 0, buf.length, start);
-    const nl = buf.lastIndexOf(0x0a);
-    if (nl === -1) {
-      if (start === 0) return { completeEnd: 0, lastLine: null, fragment: buf };
-      window *= 2;
-      continue;
-    }
-    const prevNl = nl === 0 ? -1 : buf.lastIndexOf(0x0a, nl - 1);
-    if (prevNl === -1 && start > 0) {
-      window *= 2;
-      continue;
-    }
-    return {
-      completeEnd: start + nl + 1,
-      lastLine: buf.subarray(prevNl + 1, nl).toString('utf8'),
-      fragment: buf.subarray(nl + 1),
-    };
-  }
 }
 
 function parseLine(text: string): AuditRecord | null {

@@ -49,6 +49,7 @@ import {
   fsyncDir,
   isTransient,
   openCreating,
+  readTail,
   serialized,
   writeAllSync,
   writeFileAtomic,
@@ -201,21 +202,30 @@ export function createFileStateStore(
   /** the record in the key's journal (its last complete line), or undefined when there is no journal */
   async function readJournal(keyName: string): Promise<{ record: KeyRecord } | undefined> {
     const file = journalOf(keyName);
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (e) {
-      if (errnoOf(e) === 'ENOENT') return undefined;
-      throw new KeyrotorError(
+    const failed = (e: unknown) =>
+      new KeyrotorError(
         'STATE_UNREADABLE',
         `cannot read state journal ${displayPath(file)} (${errnoOf(e) ?? 'unknown error'})`,
         { cause: e, retryable: isTransient(e) },
       );
+    let fh: FileHandle;
+    try {
+      fh = await open(file, 'r');
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return undefined;
+      throw failed(e);
+    }
+    let line: string | null;
+    try {
+      // only its last line counts (up to JOURNAL_COMPACT_BYTES of older ones before it): read from the end
+      line = (await readTail(fh, (await fh.stat()).size, 16 * 1024)).lastLine;
+    } catch (e) {
+      throw failed(e);
+    } finally {
+      await fh.close().catch(() => undefined);
     }
     // a torn last line (a crash in the middle of an append) was never acknowledged: ignored
-    const end = text.lastIndexOf('\n');
-    if (end === -1) return undefined;
-    const line = text.slice(text.lastIndexOf('\n', end - 1) + 1, end);
+    if (line === null) return undefined;
     let obj: JournalLine;
     try {
       obj = JSON.parse(line) as JournalLine;
