@@ -175,13 +175,8 @@ function deadHolderCases(backend: () => Backend): void {
     const cli = (args: string[], name: string) =>
       cliInProcess(['-c', configFile, '--log-level', 'error', ...args], { env: env(), name });
 
-    it('keyrotor rotate SIGKILLed mid-rotation: keyrotor resume continues that rotation at once, not after lease.ttl', async () => {
-      expect((await cli(['state', 'init'], `dh-${backend().name}-init`)).code).toBe(0);
-      const boot = await cli(['rotate', '--now', w.key, '--json'], `dh-${backend().name}-boot`);
-      expect(boot.code, boot.stderr).toBe(0);
-      w.bootstrapped = true;
-
-      // the next rotation, killed as soon as it enters `verify` (the new key is staged, the lease held)
+    /** a `rotate --now` of the key, SIGKILLed as soon as it enters `verify` (the new key staged, the lease held) */
+    async function killedInVerify(): Promise<void> {
       const child = spawn(process.execPath, [CLI, '-c', configFile, 'rotate', '--now', w.key, '--json'], {
         env: { ...env(), KEYROTOR_LOG_LEVEL: 'debug' },
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -196,27 +191,46 @@ function deadHolderCases(backend: () => Backend): void {
       capture(`dead-holder-${backend().name}-child.stderr`, stderr);
       expect(stderr).not.toContain(CANARY);
       expect(signal, stderr.slice(-500)).toBe('SIGKILL');
+    }
 
-      const store = open();
-      try {
-        const active = (await store.read(w.key))?.active;
-        expect(active, 'the killed run left its rotation unfinished').toBeTruthy();
-        const t0 = Date.now();
-        const r = await cli(['resume', w.key, '--json'], `dh-${backend().name}-resume`);
-        const took = Date.now() - t0;
-        expect(r.code, r.stderr).toBe(0);
-        const res = (JSON.parse(r.stdout) as { results: KeyResult[] }).results[0]!;
-        expect(res.outcome).toBe('rotated');
-        expect(res.rotationId).toBe(active!.rotationId);
-        expect(took, 'resumed at once, not after the 60 s lease ttl').toBeLessThan(AT_ONCE_MS);
-        console.log(`dead holder (${backend().name}): resume took over and finished in ${took} ms (ttl ${TTL_MS} ms)`);
-        expect(await checkInvariant(b, w, stateDir, { phase: 'rest', active: null })).toEqual([]);
-        const verified = await cli(['audit', 'verify', '--json'], `dh-${backend().name}-verify`);
-        expect(verified.code, verified.stdout).toBe(0);
-      } finally {
-        await store.close();
-      }
-    }, 90_000);
+    it.each([
+      ['keyrotor resume <key>', ['resume', w.key, '--json']],
+      ['a scheduled keyrotor rotate (claims, then the keys it could not claim one by one)', ['rotate', '--json']],
+    ])(
+      'keyrotor rotate SIGKILLed mid-rotation: %s continues that rotation at once, not after lease.ttl',
+      async (what, args) => {
+        if (!w.bootstrapped) {
+          expect((await cli(['state', 'init'], `dh-${backend().name}-init`)).code).toBe(0);
+          const boot = await cli(['rotate', '--now', w.key, '--json'], `dh-${backend().name}-boot`);
+          expect(boot.code, boot.stderr).toBe(0);
+          w.bootstrapped = true;
+        }
+        await killedInVerify();
+
+        const store = open();
+        try {
+          const active = (await store.read(w.key))?.active;
+          expect(active, 'the killed run left its rotation unfinished').toBeTruthy();
+          const t0 = Date.now();
+          const r = await cli(args, `dh-${backend().name}-${args[0]}`);
+          const took = Date.now() - t0;
+          expect(r.code, r.stderr).toBe(0);
+          const res = (JSON.parse(r.stdout) as { results: KeyResult[] }).results[0]!;
+          expect(res.outcome).toBe('rotated');
+          expect(res.rotationId).toBe(active!.rotationId);
+          expect(took, 'resumed at once, not after the 60 s lease ttl').toBeLessThan(AT_ONCE_MS);
+          console.log(
+            `dead holder (${backend().name}): ${what} took over and finished in ${took} ms (ttl ${TTL_MS} ms)`,
+          );
+          expect(await checkInvariant(b, w, stateDir, { phase: 'rest', active: null })).toEqual([]);
+          const verified = await cli(['audit', 'verify', '--json'], `dh-${backend().name}-verify`);
+          expect(verified.code, verified.stdout).toBe(0);
+        } finally {
+          await store.close();
+        }
+      },
+      90_000,
+    );
   });
 }
 
