@@ -113,9 +113,10 @@ describe('one durable write per transition', () => {
       expect(under('state').filter((p) => p !== journal)).toEqual([]);
       // the audit trail: no fsync of its own (its records went into those appends)
       expect(under('audit')).toEqual([]);
-      // the lease: the fencing counter of the grant is durable (the file and its folder); the lock
-      // file is not fsync'd (a lock matters only among live processes: file-lease.ts)
-      expect(under('fences')).toHaveLength(2);
+      // the lease: the fencing counter of the grant is durable (one fsync'd append to the key's fence
+      // file, which the first rotation created); the lock file is not fsync'd (a lock matters only
+      // among live processes: file-lease.ts)
+      expect(under('fences')).toEqual([path.join(stateDir, 'fences', 'app.json')]);
       expect(under('locks')).toEqual([]);
 
       // and each journal line carries its audit records: together, in order, the rotation's records

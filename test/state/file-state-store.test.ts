@@ -371,6 +371,42 @@ describe('file state store: lease', () => {
     expect(existsSync(lockFile)).toBe(false);
   });
 
+  it('the fencing counter: one line appended per grant, a torn append ignored, a long file folded; tokens only grow', async () => {
+    const dir = tempDir('lease-fence');
+    const fence = path.join(dir, 'fences', 'app.json');
+    const s = createFileStateStore(dir);
+    const tokens: number[] = [];
+    const grant = async (owner: string) => {
+      const l = lease(await s.acquire('app', owner, 60_000));
+      tokens.push(l.token);
+      await l.release();
+      return l;
+    };
+    await grant('owner-1');
+    await grant('owner-2');
+    expect(readFileSync(fence, 'utf8')).toBe(
+      '{"token":1,"owner":"owner-1"}\n\n{"token":2,"owner":"owner-2"}\n', // each append on a line of its own
+    );
+    // a grant that died in the middle of its append (never acknowledged): the torn line is not read
+    writeFileSync(fence, readFileSync(fence, 'utf8') + '\n{"token":3,"own');
+    const third = await grant('owner-3');
+    expect(third.token).toBe(3);
+    // a fenced write goes through under the current token, and is refused under an older one
+    const fourth = lease(await s.acquire('app', 'owner-4', 60_000));
+    expect(fourth.token).toBe(4);
+    await s.saveActive('app', rotation(R1), fourth);
+    expect((await err(s.saveActive('app', rotation(R2), third))).code).toBe('LEASE_LOST');
+    await fourth.release();
+    expect(tokens).toEqual([1, 2, 3]);
+    // past FENCE_COMPACT_BYTES (4 KiB) the file is replaced by its last line; the count goes on
+    for (let i = 5; i <= 120; i++) await grant(`owner-${i}`);
+    expect(tokens.at(-1)).toBe(120);
+    expect(statSync(fence).size).toBeLessThan(4096 + 100);
+    const last = readFileSync(fence, 'utf8').trim().split('\n').at(-1)!;
+    expect(JSON.parse(last)).toEqual({ token: 120, owner: 'owner-120' });
+    expect(lease(await createFileStateStore(dir).acquire('app', 'owner-new', 60_000)).token).toBe(121);
+  });
+
   it('the owner of an expired but untaken lease can renew it or re-acquire it', async () => {
     const dir = tempDir('lease-own-expired');
     const clock = manualClock();

@@ -9,7 +9,7 @@
  * (`{ format: 'keyrotor-state/1', record }`, as 0.2.0 wrote it, and what a journal longer than
  * JOURNAL_COMPACT_BYTES is folded into), plus the per-key lease in `<stateDir>/locks/` (see
  * file-lease.ts). Fencing: every grant to a new owner bumps the key's
- * counter in `<stateDir>/fences/<key>.json` (written by the new holder only; a re-acquire by the same
+ * counter in `<stateDir>/fences/<key>.json` (a line appended by the new holder only; a re-acquire by the same
  * owner extends its lease and keeps the token); a write with a fence first checks
  * that counter still equals its token (under the in-process queue; across processes the window
  * between that check and the rename is the file backend's limit — use postgres or dynamodb for fleets).
@@ -28,7 +28,7 @@
  */
 import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { statSync } from 'node:fs';
+import { fstatSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -53,7 +53,6 @@ import {
   serialized,
   writeAllSync,
   writeFileAtomic,
-  writeFileAtomicStat,
 } from '../../core/fs.ts';
 import type { AuditEntry } from '../../core/audit.ts';
 import { createJsonlAuditLog, type CommittingAuditLog } from '../audit/jsonl.ts';
@@ -77,6 +76,8 @@ export interface FileStateStoreOptions {
 export const JOURNAL_FORMAT = 'keyrotor-journal/1';
 /** a journal longer than this is folded into `<key>.json` after its next append */
 export const JOURNAL_COMPACT_BYTES = 256 * 1024;
+/** a fence file longer than this is replaced by its last line (about 60 grants) */
+export const FENCE_COMPACT_BYTES = 4 * 1024;
 
 /** a key's journal as this instance last appended to it (see `journals` in createFileStateStore) */
 interface Journal {
@@ -327,9 +328,13 @@ export function createFileStateStore(
 
   const fenceFile = (keyName: string) => path.join(root, 'fences', `${keyName}.json`);
   /**
-   * The key's fencing counter. The fence file is only ever replaced whole (an atomic rename: a new
-   * inode and birth time), so while a stat shows the file this instance last read or wrote, that
-   * reading still holds: one stat per fenced write instead of reading the file.
+   * The key's fencing counter: the last complete line of its fence file. A grant appends a line and
+   * fsyncs it (one fsync: replacing the file took two, the file's and its folder's); a file past
+   * FENCE_COMPACT_BYTES is replaced by its last line (atomically, durably). A torn last line (a grant
+   * that died before its fsync returned, never acknowledged) is not the last complete line, and every
+   * append starts on a line of its own. Each append changes the file's size and each replacement its
+   * inode, so while a stat shows the file as this instance last read it, that reading still holds: one
+   * stat per fenced write instead of reading the file.
    */
   async function readFence(keyName: string): Promise<{ token: number; owner: string }> {
     const file = fenceFile(keyName);
@@ -362,9 +367,19 @@ export function createFileStateStore(
     try {
       const st = await fh.stat();
       const text = await fh.readFile('utf8');
+      // its last complete line that is not empty (an append starts with a newline of its own; what
+      // follows the last newline is a torn append, never acknowledged)
+      const end = text.lastIndexOf('\n');
+      const last =
+        end === -1
+          ? ''
+          : (text
+              .slice(0, end)
+              .split('\n')
+              .findLast((l) => l !== '') ?? '');
       let o: { token?: unknown; owner?: unknown };
       try {
-        o = JSON.parse(text) as { token?: unknown; owner?: unknown };
+        o = JSON.parse(last) as { token?: unknown; owner?: unknown };
       } catch {
         return { token: 0, owner: '' }; // unreadable counts as 0 (not remembered)
       }
@@ -379,6 +394,45 @@ export function createFileStateStore(
       throw failed(e);
     } finally {
       await fh.close();
+    }
+  }
+
+  /**
+   * Append a grant's line to the key's fence file, durably (see readFence). Not remembered: the next
+   * readFence reads the file back (a racer's append after this one would make a stamp taken here wrong).
+   */
+  async function appendFence(keyName: string, json: string): Promise<void> {
+    const file = fenceFile(keyName);
+    fences.delete(keyName);
+    const failed = (e: unknown) =>
+      new KeyrotorError('INTERNAL', `cannot write ${displayPath(file)} (${errnoOf(e) ?? e})`, {
+        cause: e,
+        retryable: isTransient(e),
+      });
+    let fh: FileHandle;
+    try {
+      fh = await openCreating(file, 'a');
+    } catch (e) {
+      throw failed(e);
+    }
+    let size: number;
+    try {
+      const before = fstatSync(fh.fd).size;
+      // on a line of its own, whatever a torn append left before it
+      size = before + writeAllSync(fh.fd, `${before > 0 ? '\n' : ''}${json}\n`);
+      await fh.sync();
+      if (before === 0) await fsyncDir(path.dirname(file)); // a new file's name must survive a power loss too
+    } catch (e) {
+      throw failed(e);
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+    if (size > FENCE_COMPACT_BYTES) {
+      try {
+        await writeFileAtomic(file, `${json}\n`);
+      } catch (e) {
+        throw failed(e);
+      }
     }
   }
 
@@ -603,10 +657,7 @@ export function createFileStateStore(
           const seen = await readFence(keyName);
           if (seen.owner === owner && seen.token > 0) return seen.token;
           const next = seen.token + 1;
-          const text = JSON.stringify({ token: next, owner }) + '\n';
-          const st = await writeFileAtomicStat(fenceFile(keyName), text);
-          // remembered by the identity of the file this write put in place (a later replacement differs)
-          if (st) fences.set(keyName, { stamp: fenceStamp(st), token: next, owner });
+          await appendFence(keyName, JSON.stringify({ token: next, owner }));
           return next;
         });
       } catch (e) {
