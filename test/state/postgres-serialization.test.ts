@@ -8,9 +8,13 @@
  *     chain head) and holds it; once a keyrotor transaction is seen waiting for that row (pg_locks via
  *     `pg_blocking_pids`), the interferer commits, and the server aborts the waiting transaction with
  *     "could not serialize access due to concurrent update" (its snapshot predates the commit);
- *   - 40P01: the interferer holds the audit head; once a keyrotor write (which has locked the record
- *     row) waits for it, the interferer asks for that record row: a lock cycle, which the server breaks
- *     by aborting keyrotor's transaction (its `deadlock_timeout` is the shorter: 1 s vs 10 s).
+ *   - 40P01: the interferer holds the audit head (locked, not updated); once a keyrotor write (which
+ *     has locked the record row) waits for it, the interferer asks for that record row: a lock cycle,
+ *     which the server breaks by aborting keyrotor's transaction (its `deadlock_timeout` is the
+ *     shorter: 1 s vs 10 s). The head is only locked here (`FOR UPDATE`), so that the interferer's
+ *     commit changes no row: keyrotor's retry may start before that commit (its backoff is 20-40 ms)
+ *     and, had the head been updated, meet a 40001 of its own — one rollback more than forced, which
+ *     made the counts below flaky under load (seen at 4 vs 3).
  * Each aborted keyrotor transaction is identified by its transaction id (`backend_xid` while it
  * waited) and checked `aborted` with `pg_xact_status`; the write it was part of must still land once:
  * the record holds it, the audit chain verifies and holds each record once (nothing half-written: a
@@ -82,7 +86,8 @@ function interferer(url: string, key: string, targets: Target[], times: number) 
           await c.query('BEGIN ISOLATION LEVEL READ COMMITTED');
           if (target === 'record')
             await c.query('UPDATE keyrotor.key_records SET updated_at = updated_at WHERE key_name = $1', [key]);
-          else await c.query('UPDATE keyrotor.audit_head SET seq = seq WHERE id = 1');
+          else if (target === 'head') await c.query('UPDATE keyrotor.audit_head SET seq = seq WHERE id = 1');
+          else await c.query('SELECT 1 FROM keyrotor.audit_head WHERE id = 1 FOR UPDATE'); // deadlock: see the file comment
           holding();
           const seen = await stamp(); // (nobody else can change the record row while this is held)
           // wait for a keyrotor transaction to queue behind this one
