@@ -327,6 +327,11 @@ export function createFileStateStore(
   }
 
   const fenceFile = (keyName: string) => path.join(root, 'fences', `${keyName}.json`);
+  const fenceError = (code: 'STATE_UNREADABLE' | 'INTERNAL', doing: string, file: string, e: unknown) =>
+    new KeyrotorError(code, `cannot ${doing} ${displayPath(file)} (${errnoOf(e) ?? String(e)})`, {
+      cause: e,
+      retryable: isTransient(e),
+    });
   /**
    * The key's fencing counter: the last complete line of its fence file. A grant appends a line and
    * fsyncs it (one fsync: replacing the file took two, the file's and its folder's); a file past
@@ -338,11 +343,7 @@ export function createFileStateStore(
    */
   async function readFence(keyName: string): Promise<{ token: number; owner: string }> {
     const file = fenceFile(keyName);
-    const failed = (e: unknown) =>
-      new KeyrotorError('STATE_UNREADABLE', `cannot read ${displayPath(file)} (${errnoOf(e) ?? e})`, {
-        cause: e,
-        retryable: isTransient(e),
-      });
+    const failed = (e: unknown) => fenceError('STATE_UNREADABLE', 'read', file, e);
     let stamp: string;
     try {
       // every fenced write makes this stat: one direct system call (see writeAllSync in core/fs.ts)
@@ -404,11 +405,7 @@ export function createFileStateStore(
   async function appendFence(keyName: string, json: string): Promise<void> {
     const file = fenceFile(keyName);
     fences.delete(keyName);
-    const failed = (e: unknown) =>
-      new KeyrotorError('INTERNAL', `cannot write ${displayPath(file)} (${errnoOf(e) ?? e})`, {
-        cause: e,
-        retryable: isTransient(e),
-      });
+    const failed = (e: unknown) => fenceError('INTERNAL', 'write', file, e);
     let fh: FileHandle;
     try {
       fh = await openCreating(file, 'a');
