@@ -38,13 +38,27 @@ export function generateMasterKeyText(): string {
   return randomBytes(MASTER_KEY_BYTES).toString('hex') + '\n';
 }
 
+/**
+ * The subkeys of the master keys seen last (a process uses one, or a few): each file store instance
+ * (one per key and rotation) resolves its master key again, and three HKDF derivations per rotation
+ * are wasted work. Never mutate the returned buffers.
+ */
+const derived = new Map<string, DerivedKeys>();
+const DERIVED_KEPT = 4;
+
 export function deriveKeys(master: Buffer): DerivedKeys {
+  const id = master.toString('hex');
+  const known = derived.get(id);
+  if (known) return known;
   const sub = (info: string) => Buffer.from(hkdfSync('sha256', master, HKDF_SALT, info, 32));
-  return {
+  const keys: DerivedKeys = {
     enc: sub('keyrotor-file-store/1 value-encryption'),
     mac: sub('keyrotor-file-store/1 envelope-mac'),
     kid: 'mk_' + sub('keyrotor-file-store/1 key-id').toString('hex').slice(0, 12),
   };
+  if (derived.size >= DERIVED_KEPT) derived.delete(derived.keys().next().value!);
+  derived.set(id, keys);
+  return keys;
 }
 
 export interface Sealed {

@@ -162,14 +162,20 @@ export function stageBodies(deps: RotationDeps): StageBodies {
 
   /** preflight: read-only, so tried again as a whole on a retryable failure */
   async function preflightOnce({ ctx }: StepInput): Promise<PreflightOutput> {
-    // everything here is a read: the issuer check, every store's check and current value, at once (the
-    // first failure in this order is reported). Leak mode skips the issuer check: the create right
-    // after is the check, and every request before it keeps the leaked key alive longer.
-    const checks: Promise<unknown>[] = [
-      ctx.leaked ? Promise.resolve() : issuer.check(),
-      ...stores.map((s) => s.check()),
-    ];
-    const reads = stores.map((s) => s.readCurrent());
+    // everything here is a read: the issuer check and every store's check at once, each store's current
+    // value right after its own check (the check just read the store and the store remembers that for
+    // `readCurrent`, providers/common/step-memo.ts: a read or request less; a store whose check failed
+    // is not read). The first failure in this order is reported: issuer, store checks, reads. Leak mode
+    // skips the issuer check: the create right after is the check, and every request before it keeps
+    // the leaked key alive longer.
+    const storeChecks = stores.map((s) => s.check());
+    const checks: Promise<unknown>[] = [ctx.leaked ? Promise.resolve() : issuer.check(), ...storeChecks];
+    const reads = stores.map((s, i) =>
+      storeChecks[i]!.then(
+        () => s.readCurrent(),
+        () => null,
+      ),
+    );
     const settled = await Promise.allSettled([...checks, ...reads]);
     const failed = settled.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
