@@ -186,6 +186,19 @@ export async function runRotation(
   };
 
   const inherited = o.leaked === true ? null : unreplacedLeak(record);
+  // A new rotation (not in leak mode, which skips it) sends preflight's issuer check now: two reads,
+  // made while the first snapshot is written and the actor starts instead of after that (the file
+  // backend's first write is an fsync). Preflight's first attempt uses its answer; a retry checks again.
+  let issuerCheck: Promise<void> | undefined;
+  if (!resume && o.leaked !== true && inherited === null) {
+    issuerCheck = providers.issuer.check();
+    void issuerCheck.catch(() => undefined); // (its failure is preflight's to report, or nobody's after a stop)
+  }
+  deps.takeIssuerCheck = () => {
+    const early = issuerCheck;
+    issuerCheck = undefined;
+    return early;
+  };
   if (inherited && !resume) {
     rlog.warn(
       { leakedKeyId: inherited.oldKeyId, reportedBy: inherited.rotationId },

@@ -169,7 +169,8 @@ export function stageBodies(deps: RotationDeps): StageBodies {
     // skips the issuer check: the create right after is the check, and every request before it keeps
     // the leaked key alive longer.
     const storeChecks = stores.map((s) => s.check());
-    const checks: Promise<unknown>[] = [ctx.leaked ? Promise.resolve() : issuer.check(), ...storeChecks];
+    const issuerCheck = ctx.leaked ? Promise.resolve() : (deps.takeIssuerCheck?.() ?? issuer.check());
+    const checks: Promise<unknown>[] = [issuerCheck, ...storeChecks];
     const reads = stores.map((s, i) =>
       storeChecks[i]!.then(
         () => s.readCurrent(),

@@ -26,6 +26,12 @@ export interface RotationDeps {
   retryAttempts: number;
   /** called on every stage start/finish, for progress rendering, audit and metrics */
   onStage?(e: StageEvent): void;
+  /**
+   * preflight's issuer check, when the run loop sent it ahead (a read, made while the rotation's first
+   * snapshot is written): handed out once, to preflight's first attempt; absent (or taken) preflight
+   * checks the issuer itself
+   */
+  takeIssuerCheck?(): Promise<void> | undefined;
   /** the state a restored rotation resumed in (absent for a rotation started in this process) */
   resumedIn?: string | undefined;
 }
