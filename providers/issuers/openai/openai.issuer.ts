@@ -441,21 +441,31 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
+  /**
+   * the clients of the project keys this issuer checked (it lives for one rotation), by key: verify and
+   * the issuer-smoke-test gate check the same new key with one client; gone with the key's Secret
+   */
+  const projectClients = new WeakMap<Secret, OpenAI>();
+
   /** one call made with a project key (not the admin key), classified like verify */
   async function withProjectKey(secret: Secret, call: (client: OpenAI) => Promise<unknown>): Promise<VerifyResult> {
     const value = secret.reveal();
-    const client = new OpenAI({
-      apiKey: value,
-      adminAPIKey: null,
-      baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
-      organization: null,
-      project: null,
-      webhookSecret: null,
-      timeout: cfg.timeout,
-      maxRetries: 0,
-      logLevel: 'off',
-      fetch: limited,
-    });
+    let client = projectClients.get(secret);
+    if (!client) {
+      client = new OpenAI({
+        apiKey: value,
+        adminAPIKey: null,
+        baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
+        organization: null,
+        project: null,
+        webhookSecret: null,
+        timeout: cfg.timeout,
+        maxRetries: 0,
+        logLevel: 'off',
+        fetch: limited,
+      });
+      projectClients.set(secret, client);
+    }
     try {
       await call(client);
       return { ok: true };

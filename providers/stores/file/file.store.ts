@@ -285,11 +285,15 @@ export async function createFileStore(
     return { doc, key };
   }
 
-  /** write the document; returns its canonical JSON (what the MAC covers) */
-  async function save(doc: Doc, key: MasterKey): Promise<string> {
+  /**
+   * write the document; returns its canonical JSON (what the MAC covers). `known`: the document's
+   * canonical form and its JSON, when the caller has them (used unless the master key id changes)
+   */
+  async function save(doc: Doc, key: MasterKey, known?: { body: Doc; text: string }): Promise<string> {
+    const same = known !== undefined && doc.masterKeyId === key.kid;
     doc.masterKeyId = key.kid;
-    const body = canonical(doc);
-    const bodyText = JSON.stringify(body);
+    const body = same ? known.body : canonical(doc);
+    const bodyText = same ? known.text : JSON.stringify(body);
     const text = JSON.stringify({ ...body, mac: mac(key.mac, bodyText) }, null, 2) + '\n';
     try {
       await writeFileAtomic(file, text);
@@ -329,8 +333,9 @@ export async function createFileStore(
       const before = recalled && memoKey ? recalled.text : JSON.stringify(canonical(doc));
       const result = await fn({ doc, key: getKey });
       prune(doc);
-      let now = JSON.stringify(canonical(doc));
-      if (now !== before) now = await save(doc, await getKey());
+      const body = canonical(doc);
+      let now = JSON.stringify(body);
+      if (now !== before) now = await save(doc, await getKey(), { body, text: now });
       after?.(doc, now);
       return result;
     });
