@@ -26,7 +26,12 @@ import {
   type RotationInput,
   type RotationMachine,
 } from '../../../workflows/rotation/rotation.machine.ts';
-import { createRotationActor, SecretVault, type RotationDeps } from '../../../workflows/rotation/stages/index.ts';
+import {
+  createRotationActor,
+  preflightReads,
+  SecretVault,
+  type RotationDeps,
+} from '../../../workflows/rotation/stages/index.ts';
 import { parkedUntilLater, unreplacedLeak } from './due.ts';
 import { leaseGuard } from '../state/hold.ts';
 import { pauseControl } from './pause.ts';
@@ -186,18 +191,16 @@ export async function runRotation(
   };
 
   const inherited = o.leaked === true ? null : unreplacedLeak(record);
-  // A new rotation (not in leak mode, which skips it) sends preflight's issuer check now: two reads,
-  // made while the first snapshot is written and the actor starts instead of after that (the file
-  // backend's first write is an fsync). Preflight's first attempt uses its answer; a retry checks again.
-  let issuerCheck: Promise<void> | undefined;
-  if (!resume && o.leaked !== true && inherited === null) {
-    issuerCheck = providers.issuer.check();
-    void issuerCheck.catch(() => undefined); // (its failure is preflight's to report, or nobody's after a stop)
-  }
-  deps.takeIssuerCheck = () => {
-    const early = issuerCheck;
-    issuerCheck = undefined;
-    return early;
+  const leaked = o.leaked === true || inherited !== null;
+  // A new rotation starts preflight's reads now (the issuer check unless in leak mode, the stores'
+  // checks and current values): reads only, made while the first snapshot is written and the actor
+  // starts instead of after that (the file backend's first write is an fsync). Preflight's first
+  // attempt uses them; a retry reads again. A resumed rotation reads when it runs preflight, if it does.
+  let early = resume ? undefined : { leaked, reads: preflightReads(deps, leaked) };
+  deps.takePreflightReads = (forLeaked) => {
+    const taken = early?.leaked === forLeaked ? early.reads : undefined;
+    early = undefined;
+    return taken;
   };
   if (inherited && !resume) {
     rlog.warn(
@@ -209,7 +212,7 @@ export async function runRotation(
     rotationId,
     keyName: key.name,
     newKeyName: issuedKeyName(key.name, rotationId),
-    leaked: o.leaked === true || inherited !== null,
+    leaked,
     ...(o.leaked === true && o.revokeFirst === true ? { revokeFirst: true } : {}),
     storeLabels: providers.stores.map((s) => s.label),
     gateNames: providers.gates.map((g) => g.name),
