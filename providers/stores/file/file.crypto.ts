@@ -5,6 +5,7 @@
 import {
   createCipheriv,
   createDecipheriv,
+  createHash,
   createHmac,
   createSecretKey,
   hkdfSync,
@@ -56,13 +57,13 @@ export function generateMasterKeyText(): string {
 /**
  * The subkeys of the master keys seen last (a process uses one, or a few): each file store instance
  * (one per key and rotation) resolves its master key again, and three HKDF derivations per rotation
- * are wasted work. Never mutate the returned buffers.
+ * are wasted work. Kept by a digest of the master key (not the key itself); never mutate what is returned.
  */
 const derived = new Map<string, DerivedKeys>();
 const DERIVED_KEPT = 4;
 
 export function deriveKeys(master: Buffer): DerivedKeys {
-  const id = master.toString('hex');
+  const id = createHash('sha256').update('keyrotor-file-store/1 derived-keys cache\u0000').update(master).digest('hex');
   const known = derived.get(id);
   if (known) return known;
   const sub = (info: string) => Buffer.from(hkdfSync('sha256', master, HKDF_SALT, info, 32));
