@@ -61,8 +61,10 @@ export function preflightReads(
   deps: { issuer: Issuer; stores: SecretStore[] },
   leaked: boolean,
 ): Promise<PreflightReads> {
-  const storeChecks = deps.stores.map((s) => s.check());
-  const checks: Promise<unknown>[] = [leaked ? Promise.resolve() : deps.issuer.check(), ...storeChecks];
+  // (a provider that throws instead of returning a rejected promise fails in its place all the same)
+  const call = <T>(fn: () => Promise<T>) => new Promise<T>((resolve) => resolve(fn()));
+  const storeChecks = deps.stores.map((s) => call(() => s.check()));
+  const checks: Promise<unknown>[] = [leaked ? Promise.resolve() : call(() => deps.issuer.check()), ...storeChecks];
   const reads = deps.stores.map((s, i) =>
     storeChecks[i]!.then(
       () => s.readCurrent(),
