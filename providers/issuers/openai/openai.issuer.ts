@@ -28,7 +28,7 @@ import { Secret, scrubText } from '../../../src/core/secret.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { OpenAIIssuerConfig } from './openai.schema.ts';
 import { apiMessage, isAmbiguous, isMissingScopes, mapOpenAIError, statusOf } from './openai.errors.ts';
-import { limiterKey, sharedLimiter } from './openai.ratelimit.ts';
+import { limiterKey, sharedLimiter, type RateLimiter } from './openai.ratelimit.ts';
 
 /** providerState key remembering the auto-created service account */
 export const SERVICE_ACCOUNT_STATE_KEY = 'openai.serviceAccountId';
@@ -57,6 +57,24 @@ function checkedItems<T>(page: { data: T[] }, action: string, stage?: Stage): T[
   if (data.some((x) => !x || typeof x !== 'object' || typeof (x as { id?: unknown }).id !== 'string'))
     throw malformed(action, 'an item without an id', stage);
   return page.data;
+}
+
+/**
+ * Admin API clients shared by every issuer of the process: one per rate limiter (base URL + admin key)
+ * and client settings, built on first need. The client holds no per-request state; building one per
+ * rotation (an `OpenAI` constructor instantiates every API resource) was the issuer's largest fixed
+ * cost. The admin key is compared as well, not only the limiter's digest of it.
+ */
+const adminClients = new WeakMap<RateLimiter, Map<string, { adminKey: string; client: OpenAI }>>();
+
+function sharedAdminClient(limiter: RateLimiter, settings: string, adminKey: string, build: () => OpenAI): OpenAI {
+  let byLimiter = adminClients.get(limiter);
+  if (!byLimiter) adminClients.set(limiter, (byLimiter = new Map()));
+  const found = byLimiter.get(settings);
+  if (found && found.adminKey === adminKey) return found.client;
+  const client = build();
+  byLimiter.set(settings, { adminKey, client });
+  return client;
 }
 
 export function serviceAccountName(keyName: string): string {
@@ -101,10 +119,11 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
   const saName = serviceAccountName(ctx.keyName);
   // every request of every issuer on this account (base URL + admin key) draws from one bucket
   const envAdminKey = typeof ctx.env[cfg.adminKeyEnv] === 'string' ? ctx.env[cfg.adminKeyEnv]!.trim() : '';
-  const limited = sharedLimiter(limiterKey(cfg.baseURL, envAdminKey || undefined), {
+  const limiter = sharedLimiter(limiterKey(cfg.baseURL, envAdminKey || undefined), {
     requestsPerSecond: cfg.rateLimit,
     maxInFlight: cfg.maxConcurrentRequests,
-  }).wrap();
+  });
+  const limited = limiter.wrap();
 
   let adminClient: OpenAI | undefined;
   let adminKey: string | undefined;
@@ -131,18 +150,25 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
       );
     }
     adminKey = key;
-    adminClient = new OpenAI({
-      apiKey: null,
-      adminAPIKey: key,
-      baseURL: cfg.baseURL,
-      organization: cfg.organization ?? null,
-      project: null,
-      webhookSecret: null,
-      timeout: cfg.timeout,
-      maxRetries: 2, // GET and DELETE only; every POST below passes maxRetries: 0
-      logLevel: 'off',
-      fetch: limited,
-    });
+    const settings = JSON.stringify([cfg.baseURL, cfg.organization ?? null, cfg.timeout]);
+    adminClient = sharedAdminClient(
+      limiter,
+      settings,
+      key,
+      () =>
+        new OpenAI({
+          apiKey: null,
+          adminAPIKey: key,
+          baseURL: cfg.baseURL,
+          organization: cfg.organization ?? null,
+          project: null,
+          webhookSecret: null,
+          timeout: cfg.timeout,
+          maxRetries: 2, // GET and DELETE only; every POST below passes maxRetries: 0
+          logLevel: 'off',
+          fetch: limited,
+        }),
+    );
     return adminClient;
   }
 
@@ -415,21 +441,31 @@ export function createOpenAIIssuerImpl(cfg: OpenAIIssuerConfig, ctx: ProviderCon
     }
   }
 
+  /**
+   * the clients of the project keys this issuer checked (it lives for one rotation), by key: verify and
+   * the issuer-smoke-test gate check the same new key with one client; gone with the key's Secret
+   */
+  const projectClients = new WeakMap<Secret, OpenAI>();
+
   /** one call made with a project key (not the admin key), classified like verify */
   async function withProjectKey(secret: Secret, call: (client: OpenAI) => Promise<unknown>): Promise<VerifyResult> {
     const value = secret.reveal();
-    const client = new OpenAI({
-      apiKey: value,
-      adminAPIKey: null,
-      baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
-      organization: null,
-      project: null,
-      webhookSecret: null,
-      timeout: cfg.timeout,
-      maxRetries: 0,
-      logLevel: 'off',
-      fetch: limited,
-    });
+    let client = projectClients.get(secret);
+    if (!client) {
+      client = new OpenAI({
+        apiKey: value,
+        adminAPIKey: null,
+        baseURL: cfg.verifyBaseURL ?? cfg.baseURL,
+        organization: null,
+        project: null,
+        webhookSecret: null,
+        timeout: cfg.timeout,
+        maxRetries: 0,
+        logLevel: 'off',
+        fetch: limited,
+      });
+      projectClients.set(secret, client);
+    }
     try {
       await call(client);
       return { ok: true };

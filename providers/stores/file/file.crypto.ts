@@ -2,18 +2,34 @@
  * Crypto for the file store: master key parsing, per-purpose subkeys (HKDF-SHA256), AES-256-GCM per
  * version with AAD, and an HMAC over the whole envelope so slots and metadata cannot be edited either.
  */
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  createSecretKey,
+  hkdfSync,
+  randomBytes,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
 
 export const MASTER_KEY_BYTES = 32;
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
 const HKDF_SALT = 'keyrotor-file-store';
 
+/**
+ * A key for `seal` / `unseal` / `mac`: the derived keys are KeyObjects (a Buffer key is turned into one
+ * on every cipher and HMAC, which costs more than the HMAC of a whole secrets file).
+ */
+export type SymmetricKey = Buffer | KeyObject;
+
 export interface DerivedKeys {
   /** AES-256-GCM key for version values */
-  enc: Buffer;
+  enc: KeyObject;
   /** HMAC-SHA256 key for the envelope */
-  mac: Buffer;
+  mac: KeyObject;
   /** public, non-secret id of the master key (`mk_` + 12 hex), stored in the file to tell
    *  "wrong master key" from "tampered file" */
   kid: string;
@@ -38,13 +54,27 @@ export function generateMasterKeyText(): string {
   return randomBytes(MASTER_KEY_BYTES).toString('hex') + '\n';
 }
 
+/**
+ * The subkeys of the master keys seen last (a process uses one, or a few): each file store instance
+ * (one per key and rotation) resolves its master key again, and three HKDF derivations per rotation
+ * are wasted work. Kept by a digest of the master key (not the key itself); never mutate what is returned.
+ */
+const derived = new Map<string, DerivedKeys>();
+const DERIVED_KEPT = 4;
+
 export function deriveKeys(master: Buffer): DerivedKeys {
+  const id = createHash('sha256').update('keyrotor-file-store/1 derived-keys cache\u0000').update(master).digest('hex');
+  const known = derived.get(id);
+  if (known) return known;
   const sub = (info: string) => Buffer.from(hkdfSync('sha256', master, HKDF_SALT, info, 32));
-  return {
-    enc: sub('keyrotor-file-store/1 value-encryption'),
-    mac: sub('keyrotor-file-store/1 envelope-mac'),
+  const keys: DerivedKeys = {
+    enc: createSecretKey(sub('keyrotor-file-store/1 value-encryption')),
+    mac: createSecretKey(sub('keyrotor-file-store/1 envelope-mac')),
     kid: 'mk_' + sub('keyrotor-file-store/1 key-id').toString('hex').slice(0, 12),
   };
+  if (derived.size >= DERIVED_KEPT) derived.delete(derived.keys().next().value!);
+  derived.set(id, keys);
+  return keys;
 }
 
 export interface Sealed {
@@ -58,7 +88,7 @@ export function versionAad(keyName: string, versionId: string): Buffer {
   return Buffer.from(`keyrotor-file-store/1\u0000${keyName}\u0000${versionId}`, 'utf8');
 }
 
-export function seal(key: Buffer, plaintext: string, aad: Buffer): Sealed {
+export function seal(key: SymmetricKey, plaintext: string, aad: Buffer): Sealed {
   const iv = randomBytes(IV_BYTES);
   const c = createCipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES });
   c.setAAD(aad);
@@ -67,7 +97,7 @@ export function seal(key: Buffer, plaintext: string, aad: Buffer): Sealed {
 }
 
 /** Returns the plaintext, or undefined when authentication fails (wrong key, tampered, swapped). */
-export function unseal(key: Buffer, s: Sealed, aad: Buffer): string | undefined {
+export function unseal(key: SymmetricKey, s: Sealed, aad: Buffer): string | undefined {
   const iv = Buffer.from(s.iv, 'base64');
   const tag = Buffer.from(s.tag, 'base64');
   if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES) return undefined;
@@ -81,7 +111,7 @@ export function unseal(key: Buffer, s: Sealed, aad: Buffer): string | undefined 
   }
 }
 
-export function mac(key: Buffer, text: string): string {
+export function mac(key: SymmetricKey, text: string): string {
   return createHmac('sha256', key).update('keyrotor-file-store/1 envelope\u0000').update(text, 'utf8').digest('hex');
 }
 

@@ -195,11 +195,15 @@ export async function createFileStore(
   const keySource: MasterKeySource = { envName: cfg.masterKeyEnv, env: ctx.env, keyFile, logger: ctx.logger };
   const log = ctx.logger.child({ store: label });
   const memo = new StepMemo<string>({ scope: `file-store:${file}` });
-  const remember = (doc: Doc, permits: MemoPermits) => memo.remember(JSON.stringify(canonical(doc)), permits);
+  /** remember the document by its canonical JSON (`text`: that JSON when the caller has it already) */
+  const remember = (doc: Doc, permits: MemoPermits, text = JSON.stringify(canonical(doc))) =>
+    memo.remember(text, permits);
   /** the document remembered for step `s` (consumed), each use parsing its own copy; else forgets */
-  const recall = (s: MemoStep): Doc | undefined => {
+  const recall = (s: MemoStep): Doc | undefined => recallText(s)?.doc;
+  /** the same with its canonical JSON (the text remembered) */
+  const recallText = (s: MemoStep): { doc: Doc; text: string } | undefined => {
     const text = memo.take(s);
-    return text === undefined ? undefined : (JSON.parse(text) as Doc);
+    return text === undefined ? undefined : { doc: JSON.parse(text) as Doc, text };
   };
   const forget = () => memo.forget();
 
@@ -281,15 +285,22 @@ export async function createFileStore(
     return { doc, key };
   }
 
-  async function save(doc: Doc, key: MasterKey): Promise<void> {
+  /**
+   * write the document; returns its canonical JSON (what the MAC covers). `known`: the document's
+   * canonical form and its JSON, when the caller has them (used unless the master key id changes)
+   */
+  async function save(doc: Doc, key: MasterKey, known?: { body: Doc; text: string }): Promise<string> {
+    const same = known !== undefined && doc.masterKeyId === key.kid;
     doc.masterKeyId = key.kid;
-    const body = canonical(doc);
-    const text = JSON.stringify({ ...body, mac: mac(key.mac, JSON.stringify(body)) }, null, 2) + '\n';
+    const body = same ? known.body : canonical(doc);
+    const bodyText = same ? known.text : JSON.stringify(body);
+    const text = JSON.stringify({ ...body, mac: mac(key.mac, bodyText) }, null, 2) + '\n';
     try {
       await writeFileAtomic(file, text);
     } catch (e) {
       throw fsError(e, 'cannot write', shown);
     }
+    return bodyText;
   }
 
   interface Tx {
@@ -297,29 +308,35 @@ export async function createFileStore(
     /** the master key; generated on first use when the store holds no file yet */
     key(): Promise<MasterKey>;
   }
-  /** Read-modify-write under the per-file queue; writes only when the document changed. */
+  /**
+   * Read-modify-write under the per-file queue; writes only when the document changed. `after` gets the
+   * document's canonical JSON as it now is (written or unchanged).
+   */
   function mutate<T>(
     fn: (tx: Tx) => Promise<T> | T,
-    known?: () => Doc | undefined,
-    after?: (doc: Doc) => void,
+    known?: () => { doc: Doc; text: string } | undefined,
+    after?: (doc: Doc, text: string) => void,
   ): Promise<T> {
     return serialized(file, async () => {
       // the fresh path: the document this instance just read or wrote (see `memo`); else read the file
       const recalled = known?.();
       const memoKey = recalled ? await masterKey(false) : undefined;
       memo.changed(); // this write (or read-only no-op) invalidates what any instance remembers of the file
-      const loaded = recalled && memoKey ? { doc: recalled, key: memoKey } : await load();
+      const loaded = recalled && memoKey ? { doc: recalled.doc, key: memoKey } : await load();
       const doc = loaded?.doc ?? emptyDoc(ctx.keyName);
       const getKey = async () => {
         const k = loaded?.key ?? (await masterKey(true));
         if (!k) throw new KeyrotorError('INTERNAL', 'file store: master key unavailable');
         return k;
       };
-      const before = JSON.stringify(canonical(doc));
+      // (a remembered document is its canonical JSON already)
+      const before = recalled && memoKey ? recalled.text : JSON.stringify(canonical(doc));
       const result = await fn({ doc, key: getKey });
       prune(doc);
-      if (JSON.stringify(canonical(doc)) !== before) await save(doc, await getKey());
-      after?.(doc);
+      const body = canonical(doc);
+      let now = JSON.stringify(body);
+      if (now !== before) now = await save(doc, await getKey(), { body, text: now });
+      after?.(doc, now);
       return result;
     });
   }
@@ -357,15 +374,17 @@ export async function createFileStore(
 
     async check() {
       // writes nothing: the folder (or, before the first write, the nearest folder that exists and
-      // would hold it) must be readable and writable
+      // would hold it) must be readable and writable; the file is read meanwhile (a failed folder
+      // check is reported first)
       const dir = path.dirname(file);
-      try {
-        await access(await nearestExistingDir(dir), constants.R_OK | constants.W_OK | constants.X_OK);
-      } catch (e) {
-        throw fsError(e, 'cannot use the folder of', shown);
-      }
       forget();
-      const loaded = await load();
+      const [folder, read] = await Promise.allSettled([
+        nearestExistingDir(dir).then((d) => access(d, constants.R_OK | constants.W_OK | constants.X_OK)),
+        load(),
+      ]);
+      if (folder.status === 'rejected') throw fsError(folder.reason, 'cannot use the folder of', shown);
+      if (read.status === 'rejected') throw read.reason;
+      const loaded = read.value;
       if (!loaded) await checkMasterKey(keySource);
       // a rotation's preflight reads the current value next and stages after that: keep this read
       else remember(loaded.doc, { readCurrent: true, stage: true });
@@ -447,9 +466,9 @@ export async function createFileStore(
           slots.pending = { versionId: id, rotationId: req.rotationId };
           return { versionId: id };
         },
-        () => recall({ step: 'stage' }),
+        () => recallText({ step: 'stage' }),
         // verify reads this rotation's pending version next, then promote moves it
-        (doc) => remember(doc, { readPending: req.rotationId, promote: req.rotationId }),
+        (doc, text) => remember(doc, { readPending: req.rotationId, promote: req.rotationId }, text),
       );
     },
 
@@ -486,7 +505,7 @@ export async function createFileStore(
           slots.current = v.id;
           slots.pending = undefined;
         },
-        () => recall({ step: 'promote', rotationId }),
+        () => recallText({ step: 'promote', rotationId }),
       );
     },
 

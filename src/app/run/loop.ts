@@ -26,7 +26,12 @@ import {
   type RotationInput,
   type RotationMachine,
 } from '../../../workflows/rotation/rotation.machine.ts';
-import { createRotationActor, SecretVault, type RotationDeps } from '../../../workflows/rotation/stages/index.ts';
+import {
+  createRotationActor,
+  preflightReads,
+  SecretVault,
+  type RotationDeps,
+} from '../../../workflows/rotation/stages/index.ts';
 import { parkedUntilLater, unreplacedLeak } from './due.ts';
 import { leaseGuard } from '../state/hold.ts';
 import { pauseControl } from './pause.ts';
@@ -152,7 +157,12 @@ export async function runRotation(
     verifyRevokedIntervalMs: key.defaults.verifyRevoked.interval,
     retryAttempts: 3,
     persisted: async () => {
-      await new Promise<void>((r) => setImmediate(r));
+      // The stage's actor starts before the rotation actor's observers hear of the snapshot that
+      // entered the stage (xstate starts invoked actors, then notifies, in one synchronous turn): one
+      // microtask later that snapshot is queued for writing. Only when it is not (a turn of the actor
+      // not seen yet) is a macrotask waited, as before for every stage (~40 µs each).
+      await Promise.resolve();
+      if (!journal.recorded(actor.getSnapshot())) await new Promise<void>((r) => setImmediate(r));
       await journal.flushed();
       // graceful pause: between stages (here, at the write-ahead barrier) or in the middle of a wait
       await pause.atBarrier();
@@ -181,6 +191,17 @@ export async function runRotation(
   };
 
   const inherited = o.leaked === true ? null : unreplacedLeak(record);
+  const leaked = o.leaked === true || inherited !== null;
+  // A new rotation starts preflight's reads now (the issuer check unless in leak mode, the stores'
+  // checks and current values): reads only, made while the first snapshot is written and the actor
+  // starts instead of after that (the file backend's first write is an fsync). Preflight's first
+  // attempt uses them; a retry reads again. A resumed rotation reads when it runs preflight, if it does.
+  let early = resume ? undefined : { leaked, reads: preflightReads(deps, leaked) };
+  deps.takePreflightReads = (forLeaked) => {
+    const taken = early?.leaked === forLeaked ? early.reads : undefined;
+    early = undefined;
+    return taken;
+  };
   if (inherited && !resume) {
     rlog.warn(
       { leakedKeyId: inherited.oldKeyId, reportedBy: inherited.rotationId },
@@ -191,7 +212,7 @@ export async function runRotation(
     rotationId,
     keyName: key.name,
     newKeyName: issuedKeyName(key.name, rotationId),
-    leaked: o.leaked === true || inherited !== null,
+    leaked,
     ...(o.leaked === true && o.revokeFirst === true ? { revokeFirst: true } : {}),
     storeLabels: providers.stores.map((s) => s.label),
     gateNames: providers.gates.map((g) => g.name),

@@ -47,6 +47,8 @@ export interface Journal {
    * e.g. the final snapshot, whose result `finish` records) and tell observers of a state entered.
    */
   record(s: SnapshotFrom<RotationMachine>, persistedSnapshot: unknown): void;
+  /** true when `s` is the snapshot `record` was last given (the write-ahead barrier's quick check) */
+  recorded(s: SnapshotFrom<RotationMachine>): boolean;
   /** resolves once every write (and transition observer) queued so far is done; never rejects */
   flushed(): Promise<void>;
   /** the first failed write, if any (the rotation must not go on without its state) */
@@ -82,6 +84,7 @@ export function createJournal(o: {
   let chain: Promise<void> = Promise.resolve();
   let persistError: unknown = null;
   let lastState = '';
+  let lastSnapshot: SnapshotFrom<RotationMachine> | null = null;
   let lastActive: PersistedRotation | null = null;
   let final: TransitionEvent | null = null;
   const written = new Set<string>();
@@ -110,6 +113,7 @@ export function createJournal(o: {
 
   return {
     record(s, persistedSnapshot) {
+      lastSnapshot = s;
       const state = String(s.value);
       // a per-store state is entered again for every store
       const entered = state !== lastState || s.hasTag('perStore');
@@ -147,6 +151,7 @@ export function createJournal(o: {
         else tell(ev);
       }
     },
+    recorded: (s) => s === lastSnapshot,
     wrote: (id) => written.has(id),
     async finish(result, serving, keepActive) {
       const audit = inline ? [...(final ? [inline.transition(final)] : []), inline.result(result)] : undefined;

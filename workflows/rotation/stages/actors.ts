@@ -19,7 +19,7 @@ import {
   type RotationMachine,
   type StepInput,
 } from '../rotation.machine.ts';
-import { stageBodies, type StageBody, type StageOutputs } from './bodies.ts';
+import { stageBodies, type StageBodies, type StageBody, type StageOutputs } from './bodies.ts';
 import type { RotationDeps } from './deps.ts';
 
 /** the actor system of one rotation actor (shared by the actors it invokes) */
@@ -37,18 +37,27 @@ function depsOf(system: AnyActorSystem): RotationDeps {
   return deps;
 }
 
+/** the stage bodies of a rotation's deps, built at its first stage (they close over the deps only) */
+const bodiesByDeps = new WeakMap<RotationDeps, StageBodies>();
+
+function bodiesOf(deps: RotationDeps): StageBodies {
+  let bodies = bodiesByDeps.get(deps);
+  if (!bodies) bodiesByDeps.set(deps, (bodies = stageBodies(deps)));
+  return bodies;
+}
+
 /** stages that run once per store: their events carry the store index */
 const PER_STORE: ReadonlySet<string> = new Set(statesTagged('perStore'));
 
 /**
  * The actor of one stage: write-ahead barrier, timing, progress events, error normalisation around
- * the body. The bodies close over one rotation's deps and are built per invocation (short-lived).
+ * the body. The bodies close over one rotation's deps and are built once per rotation (and deps).
  */
 function step<S extends keyof StageOutputs>(stage: S) {
   return fromPromise<StageOutputs[S], StepInput>(async ({ input, signal, system }) => {
     const deps = depsOf(system);
     const { clock } = deps;
-    const body: StageBody<StageOutputs[S]> = stageBodies(deps)[stage];
+    const body: StageBody<StageOutputs[S]> = bodiesOf(deps)[stage];
     await deps.persisted();
     const t0 = clock.now();
     const at = PER_STORE.has(stage) ? { index: input.index } : {};

@@ -9,7 +9,7 @@
  */
 import { KeyrotorError, toKeyrotorError } from '../../../src/core/errors.ts';
 import { fingerprint } from '../../../src/core/fingerprint.ts';
-import type { SecretStore } from '../../../src/core/ports.ts';
+import type { Issuer, SecretStore, StoredVersion } from '../../../src/core/ports.ts';
 import type { Secret } from '../../../src/core/secret.ts';
 import type { Logger } from '../../../src/core/ports.ts';
 import {
@@ -21,7 +21,7 @@ import {
   type StepInput,
   type StoresDone,
 } from '../rotation.machine.ts';
-import type { RotationDeps } from './deps.ts';
+import type { PreflightReads, RotationDeps } from './deps.ts';
 import { ADOPT_WAYS, withoutPlaceholders } from './placeholder.ts';
 import { pollUntil, withRetries } from './retry.ts';
 import { newRef, newSecret, oldRef } from './vault.ts';
@@ -48,6 +48,34 @@ export type StageBodies = { [S in keyof StageOutputs]: StageBody<StageOutputs[S]
 
 /** errors that refuse the sender (bad credentials, no permission): nothing the request asked for was done */
 const REFUSED_SENDER: ReadonlySet<string> = new Set(['ISSUER_AUTH', 'ISSUER_PERMISSION', 'CONFIG_ENV_MISSING']);
+
+/**
+ * Preflight's reads, all at once: the issuer check (not in leak mode: the create right after is the
+ * check, and every request before it keeps the leaked key alive longer) and every store's check, each
+ * store's current value right after its own check (the check just read the store and the store
+ * remembers that for `readCurrent`, providers/common/step-memo.ts: a read or request less; a store
+ * whose check failed is not read). Never rejects. Reads only: the run loop may start them with a new
+ * rotation, while its first snapshot is written (`RotationDeps.takePreflightReads`).
+ */
+export function preflightReads(
+  deps: { issuer: Issuer; stores: SecretStore[] },
+  leaked: boolean,
+): Promise<PreflightReads> {
+  // (a provider that throws instead of returning a rejected promise fails in its place all the same)
+  const call = <T>(fn: () => Promise<T>) => new Promise<T>((resolve) => resolve(fn()));
+  const storeChecks = deps.stores.map((s) => call(() => s.check()));
+  const checks: Promise<unknown>[] = [leaked ? Promise.resolve() : call(() => deps.issuer.check()), ...storeChecks];
+  const reads = deps.stores.map((s, i) =>
+    storeChecks[i]!.then(
+      () => s.readCurrent(),
+      () => null,
+    ),
+  );
+  return Promise.all([Promise.allSettled(checks), Promise.allSettled(reads)]).then(([c, r]) => ({
+    checks: c,
+    reads: r,
+  }));
+}
 
 /** What each stage does, for one rotation's deps (wrapped by `actors.ts`). */
 export function stageBodies(deps: RotationDeps): StageBodies {
@@ -162,21 +190,14 @@ export function stageBodies(deps: RotationDeps): StageBodies {
 
   /** preflight: read-only, so tried again as a whole on a retryable failure */
   async function preflightOnce({ ctx }: StepInput): Promise<PreflightOutput> {
-    // everything here is a read: the issuer check, every store's check and current value, at once (the
-    // first failure in this order is reported). Leak mode skips the issuer check: the create right
-    // after is the check, and every request before it keeps the leaked key alive longer.
-    const checks: Promise<unknown>[] = [
-      ctx.leaked ? Promise.resolve() : issuer.check(),
-      ...stores.map((s) => s.check()),
-    ];
-    const reads = stores.map((s) => s.readCurrent());
-    const settled = await Promise.allSettled([...checks, ...reads]);
-    const failed = settled.find((r) => r.status === 'rejected');
+    // everything here is a read (see preflightReads; the first attempt of a new rotation uses the reads
+    // the run loop started with it). The first failure in this order is reported: issuer, store checks,
+    // reads.
+    const { checks, reads } = await (deps.takePreflightReads?.(ctx.leaked) ?? preflightReads(deps, ctx.leaked));
+    const failed = [...checks, ...reads].find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
     // What is current now? Every store must agree on one key (or all be empty).
-    const read = settled
-      .slice(checks.length)
-      .map((r) => (r as PromiseFulfilledResult<Awaited<(typeof reads)[number]>>).value);
+    const read = reads.map((r) => (r as PromiseFulfilledResult<StoredVersion | null>).value);
     // a declared placeholder counts as empty: the rotation bootstraps over it and revokes nothing
     const { currents, placeholder } = withoutPlaceholders(read, deps.placeholder);
     const present = currents.filter((c) => c !== null);

@@ -1,7 +1,7 @@
 /** What the stages of one rotation run against: the ports, the clock, the vault and the run loop's hooks. */
 import type { Clock } from '../../../src/core/clock.ts';
 import type { KeyrotorError } from '../../../src/core/errors.ts';
-import type { HealthGate, Issuer, Logger, SecretStore } from '../../../src/core/ports.ts';
+import type { HealthGate, Issuer, Logger, SecretStore, StoredVersion } from '../../../src/core/ports.ts';
 import type { Stage } from '../../../src/core/stages.ts';
 import type { SecretVault } from './vault.ts';
 
@@ -26,8 +26,20 @@ export interface RotationDeps {
   retryAttempts: number;
   /** called on every stage start/finish, for progress rendering, audit and metrics */
   onStage?(e: StageEvent): void;
+  /**
+   * preflight's reads, when the run loop started them with the rotation (`preflightReads`, while its
+   * first snapshot is written), if started for this leak mode: handed out once, to preflight's first
+   * attempt; otherwise (or once taken) preflight reads itself
+   */
+  takePreflightReads?(leaked: boolean): Promise<PreflightReads> | undefined;
   /** the state a restored rotation resumed in (absent for a rotation started in this process) */
   resumedIn?: string | undefined;
+}
+
+/** What preflight read (`preflightReads`): the checks (issuer first, then each store's) and each store's current value, settled. */
+export interface PreflightReads {
+  checks: PromiseSettledResult<unknown>[];
+  reads: PromiseSettledResult<StoredVersion | null>[];
 }
 
 export interface StageEvent {

@@ -7,5 +7,6 @@
  *   retry.ts   backoff for writes, deadline polling for waits
  */
 export { createRotationActor } from './actors.ts';
-export type { RotationDeps, StageEvent } from './deps.ts';
+export { preflightReads } from './bodies.ts';
+export type { PreflightReads, RotationDeps, StageEvent } from './deps.ts';
 export { SecretVault } from './vault.ts';
