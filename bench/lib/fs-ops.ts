@@ -23,7 +23,7 @@ import { parseConfig } from '../../src/app/config/load.ts';
 import { createStateStore } from '../../src/app/state/index.ts';
 import { rotateKey } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
-import { fileLogger } from './util.ts';
+import { fileLogger, p1Yaml } from './util.ts';
 
 const require = createRequire(import.meta.url);
 const counts = new Map<string, number>();
@@ -82,19 +82,7 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'keyrotor-fs-ops-'));
 const openai = await startOpenAIFake({ projects: ['proj_bench'] });
 const env = { ...process.env, OPENAI_ADMIN_KEY: openai.adminKey, KEYROTOR_MASTER_KEY: 'cd'.repeat(32) };
 const sa = openai.state.addServiceAccount('sa').id;
-const yaml = `version: 1
-defaults:
-  verify: { timeout: 10s, interval: 100ms }
-  verifyRevoked: { timeout: 10s, interval: 100ms }
-  revoke: { attempts: 3, backoff: 100ms }
-keys:
-  - name: fs-ops
-    issuer: { type: openai, project: proj_bench, serviceAccount: ${sa}, baseURL: "${openai.baseURL}", timeout: 10s, rateLimit: 10000 }
-    stores:
-      - { type: file }
-    health:
-      - { type: issuer-smoke-test, timeout: 10s, interval: 100ms }
-`;
+const yaml = p1Yaml({ baseURL: openai.baseURL, keys: [{ name: 'fs-ops', serviceAccount: sa }] });
 const file = path.join(dir, 'rotation.config.yaml');
 writeFileSync(file, yaml);
 const config = parseConfig(yaml, file, env);

@@ -24,7 +24,7 @@ import { parseConfig } from '../../src/app/config/load.ts';
 import { rotateKey } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
 import { memoryStateStore } from './memory-state.ts';
-import { fileLogger } from './util.ts';
+import { fileLogger, p1Yaml } from './util.ts';
 import { fileFloor, floorRotation, floorSeed } from './floor.ts';
 
 const N = Number(process.env.N ?? 200);
@@ -34,20 +34,11 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'keyrotor-mem-ops-'));
 const openai = await startOpenAIFake({ projects: ['proj_bench'] });
 const env = { ...process.env, OPENAI_ADMIN_KEY: openai.adminKey, KEYROTOR_MASTER_KEY: 'cd'.repeat(32) };
 const sa = openai.state.addServiceAccount('sa').id;
-const yaml = `version: 1
-stateDir: ${JSON.stringify(path.join(dir, 'state'))}
-defaults:
-  verify: { timeout: 10s, interval: 100ms }
-  verifyRevoked: { timeout: 10s, interval: 100ms }
-  revoke: { attempts: 3, backoff: 100ms }
-keys:
-  - name: mem-ops
-    issuer: { type: openai, project: proj_bench, serviceAccount: ${sa}, baseURL: "${openai.baseURL}", timeout: 10s, rateLimit: 10000 }
-    stores:
-      - { type: file }
-    health:
-      - { type: issuer-smoke-test, timeout: 10s, interval: 100ms }
-`;
+const yaml = p1Yaml({
+  baseURL: openai.baseURL,
+  head: `stateDir: ${JSON.stringify(path.join(dir, 'state'))}`,
+  keys: [{ name: 'mem-ops', serviceAccount: sa }],
+});
 const file = path.join(dir, 'rotation.config.yaml');
 writeFileSync(file, yaml);
 const config = parseConfig(yaml, file, env);

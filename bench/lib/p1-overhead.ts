@@ -39,7 +39,7 @@ import {
   type FloorStoreFactory,
   type StoreKind,
 } from './floor.ts';
-import { fileLogger, median, percentile, progress, ratio, round } from './util.ts';
+import { fileLogger, median, p1Yaml, percentile, progress, ratio, round } from './util.ts';
 
 const REGION = 'us-east-1';
 const GCP_PROJECT = 'bench-project';
@@ -172,24 +172,11 @@ export async function runP1(o: P1Options) {
         },
       ]),
     );
-    const yaml = `version: 1
-stateDir: ${JSON.stringify(stateDir)}
-defaults:
-  verify: { timeout: 10s, interval: 100ms }
-  verifyRevoked: { timeout: 10s, interval: 100ms }
-  revoke: { attempts: 3, backoff: 100ms }
-keys:
-${kinds
-  .map(
-    (k) => `  - name: p1-${k}
-    issuer: { type: openai, project: proj_bench, serviceAccount: ${sas[k]!.kr}, baseURL: "${openai.baseURL}", timeout: 10s, rateLimit: 10000 }
-    stores:
-      - ${storeYaml[k]}
-    health:
-      - { type: issuer-smoke-test, timeout: 10s, interval: 100ms }`,
-  )
-  .join('\n')}
-`;
+    const yaml = p1Yaml({
+      baseURL: openai.baseURL,
+      head: `stateDir: ${JSON.stringify(stateDir)}`,
+      keys: kinds.map((k) => ({ name: `p1-${k}`, serviceAccount: sas[k]!.kr, store: storeYaml[k] })),
+    });
     const cfgFile = path.join(dir, 'rotation.config.yaml');
     writeFileSync(cfgFile, yaml);
     const config: LoadedConfig = parseConfig(yaml, cfgFile, env);

@@ -26,7 +26,7 @@ import { rotateKey } from '../../src/app/run.ts';
 import { defaultObservers } from '../../src/app/observers.ts';
 import { resetSharedLimiters } from '../../providers/issuers/openai/openai.ratelimit.ts';
 import { fileFloor, floorRotation, floorSeed, type FloorIssuer } from './floor.ts';
-import { fileLogger, median, percentile, progress, ratio, round } from './util.ts';
+import { fileLogger, median, p1Yaml, percentile, progress, ratio, round } from './util.ts';
 
 const MASTER_HEX = 'cd'.repeat(32);
 /** state transitions of the bench's rotation (preflight … rotated): the file backend's fsync'd appends (floor.ts calls `transition` as often) */
@@ -120,20 +120,11 @@ export async function runP1State(o: P1StateOptions) {
     for (const k of kinds) {
       const kdir = path.join(dir, k);
       mkdirSync(kdir, { recursive: true });
-      const yaml = `version: 1
-${stateYaml[k]}
-defaults:
-  verify: { timeout: 10s, interval: 100ms }
-  verifyRevoked: { timeout: 10s, interval: 100ms }
-  revoke: { attempts: 3, backoff: 100ms }
-keys:
-  - name: p1s-${k}
-    issuer: { type: openai, project: proj_bench, serviceAccount: ${openai.state.addServiceAccount(`bench-kr-state-${k}`).id}, baseURL: "${openai.baseURL}", timeout: 10s, rateLimit: 10000 }
-    stores:
-      - { type: file }
-    health:
-      - { type: issuer-smoke-test, timeout: 10s, interval: 100ms }
-`;
+      const yaml = p1Yaml({
+        baseURL: openai.baseURL,
+        head: stateYaml[k],
+        keys: [{ name: `p1s-${k}`, serviceAccount: openai.state.addServiceAccount(`bench-kr-state-${k}`).id }],
+      });
       const file = path.join(kdir, 'rotation.config.yaml');
       writeFileSync(file, yaml);
       const config = parseConfig(yaml, file, env);

@@ -105,3 +105,29 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 export function progress(msg: string): void {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
+
+/**
+ * P1's rotation.config.yaml (the bench and the hot-path harnesses share it): keys rotated against the
+ * OpenAI fake with one `issuer-smoke-test` gate and short polls; `head` holds extra top-level lines
+ * (`stateDir:`, `state:`), each key its own service account and store.
+ */
+export function p1Yaml(o: {
+  baseURL: string;
+  head?: string;
+  keys: Array<{ name: string; serviceAccount: string; store?: string }>;
+}): string {
+  const key = (k: { name: string; serviceAccount: string; store?: string }) => `  - name: ${k.name}
+    issuer: { type: openai, project: proj_bench, serviceAccount: ${k.serviceAccount}, baseURL: "${o.baseURL}", timeout: 10s, rateLimit: 10000 }
+    stores:
+      - ${k.store ?? '{ type: file }'}
+    health:
+      - { type: issuer-smoke-test, timeout: 10s, interval: 100ms }
+`;
+  return `version: 1
+${o.head ? `${o.head}\n` : ''}defaults:
+  verify: { timeout: 10s, interval: 100ms }
+  verifyRevoked: { timeout: 10s, interval: 100ms }
+  revoke: { attempts: 3, backoff: 100ms }
+keys:
+${o.keys.map(key).join('')}`;
+}
