@@ -126,7 +126,9 @@ const p1 =
     : undefined;
 const p1s =
   only.has('p1') || only.has('p1s')
-    ? await section('P1 per state backend', () => runP1State({ tmp, rounds: SIZES.p1Rounds, warmup: SIZES.p1Warmup }))
+    ? await section('P1 per state backend', () =>
+        runP1State({ tmp, rounds: 3 * SIZES.p1Rounds, warmup: SIZES.p1Warmup }),
+      )
     : undefined;
 // P3 on the temp dir's disk (fsync costs are part of a fleet run); P5 measures memory, not time, so
 // its world lives on tmpfs when there is one, to keep the bench short (page cache is not process RSS)
@@ -369,6 +371,9 @@ if (p1s) {
         ],
         W,
       ),
+    );
+    lines.push(
+      `    one of those fsyncs took ${d.fsyncMs} ms (median): ${d.fsyncs} of them are ${d.fsyncsShareOfFloor}x the floor's time`,
     );
     for (const n of p1s.value.notes) lines.push(`  note: ${n}`);
   } else lines.push(`  error: ${p1s.error}`);

@@ -176,11 +176,15 @@ export async function runP1State(o: P1StateOptions) {
     const journal = await open(path.join(floorDir, 'durable-floor.journal'), 'a');
     closers.push(() => journal.close());
     const line = Buffer.from(JSON.stringify({ pad: 'x'.repeat(900) }) + '\n');
+    /** how long each of those fsyncs took: their cost, apart from the rounds' noise */
+    const fsyncMs: number[] = [];
     // one fsync'd append per transition, interleaved with the floor's steps as a rotation's are
     const durableFloor = () =>
       floorRotation(floorIssuer, floor, ++n, async () => {
         await journal.write(line, 0, line.length, null);
+        const t0 = performance.now();
         await journal.sync();
+        fsyncMs.push(performance.now() - t0);
       });
     type V = StateKind | 'floor' | 'floor+fsyncs';
     const variants: V[] = ['floor', 'floor+fsyncs', ...kinds];
@@ -231,6 +235,9 @@ export async function runP1State(o: P1StateOptions) {
         fsyncs: FILE_TRANSITIONS,
         ms: round(median(ms.get('floor+fsyncs')!), 1),
         ratio: ratio(median(ms.get('floor+fsyncs')!), floorMs),
+        /** median time of one of those fsyncs, and FILE_TRANSITIONS of them as a share of the floor */
+        fsyncMs: round(median(fsyncMs), 3),
+        fsyncsShareOfFloor: round((FILE_TRANSITIONS * median(fsyncMs)) / floorMs, 2),
       },
       perBackend: kinds.map((k) => ({
         backend: k,
