@@ -29,6 +29,7 @@ import { startAwsFaultProxy, type AwsFaultProxy } from '../fakes/aws-fault-proxy
 import { spawnKillable } from './harness.ts';
 import { chaosSeed, mulberry32, type Rng } from './rng.ts';
 import { CrashSwitch, type CrashPlan } from './crash-switch.ts';
+import { azureCa } from './crash-providers.ts';
 import { closeBackends, GCP_PROJECT, MASTER_KEY, prepareWorld, REGION, startBackends, World } from './world.ts';
 import type { Backends, StoreKind } from './world.ts';
 import { newStats, pollLoop, readPaths, trackDeletions, type Instant, type PathStats } from './consumer-eye.ts';
@@ -40,36 +41,12 @@ import { createFileStateStore } from '../../src/app/state/index.ts';
 import { lockContentSchema } from '../../src/app/state/schema.ts';
 import { procStat } from '../../src/app/state/holder.ts';
 
-/** per key: the CA of that world's Azure fake */
-const azure = vi.hoisted(() => ({ ca: new Map<string, string>() }));
-vi.mock('../../providers/index.ts', async (importOriginal) => {
-  const mod = await importOriginal<typeof import('../../providers/index.ts')>();
-  const { currentSwitch } = await import('./crash-switch.ts');
-  return {
-    ...mod,
-    createIssuer: async (cfg: Parameters<typeof mod.createIssuer>[0], ctx: Parameters<typeof mod.createIssuer>[1]) =>
-      currentSwitch(ctx.keyName).wrapPort(await mod.createIssuer(cfg, ctx), 'issuer'),
-    createStore: async (cfg: Parameters<typeof mod.createStore>[0], ctx: Parameters<typeof mod.createStore>[1]) => {
-      // the consumer-eye readers (keyrotor/consumer) get the real store, outside any crash switch
-      if (ctx.env.KEYROTOR_EYE_READER) return mod.createStore(cfg, ctx);
-      if (cfg.type === 'azure-key-vault') {
-        const az = await import('../../providers/stores/azure-key-vault/index.ts');
-        const s = await az.createAzureKeyVaultStore(cfg, ctx, {
-          credential: {
-            getToken: async () => ({ token: 'loopback-chaos-token', expiresOnTimestamp: Date.now() + 3_600_000 }),
-          },
-          clientOptions: {
-            tlsOptions: { ca: azure.ca.get(ctx.keyName) },
-            disableChallengeResourceVerification: true,
-            retryOptions: { maxRetries: 2, retryDelayInMs: 10, maxRetryDelayInMs: 40 },
-          },
-        });
-        return currentSwitch(ctx.keyName).wrapPort(s, 'store:azure-key-vault');
-      }
-      return currentSwitch(ctx.keyName).wrapPort(await mod.createStore(cfg, ctx), `store:${cfg.type}`);
-    },
-  };
-});
+// the consumer-eye readers (keyrotor/consumer) get the real store, outside any crash switch
+vi.mock('../../providers/index.ts', async (importOriginal) =>
+  (await import('./crash-providers.ts')).crashProviders(await importOriginal(), {
+    unswitched: (ctx) => Boolean(ctx.env.KEYROTOR_EYE_READER),
+  }),
+);
 
 const MOTO = motoSupportOrSkip('chaos: the consumer-eye test (AWS on moto)');
 const SEED = chaosSeed();
@@ -181,7 +158,7 @@ describe.skipIf(!MOTO)(`chaos: the consumer's eye (seed ${SEED})`, () => {
       if (ONLY && !ONLY.split(',').includes(spec.key)) continue;
       const w = new World({ key: spec.key, stores: [...spec.stores], gate: true });
       const b = await startBackends(w.spec.stores, { moto });
-      if (b.azure) azure.ca.set(w.key, b.azure.ca);
+      if (b.azure) azureCa.set(w.key, b.azure.ca);
       await prepareWorld(b, w);
       const instant: Instant = { rotation: 0, scenario: 'bootstrap', stage: 'idle', call: '-', phase: 'idle' };
       const logLines: string[] = [];

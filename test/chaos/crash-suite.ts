@@ -337,7 +337,7 @@ export function crashSuite(o: CrashSuiteOptions): void {
         });
       if (b.azure)
         options.push({
-          on: `store:azure.${stage}`,
+          on: `store:azure-key-vault.${stage}`,
           arm: () => b.azure!.fault({ op: stage === 'stage' ? '*' : 'setSecret', status: 503, times: n }),
         });
     }
