@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { closeSync, mkdirSync, openSync, renameSync, rmSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 
 export const FILE_MODE = 0o600;
@@ -76,29 +76,14 @@ export function uniqueSibling(file: string, suffix: string): string {
  * across a power loss (for files rebuilt from a durable source).
  */
 export async function writeFileAtomic(file: string, data: string, opts: { sync?: boolean } = {}): Promise<void> {
-  await writeFileAtomicStat(file, data, { ...opts, stat: false });
-}
-
-/**
- * writeFileAtomic that also returns the written file's stat (taken through its own descriptor after
- * the write, before the rename: the identity of the file the rename put in place), or undefined when
- * `stat: false`.
- */
-export async function writeFileAtomicStat(
-  file: string,
-  data: string,
-  opts: { sync?: boolean; stat?: boolean } = {},
-): Promise<Stats | undefined> {
   const sync = opts.sync !== false;
   const dir = path.dirname(file);
   const tmp = uniqueSibling(file, 'tmp');
   const fh = await openCreating(tmp, 'wx');
-  let st: Stats | undefined;
   try {
     try {
       await fh.writeFile(data, 'utf8');
       if (sync) await fh.sync();
-      if (opts.stat !== false) st = await fh.stat();
     } finally {
       await fh.close();
     }
@@ -108,7 +93,6 @@ export async function writeFileAtomicStat(
     throw e;
   }
   if (sync) await fsyncDir(dir);
-  return st;
 }
 
 /**

@@ -28,7 +28,7 @@
  */
 import { open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { fstatSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { systemClock, type Clock } from '../../core/clock.ts';
 import { KeyrotorError } from '../../core/errors.ts';
@@ -357,17 +357,18 @@ export function createFileStateStore(
     const known = fences.get(keyName);
     if (known?.stamp === stamp) return { token: known.token, owner: known.owner };
     fences.delete(keyName);
-    // content and identity through one descriptor: what is remembered is what was read
-    let fh: FileHandle;
+    // content and identity through one descriptor: what is remembered is what was read (a small
+    // local file, read after every grant: direct system calls, as the stat above)
+    let fd: number;
     try {
-      fh = await open(file, 'r');
+      fd = openSync(file, 'r');
     } catch (e) {
       if (errnoOf(e) === 'ENOENT') return { token: 0, owner: '' };
       throw failed(e);
     }
     try {
-      const st = await fh.stat();
-      const text = await fh.readFile('utf8');
+      const st = fstatSync(fd);
+      const text = readFileSync(fd, 'utf8');
       // its last complete line that is not empty (an append starts with a newline of its own; what
       // follows the last newline is a torn append, never acknowledged)
       const end = text.lastIndexOf('\n');
@@ -394,7 +395,7 @@ export function createFileStateStore(
     } catch (e) {
       throw failed(e);
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
 
